@@ -1,0 +1,166 @@
+"""The three devices and the arrays that live on them.
+
+| device  | arrays | what runs an op                                            |
+| ------- | ------ | ---------------------------------------------------------- |
+| `cuda`  | CuPy   | `kernels/*.cu` compiled by NVRTC through `cupy.RawModule`  |
+| `sim`   | NumPy  | the same `kernels/*.cu` built by g++ under the emulator    |
+| `numpy` | NumPy  | `cupycnn/reference/`, plain NumPy, float32 or float64      |
+
+`use(name)` selects one; `CUPYCNN_DEVICE` sets it from the environment. Without either, the
+device is `cuda` where a GPU is usable and `numpy` otherwise, said once on stderr.
+"""
+import os
+import sys
+
+import numpy as np
+
+DEVICES = ("cuda", "sim", "numpy")
+
+
+class DeviceUnavailableError(RuntimeError):
+    """The `cuda` device was asked for where no GPU is usable."""
+
+
+_current = None
+_cuda_reason = None          # why cuda is not usable, once probed; "" when it is
+_announced = False
+
+
+def _probe_cuda():
+    """'' when a GPU is usable through CuPy, else one sentence saying why not."""
+    global _cuda_reason
+    if _cuda_reason is None:
+        try:
+            import cupy
+        except Exception as e:  # ImportError, or a broken CUDA library underneath
+            _cuda_reason = (f"CuPy is not installed ({type(e).__name__}: {e}); install the "
+                            f"project with the cuda12 or cuda13 extra")
+        else:
+            try:
+                count = cupy.cuda.runtime.getDeviceCount()
+                if count < 1:
+                    _cuda_reason = "the CUDA driver reports no GPU"
+                else:
+                    cupy.cuda.Device(0).compute_capability  # touches the driver for real
+                    _cuda_reason = ""
+            except Exception as e:
+                message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                _cuda_reason = f"CuPy cannot reach a GPU ({message})"
+    return _cuda_reason
+
+
+def cuda_available():
+    """True where the `cuda` device can be used."""
+    return _probe_cuda() == ""
+
+
+def _is_rank_zero():
+    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return os.environ[var] == "0"
+    return True
+
+
+def use(name):
+    """Select the device for everything that follows: "cuda", "sim" or "numpy"."""
+    global _current
+    if name not in DEVICES:
+        raise ValueError(f"unknown device {name!r}: expected one of {', '.join(DEVICES)}")
+    if name == "cuda" and not cuda_available():
+        raise DeviceUnavailableError(
+            f"the cuda device was asked for, but no GPU is usable: {_probe_cuda()}. "
+            f"Use the sim device (CUDA kernels emulated on the CPU) or numpy instead.")
+    _current = name
+    return name
+
+
+def device():
+    """The current device's name."""
+    global _announced
+    if _current is None:
+        env = os.environ.get("CUPYCNN_DEVICE", "").strip()
+        if env and env != "auto":
+            try:
+                return use(env)
+            except ValueError:
+                raise ValueError(f"CUPYCNN_DEVICE={env!r}: expected one of "
+                                 f"{', '.join(DEVICES)} or auto") from None
+        chosen = use("cuda" if cuda_available() else "numpy")
+        if not _announced and _is_rank_zero():
+            _announced = True
+            if chosen == "numpy":
+                print(f"cupycnn: no usable GPU ({_probe_cuda()}); using the numpy device. "
+                      f"cupycnn.use('sim') runs the CUDA kernels on the CPU emulator.",
+                      file=sys.stderr)
+            else:
+                print("cupycnn: using the cuda device", file=sys.stderr)
+    return _current
+
+
+def runs_kernels():
+    """True on `cuda` and `sim`, where ops launch kernels; False on `numpy`."""
+    return device() != "numpy"
+
+
+def xp():
+    """The array module of the current device: cupy on `cuda`, numpy elsewhere."""
+    if device() == "cuda":
+        import cupy
+        return cupy
+    return np
+
+
+def is_device_array(a):
+    """True if `a` is an array of the current device's kind."""
+    if device() == "cuda":
+        import cupy
+        return isinstance(a, cupy.ndarray)
+    return isinstance(a, np.ndarray)
+
+
+def asnumpy(a):
+    """A NumPy array from an array of any device (a copy from the GPU on `cuda`)."""
+    if isinstance(a, np.ndarray):
+        return a
+    if type(a).__module__.startswith("cupy"):
+        return a.get()
+    return np.asarray(a)
+
+
+def asarray(a, dtype=None):
+    """An array of the current device holding `a` (a copy to the GPU on `cuda`), C-contiguous."""
+    if device() == "cuda":
+        import cupy
+        return cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype))
+    return np.ascontiguousarray(asnumpy(a), dtype=dtype)
+
+
+_poison = os.environ.get("CUPYCNN_POISON", "") not in ("", "0")
+
+
+def set_poison(enabled):
+    """Fill every array that ops allocate for their outputs with NaN (floats) or the largest
+    value (integers) before the kernel writes it, so that an element a kernel forgets to write
+    shows up in the result. A debugging aid, on in the kernel tests; CUPYCNN_POISON=1 sets it."""
+    global _poison
+    _poison = bool(enabled)
+
+
+def empty(shape, dtype=np.float32):
+    """An uninitialised array on the current device (poisoned when set_poison is on)."""
+    a = xp().empty(shape, dtype=dtype)
+    if _poison:
+        dt = np.dtype(dtype)
+        a.fill(np.nan if dt.kind == "f" else (np.iinfo(dt).max if dt.kind in "iu" else 1))
+    return a
+
+
+def zeros(shape, dtype=np.float32):
+    return xp().zeros(shape, dtype=dtype)
+
+
+def synchronize():
+    """Wait for the GPU to finish queued work (a no-op on the CPU devices)."""
+    if device() == "cuda":
+        import cupy
+        cupy.cuda.get_current_stream().synchronize()

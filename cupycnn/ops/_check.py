@@ -1,0 +1,114 @@
+"""Input checks every host wrapper runs before a launch: a kernel never sees bad input.
+
+    shapes = check_arrays("dense_forward",
+                          x=(x, ("N", "in_features")),
+                          weight=(w, ("out_features", "in_features")))
+    shapes["N"]   # the bound size
+
+A pattern is a tuple of sizes: an int is a fixed size, a string names a size that must agree
+wherever the same name appears, None accepts any size; a pattern of None accepts any shape. A failure is a ValueError naming the op,
+the argument, the expected and the received shape (or dtype, device, layout).
+"""
+import numpy as np
+
+from .. import devices as _device
+
+FLOAT_DTYPES_KERNEL = (np.dtype(np.float32),)
+FLOAT_DTYPES_NUMPY = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def _render(pattern, bound):
+    parts = []
+    for p in pattern:
+        if p is None:
+            parts.append("*")
+        elif isinstance(p, str):
+            parts.append(f"{p}={bound[p]}" if p in bound else p)
+        else:
+            parts.append(str(p))
+    return "(" + ", ".join(parts) + ("," if len(parts) == 1 else "") + ")"
+
+
+def check_device_array(op, name, a):
+    """`a` must be an array of the current device, C-contiguous."""
+    dev = _device.device()
+    if not _device.is_device_array(a):
+        wanted = "a cupy.ndarray" if dev == "cuda" else "a numpy.ndarray"
+        where = ("on the GPU" if type(a).__module__.startswith("cupy") else
+                 f"a {type(a).__module__}.{type(a).__name__}")
+        raise ValueError(f"{op}: {name} must be {wanted} on the current device {dev!r}, got "
+                         f"{where}; move it with cupycnn.asarray()")
+    if not a.flags.c_contiguous:
+        raise ValueError(f"{op}: {name} must be C-contiguous (kernels index raw memory), got "
+                         f"strides {a.strides} for shape {tuple(a.shape)}; use "
+                         f"cupycnn.asarray() to make a contiguous copy")
+
+
+def float_dtypes():
+    """Dtypes the current device computes in: float32 for kernels; float32 or float64 on numpy."""
+    return FLOAT_DTYPES_KERNEL if _device.runs_kernels() else FLOAT_DTYPES_NUMPY
+
+
+def check_same_shape(op, reference_name, reference, **others):
+    """Check `reference` (any shape) and every other array against its shape."""
+    check_arrays(op, **{reference_name: (reference, None)})
+    return check_arrays(op, **{reference_name: (reference, None)},
+                        **{name: (a, tuple(reference.shape)) for name, a in others.items()})
+
+
+def check_arrays(op, bound=None, dtypes=None, **specs):
+    """Check each `name=(array, pattern)`: device, contiguity, dtype, shape. Float arrays of one
+    call must share a dtype. Returns the dict of bound size names."""
+    bound = {} if bound is None else bound
+    allowed = float_dtypes() if dtypes is None else tuple(np.dtype(d) for d in dtypes)
+    first_dtype = None
+    for name, (a, pattern) in specs.items():
+        check_device_array(op, name, a)
+        if a.dtype not in allowed:
+            names = " or ".join(str(d) for d in allowed)
+            raise ValueError(f"{op}: {name} must be {names} on the {_device.device()} device, "
+                             f"got {a.dtype}")
+        if first_dtype is None:
+            first_dtype = (name, a.dtype)
+        elif a.dtype != first_dtype[1]:
+            raise ValueError(f"{op}: {name} is {a.dtype} but {first_dtype[0]} is "
+                             f"{first_dtype[1]}; all must share one dtype")
+        check_shape(op, name, a.shape, pattern, bound)
+    return bound
+
+
+def check_shape(op, name, shape, pattern, bound):
+    """Match `shape` against `pattern`, binding named sizes into `bound`."""
+    shape = tuple(int(s) for s in shape)
+    if pattern is None:
+        return bound
+    ok = len(shape) == len(pattern)
+    if ok:
+        trial = dict(bound)
+        for size, p in zip(shape, pattern):
+            if p is None:
+                continue
+            if isinstance(p, str):
+                if trial.setdefault(p, size) != size:
+                    ok = False
+            elif size != p:
+                ok = False
+        if ok:
+            bound.update(trial)
+            return bound
+    raise ValueError(f"{op}: {name} must have shape {_render(pattern, bound)}, got {shape}")
+
+
+def check_int_array(op, name, a, pattern, bound=None):
+    """An integer array (labels, indices) of any integer dtype."""
+    bound = {} if bound is None else bound
+    check_device_array(op, name, a)
+    if a.dtype.kind not in "iu":
+        raise ValueError(f"{op}: {name} must be an integer array, got {a.dtype}")
+    return check_shape(op, name, a.shape, pattern, bound)
+
+
+def check_positive(op, **values):
+    for name, v in values.items():
+        if int(v) < 1:
+            raise ValueError(f"{op}: {name} must be at least 1, got {v}")

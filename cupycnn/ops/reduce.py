@@ -1,0 +1,37 @@
+"""Per-channel sums (bias gradients): launches kernels/reduce.cu."""
+import math
+
+import numpy as np
+
+from .. import devices as _device
+from ..reference import reduce as reference
+from ._check import check_arrays
+from ..runtime import get_kernel
+
+CHANNEL_SUM_THREADS = 256   # as in reduce.cu: whole warps
+
+
+def channel_sum(x, out=None):
+    """out[c] = sum of x over every axis but axis 1; x is [N, C] or [N, C, ...]. `out`, when
+    given, receives the result (a layer's gradient buffer)."""
+    check_arrays("channel_sum", x=(x, None))
+    if x.ndim < 2:
+        raise ValueError(f"channel_sum: x must have shape (N, C, ...), got {tuple(x.shape)}")
+    sizes = check_arrays("channel_sum", x=(x, ("N", "C") + (None,) * (x.ndim - 2)))
+    if out is not None:
+        check_arrays("channel_sum", bound=sizes, x=(x, ("N", "C") + (None,) * (x.ndim - 2)),
+                     out=(out, ("C",)))
+    if not _device.runs_kernels():
+        result = reference.channel_sum(x)
+        if out is None:
+            return result
+        out[...] = result
+        return out
+    outer, channels, inner = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    if out is None:
+        out = _device.empty((channels,), x.dtype)
+    if channels:
+        get_kernel("reduce", "channel_sum")((channels,), (CHANNEL_SUM_THREADS,),
+                                            (x, out, np.int32(outer), np.int32(channels),
+                                             np.int32(inner)))
+    return out

@@ -1,0 +1,611 @@
+// simt.h -- cupycnn's CUDA emulator: compile CUDA C kernels with g++ and run them on the CPU.
+//
+// Each block's threads are user-level fibers that switch only at barriers (__syncthreads,
+// __syncwarp, warp shuffles and votes). Between barriers a thread runs alone, so the order in
+// which threads are started and released decides which data race (a missing barrier) shows up:
+// natural order, reversed order, or a seeded random order, chosen at run time. Blocks run one at
+// a time per OS thread (several OS threads when built with -fopenmp), in the same chosen order.
+//
+// A launch returns non-zero and leaves a message in simt_last_error() instead of hanging when
+// threads wait at barriers that can never be released (a barrier in divergent code).
+// Fibers switch with a dozen instructions of assembly on x86-64 and with ucontext elsewhere
+// (or when SIMT_UCONTEXT is defined).
+//
+// Python side: cupycnn/sim/module.py writes a wrapper that includes this header, the kernel
+// source and one exported launcher per kernel (SIMT_EXPORT), and builds it with g++.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <cstdio>
+#include <cstdlib>
+#include <cmath>
+#include <math.h>
+#include <cassert>
+#include <cstdarg>
+#include <vector>
+#include <tuple>
+#include <utility>
+#include <type_traits>
+#include <algorithm>
+#include <random>
+#include <sys/mman.h>
+#include <unistd.h>
+#include <time.h>
+#if defined(SIMT_UCONTEXT) || !defined(__x86_64__)
+#  ifndef SIMT_UCONTEXT
+#    define SIMT_UCONTEXT 1
+#  endif
+#  include <ucontext.h>
+#endif
+#ifdef _OPENMP
+#  include <omp.h>
+#endif
+
+// ----------------------------------------------------------------- keywords
+#define __global__
+#define __device__
+#define __host__
+#define __constant__
+#define __managed__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __launch_bounds__(...)
+#define __align__(n) __attribute__((aligned(n)))
+// Shared memory: one copy per OS thread (each OS thread runs one block at a time), shared by
+// all fibers of the block being run. With one OS thread, static __shared__ variables are plain
+// statics gathered in the section `simt_shared`, which the launcher fills with 0xFF bytes (a NaN
+// for floats) at every block's start, as it does dynamic shared memory: a read of shared memory
+// that no thread of the block wrote shows up instead of silently seeing the previous block's
+// values. Under OpenMP they are thread_local and not poisoned. module.py rewrites
+// `extern __shared__` (dynamic shared memory) to `extern SIMT_DYNAMIC_SHARED`.
+#ifdef _OPENMP
+#  define __shared__ thread_local
+#  define SIMT_DYNAMIC_SHARED thread_local
+#else
+#  define __shared__ static __attribute__((section("simt_shared")))
+#  define SIMT_DYNAMIC_SHARED
+extern "C" char __start_simt_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_simt_shared[] __attribute__((weak, visibility("hidden")));
+#endif
+#define SIMT_EMULATION 1
+// __restrict__ is understood by g++ natively.
+
+#ifndef SIMT_TLS_MODEL  // initial-exec is ~40% faster but needs GLIBC_TUNABLES=glibc.rtld.optional_static_tls=...
+#  define SIMT_TLS_MODEL
+#endif
+#if defined(_OPENMP) || defined(SIMT_FORCE_TLS)
+#  define SIMT_TLS thread_local SIMT_TLS_MODEL
+#else
+#  define SIMT_TLS
+#endif
+
+#ifndef SIMT_STACK_BYTES
+#  define SIMT_STACK_BYTES (64 * 1024)
+#endif
+#ifndef SIMT_MAX_DYN_SMEM
+#  define SIMT_MAX_DYN_SMEM (64 * 1024)
+#endif
+
+struct uint3 { unsigned x, y, z; };
+struct dim3 {
+  unsigned x, y, z;
+  constexpr dim3(unsigned x_ = 1, unsigned y_ = 1, unsigned z_ = 1) : x(x_), y(y_), z(z_) {}
+};
+// static (internal linkage): one TLS module-base lookup per function under -fopenmp.
+// Consequence: kernels + launcher must live in ONE translation unit (the wrapper).
+static SIMT_TLS uint3 threadIdx, blockIdx;
+static SIMT_TLS dim3 blockDim, gridDim;
+static constexpr int warpSize = 32;
+
+// ----------------------------------------------------------- context switch
+#ifndef SIMT_UCONTEXT
+// simt_swap(&from_sp, to_sp): save callee-saved regs on current stack, store rsp,
+// load the other rsp, pop its regs, return into it. (MXCSR/x87 CW not saved.)
+asm(R"(
+  .text
+  .weak simt_swap
+  .hidden simt_swap
+  .type simt_swap,@function
+simt_swap:
+  pushq %rbp
+  pushq %rbx
+  pushq %r12
+  pushq %r13
+  pushq %r14
+  pushq %r15
+  movq %rsp, (%rdi)
+  movq %rsi, %rsp
+  popq %r15
+  popq %r14
+  popq %r13
+  popq %r12
+  popq %rbx
+  popq %rbp
+  ret
+  .weak simt_trampoline
+  .hidden simt_trampoline
+  .type simt_trampoline,@function
+simt_trampoline:
+  movq %r12, %rdi
+  callq *%r13
+  ud2
+)");
+extern "C" void simt_swap(void** save_sp, void* new_sp);
+extern "C" void simt_trampoline();
+#endif
+
+namespace simt {
+
+struct Fiber {
+#ifdef SIMT_UCONTEXT
+  ucontext_t uc;
+#else
+  void* sp = nullptr;
+#endif
+  char* mem = nullptr;   // lowest address (guard page)
+  size_t size = 0;
+  size_t color = 0;      // sp offset so that stacks don't all alias in L1
+};
+
+enum : uint8_t { RUN, WAIT_BLOCK, WAIT_WARP, DONE };
+
+struct Config {            // process-wide knobs, set from Python
+  int sched = 0;           // thread and block order: 0 natural, 1 reversed, 2 random (seeded)
+  int fast = 1;            // 1: one fiber runs threads back-to-back until one blocks
+  unsigned seed = 12345;
+  int nthreads = 0;        // OpenMP threads (0 = default)
+  int poison = 1;          // fill shared memory with 0xFF (NaN) at every block's start
+};
+inline Config g_cfg;
+
+// The last launch's error, for Python to read (simt_last_error) and raise.
+inline char g_errmsg[1024] = "";
+__attribute__((format(printf, 1, 2))) inline void set_error(const char* fmt, ...) {
+  va_list ap; va_start(ap, fmt);
+  vsnprintf(g_errmsg, sizeof g_errmsg, fmt, ap);
+  va_end(ap);
+}
+
+struct Block {
+  int n = 0, nwarps = 0;
+  dim3 bdim;
+  void (*body)(void*) = nullptr; void* ctx = nullptr;
+  std::vector<uint3> tidx;         // linear tid -> threadIdx
+  std::vector<int> order;          // start order
+  int next_start = 0, ndone = 0;
+  std::vector<Fiber*> fib;         // fiber currently carrying thread t
+  std::vector<uint8_t> st;
+  std::vector<int> rq; int rhead = 0, rcount = 0;   // ready ring buffer
+  std::vector<int> bwait;          // threads waiting at __syncthreads
+  std::vector<uint32_t> wlive, warrive, wmask;     // per warp / per thread masks
+  std::vector<uint64_t> xbuf;      // per warp: 2 x 32 exchange slots
+  std::vector<uint8_t> xpar;       // per thread shuffle parity
+  int bacc[2] = {0, 0}; unsigned bphase = 0;        // __syncthreads_count etc.
+  std::vector<Fiber*> pool; size_t pool_next = 0;  // fibers, reused per block
+  Fiber main;
+  std::mt19937 rng;
+  int error = 0;
+  std::vector<std::pair<void*(*)(), size_t>>* dyn = nullptr;
+  size_t dyn_bytes = 0;
+};
+static SIMT_TLS Block* g_blk = nullptr;
+static SIMT_TLS int g_tid = 0;      // linear id of the emulated thread now running
+inline std::vector<void*(*)()>& dyn_smem_registry() { static std::vector<void*(*)()> r; return r; }
+
+[[noreturn]] inline void die(const char* m) { fprintf(stderr, "simt: %s\n", m); abort(); }
+
+inline Fiber* new_fiber(size_t idx) {
+  Fiber* f = new Fiber;
+  long pg = sysconf(_SC_PAGESIZE);
+  f->size = SIMT_STACK_BYTES + pg;
+  void* m = mmap(nullptr, f->size, PROT_READ | PROT_WRITE,
+                 MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE | MAP_STACK, -1, 0);
+  if (m == MAP_FAILED) die("mmap failed");
+  mprotect(m, pg, PROT_NONE);      // guard page: stack overflow -> SIGSEGV
+  f->mem = (char*)m;
+  f->color = (idx * 64 * 7) % 4096;
+  return f;
+}
+
+inline void set_cur(int t) { g_tid = t; threadIdx = g_blk->tidx[t]; }
+
+inline void switch_fiber(Fiber* from, Fiber* to) {
+#ifdef SIMT_UCONTEXT
+  swapcontext(&from->uc, &to->uc);
+#else
+  simt_swap(&from->sp, to->sp);
+#endif
+}
+
+inline Fiber* pick_next();
+
+inline void runner_entry(Fiber* self);
+
+inline Fiber* pool_get(Block& b) {
+  if (b.pool_next == b.pool.size()) b.pool.push_back(new_fiber(b.pool.size()));
+  return b.pool[b.pool_next++];
+}
+
+inline void init_fiber(Fiber* f) {
+#ifdef SIMT_UCONTEXT
+  getcontext(&f->uc);
+  long pg = sysconf(_SC_PAGESIZE);
+  f->uc.uc_stack.ss_sp = f->mem + pg;
+  f->uc.uc_stack.ss_size = f->size - pg - f->color;
+  f->uc.uc_link = nullptr;
+  uintptr_t p = (uintptr_t)f;
+  makecontext(&f->uc, (void (*)())+[](unsigned lo, unsigned hi) {
+    runner_entry((Fiber*)(((uintptr_t)hi << 32) | lo)); }, 2, (unsigned)p, (unsigned)(p >> 32));
+#else
+  uintptr_t top = ((uintptr_t)(f->mem + f->size) - f->color) & ~(uintptr_t)15;
+  void** sp = (void**)(top - 72);            // after 6 pops + ret: rsp = top-16
+  sp[0] = sp[1] = sp[4] = sp[5] = nullptr;   // r15 r14 rbx rbp
+  sp[2] = (void*)&runner_entry;              // r13 = function
+  sp[3] = (void*)f;                          // r12 = argument
+  sp[6] = (void*)&simt_trampoline;           // return address
+  f->sp = sp;
+#endif
+}
+
+inline void push_ready(Block& b, int t) {
+  int i = b.rhead + b.rcount; if (i >= b.n) i -= b.n;
+  b.rq[i] = t; b.rcount++; b.st[t] = RUN;
+}
+
+// Release a set of waiting threads, in the configured order.
+inline void release(Block& b, int* ts, int k) {
+  if (g_cfg.sched == 1) std::sort(ts, ts + k, [](int a, int c) { return a > c; });
+  else if (g_cfg.sched == 2) std::shuffle(ts, ts + k, b.rng);
+  for (int i = 0; i < k; ++i) push_ready(b, ts[i]);
+}
+
+inline void check_block(Block& b) {
+  int k = (int)b.bwait.size();
+  if (k && k + b.ndone == b.n) {
+    b.bphase++; b.bacc[b.bphase & 1] = 0;
+    release(b, b.bwait.data(), k);
+    b.bwait.clear();
+  }
+}
+
+// Release lanes of warp w whose (mask & live lanes) have all arrived.
+inline void check_warp(Block& b, int w, uint32_t hint_mask) {
+  uint32_t arr = b.warrive[w], live = b.wlive[w];
+  if (!arr) return;
+  if (hint_mask) { uint32_t m = hint_mask & live; if ((arr & m) != m) return; }
+  uint32_t rel = 0;
+  for (uint32_t a = arr; a; a &= a - 1) {
+    int l = __builtin_ctz(a);
+    uint32_t m = b.wmask[w * 32 + l] & live;
+    if ((arr & m) == m) rel |= 1u << l;
+  }
+  if (!rel) return;
+  b.warrive[w] &= ~rel;
+  int ts[32], k = 0;
+  for (uint32_t a = rel; a; a &= a - 1) ts[k++] = w * 32 + __builtin_ctz(a);
+  release(b, ts, k);
+}
+
+inline void report_deadlock(Block& b) {
+  int nb = 0, nw = 0, first_b = -1, first_w = -1;
+  for (int t = 0; t < b.n; ++t) {
+    if (b.st[t] == WAIT_BLOCK) { nb++; if (first_b < 0) first_b = t; }
+    if (b.st[t] == WAIT_WARP) { nw++; if (first_w < 0) first_w = t; }
+  }
+  set_error("deadlock in block (%u,%u,%u): %d threads finished, %d wait at __syncthreads "
+            "(first: thread %d), %d wait at a warp barrier or shuffle (first: thread %d); "
+            "a barrier inside divergent code can never be released",
+            blockIdx.x, blockIdx.y, blockIdx.z, b.ndone, nb, first_b, nw, first_w);
+}
+
+inline Fiber* pick_next() {
+  Block& b = *g_blk;
+  if (b.rcount) {
+    int t = b.rq[b.rhead]; if (++b.rhead == b.n) b.rhead = 0; b.rcount--;
+    return b.fib[t];
+  }
+  if (b.next_start < b.n) { Fiber* f = pool_get(b); init_fiber(f); return f; }
+  if (b.ndone != b.n) { report_deadlock(b); b.error = 1; }
+  return &b.main;
+}
+
+// Current thread blocks (its state is already WAIT_*): run something else.
+inline void yield_thread() {
+  Block& b = *g_blk;
+  int me = g_tid;
+  Fiber* self = b.fib[me];
+  Fiber* nx = pick_next();
+  if (nx != self) switch_fiber(self, nx);
+  set_cur(me);
+}
+
+inline void runner_entry(Fiber* self) {
+  Block& b = *g_blk;                 // a runner never leaves its block
+  while (b.next_start < b.n) {
+    int t = b.order[b.next_start++];
+    b.fib[t] = self; b.st[t] = RUN;
+    g_tid = t; threadIdx = b.tidx[t];
+    b.body(b.ctx);
+    // thread exit (inline fast path: nobody waiting -> no release checks)
+    b.st[t] = DONE; b.ndone++;
+    int w = t >> 5;
+    b.wlive[w] &= ~(1u << (t & 31));
+    if (b.warrive[w]) check_warp(b, w, 0);
+    if (!b.bwait.empty()) check_block(b);
+    if (!g_cfg.fast) break;          // "slow" mode: one fiber per thread
+  }
+  switch_fiber(self, pick_next());
+  die("finished runner resumed");
+}
+
+inline void block_barrier() {
+  Block& b = *g_blk; int me = g_tid;
+  b.st[me] = WAIT_BLOCK; b.bwait.push_back(me);
+  check_block(b);
+  yield_thread();
+}
+
+inline void warp_barrier(uint32_t mask) {
+  Block& b = *g_blk; int me = g_tid, w = me >> 5; uint32_t bit = 1u << (me & 31);
+  b.st[me] = WAIT_WARP; b.wmask[me] = mask | bit; b.warrive[w] |= bit;
+  check_warp(b, w, mask | bit);
+  yield_thread();
+}
+
+// Warp exchange: write own slot, warp barrier, read source lane's slot.
+// Double-buffered by a per-thread parity so one barrier per exchange suffices.
+template <class T> inline T exchange(unsigned mask, T v, int src) {
+  static_assert(sizeof(T) <= 8 && std::is_trivially_copyable<T>::value, "shuffle type");
+  Block& b = *g_blk; int me = g_tid, lane = me & 31, w = me >> 5;
+  uint64_t* buf = &b.xbuf[(size_t)(w * 2 + (b.xpar[me] ^= 1)) * 32];
+  uint64_t bits = 0; memcpy(&bits, &v, sizeof(T)); buf[lane] = bits;
+  warp_barrier(mask);
+  T r; memcpy(&r, &buf[src], sizeof(T));
+  return r;
+}
+inline uint32_t vote(unsigned mask, int pred) {     // returns ballot over mask & live
+  Block& b = *g_blk; int me = g_tid, w = me >> 5;
+  uint64_t* buf = &b.xbuf[(size_t)(w * 2 + (b.xpar[me] ^= 1)) * 32];
+  buf[me & 31] = pred != 0;
+  warp_barrier(mask);
+  uint32_t m = mask & (b.wlive[w] | (1u << (me & 31))), r = 0;
+  for (uint32_t a = m; a; a &= a - 1) { int l = __builtin_ctz(a); if (buf[l]) r |= 1u << l; }
+  return r;
+}
+inline int block_reduce_count(int pred) {
+  Block& b = *g_blk;
+  b.bacc[b.bphase & 1] += pred != 0;
+  block_barrier();
+  return b.bacc[(b.bphase - 1) & 1];
+}
+
+inline Block& tls_block() { static thread_local Block* tb = new Block; return *tb; }
+template <class F> void thunk(void* p) { (*(F*)p)(); }
+
+// Run a whole grid. body() runs one emulated thread (reads threadIdx etc.).
+__attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
+                                             void (*body_fn)(void*), void* body_ctx) {
+  long nthr = (long)block.x * block.y * block.z;
+  long nblk = (long)grid.x * grid.y * grid.z;
+  g_errmsg[0] = 0;
+  if (nthr < 1 || nthr > 1024) { set_error("block of %ld threads: CUDA allows 1 to 1024", nthr); return 2; }
+  if (grid.y > 65535 || grid.z > 65535 || nblk < 1) {
+    set_error("grid (%u,%u,%u): CUDA allows x >= 1 and y, z in 1..65535", grid.x, grid.y, grid.z); return 2; }
+  if (shmem > SIMT_MAX_DYN_SMEM) {
+    set_error("dynamic shared memory of %zu bytes is over the emulator's %d", shmem, SIMT_MAX_DYN_SMEM); return 3; }
+  // Block order follows the thread order: natural, reversed, or one seeded permutation.
+  std::vector<long> block_order;
+  if (g_cfg.sched != 0) {
+    block_order.resize(nblk);
+    for (long i = 0; i < nblk; ++i) block_order[i] = g_cfg.sched == 1 ? nblk - 1 - i : i;
+    if (g_cfg.sched == 2) { std::mt19937 r(g_cfg.seed ^ 0x9e3779b9u); std::shuffle(block_order.begin(), block_order.end(), r); }
+  }
+  int err = 0;
+#ifdef _OPENMP
+  int nt = g_cfg.nthreads > 0 ? g_cfg.nthreads : omp_get_max_threads();
+#pragma omp parallel num_threads(nt) reduction(| : err)
+#endif
+  {
+    Block& b = tls_block();
+    g_blk = &b;
+    blockDim = block; gridDim = grid;
+    if (b.n != nthr || b.bdim.x != block.x || b.bdim.y != block.y) {
+      b.n = (int)nthr; b.bdim = block; b.nwarps = (b.n + 31) / 32;
+      b.tidx.resize(b.n);
+      for (int t = 0; t < b.n; ++t)
+        b.tidx[t] = uint3{t % block.x, (t / block.x) % block.y, t / (block.x * block.y)};
+      b.order.resize(b.n); b.fib.resize(b.n); b.st.resize(b.n); b.rq.resize(b.n);
+      b.wlive.resize(b.nwarps); b.warrive.resize(b.nwarps); b.wmask.resize(b.n);
+      b.xbuf.assign((size_t)b.nwarps * 64, 0); b.xpar.resize(b.n);
+      b.bwait.reserve(b.n);
+    }
+    b.body = body_fn; b.ctx = body_ctx;
+#ifdef _OPENMP
+    b.rng.seed(g_cfg.seed + 7919u * omp_get_thread_num());
+#pragma omp for schedule(dynamic, 1)
+#else
+    b.rng.seed(g_cfg.seed);
+#endif
+    for (long i = 0; i < nblk; ++i) {
+      if (err) continue;
+      const long bid = block_order.empty() ? i : block_order[i];
+      blockIdx = uint3{(unsigned)(bid % grid.x), (unsigned)((bid / grid.x) % grid.y),
+                       (unsigned)(bid / ((long)grid.x * grid.y))};
+      for (int t = 0; t < b.n; ++t) b.order[t] = t;
+      if (g_cfg.sched == 1) std::reverse(b.order.begin(), b.order.end());
+      if (g_cfg.sched == 2) std::shuffle(b.order.begin(), b.order.end(), b.rng);
+      b.next_start = b.ndone = b.rhead = b.rcount = 0; b.pool_next = 0; b.error = 0;
+      b.bwait.clear(); b.bphase = 0; b.bacc[0] = b.bacc[1] = 0;
+      for (int w = 0; w < b.nwarps; ++w) {
+        int lanes = std::min(32, b.n - 32 * w);
+        b.wlive[w] = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1); b.warrive[w] = 0;
+      }
+      std::fill(b.xpar.begin(), b.xpar.end(), 0);
+      if (g_cfg.poison) {
+        if (shmem) for (auto fn : dyn_smem_registry()) memset(fn(), 0xff, shmem);
+#ifndef _OPENMP
+        if (__start_simt_shared) memset(__start_simt_shared, 0xff, __stop_simt_shared - __start_simt_shared);
+#endif
+      }
+      switch_fiber(&b.main, pick_next());
+      err |= b.error;
+    }
+  }
+  fflush(stdout);   // kernel printf appears before Python prints anything after the launch
+  return err;
+}
+
+// ---- kernel-signature glue: args[i] points at the i-th parameter value (cuLaunchKernel style)
+template <class... A, size_t... I>
+int launch_kernel_impl(void (*k)(A...), const unsigned* g, const unsigned* bl, size_t shmem,
+                       void** args, std::index_sequence<I...>) {
+  std::tuple<std::decay_t<A>...> tup{*static_cast<std::decay_t<A>*>(args[I])...};
+  auto body = [&] { k(std::get<I>(tup)...); };
+  return launch(dim3(g[0], g[1], g[2]), dim3(bl[0], bl[1], bl[2]), shmem,
+                &thunk<decltype(body)>, &body);
+}
+template <class... A>
+int launch_kernel(void (*k)(A...), const unsigned* g, const unsigned* bl, size_t shmem, void** args) {
+  return launch_kernel_impl(k, g, bl, shmem, args, std::index_sequence_for<A...>{});
+}
+// What Python needs to check a launch's arguments against the kernel's parameters (mirrored by
+// _ParamInfo in module.py). kind of the value, or of the pointee for a pointer: 1 floating point,
+// 2 signed integer, 3 unsigned integer (bool too), 4 anything else; elem: the pointee's size;
+// writable: a pointer to non-const.
+struct ParamInfo { uint64_t size; int32_t is_pointer, kind, elem, writable; };
+template <class U> constexpr int kind_of() {
+  return std::is_floating_point<U>::value ? 1
+       : std::is_integral<U>::value ? (std::is_signed<U>::value ? 2 : 3) : 4;
+}
+template <class P> constexpr ParamInfo param_info_of() {
+  using T = std::decay_t<P>;
+  if constexpr (std::is_pointer<T>::value) {
+    using E = std::remove_pointer_t<T>;
+    using U = std::remove_cv_t<E>;
+    if constexpr (std::is_void<U>::value) return ParamInfo{sizeof(T), 1, 4, 1, !std::is_const<E>::value};
+    else return ParamInfo{sizeof(T), 1, kind_of<U>(), (int32_t)sizeof(U), !std::is_const<E>::value};
+  } else {
+    return ParamInfo{sizeof(T), 0, kind_of<T>(), (int32_t)sizeof(T), 0};
+  }
+}
+template <class... A> int param_info(void (*)(A...), ParamInfo* out) {
+  ParamInfo s[] = {param_info_of<A>()..., ParamInfo{}};
+  if (out) for (size_t i = 0; i < sizeof...(A); ++i) out[i] = s[i];
+  return (int)sizeof...(A);
+}
+struct DynSmemReg { DynSmemReg(void* (*f)()) { dyn_smem_registry().push_back(f); } };
+} // namespace simt
+
+// Wrapper-side macros
+#define SIMT_EXPORT(cname, ...)                                                              \
+  extern "C" __attribute__((visibility("default"))) int simt_launch_##cname(                \
+      const unsigned* g, const unsigned* b, size_t shmem, void** args) {                     \
+    return simt::launch_kernel(&__VA_ARGS__, g, b, shmem, args); }                           \
+  extern "C" __attribute__((visibility("default"))) int simt_params_##cname(simt::ParamInfo* p) { \
+    return simt::param_info(&__VA_ARGS__, p); }
+// Define storage for `extern __shared__ T name[];` (all such arrays alias in CUDA; here
+// each name gets its own buffer, per OS thread).
+#define SIMT_DYN_SMEM(T, name)                                                               \
+  alignas(16) SIMT_DYNAMIC_SHARED T name[SIMT_MAX_DYN_SMEM / sizeof(T)];                     \
+  static simt::DynSmemReg simt_reg_##name(+[]() -> void* { return (void*)name; });
+#define SIMT_CONFIG_EXPORT                                                                   \
+  extern "C" __attribute__((visibility("default"))) void simt_set_config(                   \
+      int sched, int fast, unsigned seed, int nthreads, int poison) {                        \
+    simt::g_cfg = simt::Config{sched, fast, seed, nthreads, poison}; }                       \
+  extern "C" __attribute__((visibility("default"))) const char* simt_last_error() {         \
+    return simt::g_errmsg; }
+
+// ----------------------------------------------------------------- intrinsics
+inline void __syncthreads() { simt::block_barrier(); }
+inline int __syncthreads_count(int p) { return simt::block_reduce_count(p); }
+inline int __syncthreads_and(int p) { return simt::block_reduce_count(p) == simt::g_blk->n - simt::g_blk->ndone; }
+inline int __syncthreads_or(int p) { return simt::block_reduce_count(p) != 0; }
+inline void __syncwarp(unsigned mask = 0xffffffffu) { simt::warp_barrier(mask); }
+inline unsigned __activemask() { return simt::g_blk->wlive[simt::g_tid >> 5]; }
+template <class T> inline T __shfl_sync(unsigned m, T v, int src, int w = 32) {
+  int lane = simt::g_tid & 31; return simt::exchange(m, v, (lane & ~(w - 1)) + (src & (w - 1))); }
+template <class T> inline T __shfl_down_sync(unsigned m, T v, unsigned d, int w = 32) {
+  int lane = simt::g_tid & 31; return simt::exchange(m, v, (int)((lane & (w - 1)) + d) < w ? lane + (int)d : lane); }
+template <class T> inline T __shfl_up_sync(unsigned m, T v, unsigned d, int w = 32) {
+  int lane = simt::g_tid & 31; return simt::exchange(m, v, (lane & (w - 1)) >= (int)d ? lane - (int)d : lane); }
+template <class T> inline T __shfl_xor_sync(unsigned m, T v, int x, int w = 32) {
+  int lane = simt::g_tid & 31, s = lane ^ x; return simt::exchange(m, v, s < ((lane / w) + 1) * w ? s : lane); }
+inline unsigned __ballot_sync(unsigned m, int p) { return simt::vote(m, p); }
+inline int __any_sync(unsigned m, int p) { return simt::vote(m, p) != 0; }
+inline int __all_sync(unsigned m, int p) {
+  unsigned live = m & simt::g_blk->wlive[simt::g_tid >> 5]; return (simt::vote(m, p) & live) == live; }
+inline void __threadfence() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+inline void __threadfence_block() { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+template <class T> inline T __ldg(const T* p) { return *p; }
+#if defined(__x86_64__)
+inline long long clock64() { return (long long)__builtin_ia32_rdtsc(); }
+#else
+inline long long clock64() { timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec * 1000000000LL + t.tv_nsec; }
+#endif
+inline void __nanosleep(unsigned) {}
+
+// atomics: real atomics (blocks may run on several OS threads)
+#define SIMT_IATOMIC(T)                                                                      \
+  inline T atomicAdd(T* p, T v) { return __atomic_fetch_add(p, v, __ATOMIC_RELAXED); }      \
+  inline T atomicSub(T* p, T v) { return __atomic_fetch_sub(p, v, __ATOMIC_RELAXED); }      \
+  inline T atomicAnd(T* p, T v) { return __atomic_fetch_and(p, v, __ATOMIC_RELAXED); }      \
+  inline T atomicOr(T* p, T v) { return __atomic_fetch_or(p, v, __ATOMIC_RELAXED); }        \
+  inline T atomicXor(T* p, T v) { return __atomic_fetch_xor(p, v, __ATOMIC_RELAXED); }      \
+  inline T atomicExch(T* p, T v) { return __atomic_exchange_n(p, v, __ATOMIC_RELAXED); }    \
+  inline T atomicCAS(T* p, T c, T v) {                                                       \
+    __atomic_compare_exchange_n(p, &c, v, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED); return c; } \
+  inline T atomicMax(T* p, T v) { T o = *p; while (o < v && !__atomic_compare_exchange_n(p, &o, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {} return o; } \
+  inline T atomicMin(T* p, T v) { T o = *p; while (o > v && !__atomic_compare_exchange_n(p, &o, v, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {} return o; }
+SIMT_IATOMIC(int) SIMT_IATOMIC(unsigned) SIMT_IATOMIC(unsigned long long)
+#define SIMT_FATOMIC(T, U)                                                                   \
+  inline T atomicAdd(T* p, T v) {                                                           \
+    U o = __atomic_load_n((U*)p, __ATOMIC_RELAXED), n; T f;                                 \
+    do { memcpy(&f, &o, sizeof f); f += v; memcpy(&n, &f, sizeof n); }                      \
+    while (!__atomic_compare_exchange_n((U*)p, &o, n, true, __ATOMIC_RELAXED, __ATOMIC_RELAXED)); \
+    memcpy(&f, &o, sizeof f); return f; }                                                   \
+  inline T atomicExch(T* p, T v) { U n; memcpy(&n, &v, sizeof n); n = __atomic_exchange_n((U*)p, n, __ATOMIC_RELAXED); memcpy(&v, &n, sizeof n); return v; }
+SIMT_FATOMIC(float, uint32_t) SIMT_FATOMIC(double, uint64_t)
+
+// math / bit intrinsics (precision of the __fast variants is NOT emulated)
+inline float __expf(float x) { return expf(x); }
+inline float __logf(float x) { return logf(x); }
+inline float __sinf(float x) { return sinf(x); }
+inline float __cosf(float x) { return cosf(x); }
+inline float __tanf(float x) { return tanf(x); }
+inline float __powf(float x, float y) { return powf(x, y); }
+inline float __fdividef(float a, float b) { return a / b; }
+inline float __frcp_rn(float a) { return 1.0f / a; }
+inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+inline double rsqrt(double x) { return 1.0 / sqrt(x); }
+inline float __saturatef(float x) { return fminf(fmaxf(x, 0.f), 1.f); }
+inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
+inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
+inline int __float2int_rn(float f) { return (int)nearbyintf(f); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
+inline int __ffs(int x) { return __builtin_ffs(x); }
+inline unsigned __brev(unsigned x) { x = ((x >> 1) & 0x55555555u) | ((x & 0x55555555u) << 1);
+  x = ((x >> 2) & 0x33333333u) | ((x & 0x33333333u) << 2); x = ((x >> 4) & 0x0f0f0f0fu) | ((x & 0x0f0f0f0fu) << 4);
+  return __builtin_bswap32(x); }
+#define SIMT_MINMAX(T)                                                                       \
+  inline T min(T a, T b) { return a < b ? a : b; } inline T max(T a, T b) { return a > b ? a : b; }
+SIMT_MINMAX(int) SIMT_MINMAX(unsigned) SIMT_MINMAX(long long) SIMT_MINMAX(unsigned long long)
+inline float min(float a, float b) { return fminf(a, b); } inline float max(float a, float b) { return fmaxf(a, b); }
+inline double min(double a, double b) { return fmin(a, b); } inline double max(double a, double b) { return fmax(a, b); }
+
+// a few vector types
+#define SIMT_VEC(T, N2, N4)                                                                  \
+  struct __attribute__((aligned(2 * sizeof(T)))) N2 { T x, y; };                             \
+  struct __attribute__((aligned(4 * sizeof(T)))) N4 { T x, y, z, w; };                       \
+  inline N2 make_##N2(T x, T y) { return N2{x, y}; }                                         \
+  inline N4 make_##N4(T x, T y, T z, T w) { return N4{x, y, z, w}; }
+SIMT_VEC(float, float2, float4) SIMT_VEC(int, int2, int4) SIMT_VEC(double, double2, double4)
+SIMT_VEC(unsigned, uint2, uint4)
+inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }

@@ -1,0 +1,343 @@
+"""The `sim` device: CUDA C kernels compiled by g++ and run on the CPU.
+
+`Module` looks like `cupy.RawModule`: give it CUDA C source, ask it for a kernel by name and
+launch the kernel with `kernel(grid, block, args, shared_mem=0)`, where `args` holds NumPy
+arrays (passed as device pointers) and NumPy scalars (passed by value), exactly as CuPy takes
+CuPy arrays and NumPy scalars. The source is included, unchanged, into a C++ wrapper that
+first includes `include/simt.h` (the emulation header) and then exports one launcher per
+kernel; g++ builds it into a shared library, which is cached on disk by content hash and loaded
+with ctypes.
+
+Every launch checks its arguments against the kernel's parameter list, more strictly than a
+GPU can: the count; arrays only for pointers, C-contiguous, of a dtype that matches the
+pointee (a float64 array for a `float*` is garbage on a GPU); scalars only of the parameter's
+exact type and size (a Python int would be passed by CuPy as 64 bits); a read-only array for a
+non-const pointer. `None` is a null pointer.
+
+Thread order (see `set_thread_order`) decides in which order the emulated threads of a block
+start and leave barriers, and in which order blocks run: "natural", "reversed" or "random"
+(seeded, and different for every launch). A kernel that depends on an order CUDA does not
+promise (a missing `__syncthreads()`) gives different results under different orders.
+"""
+import contextlib
+import ctypes
+import fcntl
+import hashlib
+import os
+import platform
+import re
+import subprocess
+import tempfile
+import threading
+from pathlib import Path
+
+import numpy as np
+
+INCLUDE_DIR = Path(__file__).resolve().parent / "include"
+
+ORDERS = ("natural", "reversed", "random")
+
+
+class SimError(RuntimeError):
+    """A kernel failed under the emulator: a deadlock, a bad launch configuration."""
+
+
+class SimBuildError(RuntimeError):
+    """g++ could not build a kernel source under the emulator."""
+
+
+# ------------------------------------------------------------------------------ configuration
+
+class _Config:
+    def __init__(self):
+        order = os.environ.get("CUPYCNN_SIM_ORDER", "natural")
+        if order not in ORDERS:
+            raise ValueError(f"CUPYCNN_SIM_ORDER={order!r}: expected one of {', '.join(ORDERS)}")
+        self.order = order
+        self.seed = int(os.environ.get("CUPYCNN_SIM_SEED", "0"))
+        self.poison_shared = True
+        self.version = 0      # bumped on every change; modules re-apply when it moves
+        self.launches = 0     # random order: every launch gets its own seed
+
+
+_config = _Config()
+_lock = threading.Lock()
+
+
+def set_thread_order(order, seed=None):
+    """Choose the emulated thread and block order: "natural", "reversed" or "random".
+
+    With "random", `seed` (default: the current one) makes the sequence of orders repeatable;
+    each launch still gets a different permutation.
+    """
+    if order not in ORDERS:
+        raise ValueError(f"thread order {order!r}: expected one of {', '.join(ORDERS)}")
+    with _lock:
+        _config.order = order
+        if seed is not None:
+            _config.seed = int(seed)
+        _config.launches = 0
+        _config.version += 1
+
+
+def get_thread_order():
+    """The current thread order and seed, as a tuple."""
+    return _config.order, _config.seed
+
+
+@contextlib.contextmanager
+def thread_order(order, seed=None):
+    """Run a block of code under another thread order: `with thread_order("random", 3): ...`."""
+    previous = get_thread_order()
+    set_thread_order(order, seed)
+    try:
+        yield
+    finally:
+        set_thread_order(*previous)
+
+
+def set_shared_memory_poison(enabled):
+    """Fill shared memory with 0xFF bytes (a NaN for floats) at every block's start (on by
+    default; static shared memory only when blocks run on one OS thread)."""
+    with _lock:
+        _config.poison_shared = bool(enabled)
+        _config.version += 1
+
+
+def cache_dir():
+    """Where built kernels are kept: $CUPYCNN_CACHE_DIR, else $XDG_CACHE_HOME/cupycnn, else
+    ~/.cache/cupycnn (each with a `sim` subfolder)."""
+    root = os.environ.get("CUPYCNN_CACHE_DIR")
+    if not root:
+        xdg = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        root = os.path.join(xdg, "cupycnn")
+    return Path(root) / "sim"
+
+
+def _openmp_threads():
+    """CUPYCNN_SIM_THREADS=N runs blocks on N OS threads (OpenMP); unset or 1: one thread."""
+    n = int(os.environ.get("CUPYCNN_SIM_THREADS", "1") or "1")
+    return max(1, n)
+
+
+def _use_ucontext():
+    """The portable fiber switch (ucontext) where the x86-64 assembly one cannot run."""
+    return platform.machine() not in ("x86_64", "AMD64") or os.environ.get("CUPYCNN_SIM_UCONTEXT") == "1"
+
+
+_compiler_version = None
+
+
+def _compiler_id():
+    global _compiler_version
+    if _compiler_version is None:
+        try:
+            out = subprocess.run(["g++", "--version"], capture_output=True, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            raise SimBuildError("the sim device needs g++ (the GNU C++ compiler) on the PATH: "
+                                f"{e}") from None
+        _compiler_version = out.stdout.splitlines()[0]
+    return _compiler_version
+
+
+# ---------------------------------------------------------------------------- source scanning
+
+_KERNEL_RE = re.compile(
+    r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+'
+    r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
+_DYN_SMEM_RE = re.compile(
+    r'extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_][\w:]*(?:\s+[A-Za-z_]\w*)*)'
+    r'\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]')
+_COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+
+
+def _c_identifier(expression):
+    """A C name for a name expression such as `axpy<float>`."""
+    return re.sub(r"\W", "_", expression) + "_" + hashlib.md5(expression.encode()).hexdigest()[:6]
+
+
+class _ParamInfo(ctypes.Structure):
+    # Mirrors simt::ParamInfo. kind: 1 float, 2 signed int, 3 unsigned int, 4 other.
+    _fields_ = [("size", ctypes.c_uint64), ("is_pointer", ctypes.c_int32),
+                ("kind", ctypes.c_int32), ("elem", ctypes.c_int32), ("writable", ctypes.c_int32)]
+
+
+_KIND_NAMES = {1: "floating point", 2: "signed integer", 3: "unsigned integer", 4: "other"}
+_DTYPE_KIND = {"f": 1, "i": 2, "u": 3, "b": 3}
+
+
+# ---------------------------------------------------------------------------------- the module
+
+class Module:
+    """A CUDA C source built for the emulator; the counterpart of `cupy.RawModule(code=...)`.
+
+    `name` labels the source in compiler messages and in the cache; `name_expressions` lists
+    template instantiations to export (as CuPy's argument of that name); `options` are extra
+    g++ flags (for instance `-DTILE=32`).
+    """
+
+    def __init__(self, code, name="<code>", name_expressions=(), options=()):
+        self.name = name
+        clean = _COMMENT_RE.sub("", code)
+        self._c_names = {k: k for k in _KERNEL_RE.findall(clean)}
+        for expression in name_expressions:
+            self._c_names[expression] = _c_identifier(expression)
+        dynamic_shared = {}
+        for type_name, var in _DYN_SMEM_RE.findall(clean):
+            if dynamic_shared.setdefault(var, type_name) != type_name:
+                raise SimBuildError(f"{name}: extern __shared__ {var} is declared with two types, "
+                                    f"{type_name} and {dynamic_shared[var]}")
+        self.openmp_threads = _openmp_threads()
+        flags = ["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden",
+                 "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-I", str(INCLUDE_DIR), *options]
+        if self.openmp_threads > 1:   # TLS descriptors: faster thread_local from a dlopen'ed .so
+            flags += ["-fopenmp", "-mtls-dialect=gnu2"]
+        if _use_ucontext():
+            flags.append("-DSIMT_UCONTEXT")
+        label = name.replace("\\", "/")
+        wrapper = ['#include "simt.h"']
+        wrapper += [f"SIMT_DYN_SMEM({t}, {v})" for v, t in dynamic_shared.items()]
+        # Dynamic shared memory is defined by the wrapper (above); see simt.h.
+        code = re.sub(r"\bextern(\s+)__shared__\b", r"extern\1SIMT_DYNAMIC_SHARED", code)
+        wrapper += [f'#line 1 "{label}"', code, "SIMT_CONFIG_EXPORT"]
+        wrapper += [f"SIMT_EXPORT({c}, {e})" for e, c in self._c_names.items()]
+        wrapper = "\n".join(wrapper) + "\n"
+        header = (INCLUDE_DIR / "simt.h").read_text()
+        key = hashlib.sha256("\0".join([wrapper, header, " ".join(flags), _compiler_id()])
+                             .encode()).hexdigest()[:20]
+        stem = re.sub(r"[^\w.-]", "_", Path(label).name)[:40] or "code"
+        self.build_flags = flags
+        self.library_path = self._build(wrapper, flags, cache_dir() / f"{stem}-{key}.so")
+        self._lib = ctypes.CDLL(str(self.library_path))
+        self._lib.simt_set_config.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
+                                              ctypes.c_int, ctypes.c_int]
+        self._lib.simt_last_error.restype = ctypes.c_char_p
+        self._applied_version = -1
+        self._kernels = {}
+
+    def _build(self, wrapper, flags, library):
+        """Build once per content hash, safely when several processes (MPI ranks) ask at once:
+        one builds under an exclusive lock, the others wait and find the library there; the
+        library appears under its final name only when complete (written aside, then renamed)."""
+        if library.exists():
+            return library
+        library.parent.mkdir(parents=True, exist_ok=True)
+        with open(str(library) + ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if library.exists():
+                return library
+            source = library.with_suffix(".cpp")
+            _write_atomically(source, wrapper)
+            fd, partial = tempfile.mkstemp(dir=library.parent, prefix=library.name, suffix=".part")
+            os.close(fd)
+            try:
+                result = subprocess.run(["g++", *flags, str(source), "-o", partial],
+                                        capture_output=True, encoding="utf-8", errors="replace",
+                                        env=dict(os.environ, LC_ALL="C"))
+                if result.returncode != 0:
+                    raise SimBuildError(f"g++ could not build {self.name} for the sim device:\n"
+                                        + result.stderr[-6000:])
+                os.replace(partial, library)
+            finally:
+                if os.path.exists(partial):
+                    os.unlink(partial)
+        return library
+
+    def get_function(self, name):
+        """The kernel `name` (an `extern "C" __global__` function or a name expression)."""
+        kernel = self._kernels.get(name)
+        if kernel is None:
+            if name not in self._c_names:
+                known = ", ".join(sorted(self._c_names)) or "none"
+                raise AttributeError(f"{self.name}: no kernel named {name!r} (kernels: {known})")
+            kernel = self._kernels[name] = Kernel(self, name, self._c_names[name])
+        return kernel
+
+    def _apply_config(self):
+        # Random order: every launch its own permutation, the sequence fixed by the seed.
+        if _config.order == "random":
+            with _lock:
+                _config.launches += 1
+                seed = (_config.seed * 1000003 + _config.launches) & 0xFFFFFFFF
+        elif self._applied_version == _config.version:
+            return
+        else:
+            seed = _config.seed & 0xFFFFFFFF
+        self._lib.simt_set_config(ORDERS.index(_config.order), 1, seed, self.openmp_threads,
+                                  int(_config.poison_shared))
+        self._applied_version = _config.version
+
+
+def _write_atomically(path, text):
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".part")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _as_triple(dims, what, kernel):
+    if isinstance(dims, (int, np.integer)):
+        dims = (int(dims),)
+    dims = tuple(int(d) for d in dims)
+    if not 1 <= len(dims) <= 3 or min(dims) < 1:
+        raise ValueError(f"{kernel}: {what} must be 1 to 3 positive sizes, got {dims}")
+    return dims + (1,) * (3 - len(dims))
+
+
+class Kernel:
+    """One kernel of a `Module`: `kernel(grid, block, args, shared_mem=0)`."""
+
+    def __init__(self, module, name, c_name):
+        self.module, self.name = module, name
+        self._launch = getattr(module._lib, "simt_launch_" + c_name)
+        self._launch.restype = ctypes.c_int
+        self._launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                                 ctypes.c_void_p]
+        info = getattr(module._lib, "simt_params_" + c_name)
+        info.argtypes = [ctypes.POINTER(_ParamInfo)]
+        params = (_ParamInfo * 64)()
+        count = info(params)
+        self.params = [params[i] for i in range(count)]
+
+    def _marshal(self, i, arg, p):
+        where = f"{self.name}: argument {i}"
+        if p.is_pointer:
+            if arg is None:
+                return np.array([0], dtype=np.uintp)
+            if not isinstance(arg, np.ndarray):
+                raise TypeError(f"{where} is a {type(arg).__name__}, but the parameter is a "
+                                f"pointer: pass a NumPy array (or None for a null pointer)")
+            if not arg.flags.c_contiguous:
+                raise TypeError(f"{where}: the array is not C-contiguous; a kernel sees only "
+                                f"a pointer")
+            kind = _DTYPE_KIND.get(arg.dtype.kind, 4)
+            if p.kind != 4 and (kind != p.kind or arg.dtype.itemsize != p.elem):
+                raise TypeError(f"{where} is a {arg.dtype} array, but the parameter points to a "
+                                f"{p.elem}-byte {_KIND_NAMES[p.kind]} type")
+            if p.writable and not arg.flags.writeable:
+                raise TypeError(f"{where} is a read-only array, but the kernel may write to it")
+            return np.array([arg.ctypes.data], dtype=np.uintp)
+        if not isinstance(arg, np.generic):
+            raise TypeError(f"{where} is a Python {type(arg).__name__}; pass a NumPy scalar of "
+                            f"the parameter's type (np.int32, np.float32, ...): CuPy would pass a "
+                            f"Python int or float as 64 bits")
+        kind = _DTYPE_KIND.get(arg.dtype.kind, 4)
+        if arg.itemsize != p.size or (p.kind != 4 and kind != p.kind):
+            raise TypeError(f"{where} is {arg.dtype} ({arg.itemsize} bytes), but the parameter is "
+                            f"a {p.size}-byte {_KIND_NAMES[p.kind]} type")
+        return np.array([arg])
+
+    def __call__(self, grid, block, args, shared_mem=0):
+        grid = _as_triple(grid, "grid", self.name)
+        block = _as_triple(block, "block", self.name)
+        args = tuple(args)
+        if len(args) != len(self.params):
+            raise TypeError(f"{self.name}: takes {len(self.params)} arguments, got {len(args)}")
+        boxes = [self._marshal(i, a, p) for i, (a, p) in enumerate(zip(args, self.params))]
+        argv = (ctypes.c_void_p * max(1, len(boxes)))(*[b.ctypes.data for b in boxes])
+        self.module._apply_config()
+        rc = self._launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
+                          int(shared_mem), argv)
+        if rc:
+            message = self.module._lib.simt_last_error().decode(errors="replace")
+            raise SimError(f"{self.name} (grid {grid}, block {block}): {message or 'failed'}")

@@ -1,0 +1,34 @@
+"""cupycnn: CNN layers as hand-written CUDA kernels, launched through CuPy, emulated on the CPU."""
+from setuptools import setup
+
+setup(
+    name="cupycnn",
+    version="0.1.0",
+    description="Convolutional networks from hand-written CUDA kernels: CuPy on the GPU, an "
+                "emulator on the CPU, NumPy references and gradient checks",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    # kernels/ holds CUDA C, not Python; it ships inside the package as cupycnn.kernels.
+    packages=["cupycnn", "cupycnn.kernels", "cupycnn.sim", "cupycnn.ops", "cupycnn.reference",
+              "cupycnn.layers"],
+    package_dir={"cupycnn": "cupycnn", "cupycnn.kernels": "kernels"},
+    package_data={"cupycnn.kernels": ["*.cu", "*.cuh"], "cupycnn.sim": ["include/*.h"]},
+    include_package_data=False,
+    install_requires=["numpy>=1.24", "h5py>=3.8"],
+    extras_require={
+        "cuda12": ["cupy-cuda12x>=13"],
+        "cuda13": ["cupy-cuda13x>=13.6"],
+        "mpi": ["mpi4py>=4.0", "mpich>=4.3"],
+        "dev": [
+            "pytest>=8",
+            "pytest-xdist>=3.5",
+            "setuptools>=64",           # the install test builds the package without isolation
+            "wheel",
+            # NVRTC, to compile every kernel for sm_80 and sm_90 without a GPU. 12.0 emits PTX
+            # ISA 8.0, which every CUDA 12.x and 13.x driver loads.
+            "nvidia-cuda-nvrtc-cu12==12.0.140",
+        ],
+    },
+    zip_safe=False,
+)

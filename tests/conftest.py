@@ -1,0 +1,171 @@
+"""Shared fixtures: devices, emulator thread orders, poisoned outputs, fresh random inputs, and
+the kernel-coverage table printed at the end of every run.
+
+Kernel tests take the `kernel_device` fixture: each runs under `sim` in the natural, reversed
+and random thread orders, and on `cuda` where a GPU is usable (marked `cuda`; `pytest -m cuda`
+runs only those). Outputs that ops allocate are filled with NaN first, so an element a kernel
+never writes fails the comparison.
+
+Random inputs are fresh for every test: the seed comes from CUPYCNN_TEST_SEED (a new one per
+run when unset, printed in the report header so a failure can be replayed) and the test's id.
+"""
+import os
+import re
+import secrets
+import zlib
+from collections import defaultdict
+
+import numpy as np
+import pytest
+
+import cupycnn
+from cupycnn import devices as dev
+from cupycnn import runtime, sim
+
+SIM_ORDERS = ("natural", "reversed", "random")
+
+
+def pytest_configure(config):
+    # Chosen once in the controller; xdist workers inherit it through the environment.
+    os.environ.setdefault("CUPYCNN_TEST_SEED", str(secrets.randbelow(2**31)))
+
+
+def pytest_report_header(config):
+    reason = dev._probe_cuda()
+    gpu = "usable: cuda tests run" if not reason else f"not usable, cuda tests skipped ({reason})"
+    return [f"cupycnn: CUPYCNN_TEST_SEED={os.environ['CUPYCNN_TEST_SEED']}; GPU {gpu}"]
+
+
+def _test_seed(nodeid):
+    return (int(os.environ["CUPYCNN_TEST_SEED"]) * 1000003 + zlib.crc32(nodeid.encode())) % 2**32
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded from the run's seed and this test's id."""
+    return np.random.default_rng(_test_seed(request.node.nodeid))
+
+
+@pytest.fixture(autouse=True)
+def _isolate_device_state(request):
+    """Every test starts and ends with the same device, thread order and poison setting."""
+    previous = dev._current
+    order = sim.get_thread_order()
+    request.node._kernel_launches = set()
+    runtime.record_launches(request.node._kernel_launches)
+    yield
+    runtime.record_launches(None)
+    dev._current = previous
+    sim.set_thread_order(*order)
+    dev.set_poison(False)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_makereport(item, call):
+    """Attach the kernels a kernel test (one that takes `kernel_device` and compares with the
+    reference) launched to its call report, which xdist sends to the controller, for the
+    coverage table."""
+    if call.when == "call" and "kernel_device" in item.fixturenames:
+        for source, kernel, where in sorted(getattr(item, "_kernel_launches", ())):
+            item.user_properties.append(("kernel_launch", f"{source}|{kernel}|{where}"))
+
+
+def _kernel_device_params():
+    params = [pytest.param(("sim", order), id=f"sim-{order}") for order in SIM_ORDERS]
+    reason = dev._probe_cuda()
+    params.append(pytest.param(("cuda", None), id="cuda", marks=[
+        pytest.mark.cuda, pytest.mark.skipif(bool(reason), reason=f"no usable GPU: {reason}")]))
+    return params
+
+
+@pytest.fixture(params=_kernel_device_params())
+def kernel_device(request):
+    """Run the test on a kernel device: sim in one thread order, or cuda. Outputs poisoned."""
+    name, order = request.param
+    cupycnn.use(name)
+    if name == "sim":
+        sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
+    dev.set_poison(True)
+    return name
+
+
+@pytest.fixture
+def numpy_device():
+    cupycnn.use("numpy")
+    return "numpy"
+
+
+# ------------------------------------------------------------------ kernel coverage summary
+
+_ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+'
+                       r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
+
+
+def _all_kernels():
+    kernels = []
+    for f in runtime.kernel_files():
+        text = re.sub(r"//[^\n]*|/\*.*?\*/", "", (runtime.kernel_dir() / f"{f}.cu").read_text(),
+                      flags=re.S)
+        kernels += [(f"{f}.cu", k) for k in _ENTRY_RE.findall(text)]
+    return kernels
+
+
+def _coverage_rows(stats):
+    launches = defaultdict(set)          # (file, kernel) -> {"sim:natural", ...}
+    compiled = defaultdict(set)          # file -> {"sm_80", ...}
+    for report in stats.get("passed", []):
+        if report.when != "call":
+            continue
+        for key, value in report.user_properties:
+            if key == "kernel_launch":
+                source, kernel, where = value.split("|")
+                launches[(source, kernel)].add(where)
+            elif key == "nvrtc_compiled":
+                source, arch = value.split("|")
+                compiled[source].add(arch)
+    if not launches and not compiled:
+        return []
+    rows = []
+    for source, kernel in _all_kernels():
+        seen = launches.get((source, kernel), set())
+        rows.append((f"{source}:{kernel}",
+                     *("yes" if a in compiled.get(source, ()) else "-" for a in ("sm_80", "sm_90")),
+                     *("yes" if f"sim:{o}" in seen else "-" for o in SIM_ORDERS),
+                     "yes" if "cuda" in seen else "-"))
+    return rows
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session, exitstatus):
+    """A full run fails if any kernel lacks an NVRTC compile or a check in all three sim orders."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or hasattr(session.config, "workerinput"):
+        return
+    rows = _coverage_rows(reporter.stats)
+    session.config._cupycnn_coverage = rows
+    config = session.config
+    full_run = not config.option.keyword and not config.option.markexpr and \
+        all(os.path.isdir(a) for a in config.args)
+    missing = [r[0] for r in rows if "-" in r[1:6]]
+    config._cupycnn_missing = missing if full_run else []
+    if config._cupycnn_missing and exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    """The table: for every kernel, NVRTC compiles for sm_80/sm_90, kernel-vs-reference checks
+    under each sim thread order, and on cuda."""
+    rows = getattr(config, "_cupycnn_coverage", [])
+    if not rows:
+        return
+    tr = terminalreporter
+    tr.section("kernel coverage: NVRTC compiles and kernel-vs-reference checks")
+    cols = ("kernel", "nvrtc sm_80", "nvrtc sm_90", "sim natural", "sim reversed", "sim random",
+            "cuda")
+    widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
+    tr.write_line("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for r in rows:
+        tr.write_line("  ".join(str(c).ljust(w) for c, w in zip(r, widths)))
+    if config._cupycnn_missing:
+        tr.write_line("FAILED: kernels without an NVRTC compile or a check in all three sim "
+                      "orders: " + ", ".join(config._cupycnn_missing), red=True)

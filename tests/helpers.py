@@ -1,0 +1,44 @@
+"""Comparisons shared by the kernel tests."""
+import numpy as np
+
+import cupycnn
+
+# Kernel against float64 reference, float32 arithmetic: relative error of the whole tensor, and
+# every element within ATOL_SCALE * rms(ref) + RTOL * |ref|.
+REL_ERR = 1e-5
+RTOL = 1e-4
+ATOL_SCALE = 1e-5
+
+
+def rel_err(out, ref):
+    out = np.asarray(cupycnn.asnumpy(out), np.float64)
+    ref = np.asarray(ref, np.float64)
+    return np.linalg.norm(out - ref) / max(np.linalg.norm(ref), 1e-30)
+
+
+def assert_matches(out, ref, name="output", rel=REL_ERR, rtol=RTOL, atol_scale=ATOL_SCALE):
+    """`out` (any device) against the float64 `ref`: shape, no NaN (an unwritten poisoned
+    element), relative error and elementwise closeness."""
+    got = np.asarray(cupycnn.asnumpy(out), np.float64)
+    ref = np.asarray(ref, np.float64)
+    assert got.shape == ref.shape, f"{name}: shape {got.shape}, reference {ref.shape}"
+    nan = np.isnan(got) & ~np.isnan(ref)
+    assert not nan.any(), (f"{name}: {int(nan.sum())} of {got.size} elements are NaN "
+                           f"(never written?), first at {np.argwhere(nan)[0].tolist()}")
+    if got.size == 0:
+        return
+    err = rel_err(got, ref)
+    assert err < rel, f"{name}: relative error {err:.3g} >= {rel:g}"
+    rms = np.sqrt(np.mean(ref ** 2))
+    bad = np.abs(got - ref) > atol_scale * rms + rtol * np.abs(ref)
+    assert not bad.any(), (f"{name}: {int(bad.sum())} elements off, worst at "
+                           f"{np.unravel_index(np.argmax(np.abs(got - ref)), got.shape)}")
+
+
+def randn(rng, *shape, dtype=np.float32):
+    """Standard normal host array (never zeros)."""
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def to_device(*arrays):
+    return tuple(cupycnn.asarray(a) for a in arrays)

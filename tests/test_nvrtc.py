@@ -1,0 +1,25 @@
+"""Every kernel file compiles with NVRTC for sm_80 (A100) and sm_90 (H100), without a GPU."""
+import pytest
+
+from cupycnn import nvrtc, runtime
+
+ARCHS = ("sm_80", "sm_90")
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("source", runtime.kernel_files())
+def test_kernel_file_compiles_with_nvrtc(source, arch, record_property):
+    result = nvrtc.compile_source(runtime.kernel_source(source), f"{source}.cu", arch)
+    assert result.cubin_bytes > 0
+    assert result.entries, f"{source}.cu: no kernel entry points in the PTX"
+    # Every `extern "C" __global__` function of the file is an entry point of the module.
+    from conftest import _all_kernels
+    declared = {k for f, k in _all_kernels() if f == f"{source}.cu"}
+    assert declared <= set(result.entries), f"missing entries: {declared - set(result.entries)}"
+    assert "warning" not in result.log.lower(), result.log
+    record_property("nvrtc_compiled", f"{source}.cu|{arch}")
+
+
+def test_nvrtc_reports_errors_with_the_log():
+    with pytest.raises(nvrtc.NVRTCCompileError, match="undefined"):
+        nvrtc.compile_source('extern "C" __global__ void k() { undefined_name = 1; }', "bad.cu")
