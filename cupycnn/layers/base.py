@@ -82,6 +82,14 @@ class Layer:
     def extra_repr(self):
         return ""
 
+    def random_state(self):
+        """What this layer's randomness depends on (Dropout: its seed and call counter), so that
+        a gradient check can replay the same mask; {} for deterministic layers."""
+        return {}
+
+    def set_random_state(self, state):
+        """Restore what random_state() returned."""
+
     # ---------------------------------------------------------------------------- helpers
     def __call__(self, x, training=True):
         return self.forward(x, training)
