@@ -33,4 +33,40 @@ __device__ __forceinline__ float block_sum(float v, float* scratch) {
   return warp_sum(v);
 }
 
+// ---------------------------------------------------------------------------------- random
+// Philox4x32-10 (Salmon et al., SC 2011): a counter-based generator. The four output words are a
+// pure function of a 128-bit counter and a 64-bit key, so thread i draws the numbers for element i
+// without any state, and reference/philox.py draws the very same: a seed gives the same dropout
+// mask or augmentation on cuda, sim and numpy.
+#define PHILOX_M0 0xD2511F53u
+#define PHILOX_M1 0xCD9E8D57u
+#define PHILOX_W0 0x9E3779B9u
+#define PHILOX_W1 0xBB67AE85u
+
+__device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 k) {
+#pragma unroll
+  for (int round = 0; round < 10; ++round) {
+    const unsigned hi0 = __umulhi(PHILOX_M0, c.x), lo0 = PHILOX_M0 * c.x;
+    const unsigned hi1 = __umulhi(PHILOX_M1, c.z), lo1 = PHILOX_M1 * c.z;
+    c = make_uint4(hi1 ^ c.y ^ k.x, lo1, hi0 ^ c.w ^ k.y, lo0);
+    k.x += PHILOX_W0;
+    k.y += PHILOX_W1;
+  }
+  return c;
+}
+
+// One random 32-bit word for (seed, stream, index): counter (index, stream), key seed.
+__device__ __forceinline__ unsigned philox_word(unsigned long long seed, unsigned long long stream,
+                                                unsigned long long index) {
+  const uint4 counter = make_uint4((unsigned)index, (unsigned)(index >> 32), (unsigned)stream,
+                                   (unsigned)(stream >> 32));
+  return philox4x32_10(counter, make_uint2((unsigned)seed, (unsigned)(seed >> 32))).x;
+}
+
+// Uniform in [0, 1): the top 24 bits times 2^-24, exact in float32.
+__device__ __forceinline__ float philox_uniform(unsigned long long seed, unsigned long long stream,
+                                                unsigned long long index) {
+  return (float)(philox_word(seed, stream, index) >> 8) * (1.0f / 16777216.0f);
+}
+
 #endif  // CUPYCNN_COMMON_CUH

@@ -121,3 +121,22 @@ extern "C" __global__ void read_uninitialised_static_shared(float* out, int writ
   __syncthreads();
   out[blockIdx.x * blockDim.x + threadIdx.x] = tile[(threadIdx.x + 1) % blockDim.x];
 }
+
+// The Philox generator of common.cuh, for comparison with reference/philox.py.
+extern "C" __global__ void philox_probe(unsigned long long seed, unsigned long long stream,
+                                        unsigned long long first, unsigned* words, float* uniforms,
+                                        int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  words[i] = philox_word(seed, stream, first + i);
+  uniforms[i] = philox_uniform(seed, stream, first + i);
+}
+
+extern "C" __global__ void philox_raw(const unsigned* counters, const unsigned* keys, unsigned* out,
+                                      int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const uint4 c = make_uint4(counters[4 * i], counters[4 * i + 1], counters[4 * i + 2], counters[4 * i + 3]);
+  const uint4 r = philox4x32_10(c, make_uint2(keys[2 * i], keys[2 * i + 1]));
+  out[4 * i] = r.x; out[4 * i + 1] = r.y; out[4 * i + 2] = r.z; out[4 * i + 3] = r.w;
+}

@@ -588,6 +588,10 @@ inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f;
 inline unsigned __float_as_uint(float f) { unsigned i; memcpy(&i, &f, 4); return i; }
 inline int __float2int_rn(float f) { return (int)nearbyintf(f); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline unsigned __umulhi(unsigned a, unsigned b) { return (unsigned)(((unsigned long long)a * b) >> 32); }
+inline int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
+inline unsigned long long __umul64hi(unsigned long long a, unsigned long long b) {
+  return (unsigned long long)(((unsigned __int128)a * b) >> 64); }
 inline int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
 inline int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
 inline int __ffs(int x) { return __builtin_ffs(x); }
@@ -609,3 +613,4 @@ inline double min(double a, double b) { return fmin(a, b); } inline double max(d
 SIMT_VEC(float, float2, float4) SIMT_VEC(int, int2, int4) SIMT_VEC(double, double2, double4)
 SIMT_VEC(unsigned, uint2, uint4)
 inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
+inline dim3 make_dim3(unsigned x, unsigned y, unsigned z) { return dim3(x, y, z); }

@@ -1,0 +1,57 @@
+"""Philox4x32-10, the counter-based generator of kernels/common.cuh, in NumPy.
+
+A counter-based generator maps (key, counter) to random bits with no state between calls, so a
+kernel thread can draw the numbers for element i directly, and this reference draws exactly the
+same ones: dropout masks and augmentation parameters are identical on cuda, sim and numpy.
+(Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011.)
+"""
+import numpy as np
+
+M0, M1 = np.uint64(0xD2511F53), np.uint64(0xCD9E8D57)
+W0, W1 = np.uint32(0x9E3779B9), np.uint32(0xBB67AE85)
+ROUNDS = 10
+_LOW = np.uint64(0xFFFFFFFF)
+_32 = np.uint64(32)
+
+
+def philox4x32_10(counter, key):
+    """counter: uint32 array [..., 4]; key: uint32 array [..., 2] (broadcast). Returns the four
+    random words [..., 4] as uint32."""
+    c = np.asarray(counter, dtype=np.uint32)
+    k = np.asarray(key, dtype=np.uint32)
+    c0, c1, c2, c3 = (c[..., i].astype(np.uint64) for i in range(4))
+    k0, k1 = k[..., 0].astype(np.uint32), k[..., 1].astype(np.uint32)
+    with np.errstate(over="ignore"):
+        for r in range(ROUNDS):
+            p0, p1 = M0 * c0, M1 * c2
+            hi0, lo0 = p0 >> _32, p0 & _LOW
+            hi1, lo1 = p1 >> _32, p1 & _LOW
+            c0, c1, c2, c3 = (hi1 ^ c1 ^ k0.astype(np.uint64), lo1,
+                              hi0 ^ c3 ^ k1.astype(np.uint64), lo0)
+            if r < ROUNDS - 1:
+                k0, k1 = k0 + W0, k1 + W1
+    return np.stack([c0, c1, c2, c3], axis=-1).astype(np.uint32)
+
+
+def _split64(v):
+    v = np.asarray(v, dtype=np.uint64)
+    return (v & _LOW).astype(np.uint32), (v >> _32).astype(np.uint32)
+
+
+def random_words(seed, stream, index):
+    """The first word of philox4x32_10(counter=(index, stream), key=seed), each a 64-bit value
+    split into two words: what `philox_word` in common.cuh returns."""
+    index = np.asarray(index, dtype=np.uint64)
+    i_lo, i_hi = _split64(index)
+    s_lo, s_hi = _split64(np.full(index.shape, stream, dtype=np.uint64))
+    k_lo, k_hi = _split64(np.uint64(seed))
+    counter = np.stack([i_lo, i_hi, s_lo, s_hi], axis=-1)
+    key = np.stack([np.full(index.shape, k_lo), np.full(index.shape, k_hi)], axis=-1)
+    return philox4x32_10(counter, key)[..., 0]
+
+
+def uniform(seed, stream, index):
+    """Uniform float32 in [0, 1) for each index: the top 24 bits of random_words, times 2^-24
+    (exact in float32, so kernel and reference agree bit for bit)."""
+    return ((random_words(seed, stream, index) >> np.uint32(8)).astype(np.float32)
+            * np.float32(2.0 ** -24))
