@@ -8,10 +8,11 @@ against NumPy references.
 from . import devices, layers, ops, random, reference, runtime, sim  # noqa: F401
 from .devices import (DEVICES, DeviceUnavailableError, asarray, asnumpy, cuda_available, device,
                      synchronize, use)
+from .gradcheck import gradcheck
 from .random import manual_seed
 
 __version__ = "0.1.0"
 
-__all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "cuda_available", "device",
+__all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "cuda_available", "device", "gradcheck",
            "layers", "manual_seed", "ops", "random", "reference", "runtime", "sim",
            "synchronize", "use"]
