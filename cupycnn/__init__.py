@@ -8,8 +8,16 @@ against NumPy references.
 from . import devices, layers, ops, random, reference, runtime, sim  # noqa: F401
 from .devices import (DEVICES, DeviceUnavailableError, asarray, asnumpy, cuda_available, device,
                      synchronize, use)
-from .gradcheck import gradcheck
 from .random import manual_seed
+
+
+def __getattr__(name):
+    # cupycnn.gradcheck is imported on first use, so that `python -m cupycnn.gradcheck` runs it
+    # fresh; the module is callable: cupycnn.gradcheck(layer, x).
+    if name == "gradcheck":
+        import importlib
+        return importlib.import_module(".gradcheck", __name__)
+    raise AttributeError(f"module 'cupycnn' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

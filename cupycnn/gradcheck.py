@@ -26,6 +26,8 @@ the loss, residual blocks and a small network) and prints a table.
 """
 import contextlib
 import copy
+import sys
+import types
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -182,3 +184,53 @@ def gradcheck(layer, x, *, loss=None, labels=None, dy=None, eps=1e-6, training=T
         result.tensors.append(TensorCheck(tensor_name, relative_error(a, derivative[picks]),
                                           len(picks), derivative.size))
     return result
+
+
+def main(argv=None):
+    """python -m cupycnn.gradcheck [--device D] [--layer NAME]: run the suite, print the table."""
+    import argparse
+
+    from . import gradcheck_suite
+
+    parser = argparse.ArgumentParser(
+        prog="python -m cupycnn.gradcheck",
+        description="Check every layer's hand-written backward against centred finite "
+                    "differences of its float64 NumPy reference. On --device sim or cuda the "
+                    "analytic gradients come from the kernels (float32).")
+    parser.add_argument("--device", default="numpy", choices=_device.DEVICES)
+    parser.add_argument("--layer", default=None, metavar="NAME",
+                        help="one layer family, e.g. Conv2D (default: all): "
+                             + ", ".join(gradcheck_suite.families()))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    try:
+        _device.use(args.device)
+        results = gradcheck_suite.run(args.device, args.layer, args.seed)
+    except (ValueError, _device.DeviceUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    tolerance = results[0][1].tolerance
+    print(f"gradient check on {args.device}: worst relative error per tensor, pass below "
+          f"{tolerance:g}")
+    rows = [row for _, result in results for row in result.rows()]
+    width = max([len("layer")] + [len(r[0]) for r in rows])
+    print(f"{'layer':<{width}}  {'tensor':<28} {'worst rel. error':>16}  result")
+    for layer, tensor, error, verdict in rows:
+        print(f"{layer:<{width}}  {tensor:<28} {error:>16.2e}  {verdict}")
+    failed = sum(not r.passed for _, r in results)
+    print(f"{len(results) - failed} of {len(results)} cases passed")
+    return 1 if failed else 0
+
+
+class _CallableModule(types.ModuleType):
+    """`cupycnn.gradcheck(layer, x)` calls the function while `python -m cupycnn.gradcheck`
+    runs this module: the module object itself is callable."""
+
+    def __call__(self, *args, **kwargs):
+        return gradcheck(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule
+
+if __name__ == "__main__":
+    raise SystemExit(main())
