@@ -131,8 +131,11 @@ def asarray(a, dtype=None):
     """An array of the current device holding `a` (a copy to the GPU on `cuda`), C-contiguous."""
     if device() == "cuda":
         import cupy
-        return cupy.ascontiguousarray(cupy.asarray(a, dtype=dtype))
-    return np.ascontiguousarray(asnumpy(a), dtype=dtype)
+        out = cupy.asarray(a, dtype=dtype)
+    else:
+        out = np.asarray(asnumpy(a), dtype=dtype)
+    # (not ascontiguousarray: it turns a 0-d array into a 1-d one)
+    return out if out.flags.c_contiguous else out.copy(order="C")
 
 
 _poison = os.environ.get("CUPYCNN_POISON", "") not in ("", "0")
