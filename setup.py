@@ -25,6 +25,8 @@ setup(
             "pytest-xdist>=3.5",
             "setuptools>=64",           # the install test builds the package without isolation
             "wheel",
+            "mpi4py>=4.0",              # the data-parallel tests run CPU ranks under mpiexec
+            "mpich>=4.3",
             # NVRTC, to compile every kernel for sm_80 and sm_90 without a GPU. 12.0 emits PTX
             # ISA 8.0, which every CUDA 12.x and 13.x driver loads.
             "nvidia-cuda-nvrtc-cu12==12.0.140",

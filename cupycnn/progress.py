@@ -57,6 +57,11 @@ class Progress:
         if now - self._last_draw >= interval:
             self._draw(now)
 
+    def due(self):
+        """True when the next update() will redraw: the moment to refresh costly metrics."""
+        interval = self.REDRAW_SECONDS if self.interactive else self.log_interval
+        return time.perf_counter() - self._last_draw >= interval
+
     def set_metrics(self, **metrics):
         self.metrics.update(metrics)
 

@@ -1,0 +1,196 @@
+"""Data-parallel training across processes: `mpirun -n 4 python examples/train_cifar.py`.
+
+    ctx = cupycnn.distributed.init()         # every rank; works without mpirun too
+    ctx.rank, ctx.size, ctx.local_rank
+    ctx.broadcast_parameters(model)          # rank 0's weights everywhere
+    ctx.check_consistency(model, optimizer, global_batch=256)
+    trainer = Trainer(model, optimizer, distributed=ctx)
+
+Start-up follows ChainerMN: MPI's COMM_WORLD gives the rank and size; a shared-memory split of it
+gives the local rank (the rank within a node), and each rank takes GPU local_rank %
+device_count. On `cuda` the gradients and metrics go through NCCL (a communicator built from a
+unique id that rank 0 broadcasts with MPI); on `sim` and `numpy` through MPI on host arrays. With
+one process and no MPI installed, init() returns a single-process context whose collectives do
+nothing, so the same script runs either way.
+
+Gradients are all-reduced in buckets that start while backward is still running
+(`buckets.py`); the 1/N average is folded into the optimizer's fused step (`grad_scale`).
+Metrics are all-reduced as sums, so reported figures are exact for the whole dataset. A rank that
+raises aborts the whole job (COMM_WORLD.Abort) after printing its rank and error, instead of
+leaving the others waiting forever in a collective.
+"""
+import contextlib
+import sys
+import traceback
+
+import numpy as np
+
+from .. import devices as _device
+from .buckets import DEFAULT_BUCKET_BYTES, GradientBuckets
+from .comm import MpiCommunicator, NcclCommunicator, SingleProcess
+
+
+class ConsistencyError(RuntimeError):
+    """Ranks disagree about the model, the optimizer or the batch."""
+
+
+def _mpi_world():
+    """COMM_WORLD, or None when mpi4py is not installed (a single process)."""
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        return None
+    return MPI.COMM_WORLD
+
+
+class Context:
+    """One rank's view of the job: rank, size, local_rank, device, and the collectives."""
+
+    def __init__(self, mpi_comm, device, bucket_bytes=DEFAULT_BUCKET_BYTES):
+        self.mpi = mpi_comm
+        self.device = device
+        if mpi_comm is None:
+            self.rank, self.size, self.local_rank, self.local_size = 0, 1, 0, 1
+        else:
+            from mpi4py import MPI
+            self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+            local = mpi_comm.Split_type(MPI.COMM_TYPE_SHARED, key=self.rank)
+            self.local_rank, self.local_size = local.Get_rank(), local.Get_size()
+            local.Free()
+        if device == "cuda":
+            import cupy
+            count = cupy.cuda.runtime.getDeviceCount()
+            self.gpu = self.local_rank % count
+            cupy.cuda.Device(self.gpu).use()
+        else:
+            self.gpu = None
+        if mpi_comm is None:
+            self.communicator = SingleProcess()
+        elif device == "cuda":                 # NCCL even for one rank: the same code path
+            self.communicator = NcclCommunicator(mpi_comm)
+        else:
+            self.communicator = MpiCommunicator(mpi_comm)
+        self.bucket_bytes = bucket_bytes
+        self._buckets = None
+
+    @property
+    def backend(self):
+        return self.communicator.backend
+
+    @property
+    def is_root(self):
+        return self.rank == 0
+
+    # ---------------------------------------------------------------------- collectives
+    def allreduce_sum_(self, array):
+        """Sum `array` over all ranks, in place."""
+        return self.communicator.allreduce_sum_(array)
+
+    def broadcast_(self, array, root=0):
+        return self.communicator.broadcast_(array, root)
+
+    def barrier(self):
+        if self.mpi is not None:
+            self.communicator.synchronize()
+            self.mpi.Barrier()
+
+    def broadcast_parameters(self, model):
+        """Rank 0's parameters and buffers to every rank (call once, after building)."""
+        for _, p in model.named_parameters():
+            self.broadcast_(p.data)
+        for layer in model.layers():
+            for key, value in layer.buffers.items():
+                self.broadcast_(value)
+        self.communicator.synchronize()
+
+    def allgather(self, obj):
+        """Gather a small Python object from every rank (over MPI)."""
+        return [obj] if self.mpi is None else self.mpi.allgather(obj)
+
+    # ------------------------------------------------------------------------- checks
+    def check_consistency(self, model, optimizer, global_batch, **extra):
+        """Every rank compares its model, optimizer and global batch with every other's; a
+        difference raises ConsistencyError on all ranks, naming it (no rank hangs)."""
+        mine = fingerprint(model, optimizer, global_batch, **extra)
+        everyone = self.allgather(mine)
+        problems = []
+        for rank, theirs in enumerate(everyone):
+            for key in sorted(set(theirs) | set(everyone[0])):
+                if theirs.get(key) != everyone[0].get(key):
+                    problems.append(f"rank {rank} has {key} = {theirs.get(key)!r} where rank 0 "
+                                    f"has {everyone[0].get(key)!r}")
+        if problems:
+            raise ConsistencyError("the ranks do not run the same job: " + "; ".join(problems[:8])
+                                   + (f"; and {len(problems) - 8} more" if len(problems) > 8
+                                      else ""))
+
+    def per_rank_batch(self, global_batch):
+        """global_batch / size, or a clear error when it does not divide."""
+        if global_batch % self.size:
+            raise ValueError(f"the global batch size {global_batch} does not divide among "
+                             f"{self.size} ranks; use a multiple of {self.size}")
+        return global_batch // self.size
+
+    # ----------------------------------------------------------------- gradient all-reduce
+    def backward(self, model, dy, optimizer):
+        """model.backward(dy) with the bucketed, overlapped gradient all-reduce; the average
+        is the optimizer's grad_scale = 1/size."""
+        if self.size == 1:
+            return model.backward(dy)
+        if self._buckets is None or self._buckets.flat_grads is not optimizer.flat_grads:
+            self._buckets = GradientBuckets(optimizer.flat_grads, optimizer.segments(),
+                                            self.communicator, self.bucket_bytes)
+            optimizer.grad_scale = 1.0 / self.size
+        return self._buckets.backward(model, dy)
+
+    # ------------------------------------------------------------------------- failure
+    @contextlib.contextmanager
+    def abort_on_error(self):
+        """Run a block; if it raises on this rank, print the rank and the error and abort the
+        whole job, so that the other ranks do not wait forever in a collective."""
+        try:
+            yield
+        except SystemExit:
+            raise
+        except BaseException as e:
+            if self.mpi is None or self.size == 1:
+                raise
+            sys.stdout.flush()
+            sys.stderr.write(f"cupycnn: rank {self.rank} of {self.size} failed, aborting the "
+                             f"job: {type(e).__name__}: {e}\n")
+            traceback.print_exc(file=sys.stderr)
+            sys.stderr.flush()
+            self.mpi.Abort(1)
+
+
+def fingerprint(model, optimizer, global_batch, **extra):
+    """What must agree across ranks, as comparable values."""
+    info = {"global batch": int(global_batch),
+            "model": type(model).__name__,
+            "parameters": [(n, tuple(p.shape)) for n, p in model.named_parameters()],
+            "buffers": [(n, tuple(np.shape(v))) for n, v in model.named_buffers()],
+            "optimizer": type(optimizer).__name__,
+            "optimizer groups": [{k: v for k, v in g.items() if k != "params"}
+                                 for g in getattr(optimizer, "param_groups", [])]}
+    info.update({k: v for k, v in extra.items()})
+    return info
+
+
+_context = None
+
+
+def init(device=None, bucket_bytes=DEFAULT_BUCKET_BYTES):
+    """Set up this rank (once per process): MPI world, local rank, GPU, communicator.
+    `device` defaults to the current cupycnn device."""
+    global _context
+    if _context is not None:
+        return _context
+    world = _mpi_world()          # a single process started without mpirun has size 1
+    dev = device or _device.device()
+    _context = Context(world, dev, bucket_bytes)
+    return _context
+
+
+def context():
+    """The context init() made (a single-process one if init() was not called)."""
+    return _context if _context is not None else init()
