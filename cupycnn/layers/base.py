@@ -223,6 +223,40 @@ class Layer:
     def __repr__(self):
         return f"{type(self).__name__}({self.extra_repr()})"
 
+    def summary(self, input_shape, print_fn=print):
+        """Print every layer with its output shape and parameter count, and the totals, from a
+        forward pass (evaluation mode) of a random batch of 2 inputs of `input_shape` (without
+        the batch axis), e.g. model.summary((3, 32, 32)). Returns the rows printed."""
+        named = [(name.rstrip(".") or type(self).__name__, layer)
+                 for name, layer in self._named_layers()]
+        shapes = {}
+        for name, layer in named:
+            original = layer.forward
+
+            def recording(x, training=True, _original=original, _layer=layer):
+                y = _original(x, training)
+                shapes[id(_layer)] = tuple(y.shape[1:])
+                return y
+
+            layer.forward = recording        # an instance attribute, removed below
+        try:
+            x = np.random.default_rng(0).standard_normal((2,) + tuple(input_shape))
+            self.forward(_device.asarray(x.astype(np.float32)), training=False)
+        finally:
+            for _, layer in named:
+                del layer.forward
+        rows = [(name, type(layer).__name__, shapes.get(id(layer)),
+                 sum(int(np.prod(v.shape)) for v in layer.params.values()))
+                for name, layer in named]
+        width = max(len("layer"), *(len(r[0]) + 2 * r[0].count(".") for r in rows))
+        print_fn(f"{'layer':<{width}}  {'type':<16} {'output shape':<20} {'parameters':>12}")
+        for name, kind, shape, count in rows:
+            indent = "  " * name.count(".") if name != rows[0][0] else ""
+            print_fn(f"{(indent + name):<{width}}  {kind:<16} {str(shape):<20} {count:>12,}")
+        total = self.num_parameters()
+        print_fn(f"total parameters: {total:,} ({4 * total / 2**20:.2f} MiB in float32)")
+        return rows
+
 
 def uniform_init(shape, fan_in, rng):
     """PyTorch's default for Linear and Conv weights and biases: kaiming_uniform with a=sqrt(5),

@@ -1,0 +1,130 @@
+"""ResNets with torchvision's structure and state_dict names, so torchvision weights load.
+
+    resnet18(num_classes=10, stem="cifar")      3x3 stem convolution, no max-pool (32x32 inputs)
+    resnet50(num_classes=1000, stem="imagenet") 7x7 stride-2 stem and a 3x3 stride-2 max-pool
+
+Names follow torchvision: conv1, bn1, layer1.0.conv1, layer1.0.bn1, ..., layer2.0.downsample.0
+(the 1x1 projection) and .1 (its batchnorm), fc. BasicBlock (ResNet-18/34) and Bottleneck
+(ResNet-50, the stride on the 3x3 convolution as torchvision's "v1.5") are a Residual of the
+block's main branch and its shortcut, followed by a ReLU; their named_children expose the
+torchvision names while forward and backward go through the Residual.
+"""
+import collections
+
+from ..layers import (BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, Layer, MaxPool2D, ReLU,
+                      Residual, Sequential)
+
+
+class _Block(Layer):
+    """A residual block: relu(main(x) + shortcut(x)), with torchvision's child names."""
+
+    def __init__(self, names, downsample):
+        super().__init__()
+        self._named = list(names.items()) + ([("downsample", downsample)] if downsample else [])
+        main = Sequential(collections.OrderedDict(names_with_relus(names)))
+        self.residual = Residual(main, downsample)
+        self.relu = ReLU()
+
+    def named_children(self):
+        return self._named
+
+    def forward(self, x, training=True):
+        return self.relu.forward(self.residual.forward(x, training), training)
+
+    def backward(self, dy):
+        return self.residual.backward(self.relu.backward(dy))
+
+
+def names_with_relus(names):
+    """conv1, bn1, relu1, conv2, bn2[, relu2, conv3, bn3]: a ReLU after every batchnorm but the
+    last (the last ReLU comes after the addition)."""
+    items = list(names.items())
+    out = []
+    for i, (name, layer) in enumerate(items):
+        out.append((name, layer))
+        if name.startswith("bn") and i != len(items) - 1:
+            out.append((f"relu{name[2:]}", ReLU()))
+    return out
+
+
+def _downsample(in_planes, out_planes, stride):
+    if stride == 1 and in_planes == out_planes:
+        return None
+    return Sequential(Conv2D(in_planes, out_planes, 1, stride=stride, bias=False),
+                      BatchNorm2D(out_planes))
+
+
+class BasicBlock(_Block):
+    expansion = 1
+
+    def __init__(self, in_planes, planes, stride=1):
+        names = collections.OrderedDict(
+            conv1=Conv2D(in_planes, planes, 3, stride=stride, padding=1, bias=False),
+            bn1=BatchNorm2D(planes),
+            conv2=Conv2D(planes, planes, 3, stride=1, padding=1, bias=False),
+            bn2=BatchNorm2D(planes))
+        super().__init__(names, _downsample(in_planes, planes, stride))
+        self.in_planes, self.planes, self.stride = in_planes, planes, stride
+
+    def extra_repr(self):
+        return f"{self.in_planes}, {self.planes}, stride={self.stride}"
+
+
+class Bottleneck(_Block):
+    expansion = 4
+
+    def __init__(self, in_planes, planes, stride=1):
+        out = planes * self.expansion
+        names = collections.OrderedDict(
+            conv1=Conv2D(in_planes, planes, 1, bias=False),
+            bn1=BatchNorm2D(planes),
+            conv2=Conv2D(planes, planes, 3, stride=stride, padding=1, bias=False),
+            bn2=BatchNorm2D(planes),
+            conv3=Conv2D(planes, out, 1, bias=False),
+            bn3=BatchNorm2D(out))
+        super().__init__(names, _downsample(in_planes, out, stride))
+        self.in_planes, self.planes, self.stride = in_planes, planes, stride
+
+    def extra_repr(self):
+        return f"{self.in_planes}, {self.planes}, stride={self.stride}"
+
+
+class ResNet(Sequential):
+    """conv1, bn1, relu, [maxpool], layer1..layer4, avgpool, fc."""
+
+    def __init__(self, block, layers, num_classes=1000, stem="imagenet", in_channels=3):
+        if stem not in ("imagenet", "cifar"):
+            raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
+        children = collections.OrderedDict()
+        if stem == "imagenet":
+            children["conv1"] = Conv2D(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        else:
+            children["conv1"] = Conv2D(in_channels, 64, 3, stride=1, padding=1, bias=False)
+        children["bn1"] = BatchNorm2D(64)
+        children["relu"] = ReLU()
+        if stem == "imagenet":
+            children["maxpool"] = MaxPool2D(3, stride=2, padding=1)
+        in_planes = 64
+        for i, (planes, count) in enumerate(zip((64, 128, 256, 512), layers)):
+            blocks = []
+            for j in range(count):
+                stride = 2 if i > 0 and j == 0 else 1
+                blocks.append(block(in_planes, planes, stride))
+                in_planes = planes * block.expansion
+            children[f"layer{i + 1}"] = Sequential(*blocks)
+        children["avgpool"] = GlobalAvgPool2D()
+        children["fc"] = Dense(512 * block.expansion, num_classes)
+        super().__init__(children)
+        self.block_name, self.num_classes, self.stem = block.__name__, num_classes, stem
+
+
+def resnet18(num_classes=1000, stem="imagenet", in_channels=3):
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels)
+
+
+def resnet34(num_classes=1000, stem="imagenet", in_channels=3):
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels)
+
+
+def resnet50(num_classes=1000, stem="imagenet", in_channels=3):
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels)
