@@ -1,5 +1,5 @@
 """cupycnn: CNN layers as hand-written CUDA kernels, launched through CuPy, emulated on the CPU."""
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name="cupycnn",
@@ -10,8 +10,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     # kernels/ holds CUDA C, not Python; it ships inside the package as cupycnn.kernels.
-    packages=["cupycnn", "cupycnn.kernels", "cupycnn.sim", "cupycnn.ops", "cupycnn.reference",
-              "cupycnn.layers"],
+    packages=find_packages(include=["cupycnn", "cupycnn.*"]) + ["cupycnn.kernels"],
     package_dir={"cupycnn": "cupycnn", "cupycnn.kernels": "kernels"},
     package_data={"cupycnn.kernels": ["*.cu", "*.cuh"], "cupycnn.sim": ["include/*.h"]},
     include_package_data=False,
