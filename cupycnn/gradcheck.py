@@ -143,7 +143,12 @@ def gradcheck(layer, x, *, loss=None, labels=None, dy=None, eps=1e-6, training=T
         ref_layer = copy.deepcopy(layer).to(np.float64) if layer is not None else None
         ref_loss = copy.deepcopy(loss)
         if dy is None and loss is None:
+            # A forward to learn the output's shape; it must not advance any random state
+            # (a Dropout's call counter), or the reference would replay another mask.
+            states = [(l, l.random_state()) for l in ref_layer.layers()] if ref_layer else []
             y = ref_layer.forward(x64, training) if ref_layer is not None else x64
+            for l, state in states:
+                l.set_random_state(state)
             dy = rng.standard_normal(np.shape(y))
         dy = None if dy is None else np.asarray(_device.asnumpy(dy), np.float64)
         objective = _Objective(ref_layer, ref_loss, labels_host, dy, training)
