@@ -15,7 +15,8 @@ def _f64(a):
     return np.asarray(cupycnn.asnumpy(a), np.float64)
 
 
-@pytest.mark.parametrize("shape, k, s, p", [((1, 3, 7, 5), 3, 2, 1), ((2, 5, 8, 9), (2, 3), None, 0),
+@pytest.mark.parametrize("shape, k, s, p", [((1, 3, 7, 5), 3, 2, 1),
+                                            ((2, 5, 8, 9), (2, 3), None, 0),
                                             ((3, 17, 6, 6), 2, (1, 2), (1, 0))], ids=str)
 def test_pool_layers_on_the_kernel_devices(kernel_device, rng, shape, k, s, p):
     x = randn(rng, *shape)

@@ -10,8 +10,8 @@ and uses its count of training-mode forward calls as the stream: every call draw
 Backward recomputes the mask from the (seed, stream) that forward used instead of keeping it: no
 mask memory is held between forward and backward (it would be a byte per element, a quarter of
 the activation, for every dropout layer of the network), at the price of a few dozen integer
-operations per element that the memory-bound kernel hides. `random_state()` / `set_random_state()` expose (seed, calls) so a
-gradient check can replay the same mask.
+operations per element that the memory-bound kernel hides. `random_state()` /
+`set_random_state()` expose (seed, calls) so a gradient check can replay the same mask.
 """
 from .. import random as _random
 from ..ops import dropout as ops
