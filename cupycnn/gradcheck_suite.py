@@ -75,3 +75,54 @@ def _dense_no_bias(rng):
 @case("ReLU")
 def _relu(rng):
     return dict(layer=ReLU(), x=off_kinks(rng.standard_normal((2, 3, 4, 5))))
+
+
+# ---------------------------------------------------------- pooling, dropout, flatten (branch pool)
+from .layers import AvgPool2D, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D  # noqa: E402
+
+
+def distinct_values(rng, shape, spacing=1e-2):
+    """The values 0, spacing, 2 * spacing, ... (centred on 0) in random order: a max-pool window
+    never holds a tie, and its maximum beats the runner-up by far more than the finite
+    difference's eps, so the input sits off the kinks of max."""
+    n = int(np.prod(shape))
+    return ((rng.permutation(n) - n / 2) * spacing).reshape(shape)
+
+
+@case("MaxPool2D", "MaxPool2D, 3x3 stride 2 padding 1 (overlapping windows)")
+def _max_pool_overlapping(rng):
+    return dict(layer=MaxPool2D(3, 2, 1), x=distinct_values(rng, (2, 3, 7, 6)))
+
+
+@case("MaxPool2D", "MaxPool2D, (2, 3) stride (1, 2) padding (1, 1)")
+def _max_pool_non_square(rng):
+    return dict(layer=MaxPool2D((2, 3), (1, 2), (1, 1)), x=distinct_values(rng, (1, 2, 5, 7)))
+
+
+@case("AvgPool2D", "AvgPool2D, 3x3 stride 2 padding 1")
+def _avg_pool_overlapping(rng):
+    return dict(layer=AvgPool2D(3, 2, 1), x=rng.standard_normal((2, 3, 7, 6)))
+
+
+@case("AvgPool2D", "AvgPool2D, (3, 2) stride (2, 1) padding (1, 0)")
+def _avg_pool_non_square(rng):
+    return dict(layer=AvgPool2D((3, 2), (2, 1), (1, 0)), x=rng.standard_normal((1, 2, 5, 6)))
+
+
+@case("GlobalAvgPool2D")
+def _global_avg_pool(rng):
+    return dict(layer=GlobalAvgPool2D(), x=rng.standard_normal((2, 3, 4, 5)))
+
+
+@case("Dropout", "Dropout(p=0.3), training (the mask replayed from its seed and stream)")
+def _dropout(rng):
+    # dy is given: without it gradcheck runs one forward on its float64 copy to learn y's shape,
+    # which advances that copy's call counter (the stream) before the random states are
+    # captured, and the kernel copy would then replay a different mask.
+    return dict(layer=Dropout(0.3), x=rng.standard_normal((3, 4, 5)),
+                dy=rng.standard_normal((3, 4, 5)))
+
+
+@case("Flatten")
+def _flatten(rng):
+    return dict(layer=Flatten(), x=rng.standard_normal((2, 3, 4, 5)))

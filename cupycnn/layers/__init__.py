@@ -4,3 +4,8 @@ from .base import Layer, Parameter
 from .dense import Dense
 
 __all__ = ["Layer", "Parameter", "ReLU", "Dense"]
+from .dropout import Dropout  # noqa: E402
+from .flatten import Flatten  # noqa: E402
+from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D  # noqa: E402
+
+__all__ += ["MaxPool2D", "AvgPool2D", "GlobalAvgPool2D", "Dropout", "Flatten"]

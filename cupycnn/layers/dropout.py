@@ -1,0 +1,55 @@
+"""Dropout, PyTorch's `nn.Dropout(p=0.5)`: inverted dropout. Kernels: kernels/dropout.cu;
+reference: reference/dropout.py; wrappers: ops/dropout.py.
+
+    training: y = x * mask / (1 - p),   dx = dy * mask / (1 - p)     (p = 1: zeros)
+    eval:     y = x,                    dx = dy
+
+Element i is kept when philox_uniform(seed, stream, i) >= p. The layer draws its seed from
+`cupycnn.random.next_seed()` when it is built (so `cupycnn.manual_seed` makes runs repeatable)
+and uses its count of training-mode forward calls as the stream: every call draws a fresh mask.
+Backward recomputes the mask from the (seed, stream) that forward used instead of keeping it: no
+mask memory is held between forward and backward (it would be a byte per element, a quarter of
+the activation, for every dropout layer of the network), at the price of a few dozen integer
+operations per element that the memory-bound kernel hides. `random_state()` /
+`set_random_state()` expose (seed, calls) so a gradient check can replay the same mask.
+"""
+from .. import random as _random
+from ..ops import dropout as ops
+from .base import Layer
+
+
+class Dropout(Layer):
+    """Inverted dropout with probability p of zeroing each element (PyTorch's `nn.Dropout`,
+    without `inplace`); identity when `training=False`. Any input shape. No parameters."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = ops.check_probability("Dropout", p)
+        self.seed = _random.next_seed()
+        self.calls = 0                       # training-mode forwards so far: the next stream
+
+    def extra_repr(self):
+        return f"p={self.p}"
+
+    def random_state(self):
+        return {"seed": self.seed, "calls": self.calls}
+
+    def set_random_state(self, state):
+        self.seed, self.calls = int(state["seed"]), int(state["calls"])
+
+    def forward(self, x, training=True):
+        self.check_input(x, None)
+        if not training:
+            self.save_for_backward(shape=tuple(x.shape), stream=None)
+            return x
+        stream = self.calls
+        self.calls += 1
+        self.save_for_backward(shape=tuple(x.shape), stream=stream)
+        return ops.dropout_forward(x, self.p, self.seed, stream)
+
+    def backward(self, dy):
+        saved = self.saved()
+        self.check_grad_output(dy, saved["shape"])
+        if saved["stream"] is None:          # the forward ran in eval mode: identity
+            return dy
+        return ops.dropout_backward(dy, self.p, self.seed, saved["stream"])

@@ -1,0 +1,33 @@
+// dropout.cu -- inverted dropout, forward and backward (any shape, float32, contiguous).
+//
+//   dropout_forward:  y[i]  = keep(i) ? x[i]  * scale : 0
+//   dropout_backward: dx[i] = keep(i) ? dy[i] * scale : 0
+//   keep(i) = philox_uniform(seed, stream, i) >= p,   scale = 1 / (1 - p)  (0 when p = 1)
+//
+// The mask is never stored: element i's uniform number is a pure function of (seed, stream, i)
+// (Philox4x32-10, common.cuh), so backward draws the very same mask again from the same seed and
+// stream. That costs a few dozen integer operations per element, which a memory-bound kernel
+// hides, and saves a mask of N bytes (or N/8) per dropout layer kept alive from forward to
+// backward. reference/dropout.py draws the same numbers, so one (seed, stream) gives the same mask
+// on cuda, sim and numpy; the caller uses a new stream for every forward call (a fresh mask).
+//
+// Parallelisation: one thread per element in a grid-stride loop (consecutive threads, consecutive
+// elements: coalesced). The index is long long: it is the Philox counter, so it must be the
+// element's true flat index even past 2^31.
+#include "common.cuh"
+
+extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* __restrict__ y,
+                                           long long n, float p, float scale,
+                                           unsigned long long seed, unsigned long long stream) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (long long)blockDim.x * gridDim.x)
+    y[i] = philox_uniform(seed, stream, (unsigned long long)i) >= p ? x[i] * scale : 0.0f;
+}
+
+extern "C" __global__ void dropout_backward(const float* __restrict__ dy, float* __restrict__ dx,
+                                            long long n, float p, float scale,
+                                            unsigned long long seed, unsigned long long stream) {
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (long long)blockDim.x * gridDim.x)
+    dx[i] = philox_uniform(seed, stream, (unsigned long long)i) >= p ? dy[i] * scale : 0.0f;
+}
