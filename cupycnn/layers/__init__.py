@@ -4,3 +4,5 @@ from .base import Layer, Parameter
 from .dense import Dense
 
 __all__ = ["Layer", "Parameter", "ReLU", "Dense"]
+from .conv import Conv2D  # noqa: E402
+__all__ += ["Conv2D"]
