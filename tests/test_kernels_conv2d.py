@@ -12,8 +12,9 @@ from helpers import assert_matches, randn
 # 1x1, 3x3, 5x5, 3x5 and 2x3 kernels, strides 1, 2, 3 (larger than the kernel) and unequal
 # ones, padding 0, 1, 2 (stride 3 with padding 1 and 2 tells the input gradient's phases
 # apart), channel counts that are no multiple of a tile (3, 5, 17, 70 > 64), an output of 1x1,
-# more output pixels than a 64-wide tile, and a reduction long enough to be split for the
-# weight gradient.
+# more output pixels than a 64-wide tile, a reduction long enough to be split for the weight
+# gradient, and several tiles along both M and N at once.
+SPLIT_CASE = (2, 3, 16, 12, 8, 3, 1, 1)     # 384 output pixels: the weight gradient splits in 3
 CASES = [
     (1, 3, 7, 7, 5, 3, 1, 1),
     (2, 5, 9, 6, 17, 1, 1, 0),
@@ -24,10 +25,11 @@ CASES = [
     (2, 6, 8, 8, 9, 1, 2, 0),
     (1, 2, 8, 7, 3, (2, 3), (3, 3), (1, 2)),
     (2, 5, 4, 9, 7, 3, 1, 2),
-    (2, 3, 16, 12, 8, 3, 1, 1),
+    SPLIT_CASE,
+    (2, 20, 13, 11, 66, 3, 1, 1),
 ]
 IDS = ["b1-3x3-p1", "1x1-17out", "5x5-s2-p2", "3x5-s21-p12", "70ch-s2", "out1x1",
-       "1x1-s2-shortcut", "2x3-s3-p12", "3x3-p2-small", "split-weight-grad"]
+       "1x1-s2-shortcut", "2x3-s3-p12", "3x3-p2-small", "split-weight-grad", "multi-tile"]
 
 
 def _make(rng, case, bias=True):
@@ -73,8 +75,8 @@ def test_backward_weight(kernel_device, rng, case):
 
 
 def test_the_long_case_splits_its_weight_gradient():
-    """The split path (partials + conv2d_backward_weight_reduce) is what CASES[-1] exercises."""
-    n, c, h, w, o, k, s, p = CASES[-1]
+    """The split path (partials + conv2d_backward_weight_reduce) is what SPLIT_CASE exercises."""
+    n, c, h, w, o, k, s, p = SPLIT_CASE
     ho, wo = reference.output_size(h, w, k, s, p)
     splits, split_len = ops.weight_grad_splits(o, c * 9, n * ho * wo)
     assert splits == 3 and split_len == 128
@@ -98,7 +100,7 @@ def test_weight_gradient_is_bitwise_reproducible_in_every_thread_order(rng):
     """No atomics, fixed reduction order: every thread and block order gives the same bits."""
     from cupycnn import sim
     cupycnn.use("sim")
-    x, w, _, dy, s, p = _make(rng, CASES[-1])
+    x, w, _, dy, s, p = _make(rng, SPLIT_CASE)
     results = []
     for order in sim.ORDERS:
         sim.set_thread_order(order, seed=3)
