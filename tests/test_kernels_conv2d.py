@@ -216,7 +216,8 @@ def test_kernel_larger_than_the_padded_input(cpu_device, rng):
 
 def test_bad_stride_and_padding(cpu_device, rng):
     x, w = cupycnn.asarray(randn(rng, 1, 2, 6, 6)), cupycnn.asarray(randn(rng, 3, 2, 3, 3))
-    with pytest.raises(ValueError, match=r"conv2d_forward: stride must be at least 1, got \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"conv2d_forward: stride must be at least 1, "
+                                         r"got \(0, 1\)"):
         ops.conv2d_forward(x, w, stride=(0, 1))
     with pytest.raises(ValueError, match=r"conv2d_forward: padding must be at least 0"):
         ops.conv2d_forward(x, w, padding=-1)
