@@ -239,6 +239,9 @@ def test_dtype_device_and_layout(rng):
                                          r"\(3, 2, 3, 3\), got \(3, 2, 3, 2\)"):
         ops.conv2d_backward_weight(randn(rng, 1, 3, 3, 3), randn(rng, 1, 2, 5, 5), w.shape,
                                    out=np.zeros((3, 2, 3, 2), np.float32))
+    with pytest.raises(ValueError, match=r"conv2d_backward_input: stride \(300, 300\) has "
+                                         r"90000 phases, more than the 65535 grid slices"):
+        ops.conv2d_backward_input(randn(rng, 1, 3, 1, 1), w, (1, 2, 3, 3), stride=300)
     cupycnn.use("numpy")       # numpy computes in float64 too, but one dtype per call
     with pytest.raises(ValueError, match="conv2d_forward: weight is float32 but x is float64"):
         ops.conv2d_forward(randn(rng, 1, 2, 5, 5, dtype=np.float64), w)

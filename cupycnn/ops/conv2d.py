@@ -24,6 +24,7 @@ CONV_REDUCE_THREADS = 256
 WEIGHT_GRAD_TARGET_BLOCKS = 528
 WEIGHT_GRAD_MIN_SPLIT_LEN = 128
 _INT_MAX = 2**31 - 1
+_GRID_Z_MAX = 65535      # CUDA's limit on gridDim.z (stride phases, weight-gradient splits)
 
 
 def _geometry(op, x_shape, weight_shape, stride, padding):
@@ -96,6 +97,9 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0):
     check_arrays(op, dy=(dy, (n, o, ho, wo)), weight=(weight, None))
     if not _device.runs_kernels():
         return reference.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw))
+    if sh * sw > _GRID_Z_MAX:
+        raise ValueError(f"{op}: stride {(sh, sw)} has {sh * sw} phases, more than the "
+                         f"{_GRID_Z_MAX} grid slices the kernel runs them on")
     dx = _device.empty(input_shape, dy.dtype)
     if n:
         # One z-slice per stride phase; x covers the phase with the most pixels.
@@ -146,7 +150,8 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
     if splits is None:
         splits, split_len = weight_grad_splits(o, taps, pixels)
     else:
-        split_len = max(CONV_TILE_K, ceil_div(ceil_div(pixels, int(splits)), CONV_TILE_K)
+        splits = min(int(splits), _GRID_Z_MAX)
+        split_len = max(CONV_TILE_K, ceil_div(ceil_div(pixels, splits), CONV_TILE_K)
                         * CONV_TILE_K)
         splits = max(1, ceil_div(pixels, split_len))
     grid = (ceil_div(taps, CONV_TILE_N), ceil_div(o, CONV_TILE_M), splits)
