@@ -126,3 +126,28 @@ def _dropout(rng):
 @case("Flatten")
 def _flatten(rng):
     return dict(layer=Flatten(), x=rng.standard_normal((2, 3, 4, 5)))
+# Conv2D: padding, stride 2, a non-square kernel with unequal strides and paddings, a strided 1x1
+# (the ResNet shortcut, whose input gradient is zero off the stride grid).
+from .layers import Conv2D  # noqa: E402
+
+
+@case("Conv2D", "Conv2D 3x3, padding 1")
+def _conv2d_3x3(rng):
+    return dict(layer=Conv2D(2, 3, 3, padding=1), x=rng.standard_normal((2, 2, 5, 4)))
+
+
+@case("Conv2D", "Conv2D 3x3, stride 2, padding 1, no bias")
+def _conv2d_stride2(rng):
+    return dict(layer=Conv2D(3, 4, 3, stride=2, padding=1, bias=False),
+                x=rng.standard_normal((1, 3, 7, 6)))
+
+
+@case("Conv2D", "Conv2D (3, 5), stride (2, 1), padding (2, 1)")
+def _conv2d_rectangular(rng):
+    return dict(layer=Conv2D(2, 3, (3, 5), stride=(2, 1), padding=(2, 1)),
+                x=rng.standard_normal((2, 2, 6, 7)))
+
+
+@case("Conv2D", "Conv2D 1x1, stride 2")
+def _conv2d_1x1_stride2(rng):
+    return dict(layer=Conv2D(4, 3, 1, stride=2), x=rng.standard_normal((2, 4, 5, 5)))

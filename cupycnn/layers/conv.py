@@ -1,0 +1,84 @@
+"""Conv2D, PyTorch's `nn.Conv2d` (zero padding, no dilation, no groups). Kernels:
+kernels/conv2d.cu (implicit GEMM) and kernels/reduce.cu (bias gradient).
+
+    forward:   y  = conv2d(x, W) + b         x: [N, C_in, H, W], W: [C_out, C_in, kh, kw]
+    backward:  dx = conv2d_backward_input(dy, W)     (the transposed convolution of dy)
+               dW = conv2d_backward_weight(dy, x)    (dy correlated with the input windows)
+               db = sum of dy over N, H_out, W_out
+"""
+from .. import random as _random
+from ..ops import conv2d as conv_ops
+from ..ops import reduce as reduce_ops
+from ..reference.conv2d import output_size, pair
+from .base import Layer, uniform_init
+
+
+class Conv2D(Layer):
+    """2-D convolution, as PyTorch's `nn.Conv2d(in_channels, out_channels, kernel_size,
+    stride=1, padding=0, bias=True)`: kernel_size, stride and padding are an int or an (h, w)
+    pair; the padding is zeros. Not supported: dilation, groups, padding_mode other than zeros,
+    string padding ('same', 'valid').
+
+    Parameters (PyTorch's names and layouts): weight [out_channels, in_channels, kh, kw], bias
+    [out_channels], both initialised as PyTorch's default (kaiming_uniform with a=sqrt(5)):
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) with fan_in = in_channels * kh * kw.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
+        super().__init__()
+        self.kernel_size = pair(kernel_size, "Conv2D: kernel_size")
+        self.stride = pair(stride, "Conv2D: stride")
+        self.padding = pair(padding, "Conv2D: padding")
+        if in_channels < 1 or out_channels < 1:
+            raise ValueError(f"Conv2D: in_channels and out_channels must be at least 1, got "
+                             f"{in_channels} and {out_channels}")
+        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
+            raise ValueError(f"Conv2D: kernel_size and stride must be at least 1 and padding at "
+                             f"least 0, got kernel_size={self.kernel_size}, "
+                             f"stride={self.stride}, padding={self.padding}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels * kh * kw
+        rng = _random.generator()
+        self.add_param("weight", uniform_init((self.out_channels, self.in_channels, kh, kw),
+                                              fan_in, rng))
+        if bias:
+            self.add_param("bias", uniform_init((self.out_channels,), fan_in, rng))
+
+    def extra_repr(self):
+        # As torch.nn.Conv2d prints itself: padding only when not 0, bias only when absent.
+        s = (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+             f"stride={self.stride}")
+        if self.padding != (0, 0):
+            s += f", padding={self.padding}"
+        if "bias" not in self.params:
+            s += ", bias=False"
+        return s
+
+    def output_shape(self, input_shape):
+        n, _, h, w = input_shape
+        return (n, self.out_channels) + output_size(h, w, self.kernel_size, self.stride,
+                                                    self.padding)
+
+    def forward(self, x, training=True):
+        sizes = self.check_input(x, ("N", self.in_channels, "H", "W"))
+        out_h, out_w = output_size(sizes["H"], sizes["W"], self.kernel_size, self.stride,
+                                   self.padding)
+        if out_h < 1 or out_w < 1:
+            raise ValueError(f"{self!r}: input of {sizes['H']}x{sizes['W']} pixels is smaller "
+                             f"than the {self.kernel_size[0]}x{self.kernel_size[1]} kernel "
+                             f"(with padding {self.padding}); the output would be "
+                             f"{out_h}x{out_w}")
+        self.save_for_backward(x=x)
+        return conv_ops.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                       self.stride, self.padding)
+
+    def backward(self, dy):
+        x = self.saved()["x"]
+        self.check_grad_output(dy, self.output_shape(x.shape))
+        weight = self.params["weight"]
+        conv_ops.conv2d_backward_weight(dy, x, weight.shape, self.stride, self.padding,
+                                        out=self.grads["weight"])
+        if "bias" in self.params:
+            reduce_ops.channel_sum(dy, out=self.grads["bias"])
+        return conv_ops.conv2d_backward_input(dy, weight, x.shape, self.stride, self.padding)

@@ -1,0 +1,76 @@
+"""2-D convolution: the specification of kernels/conv2d.cu (PyTorch's conv2d, no dilation, no
+groups), in vectorised NumPy, float32 or float64 (computes in the inputs' dtype).
+
+x [N, C_in, H, W], weight [C_out, C_in, kh, kw], y [N, C_out, H_out, W_out] with
+H_out = (H + 2 pad_h - kh) // stride_h + 1 (likewise W_out). With xp the zero-padded x and
+win[n, c, i, j, r, s] = xp[n, c, i stride_h + r, j stride_w + s] (the im2col windows):
+
+    y[n, o, i, j] = bias[o] + sum_{c, r, s} w[o, c, r, s] win[n, c, i, j, r, s]
+    dw[o, c, r, s] = sum_{n, i, j} dy[n, o, i, j] win[n, c, i, j, r, s]
+    dxp[n, c, i stride_h + r, j stride_w + s] += sum_o dy[n, o, i, j] w[o, c, r, s]   (col2im)
+
+and dx is dxp without its padding border. stride and padding are an int or an (h, w) pair.
+"""
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+
+def pair(value, name="value"):
+    """(h, w) from an int or a pair of ints, as PyTorch's Conv2d reads kernel_size, stride and
+    padding."""
+    if isinstance(value, (int, np.integer)):
+        return int(value), int(value)
+    try:
+        h, w = value
+        if isinstance(h, (int, np.integer)) and isinstance(w, (int, np.integer)):
+            return int(h), int(w)
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+
+
+def output_size(height, width, kernel_size, stride, padding):
+    """(H_out, W_out) of a convolution of an H x W input."""
+    (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
+    return (height + 2 * ph - kh) // sh + 1, (width + 2 * pw - kw) // sw + 1
+
+
+def _windows(x, kernel_size, stride, padding):
+    """win[n, c, i, j, r, s] = xp[n, c, i sh + r, j sw + s]: a strided view, no copy but the
+    padding."""
+    (kh, kw), (sh, sw), (ph, pw) = kernel_size, pair(stride), pair(padding)
+    xp = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw))) if ph or pw else x
+    return sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
+
+
+def conv2d_forward(x, weight, bias, stride=1, padding=0):
+    """y = conv2d(x, weight) + bias; bias [C_out] or None."""
+    win = _windows(x, weight.shape[2:], stride, padding)            # [N, C, Ho, Wo, kh, kw]
+    y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))       # [N, Ho, Wo, C_out]
+    if bias is not None:
+        y = y + bias
+    return np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.result_type(x, weight))
+
+
+def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0):
+    """dx [N, C_in, H, W] = col2im(dy . weight): every output pixel's window gets back
+    sum_o dy[n, o, i, j] w[o, :, :, :]; overlapping windows add."""
+    (sh, sw), (ph, pw) = pair(stride), pair(padding)
+    n, c, h, w = input_shape
+    kh, kw = weight.shape[2:]
+    ho, wo = dy.shape[2:]
+    cols = np.tensordot(dy, weight, axes=([1], [0]))                 # [N, Ho, Wo, C, kh, kw]
+    cols = cols.transpose(0, 3, 4, 5, 1, 2)                           # [N, C, kh, kw, Ho, Wo]
+    # Rows (columns) of the padded input past the last window get no gradient: they stay 0.
+    dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.result_type(dy, weight))
+    for r in range(kh):             # one strided add per tap: kh kw vectorised adds
+        for s in range(kw):
+            dxp[:, :, r:r + (ho - 1) * sh + 1:sh, s:s + (wo - 1) * sw + 1:sw] += cols[:, :, r, s]
+    return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
+
+
+def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
+    """dw [C_out, C_in, kh, kw] = sum over images and output pixels of dy times the window."""
+    win = _windows(x, tuple(weight_shape[2:]), stride, padding)       # [N, C, Ho, Wo, kh, kw]
+    dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))           # [C_out, C, kh, kw]
+    return np.ascontiguousarray(dw, dtype=np.result_type(dy, x))
