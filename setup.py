@@ -11,7 +11,7 @@ setup(
     python_requires=">=3.10",
     # kernels/ holds CUDA C, not Python; it ships inside the package as cupycnn.kernels.
     packages=["cupycnn", "cupycnn.kernels", "cupycnn.sim", "cupycnn.ops", "cupycnn.reference",
-              "cupycnn.layers"],
+              "cupycnn.layers", "cupycnn.data"],
     package_dir={"cupycnn": "cupycnn", "cupycnn.kernels": "kernels"},
     package_data={"cupycnn.kernels": ["*.cu", "*.cuh"], "cupycnn.sim": ["include/*.h"]},
     include_package_data=False,
@@ -28,6 +28,7 @@ setup(
             # NVRTC, to compile every kernel for sm_80 and sm_90 without a GPU. 12.0 emits PTX
             # ISA 8.0, which every CUDA 12.x and 13.x driver loads.
             "nvidia-cuda-nvrtc-cu12==12.0.140",
+            "scipy>=1.10",              # scipy.ndimage: an independent check of the affine warp
         ],
     },
     zip_safe=False,
