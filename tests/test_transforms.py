@@ -226,3 +226,18 @@ def test_affine_transform_takes_pixel_ranges_as_given(device, rng):
                                      dtype=np.float64)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
     assert t.ranges_for(7, 6) is ranges
+
+
+def test_the_benchmark_runs_on_the_cpu(capsys):
+    """benchmarks/augment.py on sim: our kernels against the NumPy reference, one table."""
+    import importlib.util
+    from pathlib import Path
+    path = Path(__file__).resolve().parent.parent / "benchmarks" / "augment.py"
+    spec = importlib.util.spec_from_file_location("benchmark_augment", path)
+    benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(benchmark)
+    benchmark.main(["--device", "sim", "--batch", "4", "--iterations", "1", "--repeats", "1"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "| transform | cupycnn kernels (sim) | NumPy reference | speed-up |"
+    assert [line.split(" | ")[0] for line in lines[3:]] == ["| normalize", "| random_crop_flip",
+                                                           "| affine_warp"]
