@@ -75,6 +75,9 @@ def test_random_crop_flip_is_the_op_with_the_transforms_seed_and_step(device, rn
     with pytest.raises(ValueError, match=r"RandomCropFlip.params: no batch transformed yet"):
         t.params(4)
     t(cupycnn.asarray(images))
+    with pytest.raises(ValueError, match="random_crop_flip: images must be uint8"):
+        t(cupycnn.asarray(images.astype(np.float32)))          # refused: no step is used up
+    assert t.step == 1
     out = cupycnn.asnumpy(t(cupycnn.asarray(images)))
     expected = reference.random_crop_flip(images, (0.5, 0.4, 0.3), 0.25, 2, seed=5, stream=1,
                                           dtype=np.float64)

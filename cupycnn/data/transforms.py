@@ -138,10 +138,6 @@ class RandomTransform(Transform):
             raise ValueError(f"{type(self).__name__}: seed must be in [0, 2^64), got {seed!r}")
         self.step = 0
 
-    def _next_stream(self):
-        stream, self.step = self.step, self.step + 1
-        return stream
-
     def _last_step(self, step):
         if step is not None:
             return int(step)
@@ -175,9 +171,10 @@ class RandomCropFlip(RandomTransform):
         self.flip_probability = _flip_probability(flip, "RandomCropFlip")
 
     def __call__(self, images):
-        return _ops.random_crop_flip(images, self.mean, self.std, self.padding, seed=self.seed,
-                                     stream=self._next_stream(),
-                                     flip_probability=self.flip_probability)
+        out = _ops.random_crop_flip(images, self.mean, self.std, self.padding, seed=self.seed,
+                                    stream=self.step, flip_probability=self.flip_probability)
+        self.step += 1                        # only once the batch was accepted
+        return out
 
     def params(self, batch_size, step=None):
         return _ops.random_crop_flip_params(batch_size, self.padding, seed=self.seed,
@@ -227,10 +224,12 @@ class AffineTransform(RandomTransform):
 
     def __call__(self, images):
         _, height, width, _ = images.shape
-        return _ops.affine_warp(images, self.mean, self.std, self.ranges_for(height, width),
-                                seed=self.seed, stream=self._next_stream(),
-                                interpolation=self.interpolation, fill_mode=self.fill_mode,
-                                cval=self.cval)
+        out = _ops.affine_warp(images, self.mean, self.std, self.ranges_for(height, width),
+                               seed=self.seed, stream=self.step,
+                               interpolation=self.interpolation, fill_mode=self.fill_mode,
+                               cval=self.cval)
+        self.step += 1                        # only once the batch was accepted
+        return out
 
     def params(self, batch_size, height, width, step=None):
         return _ops.affine_params(batch_size, self.ranges_for(height, width), seed=self.seed,
