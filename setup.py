@@ -33,6 +33,7 @@ setup(
             # their update rules); imported only by tests and benchmarks, never by the library.
             # On these machines pip takes the CPU build from local disk.
             "torch==2.13.0",
+            "scipy>=1.10",              # scipy.ndimage: an independent check of the affine warp
         ],
     },
     zip_safe=False,
