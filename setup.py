@@ -11,11 +11,13 @@ setup(
     python_requires=">=3.10",
     # kernels/ holds CUDA C, not Python; it ships inside the package as cupycnn.kernels.
     packages=["cupycnn", "cupycnn.kernels", "cupycnn.sim", "cupycnn.ops", "cupycnn.reference",
-              "cupycnn.layers"],
+              "cupycnn.layers", "cupycnn.data"],
     package_dir={"cupycnn": "cupycnn", "cupycnn.kernels": "kernels"},
     package_data={"cupycnn.kernels": ["*.cu", "*.cuh"], "cupycnn.sim": ["include/*.h"]},
     include_package_data=False,
-    install_requires=["numpy>=1.24", "h5py>=3.8"],
+    # Pillow decodes ImageFolder's photos, scikit-learn ships the Digits dataset (both imported
+    # only when those classes are used).
+    install_requires=["numpy>=1.24", "h5py>=3.8", "Pillow>=9.1", "scikit-learn>=1.1"],
     extras_require={
         "cuda12": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13.6"],
@@ -28,6 +30,7 @@ setup(
             # NVRTC, to compile every kernel for sm_80 and sm_90 without a GPU. 12.0 emits PTX
             # ISA 8.0, which every CUDA 12.x and 13.x driver loads.
             "nvidia-cuda-nvrtc-cu12==12.0.140",
+            "scikit-image>=0.19",       # real photos (skimage.data) for the ImageFolder tests
         ],
     },
     zip_safe=False,

@@ -24,3 +24,6 @@ __version__ = "0.1.0"
 __all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "cuda_available", "device", "gradcheck",
            "layers", "manual_seed", "ops", "random", "reference", "runtime", "sim",
            "synchronize", "use"]
+
+from . import data  # noqa: E402,F401  datasets and the loader (docs/data.md)
+__all__ += ["data"]
