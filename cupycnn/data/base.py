@@ -80,6 +80,8 @@ def as_image_batch(op, images, labels):
         raise ValueError(f"{op}: images must be uint8, got {images.dtype}")
     bound = check_shape(op, "images", images.shape, ("N", "H", "W", "C"), {})
     labels = np.asarray(labels)
+    if labels.size == 0:
+        labels = labels.astype(np.int64)
     if labels.dtype.kind not in "iu":
         raise ValueError(f"{op}: labels must be integers, got {labels.dtype}")
     check_shape(op, "labels", labels.shape, ("N",), bound)

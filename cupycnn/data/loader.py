@@ -279,46 +279,63 @@ class _PinnedUpload:
         return images, labels, ready
 
 
-class _BatchIterator:
-    """One epoch's batches, made in order by `produce`, ahead by one in a thread if prefetch."""
+def _record_on_current_stream():
+    import cupy
+    return cupy.cuda.get_current_stream().record()
 
-    def __init__(self, batches, produce, transform, prefetch, on_cuda):
-        self._batches, self._produce, self._transform = batches, produce, transform
-        self._next, self._on_cuda = 0, on_cuda
-        self._thread, self._closed = None, False
-        if prefetch and batches:
-            self._permits, self._results = queue.Queue(), queue.Queue()
-            self._stop = threading.Event()
-            stream = None
-            if on_cuda:
-                import cupy
-                stream = cupy.cuda.Stream(non_blocking=True)
-                self._device_id = cupy.cuda.runtime.getDevice()
-            self._stream = stream
-            self._thread = threading.Thread(target=self._work, name="cupycnn-loader",
-                                            daemon=True)
-            self._thread.start()
-            self._permits.put(self._permit())
 
-    def _permit(self):
-        """An event after everything queued so far on the loop's stream (cuda), else None."""
-        if not self._on_cuda:
-            return None
-        import cupy
-        return cupy.cuda.get_current_stream().record()
+class _Prefetcher:
+    """The background thread: makes batch k + 1 while the loop works on batch k.
+
+    It holds no reference to the iterator, so dropping the iterator (leaving a loop early)
+    closes it. Batch k is made only once a permit for it arrives: on cuda an event recorded on
+    the loop's stream when the batch before it was asked for."""
+
+    def __init__(self, batches, produce, on_cuda):
+        self.batches, self.produce = batches, produce
+        self.permits, self.results = queue.Queue(), queue.Queue()
+        self.stop = threading.Event()
+        self.stream = self.device_id = None
+        if on_cuda:
+            import cupy
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+            self.device_id = cupy.cuda.runtime.getDevice()
+        self.thread = threading.Thread(target=self._work, name="cupycnn-loader", daemon=True)
+        self.thread.start()
 
     def _work(self):
         try:
-            if self._on_cuda:
+            if self.device_id is not None:
                 import cupy
-                cupy.cuda.Device(self._device_id).use()
-            for positions in self._batches:
-                permit = self._permits.get()
-                if self._stop.is_set():
+                cupy.cuda.Device(self.device_id).use()
+            for positions in self.batches:
+                permit = self.permits.get()
+                if self.stop.is_set():
                     return
-                self._results.put(("batch", self._produce(positions, self._stream, permit)))
+                self.results.put(("batch", self.produce(positions, self.stream, permit)))
         except BaseException as e:                # handed to the loop, raised there
-            self._results.put(("error", e))
+            self.results.put(("error", e))
+
+    def close(self):
+        self.stop.set()
+        self.permits.put(None)
+        self.thread.join()
+
+
+class _BatchIterator:
+    """One epoch's batches, made in order by `produce`, one ahead in a thread if prefetch."""
+
+    def __init__(self, batches, produce, transform, prefetch, on_cuda):
+        self._batches, self._produce, self._transform = batches, produce, transform
+        self._next, self._on_cuda, self._closed = 0, on_cuda, False
+        self._prefetcher = None
+        if prefetch and batches:
+            self._prefetcher = _Prefetcher(batches, produce, on_cuda)
+            self._prefetcher.permits.put(self._permit())
+
+    def _permit(self):
+        """An event after everything queued so far on the loop's stream (cuda), else None."""
+        return _record_on_current_stream() if self._on_cuda else None
 
     def __iter__(self):
         return self
@@ -327,14 +344,18 @@ class _BatchIterator:
         if self._closed or self._next >= len(self._batches):
             self.close()
             raise StopIteration
-        if self._thread is None:
-            images, labels, _ = self._produce(self._batches[self._next], None, None)
+        if self._prefetcher is None:
+            try:
+                images, labels, _ = self._produce(self._batches[self._next], None, None)
+            except BaseException:
+                self.close()                  # an error ends the epoch, as in a generator
+                raise
         else:
             if self._next + 1 < len(self._batches):
-                # The next batch may reuse memory of the one before this: let it be made only
-                # after the work queued on it so far.
-                self._permits.put(self._permit())
-            kind, item = self._results.get()
+                # The next batch may reuse memory freed by the one before this: let it be made
+                # only after the work queued so far on the loop's stream.
+                self._prefetcher.permits.put(self._permit())
+            kind, item = self._prefetcher.results.get()
             if kind == "error":
                 self.close()
                 raise item
@@ -354,11 +375,9 @@ class _BatchIterator:
         """Stop the background thread and end the iteration (called at the end, on error,
         and when the iterator is dropped)."""
         self._closed = True
-        thread, self._thread = self._thread, None
-        if thread is not None:
-            self._stop.set()
-            self._permits.put(None)
-            thread.join()
+        prefetcher, self._prefetcher = self._prefetcher, None
+        if prefetcher is not None:
+            prefetcher.close()
 
     def __del__(self):
         self.close()
