@@ -23,9 +23,7 @@ and without a network, `DatasetNotFoundError` says in one message where to put w
 to run on a dataset that needs no download. The URLs and md5 sums are the module constants below
 (the tests point them at a local server).
 """
-import http.client
 import pickle
-import urllib.error
 from pathlib import Path
 
 import numpy as np
@@ -213,6 +211,8 @@ class CIFAR10(ArrayDataset):
         if not archive.is_file():
             if not download:
                 raise DatasetNotFoundError(_offline_message(self.root, fmt, "download=False"))
+            import http.client
+            import urllib.error
             try:
                 _download.download(url, archive, md5)
             except (urllib.error.URLError, http.client.HTTPException, OSError) as e:

@@ -9,10 +9,8 @@ import hashlib
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 CHUNK = 1 << 16
@@ -95,6 +93,7 @@ def download(url, path, md5=None, timeout=TIMEOUT):
     verified: an interrupted or corrupt download never leaves a file at `path`. Raises
     `urllib.error.URLError` / `OSError` when the server cannot be reached and `ValueError` when
     the md5 differs (the download is deleted)."""
+    import urllib.request
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".part")
@@ -130,6 +129,7 @@ def extract_members(archive, members, dest):
     Only the listed names are written, at `dest/<name>` (names with `..` or an absolute path are
     refused), so a crafted archive cannot write anywhere else. Returns the written paths. Raises
     ValueError naming a missing member."""
+    import tarfile
     dest = Path(dest)
     written = []
     with tarfile.open(archive, "r:*") as tar:
