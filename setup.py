@@ -14,7 +14,9 @@ setup(
     package_dir={"cupycnn": "cupycnn", "cupycnn.kernels": "kernels"},
     package_data={"cupycnn.kernels": ["*.cu", "*.cuh"], "cupycnn.sim": ["include/*.h"]},
     include_package_data=False,
-    install_requires=["numpy>=1.24", "h5py>=3.8"],
+    # Pillow decodes ImageFolder's photos, scikit-learn ships the Digits dataset (both imported
+    # only when those classes are used).
+    install_requires=["numpy>=1.24", "h5py>=3.8", "Pillow>=9.1", "scikit-learn>=1.1"],
     extras_require={
         "cuda12": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13.6"],
@@ -34,6 +36,7 @@ setup(
             # On these machines pip takes the CPU build from local disk.
             "torch==2.13.0",
             "scipy>=1.10",              # scipy.ndimage: an independent check of the affine warp
+            "scikit-image>=0.19",       # real photos (skimage.data) for the ImageFolder tests
         ],
     },
     zip_safe=False,

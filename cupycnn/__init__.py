@@ -22,5 +22,5 @@ def __getattr__(name):
 __version__ = "0.1.0"
 
 __all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "cuda_available", "data",
-           "device", "gradcheck", "layers", "manual_seed", "ops", "optim", "random", "reference", "runtime",
-           "sim", "synchronize", "use"]
+           "device", "gradcheck", "layers", "manual_seed", "ops", "optim", "random", "reference",
+           "runtime", "sim", "synchronize", "use"]

@@ -1,4 +1,25 @@
-"""Data: on-device transforms (augmentation and normalisation) for the loader's uint8 batches."""
-from .transforms import (CIFAR10_MEAN, CIFAR10_STD, AffineTransform, Compose,  # noqa: F401
-                         ImageDataGenerator, Normalize, RandomAffine, RandomCropFlip,
-                         RandomTransform, Transform, channel_stats)
+"""Data: datasets, the loader and on-device transforms (docs/data.md, docs/augmentation.md).
+
+Datasets: CIFAR-10 from its official archives, image folders and their HDF5 cache, scikit-learn's
+digits, a synthetic task, validation splits. `Loader` serves seeded, sharded, prefetched batches
+of uint8 images on the current device; the transforms (augmentation and normalisation kernels)
+turn them into the float32 NCHW batches a model eats.
+
+Every dataset: len(ds); ds[i] -> (uint8 [H, W, C] image, int label); ds.classes; ds.images
+uint8 [N, H, W, C]; ds.labels int64 [N]; ds.storage() for loaders (see `base`).
+"""
+from .base import ArrayDataset, Dataset, Subset, train_val_split
+from .cifar import CIFAR10, DatasetNotFoundError, UnsafePickleError
+from .digits import Digits
+from .folder import BadImageError, CacheMismatchError, HDF5Dataset, ImageFolder
+from .loader import Loader
+from .synthetic import Synthetic
+from .transforms import (CIFAR10_MEAN, CIFAR10_STD, AffineTransform, Compose, ImageDataGenerator,
+                         Normalize, RandomAffine, RandomCropFlip, RandomTransform, Transform,
+                         channel_stats)
+
+__all__ = ["AffineTransform", "ArrayDataset", "BadImageError", "CIFAR10", "CIFAR10_MEAN",
+           "CIFAR10_STD", "CacheMismatchError", "Compose", "Dataset", "DatasetNotFoundError",
+           "Digits", "HDF5Dataset", "ImageDataGenerator", "ImageFolder", "Loader", "Normalize",
+           "RandomAffine", "RandomCropFlip", "RandomTransform", "Subset", "Synthetic", "Transform",
+           "UnsafePickleError", "channel_stats", "train_val_split"]

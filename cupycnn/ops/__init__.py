@@ -4,5 +4,6 @@ Each module mirrors a kernel file and a reference module of the same name, funct
 function: `ops/gemm.py` launches `kernels/gemm.cu` and is specified by `reference/gemm.py`.
 Bad input raises ValueError naming the op and the expected and received shape, before any launch.
 """
-from . import (augment, conv2d, dropout, elementwise, gemm, metrics, optim, pool, reduce
-)  # noqa: F401
+from . import (  # noqa: F401
+    augment, conv2d, dropout, elementwise, gemm, metrics, optim, pool, reduce
+)

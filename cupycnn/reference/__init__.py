@@ -5,5 +5,7 @@ and what `cupycnn.gradcheck` differentiates numerically. Each module mirrors a k
 ops module of the same name, function for function: `reference/gemm.py` <-> `kernels/gemm.cu`
 <-> `ops/gemm.py`.
 """
-from . import (augment, conv2d, dropout, elementwise, gemm, metrics, optim, philox, pool, reduce
-)  # noqa: F401
+from . import (  # noqa: F401
+    augment, conv2d, dropout, elementwise, gemm, metrics, optim, philox, pool,
+    reduce
+)

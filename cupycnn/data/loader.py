@@ -1,0 +1,383 @@
+"""Batches of a dataset on the current device: seeded per-epoch shuffling, per-rank sharding,
+background prefetch, and the whole dataset kept on the GPU when it fits.
+
+    loader = Loader(CIFAR10("data"), batch_size=128, transform=RandomCropFlip(...))
+    for epoch in range(epochs):
+        loader.set_epoch(epoch)
+        for images, labels in loader:       # what `transform` returns, int64 labels [B]
+            ...
+
+Order. An epoch's order is a permutation of the dataset drawn from
+`numpy.random.default_rng([seed, epoch])` (the identity with shuffle=False): it depends on the
+seed and the epoch alone, never on the rank, the device or what ran before. Each iteration uses
+`loader.epoch` and then advances it by one, so a loop that never calls `set_epoch` still
+reshuffles every pass (as PyTorch's DataLoader does) and one that does (as DistributedSampler
+asks) gets exactly the epochs it names.
+
+Sharding, as PyTorch's `DistributedSampler` (drop_last=False): every rank draws the same
+permutation, pads it to a multiple of world_size by repeating it from its start, and rank r takes
+positions r, r + world_size, r + 2 world_size, ... So every rank has ceil(N / world_size)
+examples, the ranks together cover the dataset, and only the padding repeats examples.
+`drop_last` then drops the rank's last batch when it is short (DataLoader's drop_last).
+
+Batches are uint8 images [B, H, W, C] and int64 labels [B], arrays of the current device (CuPy
+on cuda, NumPy on sim and numpy). `transform`, when given, is called on each image batch on the
+device, in the thread that iterates, and what it returns is what the loop gets (the
+normalisation and augmentation of `cupycnn.data.transforms`).
+
+Device residency (cuda): with device_resident=True, or "auto" when the dataset's arrays take at
+most RESIDENT_FRACTION of the free GPU memory (CIFAR-10's 150 MB always do), the arrays are
+copied to the GPU once (shared by every loader of the same arrays, e.g. a training and a
+validation split) and each batch is gathered there; otherwise each batch is gathered on the host
+and copied up. On sim and numpy the host arrays already are the device's.
+
+Prefetch: with prefetch=True a background thread prepares the next batch while the loop works on
+the current one: the host gather (and on cuda the copy or the device gather, on a stream of its
+own). On cuda the streams are ordered by events: a batch is used only after its stream finished
+making it, and a new batch is made only after the work queued on the loop's stream before the
+previous request, so memory freed by an old batch is never overwritten while the GPU still reads
+it. The batches are the same with and without prefetch.
+"""
+import math
+import queue
+import threading
+import weakref
+
+import numpy as np
+
+from .. import devices as _device
+
+RESIDENT_FRACTION = 0.5       # "auto": keep the dataset on the GPU if it needs at most this
+                              # fraction of the free memory
+
+
+class _HostSource:
+    """Batches gathered from host arrays (a dataset's `storage()`)."""
+
+    def __init__(self, images, labels, index):
+        self.images, self.labels, self.index = images, labels, index
+        self.nbytes = images.nbytes + labels.nbytes
+
+    def rows(self, positions):
+        return positions if self.index is None else self.index[positions]
+
+    def gather(self, positions, out_images=None, out_labels=None):
+        rows = self.rows(positions)
+        return (np.take(self.images, rows, axis=0, out=out_images),
+                np.take(self.labels, rows, axis=0, out=out_labels))
+
+
+class _ItemSource:
+    """Batches gathered one `dataset[i]` at a time, for datasets without `storage()`."""
+
+    nbytes = None
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def gather(self, positions, out_images=None, out_labels=None):
+        items = [self.dataset[int(i)] for i in positions]
+        images = np.stack([np.asarray(image, dtype=np.uint8) for image, _ in items])
+        if images.ndim == 3:
+            images = images[..., None]
+        labels = np.array([int(label) for _, label in items], dtype=np.int64)
+        if out_images is not None:
+            out_images[...] = images
+            out_labels[...] = labels
+            return out_images, out_labels
+        return images, labels
+
+
+# Device copies of host arrays, shared by every loader that reads the same arrays:
+# id(host array) -> (weak reference to it, device copy). An entry dies with its host array.
+_device_copies = {}
+
+
+def _on_device(host):
+    """The CuPy copy of the host array `host` on the current GPU, made once."""
+    import cupy
+    key = (id(host), cupy.cuda.runtime.getDevice())
+    entry = _device_copies.get(key)
+    if entry is not None and entry[0]() is host:
+        return entry[1]
+    copy = cupy.asarray(host)
+    _device_copies[key] = (weakref.ref(host, lambda _, key=key: _device_copies.pop(key, None)),
+                           copy)
+    return copy
+
+
+class _DeviceSource:
+    """Batches gathered on the GPU from device copies of a dataset's arrays."""
+
+    def __init__(self, host):
+        import cupy
+        self.images, self.labels = _on_device(host.images), _on_device(host.labels)
+        self.index = None if host.index is None else cupy.asarray(host.index)
+
+    def gather(self, positions):
+        import cupy
+        rows = cupy.asarray(positions)
+        if self.index is not None:
+            rows = self.index[rows]
+        return self.images[rows], self.labels[rows]
+
+
+class Loader:
+    """Batches of `dataset` (anything with len() and [i] -> (uint8 HWC image, label); fastest
+    with the `storage()` of `cupycnn.data` datasets) on the current device.
+
+    batch_size      examples per batch (per rank)
+    shuffle         a new seeded permutation every epoch; False: dataset order
+    drop_last       drop the rank's last batch when it is shorter than batch_size
+    seed            the permutation of epoch e is default_rng([seed, e]).permutation(N)
+    transform       called on each uint8 image batch on the device; the loop gets its result
+    prefetch        prepare the next batch in a background thread (on cuda, its own stream)
+    device_resident True, False or "auto": keep the whole dataset on the GPU (cuda only)
+    rank, world_size  this process's shard, with DistributedSampler's semantics
+
+    len(loader) is the number of batches of this rank in an epoch; `num_samples` the number of
+    examples (ceil(N / world_size))."""
+
+    def __init__(self, dataset, batch_size, shuffle=True, drop_last=False, seed=0,
+                 transform=None, prefetch=True, device_resident="auto", rank=0, world_size=1):
+        op = "Loader"
+        for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
+                                 ("seed", seed, 0)):
+            if not isinstance(value, (int, np.integer)) or value < low:
+                raise ValueError(f"{op}: {name} must be an integer of at least {low}, got "
+                                 f"{value!r}")
+        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
+            raise ValueError(f"{op}: rank must lie in [0, world_size={world_size}), got {rank!r}")
+        if device_resident not in (True, False, "auto"):
+            raise ValueError(f"{op}: device_resident must be True, False or 'auto', got "
+                             f"{device_resident!r}")
+        if transform is not None and not callable(transform):
+            raise ValueError(f"{op}: transform must be callable, got {type(transform).__name__}")
+        if len(dataset) == 0:
+            raise ValueError(f"{op}: the dataset is empty")
+        self.dataset = dataset
+        self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), \
+            bool(drop_last)
+        self.seed, self.transform, self.prefetch = int(seed), transform, bool(prefetch)
+        self.device_resident = device_resident
+        self.rank, self.world_size = int(rank), int(world_size)
+        self.epoch = 0
+        self.num_samples = math.ceil(len(dataset) / self.world_size)
+        self.total_size = self.num_samples * self.world_size
+        self._host = (_HostSource(*dataset.storage()) if hasattr(dataset, "storage")
+                      else _ItemSource(dataset))
+        self._device = None        # the _DeviceSource once made (cuda, resident)
+
+    def set_epoch(self, epoch):
+        """Make the next iteration epoch `epoch` (DistributedSampler.set_epoch)."""
+        if not isinstance(epoch, (int, np.integer)) or epoch < 0:
+            raise ValueError(f"Loader: epoch must be an integer of at least 0, got {epoch!r}")
+        self.epoch = int(epoch)
+
+    def indices(self, epoch=None):
+        """int64 [num_samples]: the positions in the dataset of this rank's examples in epoch
+        `epoch` (default: the next one), in the order they are served."""
+        epoch = self.epoch if epoch is None else int(epoch)
+        n = len(self.dataset)
+        if self.shuffle:
+            order = np.random.default_rng([self.seed, epoch]).permutation(n)
+        else:
+            order = np.arange(n)
+        if self.total_size > n:                          # pad by repeating from the start
+            order = np.concatenate([order, np.resize(order, self.total_size - n)])
+        return order[self.rank:self.total_size:self.world_size].astype(np.int64)
+
+    def __len__(self):
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    @property
+    def resident(self):
+        """True when batches are gathered from a copy of the whole dataset in device memory
+        (on sim and numpy, always for datasets with `storage()`: their host arrays are it).
+        On cuda the choice is made at the first iteration and kept."""
+        if isinstance(self._host, _ItemSource):
+            return False
+        if _device.device() != "cuda":
+            return True
+        if self._device is not None:
+            return True
+        if self.device_resident == "auto":
+            import cupy
+            free, _ = cupy.cuda.runtime.memGetInfo()
+            return self._host.nbytes <= RESIDENT_FRACTION * free
+        return bool(self.device_resident)
+
+    def __iter__(self):
+        order = self.indices(self.epoch)
+        self.epoch += 1
+        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        on_cuda = _device.device() == "cuda"
+        if not on_cuda:
+            produce = self._produce_host
+        elif self.resident:
+            if self._device is None:
+                self._device = _DeviceSource(self._host)
+            produce = self._produce_device
+        else:
+            produce = _PinnedUpload(self._host, self.batch_size).produce
+        return _BatchIterator(batches, produce, self.transform, self.prefetch, on_cuda)
+
+    # Each producer makes one batch: (images, labels, ready event or None). `stream` is the
+    # stream to work on (None: the current one), `permit` an event to wait for first.
+    def _produce_host(self, positions, stream, permit):
+        images, labels = self._host.gather(positions)
+        return images, labels, None
+
+    def _produce_device(self, positions, stream, permit):
+        if stream is None:
+            images, labels = self._device.gather(positions)
+            return images, labels, None
+        with stream:
+            stream.wait_event(permit)
+            images, labels = self._device.gather(positions)
+            return images, labels, stream.record()
+
+    def __repr__(self):
+        return (f"Loader({type(self.dataset).__name__} of {len(self.dataset)}, batch_size="
+                f"{self.batch_size}, shuffle={self.shuffle}, drop_last={self.drop_last}, seed="
+                f"{self.seed}, rank={self.rank}, world_size={self.world_size}, "
+                f"{len(self)} batches)")
+
+
+class _PinnedUpload:
+    """cuda, dataset on the host: gather a batch into page-locked memory, copy it to the GPU."""
+
+    def __init__(self, host, batch_size):
+        self.host, self.batch_size = host, batch_size
+        self._pinned = None
+
+    def produce(self, positions, stream, permit):
+        import cupy
+        if stream is None:                 # no prefetch: a plain synchronous upload
+            images, labels = self.host.gather(positions)
+            return cupy.asarray(images), cupy.asarray(labels), None
+        m = len(positions)
+        if self._pinned is None:
+            import cupyx
+            first, _ = self.host.gather(positions[:1])
+            self._pinned = (cupyx.empty_pinned((self.batch_size, *first.shape[1:]), np.uint8),
+                            cupyx.empty_pinned((self.batch_size,), np.int64))
+        images_h, labels_h = self.host.gather(positions, self._pinned[0][:m],
+                                              self._pinned[1][:m])
+        with stream:
+            stream.wait_event(permit)
+            images = cupy.empty(images_h.shape, np.uint8)
+            labels = cupy.empty(labels_h.shape, np.int64)
+            images.set(images_h, stream=stream)
+            labels.set(labels_h, stream=stream)
+            ready = stream.record()
+        ready.synchronize()               # the pinned buffers are reused for the next batch
+        return images, labels, ready
+
+
+def _record_on_current_stream():
+    import cupy
+    return cupy.cuda.get_current_stream().record()
+
+
+class _Prefetcher:
+    """The background thread: makes batch k + 1 while the loop works on batch k.
+
+    It holds no reference to the iterator, so dropping the iterator (leaving a loop early)
+    closes it. Batch k is made only once a permit for it arrives: on cuda an event recorded on
+    the loop's stream when the batch before it was asked for."""
+
+    def __init__(self, batches, produce, on_cuda):
+        self.batches, self.produce = batches, produce
+        self.permits, self.results = queue.Queue(), queue.Queue()
+        self.stop = threading.Event()
+        self.stream = self.device_id = None
+        if on_cuda:
+            import cupy
+            self.stream = cupy.cuda.Stream(non_blocking=True)
+            self.device_id = cupy.cuda.runtime.getDevice()
+        self.thread = threading.Thread(target=self._work, name="cupycnn-loader", daemon=True)
+        self.thread.start()
+
+    def _work(self):
+        try:
+            if self.device_id is not None:
+                import cupy
+                cupy.cuda.Device(self.device_id).use()
+            for positions in self.batches:
+                permit = self.permits.get()
+                if self.stop.is_set():
+                    return
+                self.results.put(("batch", self.produce(positions, self.stream, permit)))
+        except BaseException as e:                # handed to the loop, raised there
+            self.results.put(("error", e))
+
+    def close(self):
+        self.stop.set()
+        self.permits.put(None)
+        self.thread.join()
+
+
+class _BatchIterator:
+    """One epoch's batches, made in order by `produce`, one ahead in a thread if prefetch."""
+
+    def __init__(self, batches, produce, transform, prefetch, on_cuda):
+        self._batches, self._produce, self._transform = batches, produce, transform
+        self._next, self._on_cuda, self._closed = 0, on_cuda, False
+        self._prefetcher = None
+        if prefetch and batches:
+            self._prefetcher = _Prefetcher(batches, produce, on_cuda)
+            self._prefetcher.permits.put(self._permit())
+
+    def _permit(self):
+        """An event after everything queued so far on the loop's stream (cuda), else None."""
+        return _record_on_current_stream() if self._on_cuda else None
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._closed or self._next >= len(self._batches):
+            self.close()
+            raise StopIteration
+        if self._prefetcher is None:
+            try:
+                images, labels, _ = self._produce(self._batches[self._next], None, None)
+            except BaseException:
+                self.close()                  # an error ends the epoch, as in a generator
+                raise
+        else:
+            if self._next + 1 < len(self._batches):
+                # The next batch may reuse memory freed by the one before this: let it be made
+                # only after the work queued so far on the loop's stream.
+                self._prefetcher.permits.put(self._permit())
+            kind, item = self._prefetcher.results.get()
+            if kind == "error":
+                self.close()
+                raise item
+            images, labels, ready = item
+            if ready is not None:
+                import cupy
+                cupy.cuda.get_current_stream().wait_event(ready)
+        self._next += 1
+        if self._transform is not None:
+            images = self._transform(images)
+        return images, labels
+
+    def __len__(self):
+        return 0 if self._closed else len(self._batches) - self._next
+
+    def close(self):
+        """Stop the background thread and end the iteration (called at the end, on error,
+        and when the iterator is dropped)."""
+        self._closed = True
+        prefetcher, self._prefetcher = self._prefetcher, None
+        if prefetcher is not None:
+            prefetcher.close()
+
+    def __del__(self):
+        self.close()
