@@ -138,8 +138,11 @@ class Context:
         if self.size == 1:
             return model.backward(dy)
         if self._buckets is None or self._buckets.flat_grads is not optimizer.flat_grads:
-            self._buckets = GradientBuckets(optimizer.flat_grads, optimizer.segments(),
-                                            self.communicator, self.bucket_bytes)
+            segments = sorted(((p.layer, p.key, offset, size) for p, (offset, size)
+                               in zip(optimizer.params, optimizer.param_segments)),
+                              key=lambda segment: segment[2])
+            self._buckets = GradientBuckets(optimizer.flat_grads, segments, self.communicator,
+                                            self.bucket_bytes)
             optimizer.grad_scale = 1.0 / self.size
         return self._buckets.backward(model, dy)
 

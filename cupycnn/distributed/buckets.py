@@ -1,9 +1,11 @@
 """Bucketed gradient all-reduce that overlaps backward, as PyTorch's DistributedDataParallel.
 
-The optimizer keeps every gradient in one flat buffer, parameters in model order. Backward
-produces gradients in reverse model order, so the buffer is cut into buckets of about
-`bucket_bytes` (25 MB by default) from its end: the first bucket holds the last layers'
-gradients, which are ready first. A leaf layer's backward is wrapped (while the context is
+The optimizer keeps every gradient in one flat buffer, in the order its parameters were given
+(model order, unless parameter groups reorder them). Backward produces gradients in reverse
+model order, so the buffer is cut into contiguous buckets of about `bucket_bytes` (25 MB by
+default) from its end: the first bucket holds the last layers' gradients, which are ready first.
+(Groups that interleave layers, e.g. all weights then all biases, still give the right result,
+with less overlap: a bucket is launched only when all of its gradients are ready.) A leaf layer's backward is wrapped (while the context is
 active) to mark its parameters ready; when every parameter of a bucket is ready, that bucket's
 all-reduce starts at once, on the communicator's own stream (cuda) or as a non-blocking MPI
 collective (CPU ranks), while backward carries on with earlier layers. After backward, the
