@@ -54,7 +54,7 @@ def test_an_epoch_serves_every_example_once(rng, shuffle, n, batch_size):
         assert served == list(range(n))
     images, labels = next(iter(loader))
     assert isinstance(images, np.ndarray) and images.dtype == np.uint8       # sim: NumPy
-    assert images.shape == (min(batch_size, n), 3, 5, 2) and labels.dtype == np.int64
+    assert images.shape == (min(batch_size, n), 3, 5, 2) and labels.dtype == np.int32
 
 
 def test_the_order_depends_only_on_seed_and_epoch(rng):
@@ -260,7 +260,7 @@ def test_on_cuda_batches_are_cupy_arrays_equal_to_the_host_ones(rng, resident):
         served = []
         for images, labels in loader:
             assert isinstance(images, cupy.ndarray) and images.dtype == np.uint8
-            assert isinstance(labels, cupy.ndarray) and labels.dtype == np.int64
+            assert isinstance(labels, cupy.ndarray) and labels.dtype == np.int32
             host_labels = labels.get()
             np.testing.assert_array_equal(images.get(), ds.images[host_labels])
             served += host_labels.tolist()
@@ -302,7 +302,7 @@ def test_cuda_code_paths_order_streams_and_events(rng, stand_in_cupy, resident, 
         served = []
         for images, labels in loader:
             assert isinstance(images, cupy.ndarray) and images.dtype == np.uint8
-            assert isinstance(labels, cupy.ndarray) and labels.dtype == np.int64
+            assert isinstance(labels, cupy.ndarray) and labels.dtype == np.int32
             np.testing.assert_array_equal(images.get(), ds.images[labels.get()])
             served += labels.get().tolist()
         assert served == part.indices[loader.indices(0)].tolist()
@@ -333,3 +333,35 @@ def test_cuda_auto_residency_follows_free_memory(rng, stand_in_cupy):
     cupy.cuda.runtime.free[0] = 2 * ds.images.nbytes     # needs more than half of what is free
     assert not Loader(ds, 4).resident
     assert Loader(ds, 4, device_resident=True).resident
+
+
+def test_unpadded_shards_are_exact_for_evaluation():
+    from cupycnn.data import ArrayDataset, Loader
+    cupycnn.use("numpy")
+    n = 10
+    ds = ArrayDataset(np.arange(n * 2, dtype=np.uint8).reshape(n, 1, 2, 1), np.arange(n))
+    seen = []
+    for rank in range(4):
+        loader = Loader(ds, batch_size=2, shuffle=False, rank=rank, world_size=4, pad=False,
+                        prefetch=False)
+        labels = [int(v) for _, y in loader for v in y]
+        assert len(labels) == loader.num_samples == len(range(rank, n, 4))
+        seen += labels
+    assert sorted(seen) == list(range(n))               # every example once, none repeated
+
+
+def test_state_dict_restores_epoch_and_transform_counter():
+    from cupycnn.data import ArrayDataset, Loader, RandomCropFlip
+    cupycnn.use("numpy")
+    ds = ArrayDataset(np.random.default_rng(0).integers(0, 255, (8, 6, 6, 3), dtype=np.uint8),
+                      np.arange(8) % 2)
+    a = Loader(ds, batch_size=4, transform=RandomCropFlip(padding=2, seed=5), seed=1)
+    for _ in a:
+        pass
+    state = a.state_dict()
+    expected = [x.copy() for x, _ in a]
+    b = Loader(ds, batch_size=4, transform=RandomCropFlip(padding=2, seed=5), seed=1)
+    b.load_state_dict(state)
+    got = [x for x, _ in b]
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(e, g)

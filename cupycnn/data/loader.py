@@ -4,7 +4,7 @@ background prefetch, and the whole dataset kept on the GPU when it fits.
     loader = Loader(CIFAR10("data"), batch_size=128, transform=RandomCropFlip(...))
     for epoch in range(epochs):
         loader.set_epoch(epoch)
-        for images, labels in loader:       # what `transform` returns, int64 labels [B]
+        for images, labels in loader:       # what `transform` returns, int32 labels [B]
             ...
 
 Order. An epoch's order is a permutation of the dataset drawn from
@@ -19,8 +19,11 @@ permutation, pads it to a multiple of world_size by repeating it from its start,
 positions r, r + world_size, r + 2 world_size, ... So every rank has ceil(N / world_size)
 examples, the ranks together cover the dataset, and only the padding repeats examples.
 `drop_last` then drops the rank's last batch when it is short (DataLoader's drop_last).
+With pad=False (evaluation) nothing repeats: the ranks' shares differ by at most one example and
+together are exactly the dataset, so metrics summed over ranks are exact.
 
-Batches are uint8 images [B, H, W, C] and int64 labels [B], arrays of the current device (CuPy
+Batches are uint8 images [B, H, W, C] and int32 labels [B] (what the kernels take), arrays of
+the current device (CuPy
 on cuda, NumPy on sim and numpy). `transform`, when given, is called on each image batch on the
 device, in the thread that iterates, and what it returns is what the loop gets (the
 normalisation and augmentation of `cupycnn.data.transforms`).
@@ -55,7 +58,8 @@ class _HostSource:
     """Batches gathered from host arrays (a dataset's `storage()`)."""
 
     def __init__(self, images, labels, index):
-        self.images, self.labels, self.index = images, labels, index
+        # int32 labels, as the loss and metric kernels take them (one small copy).
+        self.images, self.labels, self.index = images, labels.astype(np.int32), index
         self.nbytes = images.nbytes + labels.nbytes
 
     def rows(self, positions):
@@ -80,7 +84,7 @@ class _ItemSource:
         images = np.stack([np.asarray(image, dtype=np.uint8) for image, _ in items])
         if images.ndim == 3:
             images = images[..., None]
-        labels = np.array([int(label) for _, label in items], dtype=np.int64)
+        labels = np.array([int(label) for _, label in items], dtype=np.int32)
         if out_images is not None:
             out_images[...] = images
             out_labels[...] = labels
@@ -134,12 +138,14 @@ class Loader:
     prefetch        prepare the next batch in a background thread (on cuda, its own stream)
     device_resident True, False or "auto": keep the whole dataset on the GPU (cuda only)
     rank, world_size  this process's shard, with DistributedSampler's semantics
+    pad             pad the shards to equal length (training); False: exact shares (evaluation)
 
     len(loader) is the number of batches of this rank in an epoch; `num_samples` the number of
     examples (ceil(N / world_size))."""
 
     def __init__(self, dataset, batch_size, shuffle=True, drop_last=False, seed=0,
-                 transform=None, prefetch=True, device_resident="auto", rank=0, world_size=1):
+                 transform=None, prefetch=True, device_resident="auto", rank=0, world_size=1,
+                 pad=True):
         op = "Loader"
         for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                  ("seed", seed, 0)):
@@ -161,9 +167,14 @@ class Loader:
         self.seed, self.transform, self.prefetch = int(seed), transform, bool(prefetch)
         self.device_resident = device_resident
         self.rank, self.world_size = int(rank), int(world_size)
+        self.pad = bool(pad)
         self.epoch = 0
-        self.num_samples = math.ceil(len(dataset) / self.world_size)
-        self.total_size = self.num_samples * self.world_size
+        if self.pad:
+            self.num_samples = math.ceil(len(dataset) / self.world_size)
+            self.total_size = self.num_samples * self.world_size
+        else:
+            self.num_samples = len(range(self.rank, len(dataset), self.world_size))
+            self.total_size = len(dataset)
         self._host = (_HostSource(*dataset.storage()) if hasattr(dataset, "storage")
                       else _ItemSource(dataset))
         self._device = None        # the _DeviceSource once made (cuda, resident)
@@ -186,6 +197,19 @@ class Loader:
         if self.total_size > n:                          # pad by repeating from the start
             order = np.concatenate([order, np.resize(order, self.total_size - n)])
         return order[self.rank:self.total_size:self.world_size].astype(np.int64)
+
+    def state_dict(self):
+        """What a checkpoint needs to resume this loader exactly: the next epoch and the
+        transform's random state (its per-batch counter)."""
+        state = {"epoch": self.epoch}
+        if self.transform is not None and hasattr(self.transform, "random_state"):
+            state["transform"] = self.transform.random_state()
+        return state
+
+    def load_state_dict(self, state):
+        self.epoch = int(state["epoch"])
+        if "transform" in state and hasattr(self.transform, "set_random_state"):
+            self.transform.set_random_state(state["transform"])
 
     def __len__(self):
         if self.drop_last:
@@ -265,13 +289,13 @@ class _PinnedUpload:
             import cupyx
             first, _ = self.host.gather(positions[:1])
             self._pinned = (cupyx.empty_pinned((self.batch_size, *first.shape[1:]), np.uint8),
-                            cupyx.empty_pinned((self.batch_size,), np.int64))
+                            cupyx.empty_pinned((self.batch_size,), np.int32))
         images_h, labels_h = self.host.gather(positions, self._pinned[0][:m],
                                               self._pinned[1][:m])
         with stream:
             stream.wait_event(permit)
             images = cupy.empty(images_h.shape, np.uint8)
-            labels = cupy.empty(labels_h.shape, np.int64)
+            labels = cupy.empty(labels_h.shape, np.int32)
             images.set(images_h, stream=stream)
             labels.set(labels_h, stream=stream)
             ready = stream.record()
