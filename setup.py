@@ -16,7 +16,9 @@ setup(
     include_package_data=False,
     # Pillow decodes ImageFolder's photos, scikit-learn ships the Digits dataset (both imported
     # only when those classes are used).
-    install_requires=["numpy>=1.24", "h5py>=3.8", "Pillow>=9.1", "scikit-learn>=1.1"],
+    # matplotlib draws the end-of-training pictures, tensorboardX writes TensorBoard logs.
+    install_requires=["numpy>=1.24", "h5py>=3.8", "Pillow>=9.1", "scikit-learn>=1.1",
+                      "matplotlib>=3.6", "tensorboardX>=2.6"],
     extras_require={
         "cuda12": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13.6"],
