@@ -4,3 +4,6 @@ from .base import Layer, Parameter
 from .dense import Dense
 
 __all__ = ["Layer", "Parameter", "ReLU", "Dense"]
+from .normalization import BatchNorm1D, BatchNorm2D, GroupNorm  # noqa: E402
+
+__all__ += ["BatchNorm1D", "BatchNorm2D", "GroupNorm"]
