@@ -11,12 +11,15 @@ BatchNorm, evaluation: the running statistics in place of the batch's, and (for 
 frozen statistics) dx = weight / sqrt(running_var + eps) * dy.
 Both: dweight = sum dy * xhat, dbias = sum dy.
 
-Synchronised batchnorm: the statistics are computed in stages, and between them the layer calls
-`self.stats_reducer(sums, count) -> (sums, count)` on the per-channel float64 sums [C, 2] and the
-element count per channel: in the forward on (sum x, sum x^2), in the backward on (sum dy,
-sum dy * xhat). It is the identity by default; data parallelism sets it to an all-reduce (sum
-over ranks of the sums and of the counts), which makes every rank normalise with the global
-batch's statistics. The parameter gradients stay this rank's (the gradient all-reduce adds them).
+Synchronised batchnorm: the statistics are computed in stages, and between them a training
+forward and its backward call `self.stats_reducer(sums, count) -> (sums, count)` with this
+process's per-channel float64 sums [C, 2] and element count per channel: in the forward on
+(sum x, sum x^2), in the backward on (sum dy, sum dy * xhat). It returns the sums and count to
+use: by default its arguments (`local_statistics`); data parallelism sets it to an all-reduce
+(the sum over ranks of the sums and of the counts), so that every rank normalises with the
+global batch's statistics and its running statistics are the global batch's. The parameter
+gradients stay this rank's (the gradient all-reduce adds them up). It is not called in
+evaluation, where the running statistics are used.
 """
 import numpy as np
 
@@ -76,10 +79,10 @@ class _BatchNorm(Layer):
     def forward(self, x, training=True):
         self._check_input_shape(x)
         p, b = self.params, self.buffers
-        count = x.size // self.num_features
+        local_count = count = x.size // self.num_features
         if training:
             sums = bn_ops.batchnorm_stats(x)                              # stage 1
-            sums, count = self.stats_reducer(sums, count)                 # all-reduce point
+            sums, count = self.stats_reducer(sums, local_count)           # all-reduce point
             if count <= 1:
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when "
                                  f"training, got input size {tuple(x.shape)}")
@@ -91,7 +94,8 @@ class _BatchNorm(Layer):
         else:
             y, mean, invstd = bn_ops.batchnorm_normalize_running(
                 x, b["running_mean"], b["running_var"], p["weight"], p["bias"], self.eps)
-        self.save_for_backward(x=x, mean=mean, invstd=invstd, count=count, training=training)
+        self.save_for_backward(x=x, mean=mean, invstd=invstd, local_count=local_count,
+                               training=training)
         return y
 
     def backward(self, dy):
@@ -99,7 +103,7 @@ class _BatchNorm(Layer):
         x, training = saved["x"], saved["training"]
         self.check_grad_output(dy, x.shape)
         local = bn_ops.batchnorm_backward_reduce(x, dy, saved["mean"], saved["invstd"])  # (3)
-        sums, count = local, saved["count"]
+        sums, count = local, saved["local_count"]
         if training:
             sums, count = self.stats_reducer(local, count)                # all-reduce point
         dx, _, _ = bn_ops.batchnorm_backward_apply(                        # stage 4
