@@ -19,7 +19,8 @@
 //       batchnorm_normalize_running  evaluation: the same y from running_mean and running_var
 //   (3) batchnorm_backward_reduce  sums[c] = (sum dy, sum dy * xhat),  xhat = (x - mean) * invstd
 //   (4) batchnorm_backward_apply   batch statistics (after a training forward):
-//                                    dx = weight * invstd * (dy - sum dy / n - xhat * sum(dy xhat) / n)
+//                                    dx = weight * invstd
+//                                         * (dy - sum dy / n - xhat * sum(dy xhat) / n)
 //                                  frozen statistics (after an evaluation forward):
 //                                    dx = weight * invstd * dy
 //                                  dweight = sum dy * xhat, dbias = sum dy (of this rank's batch)
@@ -35,9 +36,9 @@
 // when channels alone would not fill the GPU), batchnorm_combine_partials adds the splits in
 // order. No atomics: the result is the same bits on every run.
 // Elementwise stages, (2) and (4): grid (channels, chunks); block (c, k) handles the k-th range of
-// ELEMENTS_PER_BLOCK elements of channel c. Every thread derives the channel's mean and invstd
-// (or coefficients) from the tiny per-channel arrays once, then streams its elements; block
-// (c, 0) thread 0 writes the per-channel outputs. batchnorm_update_running_stats is one block
+// BN_ELEMENTS_PER_BLOCK elements of channel c. Every thread derives the channel's mean and
+// invstd (or coefficients) from the tiny per-channel arrays once, then streams its elements;
+// block (c, 0) thread 0 writes the per-channel outputs. batchnorm_update_running_stats is one block
 // looping over the channels (a few hundred values; one block also makes the counter increment
 // race-free).
 #include "common.cuh"

@@ -18,7 +18,8 @@
 //   groupnorm_backward_input:  per group, from the partial sums of its channels:
 //                                sum dxhat        = sum over c in g of weight[c] * partial[n, c, 0]
 //                                sum dxhat * xhat = sum over c in g of weight[c] * partial[n, c, 1]
-//                              dx = rstd * (dxhat - sum dxhat / count - xhat * sum(dxhat xhat) / count)
+//                              dx = rstd * (dxhat - sum dxhat / count
+//                                           - xhat * sum(dxhat xhat) / count)
 //
 // Parallelisation.
 // groupnorm_forward and groupnorm_backward_input: grid (N * G, chunks); block (ng, k) handles the
@@ -26,10 +27,11 @@
 // stepping (channel in group, pixel) with a RowColCursor to find each element's channel. Every
 // thread derives the group's coefficients once; in the backward the block first adds its Cg
 // channels' partial sums together (block_sum_pair_double, a fixed order).
-// groupnorm_backward_reduce: a warp per (n, c) row of `inner` contiguous elements, GN_ROWS_PER_BLOCK
-// rows per block, lanes reading consecutive elements, accumulating in double, then a warp
-// butterfly in a fixed order. Rows are many (N * C) and usually short, so a warp each keeps the
-// GPU busy without wasting a whole block on a 7x7 image.
+// groupnorm_backward_reduce: a warp per (n, c) row of `inner` contiguous elements,
+// GN_ROWS_PER_BLOCK rows per block, lanes reading consecutive elements, accumulating in double,
+// then a warp butterfly in a fixed order. Rows are many (N * C) and usually short, so a warp each
+// keeps the GPU busy without wasting a whole block on a 7x7 image (with few long rows, say batch
+// 1 at 64 channels of 200x300, it leaves SMs idle: a split like batchnorm_stats' would help).
 // groupnorm_backward_params: a thread per channel adds the N samples' partial sums in order.
 // The parameter gradients need a sum across samples, which the per-group blocks cannot do
 // without atomics; this small second pass keeps them deterministic.
