@@ -179,7 +179,7 @@ batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__
                           double* __restrict__ partial, int outer, int channels, int inner) {
   __shared__ double scratch[2 * WARP_SIZE];
   const int c = blockIdx.x, count = outer * inner;
-  const float channel_mean = mean[c];
+  const double channel_mean = mean[c];
   int begin, end;
   block_range(count, ceil_div(count, gridDim.y), &begin, &end);
   double sum_dy = 0.0, sum_dy_xmu = 0.0;
@@ -188,7 +188,7 @@ batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__
     const long long k = bn_offset(at.row, c, at.col, channels, inner);
     const double g = dy[k];
     sum_dy += g;
-    sum_dy_xmu += g * (double)(x[k] - channel_mean);
+    sum_dy_xmu += g * ((double)x[k] - channel_mean);    // exact difference: the sum may cancel
   }
   block_sum_pair_double(sum_dy, sum_dy_xmu, scratch);
   write_partial(partial, sum_dy, sum_dy_xmu * (double)invstd[c]);

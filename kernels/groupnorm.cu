@@ -78,13 +78,13 @@ groupnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__
   if (row >= rows) return;            // a whole warp leaves: no shuffle is left half-reached
   const int n = row / channels, c = row % channels;
   const int group = n * groups + c / (channels / groups);
-  const float group_mean = mean[group];
+  const double group_mean = mean[group];
   const long long base = (long long)row * inner;
   double sum_dy = 0.0, sum_dy_xmu = 0.0;
   for (int i = lane; i < inner; i += WARP_SIZE) {
     const double g = dy[base + i];
     sum_dy += g;
-    sum_dy_xmu += g * (double)(x[base + i] - group_mean);
+    sum_dy_xmu += g * ((double)x[base + i] - group_mean);  // exact difference: the sum may cancel
   }
   sum_dy = warp_sum_double(sum_dy);
   sum_dy_xmu = warp_sum_double(sum_dy_xmu);

@@ -47,11 +47,16 @@ def test_stats_split_choice_fills_the_gpu():
     assert bn.choose_splits(1024, 10**6) == 1
 
 
-@pytest.mark.parametrize("offset", [0.0, 20.0], ids=["centred", "mean-20"])
-@pytest.mark.parametrize("shape", SHAPES, ids=str)
+# Mean 20, std 2: a float E[x^2] - E[x]^2 would lose the variance's low digits; the double sums
+# keep it. Only for channels of 16 or more elements: the mean is kept in float32 (as PyTorch
+# keeps it), and its rounding (1e-6 at 20) is not small against the spread of a few samples.
+NORMALIZE_CASES = [(shape, 0.0) for shape in SHAPES] + \
+    [(shape, 20.0) for shape in SHAPES if int(np.prod(shape)) // shape[1] >= 16]
+
+
+@pytest.mark.parametrize("shape, offset", NORMALIZE_CASES, ids=str)
 def test_normalize(kernel_device, rng, shape, offset):
-    """Training forward from the sums. With a mean of 20 and std 2, a float E[x^2] - E[x]^2
-    would lose the variance's low digits; the double sums keep it."""
+    """Training forward from the sums."""
     x, weight, bias = _inputs(rng, shape, offset)
     count = x.size // shape[1]
     sums = bn.batchnorm_stats(cupycnn.asarray(x))
