@@ -76,10 +76,12 @@ def test_batchnorm2d(kernel_device, rng, shape, training):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["training", "eval"])
-@pytest.mark.parametrize("shape", [(5, 70), (7, 3), (3, 1), (3, 17, 9), (4, 3, 1)], ids=str)
+@pytest.mark.parametrize("shape", [(5, 70), (7, 3), (6, 1), (3, 17, 9), (5, 3, 1)], ids=str)
 def test_batchnorm1d(kernel_device, rng, shape, training):
-    # (Two values per channel would make the training dx pure rounding noise: with n = 2,
-    # xhat = +-sqrt(var / (var + eps)) and dx is proportional to 1 - xhat^2 = eps / (var + eps).)
+    # Few values per channel make the training dx ill-conditioned: dx is dy projected away from
+    # the constants and from xhat, which leaves n - 2 dimensions. With n = 2 it is rounding noise
+    # (proportional to 1 - xhat^2 = eps / (var + eps)); with n = 3, one dimension, a random dy
+    # lies close to the removed plane often enough to lose float32's digits. Hence n >= 5.
     channels = shape[1]
     layer = BatchNorm1D(channels)
     w, b = _randomise(layer, rng, channels)
@@ -180,7 +182,7 @@ def test_stats_reducer_is_not_called_in_evaluation(rng):
 
 
 @pytest.mark.parametrize("shape, groups", [((1, 6, 5, 3), 2), ((3, 17, 4), 17), ((2, 70, 3, 3), 7),
-                                           ((4, 3), 1)], ids=str)
+                                           ((4, 5), 1)], ids=str)
 def test_groupnorm(kernel_device, rng, shape, groups):
     """Against a textbook transcription; the same in training and evaluation."""
     channels = shape[1]
