@@ -151,3 +151,52 @@ def _conv2d_rectangular(rng):
 @case("Conv2D", "Conv2D 1x1, stride 2")
 def _conv2d_1x1_stride2(rng):
     return dict(layer=Conv2D(4, 3, 1, stride=2), x=rng.standard_normal((2, 4, 5, 5)))
+# ------------------------------------------------------------------ normalisation (branch norm)
+from .layers import BatchNorm1D, BatchNorm2D, GroupNorm  # noqa: E402
+
+
+def _affine_and_running(layer, rng, channels, running=False):
+    """Random weight and bias (the defaults, ones and zeros, would hide errors in their use) and,
+    for an evaluation-mode check, random running statistics."""
+    layer.params["weight"][...] = rng.uniform(0.5, 1.5, channels)
+    layer.params["bias"][...] = rng.standard_normal(channels)
+    if running:
+        layer.buffers["running_mean"][...] = rng.standard_normal(channels)
+        layer.buffers["running_var"][...] = rng.uniform(0.5, 2.0, channels)
+    return layer
+
+
+@case("BatchNorm2D", "BatchNorm2D, training")
+def _batchnorm2d_training(rng):
+    return dict(layer=_affine_and_running(BatchNorm2D(3), rng, 3),
+                x=rng.standard_normal((2, 3, 3, 2)) * 2 + 1)
+
+
+@case("BatchNorm2D", "BatchNorm2D, evaluation (frozen statistics)")
+def _batchnorm2d_eval(rng):
+    return dict(layer=_affine_and_running(BatchNorm2D(3), rng, 3, running=True),
+                x=rng.standard_normal((2, 3, 2, 3)), training=False)
+
+
+@case("BatchNorm1D", "BatchNorm1D, training, [N, C]")
+def _batchnorm1d_training(rng):
+    return dict(layer=_affine_and_running(BatchNorm1D(4), rng, 4),
+                x=rng.standard_normal((5, 4)))
+
+
+@case("BatchNorm1D", "BatchNorm1D, training, [N, C, L]")
+def _batchnorm1d_training_3d(rng):
+    return dict(layer=_affine_and_running(BatchNorm1D(2), rng, 2),
+                x=rng.standard_normal((2, 2, 3)))
+
+
+@case("GroupNorm", "GroupNorm, 3 groups of 2 channels")
+def _groupnorm(rng):
+    return dict(layer=_affine_and_running(GroupNorm(3, 6), rng, 6),
+                x=rng.standard_normal((2, 6, 2, 2)) + 0.5)
+
+
+@case("GroupNorm", "GroupNorm, batch 1, one group")
+def _groupnorm_one_group(rng):
+    return dict(layer=_affine_and_running(GroupNorm(1, 3), rng, 3),
+                x=rng.standard_normal((1, 3, 5)))

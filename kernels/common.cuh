@@ -69,4 +69,60 @@ __device__ __forceinline__ float philox_uniform(unsigned long long seed, unsigne
   return (float)(philox_word(seed, stream, index) >> 8) * (1.0f / 16777216.0f);
 }
 
+
+// ------------------------------------------------------------------ double-precision sums
+// Normalisation layers accumulate their statistics in double: sum(x^2) - sum(x)^2 / n cancels
+// catastrophically in float when |mean| >> std, and a float sum over millions of elements loses
+// the small terms.
+
+// Sum of v over the 32 lanes of a warp, in double; every lane gets the total, in an order fixed by
+// the lane numbers. All lanes must be active.
+__device__ __forceinline__ double warp_sum_double(double v) {
+  for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1)
+    v += __shfl_xor_sync(FULL_WARP_MASK, v, offset);
+  return v;
+}
+
+// Two sums over the whole block at once, in double (one pair of barriers for both); every thread
+// gets both totals. Same rules as block_sum: whole warps, at most 1024 threads, blockDim.y =
+// blockDim.z = 1, a fixed summation order. `scratch` is __shared__ double [2 * WARP_SIZE].
+__device__ __forceinline__ void block_sum_pair_double(double& a, double& b, double* scratch) {
+  const int lane = threadIdx.x % WARP_SIZE, warp = threadIdx.x / WARP_SIZE;
+  const int num_warps = blockDim.x / WARP_SIZE;
+  a = warp_sum_double(a);
+  b = warp_sum_double(b);
+  __syncthreads();                     // scratch may still be read by a previous call
+  if (lane == 0) {
+    scratch[warp] = a;
+    scratch[WARP_SIZE + warp] = b;
+  }
+  __syncthreads();
+  a = warp_sum_double(lane < num_warps ? scratch[lane] : 0.0);
+  b = warp_sum_double(lane < num_warps ? scratch[WARP_SIZE + lane] : 0.0);
+}
+
+// ------------------------------------------------------------------ strided 2-D walks
+// A flat index e = row * width + col, kept split into (row, col) while it advances by a fixed
+// stride: the loop of a block over a [rows, width] slice whose rows are not adjacent in memory
+// (one channel of NCHW: a row per sample, H*W wide) needs both parts to address the element,
+// and a 32-bit division per element costs more than the load it addresses in a memory-bound
+// kernel. One division at construction, then an add and a compare per step.
+struct RowColCursor {
+  int row, col;
+  int width, step_row, step_col;
+
+  __device__ __forceinline__ RowColCursor(int e, int stride, int width_)
+      : row(e / width_), col(e % width_), width(width_), step_row(stride / width_),
+        step_col(stride % width_) {}
+
+  __device__ __forceinline__ void advance() {
+    row += step_row;
+    col += step_col;
+    if (col >= width) {
+      col -= width;
+      ++row;
+    }
+  }
+};
+
 #endif  // CUPYCNN_COMMON_CUH

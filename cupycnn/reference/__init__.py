@@ -6,6 +6,6 @@ ops module of the same name, function for function: `reference/gemm.py` <-> `ker
 <-> `ops/gemm.py`.
 """
 from . import (  # noqa: F401
-    augment, conv2d, dropout, elementwise, gemm, metrics, optim, philox, pool,
-    reduce
+    augment, batchnorm, conv2d, dropout, elementwise, gemm, groupnorm, metrics, optim, philox,
+    pool, reduce
 )

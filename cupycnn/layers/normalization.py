@@ -1,0 +1,154 @@
+"""Normalisation layers: PyTorch's BatchNorm1d, BatchNorm2d and GroupNorm.
+Kernels: kernels/batchnorm.cu, kernels/groupnorm.cu; maths: reference/batchnorm.py,
+reference/groupnorm.py; the whole story: docs/layers_norm.md.
+
+BatchNorm, training (per channel c, n elements: N * H * W, or N, or N * L):
+    y = (x - mean) / sqrt(var + eps) * weight + bias      mean, var: this batch's, var biased
+    running_mean <- (1 - momentum) running_mean + momentum mean
+    running_var  <- (1 - momentum) running_var  + momentum var * n / (n - 1)
+    dx = weight / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat))
+BatchNorm, evaluation: the running statistics in place of the batch's, and (for fine-tuning with
+frozen statistics) dx = weight / sqrt(running_var + eps) * dy.
+Both: dweight = sum dy * xhat, dbias = sum dy.
+
+Synchronised batchnorm: the statistics are computed in stages, and between them a training
+forward and its backward call `self.stats_reducer(sums, count) -> (sums, count)` with this
+process's per-channel float64 sums [C, 2] and element count per channel: in the forward on
+(sum x, sum x^2), in the backward on (sum dy, sum dy * xhat). It returns the sums and count to
+use: by default its arguments (`local_statistics`); data parallelism sets it to an all-reduce
+(the sum over ranks of the sums and of the counts), so that every rank normalises with the
+global batch's statistics and its running statistics are the global batch's. The parameter
+gradients stay this rank's (the gradient all-reduce adds them up). It is not called in
+evaluation, where the running statistics are used.
+"""
+import numpy as np
+
+from ..ops import batchnorm as bn_ops
+from ..ops import groupnorm as gn_ops
+from .base import Layer
+
+
+def local_statistics(sums, count):
+    """The default `stats_reducer`: this process's batch alone (no synchronisation)."""
+    return sums, count
+
+
+class _BatchNorm(Layer):
+    """Shared by BatchNorm1D and BatchNorm2D (PyTorch's _BatchNorm with affine=True and
+    track_running_stats=True): weight (ones) and bias (zeros) of shape [num_features]; buffers
+    running_mean (zeros), running_var (ones) and num_batches_tracked (int64 scalar, 0), the
+    state_dict names and dtypes of PyTorch, so that torchvision checkpoints load strictly.
+    momentum=None makes the running statistics a cumulative average, as in PyTorch."""
+
+    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+        super().__init__()
+        if int(num_features) < 1:
+            raise ValueError(f"{type(self).__name__}: num_features must be at least 1, got "
+                             f"{num_features}")
+        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        self.stats_reducer = local_statistics
+        self.add_param("weight", np.ones(self.num_features, np.float32))
+        self.add_param("bias", np.zeros(self.num_features, np.float32))
+        self.add_buffer("running_mean", np.zeros(self.num_features, np.float32))
+        self.add_buffer("running_var", np.ones(self.num_features, np.float32))
+        self.add_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
+
+    def extra_repr(self):
+        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+
+    def _check_input_shape(self, x):
+        raise NotImplementedError
+
+    def forward(self, x, training=True):
+        self._check_input_shape(x)
+        p, b = self.params, self.buffers
+        local_count = count = x.size // self.num_features
+        if training:
+            sums = bn_ops.batchnorm_stats(x)                              # stage 1
+            sums, count = self.stats_reducer(sums, local_count)           # all-reduce point
+            if count <= 1:
+                raise ValueError(f"{self!r}: expected more than 1 value per channel when "
+                                 f"training, got input size {tuple(x.shape)}")
+            y, mean, invstd = bn_ops.batchnorm_normalize(x, sums, count, p["weight"], p["bias"],
+                                                         self.eps)        # stage 2
+            bn_ops.batchnorm_update_running_stats(sums, count, b["running_mean"],
+                                                  b["running_var"], b["num_batches_tracked"],
+                                                  self.momentum)
+        else:
+            y, mean, invstd = bn_ops.batchnorm_normalize_running(
+                x, b["running_mean"], b["running_var"], p["weight"], p["bias"], self.eps)
+        self.save_for_backward(x=x, mean=mean, invstd=invstd, local_count=local_count,
+                               training=training)
+        return y
+
+    def backward(self, dy):
+        saved = self.saved()
+        x, training = saved["x"], saved["training"]
+        self.check_grad_output(dy, x.shape)
+        local = bn_ops.batchnorm_backward_reduce(x, dy, saved["mean"], saved["invstd"])  # (3)
+        sums, count = local, saved["local_count"]
+        if training:
+            sums, count = self.stats_reducer(local, count)                # all-reduce point
+        dx, _, _ = bn_ops.batchnorm_backward_apply(                        # stage 4
+            x, dy, self.params["weight"], saved["mean"], saved["invstd"], sums, count,
+            batch_statistics=training, param_sums=local, dweight=self.grads["weight"],
+            dbias=self.grads["bias"])
+        return dx
+
+
+class BatchNorm1D(_BatchNorm):
+    """PyTorch's BatchNorm1d(num_features, eps=1e-5, momentum=0.1): input [N, C] or [N, C, L],
+    statistics per channel over N (and L). Training needs more than one value per channel."""
+
+    def _check_input_shape(self, x):
+        self.check_input(x, None)                     # device, layout and dtype first
+        if x.ndim not in (2, 3):
+            raise ValueError(f"{self!r}: input must have shape (N, {self.num_features}) or "
+                             f"(N, {self.num_features}, L), got {tuple(x.shape)}")
+        self.check_input(x, ("N", self.num_features) + (("L",) if x.ndim == 3 else ()))
+
+
+class BatchNorm2D(_BatchNorm):
+    """PyTorch's BatchNorm2d(num_features, eps=1e-5, momentum=0.1): input [N, C, H, W],
+    statistics per channel over N, H and W."""
+
+    def _check_input_shape(self, x):
+        self.check_input(x, ("N", self.num_features, "H", "W"))
+
+
+class GroupNorm(Layer):
+    """PyTorch's GroupNorm(num_groups, num_channels, eps=1e-5) with affine=True: input
+    [N, C, *]; the channels form num_groups groups of consecutive channels, each (sample, group)
+    normalised with its own mean and biased variance, then weight (ones) and bias (zeros), both
+    [num_channels], applied per channel. The same in training and evaluation; no buffers."""
+
+    def __init__(self, num_groups, num_channels, eps=1e-5):
+        super().__init__()
+        num_groups, num_channels = int(num_groups), int(num_channels)
+        if num_groups < 1 or num_channels < 1 or num_channels % num_groups:
+            raise ValueError(f"GroupNorm: num_channels must be divisible by num_groups, got "
+                             f"num_groups={num_groups}, num_channels={num_channels}")
+        self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
+        self.add_param("weight", np.ones(num_channels, np.float32))
+        self.add_param("bias", np.zeros(num_channels, np.float32))
+
+    def extra_repr(self):
+        return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
+
+    def forward(self, x, training=True):
+        self.check_input(x, None)
+        self.check_input(x, ("N", self.num_channels) + (None,) * max(x.ndim - 2, 0))
+        y, mean, rstd = gn_ops.groupnorm_forward(x, self.params["weight"], self.params["bias"],
+                                                 self.num_groups, self.eps)
+        self.save_for_backward(x=x, mean=mean, rstd=rstd)
+        return y
+
+    def backward(self, dy):
+        saved = self.saved()
+        x = saved["x"]
+        self.check_grad_output(dy, x.shape)
+        dx, _, _ = gn_ops.groupnorm_backward(x, dy, self.params["weight"], saved["mean"],
+                                             saved["rstd"], self.num_groups,
+                                             dweight=self.grads["weight"],
+                                             dbias=self.grads["bias"])
+        return dx

@@ -1,0 +1,235 @@
+// batchnorm.cu -- batch normalisation (PyTorch's BatchNorm1d / BatchNorm2d), forward and backward,
+// in four stages so that synchronised batchnorm can all-reduce the small per-channel sums between
+// them without touching a kernel.
+//
+// x is viewed as [outer, channels, inner]: [N, C, H*W] for BatchNorm2D, [N, C, L] or [N, C, 1]
+// for BatchNorm1D. Channel c holds count = outer * inner elements; n below is the element count
+// over every rank (the local count unless an all-reduce changed it).
+//
+//   (1) batchnorm_stats            sums[c] = (sum x, sum x^2)                            float64
+//   (2) batchnorm_normalize        mean = sum x / n,  var = sum x^2 / n - mean^2  (biased)
+//                                  invstd = 1 / sqrt(var + eps)
+//                                  y = (x - mean) * invstd * weight[c] + bias[c]
+//                                  also writes mean[c] and invstd[c] for the backward
+//       batchnorm_update_running_stats
+//                                  running_mean = (1 - f) running_mean + f mean
+//                                  running_var  = (1 - f) running_var  + f var * n / (n - 1)
+//                                  num_batches_tracked += 1;  f = momentum, or 1 / num_batches_
+//                                  tracked when momentum is None (a cumulative average)
+//       batchnorm_normalize_running  evaluation: the same y from running_mean and running_var
+//   (3) batchnorm_backward_reduce  sums[c] = (sum dy, sum dy * xhat),  xhat = (x - mean) * invstd
+//   (4) batchnorm_backward_apply   batch statistics (after a training forward):
+//                                    dx = weight * invstd
+//                                         * (dy - sum dy / n - xhat * sum(dy xhat) / n)
+//                                  frozen statistics (after an evaluation forward):
+//                                    dx = weight * invstd * dy
+//                                  dweight = sum dy * xhat, dbias = sum dy (of this rank's batch)
+//       batchnorm_combine_partials the reductions (1) and (3) split over several blocks per
+//                                  channel: adds the blocks' partial sums in a fixed order.
+//
+// Parallelisation. Reductions, (1) and (3): grid (channels, splits). Block (c, s) reduces the s-th
+// of `splits` equal ranges of channel c's elements, taken in their flat order e = o * inner + i,
+// so consecutive threads read consecutive addresses along H*W (coalesced; strided by C*inner
+// only when inner is small, as for BatchNorm1D on [N, C]). Each thread accumulates in double,
+// block_sum_pair_double adds the threads up in a fixed order, and thread 0 writes the block's
+// pair. With one split that pair is the channel's sums; with more (the wrapper splits a channel
+// when channels alone would not fill the GPU), batchnorm_combine_partials adds the splits in
+// order. No atomics: the result is the same bits on every run.
+// Elementwise stages, (2) and (4): grid (channels, chunks); block (c, k) handles the k-th range of
+// BN_ELEMENTS_PER_BLOCK elements of channel c. Every thread derives the channel's mean and
+// invstd (or coefficients) from the tiny per-channel arrays once, then streams its elements;
+// block (c, 0) thread 0 writes the per-channel outputs. batchnorm_update_running_stats is one block
+// looping over the channels (a few hundred values; one block also makes the counter increment
+// race-free).
+#include "common.cuh"
+
+#define BN_THREADS 256                  // reductions and elementwise stages
+#define BN_ELEMENTS_PER_BLOCK 4096      // elementwise stages: 16 elements per thread
+#define BN_RUNNING_THREADS 256          // batchnorm_update_running_stats: one block
+
+// Offset of element (o, c, i) of x viewed as [outer, channels, inner].
+__device__ __forceinline__ long long bn_offset(int o, int c, int i, int channels, int inner) {
+  return ((long long)o * channels + c) * inner + i;
+}
+
+// Range [begin, end) of channel elements handled by block blockIdx.y of gridDim.y, when the count
+// elements are cut into pieces of `piece` elements (the last may be shorter or empty).
+__device__ __forceinline__ void block_range(int count, int piece, int* begin, int* end) {
+  *begin = min(count, (int)blockIdx.y * piece);
+  *end = min(count, *begin + piece);
+}
+
+// Where a reduction block leaves its pair: partial[(c * splits + s) * 2 + {0, 1}].
+__device__ __forceinline__ void write_partial(double* partial, double a, double b) {
+  if (threadIdx.x == 0) {
+    const long long slot = ((long long)blockIdx.x * gridDim.y + blockIdx.y) * 2;
+    partial[slot] = a;
+    partial[slot + 1] = b;
+  }
+}
+
+// (1) Grid: (channels, splits); block: BN_THREADS. partial: [channels, splits, 2] float64 (with
+// one split, the [channels, 2] sums themselves).
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_stats(const float* __restrict__ x, double* __restrict__ partial, int outer,
+                int channels, int inner) {
+  __shared__ double scratch[2 * WARP_SIZE];
+  const int c = blockIdx.x, count = outer * inner;
+  int begin, end;
+  block_range(count, ceil_div(count, gridDim.y), &begin, &end);
+  double sum = 0.0, sum_sq = 0.0;
+  RowColCursor at(begin + threadIdx.x, blockDim.x, inner);
+  for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
+    const double v = x[bn_offset(at.row, c, at.col, channels, inner)];
+    sum += v;
+    sum_sq += v * v;
+  }
+  block_sum_pair_double(sum, sum_sq, scratch);
+  write_partial(partial, sum, sum_sq);
+}
+
+// Grid: ceil(2 * channels / BN_THREADS); one thread per output value, adding the splits in order.
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_combine_partials(const double* __restrict__ partial, double* __restrict__ sums,
+                           int channels, int splits) {
+  const int v = blockIdx.x * blockDim.x + threadIdx.x;     // v = 2 * c + component
+  if (v >= 2 * channels) return;
+  const int c = v / 2, component = v % 2;
+  double total = 0.0;
+  for (int s = 0; s < splits; ++s) total += partial[((long long)c * splits + s) * 2 + component];
+  sums[v] = total;
+}
+
+// y = (x - mean) * (invstd * weight) + bias over this block's range of channel c; block (c, 0)
+// also records mean and invstd for the backward.
+__device__ __forceinline__ void normalize_channel_range(
+    const float* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
+    float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ invstd_out,
+    float mean, float invstd, int outer, int channels, int inner) {
+  const int c = blockIdx.x, count = outer * inner;
+  if (blockIdx.y == 0 && threadIdx.x == 0) {
+    mean_out[c] = mean;
+    invstd_out[c] = invstd;
+  }
+  const float scale = invstd * weight[c], shift = bias[c];
+  int begin, end;
+  block_range(count, BN_ELEMENTS_PER_BLOCK, &begin, &end);
+  RowColCursor at(begin + threadIdx.x, blockDim.x, inner);
+  for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
+    const long long k = bn_offset(at.row, c, at.col, channels, inner);
+    y[k] = (x[k] - mean) * scale + shift;      // x - mean first: no cancellation of large terms
+  }
+}
+
+// (2) Grid: (channels, ceil(outer * inner / BN_ELEMENTS_PER_BLOCK)); block: BN_THREADS.
+// sums: [channels, 2] (sum x, sum x^2) over `count` elements per channel (all ranks).
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_normalize(const float* __restrict__ x, const double* __restrict__ sums, long long count,
+                    const float* __restrict__ weight, const float* __restrict__ bias,
+                    float* __restrict__ y, float* __restrict__ mean_out,
+                    float* __restrict__ invstd_out, int outer, int channels, int inner,
+                    float eps) {
+  const int c = blockIdx.x;
+  const double mean = sums[2 * c] / (double)count;
+  const double var = fmax(sums[2 * c + 1] / (double)count - mean * mean, 0.0);   // biased
+  normalize_channel_range(x, weight, bias, y, mean_out, invstd_out, (float)mean,
+                          (float)rsqrt(var + (double)eps), outer, channels, inner);
+}
+
+// (2, evaluation) Same grid; the statistics are the running ones.
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_normalize_running(const float* __restrict__ x, const float* __restrict__ running_mean,
+                            const float* __restrict__ running_var,
+                            const float* __restrict__ weight, const float* __restrict__ bias,
+                            float* __restrict__ y, float* __restrict__ mean_out,
+                            float* __restrict__ invstd_out, int outer, int channels, int inner,
+                            float eps) {
+  const int c = blockIdx.x;
+  normalize_channel_range(x, weight, bias, y, mean_out, invstd_out, running_mean[c],
+                          (float)rsqrt((double)running_var[c] + (double)eps), outer, channels,
+                          inner);
+}
+
+// Grid: 1 block of BN_RUNNING_THREADS. count > 1 (the wrapper checks). cumulative != 0: momentum
+// None, the factor is 1 / num_batches_tracked after the increment.
+extern "C" __global__ void __launch_bounds__(BN_RUNNING_THREADS)
+batchnorm_update_running_stats(const double* __restrict__ sums, long long count, float momentum,
+                               int cumulative, float* __restrict__ running_mean,
+                               float* __restrict__ running_var,
+                               long long* __restrict__ num_batches_tracked, int channels) {
+  const long long batches = *num_batches_tracked + 1;
+  __syncthreads();                       // every thread has read the counter before it changes
+  if (threadIdx.x == 0) *num_batches_tracked = batches;
+  const double factor = cumulative ? 1.0 / (double)batches : (double)momentum;
+  const double n = (double)count;
+  for (int c = threadIdx.x; c < channels; c += blockDim.x) {
+    const double mean = sums[2 * c] / n;
+    // Unbiased: sum (x - mean)^2 / (n - 1), with sum (x - mean)^2 = sum x^2 - mean * sum x.
+    const double var = fmax(sums[2 * c + 1] - mean * sums[2 * c], 0.0) / (n - 1.0);
+    running_mean[c] = (float)((1.0 - factor) * running_mean[c] + factor * mean);
+    running_var[c] = (float)((1.0 - factor) * running_var[c] + factor * var);
+  }
+}
+
+// (3) Grid: (channels, splits); block: BN_THREADS. partial as in batchnorm_stats. mean, invstd:
+// what the forward recorded. sum dy * (x - mean) is accumulated, then scaled by invstd once.
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__ dy,
+                          const float* __restrict__ mean, const float* __restrict__ invstd,
+                          double* __restrict__ partial, int outer, int channels, int inner) {
+  __shared__ double scratch[2 * WARP_SIZE];
+  const int c = blockIdx.x, count = outer * inner;
+  const double channel_mean = mean[c];
+  int begin, end;
+  block_range(count, ceil_div(count, gridDim.y), &begin, &end);
+  double sum_dy = 0.0, sum_dy_xmu = 0.0;
+  RowColCursor at(begin + threadIdx.x, blockDim.x, inner);
+  for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
+    const long long k = bn_offset(at.row, c, at.col, channels, inner);
+    const double g = dy[k];
+    sum_dy += g;
+    sum_dy_xmu += g * ((double)x[k] - channel_mean);    // exact difference: the sum may cancel
+  }
+  block_sum_pair_double(sum_dy, sum_dy_xmu, scratch);
+  write_partial(partial, sum_dy, sum_dy_xmu * (double)invstd[c]);
+}
+
+// (4) Grid: (channels, ceil(outer * inner / BN_ELEMENTS_PER_BLOCK)); block: BN_THREADS.
+// sums: [channels, 2] (sum dy, sum dy xhat) over `count` elements (all ranks; used for dx with
+// batch statistics). param_sums: this rank's sums, which become dweight and dbias (the
+// data-parallel gradient all-reduce adds those up later; adding the global sums would count
+// them once per rank). batch_statistics = 0: frozen statistics, sums and count are not read.
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_backward_apply(const float* __restrict__ x, const float* __restrict__ dy,
+                         const float* __restrict__ weight, const float* __restrict__ mean,
+                         const float* __restrict__ invstd, const double* __restrict__ sums,
+                         long long count, const double* __restrict__ param_sums,
+                         float* __restrict__ dx, float* __restrict__ dweight,
+                         float* __restrict__ dbias, int outer, int channels, int inner,
+                         int batch_statistics) {
+  const int c = blockIdx.x, elements = outer * inner;
+  if (blockIdx.y == 0 && threadIdx.x == 0) {
+    dweight[c] = (float)param_sums[2 * c + 1];
+    dbias[c] = (float)param_sums[2 * c];
+  }
+  const float channel_mean = mean[c], channel_invstd = invstd[c];
+  const float scale = weight[c] * channel_invstd;
+  int begin, end;
+  block_range(elements, BN_ELEMENTS_PER_BLOCK, &begin, &end);
+  RowColCursor at(begin + threadIdx.x, blockDim.x, inner);
+  if (batch_statistics) {
+    // The mean and var depend on every x of the channel: two correction terms, shared by all.
+    const float mean_dy = (float)(sums[2 * c] / (double)count);
+    const float mean_dy_xhat = (float)(sums[2 * c + 1] / (double)count);
+    for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
+      const long long k = bn_offset(at.row, c, at.col, channels, inner);
+      const float xhat = (x[k] - channel_mean) * channel_invstd;
+      dx[k] = scale * (dy[k] - mean_dy - xhat * mean_dy_xhat);
+    }
+  } else {
+    for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
+      const long long k = bn_offset(at.row, c, at.col, channels, inner);
+      dx[k] = scale * dy[k];        // frozen statistics: an affine map per channel
+    }
+  }
+}
