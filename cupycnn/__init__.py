@@ -24,3 +24,6 @@ __version__ = "0.1.0"
 __all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "cuda_available", "device", "gradcheck",
            "layers", "manual_seed", "ops", "random", "reference", "runtime", "sim",
            "synchronize", "use"]
+from . import losses  # noqa: E402,F401
+
+__all__ += ["losses"]

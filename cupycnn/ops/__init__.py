@@ -5,3 +5,4 @@ function: `ops/gemm.py` launches `kernels/gemm.cu` and is specified by `referenc
 Bad input raises ValueError naming the op and the expected and received shape, before any launch.
 """
 from . import elementwise, gemm, reduce  # noqa: F401
+from . import softmax_xent  # noqa: F401,E402

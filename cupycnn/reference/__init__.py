@@ -6,3 +6,4 @@ ops module of the same name, function for function: `reference/gemm.py` <-> `ker
 <-> `ops/gemm.py`.
 """
 from . import elementwise, gemm, philox, reduce  # noqa: F401
+from . import softmax_xent  # noqa: F401,E402
