@@ -4,3 +4,6 @@ from .base import Layer, Parameter
 from .dense import Dense
 
 __all__ = ["Layer", "Parameter", "ReLU", "Dense"]
+from .container import Residual, Sequential  # noqa: E402
+
+__all__ += ["Sequential", "Residual"]
