@@ -222,6 +222,10 @@ def test_residual_branches_must_agree(rng):
     with pytest.raises(ValueError, match=r"main branch gives shape \(2, 4\) but the shortcut "
                                          r"gives \(2, 5\)"):
         Residual(Dense(3, 4), Dense(3, 5)).forward(randn(rng, 2, 3))
+    with pytest.raises(ValueError, match=r"Residual shortcut: Dense\(in_features=4, "
+                                         r"out_features=3, bias=True\): input must have shape "
+                                         r"\(N, 4\), got \(2, 3\)"):
+        Residual(Dense(3, 3), Dense(4, 3)).forward(randn(rng, 2, 3))
 
 
 def test_training_flag_reaches_every_child(rng):

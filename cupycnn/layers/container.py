@@ -178,11 +178,19 @@ class Residual(Layer):
     def __repr__(self):
         return _children_repr("Residual", self.named_children())
 
+    @staticmethod
+    def _branch(name, method, *args):
+        try:
+            return method(*args)
+        except ValueError as e:                 # say which branch the message is about
+            raise ValueError(f"Residual {name}: {e}") from e
+
     def forward(self, x, training=True):
         self._saved = None
         check_arrays("Residual", input=(x, None))
-        y_main = self.main.forward(x, training)
-        y_shortcut = x if self.shortcut is None else self.shortcut.forward(x, training)
+        y_main = self._branch("main", self.main.forward, x, training)
+        y_shortcut = x if self.shortcut is None else \
+            self._branch("shortcut", self.shortcut.forward, x, training)
         if tuple(y_main.shape) != tuple(y_shortcut.shape):
             which = "the identity shortcut (the input)" if self.shortcut is None else \
                 "the shortcut"
@@ -198,8 +206,9 @@ class Residual(Layer):
                                "forward); call forward first")
         saved, self._saved = self._saved, None
         check_arrays("Residual.backward", dy=(dy, saved["output_shape"]))
-        dx_main = self.main.backward(dy)
-        dx_shortcut = dy if self.shortcut is None else self.shortcut.backward(dy)
+        dx_main = self._branch("main", self.main.backward, dy)
+        dx_shortcut = dy if self.shortcut is None else \
+            self._branch("shortcut", self.shortcut.backward, dy)
         # A new array, not in place: either gradient may be dy itself (an identity branch),
         # which belongs to the caller.
         return elementwise_ops.add(dx_main, dx_shortcut)
