@@ -21,7 +21,8 @@ class SoftmaxCrossEntropy:
     Computed from the row maximum (log-sum-exp), so logits of any size are safe. Labels may be
     of any integer dtype (int8 ... int64, uint8 ... uint64). Not offered from PyTorch's
     signature: `weight`, `ignore_index` (every label must be a class index: -100 is an error,
-    not "ignore") and `reduction` (always the mean); class-probability targets.
+    not "ignore") and `reduction` (always the mean); class-probability targets; unbatched [C]
+    or spatial [N, C, d1, ...] logits.
 
     A label outside [0, C) is a ValueError naming the first one on the numpy and sim devices.
     On cuda the labels stay on the GPU unchecked (a check would cost a device-to-host copy every
