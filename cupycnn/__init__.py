@@ -5,7 +5,7 @@ against NumPy references.
     import cupycnn
     cupycnn.use("sim")            # or "cuda", "numpy"; default: cuda where a GPU is usable
 """
-from . import data, devices, layers, ops, optim, random, reference, runtime, sim  # noqa: F401
+from . import data, devices, layers, losses, ops, optim, random, reference, runtime, sim  # noqa: F401
 from .devices import (DEVICES, DeviceUnavailableError, asarray, asnumpy, cuda_available, device,
                      synchronize, use)
 from .random import manual_seed
@@ -22,5 +22,5 @@ def __getattr__(name):
 __version__ = "0.1.0"
 
 __all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "cuda_available", "data",
-           "device", "gradcheck", "layers", "manual_seed", "ops", "optim", "random", "reference",
-           "runtime", "sim", "synchronize", "use"]
+           "device", "gradcheck", "layers", "losses", "manual_seed", "ops", "optim", "random",
+           "reference", "runtime", "sim", "synchronize", "use"]

@@ -18,8 +18,33 @@ With `device="sim"` or `"cuda"` the analytic gradients come from the kernels in 
 numerical ones still from the float64 reference): the check then says the kernels' backward
 equals the true derivative to float32 precision.
 
-Inputs must stay off kinks (ReLU at 0, ties in a max-pool window): the finite difference
-straddles a kink and disagrees with either one-sided derivative.
+Checking your own layer: what to know
+- The numerical side runs your layer on the `numpy` device in float64. Its forward and backward
+  must therefore have a NumPy path (its reference: `if not devices.runs_kernels(): ...`) that
+  computes in the input's dtype: a float32 constant or an `astype(np.float32)` in it would make
+  the finite differences measure rounding. A forward returning another dtype than its input's
+  is an error that says so.
+- Keep every tensor in `params` (`add_param`) or `buffers`: only those are moved by `to()`,
+  nudged and checked. An array kept as a plain attribute stays on its device and dtype, and a
+  weight kept there is silently never checked. Compiled kernels kept as attributes are shared
+  by the copies (they cannot be copied); better fetch them at call time with
+  `runtime.get_kernel` or a cache keyed by device, since the check runs the layer on another
+  device than the one it was built on.
+- The layer is deep-copied twice (numpy/float64 for the numerical side, `device`/float32 for the
+  kernels); the original is not touched.
+- Besides the gradients, the check fails (a row says which) when forward writes into its input
+  or backward into dy (a Residual hands the same x and dy to both branches, so either corrupts
+  the other branch), and when a second forward and backward give other gradients: backward
+  must overwrite `grads`, not add to them (`out=` the gradient buffer), and keep no state
+  between calls.
+- Randomness (dropout) is replayed through `random_state()` / `set_random_state()`: a layer
+  that draws without them gets a new mask for every nudge and fails.
+- Inputs must stay off kinks (ReLU at 0, ties in a max-pool window): the finite difference
+  straddles a kink and disagrees with either one-sided derivative.
+- eps (1e-6) is absolute: keep inputs and parameters of order 1. Every element is nudged twice,
+  so keep the shapes small (a few hundred elements per tensor) or pass max_per_tensor.
+- A layer used twice in one model is not supported by the library (each layer keeps one forward
+  state), and the check assumes it is not.
 
 `python -m cupycnn.gradcheck [--device D] [--layer NAME]` runs the library's suite (every layer,
 the loss, residual blocks and a small network) and prints a table.
@@ -91,19 +116,79 @@ def relative_error(analytic, numeric):
     return float(np.max(np.abs(analytic - numeric)) / scale)
 
 
+def _one_line_name(obj):
+    """A composite's repr spans lines (PyTorch's layout): in a table, its first words will do."""
+    text = repr(obj)
+    if "\n" not in text and len(text) <= 60:
+        return text
+    return f"{type(obj).__name__}(...)"
+
+
+def _is_compiled_kernel(value):
+    from . import runtime, sim
+    if isinstance(value, (runtime.Kernel, runtime.Module, sim.Kernel, sim.Module)):
+        return True
+    kind = type(value)
+    return kind.__module__.startswith("cupy") and kind.__name__ in (
+        "RawModule", "RawKernel", "ElementwiseKernel", "ReductionKernel")
+
+
+def _copy_layer(layer):
+    """A deep copy of `layer` that shares, rather than copies, any compiled kernel a layer keeps
+    as an attribute (those hold native handles and cannot be copied)."""
+    memo = {}
+
+    def share_kernels(value, depth=0):
+        if _is_compiled_kernel(value):
+            memo[id(value)] = value
+        elif depth < 3 and isinstance(value, (list, tuple, set, dict)):
+            for item in (value.values() if isinstance(value, dict) else value):
+                share_kernels(item, depth + 1)
+
+    for sub in layer.layers():
+        for value in vars(sub).values():
+            share_kernels(value)
+    return copy.deepcopy(layer, memo)
+
+
 class _Objective:
-    """The scalar being differentiated, on one copy of the layer (and loss)."""
+    """The scalar being differentiated, on one copy of the layer (and loss).
+
+    It also watches for the mistakes that make a backward look right in a single call and go
+    wrong in a model; each becomes a failing row of the result (see `problems`)."""
 
     def __init__(self, layer, loss, labels, dy, training):
         self.layer, self.loss, self.labels, self.dy, self.training = layer, loss, labels, dy, training
+        # Taken before any forward, from a fresh copy, on every device alike.
         self.random_states = [(l, l.random_state()) for l in layer.layers()] if layer else []
+        self.problems = {}           # row name -> relative size of the problem
 
-    def forward(self, x):
+    def _note_change(self, row, before, after):
+        before, after = _device.asnumpy(before), _device.asnumpy(after)
+        if not np.array_equal(before, after, equal_nan=True):
+            self.problems.setdefault(row, relative_error(after, before))
+
+    def output(self, x):
+        """The layer's output for x (the loss's input); x itself is never handed over."""
         for l, state in self.random_states:     # replay the same dropout masks every time
             l.set_random_state(state)
-        y = self.layer.forward(x, self.training) if self.layer is not None else x
+        x_in = x.copy()      # a forward that writes into its input must not move the point
+        y = self.layer.forward(x_in, self.training) if self.layer is not None else x_in
+        self._note_change("input: forward changed it in place", x, x_in)
+        if y.dtype != x.dtype:
+            raise ValueError(f"gradcheck: {_one_line_name(self.layer)}.forward returned {y.dtype} "
+                             f"for a {x.dtype} input; a layer must compute in its input's dtype "
+                             f"(on the numpy device the finite differences need float64)")
+        return y
+
+    def forward(self, x):
+        y = self.output(x)
         if self.loss is not None:
-            return y, float(_device.asnumpy(self.loss.forward(y, self.labels)))
+            value = self.loss.forward(y, self.labels)
+            if getattr(value, "dtype", y.dtype) != y.dtype:
+                raise ValueError(f"gradcheck: {self.loss!r} returned {value.dtype} for {y.dtype} "
+                                 f"logits; a loss must compute in its input's dtype")
+            return y, float(_device.asnumpy(value))
         return y, float(np.sum(_device.asnumpy(y).astype(np.float64) * self.dy))
 
     def gradients(self, x):
@@ -113,12 +198,33 @@ class _Objective:
             g = self.loss.backward()
         else:
             g = _device.asarray(self.dy, dtype=y.dtype)
+        g_before = g.copy()
         dx = self.layer.backward(g) if self.layer is not None else g
-        grads = {"input": np.asarray(_device.asnumpy(dx), np.float64)}
+        self._note_change("dy: backward changed it in place", g_before, g)
+        # Copies: the gradient buffers are overwritten by the next backward.
+        grads = {"input": np.array(_device.asnumpy(dx), np.float64)}
         if self.layer is not None:
             for name, p in self.layer.named_parameters():
-                grads[name] = np.asarray(_device.asnumpy(p.grad), np.float64)
+                grads[name] = np.array(_device.asnumpy(p.grad), np.float64)
+            tensors = dict(input=x, **{n: p.data for n, p in self.layer.named_parameters()})
+            for name, grad in grads.items():
+                if grad.shape != tuple(tensors[name].shape):
+                    raise ValueError(f"gradcheck: {_one_line_name(self.layer)}: the gradient of "
+                                     f"{name} has shape {grad.shape}, but {name} has shape "
+                                     f"{tuple(tensors[name].shape)}")
         return grads
+
+    def checked_gradients(self, x):
+        """gradients(x), twice: a backward must overwrite its gradients, not add to them, and
+        give the same values for the same input (a layer keeps no state across calls)."""
+        first = self.gradients(x)
+        second = self.gradients(x)
+        for name, grad in first.items():
+            change = relative_error(second[name], grad)
+            if not np.array_equal(second[name], grad, equal_nan=True):
+                self.problems.setdefault(
+                    f"{name}: 2nd backward differs (accumulates instead of overwriting?)", change)
+        return first
 
 
 def gradcheck(layer, x, *, loss=None, labels=None, dy=None, eps=1e-6, training=True,
@@ -132,6 +238,12 @@ def gradcheck(layer, x, *, loss=None, labels=None, dy=None, eps=1e-6, training=T
     "cuda": the kernels in float32). max_per_tensor: check at most this many elements of each
     tensor, chosen at random (None: all). Returns a GradcheckResult.
     """
+    if layer is None and loss is None:
+        raise ValueError("gradcheck: give a layer, a loss, or both")
+    if loss is not None and labels is None:
+        raise ValueError(f"gradcheck: {loss!r} needs labels=")
+    if loss is None and labels is not None:
+        raise ValueError("gradcheck: labels= is for a loss; give loss= as well (or drop labels)")
     rng = np.random.default_rng(seed)
     x64 = np.array(_device.asnumpy(x), dtype=np.float64)      # a copy: it gets nudged
     labels_host = None if labels is None else np.asarray(_device.asnumpy(labels))
@@ -140,18 +252,17 @@ def gradcheck(layer, x, *, loss=None, labels=None, dy=None, eps=1e-6, training=T
 
     # Numerical gradients, always from the float64 reference.
     with on_device("numpy"):
-        ref_layer = copy.deepcopy(layer).to(np.float64) if layer is not None else None
-        ref_loss = copy.deepcopy(loss)
-        if dy is None and loss is None:
-            # A forward to learn the output's shape; it must not advance any random state
-            # (a Dropout's call counter), or the reference would replay another mask.
-            states = [(l, l.random_state()) for l in ref_layer.layers()] if ref_layer else []
-            y = ref_layer.forward(x64, training) if ref_layer is not None else x64
-            for l, state in states:
-                l.set_random_state(state)
-            dy = rng.standard_normal(np.shape(y))
-        dy = None if dy is None else np.asarray(_device.asnumpy(dy), np.float64)
-        objective = _Objective(ref_layer, ref_loss, labels_host, dy, training)
+        ref_layer = _copy_layer(layer).to(np.float64) if layer is not None else None
+        objective = _Objective(ref_layer, copy.deepcopy(loss), labels_host, None, training)
+        if loss is None:
+            y = objective.output(x64)
+            if dy is None:
+                dy = rng.standard_normal(y.shape)
+            dy = np.asarray(_device.asnumpy(dy), np.float64)
+            if dy.shape != y.shape:
+                raise ValueError(f"gradcheck: dy has shape {dy.shape} but the layer's output "
+                                 f"has shape {y.shape}")
+            objective.dy = dy
         tensors = {"input": x64}
         if ref_layer is not None:
             tensors.update({n: p.data for n, p in ref_layer.named_parameters()})
@@ -172,22 +283,25 @@ def gradcheck(layer, x, *, loss=None, labels=None, dy=None, eps=1e-6, training=T
                 derivative[i] = (plus - minus) / (2 * eps)
             numeric[tensor_name] = (derivative, picks)
         if device == "numpy":
-            analytic = objective.gradients(x64)
+            analytic = objective.checked_gradients(x64)
+            problems = objective.problems
 
     if device != "numpy":
         with on_device(device):
-            dev_layer = copy.deepcopy(layer).to(np.float32) if layer is not None else None
-            dev_loss = copy.deepcopy(loss)
+            dev_layer = _copy_layer(layer).to(np.float32) if layer is not None else None
             dev_labels = None if labels_host is None else _device.asarray(labels_host)
-            analytic = _Objective(dev_layer, dev_loss, dev_labels, dy, training).gradients(
-                _device.asarray(x64, dtype=np.float32))
+            dev_objective = _Objective(dev_layer, copy.deepcopy(loss), dev_labels, dy, training)
+            analytic = dev_objective.checked_gradients(_device.asarray(x64, dtype=np.float32))
+            problems = {**objective.problems, **dev_objective.problems}
 
-    result = GradcheckResult(layer=name or (repr(layer) if layer is not None else repr(loss)),
+    result = GradcheckResult(layer=name or _one_line_name(layer if layer is not None else loss),
                              device=device, tolerance=tolerance)
     for tensor_name, (derivative, picks) in numeric.items():
         a = analytic[tensor_name].reshape(-1)[picks]
         result.tensors.append(TensorCheck(tensor_name, relative_error(a, derivative[picks]),
                                           len(picks), derivative.size))
+    for row, change in problems.items():       # each one a failure, whatever its size
+        result.tensors.append(TensorCheck(row, max(change, tolerance), 0, 0))
     return result
 
 
@@ -208,12 +322,20 @@ def main(argv=None):
                              + ", ".join(gradcheck_suite.families()))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        _device.use(args.device)
-        results = gradcheck_suite.run(args.device, args.layer, args.seed)
-    except (ValueError, _device.DeviceUnavailableError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    if args.device == "cuda" and not _device.cuda_available():
+        print(f"error: --device cuda needs a usable GPU and there is none here "
+              f"({_device._probe_cuda()}); --device sim runs the same kernels on the CPU "
+              f"emulator.", file=sys.stderr)
         return 2
+    if args.layer is not None and args.layer.lower() not in \
+            [f.lower() for f in gradcheck_suite.families()]:
+        print(f"error: no gradient-check case for layer {args.layer!r}; layers: "
+              f"{', '.join(gradcheck_suite.families())}", file=sys.stderr)
+        return 2
+    _device.use(args.device)
+    # A case that raises (a layer's bug, not a wrong gradient) stops the run with its traceback
+    # and exit status 1.
+    results = gradcheck_suite.run(args.device, args.layer, args.seed)
     tolerance = results[0][1].tolerance
     print(f"gradient check on {args.device}: worst relative error per tensor, pass below "
           f"{tolerance:g}")
@@ -222,8 +344,9 @@ def main(argv=None):
     print(f"{'layer':<{width}}  {'tensor':<28} {'worst rel. error':>16}  result")
     for layer, tensor, error, verdict in rows:
         print(f"{layer:<{width}}  {tensor:<28} {error:>16.2e}  {verdict}")
-    failed = sum(not r.passed for _, r in results)
-    print(f"{len(results) - failed} of {len(results)} cases passed")
+    failed = [c.name for c, r in results if not r.passed]
+    print(f"{len(results) - len(failed)} of {len(results)} cases passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
     return 1 if failed else 0
 
 

@@ -9,12 +9,17 @@ below 1e-6) and on sim (the kernels' float32 gradients against the float64 deriv
 To add a case: a function taking a NumPy Generator and returning a dict of `gradcheck`
 arguments (at least `layer` and `x`), decorated with `@case("LayerName")`.
 """
+import collections
+import contextlib
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import random as _random
 from .gradcheck import gradcheck
-from .layers import Dense, ReLU
+from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
+                     GlobalAvgPool2D, GroupNorm, MaxPool2D, ReLU, Residual, Sequential)
+from .losses import SoftmaxCrossEntropy
 
 
 @dataclass
@@ -78,7 +83,6 @@ def _relu(rng):
 
 
 # ---------------------------------------------------------- pooling, dropout, flatten (branch pool)
-from .layers import AvgPool2D, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D  # noqa: E402
 
 
 def distinct_values(rng, shape, spacing=1e-2):
@@ -116,19 +120,16 @@ def _global_avg_pool(rng):
 
 @case("Dropout", "Dropout(p=0.3), training (the mask replayed from its seed and stream)")
 def _dropout(rng):
-    # dy is given: without it gradcheck runs one forward on its float64 copy to learn y's shape,
-    # which advances that copy's call counter (the stream) before the random states are
-    # captured, and the kernel copy would then replay a different mask.
-    return dict(layer=Dropout(0.3), x=rng.standard_normal((3, 4, 5)),
-                dy=rng.standard_normal((3, 4, 5)))
+    return dict(layer=Dropout(0.3), x=rng.standard_normal((3, 4, 5)))
 
 
 @case("Flatten")
 def _flatten(rng):
     return dict(layer=Flatten(), x=rng.standard_normal((2, 3, 4, 5)))
+
+
 # Conv2D: padding, stride 2, a non-square kernel with unequal strides and paddings, a strided 1x1
 # (the ResNet shortcut, whose input gradient is zero off the stride grid).
-from .layers import Conv2D  # noqa: E402
 
 
 @case("Conv2D", "Conv2D 3x3, padding 1")
@@ -152,7 +153,6 @@ def _conv2d_rectangular(rng):
 def _conv2d_1x1_stride2(rng):
     return dict(layer=Conv2D(4, 3, 1, stride=2), x=rng.standard_normal((2, 4, 5, 5)))
 # ------------------------------------------------------------------ normalisation (branch norm)
-from .layers import BatchNorm1D, BatchNorm2D, GroupNorm  # noqa: E402
 
 
 def _affine_and_running(layer, rng, channels, running=False):
@@ -200,3 +200,97 @@ def _groupnorm(rng):
 def _groupnorm_one_group(rng):
     return dict(layer=_affine_and_running(GroupNorm(1, 3), rng, 3),
                 x=rng.standard_normal((1, 3, 5)))
+# ------------------------------------------------ the loss, the composites, a small network
+# (branch loss). Layers draw their initial weights from cupycnn.random; these cases draw them
+# from the case's generator instead, so that a seed gives the same case every run.
+
+
+
+@contextlib.contextmanager
+def _weights_from(rng):
+    """Layers built inside draw their initial weights from `rng`; the library's generator is
+    restored after."""
+    state = _random.get_state()
+    _random.manual_seed(int(rng.integers(2**63 - 1)))
+    try:
+        yield
+    finally:
+        _random.set_state(state)
+
+
+def _labels(rng, n, classes, dtype):
+    return rng.integers(0, classes, n).astype(dtype)
+
+
+@case("SoftmaxCrossEntropy")
+def _xent(rng):
+    return dict(layer=None, loss=SoftmaxCrossEntropy(), x=rng.standard_normal((4, 7)),
+                labels=_labels(rng, 4, 7, np.int64))
+
+
+@case("SoftmaxCrossEntropy", "SoftmaxCrossEntropy, label_smoothing=0.1, int8 labels")
+def _xent_smoothing(rng):
+    return dict(layer=None, loss=SoftmaxCrossEntropy(label_smoothing=0.1),
+                x=3 * rng.standard_normal((5, 6)), labels=_labels(rng, 5, 6, np.int8))
+
+
+@case("SoftmaxCrossEntropy", "SoftmaxCrossEntropy, label_smoothing=1, uint8 labels, batch 1")
+def _xent_uniform(rng):
+    return dict(layer=None, loss=SoftmaxCrossEntropy(label_smoothing=1.0),
+                x=rng.standard_normal((1, 9)), labels=_labels(rng, 1, 9, np.uint8))
+
+
+@case("SoftmaxCrossEntropy", "SoftmaxCrossEntropy, 2 classes, uint64 labels")
+def _xent_two_classes(rng):
+    return dict(layer=None, loss=SoftmaxCrossEntropy(label_smoothing=0.05),
+                x=rng.standard_normal((6, 2)), labels=_labels(rng, 6, 2, np.uint64))
+
+
+@case("SoftmaxCrossEntropy", "SoftmaxCrossEntropy, int32 labels, logits near 30")
+def _xent_offset(rng):
+    # Large logits with differences of order 1: a naive exp would be 1e13, a naive lse - z_y
+    # would lose digits; the derivative is unchanged.
+    return dict(layer=None, loss=SoftmaxCrossEntropy(label_smoothing=0.2),
+                x=30 + rng.standard_normal((3, 5)), labels=_labels(rng, 3, 5, np.int32))
+
+
+@case("Sequential")
+def _sequential(rng):
+    with _weights_from(rng):
+        layer = Sequential(Dense(5, 8), ReLU(), Dense(8, 3))
+    return dict(layer=layer, x=rng.standard_normal((3, 5)))
+
+
+@case("Sequential", "Sequential, named children, nested")
+def _sequential_named(rng):
+    with _weights_from(rng):
+        layer = Sequential(collections.OrderedDict(
+            fc1=Dense(4, 6), act=ReLU(), block=Sequential(Dense(6, 6, bias=False), ReLU()),
+            fc2=Dense(6, 2)))
+    return dict(layer=layer, x=rng.standard_normal((2, 4)))
+
+
+@case("Residual", "Residual, identity shortcut")
+def _residual_identity(rng):
+    with _weights_from(rng):
+        layer = Residual(Sequential(Dense(6, 6), ReLU(), Dense(6, 6)))
+    return dict(layer=layer, x=rng.standard_normal((3, 6)))
+
+
+@case("Residual", "Residual, projection shortcut")
+def _residual_projection(rng):
+    with _weights_from(rng):
+        layer = Residual(Sequential(Dense(5, 7), ReLU(), Dense(7, 4)),
+                         shortcut=Dense(5, 4, bias=False))
+    return dict(layer=layer, x=rng.standard_normal((3, 5)))
+
+
+@case("Network", "Network: Dense, ReLU, Residual, ReLU, projection Residual, loss")
+def _network(rng):
+    """A whole small classifier, checked from the loss back to the input and every weight."""
+    with _weights_from(rng):
+        layer = Sequential(Dense(6, 10), ReLU(),
+                           Residual(Sequential(Dense(10, 10), ReLU(), Dense(10, 10))), ReLU(),
+                           Residual(Dense(10, 4), shortcut=Dense(10, 4, bias=False)))
+    return dict(layer=layer, x=rng.standard_normal((4, 6)),
+                loss=SoftmaxCrossEntropy(label_smoothing=0.1), labels=_labels(rng, 4, 4, np.int64))

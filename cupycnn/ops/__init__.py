@@ -6,5 +6,5 @@ Bad input raises ValueError naming the op and the expected and received shape, b
 """
 from . import (  # noqa: F401
     augment, batchnorm, conv2d, dropout, elementwise, gemm, groupnorm, metrics, optim, pool,
-    reduce
+    reduce, softmax_xent
 )

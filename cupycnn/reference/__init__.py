@@ -7,5 +7,5 @@ ops module of the same name, function for function: `reference/gemm.py` <-> `ker
 """
 from . import (  # noqa: F401
     augment, batchnorm, conv2d, dropout, elementwise, gemm, groupnorm, metrics, optim, philox,
-    pool, reduce
+    pool, reduce, softmax_xent
 )

@@ -1,0 +1,214 @@
+"""Composites: `Sequential` (layers one after another) and `Residual` (y = main(x) + shortcut(x)).
+
+Both are Layers: their parameters are their children's, named as PyTorch names them
+("0.weight", "fc1.bias", "main.0.weight"), so `state_dict`, `parameters()` and optimizers see
+through them. There is no autograd: a composite's backward calls its children's backwards, in
+reverse order for Sequential, and through both branches for Residual. Each child keeps what its
+own backward needs, so a layer object may appear only once in a model.
+"""
+import collections
+
+from ..ops import elementwise as elementwise_ops
+from ..ops._check import check_arrays
+from .base import Layer
+
+
+def _indent(text):
+    return text.replace("\n", "\n  ")
+
+
+def _children_repr(name, children):
+    """PyTorch's multi-line repr: Name(\n  (child): Child(...)\n)."""
+    if not children:
+        return f"{name}()"
+    lines = [f"  ({child_name}): {_indent(repr(child))}" for child_name, child in children]
+    return f"{name}(\n" + "\n".join(lines) + "\n)"
+
+
+def _check_layer(owner, name, layer):
+    if not isinstance(layer, Layer):
+        raise TypeError(f"{owner}: {name} must be a cupycnn Layer, got {type(layer).__name__}")
+
+
+class _LayerList(list):
+    """A Sequential's children, as a list (`model.layers[0]`, `len(model.layers)`). Calling it,
+    `model.layers()`, keeps the meaning `Layer.layers()` has on every layer: this layer and
+    every sub-layer, depth first (what `Layer.to()` and gradcheck walk)."""
+
+    def __init__(self, owner, children):
+        super().__init__(children)
+        self._owner = owner
+
+    def __call__(self):
+        return Layer.layers(self._owner)
+
+
+class Sequential(Layer):
+    """PyTorch's `nn.Sequential`: the output of each layer is the input of the next.
+
+        model = Sequential(Dense(784, 128), ReLU(), Dense(128, 10))       # names "0", "1", "2"
+        model = Sequential(OrderedDict(fc1=Dense(784, 128), act=ReLU(), fc2=Dense(128, 10)))
+
+    Iterable, indexable (`model[0]`, `model[-1]`, `model["fc1"]`, and a slice gives a Sequential
+    of the same layer objects), `len(model)`, `model.fc1` for a named child, `append(layer)`.
+    `model.layers` is the list of children (a new list: use `append` to add one). The state_dict
+    keys are "<child name>.<parameter>", e.g. "0.weight" or "fc1.weight", as PyTorch's.
+
+    An empty Sequential passes its input through. Backward must follow a forward; it runs the
+    children's backwards in reverse order.
+    """
+
+    def __init__(self, *layers):
+        super().__init__()
+        self._children = collections.OrderedDict()
+        if len(layers) == 1 and isinstance(layers[0], collections.OrderedDict):
+            for name, layer in layers[0].items():
+                self._add(name, layer)
+        else:
+            for layer in layers:
+                self._add(str(len(self._children)), layer)
+
+    def _add(self, name, layer):
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"Sequential: a child's name must be a non-empty string without "
+                             f"'.', got {name!r}")
+        if name in self._children:
+            raise ValueError(f"Sequential: there is already a child named {name!r}")
+        if hasattr(type(self), name) or name in self.__dict__:
+            raise ValueError(f"Sequential: a child cannot be named {name!r}, which is an "
+                             f"attribute of Sequential")
+        _check_layer("Sequential", f"child {name!r}", layer)
+        self._children[name] = layer
+
+    def append(self, layer):
+        """Add a layer at the end, named by its position (as PyTorch's append)."""
+        self._add(str(len(self._children)), layer)
+        return self
+
+    # ------------------------------------------------------------------ the container protocol
+    @property
+    def layers(self):
+        return _LayerList(self, self._children.values())
+
+    def named_children(self):
+        return list(self._children.items())
+
+    def __len__(self):
+        return len(self._children)
+
+    def __iter__(self):
+        return iter(list(self._children.values()))
+
+    def __getitem__(self, index):
+        items = list(self._children.items())
+        if isinstance(index, slice):
+            return Sequential(collections.OrderedDict(items[index]))
+        if isinstance(index, str):
+            if index not in self._children:
+                raise KeyError(f"Sequential has no child named {index!r}; its children: "
+                               f"{', '.join(self._children)}")
+            return self._children[index]
+        try:
+            return items[index][1]
+        except IndexError:
+            raise IndexError(f"Sequential index {index} is out of range for {len(items)} "
+                             f"layers") from None
+
+    def __getattr__(self, name):
+        # Only reached when normal lookup fails: a named child, as `model.fc1` in PyTorch.
+        children = self.__dict__.get("_children")
+        if children is not None and name in children:
+            return children[name]
+        raise AttributeError(f"'Sequential' object has no attribute {name!r}")
+
+    def __repr__(self):
+        return _children_repr("Sequential", self.named_children())
+
+    # ------------------------------------------------------------------ forward and backward
+    def forward(self, x, training=True):
+        self._saved = None                    # a failed forward leaves nothing to go back through
+        check_arrays("Sequential", input=(x, None))
+        for name, layer in self._children.items():
+            try:
+                x = layer.forward(x, training)
+            except ValueError as e:
+                raise ValueError(f"Sequential layer {name!r}: {e}") from e
+        self.save_for_backward(output_shape=tuple(x.shape))
+        return x
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("Sequential: backward called before forward (or twice after one "
+                               "forward); call forward first")
+        saved, self._saved = self._saved, None
+        check_arrays("Sequential.backward", dy=(dy, saved["output_shape"]))
+        for name, layer in reversed(self._children.items()):
+            try:
+                dy = layer.backward(dy)
+            except ValueError as e:
+                raise ValueError(f"Sequential layer {name!r}: {e}") from e
+        return dy
+
+
+class Residual(Layer):
+    """A residual connection: y = main(x) + shortcut(x), or main(x) + x when shortcut is None
+    (the identity). As in PyTorch's ResNet blocks (there `out += identity`, the shortcut being
+    `downsample` or the identity), with any layers as the branches; a ReLU after the sum, as in
+    ResNet, is a separate layer.
+
+    Backward sends dy through both branches and adds the two input gradients:
+    dx = main.backward(dy) + shortcut.backward(dy) (or + dy). The sums go through the `add`
+    kernel. The two branches must give outputs of the same shape; children are named "main" and
+    "shortcut" (state_dict keys "main.0.weight", "shortcut.weight").
+    """
+
+    def __init__(self, main, shortcut=None):
+        super().__init__()
+        _check_layer("Residual", "main", main)
+        if shortcut is not None:
+            _check_layer("Residual", "shortcut", shortcut)
+        self.main, self.shortcut = main, shortcut
+
+    def named_children(self):
+        children = [("main", self.main)]
+        if self.shortcut is not None:
+            children.append(("shortcut", self.shortcut))
+        return children
+
+    def __repr__(self):
+        return _children_repr("Residual", self.named_children())
+
+    @staticmethod
+    def _branch(name, method, *args):
+        try:
+            return method(*args)
+        except ValueError as e:                 # say which branch the message is about
+            raise ValueError(f"Residual {name}: {e}") from e
+
+    def forward(self, x, training=True):
+        self._saved = None
+        check_arrays("Residual", input=(x, None))
+        y_main = self._branch("main", self.main.forward, x, training)
+        y_shortcut = x if self.shortcut is None else \
+            self._branch("shortcut", self.shortcut.forward, x, training)
+        if tuple(y_main.shape) != tuple(y_shortcut.shape):
+            which = "the identity shortcut (the input)" if self.shortcut is None else \
+                "the shortcut"
+            raise ValueError(f"Residual: the main branch gives shape {tuple(y_main.shape)} but "
+                             f"{which} gives {tuple(y_shortcut.shape)}; they are added, so they "
+                             f"must match")
+        self.save_for_backward(output_shape=tuple(y_main.shape))
+        return elementwise_ops.add(y_main, y_shortcut)
+
+    def backward(self, dy):
+        if self._saved is None:
+            raise RuntimeError("Residual: backward called before forward (or twice after one "
+                               "forward); call forward first")
+        saved, self._saved = self._saved, None
+        check_arrays("Residual.backward", dy=(dy, saved["output_shape"]))
+        dx_main = self._branch("main", self.main.backward, dy)
+        dx_shortcut = dy if self.shortcut is None else \
+            self._branch("shortcut", self.shortcut.backward, dy)
+        # A new array, not in place: either gradient may be dy itself (an identity branch),
+        # which belongs to the caller.
+        return elementwise_ops.add(dx_main, dx_shortcut)
