@@ -294,3 +294,24 @@ def _network(rng):
                            Residual(Dense(10, 4), shortcut=Dense(10, 4, bias=False)))
     return dict(layer=layer, x=rng.standard_normal((4, 6)),
                 loss=SoftmaxCrossEntropy(label_smoothing=0.1), labels=_labels(rng, 4, 4, np.int64))
+
+
+# --------------------------------------------------------------------- ResNet blocks (models)
+# Imported here, not at the top: cupycnn.models imports the layers this module's cases use.
+
+@case("BasicBlock", "BasicBlock(3, 4, stride=2), projection shortcut, training")
+def _basic_block(rng):
+    from .models import BasicBlock
+    return dict(layer=BasicBlock(3, 4, stride=2), x=rng.standard_normal((2, 3, 5, 5)))
+
+
+@case("BasicBlock", "BasicBlock(4, 4), identity shortcut, training")
+def _basic_block_identity(rng):
+    from .models import BasicBlock
+    return dict(layer=BasicBlock(4, 4), x=rng.standard_normal((2, 4, 4, 3)))
+
+
+@case("Bottleneck", "Bottleneck(4, 2, stride=2), projection shortcut, training")
+def _bottleneck(rng):
+    from .models import Bottleneck
+    return dict(layer=Bottleneck(4, 2, stride=2), x=rng.standard_normal((2, 4, 5, 4)))
