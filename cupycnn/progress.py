@@ -44,7 +44,9 @@ class Progress:
         self.done = 0
         self.metrics = {}
         self.start = time.perf_counter()
-        self._last_draw = 0.0
+        # On a terminal the bar appears at once; in a log, first after log_interval seconds
+        # (and at the end), so short loops write one line.
+        self._last_draw = 0.0 if self.interactive else self.start
         self._closed = False
 
     def update(self, n=1, **metrics):

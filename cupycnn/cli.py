@@ -1,0 +1,415 @@
+"""The training command behind examples/train_cifar.py and examples/train_folder.py.
+
+    python examples/train_cifar.py --dataset digits --device numpy     # any CPU, no download
+    mpirun -n 4 python examples/train_cifar.py                         # CIFAR-10, ResNet-18, GPUs
+
+One run: pick the device, start data-parallel ranks (one process works too), load the dataset
+(downloading CIFAR-10 on rank 0 first), split off a validation set, compute the input
+normalisation from the training images, build the model, the optimizer (weight decay and L1 on
+the weights of convolutions and dense layers, not on biases and batchnorm, unless asked), the
+learning-rate schedule and the callbacks, train, evaluate on the test set on all ranks, and on
+rank 0 write the checkpoints, logs and pictures into --log-dir:
+
+    best.h5, last.h5            checkpoints (best by validation accuracy, and the last epoch)
+    log.csv, tensorboard/       per-epoch figures (tensorboard --logdir <log-dir>/tensorboard)
+    curves.png                  loss, accuracy and learning rate per epoch
+    confusion_matrix.png        on the test set
+    predictions.png             sample test images with true and predicted classes
+    summary.json                the run's configuration and final figures
+
+Every dataset has defaults (DATASET_DEFAULTS) that any option overrides.
+"""
+import argparse
+import json
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import devices as _device
+
+# The recipes. CIFAR-10: ResNet-18 (3x3 stem), SGD with Nesterov momentum, one-cycle learning
+# rate peaking at 0.4 for a global batch of 512, weight decay 5e-4 on weights, label smoothing
+# 0.1, random crops (padding 4) and flips: a standard recipe for about 95% in 40 epochs.
+DATASET_DEFAULTS = {
+    "cifar10": dict(model="resnet18", epochs=40, batch_size=512, optimizer="sgd", lr=0.4,
+                    momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
+                    label_smoothing=0.1, augment=True, augment_style="crop-flip",
+                    val_fraction=0.1, image_size=None),
+    "digits": dict(model="simple_cnn", epochs=30, batch_size=64, optimizer="adam", lr=3e-3,
+                   momentum=0.9, nesterov=False, weight_decay=0.0, schedule="cosine",
+                   label_smoothing=0.0, augment=True, augment_style="affine-small",
+                   val_fraction=0.1, image_size=None),
+    "synthetic": dict(model="simple_cnn", epochs=5, batch_size=128, optimizer="adam", lr=1e-3,
+                      momentum=0.9, nesterov=False, weight_decay=0.0, schedule="cosine",
+                      label_smoothing=0.0, augment=False, augment_style="crop-flip",
+                      val_fraction=0.1, image_size=None),
+    "folder": dict(model="resnet18", epochs=30, batch_size=64, optimizer="adam", lr=1e-3,
+                   momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="plateau",
+                   label_smoothing=0.0, augment=True, augment_style="affine",
+                   val_fraction=0.15, image_size=128),
+}
+
+
+# ------------------------------------------------------------------------------- arguments
+
+def dataset_kind(spec):
+    return "folder" if spec.startswith("folder:") else spec
+
+
+def build_parser(description, default_dataset="cifar10"):
+    p = argparse.ArgumentParser(description=description,
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", default=default_dataset,
+                   help="cifar10, digits, synthetic, or folder:PATH (root/<class>/*.jpg)")
+    d.add_argument("--data-dir", default="data", help="where CIFAR-10 is (or is downloaded to), "
+                   "and where image-folder caches go")
+    d.add_argument("--image-size", type=int, help="folder datasets: resize images to this "
+                   "square size (with --crop: keep the aspect ratio, cut the centre)")
+    d.add_argument("--crop", action="store_true", help="folder datasets: centre-crop")
+    d.add_argument("--skip-bad-images", action="store_true",
+                   help="folder datasets: skip unreadable images with a warning")
+    d.add_argument("--val-fraction", type=float, help="fraction of the training set held out "
+                   "for validation (stratified; 0: none)")
+    d.add_argument("--synthetic-size", type=int, default=5000,
+                   help="synthetic: training examples (a fifth as many for the test set)")
+    d.add_argument("--augment", action=argparse.BooleanOptionalAction,
+                   help="augment the training batches on the device")
+    d.add_argument("--augment-style", choices=["crop-flip", "affine", "affine-small"],
+                   help="crop-flip: random crop with padding 4 and horizontal flip; affine: "
+                        "Keras-style rotation 15, shifts 0.1, zoom 0.1 and flips; affine-small: "
+                        "rotation 10, shifts 0.1, zoom 0.1, no flip (digits)")
+    m = p.add_argument_group("model and optimisation")
+    m.add_argument("--model", help="simple_cnn, resnet18, resnet34, resnet50")
+    m.add_argument("--epochs", type=int)
+    m.add_argument("--batch-size", type=int, help="global batch, divided among the ranks")
+    m.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    m.add_argument("--lr", type=float, help="learning rate (the peak for one-cycle)")
+    m.add_argument("--momentum", type=float)
+    m.add_argument("--nesterov", action=argparse.BooleanOptionalAction)
+    m.add_argument("--weight-decay", type=float, help="L2 penalty (decoupled for adamw)")
+    m.add_argument("--l1", type=float, default=0.0, help="L1 penalty")
+    m.add_argument("--penalize", choices=["weights", "all", "head"], default="weights",
+                   help="which parameters get weight decay and L1: conv/dense weights, "
+                        "everything, or only the final dense layer")
+    m.add_argument("--label-smoothing", type=float)
+    m.add_argument("--schedule", choices=["onecycle", "cosine", "step", "plateau", "none"])
+    m.add_argument("--warmup-epochs", type=float, default=0.0,
+                   help="linear warm-up before cosine or step schedules")
+    m.add_argument("--step-size", type=int, default=30, help="step schedule: epochs per decay")
+    m.add_argument("--gamma", type=float, default=0.1, help="step schedule: decay factor")
+    m.add_argument("--early-stopping", type=int, default=0, metavar="PATIENCE",
+                   help="stop when validation loss has not improved for this many epochs "
+                        "(0: never), restoring the best weights")
+    m.add_argument("--plateau-patience", type=int, default=3,
+                   help="plateau schedule: epochs without improvement before lr x 0.1")
+    m.add_argument("--sync-bn", action="store_true",
+                   help="data-parallel: batchnorm statistics over the global batch")
+    r = p.add_argument_group("run")
+    r.add_argument("--device", default="auto", choices=["auto", "cuda", "sim", "numpy"])
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--log-dir", help="where checkpoints, logs and pictures go "
+                   "(default runs/<dataset>-<model>)")
+    r.add_argument("--checkpoint", help="the last-epoch checkpoint (default <log-dir>/last.h5)")
+    r.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.add_argument("--summary", action="store_true", help="print the model's layers")
+    return p
+
+
+def parse_args(parser, argv=None):
+    """Parse, then fill what was not given from the dataset's defaults."""
+    args = parser.parse_args(argv)
+    kind = dataset_kind(args.dataset)
+    if kind not in DATASET_DEFAULTS:
+        parser.error(f"unknown dataset {args.dataset!r}: expected cifar10, digits, synthetic or "
+                     f"folder:PATH")
+    for key, value in DATASET_DEFAULTS[kind].items():
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    if args.log_dir is None:
+        name = Path(args.dataset[7:]).name if kind == "folder" else kind
+        args.log_dir = os.path.join("runs", f"{name}-{args.model}")
+    if args.checkpoint is None:
+        args.checkpoint = os.path.join(args.log_dir, "last.h5")
+    return args
+
+
+# ------------------------------------------------------------------------------------ data
+
+def load_datasets(args, ctx):
+    """(train, val or None, test, classes). Rank 0 downloads or builds caches first."""
+    from . import data
+    kind = dataset_kind(args.dataset)
+
+    def load():
+        if kind == "cifar10":
+            return (data.CIFAR10(args.data_dir, train=True, download=True),
+                    data.CIFAR10(args.data_dir, train=False, download=True))
+        if kind == "digits":
+            return data.Digits(train=True, seed=args.seed), data.Digits(train=False,
+                                                                        seed=args.seed)
+        if kind == "synthetic":
+            return (data.Synthetic(args.synthetic_size, shape=(32, 32, 3), seed=args.seed),
+                    data.Synthetic(max(1, args.synthetic_size // 5), shape=(32, 32, 3),
+                                   seed=args.seed + 1))
+        root = Path(args.dataset[len("folder:"):])
+        size = args.image_size
+        cache_dir = Path(args.data_dir) / "cache"
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        splits = {s.name.lower(): s for s in root.iterdir() if s.is_dir()} if root.is_dir() else {}
+        train_dir = next((splits[n] for n in ("train", "training", "training data")
+                          if n in splits), None)
+        test_dir = next((splits[n] for n in ("test", "testing", "testing data", "val",
+                                              "validation") if n in splits), None)
+
+        def folder(path, tag):
+            cache = cache_dir / f"{root.name}-{tag}-{size}{'-crop' if args.crop else ''}.h5"
+            return data.ImageFolder.cached(path, cache, size=size, crop=args.crop,
+                                           skip_bad=args.skip_bad_images)
+
+        if train_dir is not None and test_dir is not None:
+            return folder(train_dir, "train"), folder(test_dir, "test")
+        full = folder(root, "all")
+        return data.train_val_split(full, 0.15, seed=args.seed)     # a held-out test set
+
+    if ctx.rank == 0:
+        train, test = load()
+    ctx.barrier()
+    if ctx.rank != 0:
+        train, test = load()
+    val = None
+    if args.val_fraction and args.val_fraction > 0:
+        train, val = data.train_val_split(train, args.val_fraction, seed=args.seed)
+    return train, val, test, list(test.classes)
+
+
+def make_transforms(args, mean, std):
+    from . import data
+    evaluation = data.Normalize(mean, std)
+    if not args.augment:
+        return evaluation, evaluation
+    seed = args.seed * 7919 + 17
+    if args.augment_style == "crop-flip":
+        train = data.RandomCropFlip(padding=4, mean=mean, std=std, seed=seed)
+    elif args.augment_style == "affine":
+        train = data.ImageDataGenerator(rotation_range=15, width_shift_range=0.1,
+                                        height_shift_range=0.1, zoom_range=0.1,
+                                        horizontal_flip=True, mean=mean, std=std, seed=seed)
+    else:
+        train = data.ImageDataGenerator(rotation_range=10, width_shift_range=0.1,
+                                        height_shift_range=0.1, zoom_range=0.1,
+                                        horizontal_flip=False, mean=mean, std=std, seed=seed)
+    return train, evaluation
+
+
+# ----------------------------------------------------------------------------------- model
+
+def model_config(args, image_shape, num_classes):
+    """The checkpoint's config: what examples/predict.py needs to rebuild and feed the model."""
+    h, w, c = image_shape
+    kwargs = {"num_classes": num_classes, "in_channels": c}
+    if args.model == "simple_cnn":
+        if h != w:
+            raise ValueError(f"simple_cnn takes square images; these are {h}x{w}")
+        kwargs["input_size"] = h
+    else:
+        kwargs["stem"] = "cifar" if max(h, w) <= 64 else "imagenet"
+    return {"model": args.model, "model_kwargs": kwargs, "input_shape": [c, h, w],
+            "resize": [args.image_size, args.image_size] if args.image_size and
+            dataset_kind(args.dataset) == "folder" else None,
+            "crop": bool(args.crop), "dataset": args.dataset}
+
+
+def parameter_groups(model, args):
+    """Weight decay and L1 where --penalize says, none elsewhere."""
+    from .layers import Conv2D, Dense
+    penalized, free = [], []
+    last_dense = [layer for layer in model.layers() if isinstance(layer, Dense)][-1:]
+    for _, p in model.named_parameters():
+        if args.penalize == "all":
+            wanted = True
+        elif args.penalize == "head":
+            wanted = p.layer in last_dense and p.key == "weight"
+        else:
+            wanted = isinstance(p.layer, (Conv2D, Dense)) and p.key == "weight"
+        (penalized if wanted else free).append(p)
+    groups = [{"params": penalized, "weight_decay": args.weight_decay, "l1": args.l1}]
+    if free:
+        groups.append({"params": free, "weight_decay": 0.0, "l1": 0.0})
+    return [g for g in groups if g["params"]]
+
+
+def build_optimizer(model, args):
+    from . import optim
+    groups = parameter_groups(model, args)
+    if args.optimizer == "sgd":
+        return optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=args.nesterov)
+    if args.optimizer == "adam":
+        return optim.Adam(groups, lr=args.lr)
+    return optim.AdamW(groups, lr=args.lr)
+
+
+def build_schedule(optimizer, args, steps_per_epoch):
+    """(schedule, interval) for the Trainer, or (None, "epoch")."""
+    from .optim import schedules
+    if args.schedule == "onecycle":
+        return schedules.OneCycleLR(optimizer, max_lr=args.lr,
+                                    total_steps=args.epochs * steps_per_epoch,
+                                    pct_start=0.25), "step"
+    if args.schedule in ("cosine", "step"):
+        warmup = int(round(args.warmup_epochs * steps_per_epoch))
+        total = args.epochs * steps_per_epoch
+        if args.schedule == "cosine":
+            main = schedules.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+        else:
+            main = schedules.StepLR(optimizer, step_size=args.step_size * steps_per_epoch,
+                                    gamma=args.gamma)
+        if warmup:
+            return schedules.LinearWarmup(optimizer, warmup, after=main), "step"
+        return main, "step"
+    return None, "epoch"
+
+
+# ------------------------------------------------------------------------------------- run
+
+def main(description, default_dataset="cifar10", argv=None):
+    args = parse_args(build_parser(description, default_dataset), argv)
+    from . import distributed
+    try:
+        if args.device != "auto":
+            _device.use(args.device)
+        ctx = distributed.init(_device.device())
+    except (_device.DeviceUnavailableError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with ctx.abort_on_error():
+        try:
+            return run(args, ctx)
+        except _user_errors() as e:
+            if ctx.size > 1:
+                raise                      # abort_on_error prints the rank and stops the job
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+
+def _user_errors():
+    from .checkpoint import CheckpointError
+    from .data import BadImageError, CacheMismatchError, DatasetNotFoundError
+    return (DatasetNotFoundError, BadImageError, CacheMismatchError, CheckpointError,
+            FileNotFoundError, ValueError)
+
+
+def _say(ctx, message):
+    if ctx.rank == 0:
+        print(message, flush=True)
+
+
+def run(args, ctx):
+    from . import data, models, random
+    from .losses import SoftmaxCrossEntropy
+    from .train import (CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau,
+                        TensorBoard, Trainer, plots)
+
+    started = time.perf_counter()
+    random.manual_seed(args.seed)
+    train, val, test, classes = load_datasets(args, ctx)
+    image_shape = train.image_shape
+    mean, std = data.channel_stats(train.images)       # in 0..1 units, per channel
+    mean, std = [float(v) for v in mean], [float(v) for v in std]
+    train_tf, eval_tf = make_transforms(args, mean, std)
+    per_rank = ctx.per_rank_batch(args.batch_size)
+    train_loader = data.Loader(train, per_rank, shuffle=True, drop_last=True, seed=args.seed,
+                               transform=train_tf, rank=ctx.rank, world_size=ctx.size)
+    if len(train_loader) == 0:
+        raise ValueError(f"the training set ({len(train)} examples over {ctx.size} ranks) is "
+                         f"smaller than one batch of {per_rank}; lower --batch-size")
+
+    def eval_loader(dataset):
+        return data.Loader(dataset, max(per_rank, 256), shuffle=False, transform=eval_tf,
+                           rank=ctx.rank, world_size=ctx.size, pad=False)
+
+    val_loader = eval_loader(val) if val is not None else None
+    test_loader = eval_loader(test)
+
+    config = model_config(args, image_shape, len(classes))
+    model = models.build(config["model"], **config["model_kwargs"])
+    if args.sync_bn and ctx.size > 1:
+        from .distributed import sync_batchnorm
+        sync_batchnorm(model, ctx)
+    optimizer = build_optimizer(model, args)
+    schedule, interval = build_schedule(optimizer, args, len(train_loader))
+    monitor = "val_loss" if val is not None else "loss"
+    callbacks = [ModelCheckpoint(best=os.path.join(args.log_dir, "best.h5") if val is not None
+                                 else None, last=args.checkpoint, monitor="val_accuracy"),
+                 CSVLogger(os.path.join(args.log_dir, "log.csv")),
+                 TensorBoard(os.path.join(args.log_dir, "tensorboard"))]
+    if args.early_stopping:
+        callbacks.append(EarlyStopping(monitor=monitor, patience=args.early_stopping,
+                                       restore_best=True))
+    if args.schedule == "plateau":
+        callbacks.append(ReduceLROnPlateau(monitor=monitor, factor=0.1,
+                                           patience=args.plateau_patience, min_lr=args.lr * 1e-3))
+
+    ctx.broadcast_parameters(model)
+    ctx.check_consistency(model, optimizer, args.batch_size, dataset=args.dataset,
+                          epochs=args.epochs, seed=args.seed, train_examples=len(train))
+    trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(label_smoothing=args.label_smoothing),
+                      scheduler=schedule, scheduler_interval=interval, callbacks=callbacks,
+                      distributed=ctx, progress=not args.no_progress, config=config,
+                      classes=classes, normalization={"mean": mean, "std": std})
+    if args.resume:
+        if not os.path.exists(args.checkpoint):
+            raise FileNotFoundError(f"--resume: no checkpoint at {args.checkpoint}")
+        trainer.resume(args.checkpoint)
+        _say(ctx, f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
+
+    _say(ctx, f"cupycnn: {args.dataset}: {len(train)} training, "
+              f"{len(val) if val is not None else 0} validation, {len(test)} test images "
+              f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]}, {len(classes)} classes; "
+              f"{args.model} with {model.num_parameters():,} parameters; device "
+              f"{_device.device()}, {ctx.size} rank(s) ({ctx.backend}), batch {args.batch_size} "
+              f"({per_rank} per rank), {args.optimizer} lr {args.lr}, schedule {args.schedule}")
+    if args.summary and ctx.rank == 0:
+        model.summary(tuple(config["input_shape"]))
+    trained_at = time.perf_counter()
+    history = trainer.fit(train_loader, args.epochs, val_loader=val_loader)
+    train_seconds = time.perf_counter() - trained_at
+
+    result = trainer.evaluate(test_loader, desc="test")
+    probabilities = trainer.predict(test_loader)
+    shard = test_loader.indices()
+    gathered = ctx.allgather((shard, np.argmax(probabilities, axis=1)))
+    _say(ctx, f"test: loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}% "
+              f"({result['count']} images); training took {train_seconds:.1f} s")
+    if ctx.rank != 0:
+        return 0
+    order = np.concatenate([s for s, _ in gathered])
+    predicted = np.concatenate([p for _, p in gathered])
+    labels = np.asarray(test.labels)[order]
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    plots.plot_history(history, log_dir / "curves.png",
+                       title=f"{args.model} on {args.dataset}")
+    counts = plots.confusion_matrix(labels, predicted, len(classes))
+    plots.plot_confusion_matrix(counts, classes, log_dir / "confusion_matrix.png",
+                                title=f"{args.model} on {args.dataset}, test set")
+    sample = np.arange(min(32, len(test)))
+    sample_probs = trainer.predict(eval_tf(_device.asarray(np.asarray(test.images)[sample])))
+    plots.plot_predictions(np.asarray(test.images)[sample], np.asarray(test.labels)[sample],
+                           sample_probs, classes, log_dir / "predictions.png")
+    summary = {"dataset": args.dataset, "model": args.model, "device": _device.device(),
+               "ranks": ctx.size, "epochs": trainer.epoch, "batch_size": args.batch_size,
+               "test_loss": result["loss"], "test_accuracy": result["accuracy"],
+               "train_seconds": train_seconds,
+               "seconds_total": time.perf_counter() - started,
+               "best_val_accuracy": max(history.get("val_accuracy", [math.nan])),
+               "arguments": vars(args), "history": dict(history)}
+    (log_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    print(f"wrote {args.checkpoint}, {log_dir / 'log.csv'}, {log_dir / 'tensorboard'}, "
+          f"curves.png, confusion_matrix.png, predictions.png, summary.json in {log_dir}")
+    return 0

@@ -1,0 +1,122 @@
+"""examples/train_cifar.py and train_folder.py end to end: a few epochs on real data write a
+checkpoint, the logs and the three pictures; bad arguments and missing data are clear errors."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TRAIN_CIFAR = ROOT / "examples" / "train_cifar.py"
+TRAIN_FOLDER = ROOT / "examples" / "train_folder.py"
+
+
+def run(script, *args, cwd, timeout=600):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("CUPYCNN_DEVICE", None)
+    return subprocess.run([sys.executable, str(script), *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env=env)
+
+
+def assert_outputs(log_dir, epochs):
+    for name in ("last.h5", "best.h5", "log.csv", "curves.png", "confusion_matrix.png",
+                 "predictions.png", "summary.json"):
+        assert (log_dir / name).exists(), name
+    assert list((log_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len((log_dir / "log.csv").read_text().splitlines()) == epochs + 1
+    for picture in ("curves.png", "confusion_matrix.png", "predictions.png"):
+        assert (log_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return json.loads((log_dir / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("device, epochs, floor", [("numpy", 3, 0.5), ("sim", 1, 0.15)])
+def test_digits_run_writes_checkpoint_logs_and_pictures(tmp_path, device, epochs, floor):
+    out = run(TRAIN_CIFAR, "--dataset", "digits", "--epochs", str(epochs), "--device", device,
+              "--log-dir", "run", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = assert_outputs(tmp_path / "run", epochs)
+    assert summary["device"] == device and summary["epochs"] == epochs
+    assert summary["test_accuracy"] > floor                      # 10 classes: chance is 0.1
+    assert "test: loss" in out.stdout
+
+
+def test_resume_continues_from_the_last_checkpoint(tmp_path):
+    first = run(TRAIN_CIFAR, "--dataset", "digits", "--epochs", "1", "--device", "numpy",
+                "--log-dir", "run", "--no-progress", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-2000:]
+    second = run(TRAIN_CIFAR, "--dataset", "digits", "--epochs", "2", "--device", "numpy",
+                 "--log-dir", "run", "--resume", "--no-progress", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert "resumed from run/last.h5 after epoch 1" in second.stdout
+    assert "epoch 2/2" in second.stdout and "epoch 1/2" not in second.stdout
+
+
+def test_cifar10_offline_says_which_file_to_put_where(tmp_path):
+    out = run(TRAIN_CIFAR, "--device", "numpy", "--data-dir", "nowhere", cwd=tmp_path,
+              timeout=120)
+    assert out.returncode == 2
+    assert "cifar-10-python.tar.gz" in out.stderr and "--dataset digits" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_cifar10_from_the_official_archive(tmp_path):
+    """A small archive in the official format under --data-dir trains like the real one."""
+    import tarfile
+    sys.path.insert(0, str(Path(__file__).parent))
+    from cifar_archives import make_split, write_python_archive
+    (tmp_path / "data").mkdir()
+    rng = np.random.default_rng(0)
+    archive = write_python_archive(tmp_path / "data" / "cifar-10-python.tar.gz",
+                                   make_split(rng, [40] * 5), make_split(rng, [40])[0])
+    with tarfile.open(archive) as tar:          # extracted: the md5 check is for real archives
+        tar.extractall(tmp_path / "data")
+    archive.unlink()
+    out = run(TRAIN_CIFAR, "--device", "numpy", "--data-dir", "data", "--model", "simple_cnn",
+              "--epochs", "1", "--batch-size", "32", "--log-dir", "run", "--no-progress",
+              cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "cifar10: 180 training, 20 validation, 40 test images 32x32x3, 10 classes" \
+        in out.stdout
+    assert_outputs(tmp_path / "run", 1)
+
+
+def test_bad_arguments_are_one_clear_line(tmp_path):
+    out = run(TRAIN_CIFAR, "--dataset", "digits", "--batch-size", "100000", "--device",
+              "numpy", "--epochs", "1", cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "smaller than one batch" in out.stderr
+    out = run(TRAIN_CIFAR, "--dataset", "mnist", cwd=tmp_path, timeout=120)
+    assert out.returncode == 2 and "unknown dataset 'mnist'" in out.stderr
+
+
+def _photo_folder(root):
+    """Two classes of real photos (scikit-image's and scikit-learn's), a few crops of each."""
+    from PIL import Image
+    from skimage import data as skdata
+    from sklearn.datasets import load_sample_images
+    photos = {"animal": [skdata.chelsea(), skdata.cat() if hasattr(skdata, "cat") else
+                         skdata.chelsea()[::-1]],
+              "scene": list(load_sample_images().images)}
+    rng = np.random.default_rng(0)
+    for cls, images in photos.items():
+        (root / cls).mkdir(parents=True)
+        for i in range(12):
+            image = images[i % len(images)]
+            h, w = image.shape[:2]
+            top, left = rng.integers(0, h // 3), rng.integers(0, w // 3)
+            crop = image[top:top + 2 * h // 3, left:left + 2 * w // 3]
+            Image.fromarray(crop).save(root / cls / f"{cls}_{i}.jpg")
+
+
+def test_train_folder_on_real_photos(tmp_path):
+    _photo_folder(tmp_path / "photos")
+    out = run(TRAIN_FOLDER, "--dataset", "folder:photos", "--image-size", "32", "--crop",
+              "--model", "simple_cnn", "--epochs", "2", "--batch-size", "8", "--device",
+              "numpy", "--log-dir", "run", "--no-progress", "--val-fraction", "0.2",
+              "--l1", "1e-5", "--penalize", "head", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 classes" in out.stdout
+    assert_outputs(tmp_path / "run", 2)
+    assert list((tmp_path / "data" / "cache").glob("photos-all-32-crop.h5"))
