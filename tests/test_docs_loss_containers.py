@@ -1,8 +1,8 @@
-"""docs/layers_loss_containers.md stays true: its examples run as they stand."""
+"""docs/layers/loss_containers.md stays true: its examples run as they stand."""
 import re
 from pathlib import Path
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "layers_loss_containers.md"
+DOC = Path(__file__).resolve().parent.parent / "docs" / "layers" / "loss_containers.md"
 
 
 def _python_blocks():

@@ -1,6 +1,6 @@
 """Normalisation layers: PyTorch's BatchNorm1d, BatchNorm2d and GroupNorm.
 Kernels: kernels/batchnorm.cu, kernels/groupnorm.cu; maths: reference/batchnorm.py,
-reference/groupnorm.py; the whole story: docs/layers_norm.md.
+reference/groupnorm.py; the whole story: docs/layers/norm.md.
 
 BatchNorm, training (per channel c, n elements: N * H * W, or N, or N * L):
     y = (x - mean) / sqrt(var + eps) * weight + bias      mean, var: this batch's, var biased
