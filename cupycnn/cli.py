@@ -85,6 +85,9 @@ def build_parser(description, default_dataset="cifar10"):
                         "rotation 10, shifts 0.1, zoom 0.1, no flip (digits)")
     m = p.add_argument_group("model and optimisation")
     m.add_argument("--model", help="simple_cnn, resnet18, resnet34, resnet50")
+    m.add_argument("--stem", choices=["auto", "cifar", "imagenet"], default="auto",
+                   help="ResNets: the 3x3 CIFAR stem or ImageNet's 7x7 stride-2 stem and "
+                        "max-pool (auto: cifar up to 64 pixels); imagenet for ImageNet weights")
     m.add_argument("--epochs", type=int)
     m.add_argument("--batch-size", type=int, help="global batch, divided among the ranks")
     m.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
@@ -107,6 +110,11 @@ def build_parser(description, default_dataset="cifar10"):
                         "(0: never), restoring the best weights")
     m.add_argument("--plateau-patience", type=int, default=3,
                    help="plateau schedule: epochs without improvement before lr x 0.1")
+    m.add_argument("--pretrained", metavar="FILE",
+                   help="start from these weights (a torchvision .pth, .npz or cupycnn .h5; "
+                        "tensors of another shape, such as the head, keep their init)")
+    m.add_argument("--freeze-backbone", action="store_true",
+                   help="train only the final dense layer (transfer learning)")
     m.add_argument("--sync-bn", action="store_true",
                    help="data-parallel: batchnorm statistics over the global batch")
     r = p.add_argument_group("run")
@@ -218,7 +226,8 @@ def model_config(args, image_shape, num_classes):
             raise ValueError(f"simple_cnn takes square images; these are {h}x{w}")
         kwargs["input_size"] = h
     else:
-        kwargs["stem"] = "cifar" if max(h, w) <= 64 else "imagenet"
+        kwargs["stem"] = args.stem if args.stem != "auto" else (
+            "cifar" if max(h, w) <= 64 else "imagenet")
     return {"model": args.model, "model_kwargs": kwargs, "input_shape": [c, h, w],
             "resize": [args.image_size, args.image_size] if args.image_size and
             dataset_kind(args.dataset) == "folder" else None,
@@ -231,6 +240,8 @@ def parameter_groups(model, args):
     penalized, free = [], []
     last_dense = [layer for layer in model.layers() if isinstance(layer, Dense)][-1:]
     for _, p in model.named_parameters():
+        if args.freeze_backbone and p.layer not in last_dense:
+            continue                       # not in the optimizer: never updated
         if args.penalize == "all":
             wanted = True
         elif args.penalize == "head":
@@ -338,6 +349,12 @@ def run(args, ctx):
 
     config = model_config(args, image_shape, len(classes))
     model = models.build(config["model"], **config["model_kwargs"])
+    if args.pretrained:
+        from .models.pretrained import load_pretrained
+        report = load_pretrained(model, args.pretrained)
+        kept = ", ".join(f"{n} {tuple(a)} -> {tuple(b)}" for n, a, b in report.skipped)
+        _say(ctx, f"loaded {len(report.loaded)} tensors from {args.pretrained}"
+                  + (f"; kept the new initialisation of {kept}" if kept else ""))
     if args.sync_bn and ctx.size > 1:
         from .distributed import sync_batchnorm
         sync_batchnorm(model, ctx)

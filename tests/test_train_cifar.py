@@ -120,3 +120,44 @@ def test_train_folder_on_real_photos(tmp_path):
     assert "2 classes" in out.stdout
     assert_outputs(tmp_path / "run", 2)
     assert list((tmp_path / "data" / "cache").glob("photos-all-32-crop.h5"))
+
+
+def test_grid_search_picks_by_validation(tmp_path):
+    script = ROOT / "examples" / "grid_search.py"
+    out = run(script, "--lr", "0.003", "0.0003", "--weight-decay", "0", "1e-4", "--log-dir",
+              "grid", "--", "--dataset", "digits", "--epochs", "1", "--batch-size", "256",
+              "--device", "numpy", "--no-progress", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = (tmp_path / "grid" / "grid.csv").read_text().splitlines()
+    assert rows[0] == "lr,weight_decay,best_val_accuracy,test_accuracy" and len(rows) == 5
+    assert out.stdout.count("<- best by validation") == 1
+    assert (tmp_path / "grid" / "grid.png").read_bytes()[:4] == b"\x89PNG"
+    best = max(rows[1:], key=lambda r: float(r.split(",")[2]))
+    lr, wd = best.split(",")[:2]
+    assert f"{float(lr):>10g} {float(wd):>13g}" in [l[:24] for l in out.stdout.splitlines()
+                                                     if "<- best" in l]
+
+
+def test_transfer_learning_from_torchvision_weights(tmp_path):
+    """A torchvision-format .pth (written by torch) loads into the model; the new head keeps
+    its initialisation; with --freeze-backbone only the head changes."""
+    torch = pytest.importorskip("torch")
+    import cupycnn
+    from cupycnn import models
+    _photo_folder(tmp_path / "photos")
+    cupycnn.use("numpy")
+    donor = models.resnet18(num_classes=1000)            # torchvision's ImageNet layout
+    torch.save({k: torch.from_numpy(np.array(v)) for k, v in donor.state_dict().items()},
+               tmp_path / "resnet18.pth")
+    out = run(TRAIN_FOLDER, "--dataset", "folder:photos", "--image-size", "32", "--crop",
+              "--model", "resnet18", "--epochs", "1", "--batch-size", "8", "--device", "numpy",
+              "--log-dir", "run", "--no-progress", "--val-fraction", "0.2", "--pretrained",
+              "resnet18.pth", "--freeze-backbone", "--stem", "imagenet", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "loaded 120 tensors from resnet18.pth; kept the new initialisation of fc.weight " \
+           "(1000, 512) -> (2, 512), fc.bias (1000,) -> (2,)" in out.stdout
+    from cupycnn.checkpoint import load_checkpoint
+    trained = load_checkpoint(tmp_path / "run" / "last.h5").model_state
+    donor_state = donor.state_dict()
+    np.testing.assert_array_equal(trained["layer3.0.conv1.weight"],
+                                  donor_state["layer3.0.conv1.weight"])
