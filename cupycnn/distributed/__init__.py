@@ -22,6 +22,7 @@ leaving the others waiting forever in a collective. Synchronised batchnorm: `syn
 whole design, and how to launch on one node or many: docs/DISTRIBUTED.md.
 """
 import contextlib
+import os
 import sys
 import traceback
 
@@ -183,6 +184,9 @@ class Context:
             traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
         self.mpi.Abort(status)
+        # MPICH's MPI_Abort asks the process manager to kill every rank and returns at once;
+        # this rank must not carry on (the exception is handled here) until the kill arrives.
+        os._exit(status)
 
 
 def fingerprint(model, optimizer, global_batch, **extra):
