@@ -147,14 +147,21 @@ class Context:
         is the optimizer's grad_scale = 1/size."""
         if self.size == 1:
             return model.backward(dy)
-        if self._buckets is None or self._buckets.flat_grads is not optimizer.flat_grads:
+        return self.gradient_buckets(optimizer).backward(model, dy)
+
+    def gradient_buckets(self, optimizer):
+        """The GradientBuckets over `optimizer`'s flat gradient buffer (made on first use, and
+        again for a new optimizer or a new bucket_bytes); sets its grad_scale to 1/size."""
+        buckets = self._buckets
+        if buckets is None or buckets.flat_grads is not optimizer.flat_grads or \
+                buckets.bucket_bytes != self.bucket_bytes:
             segments = sorted(((p.layer, p.key, offset, size) for p, (offset, size)
                                in zip(optimizer.params, optimizer.param_segments)),
                               key=lambda segment: segment[2])
             self._buckets = GradientBuckets(optimizer.flat_grads, segments, self.communicator,
                                             self.bucket_bytes)
-            optimizer.grad_scale = 1.0 / self.size
-        return self._buckets.backward(model, dy)
+        optimizer.grad_scale = 1.0 / self.size
+        return self._buckets
 
     # ------------------------------------------------------------------------- failure
     @contextlib.contextmanager

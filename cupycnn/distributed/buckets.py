@@ -43,6 +43,7 @@ class GradientBuckets:
 
     def __init__(self, flat_grads, segments, communicator, bucket_bytes=DEFAULT_BUCKET_BYTES):
         self.flat_grads, self.communicator = flat_grads, communicator
+        self.bucket_bytes = bucket_bytes
         self.segments = list(segments)
         itemsize = flat_grads.dtype.itemsize
         limit = max(1, bucket_bytes // itemsize)
