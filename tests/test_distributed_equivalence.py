@@ -5,8 +5,13 @@ the parameters of one process with batch B, after several optimizer steps, with 
 The script, tests/mpi/equivalence.py, explains why the two runs see the same examples at every
 step and why their gradients are equal up to the order of summation; it aborts the job with the
 rank and the error if any comparison fails, and prints the measured differences otherwise."""
+import numpy as np
 import pytest
 
+import cupycnn
+from cupycnn import distributed
+from cupycnn.layers import BatchNorm1D, BatchNorm2D, Conv2D, Dense, Flatten, ReLU, Sequential
+from cupycnn.layers.normalization import local_statistics
 from test_distributed import mpirun
 
 
@@ -18,3 +23,33 @@ def test_n_ranks_train_to_the_parameters_of_one_process(device, dtypes, n):
     for dtype in dtypes.split(","):
         for kind in ("plain", "bn"):
             assert f"OK {kind} {dtype} ranks={n} " in out.stdout, out.stdout + out.stderr
+
+
+def test_sync_batchnorm_in_one_process_is_the_identity(rng):
+    """With one rank the synchronised statistics are the local ones: sync_batchnorm sets every
+    BatchNorm1D/2D's hook (and no other layer's), and forward, backward and the running
+    statistics are bit-identical to plain batchnorm; local_batchnorm puts the default back."""
+    cupycnn.use("numpy")
+    ctx = distributed.Context(None, "numpy")
+
+    def model():
+        cupycnn.manual_seed(1)
+        return Sequential(Conv2D(2, 3, 3, padding=1), BatchNorm2D(3), ReLU(), Flatten(),
+                          Dense(3 * 4 * 4, 5), BatchNorm1D(5))
+
+    plain, synced = model(), model()
+    assert ctx.synchronize_batchnorm(synced) == 2
+    hooks = [layer.stats_reducer for layer in synced.layers()
+             if isinstance(layer, (BatchNorm1D, BatchNorm2D))]
+    assert all(isinstance(h, distributed.AllReduceStatistics) for h in hooks)
+    x = rng.standard_normal((4, 2, 4, 4)).astype(np.float32)
+    dy = rng.standard_normal((4, 5)).astype(np.float32)
+    np.testing.assert_array_equal(plain.forward(x), synced.forward(x))
+    np.testing.assert_array_equal(plain.backward(dy), synced.backward(dy))
+    for (name, a), (_, b) in zip(plain.state_dict().items(), synced.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=name)
+    for p, q in zip(plain.parameters(), synced.parameters()):
+        np.testing.assert_array_equal(p.grad, q.grad, err_msg=p.name)
+    distributed.local_batchnorm(synced)
+    assert all(layer.stats_reducer is local_statistics for layer in synced.layers()
+               if isinstance(layer, (BatchNorm1D, BatchNorm2D)))
