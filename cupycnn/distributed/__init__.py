@@ -4,6 +4,7 @@
     ctx.rank, ctx.size, ctx.local_rank
     ctx.broadcast_parameters(model)          # rank 0's weights everywhere
     ctx.check_consistency(model, optimizer, global_batch=256)
+    ctx.synchronize_batchnorm(model)         # optional: batchnorm over the global batch
     trainer = Trainer(model, optimizer, distributed=ctx)
 
 Start-up follows ChainerMN: MPI's COMM_WORLD gives the rank and size; a shared-memory split of it
@@ -17,9 +18,11 @@ Gradients are all-reduced in buckets that start while backward is still running
 (`buckets.py`); the 1/N average is folded into the optimizer's fused step (`grad_scale`).
 Metrics are all-reduced as sums, so reported figures are exact for the whole dataset. A rank that
 raises aborts the whole job (COMM_WORLD.Abort) after printing its rank and error, instead of
-leaving the others waiting forever in a collective.
+leaving the others waiting forever in a collective. Synchronised batchnorm: `sync_bn.py`. The
+whole design, and how to launch on one node or many: docs/DISTRIBUTED.md.
 """
 import contextlib
+import os
 import sys
 import traceback
 
@@ -28,6 +31,7 @@ import numpy as np
 from .. import devices as _device
 from .buckets import DEFAULT_BUCKET_BYTES, GradientBuckets
 from .comm import MpiCommunicator, NcclCommunicator, SingleProcess
+from .sync_bn import AllReduceStatistics, local_batchnorm, sync_batchnorm
 
 
 class ConsistencyError(RuntimeError):
@@ -124,6 +128,12 @@ class Context:
                                    + (f"; and {len(problems) - 8} more" if len(problems) > 8
                                       else ""))
 
+    def synchronize_batchnorm(self, model):
+        """sync_batchnorm(model, self): every BatchNorm1D/2D normalises with the statistics of
+        the global batch (one all-reduce of its sums and count in the training forward, one in
+        the backward). Returns the number of batchnorm layers."""
+        return sync_batchnorm(model, self)
+
     def per_rank_batch(self, global_batch):
         """global_batch / size, or a clear error when it does not divide."""
         if global_batch % self.size:
@@ -137,33 +147,53 @@ class Context:
         is the optimizer's grad_scale = 1/size."""
         if self.size == 1:
             return model.backward(dy)
-        if self._buckets is None or self._buckets.flat_grads is not optimizer.flat_grads:
+        return self.gradient_buckets(optimizer).backward(model, dy)
+
+    def gradient_buckets(self, optimizer):
+        """The GradientBuckets over `optimizer`'s flat gradient buffer (made on first use, and
+        again for a new optimizer or a new bucket_bytes); sets its grad_scale to 1/size."""
+        buckets = self._buckets
+        if buckets is None or buckets.flat_grads is not optimizer.flat_grads or \
+                buckets.bucket_bytes != self.bucket_bytes:
             segments = sorted(((p.layer, p.key, offset, size) for p, (offset, size)
                                in zip(optimizer.params, optimizer.param_segments)),
                               key=lambda segment: segment[2])
             self._buckets = GradientBuckets(optimizer.flat_grads, segments, self.communicator,
                                             self.bucket_bytes)
-            optimizer.grad_scale = 1.0 / self.size
-        return self._buckets.backward(model, dy)
+        optimizer.grad_scale = 1.0 / self.size
+        return self._buckets
 
     # ------------------------------------------------------------------------- failure
     @contextlib.contextmanager
     def abort_on_error(self):
         """Run a block; if it raises on this rank, print the rank and the error and abort the
-        whole job, so that the other ranks do not wait forever in a collective."""
+        whole job, so that the other ranks do not wait forever in a collective.
+
+        sys.exit() with status 0 (or None) passes through: a normal end, which every rank
+        reaches. A non-zero status on one rank aborts like an exception: the others would
+        otherwise wait forever, in a collective or in MPI_Finalize."""
         try:
             yield
-        except SystemExit:
-            raise
+        except SystemExit as e:
+            if e.code in (None, 0) or self.mpi is None or self.size == 1:
+                raise
+            self._abort(f"SystemExit: exit status {e.code}", 1, with_traceback=False)
         except BaseException as e:
             if self.mpi is None or self.size == 1:
                 raise
-            sys.stdout.flush()
-            sys.stderr.write(f"cupycnn: rank {self.rank} of {self.size} failed, aborting the "
-                             f"job: {type(e).__name__}: {e}\n")
+            self._abort(f"{type(e).__name__}: {e}", 1)
+
+    def _abort(self, what, status, with_traceback=True):
+        sys.stdout.flush()
+        sys.stderr.write(f"cupycnn: rank {self.rank} of {self.size} failed, aborting the "
+                         f"job: {what}\n")
+        if with_traceback:
             traceback.print_exc(file=sys.stderr)
-            sys.stderr.flush()
-            self.mpi.Abort(1)
+        sys.stderr.flush()
+        self.mpi.Abort(status)
+        # MPICH's MPI_Abort asks the process manager to kill every rank and returns at once;
+        # this rank must not carry on (the exception is handled here) until the kill arrives.
+        os._exit(status)
 
 
 def fingerprint(model, optimizer, global_batch, **extra):

@@ -4,17 +4,25 @@ The optimizer keeps every gradient in one flat buffer, in the order its paramete
 (model order, unless parameter groups reorder them). Backward produces gradients in reverse
 model order, so the buffer is cut into contiguous buckets of about `bucket_bytes` (25 MB by
 default) from its end: the first bucket holds the last layers' gradients, which are ready first.
-(Groups that interleave layers, e.g. all weights then all biases, still give the right result,
-with less overlap: a bucket is launched only when all of its gradients are ready.) A leaf layer's backward is wrapped (while the context is
-active) to mark its parameters ready; when every parameter of a bucket is ready, that bucket's
-all-reduce starts at once, on the communicator's own stream (cuda) or as a non-blocking MPI
-collective (CPU ranks), while backward carries on with earlier layers. After backward, the
-compute stream waits for every bucket (no host synchronisation on cuda).
+Each parameter-owning layer's backward is wrapped (for the duration of one backward) to mark
+its parameters ready; when every parameter of a bucket is ready, that bucket's all-reduce
+starts at once, on the communicator's own stream (cuda) or as a non-blocking MPI collective
+(CPU ranks), while backward carries on with earlier layers. After backward, the compute stream
+waits for every bucket (no host synchronisation on cuda).
 
-Every rank launches the buckets in the same order (the model's structure fixes it), which
-collectives require. Buckets that no backward reached (an unused branch) are launched, in
-order, when backward ends. The 1/N average is not taken here: the optimizer multiplies the
-gradients by its `grad_scale` inside its fused step.
+Buckets are launched in bucket order only: one that is complete waits until every bucket before
+it has been launched. So every rank issues the same collectives in the same order, which MPI
+and NCCL require, whatever the order in which its layers finish. Parameter groups that
+interleave layers (all weights, then all biases) still give the right result, with less
+overlap: a bucket holding the first layer's bias is complete only at the end of backward.
+Buckets that no backward reached (a branch the forward did not use) are launched, in order,
+when backward ends; they all-reduce whatever those gradients hold, as a single process would
+step with them (layers overwrite their gradients in backward; nothing zeroes them).
+
+On CPU ranks MPICH progresses a non-blocking collective mostly inside MPI calls, so the overlap
+there is partial (MPICH_ASYNC_PROGRESS=1 adds a progress thread); NCCL progresses on the GPU.
+The 1/N average is not taken here: the optimizer multiplies the gradients by its `grad_scale`
+inside its fused step.
 """
 import contextlib
 
@@ -35,6 +43,7 @@ class GradientBuckets:
 
     def __init__(self, flat_grads, segments, communicator, bucket_bytes=DEFAULT_BUCKET_BYTES):
         self.flat_grads, self.communicator = flat_grads, communicator
+        self.bucket_bytes = bucket_bytes
         self.segments = list(segments)
         itemsize = flat_grads.dtype.itemsize
         limit = max(1, bucket_bytes // itemsize)
@@ -78,6 +87,9 @@ class GradientBuckets:
         wrapped = []
         for layer_id, layer in self._layers.items():
             original = layer.backward
+            # A wrapper someone else put on the instance (a profiler, a test's recorder) is
+            # called inside ours and put back afterwards.
+            own = layer.__dict__.get("backward")
 
             def hooked(dy, _original=original, _layer=layer):
                 dx = _original(dy)
@@ -85,12 +97,15 @@ class GradientBuckets:
                 return dx
 
             layer.backward = hooked
-            wrapped.append(layer)
+            wrapped.append((layer, own))
         try:
             yield
         finally:
-            for layer in wrapped:
-                del layer.backward          # back to the class's method
+            for layer, own in wrapped:
+                if own is None:
+                    del layer.backward          # back to the class's method
+                else:
+                    layer.backward = own
 
     def backward(self, model, dy):
         """model.backward(dy) with every bucket all-reduced, overlapping; returns dx."""

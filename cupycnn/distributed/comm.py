@@ -3,6 +3,9 @@
     allreduce_sum_(array)        sum over ranks, in place
     iallreduce_sum_(array)       the same, started now; returns a handle whose wait() finishes it
     broadcast_(array, root=0)    root's values to every rank, in place
+    allreduce_statistics(sums, count)
+                                 (sum of `sums` over ranks as a new array, sum of the int
+                                 `count`): synchronised batchnorm's all-reduce (sync_bn.py)
 
 `NcclCommunicator` (cuda): device arrays through NCCL (`cupy.cuda.nccl`); the communicator is
 built from a unique id that rank 0 creates and broadcasts with MPI, as ChainerMN does. Its
@@ -34,6 +37,9 @@ class SingleProcess:
 
     def broadcast_(self, array, root=0):
         return array
+
+    def allreduce_statistics(self, sums, count):
+        return sums, count
 
     def synchronize(self):
         pass
@@ -78,6 +84,18 @@ class MpiCommunicator:
             self.comm.Bcast(array, root=root)
         return array
 
+    def allreduce_statistics(self, sums, count):
+        """One Allreduce of [sums..., count] packed in float64 (the count is exact below
+        2^53). Returns new arrays: the caller's `sums` are left as they were (batchnorm's
+        backward still needs this rank's own sums for the parameter gradients)."""
+        self._check(sums)
+        packed = np.empty(sums.size + 1, np.float64)
+        packed[:-1] = sums.reshape(-1)
+        packed[-1] = count
+        if self.size > 1:
+            self.comm.Allreduce(self._in_place, packed, op=_mpi_op_sum())
+        return packed[:-1].reshape(sums.shape).astype(sums.dtype, copy=False), int(packed[-1])
+
     def synchronize(self):
         pass
 
@@ -100,8 +118,20 @@ class NcclCommunicator:
     def __init__(self, mpi_comm):
         import cupy
         from cupy.cuda import nccl
+        if not getattr(nccl, "available", False):
+            # cupy.cuda.nccl imports without NCCL and only sets available = False.
+            raise RuntimeError(
+                "data-parallel training on cuda needs NCCL, which CuPy could not load: install "
+                "it for CuPy (python -m cupyx.tools.install_library --library nccl --cuda 12.x, "
+                "or conda's nccl, or the system's libnccl2)")
         self._nccl = nccl
+        self.mpi = mpi_comm
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
+        # The API of cupy_backends/cuda/libs/nccl.pyx: get_unique_id() -> a tuple of 128 ints
+        # (picklable: MPI broadcasts it), NcclCommunicator(ndev, commId, rank), then
+        # allReduce(sendbuf, recvbuf, count, datatype, op, stream) and
+        # bcast(buff, count, datatype, root, stream) with raw pointers, element counts and the
+        # NCCL_* constants of nccl.pxd. The current device must be this rank's GPU already.
         unique_id = nccl.get_unique_id() if self.rank == 0 else None
         unique_id = mpi_comm.bcast(unique_id, root=0)
         self.comm = nccl.NcclCommunicator(self.size, unique_id, self.rank)
@@ -142,6 +172,21 @@ class NcclCommunicator:
         self.comm.bcast(array.data.ptr, array.size, dtype, root, self.stream.ptr)
         _NcclHandle(self, self.stream.record()).wait()
         return array
+
+    def allreduce_statistics(self, sums, count):
+        """The sums through NCCL, out of place (a new array: batchnorm's backward still needs
+        this rank's own sums), on the collective stream and waited for by the compute stream;
+        the count, a host integer that the kernels take as a launch argument, through MPI on
+        the host (from a device all-reduce it would cost a device-to-host copy, which stalls the
+        GPU, in every batchnorm layer)."""
+        import cupy
+        dtype = self._nccl_dtype(sums)
+        total = cupy.empty_like(sums)
+        self._after_compute()
+        self.comm.allReduce(sums.data.ptr, total.data.ptr, sums.size, dtype,
+                            self._nccl.NCCL_SUM, self.stream.ptr)
+        _NcclHandle(self, self.stream.record()).wait()
+        return total, int(self.mpi.allreduce(int(count)))
 
     def synchronize(self):
         self.stream.synchronize()
