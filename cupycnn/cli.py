@@ -115,6 +115,9 @@ def build_parser(description, default_dataset="cifar10"):
                         "tensors of another shape, such as the head, keep their init)")
     m.add_argument("--freeze-backbone", action="store_true",
                    help="train only the final dense layer (transfer learning)")
+    m.add_argument("--bucket-mb", type=float, default=25.0,
+                   help="data-parallel: gradient all-reduce bucket size in MB (smaller buckets "
+                        "start earlier during backward: more overlap, more messages)")
     m.add_argument("--sync-bn", action="store_true",
                    help="data-parallel: batchnorm statistics over the global batch")
     r = p.add_argument_group("run")
@@ -294,7 +297,7 @@ def main(description, default_dataset="cifar10", argv=None):
     try:
         if args.device != "auto":
             _device.use(args.device)
-        ctx = distributed.init(_device.device())
+        ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20))
     except (_device.DeviceUnavailableError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -356,8 +359,7 @@ def run(args, ctx):
         _say(ctx, f"loaded {len(report.loaded)} tensors from {args.pretrained}"
                   + (f"; kept the new initialisation of {kept}" if kept else ""))
     if args.sync_bn and ctx.size > 1:
-        from .distributed import sync_batchnorm
-        sync_batchnorm(model, ctx)
+        ctx.synchronize_batchnorm(model)
     optimizer = build_optimizer(model, args)
     schedule, interval = build_schedule(optimizer, args, len(train_loader))
     monitor = "val_loss" if val is not None else "loss"
@@ -374,7 +376,8 @@ def run(args, ctx):
 
     ctx.broadcast_parameters(model)
     ctx.check_consistency(model, optimizer, args.batch_size, dataset=args.dataset,
-                          epochs=args.epochs, seed=args.seed, train_examples=len(train))
+                          epochs=args.epochs, seed=args.seed, train_examples=len(train),
+                          batches_per_epoch=len(train_loader), sync_bn=args.sync_bn)
     trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(label_smoothing=args.label_smoothing),
                       scheduler=schedule, scheduler_interval=interval, callbacks=callbacks,
                       distributed=ctx, progress=not args.no_progress, config=config,

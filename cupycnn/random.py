@@ -34,3 +34,26 @@ def set_state(state):
 def next_seed():
     """A fresh 64-bit seed for a kernel's counter-based generator."""
     return int(_generator.integers(0, 2**63 - 1))
+
+
+# Data-parallel ranks must not draw the same dropout masks and augmentations for their different
+# examples. Each process puts its rank into the high bits of every Philox stream it uses: the
+# random states (seeds and counters) stay the same on every rank, so a checkpoint written by
+# rank 0 resumes every rank exactly.
+RANK_STREAM_SHIFT = 48
+_process_rank = 0
+
+
+def set_process_rank(rank):
+    """Called by cupycnn.distributed.init(): this process's rank in the job."""
+    global _process_rank
+    if not 0 <= int(rank) < 2 ** (64 - RANK_STREAM_SHIFT):
+        raise ValueError(f"rank {rank} out of range")
+    _process_rank = int(rank)
+
+
+def stream(counter):
+    """The Philox stream for a layer's or transform's call `counter` in this process."""
+    if not 0 <= int(counter) < 2 ** RANK_STREAM_SHIFT:
+        raise ValueError(f"random stream counter {counter} out of range")
+    return int(counter) | (_process_rank << RANK_STREAM_SHIFT)

@@ -161,3 +161,39 @@ def test_transfer_learning_from_torchvision_weights(tmp_path):
     donor_state = donor.state_dict()
     np.testing.assert_array_equal(trained["layer3.0.conv1.weight"],
                                   donor_state["layer3.0.conv1.weight"])
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_two_ranks_train_and_report_the_global_test_accuracy(tmp_path, device):
+    """mpiexec -n 2 train_cifar.py --dataset digits: the test accuracy it prints (all-reduced
+    over the two ranks' shards) is what one process computes from the saved checkpoint."""
+    import re
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("CUPYCNN_DEVICE", None)
+    out = subprocess.run([str(mpiexec), "-n", "2", sys.executable, str(TRAIN_CIFAR),
+                          "--dataset", "digits", "--epochs", "2" if device == "numpy" else "1",
+                          "--device", device, "--log-dir", "run", "--no-progress",
+                          "--batch-size", "128"],
+                         cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "2 rank(s) (mpi), batch 128 (64 per rank)" in out.stdout
+    assert out.stdout.count("test: loss") == 1                     # rank 0 alone prints
+    printed = float(re.search(r"accuracy ([0-9.]+)% \(359 images\)", out.stdout).group(1))
+
+    import cupycnn
+    from cupycnn import data, models
+    from cupycnn.checkpoint import load_checkpoint
+    from cupycnn.losses import SoftmaxCrossEntropy
+    from cupycnn.optim import SGD
+    from cupycnn.train import Trainer
+    cupycnn.use(device)
+    c = load_checkpoint(tmp_path / "run" / "last.h5")
+    model = models.build(c.config["model"], **c.config["model_kwargs"])
+    c.restore(model)
+    test = data.Loader(data.Digits(train=False, seed=0), 256, shuffle=False,
+                       transform=data.Normalize(c.normalization["mean"], c.normalization["std"]))
+    single = Trainer(model, SGD(model.parameters(), lr=0.0), SoftmaxCrossEntropy(),
+                     progress=False).evaluate(test)
+    assert single["count"] == 359
+    assert round(100 * single["accuracy"], 2) == printed

@@ -172,13 +172,13 @@ class RandomCropFlip(RandomTransform):
 
     def __call__(self, images):
         out = _ops.random_crop_flip(images, self.mean, self.std, self.padding, seed=self.seed,
-                                    stream=self.step, flip_probability=self.flip_probability)
+                                    stream=_random.stream(self.step), flip_probability=self.flip_probability)
         self.step += 1                        # only once the batch was accepted
         return out
 
     def params(self, batch_size, step=None):
         return _ops.random_crop_flip_params(batch_size, self.padding, seed=self.seed,
-                                            stream=self._last_step(step),
+                                            stream=_random.stream(self._last_step(step)),
                                             flip_probability=self.flip_probability)
 
     def extra_repr(self):
@@ -225,7 +225,7 @@ class AffineTransform(RandomTransform):
     def __call__(self, images):
         _, height, width, _ = images.shape
         out = _ops.affine_warp(images, self.mean, self.std, self.ranges_for(height, width),
-                               seed=self.seed, stream=self.step,
+                               seed=self.seed, stream=_random.stream(self.step),
                                interpolation=self.interpolation, fill_mode=self.fill_mode,
                                cval=self.cval)
         self.step += 1                        # only once the batch was accepted
@@ -233,7 +233,7 @@ class AffineTransform(RandomTransform):
 
     def params(self, batch_size, height, width, step=None):
         return _ops.affine_params(batch_size, self.ranges_for(height, width), seed=self.seed,
-                                  stream=self._last_step(step))
+                                  stream=_random.stream(self._last_step(step)))
 
     def extra_repr(self):
         return (f"ranges={self.ranges}, shift_fraction={self.shift_fraction}, "

@@ -24,14 +24,19 @@ whole design, and how to launch on one node or many: docs/DISTRIBUTED.md.
 import contextlib
 import os
 import sys
+import time
 import traceback
 
 import numpy as np
 
 from .. import devices as _device
+from .. import random as _random
 from .buckets import DEFAULT_BUCKET_BYTES, GradientBuckets
 from .comm import MpiCommunicator, NcclCommunicator, SingleProcess
 from .sync_bn import AllReduceStatistics, local_batchnorm, sync_batchnorm
+
+
+ABORT_GRACE_SECONDS = 0.5
 
 
 class ConsistencyError(RuntimeError):
@@ -102,8 +107,18 @@ class Context:
         """Rank 0's parameters and buffers to every rank (call once, after building)."""
         for _, p in model.named_parameters():
             self.broadcast_(p.data)
+        self.broadcast_buffers(model)
+
+    def broadcast_buffers(self, model):
+        """Rank 0's buffers (batchnorm running statistics) to every rank. Without synchronised
+        batchnorm each rank's running statistics follow its own shard; training does not use
+        them, but evaluation and checkpoints do, so the trainer calls this after every epoch
+        (PyTorch's DDP broadcasts them at every forward) and all ranks evaluate rank 0's model,
+        the one its checkpoint holds."""
+        if self.size == 1:
+            return
         for layer in model.layers():
-            for key, value in layer.buffers.items():
+            for value in layer.buffers.values():
                 self.broadcast_(value)
         self.communicator.synchronize()
 
@@ -190,6 +205,9 @@ class Context:
         if with_traceback:
             traceback.print_exc(file=sys.stderr)
         sys.stderr.flush()
+        # Give the process manager's output forwarding a moment to deliver the message: the
+        # abort tears every rank down, and a loaded machine can lose the last lines otherwise.
+        time.sleep(ABORT_GRACE_SECONDS)
         self.mpi.Abort(status)
         # MPICH's MPI_Abort asks the process manager to kill every rank and returns at once;
         # this rank must not carry on (the exception is handled here) until the kill arrives.
@@ -221,6 +239,7 @@ def init(device=None, bucket_bytes=DEFAULT_BUCKET_BYTES):
     world = _mpi_world()          # a single process started without mpirun has size 1
     dev = device or _device.device()
     _context = Context(world, dev, bucket_bytes)
+    _random.set_process_rank(_context.rank)
     return _context
 
 

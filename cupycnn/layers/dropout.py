@@ -42,7 +42,7 @@ class Dropout(Layer):
         if not training:
             self.save_for_backward(shape=tuple(x.shape), stream=None)
             return x
-        stream = self.calls
+        stream = _random.stream(self.calls)       # the rank in its high bits (random.py)
         self.calls += 1
         self.save_for_backward(shape=tuple(x.shape), stream=stream)
         return ops.dropout_forward(x, self.p, self.seed, stream)

@@ -136,6 +136,8 @@ class Trainer:
                        for cb in self.callbacks):
                     self._callbacks("on_batch_end", self.step, {})
             self._allreduce_sums(sums)
+            if self.distributed is not None:
+                self.distributed.broadcast_buffers(self.model)   # one model to evaluate and save
             loss, accuracy, count = metric_ops.read_sums(sums)
             seconds = time.perf_counter() - started
             logs = {"loss": loss, "accuracy": accuracy, "lr": lr,
