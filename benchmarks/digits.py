@@ -292,7 +292,23 @@ def summarise(runs):
     return lines
 
 
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def main(args):
+    try:
+        cupycnn.use(args.device)           # an unusable cuda device: one line, before any work
+    except cupycnn.DeviceUnavailableError as e:
+        print(f"digits.py: {e}", file=sys.stderr)
+        return 2
     torch = None
     if not args.no_torch:
         import torch
@@ -304,8 +320,8 @@ def main(args):
     print(f"recipe: {RECIPE_TEXT}" + (f" (epochs overridden: {args.epochs})"
                                        if args.epochs != EPOCHS else ""))
     print(f"threads: {thread_report(torch)}")
-    print(f"machine: {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} usable; "
-          f"NumPy {np.__version__}" + (f", PyTorch {torch.__version__}" if torch else ""))
+    print(f"machine: {cpu_name()}, {os.cpu_count()} CPUs, {len(os.sched_getaffinity(0))} "
+          f"usable; NumPy {np.__version__}" + (f", PyTorch {torch.__version__}" if torch else ""))
     if torch is not None:
         print("\n".join(show_same_model(torch, args.first_seed)))
     runs = {}

@@ -83,8 +83,9 @@ def digits(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """An RGB model trained for 10 epochs on crops of four real photos in class folders (ImageFolder, 16x16,
-    centre-cropped); the original photos (other sizes) are what it then predicts."""
+    """An RGB model trained for 10 epochs on crops of four real photos in class folders
+    (ImageFolder, 16x16, centre-cropped); the whole photos (other sizes) are what it then
+    predicts."""
     folder = tmp_path_factory.mktemp("photos")
     root = folder / "train"
     originals = {}
