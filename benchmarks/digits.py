@@ -32,7 +32,7 @@ import time
 from pathlib import Path
 
 # ----------------------------------------------------------------------------------- recipe
-# The recipe, explicit. `examples/train_cifar.py --dataset digits` takes its defaults from it.
+# The recipe, explicit: what `examples/train_cifar.py --dataset digits` should default to.
 MODEL = "simple_cnn"                  # cupycnn.models.REGISTRY name
 MODEL_KWARGS = dict(num_classes=10, in_channels=1, input_size=8,
                     widths=(32, 64),          # two blocks: 8x8 -> 4x4 -> 2x2
