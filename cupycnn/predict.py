@@ -85,6 +85,10 @@ def check_config(config, where="checkpoint"):
         if list(size) != [height, width]:
             raise CheckpointError(f"{where}: resize {list(size)} disagrees with the input_shape "
                                   f"{list(shape)}")
+    for key, value in (("in_channels", channels), ("input_size", height), ("input_size", width)):
+        if key in kwargs and kwargs[key] != value:
+            raise CheckpointError(f"{where}: model_kwargs {key}={kwargs[key]!r} disagrees with "
+                                  f"the input_shape {list(shape)}")
     crop = config.get("crop", False)
     if not isinstance(crop, bool):
         raise CheckpointError(f"{where}: crop must be true or false, got {crop!r}")

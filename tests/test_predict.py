@@ -283,6 +283,7 @@ def good_config(digits):
     ("bad kwargs", "cannot build simple_cnn"),
     ("4 channels", "the model takes 4-channel images"),
     ("resize disagrees", "resize [16, 16] disagrees with the input_shape [1, 8, 8]"),
+    ("channels disagree", "model_kwargs in_channels=1 disagrees with the input_shape [3, 8, 8]"),
     ("no normalization", "holds no input normalisation"),
     ("3 means", "the normalisation mean has 3 values; the model takes 1 channels"),
 ])
@@ -298,6 +299,7 @@ def test_checkpoint_problems_are_named(digits, tmp_path, case, message):
         "bad kwargs": dict(config=dict(config, model_kwargs=dict(kwargs, depth=3))),
         "4 channels": dict(config=dict(config, input_shape=[4, 8, 8])),
         "resize disagrees": dict(config=dict(config, resize=[16, 16])),
+        "channels disagree": dict(config=dict(config, input_shape=[3, 8, 8])),
         "no normalization": dict(normalization=None),
         "3 means": dict(normalization={"mean": [0.1, 0.2, 0.3], "std": [0.2]}),
     }[case]
