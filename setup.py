@@ -39,6 +39,8 @@ setup(
             "torch==2.13.0",
             "scipy>=1.10",              # scipy.ndimage: an independent check of the affine warp
             "scikit-image>=0.19",       # real photos (skimage.data) for the ImageFolder tests
+            "threadpoolctl>=3.1",       # BLAS thread counts: benchmarks/digits.py reports them,
+                                        # tests/test_digits_recipe.py limits them
         ],
     },
     zip_safe=False,

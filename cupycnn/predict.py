@@ -1,0 +1,206 @@
+"""Prediction from a checkpoint: rebuild the model, feed it image files, read its top-k classes.
+
+    from cupycnn.predict import load_model, prepare_images, predict
+    model, checkpoint = load_model("runs/digits-simple_cnn/last.h5")
+    x = prepare_images(["seven.png"], checkpoint.config, checkpoint.normalization)
+    for top in predict(model, x, checkpoint.classes, top_k=3):
+        print(top)                                  # [("7", 0.98), ("1", 0.01), ("9", 0.004)]
+
+`examples/predict.py` is the command-line front of this module.
+
+What a checkpoint must hold (written by `Trainer.save_checkpoint` with the trainer's `config`,
+`classes` and `normalization`; examples/train_cifar.py writes them so):
+
+    config          {"model": name in cupycnn.models.REGISTRY, "model_kwargs": {...},
+                     "input_shape": [C, H, W], "resize": [H, W] or null, "crop": bool}
+                    (other keys, such as "dataset", are ignored)
+    classes         the class names, label k's at position k (absent: "0", "1", ...)
+    normalization   {"mean": [...], "std": [...]}, one value per channel or one for all, in
+                    0..1 units: the model's input is (pixel / 255 - mean) / std
+
+Images are prepared as the training images were: decoded with Pillow; converted to the model's
+channels (C = 1: Pillow's "L", the ITU-R 601-2 luma of a colour image; C = 3: "RGB", a grey image
+repeated in the three channels, alpha dropped, as torchvision's loader); brought to the input
+size with `cupycnn.data.folder.resize`, the very function ImageFolder resizes with at training
+(to `resize` exactly, bilinear, or with `crop` torchvision's Resize + CenterCrop; with
+`resize` null, images already of the input size are kept as they are and others are resized to
+it); then normalised on the current device by `cupycnn.data.Normalize`, the training transform.
+
+Errors say what is wrong: a missing image is FileNotFoundError naming it, an unreadable one
+`cupycnn.data.BadImageError` naming it; a missing, corrupt or mismatched checkpoint, or one
+without a config, is `cupycnn.checkpoint.CheckpointError`.
+"""
+from pathlib import Path
+
+import numpy as np
+
+from . import devices as _device
+from . import models as _models
+from .checkpoint import CheckpointError, load_checkpoint
+from .data.folder import BadImageError, resize
+from .data.transforms import Normalize
+
+CONFIG_FORMAT = ('{"model": "<name in cupycnn.models.REGISTRY>", "model_kwargs": {...}, '
+                 '"input_shape": [C, H, W], "resize": [H, W] or null, "crop": false}')
+MODES = {1: "L", 3: "RGB"}          # Pillow's conversion for each channel count
+BATCH = 64                          # images per forward pass
+
+
+def check_config(config, where="checkpoint"):
+    """The prediction fields of a checkpoint's config, validated: (model name, model kwargs,
+    (C, H, W), (h, w) or None, crop). CheckpointError names what is missing or wrong."""
+    if not config:
+        raise CheckpointError(f"{where} holds no model configuration: it was saved without one "
+                              f"(Trainer(..., config=...)), so the model cannot be rebuilt. "
+                              f"Expected a config of the form {CONFIG_FORMAT}")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{where}: its config is a {type(config).__name__}, expected "
+                              f"{CONFIG_FORMAT}")
+    missing = [k for k in ("model", "model_kwargs", "input_shape") if k not in config]
+    if missing:
+        raise CheckpointError(f"{where}: its config lacks {', '.join(missing)} (it has "
+                              f"{', '.join(sorted(config)) or 'nothing'}); expected "
+                              f"{CONFIG_FORMAT}")
+    name, kwargs = config["model"], config["model_kwargs"]
+    if name not in _models.REGISTRY:
+        raise CheckpointError(f"{where}: its config names the model {name!r}, which is not in "
+                              f"cupycnn.models.REGISTRY ({', '.join(sorted(_models.REGISTRY))})")
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{where}: model_kwargs must be a dict, got {kwargs!r}")
+    shape = config["input_shape"]
+    if (not isinstance(shape, (list, tuple)) or len(shape) != 3
+            or not all(isinstance(s, int) and s >= 1 for s in shape)):
+        raise CheckpointError(f"{where}: input_shape must be [C, H, W] of positive integers, "
+                              f"got {shape!r}")
+    channels, height, width = shape
+    if channels not in MODES:
+        raise CheckpointError(f"{where}: the model takes {channels}-channel images; prediction "
+                              f"from image files supports 1 (greyscale) or 3 (RGB)")
+    size = config.get("resize")
+    if size is not None:
+        if (not isinstance(size, (list, tuple)) or len(size) != 2
+                or not all(isinstance(s, int) and s >= 1 for s in size)):
+            raise CheckpointError(f"{where}: resize must be [H, W] of positive integers or "
+                                  f"null, got {size!r}")
+        if list(size) != [height, width]:
+            raise CheckpointError(f"{where}: resize {list(size)} disagrees with the input_shape "
+                                  f"{list(shape)}")
+    for key, value in (("in_channels", channels), ("input_size", height), ("input_size", width)):
+        if key in kwargs and kwargs[key] != value:
+            raise CheckpointError(f"{where}: model_kwargs {key}={kwargs[key]!r} disagrees with "
+                                  f"the input_shape {list(shape)}")
+    crop = config.get("crop", False)
+    if not isinstance(crop, bool):
+        raise CheckpointError(f"{where}: crop must be true or false, got {crop!r}")
+    return name, kwargs, (channels, height, width), (tuple(size) if size else None), crop
+
+
+def _check_normalization(normalization, channels, where):
+    if normalization is None:
+        raise CheckpointError(f"{where} holds no input normalisation; expected "
+                              f'{{"mean": [...], "std": [...]}} (Trainer(..., '
+                              f"normalization=...)), in 0..1 units")
+    try:
+        mean = np.atleast_1d(np.asarray(normalization["mean"], dtype=np.float64))
+        std = np.atleast_1d(np.asarray(normalization["std"], dtype=np.float64))
+    except (TypeError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: the normalisation {normalization!r} is not "
+                              f'{{"mean": [...], "std": [...]}} ({type(e).__name__}: {e})') \
+            from None
+    for label, values in (("mean", mean), ("std", std)):
+        if values.ndim != 1 or len(values) not in (1, channels):
+            raise CheckpointError(f"{where}: the normalisation {label} has {values.size} values; "
+                                  f"the model takes {channels} channels (give 1 or {channels})")
+    if not (std > 0).all():
+        raise CheckpointError(f"{where}: the normalisation std must be positive, got "
+                              f"{std.tolist()}")
+    return mean.tolist(), std.tolist()
+
+
+def load_model(checkpoint_path):
+    """(model, checkpoint): the model the checkpoint's config describes, built on the current
+    device with the checkpoint's weights and buffers, and the checkpoint (its `config`,
+    `classes` and `normalization` feed `prepare_images` and `predict`). Any problem is a
+    CheckpointError saying what is wrong."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    where = str(checkpoint.path)
+    name, kwargs, shape, _, _ = check_config(checkpoint.config, where)
+    _check_normalization(checkpoint.normalization, shape[0], where)
+    try:
+        model = _models.build(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: cannot build {name}(**{kwargs}) from its config: "
+                              f"{e}") from None
+    checkpoint.restore(model)               # CheckpointError on a state that does not match
+    classes = checkpoint.classes
+    if classes is not None and (not isinstance(classes, list) or not classes):
+        raise CheckpointError(f"{where}: classes must be a list of names, got {classes!r}")
+    return model, checkpoint
+
+
+def load_images(paths, config):
+    """uint8 [N, H, W, C]: each image file decoded, converted to the config's channels and
+    brought to its input size, exactly as at training (see the module docstring)."""
+    from .data._optional import require
+    Image = require("PIL.Image", "Pillow", "cupycnn.predict")
+    _, _, (channels, height, width), size, crop = check_config(config, "the config")
+    size = size or (height, width)
+    images = []
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no image file at {path}" + (
+                " (it is a folder)" if path.is_dir() else ""))
+        try:
+            with Image.open(path) as image:
+                image = image.convert(MODES[channels])       # decodes the whole file
+                if image.size != (size[1], size[0]):
+                    image = resize(image, size, crop)
+                array = np.array(image, dtype=np.uint8)
+        except Exception as e:      # Pillow raises OSError, SyntaxError, ValueError, ...
+            raise BadImageError(f"cannot read the image {path}: {type(e).__name__}: {e}") \
+                from None
+        images.append(array.reshape(height, width, channels))
+    if not images:
+        raise ValueError("load_images: no image paths given")
+    return np.stack(images)
+
+
+def prepare_images(paths, config, normalization):
+    """float32 [N, C, H, W] on the current device: the images at `paths`, loaded as at training
+    (load_images) and normalised with the checkpoint's mean and std (Normalize, the training
+    transform)."""
+    _, _, (channels, _, _), _, _ = check_config(config, "the config")
+    mean, std = _check_normalization(normalization, channels, "the checkpoint")
+    images = _device.asarray(load_images(paths, config))
+    return Normalize(mean, std)(images)
+
+
+def probabilities(model, inputs, batch_size=BATCH):
+    """float64 [N, classes] (NumPy): the softmax of the model's logits for model-ready inputs
+    [N, C, H, W] (evaluation mode: batchnorm's running statistics, no dropout)."""
+    outputs = []
+    for start in range(0, inputs.shape[0], batch_size):
+        logits = model.forward(inputs[start:start + batch_size], training=False)
+        outputs.append(_device.asnumpy(logits).astype(np.float64))
+    logits = np.concatenate(outputs)
+    logits -= logits.max(axis=1, keepdims=True)            # a softmax that cannot overflow
+    probs = np.exp(logits)
+    return probs / probs.sum(axis=1, keepdims=True)
+
+
+def predict(model, inputs, classes=None, top_k=5):
+    """Per input, its `top_k` most probable classes as [(name, probability), ...], most
+    probable first (ties: the lower label first). `classes`: the names (None: "0", "1", ...);
+    top_k is capped at the number of classes."""
+    if not isinstance(top_k, (int, np.integer)) or top_k < 1:
+        raise ValueError(f"predict: top_k must be a positive integer, got {top_k!r}")
+    probs = probabilities(model, inputs)
+    count = probs.shape[1]
+    if classes is None:
+        classes = [str(k) for k in range(count)]
+    if len(classes) != count:
+        raise CheckpointError(f"the model has {count} outputs but the checkpoint names "
+                              f"{len(classes)} classes")
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :min(int(top_k), count)]
+    return [[(classes[k], float(row[k])) for k in ranks] for row, ranks in zip(probs, order)]
