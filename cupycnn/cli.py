@@ -37,20 +37,26 @@ from . import devices as _device
 DATASET_DEFAULTS = {
     "cifar10": dict(model="resnet18", epochs=40, batch_size=512, optimizer="sgd", lr=0.4,
                     momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-                    label_smoothing=0.1, augment=True, augment_style="crop-flip",
-                    val_fraction=0.1, image_size=None),
-    "digits": dict(model="simple_cnn", epochs=30, batch_size=64, optimizer="adam", lr=3e-3,
-                   momentum=0.9, nesterov=False, weight_decay=0.0, schedule="cosine",
-                   label_smoothing=0.0, augment=True, augment_style="affine-small",
-                   val_fraction=0.1, image_size=None),
+                    onecycle_warmup=0.25, label_smoothing=0.1, augment=True,
+                    augment_style="crop-flip", val_fraction=0.1, image_size=None),
+    # Digits: the recipe of benchmarks/digits.py (measured there: 98.9-99.4% test accuracy over
+    # ten seeds, about 20 s of training on 2 CPU cores): a two-block CNN, Adam with a one-cycle
+    # learning rate, batch 32, 15 epochs, all 1,438 training images, no augmentation.
+    "digits": dict(model="simple_cnn", epochs=15, batch_size=32, optimizer="adam", lr=3e-3,
+                   momentum=0.9, nesterov=False, weight_decay=0.0, schedule="onecycle",
+                   onecycle_warmup=0.3, label_smoothing=0.0, augment=False,
+                   augment_style="affine-small", val_fraction=0.0, image_size=None,
+                   model_kwargs={"simple_cnn": dict(widths=(32, 64), convs_per_block=2,
+                                                    block_dropout=(0.1, 0.2), hidden=128,
+                                                    head_dropout=0.3)}),
     "synthetic": dict(model="simple_cnn", epochs=5, batch_size=128, optimizer="adam", lr=1e-3,
                       momentum=0.9, nesterov=False, weight_decay=0.0, schedule="cosine",
-                      label_smoothing=0.0, augment=False, augment_style="crop-flip",
-                      val_fraction=0.1, image_size=None),
+                      onecycle_warmup=0.3, label_smoothing=0.0, augment=False,
+                      augment_style="crop-flip", val_fraction=0.1, image_size=None),
     "folder": dict(model="resnet18", epochs=30, batch_size=64, optimizer="adam", lr=1e-3,
                    momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="plateau",
-                   label_smoothing=0.0, augment=True, augment_style="affine",
-                   val_fraction=0.15, image_size=128),
+                   onecycle_warmup=0.3, label_smoothing=0.0, augment=True,
+                   augment_style="affine", val_fraction=0.15, image_size=128),
 }
 
 
@@ -101,6 +107,8 @@ def build_parser(description, default_dataset="cifar10"):
                         "everything, or only the final dense layer")
     m.add_argument("--label-smoothing", type=float)
     m.add_argument("--schedule", choices=["onecycle", "cosine", "step", "plateau", "none"])
+    m.add_argument("--onecycle-warmup", type=float,
+                   help="one-cycle: the fraction of the steps spent raising the learning rate")
     m.add_argument("--warmup-epochs", type=float, default=0.0,
                    help="linear warm-up before cosine or step schedules")
     m.add_argument("--step-size", type=int, default=30, help="step schedule: epochs per decay")
@@ -127,6 +135,9 @@ def build_parser(description, default_dataset="cifar10"):
                    "(default runs/<dataset>-<model>)")
     r.add_argument("--checkpoint", help="the last-epoch checkpoint (default <log-dir>/last.h5)")
     r.add_argument("--resume", action="store_true", help="continue from --checkpoint")
+    r.add_argument("--epochs-per-run", type=int, metavar="N",
+                   help="stop after N epochs of this run (the schedule still spans --epochs): "
+                        "long trainings in jobs with a time limit, continued with --resume")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--summary", action="store_true", help="print the model's layers")
     return p
@@ -140,8 +151,10 @@ def parse_args(parser, argv=None):
         parser.error(f"unknown dataset {args.dataset!r}: expected cifar10, digits, synthetic or "
                      f"folder:PATH")
     for key, value in DATASET_DEFAULTS[kind].items():
-        if getattr(args, key, None) is None:
+        if key != "model_kwargs" and getattr(args, key, None) is None:
             setattr(args, key, value)
+    # A dataset's recipe may shape its default model (digits: a two-block simple_cnn).
+    args.model_kwargs = DATASET_DEFAULTS[kind].get("model_kwargs", {}).get(args.model, {})
     if args.log_dir is None:
         name = Path(args.dataset[7:]).name if kind == "folder" else kind
         args.log_dir = os.path.join("runs", f"{name}-{args.model}")
@@ -161,9 +174,8 @@ def load_datasets(args, ctx):
         if kind == "cifar10":
             return (data.CIFAR10(args.data_dir, train=True, download=True),
                     data.CIFAR10(args.data_dir, train=False, download=True))
-        if kind == "digits":
-            return data.Digits(train=True, seed=args.seed), data.Digits(train=False,
-                                                                        seed=args.seed)
+        if kind == "digits":            # the fixed, stratified 80/20 split (seed 0)
+            return data.Digits(train=True), data.Digits(train=False)
         if kind == "synthetic":
             return (data.Synthetic(args.synthetic_size, shape=(32, 32, 3), seed=args.seed),
                     data.Synthetic(max(1, args.synthetic_size // 5), shape=(32, 32, 3),
@@ -223,7 +235,7 @@ def make_transforms(args, mean, std):
 def model_config(args, image_shape, num_classes):
     """The checkpoint's config: what examples/predict.py needs to rebuild and feed the model."""
     h, w, c = image_shape
-    kwargs = {"num_classes": num_classes, "in_channels": c}
+    kwargs = {"num_classes": num_classes, "in_channels": c, **args.model_kwargs}
     if args.model == "simple_cnn":
         if h != w:
             raise ValueError(f"simple_cnn takes square images; these are {h}x{w}")
@@ -274,7 +286,7 @@ def build_schedule(optimizer, args, steps_per_epoch):
     if args.schedule == "onecycle":
         return schedules.OneCycleLR(optimizer, max_lr=args.lr,
                                     total_steps=args.epochs * steps_per_epoch,
-                                    pct_start=0.25), "step"
+                                    pct_start=args.onecycle_warmup), "step"
     if args.schedule in ("cosine", "step"):
         warmup = int(round(args.warmup_epochs * steps_per_epoch))
         total = args.epochs * steps_per_epoch
@@ -397,7 +409,8 @@ def run(args, ctx):
     if args.summary and ctx.rank == 0:
         model.summary(tuple(config["input_shape"]))
     trained_at = time.perf_counter()
-    history = trainer.fit(train_loader, args.epochs, val_loader=val_loader)
+    stop_at = None if not args.epochs_per_run else trainer.epoch + args.epochs_per_run
+    history = trainer.fit(train_loader, args.epochs, val_loader=val_loader, stop_at=stop_at)
     train_seconds = time.perf_counter() - trained_at
 
     result = trainer.evaluate(test_loader, desc="test")

@@ -21,9 +21,9 @@ def run(script, *args, cwd, timeout=600):
                           text=True, timeout=timeout, env=env)
 
 
-def assert_outputs(log_dir, epochs):
-    for name in ("last.h5", "best.h5", "log.csv", "curves.png", "confusion_matrix.png",
-                 "predictions.png", "summary.json"):
+def assert_outputs(log_dir, epochs, validation=True):
+    for name in ("last.h5", "log.csv", "curves.png", "confusion_matrix.png",
+                 "predictions.png", "summary.json") + (("best.h5",) if validation else ()):
         assert (log_dir / name).exists(), name
     assert list((log_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len((log_dir / "log.csv").read_text().splitlines()) == epochs + 1
@@ -37,7 +37,7 @@ def test_digits_run_writes_checkpoint_logs_and_pictures(tmp_path, device, epochs
     out = run(TRAIN_CIFAR, "--dataset", "digits", "--epochs", str(epochs), "--device", device,
               "--log-dir", "run", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    summary = assert_outputs(tmp_path / "run", epochs)
+    summary = assert_outputs(tmp_path / "run", epochs, validation=False)   # digits: all training
     assert summary["device"] == device and summary["epochs"] == epochs
     assert summary["test_accuracy"] > floor                      # 10 classes: chance is 0.1
     assert "test: loss" in out.stdout
@@ -46,7 +46,7 @@ def test_digits_run_writes_checkpoint_logs_and_pictures(tmp_path, device, epochs
 def test_resume_continues_from_the_last_checkpoint(tmp_path):
     common = ("--dataset", "digits", "--device", "numpy", "--batch-size", "256", "--log-dir",
               "run", "--no-progress", "--model", "simple_cnn")
-    first = run(TRAIN_CIFAR, *common, "--epochs", "1", cwd=tmp_path)
+    first = run(TRAIN_CIFAR, *common, "--epochs", "2", "--epochs-per-run", "1", cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-2000:]
     second = run(TRAIN_CIFAR, *common, "--epochs", "2", "--resume", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-2000:]
@@ -125,17 +125,17 @@ def test_train_folder_on_real_photos(tmp_path):
 def test_grid_search_picks_by_validation(tmp_path):
     script = ROOT / "examples" / "grid_search.py"
     out = run(script, "--lr", "0.003", "0.0003", "--weight-decay", "0", "1e-4", "--log-dir",
-              "grid", "--", "--dataset", "digits", "--epochs", "1", "--batch-size", "256",
+              "grid", "--", "--dataset", "digits", "--val-fraction", "0.15", "--epochs", "1",
+              "--batch-size", "256",
               "--device", "numpy", "--no-progress", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = (tmp_path / "grid" / "grid.csv").read_text().splitlines()
     assert rows[0] == "lr,weight_decay,best_val_accuracy,test_accuracy" and len(rows) == 5
     assert out.stdout.count("<- best by validation") == 1
     assert (tmp_path / "grid" / "grid.png").read_bytes()[:4] == b"\x89PNG"
-    best = max(rows[1:], key=lambda r: float(r.split(",")[2]))
-    lr, wd = best.split(",")[:2]
-    assert f"{float(lr):>10g} {float(wd):>13g}" in [l[:24] for l in out.stdout.splitlines()
-                                                     if "<- best" in l]
+    best_val = max(float(r.split(",")[2]) for r in rows[1:])
+    marked = next(l for l in out.stdout.splitlines() if "<- best" in l)
+    assert float(marked.split()[2].rstrip("%")) == pytest.approx(100 * best_val, abs=0.006)
 
 
 def test_transfer_learning_from_torchvision_weights(tmp_path):

@@ -105,9 +105,10 @@ class Trainer:
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
 
-    def fit(self, train_loader, epochs, val_loader=None):
+    def fit(self, train_loader, epochs, val_loader=None, stop_at=None):
         """Train until `epochs` epochs are complete (counting those before a resume), or a
-        callback stops training. Returns the history."""
+        callback stops training, or (stop_at) that many epochs are complete: a run cut into
+        pieces, each resumed from the last checkpoint. Returns the history."""
         self.loaders = [train_loader] + ([val_loader] if val_loader is not None else [])
         if self._pending_loader_state:
             self.set_random_state({"loaders": self._pending_loader_state})
@@ -115,7 +116,8 @@ class Trainer:
         self.stop_training = False
         self._callbacks("on_train_begin", {})
         logs = {}
-        while self.epoch < epochs and not self.stop_training:
+        last = epochs if stop_at is None else min(epochs, stop_at)
+        while self.epoch < last and not self.stop_training:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
