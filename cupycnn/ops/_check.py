@@ -112,3 +112,13 @@ def check_positive(op, **values):
     for name, v in values.items():
         if int(v) < 1:
             raise ValueError(f"{op}: {name} must be at least 1, got {v}")
+
+
+def into(out, result):
+    """`result` written into `out` when a caller gave one (a layer's gradient buffer, which
+    may be a view of an optimizer's flat buffer), else `result` itself: how the numpy path of
+    an op honours an `out=` argument the kernel path writes directly."""
+    if out is None:
+        return result
+    out[...] = result
+    return out

@@ -23,7 +23,7 @@ import numpy as np
 from .. import devices as _device
 from ..reference import batchnorm as reference
 from ..runtime import ceil_div, get_kernel
-from ._check import check_arrays, check_positive
+from ._check import check_arrays, check_positive, into
 
 # As in batchnorm.cu.
 BN_THREADS = 256
@@ -206,13 +206,7 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     if not _device.runs_kernels():
         dx, dw, db = reference.batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count,
                                                         batch_statistics, param_sums)
-        if dweight is not None:
-            dweight[...] = dw
-            dw = dweight
-        if dbias is not None:
-            dbias[...] = db
-            db = dbias
-        return dx, dw, db
+        return dx, into(dweight, dw), into(dbias, db)
     dx = _device.empty(x.shape, x.dtype)
     dweight = _device.empty((channels,), x.dtype) if dweight is None else dweight
     dbias = _device.empty((channels,), x.dtype) if dbias is None else dbias

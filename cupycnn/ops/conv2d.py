@@ -12,7 +12,7 @@ from .. import devices as _device
 from ..reference import conv2d as reference
 from ..reference.conv2d import output_size, pair
 from ..runtime import ceil_div, get_kernel
-from ._check import check_arrays
+from ._check import check_arrays, into
 
 # As in conv2d.cu.
 CONV_TILE_M, CONV_TILE_N, CONV_TILE_K, CONV_THREADS = 64, 64, 16, 256
@@ -139,11 +139,8 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
     if splits is not None and int(splits) < 1:
         raise ValueError(f"{op}: splits must be at least 1, got {splits}")
     if not _device.runs_kernels():
-        result = reference.conv2d_backward_weight(dy, x, weight_shape, (sh, sw), (ph, pw))
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        return into(out, reference.conv2d_backward_weight(dy, x, weight_shape, (sh, sw),
+                                                          (ph, pw)))
     if out is None:
         out = _device.empty(weight_shape, x.dtype)
     taps, pixels = c * kh * kw, n * ho * wo

@@ -4,7 +4,7 @@ import numpy as np
 from .. import devices as _device
 from ..reference import elementwise as reference
 from ..runtime import elementwise_grid, get_kernel
-from ._check import check_arrays, check_same_shape
+from ._check import check_arrays, check_same_shape, into
 
 
 def _launch(name, n, args):
@@ -36,11 +36,7 @@ def add(a, b, out=None):
     """out = a + b, same shapes; `out` may be a or b (in place)."""
     check_same_shape("add", "a", a, b=b, **({} if out is None else {"out": out}))
     if not _device.runs_kernels():
-        result = reference.add(a, b)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        return into(out, reference.add(a, b))
     if out is None:
         out = _device.empty(a.shape, a.dtype)
     _launch("add", a.size, (a, b, out))

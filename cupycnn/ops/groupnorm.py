@@ -15,7 +15,7 @@ from .. import devices as _device
 from ..reference import groupnorm as reference
 from ..runtime import ceil_div, get_kernel
 from . import batchnorm as batchnorm_ops
-from ._check import check_arrays
+from ._check import check_arrays, into
 
 # As in groupnorm.cu.
 GN_THREADS = 256
@@ -77,13 +77,7 @@ def groupnorm_backward(x, dy, weight, mean, rstd, num_groups, dweight=None, dbia
                  mean=(mean, (batch, num_groups)), rstd=(rstd, (batch, num_groups)), **grads)
     if not _device.runs_kernels():
         dx, dw, db = reference.groupnorm_backward(x, dy, weight, mean, rstd, num_groups)
-        if dweight is not None:
-            dweight[...] = dw
-            dw = dweight
-        if dbias is not None:
-            dbias[...] = db
-            db = dbias
-        return dx, dw, db
+        return dx, into(dweight, dw), into(dbias, db)
     rows, count = batch * channels, channels // num_groups * inner
     ints = (np.int32(channels), np.int32(inner), np.int32(num_groups))
     partial = _device.empty((batch, channels, 2), np.float64)

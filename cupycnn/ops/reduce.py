@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import devices as _device
 from ..reference import reduce as reference
-from ._check import check_arrays
+from ._check import check_arrays, into
 from ..runtime import get_kernel
 
 CHANNEL_SUM_THREADS = 256   # as in reduce.cu: whole warps
@@ -22,11 +22,7 @@ def channel_sum(x, out=None):
         check_arrays("channel_sum", bound=sizes, x=(x, ("N", "C") + (None,) * (x.ndim - 2)),
                      out=(out, ("C",)))
     if not _device.runs_kernels():
-        result = reference.channel_sum(x)
-        if out is None:
-            return result
-        out[...] = result
-        return out
+        return into(out, reference.channel_sum(x))
     outer, channels, inner = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     if out is None:
         out = _device.empty((channels,), x.dtype)
