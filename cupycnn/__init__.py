@@ -5,22 +5,30 @@ against NumPy references.
     import cupycnn
     cupycnn.use("sim")            # or "cuda", "numpy"; default: cuda where a GPU is usable
 """
-from . import data, devices, layers, losses, ops, optim, random, reference, runtime, sim  # noqa: F401
+from . import (data, devices, layers, losses, ops, optim, random, reference,  # noqa: F401
+               runtime, sim)
 from .devices import (DEVICES, DeviceUnavailableError, asarray, asnumpy, cuda_available, device,
                      synchronize, use)
 from .random import manual_seed
 
 
+# Imported on first use (cupycnn.models, cupycnn.train, ...): `import cupycnn` stays light, and
+# `python -m cupycnn.gradcheck` runs that module fresh. cupycnn.gradcheck is callable:
+# cupycnn.gradcheck(layer, x).
+_LAZY = ("checkpoint", "cli", "distributed", "gradcheck", "gradcheck_suite", "models", "nvrtc",
+         "predict", "progress", "train")
+
+
 def __getattr__(name):
-    # cupycnn.gradcheck is imported on first use, so that `python -m cupycnn.gradcheck` runs it
-    # fresh; the module is callable: cupycnn.gradcheck(layer, x).
-    if name == "gradcheck":
+    if name in _LAZY:
         import importlib
-        return importlib.import_module(".gradcheck", __name__)
+        return importlib.import_module(f".{name}", __name__)
     raise AttributeError(f"module 'cupycnn' has no attribute {name!r}")
+
 
 __version__ = "0.1.0"
 
-__all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "cuda_available", "data",
-           "device", "gradcheck", "layers", "losses", "manual_seed", "ops", "optim", "random",
-           "reference", "runtime", "sim", "synchronize", "use"]
+__all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "checkpoint",
+           "cuda_available", "data", "device", "distributed", "gradcheck", "layers", "losses",
+           "manual_seed", "models", "ops", "optim", "random", "reference", "runtime", "sim",
+           "synchronize", "train", "use"]
