@@ -52,3 +52,10 @@ def test_a_failing_rank_aborts_the_job_instead_of_hanging():
     assert "cupycnn: rank 1 of 2 failed, aborting the job: RuntimeError: simulated failure" \
         in out.stderr
     assert "the abort did not happen" not in out.stdout
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_ranks_draw_their_own_dropout_masks_and_augmentations(device):
+    out = mpirun(2, "collectives.py", "streams", device)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.count("OK") == 2

@@ -51,3 +51,21 @@ elif mode == "abort":
         a = np.ones(3)
         ctx.allreduce_sum_(a)         # rank 0 would wait here forever without the abort
         print("rank 0 finished: the abort did not happen", flush=True)
+
+elif mode == "streams":
+    from cupycnn.data import RandomCropFlip
+    from cupycnn.layers import Dropout
+    cupycnn.manual_seed(5)                       # the same seed on every rank
+    layer = Dropout(0.5)
+    transform = RandomCropFlip(padding=2, seed=9)
+    x = np.ones((64, 64), np.float32)
+    mask = cupycnn.asnumpy(layer.forward(cupycnn.asarray(x))) != 0
+    images = np.arange(2 * 6 * 6 * 3, dtype=np.uint8).reshape(2, 6, 6, 3)
+    augmented = cupycnn.asnumpy(transform(cupycnn.asarray(images)))
+    masks = ctx.allgather(mask)
+    states = ctx.allgather((layer.random_state(), transform.random_state()))
+    views = ctx.allgather(augmented)
+    assert all(s == states[0] for s in states), states          # what checkpoints save: equal
+    assert not any(np.array_equal(masks[0], m) for m in masks[1:])   # what is drawn: per rank
+    assert not any(np.array_equal(views[0], v) for v in views[1:])
+    print(f"rank {ctx.rank} OK", flush=True)
