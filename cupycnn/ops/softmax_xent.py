@@ -66,6 +66,15 @@ def _check_smoothing(op, label_smoothing):
                          f"{label_smoothing}")
 
 
+
+def _checked_labels(op, sizes, labels, label_smoothing, check_labels):
+    """What forward and backward both check: labels [N] of any integer dtype, N and C at least
+    1, the smoothing in [0, 1]; returns the labels as int32 (see labels_to_int32)."""
+    check_int_array(op, "labels", labels, ("N",), sizes)
+    check_positive(op, N=sizes["N"], C=sizes["C"])
+    _check_smoothing(op, label_smoothing)
+    return labels_to_int32(labels, sizes["C"], op, check=check_labels)
+
 def softmax_xent_forward(logits, labels, label_smoothing=0.0, check_labels=True):
     """Mean softmax cross-entropy of logits [N, C] for labels [N] (any integer dtype).
 
@@ -74,11 +83,8 @@ def softmax_xent_forward(logits, labels, label_smoothing=0.0, check_labels=True)
     labels_to_int32 (False lets a bad label reach the kernel, which makes it NaN)."""
     op = "softmax_xent_forward"
     sizes = check_arrays(op, logits=(logits, ("N", "C")))
-    check_int_array(op, "labels", labels, ("N",), sizes)
-    check_positive(op, N=sizes["N"], C=sizes["C"])
-    _check_smoothing(op, label_smoothing)
+    labels = _checked_labels(op, sizes, labels, label_smoothing, check_labels)
     rows, classes = sizes["N"], sizes["C"]
-    labels = labels_to_int32(labels, classes, op, check=check_labels)
     if not _device.runs_kernels():
         return reference.softmax_xent_forward(logits, labels, label_smoothing)
     row_loss = _device.empty((rows,), np.float32)
@@ -112,11 +118,8 @@ def softmax_xent_backward(logits, labels, row_max, row_sum, label_smoothing=0.0,
     op = "softmax_xent_backward"
     sizes = check_arrays(op, logits=(logits, ("N", "C")), row_max=(row_max, ("N",)),
                          row_sum=(row_sum, ("N",)))
-    check_int_array(op, "labels", labels, ("N",), sizes)
-    check_positive(op, N=sizes["N"], C=sizes["C"])
-    _check_smoothing(op, label_smoothing)
+    labels = _checked_labels(op, sizes, labels, label_smoothing, check_labels)
     rows, classes = sizes["N"], sizes["C"]
-    labels = labels_to_int32(labels, classes, op, check=check_labels)
     if not _device.runs_kernels():
         return reference.softmax_xent_backward(logits, labels, row_max, row_sum, label_smoothing)
     dlogits = _device.empty((rows, classes), np.float32)
