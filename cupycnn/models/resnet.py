@@ -28,6 +28,9 @@ class _Block(Layer):
     def named_children(self):
         return self._named
 
+    def input_layers(self):
+        return self.residual.input_layers()
+
     def forward(self, x, training=True):
         return self.relu.forward(self.residual.forward(x, training), training)
 

@@ -15,12 +15,15 @@ reference/batchnorm.py (same function names).
 x is [N, C, *] (BatchNorm1D: [N, C] or [N, C, L]; BatchNorm2D: [N, C, H, W]), float32 on the
 kernel devices. The per-channel sums are float64 [C, 2] on every device: the kernels accumulate
 in double, so that var = E[x^2] - E[x]^2 does not cancel away when |mean| >> std.
+On the numpy device float32 runs go to cupycnn/cpu/batchnorm.py (the same stages, faster).
 """
 import math
 
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import batchnorm as cpu_bn
 from ..reference import batchnorm as reference
 from ..runtime import ceil_div, get_kernel
 from ._check import check_arrays, check_positive, into
@@ -101,7 +104,7 @@ def batchnorm_stats(x, splits=None):
     op = "batchnorm_stats"
     outer, channels, inner = _layout(op, x)
     if not _device.runs_kernels():
-        return reference.batchnorm_stats(x)
+        return (cpu_bn if cpu.fast(x) else reference).batchnorm_stats(x)
     return _reduce(op, "batchnorm_stats", (x,), outer, channels, inner, splits)
 
 
@@ -115,7 +118,8 @@ def batchnorm_normalize(x, sums, count, weight, bias, eps):
     _check_sums(op, sums, bound)
     _check_count(op, count)
     if not _device.runs_kernels():
-        return reference.batchnorm_normalize(x, sums, count, weight, bias, eps)
+        path = cpu_bn if cpu.fast(x, weight, bias) else reference
+        return path.batchnorm_normalize(x, sums, count, weight, bias, eps)
     y = _device.empty(x.shape, x.dtype)
     mean, invstd = _device.empty((channels,), x.dtype), _device.empty((channels,), x.dtype)
     grid, block = _elementwise_grid(channels, outer, inner)
@@ -133,8 +137,8 @@ def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps)
                  running_var=(running_var, ("C",)), weight=(weight, ("C",)),
                  bias=(bias, ("C",)))
     if not _device.runs_kernels():
-        return reference.batchnorm_normalize_running(x, running_mean, running_var, weight, bias,
-                                                     eps)
+        path = cpu_bn if cpu.fast(x, weight, bias) else reference
+        return path.batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps)
     y = _device.empty(x.shape, x.dtype)
     mean, invstd = _device.empty((channels,), x.dtype), _device.empty((channels,), x.dtype)
     grid, block = _elementwise_grid(channels, outer, inner)
@@ -176,7 +180,8 @@ def batchnorm_backward_reduce(x, dy, mean, invstd, splits=None):
     check_arrays(op, x=(x, _x_pattern(x)), dy=(dy, tuple(x.shape)), mean=(mean, ("C",)),
                  invstd=(invstd, ("C",)))
     if not _device.runs_kernels():
-        return reference.batchnorm_backward_reduce(x, dy, mean, invstd)
+        path = cpu_bn if cpu.fast(x, dy) else reference
+        return path.batchnorm_backward_reduce(x, dy, mean, invstd)
     return _reduce(op, "batchnorm_backward_reduce", (x, dy, mean, invstd), outer, channels,
                    inner, splits)
 
@@ -204,8 +209,9 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     _check_sums(op, param_sums, bound, "param_sums")
     _check_count(op, count)
     if not _device.runs_kernels():
-        dx, dw, db = reference.batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count,
-                                                        batch_statistics, param_sums)
+        path = cpu_bn if cpu.fast(x, dy, weight) else reference
+        dx, dw, db = path.batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count,
+                                                   batch_statistics, param_sums)
         return dx, into(dweight, dw), into(dbias, db)
     dx = _device.empty(x.shape, x.dtype)
     dweight = _device.empty((channels,), x.dtype) if dweight is None else dweight

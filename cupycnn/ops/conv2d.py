@@ -5,10 +5,16 @@ Semantics of torch.nn.functional.conv2d with dilation 1 and groups 1: x [N, C_in
 weight [C_out, C_in, kh, kw], bias [C_out] or None, stride and padding an int or an (h, w)
 pair, zero padding, y [N, C_out, H_out, W_out], H_out = (H + 2 pad_h - kh) // stride_h + 1.
 The bias gradient is ops.reduce.channel_sum(dy).
+
+On the numpy device float32 runs go to cupycnn/cpu/conv2d.py (the same maths, arranged for
+speed); `cache`, a dict a layer keeps from its training forward to its backward, lets that path
+reuse the forward's im2col columns for the weight gradient. The kernels ignore it.
 """
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import conv2d as cpu_conv
 from ..reference import conv2d as reference
 from ..reference.conv2d import output_size, pair
 from ..runtime import ceil_div, get_kernel
@@ -61,9 +67,9 @@ def _scalars(geometry):
     return tuple(np.int32(v) for v in geometry)
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, cache=None):
     """y = conv2d(x, weight) + bias: x [N, C_in, H, W], weight [C_out, C_in, kh, kw], bias
-    [C_out] or None; returns y [N, C_out, H_out, W_out]."""
+    [C_out] or None; returns y [N, C_out, H_out, W_out]. `cache`: see the module docstring."""
     op = "conv2d_forward"
     sizes = check_arrays(op, x=(x, ("N", "C_in", "H", "W")),
                          weight=(weight, ("C_out", "C_in", "kh", "kw")))
@@ -73,6 +79,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     geometry = _geometry(op, x.shape, weight.shape, stride, padding)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
     if not _device.runs_kernels():
+        if cpu.fast(x, weight, bias):
+            return cpu_conv.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), cache)
         return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw))
     y = _device.empty((n, o, ho, wo), x.dtype)
     if n:
@@ -96,6 +104,8 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0):
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
     check_arrays(op, dy=(dy, (n, o, ho, wo)), weight=(weight, None))
     if not _device.runs_kernels():
+        if cpu.fast(dy, weight):
+            return cpu_conv.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw))
         return reference.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw))
     if sh * sw > _GRID_Z_MAX:
         raise ValueError(f"{op}: stride {(sh, sw)} has {sh * sw} phases, more than the "
@@ -121,9 +131,11 @@ def weight_grad_splits(out_channels, taps, pixels):
     return max(1, ceil_div(pixels, split_len)), split_len
 
 
-def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, splits=None):
+def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, splits=None,
+                           cache=None):
     """dw [C_out, C_in, kh, kw] (weight_shape) from dy [N, C_out, H_out, W_out] and x
     [N, C_in, H, W]. `out`, when given, receives the result (a layer's gradient buffer).
+    `cache`: what conv2d_forward kept (the module docstring).
     `splits`: how many chunks the N H_out W_out reduction is cut into (None: chosen from the
     shapes by weight_grad_splits); the chunks' partial sums are added in a fixed order."""
     op = "conv2d_backward_weight"
@@ -139,6 +151,9 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
     if splits is not None and int(splits) < 1:
         raise ValueError(f"{op}: splits must be at least 1, got {splits}")
     if not _device.runs_kernels():
+        if cpu.fast(dy, x):
+            return cpu_conv.conv2d_backward_weight(dy, x, weight_shape, (sh, sw), (ph, pw),
+                                                   cache, out)
         return into(out, reference.conv2d_backward_weight(dy, x, weight_shape, (sh, sw),
                                                           (ph, pw)))
     if out is None:

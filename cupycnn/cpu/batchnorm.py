@@ -1,0 +1,162 @@
+"""Batch normalisation on the CPU, fast: reference/batchnorm.py's stages (same names, same
+results to float32 rounding), computed in the input's dtype with out= into reused buffers,
+chunk by chunk of the batch on the threads of cupycnn.cpu.parallel.
+
+What changes from the reference, and why it stays accurate:
+- Sums. The reference converts x to float64 and sums. Here each image's plane of a channel is
+  summed in float32 by NumPy's pairwise summation (error ~ log2(H W) ulp), and the planes are
+  added up in float64. The sum of squares is taken about the batch mean (a second pass over
+  x - mean, as a two-pass variance), then shifted back: sum x^2 = sum (x - m)^2 + 2 m sum x -
+  n m^2, in float64. So the [C, 2] sums are what the reference returns, and a channel whose mean
+  is large against its spread loses nothing to E[x^2] - E[x]^2 (the kernels sum in double for
+  the same reason).
+- No temporaries of the whole tensor: each chunk's intermediate (x - mean, its products) lives
+  in a buffer of this thread that fits in the L2 cache.
+Results do not depend on the thread count: per-plane sums, added over the batch in order.
+"""
+import numpy as np
+
+from . import parallel
+
+CHUNK_BYTES = 256 * 2**10       # one chunk's intermediate fits in L2
+
+
+def _layout(x):
+    n, c = x.shape[:2]
+    inner = int(np.prod(x.shape[2:], dtype=np.int64))
+    return n, c, inner
+
+
+def _parts(n, c, inner, itemsize):
+    return parallel.chunks(n, max(1, CHUNK_BYTES // max(1, c * inner * itemsize)))
+
+
+def _plane_sums(x3, parts, fn=None):
+    """[N, C] float32: sum over each plane x3[n, c, :] (of fn(chunk) when given)."""
+    n, c, inner = x3.shape
+    out = np.empty((n, c), x3.dtype)
+
+    def task(k):
+        start, stop = parts[k]
+        chunk = x3[start:stop] if fn is None else fn(start, stop)
+        np.sum(chunk, axis=2, out=out[start:stop])
+
+    parallel.parallel_for(len(parts), task)
+    return out
+
+
+def _mean_var(sums, count):
+    mean = sums[:, 0] / count
+    return mean, np.maximum(sums[:, 1] / count - mean * mean, 0.0)
+
+
+def batchnorm_stats(x):
+    """[C, 2] float64: (sum of x, sum of x^2) per channel, as reference.batchnorm_stats."""
+    n, c, inner = _layout(x)
+    x3 = x.reshape(n, c, inner)
+    parts = _parts(n, c, inner, x.itemsize)
+    sum_x = _plane_sums(x3, parts).sum(axis=0, dtype=np.float64)
+    shift = (sum_x / (n * inner)).astype(x.dtype)          # the batch mean, rounded
+    shift3 = shift.reshape(1, c, 1)
+
+    def centred_squares(start, stop):
+        d = parallel.scratch("bn.d", (stop - start, c, inner), x.dtype)
+        np.subtract(x3[start:stop], shift3, out=d)
+        return np.square(d, out=d)
+
+    squares = _plane_sums(x3, parts, centred_squares).sum(axis=0, dtype=np.float64)
+    m = shift.astype(np.float64)
+    return np.stack([sum_x, squares + 2.0 * m * sum_x - (n * inner) * m * m], axis=1)
+
+
+def _apply_per_channel(x, out, steps):
+    """out = x, then for each (ufunc, [C] vector) in steps: out = ufunc(out, vector), chunk by
+    chunk (in L2) on the threads."""
+    n, c, inner = _layout(x)
+    x3, out3 = x.reshape(n, c, inner), out.reshape(n, c, inner)
+    vectors = [(ufunc, np.asarray(v, x.dtype).reshape(1, c, 1)) for ufunc, v in steps]
+    parts = _parts(n, c, inner, x.itemsize)
+
+    def task(k):
+        start, stop = parts[k]
+        src, dst = x3[start:stop], out3[start:stop]
+        for ufunc, v in vectors:
+            ufunc(src, v, out=dst)
+            src = dst
+
+    parallel.parallel_for(len(parts), task)
+    return out
+
+
+def _normalize(x, mean, invstd, weight, bias):
+    """(x - mean) * (invstd * weight) + bias, as the reference's _normalize (three ops, so that
+    x - mean is exact-ish however large the mean)."""
+    y = np.empty(x.shape, x.dtype)
+    return _apply_per_channel(x, y, [(np.subtract, mean), (np.multiply, invstd * weight),
+                                     (np.add, bias)])
+
+
+def batchnorm_normalize(x, sums, count, weight, bias, eps):
+    """y, mean, invstd from the batch statistics, as reference.batchnorm_normalize."""
+    mean, var = _mean_var(sums, count)
+    mean, invstd = mean.astype(x.dtype), (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+    return _normalize(x, mean, invstd, weight.astype(x.dtype, copy=False),
+                      bias.astype(x.dtype, copy=False)), mean, invstd
+
+
+def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps):
+    """The evaluation map with the running statistics, as the reference."""
+    mean = running_mean.astype(x.dtype)
+    invstd = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
+    return _normalize(x, mean, invstd, weight.astype(x.dtype, copy=False),
+                      bias.astype(x.dtype, copy=False)), mean, invstd
+
+
+def batchnorm_backward_reduce(x, dy, mean, invstd):
+    """[C, 2] float64: (sum dy, sum dy * xhat), as reference.batchnorm_backward_reduce."""
+    n, c, inner = _layout(x)
+    x3, dy3 = x.reshape(n, c, inner), dy.reshape(n, c, inner)
+    parts = _parts(n, c, inner, x.itemsize)
+    mean3 = mean.astype(x.dtype).reshape(1, c, 1)
+    sum_dy = _plane_sums(dy3, parts).sum(axis=0, dtype=np.float64)
+
+    def dy_times_centred(start, stop):
+        d = parallel.scratch("bn.d", (stop - start, c, inner), x.dtype)
+        np.subtract(x3[start:stop], mean3, out=d)
+        return np.multiply(d, dy3[start:stop], out=d)
+
+    sum_dy_xmu = _plane_sums(x3, parts, dy_times_centred).sum(axis=0, dtype=np.float64)
+    return np.stack([sum_dy, sum_dy_xmu * invstd.astype(np.float64)], axis=1)
+
+
+def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_statistics=True,
+                             param_sums=None):
+    """dx, dweight, dbias, as reference.batchnorm_backward_apply:
+    dx = weight invstd (dy - mean(dy) - xhat mean(dy xhat)), or weight invstd dy (frozen)."""
+    dtype = x.dtype
+    param_sums = sums if param_sums is None else param_sums
+    scale = (weight * invstd).astype(dtype)
+    dx = np.empty(x.shape, dtype)
+    if not batch_statistics:
+        _apply_per_channel(dy, dx, [(np.multiply, scale)])
+    else:
+        n, c, inner = _layout(x)
+        mean_dy = (sums[:, 0] / count).astype(dtype).reshape(1, c, 1)
+        # xhat * mean(dy xhat) = (x - mean) * (invstd * mean(dy xhat))
+        k = (invstd * (sums[:, 1] / count).astype(dtype)).astype(dtype).reshape(1, c, 1)
+        mean3, scale3 = mean.astype(dtype).reshape(1, c, 1), scale.reshape(1, c, 1)
+        x3, dy3, dx3 = x.reshape(n, c, inner), dy.reshape(n, c, inner), dx.reshape(n, c, inner)
+        parts = _parts(n, c, inner, x.itemsize)
+
+        def task(j):
+            start, stop = parts[j]
+            d = parallel.scratch("bn.d", (stop - start, c, inner), dtype)
+            out = dx3[start:stop]
+            np.subtract(x3[start:stop], mean3, out=d)
+            np.multiply(d, k, out=d)
+            np.subtract(dy3[start:stop], mean_dy, out=out)
+            np.subtract(out, d, out=out)
+            np.multiply(out, scale3, out=out)
+
+        parallel.parallel_for(len(parts), task)
+    return dx, param_sums[:, 1].astype(dtype), param_sums[:, 0].astype(dtype)
