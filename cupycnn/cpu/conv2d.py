@@ -19,8 +19,8 @@ Chunks of images go to the threads of cupycnn.cpu.parallel; each chunk's columns
 from a zero-bordered copy of the chunk into a buffer the thread keeps between steps. The
 training forward keeps its columns for the weight gradient (`cache`), unless they would push
 the columns kept at once over COLUMN_CACHE_BYTES: then the backward gathers them again.
-The weight gradient is one product over the whole batch (so its sum does not depend on how the
-batch was chunked), run on BLAS's own threads.
+The weight gradient is cut into tiles of WEIGHT_ROWS output channels by WEIGHT_PIXELS pixels,
+fixed by the shapes; the pixel tiles' partial sums are added in order.
 """
 import threading
 
@@ -35,15 +35,17 @@ CHUNK_BYTES = 2 * 2**20
 # a backward gathers its columns again (about a tenth of the convolution's time).
 COLUMN_CACHE_BYTES = 1536 * 2**20
 
+# Weight-gradient tiles: rows of dW (output channels) by pixels of the reduction.
+WEIGHT_ROWS, WEIGHT_PIXELS = 64, 4096
+
 _kept = [0]                  # bytes of columns held in caches now
 _kept_lock = threading.RLock()    # re-entrant: a __del__ may run while it is held
 
 
 def _batch_chunks(n, bytes_per_image):
-    """Chunks of images: about CHUNK_BYTES of columns each, and at least one per thread."""
-    size = max(1, CHUNK_BYTES // max(1, bytes_per_image))
-    size = min(size, -(-n // parallel.num_threads()))
-    return parallel.chunks(n, size)
+    """Chunks of images with about CHUNK_BYTES of columns each (from the shapes alone, so that
+    every product is the same whatever the thread count)."""
+    return parallel.chunks(n, max(1, CHUNK_BYTES // max(1, bytes_per_image)))
 
 
 def _padded(x, ph, pw, name):
@@ -174,20 +176,32 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, cache=None, out
     dy3 = dy.reshape(n, o, pixels)
     parts = parallel.split(n, parallel.num_threads())
 
-    def task(k):
+    def transpose(k):
         start, stop = parts[k]
         np.copyto(dy2[:, start * pixels:stop * pixels].reshape(o, stop - start, pixels),
                   dy3[start:stop].transpose(1, 0, 2))
 
-    parallel.parallel_for(len(parts), task)
-    if out is not None and out.dtype == dtype and out.flags.c_contiguous:
-        np.matmul(dy2, cols.T, out=out.reshape(o, c * kh * kw))
+    parallel.parallel_for(len(parts), transpose)
+    taps = c * kh * kw
+    into_out = out is not None and out.dtype == dtype and out.flags.c_contiguous
+    dw = out.reshape(o, taps) if into_out else np.empty((o, taps), dtype)
+    rows = parallel.chunks(o, WEIGHT_ROWS)
+    spans = parallel.split(n * pixels, max(1, n * pixels // WEIGHT_PIXELS))
+    partial = np.empty((len(spans), o, taps), dtype) if len(spans) > 1 else dw[None]
+
+    def product(k):
+        (r0, r1), (p0, p1) = rows[k // len(spans)], spans[k % len(spans)]
+        np.matmul(dy2[r0:r1, p0:p1], cols[:, p0:p1].T, out=partial[k % len(spans), r0:r1])
+
+    parallel.parallel_for(len(rows) * len(spans), product)
+    if len(spans) > 1:
+        np.sum(partial, axis=0, out=dw)           # in pixel order, whatever the threads
+    if into_out:
         return out
-    dw = np.matmul(dy2, cols.T).reshape(weight_shape)
     if out is not None:
-        out[...] = dw
+        out[...] = dw.reshape(weight_shape)
         return out
-    return dw
+    return dw.reshape(weight_shape)
 
 
 def _phases(size, kernel, stride, padding):

@@ -4,17 +4,18 @@ Threads. NumPy's copies, ufuncs and BLAS calls release the GIL, so a few Python 
 take a slice of the batch run on separate cores. `parallel_for(count, task)` runs task(0) ...
 task(count - 1) on `num_threads()` threads (this one included; the others are started once and
 kept), each thread taking the next index as it becomes free. While they run, BLAS is held to one
-thread: its own threads would compete with ours for the same cores. Outside `parallel_for` BLAS
-keeps its own setting, so one large product (a weight gradient over the whole batch) uses BLAS's
-threads instead.
+thread (also when num_threads() is 1): its own threads would compete with ours for the cores,
+and OpenBLAS's results change with its thread count. Outside `parallel_for` BLAS keeps its own
+setting.
 
 How many threads: `set_num_threads(n)`, else $CUPYCNN_CPU_THREADS, else as many as BLAS is allowed
 at the moment of the call (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, or a threadpoolctl limit), so
 that one setting governs NumPy, BLAS and this path alike.
 
 What the threads compute never depends on how many there are: work is cut into pieces by the
-shapes alone, each piece's result goes to its own place, and nothing is summed across pieces in
-an order that depends on which thread ran them.
+shapes alone (OpenBLAS's bits depend on how a product is cut, too), each piece's result goes to
+its own place, and nothing is summed across pieces in an order that depends on which thread ran
+them. A training run gives the same bits on 1 core and on 16.
 
 Scratch buffers. `scratch(name, shape, dtype)` returns this thread's buffer of that name and
 shape, allocated on first use and kept (least recently used first out past SCRATCH_BYTES per
@@ -132,11 +133,31 @@ def parallel_for(count, task):
     count = int(count)
     if count <= 0:
         return
-    threads = min(num_threads(), count)
-    if threads == 1 or getattr(_local, "inside", False):
+    if getattr(_local, "inside", False):
         for i in range(count):
             task(i)
         return
+    threads = min(num_threads(), count)
+    blas = _Blas.get()
+    previous = blas.threads()
+    if previous != 1:
+        blas.set(1)
+    try:
+        if threads == 1:
+            _local.inside = True
+            try:
+                for i in range(count):
+                    task(i)
+            finally:
+                _local.inside = False
+        else:
+            _run(threads, count, task)
+    finally:
+        if previous != 1:
+            blas.set(previous)
+
+
+def _run(threads, count, task):
     indices = itertools.count()          # next() is atomic under the GIL
 
     def job():
@@ -151,20 +172,14 @@ def parallel_for(count, task):
 
     pool = _get_pool()
     pool.ensure(threads - 1)
-    blas = _Blas.get()
-    previous = blas.threads()
-    blas.set(1)
+    for tasks in pool.workers[:threads - 1]:
+        tasks.put(job)
+    _local.inside = True
     try:
-        for tasks in pool.workers[:threads - 1]:
-            tasks.put(job)
-        _local.inside = True
-        try:
-            errors = [job()]
-        finally:
-            _local.inside = False
-        errors += [pool.done.get() for _ in range(threads - 1)]
+        errors = [job()]
     finally:
-        blas.set(previous)
+        _local.inside = False
+    errors += [pool.done.get() for _ in range(threads - 1)]
     for e in errors:
         if e is not None:
             raise e
