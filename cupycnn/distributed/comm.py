@@ -145,7 +145,8 @@ class NcclCommunicator:
         self.mpi = mpi_comm
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
         # The API of cupy_backends/cuda/libs/nccl.pyx: get_unique_id() -> a tuple of 128 ints
-        # (picklable: MPI broadcasts it), NcclCommunicator(ndev, commId, rank), then
+        # (CuPy 13) or 128 bytes (CuPy 14), picklable either way: MPI broadcasts it as it is,
+        # and NcclCommunicator(ndev, commId, rank) takes that same type back; then
         # allReduce(sendbuf, recvbuf, count, datatype, op, stream) and
         # bcast(buff, count, datatype, root, stream) with raw pointers, element counts and the
         # NCCL_* constants of nccl.pxd. The current device must be this rank's GPU already.
