@@ -1,7 +1,8 @@
 """A one-process run needs neither MPI nor NCCL: where mpi4py is installed without an MPI library
 (mpi4py 4 then raises `RuntimeError: cannot load MPI library` from `from mpi4py import MPI`, as on
 the GPU image), `distributed.init()` gives a single-process context and the training command runs.
-tests/stubs/mpi_without_library is such an mpi4py, put first on PYTHONPATH."""
+tests/stubs/gpu_image, put first on PYTHONPATH, is such an mpi4py, and a tensorboardX that is not
+there (the GPU image lacks it too: training goes on without TensorBoard logs, and says so)."""
 import os
 import subprocess
 import sys
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-STUB = Path(__file__).resolve().parent / "stubs" / "mpi_without_library"
+STUB = Path(__file__).resolve().parent / "stubs" / "gpu_image"
 LAUNCHER_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
                       "SLURM_NTASKS", "PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK",
                       "SLURM_PROCID")
@@ -68,3 +69,4 @@ def test_train_cifar_digits_one_epoch_runs_where_mpi_cannot_load(tmp_path):
                          capture_output=True, text=True, timeout=300, env=_env(), cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     assert (tmp_path / "run" / "log.csv").exists(), out.stdout[-2000:]
+    assert "tensorboardX is not installed, so no TensorBoard logs" in out.stderr
