@@ -94,25 +94,42 @@ def test_conv2d_matches_the_reference(case, dtype, threads, rng):
           dw_expected, dtype)
 
 
-def test_conv2d_column_cache_has_a_budget(monkeypatch, rng):
-    """Columns past COLUMN_CACHE_BYTES are not kept (the backward gathers them again), and a
-    dropped cache gives its bytes back."""
+@pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 1, 4)], ids=["3x3", "stride2", "5x5"])
+def test_conv2d_one_image_per_chunk(case, monkeypatch, rng):
+    """Large images take a chunk each, and their products write y and dx in place."""
+    monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 1)
+    test_conv2d_matches_the_reference(case, np.float64, 2, rng)
+
+
+def test_conv2d_column_cache_has_a_budget_and_reuses_its_buffers(monkeypatch, rng):
+    """Columns past COLUMN_CACHE_BYTES are not kept (the backward gathers them again); a
+    dropped cache's buffer serves the next forward of that shape."""
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     nbytes = 27 * 2 * 64 * 4
-    before = fast_conv._kept[0]
+    store = fast_conv._store
+    store.clear()
+    before = store.in_use
     monkeypatch.setattr(fast_conv, "COLUMN_CACHE_BYTES", before + nbytes)
     first, second = {}, {}
     fast_conv.conv2d_forward(x, weight, None, (1, 1), (1, 1), cache=first)
     fast_conv.conv2d_forward(x, weight, None, (1, 1), (1, 1), cache=second)
     assert "columns" in first and "columns" not in second
-    assert fast_conv._kept[0] == before + nbytes
+    assert store.in_use == before + nbytes
     dy = rng.standard_normal((2, 4, 8, 8)).astype(np.float32)
     expected = ref_conv.conv2d_backward_weight(dy, x, weight.shape, (1, 1), (1, 1))
     close(fast_conv.conv2d_backward_weight(dy, x, weight.shape, (1, 1), (1, 1), cache=second),
           expected, np.float32)
+    buffer = first["columns"].cols
     del first
-    assert fast_conv._kept[0] == before
+    assert store.in_use == before and store.free_bytes() == nbytes
+    third = {}
+    fast_conv.conv2d_forward(x, weight, None, (1, 1), (1, 1), cache=third)
+    assert third["columns"].cols is buffer
+    close(fast_conv.conv2d_backward_weight(dy, x, weight.shape, (1, 1), (1, 1), cache=third),
+          expected, np.float32)
+    assert store.in_use == before and store.free_bytes() == nbytes
+    store.clear()
 
 
 def test_conv2d_columns_of_another_input_are_not_used(rng):

@@ -315,9 +315,11 @@ class _Build:
     """One library built from a Module's source: for one OS thread or for OpenMP."""
 
     def __init__(self, module, openmp, opt):
-        flags = ["-std=c++17", *opt, "-fPIC", "-shared", "-fvisibility=hidden",
-                 "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-I", str(INCLUDE_DIR),
-                 *module._options]
+        # -ffp-contract=off: a * b + c stays two roundings, as __fmul_rn / __fadd_rn promise
+        # (with FMA among the host's extensions g++ would otherwise fuse them).
+        flags = ["-std=c++17", *opt, "-ffp-contract=off", "-fPIC", "-shared",
+                 "-fvisibility=hidden", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-I",
+                 str(INCLUDE_DIR), *module._options]
         if openmp:        # TLS descriptors: faster thread_local from a dlopen'ed .so
             flags += ["-fopenmp", "-mtls-dialect=gnu2"]
         if _use_ucontext():
