@@ -10,16 +10,22 @@ uint8 [N, H, W, C]; ds.labels int64 [N]; ds.storage() for loaders (see `base`).
 """
 from .base import ArrayDataset, Dataset, Subset, train_val_split
 from .cifar import CIFAR10, DatasetNotFoundError, UnsafePickleError
+from .decode import Decode, DecodeTransform, RandomResizedCrop, Resize, ResizeCenterCrop
 from .digits import Digits
 from .folder import BadImageError, CacheMismatchError, HDF5Dataset, ImageFolder
 from .loader import Loader
+from .stream import ImageNet, StreamingDataset, StreamingImageFolder
 from .synthetic import Synthetic
 from .transforms import (CIFAR10_MEAN, CIFAR10_STD, AffineTransform, Compose, ImageDataGenerator,
                          Normalize, RandomAffine, RandomCropFlip, RandomTransform, Transform,
                          channel_stats)
 
+from .workers import ShardError, WorkerError
+
 __all__ = ["AffineTransform", "ArrayDataset", "BadImageError", "CIFAR10", "CIFAR10_MEAN",
            "CIFAR10_STD", "CacheMismatchError", "Compose", "Dataset", "DatasetNotFoundError",
-           "Digits", "HDF5Dataset", "ImageDataGenerator", "ImageFolder", "Loader", "Normalize",
-           "RandomAffine", "RandomCropFlip", "RandomTransform", "Subset", "Synthetic", "Transform",
-           "UnsafePickleError", "channel_stats", "train_val_split"]
+           "Decode", "DecodeTransform", "Digits", "HDF5Dataset", "ImageDataGenerator",
+           "ImageFolder", "ImageNet", "Loader", "Normalize", "RandomAffine", "RandomCropFlip",
+           "RandomResizedCrop", "RandomTransform", "Resize", "ResizeCenterCrop", "ShardError",
+           "StreamingDataset", "StreamingImageFolder", "Subset", "Synthetic", "Transform",
+           "UnsafePickleError", "WorkerError", "channel_stats", "train_val_split"]
