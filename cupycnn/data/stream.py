@@ -259,8 +259,8 @@ class ImageNet(StreamingImageFolder):
     def _flat_val(self, given, folder, train, transform, labels_file):
         self._set_transform(transform)
         if labels_file is None:
-            found = [p for name in _LABEL_FILES for p in (given / name, folder / name,
-                                                          given.parent / name) if p.is_file()]
+            found = [p for name in _LABEL_FILES for p in (given / name, folder / name)
+                     if p.is_file()]
             if not found:
                 raise FileNotFoundError(f"ImageNet: {folder} holds images without class "
                                         f"folders and no labels file was found (looked for "
