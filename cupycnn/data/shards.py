@@ -178,6 +178,7 @@ def read_tar_samples(path, expect=None):
     image or label; `expect`: the number of samples the index promises."""
     path = Path(path)
     count, key, parts = 0, None, {}
+    data_end = 0           # where the last member's data (padded to 512 bytes) ends
 
     def finish():
         image = next((parts[e] for e in IMAGE_EXTS if e in parts), None)
@@ -203,6 +204,7 @@ def read_tar_samples(path, expect=None):
                                      f"{member.size} bytes, over the limit of {MAX_MEMBER_BYTES}")
                 k, ext = _split_key(member.name)
                 data = tar.extractfile(member).read()
+                data_end = member.offset_data + -(-member.size // 512) * 512
                 if len(data) != member.size:
                     raise tarfile.ReadError(f"unexpected end of data in {member.name!r}")
                 if k != key and key is not None:
@@ -215,6 +217,11 @@ def read_tar_samples(path, expect=None):
                         parts[e] = (e, data)
                 if ext in LABEL_EXTS:
                     parts[ext] = data
+            # tarfile takes a header cut short for the end: a whole tar ends with two zero
+            # blocks after its last member, so a file shorter than that was truncated.
+            if os.fstat(f.fileno()).st_size < data_end + 1024:
+                raise tarfile.ReadError(f"it ends {data_end + 1024 - os.fstat(f.fileno()).st_size}"
+                                        f" bytes short of tar's end-of-archive blocks")
             if key is not None:
                 yield finish()
                 count += 1
