@@ -73,6 +73,8 @@ def build_parser():
     r.add_argument("--benchmark", action="store_true",
                    help="measure pipeline, step and both (images/s) instead of training")
     r.add_argument("--benchmark-steps", type=int, default=20)
+    r.add_argument("--json", metavar="FILE", help="--benchmark: also write the figures here "
+                   "(name -> images/s; benchmarks/gpu_session.sh collects them)")
     return p
 
 
@@ -273,6 +275,13 @@ def benchmark(args, ctx, trainer, loader, say):
         say(f"| {name:28s} | {one:.1f} | {job:.1f} |")
     say(f"({steps} steps of {per_rank} per rank, medians; device {devices.device()}, "
         f"{args.workers} workers per rank, {os.cpu_count()} CPUs)")
+    if args.json and ctx.rank == 0:
+        import json
+        figures = {f"{name}, images/s per rank": {"value": one, "unit": "images/s"}
+                   for name, one, _ in rows}
+        figures["pipeline / step"] = rows[0][1] / rows[1][1]
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
 
 

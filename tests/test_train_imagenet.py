@@ -4,6 +4,7 @@ end under mpiexec on a tiny ImageNet-layout folder of real photos, each rank on 
 with a benchmark run of the synthetic shards."""
 import csv
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -109,12 +110,15 @@ def test_benchmark_on_synthetic_shards(tmp_path):
                str(tmp_path / "syn"), "--benchmark", "--benchmark-steps", "2", "--batch-size",
                "2", "--image-size", "32", "--workers", "2", "--model", "resnet18",
                "--device", "numpy", "--epochs", "1", "--no-progress", "--log-dir",
-               str(tmp_path / "run")]
+               str(tmp_path / "run"), "--json", str(tmp_path / "figures.json")]
     out = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     for row in ("input pipeline alone", "model step alone", "pipeline + step (training)"):
         line = next(l for l in out.stdout.splitlines() if row in l)
         assert float(line.split("|")[2]) > 0
+    figures = json.loads((tmp_path / "figures.json").read_text())
+    assert figures["model step alone, images/s per rank"]["value"] > 0
+    assert figures["pipeline / step"] > 0
     ds = TarShards(tmp_path / "syn" / "n12")
     assert len(ds) == 12 and len(ds.classes) == 1000
     data, label, _ = next(ds.samples())
