@@ -237,6 +237,7 @@ def run(args, ctx):
 def benchmark(args, ctx, trainer, loader, say):
     """images/s of the pipeline alone, the step alone and both, medians over ranks' steps."""
     from cupycnn import devices
+    from cupycnn.data.decode import jpeg_decoder
     from cupycnn.ops import metrics as metric_ops
     steps = min(args.benchmark_steps, len(loader))
     per_rank = loader.batch_size
@@ -274,7 +275,8 @@ def benchmark(args, ctx, trainer, loader, say):
     for name, one, job in rows:
         say(f"| {name:28s} | {one:.1f} | {job:.1f} |")
     say(f"({steps} steps of {per_rank} per rank, medians; device {devices.device()}, "
-        f"{args.workers} workers per rank, {os.cpu_count()} CPUs)")
+        f"{args.workers} workers per rank decoding with {jpeg_decoder()}, {os.cpu_count()} "
+        f"CPUs)")
     if args.json and ctx.rank == 0:
         import json
         figures = {f"{name}, images/s per rank": {"value": one, "unit": "images/s"}

@@ -194,6 +194,18 @@ def test_streamed_folder_gives_the_pixels_of_the_whole_array_decode(photos, work
         ds.images
 
 
+def test_a_split_of_a_streamed_folder_streams_the_same_examples(photos):
+    from cupycnn.data import train_val_split
+    whole = ImageFolder(photos, size=24, crop=True)
+    ds = StreamingImageFolder(photos, ResizeCenterCrop(None, 24, downscale=False))
+    (train, val), (wtrain, wval) = train_val_split(ds, 0.5, 0), train_val_split(whole, 0.5, 0)
+    assert type(val).__name__ == "StreamingSubset" and val.indices.tolist() == wval.indices.tolist()
+    loader = Loader(val, 2, shuffle=False, num_workers=2)
+    np.testing.assert_array_equal(np.concatenate([x for x, _ in loader]), wval.images)
+    loader.close()
+    assert train.labels.tolist() == wtrain.labels.tolist()
+
+
 def test_shuffled_streamed_batches_follow_the_loader_order(photos):
     whole = ImageFolder(photos, size=32, crop=True)
     ds = StreamingImageFolder(photos, ResizeCenterCrop(None, 32, downscale=False))

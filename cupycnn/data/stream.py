@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Dataset
+from .base import Dataset, Subset
 from .decode import Decode, DecodeTransform
 from .folder import BadImageError, scan
 
@@ -131,6 +131,27 @@ class StreamingDataset(Dataset):
     def __repr__(self):
         return (f"{type(self).__name__}({len(self)} images, {len(self.classes)} classes, "
                 f"{self.transform!r})")
+
+
+class StreamingSubset(StreamingDataset, Subset):
+    """`Subset(streamed dataset, indices)` (and train_val_split's halves): the parent's
+    examples at `indices`, read and decoded by the parent's transform."""
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    def __len__(self):
+        return len(self.indices)
+
+    @property
+    def labels(self):
+        return np.asarray(self.dataset.labels)[self.indices]
+
+    def read(self, i):
+        return self.dataset.read(int(self.indices[i]))
+
+    storage = StreamingDataset.storage
 
 
 class StreamingImageFolder(StreamingDataset):
