@@ -390,15 +390,22 @@ def load_data(args, ctx):
                       eval_loader(val) if val is not None else None, eval_loader(test))
 
 
-def build_callbacks(args, validated):
-    """Checkpoints, CSV and TensorBoard logs, and what --early-stopping and --schedule plateau
-    ask for; `validated`: whether there is a validation set to monitor."""
+def build_callbacks(args, ctx, validated):
+    """Checkpoints, CSV and TensorBoard logs (where tensorboardX is installed), and what
+    --early-stopping and --schedule plateau ask for; `validated`: whether there is a validation
+    set to monitor."""
     from .train import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, TensorBoard
     monitor = "val_loss" if validated else "loss"
     callbacks = [ModelCheckpoint(best=os.path.join(args.log_dir, "best.h5") if validated
                                  else None, last=args.checkpoint, monitor="val_accuracy"),
-                 CSVLogger(os.path.join(args.log_dir, "log.csv")),
-                 TensorBoard(os.path.join(args.log_dir, "tensorboard"))]
+                 CSVLogger(os.path.join(args.log_dir, "log.csv"))]
+    try:
+        import tensorboardX  # noqa: F401
+        callbacks.append(TensorBoard(os.path.join(args.log_dir, "tensorboard")))
+    except ImportError:
+        if ctx.is_root:    # e.g. a GPU image without it: train anyway, say what is missing
+            print("cupycnn: tensorboardX is not installed, so no TensorBoard logs "
+                  "(pip install tensorboardX); log.csv has the same figures", file=sys.stderr)
     if args.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, patience=args.early_stopping,
                                        restore_best=True))
@@ -427,7 +434,7 @@ def build_training(args, ctx, loaded):
         ctx.synchronize_batchnorm(model)
     optimizer = build_optimizer(model, args)
     schedule, interval = build_schedule(optimizer, args, len(loaded.train_loader))
-    callbacks = build_callbacks(args, loaded.val is not None)
+    callbacks = build_callbacks(args, ctx, loaded.val is not None)
     ctx.broadcast_parameters(model)
     ctx.check_consistency(model, optimizer, args.batch_size, dataset=args.dataset,
                           epochs=args.epochs, seed=args.seed, train_examples=len(loaded.train),
