@@ -397,3 +397,25 @@ def test_memory_stays_flat_whatever_the_number_of_images(tmp_path):
     # workers together).
     assert big["array_mb"] - small["array_mb"] > 100
     assert grew["parent"] < 16 and grew["parent_peak"] < 16 and grew["workers"] < 16, results
+
+
+def test_streamed_batches_reach_the_gpu_intact(photos, monkeypatch):
+    # The cuda path (pinned ring, side stream, events) under tests/fake_cupy.py's adversarial
+    # schedules: each batch copied out of the workers' shared memory arrives whole.
+    import cupycnn
+    import fake_cupy
+    whole = ImageFolder(photos, size=16, crop=True)
+    ds = StreamingImageFolder(photos, ResizeCenterCrop(None, 16, downscale=False))
+    try:
+        for seed, workers in ((0, 2), (1, 0), (2, 2), (3, 1)):
+            fake_cupy.install(monkeypatch, *fake_cupy.make(seed))
+            loader = Loader(ds, 4, shuffle=True, seed=seed, num_workers=workers, prefetch=True)
+            assert cupycnn.device() == "cuda" and not loader.resident
+            kept = list(loader)                   # nothing synchronised, as in training
+            got = np.concatenate([x.get() for x, _ in kept])
+            np.testing.assert_array_equal(got, whole.images[loader.indices(0)])
+            assert np.concatenate([y.get() for _, y in kept]).tolist() == \
+                whole.labels[loader.indices(0)].tolist()
+            loader.close()
+    finally:
+        cupycnn.use("numpy")
