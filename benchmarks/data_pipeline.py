@@ -52,6 +52,19 @@ H200 = {"fp32": 67e12, "tf32": 495e12, "bf16": 990e12, "bandwidth": 4.8e12}
 RESNET50_TRAIN_FLOP = 3 * 2 * 4.09e9
 
 
+def resnet50_activations():
+    """Elements of every leaf layer's output of cupycnn's ResNet-50 at 224 x 224, per image
+    (from Layer.summary's shapes)."""
+    import cupycnn
+    from cupycnn import models
+    cupycnn.use("numpy")
+    model = models.resnet50(num_classes=1000)
+    rows = model.summary((3, 224, 224), print_fn=lambda *a: None)
+    leaves = [r for r in rows if r[2] is not None and r[1] not in
+              ("ResNet", "Sequential", "Bottleneck", "Residual")]
+    return sum(int(np.prod(shape)) for _, _, shape, _ in leaves), len(leaves)
+
+
 def photos():
     import skimage.data as sd
     names = ["astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field",
@@ -155,7 +168,12 @@ def main(argv=None):
     p.add_argument("--workers", default="1,2")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--folder", help="reuse this folder of photos (written if absent)")
+    p.add_argument("--roofline-only", type=float, metavar="PER_CORE",
+                   help="print only the roofline table, for this many images/s per core")
     args = p.parse_args(argv)
+    if args.roofline_only:
+        roofline(args.roofline_only)
+        return 0
     import torch
     import torchvision
     from cupycnn.data.decode import jpeg_decoder
@@ -203,17 +221,31 @@ def main(argv=None):
         print(f"| {workers} | {name} | {median:.0f} | {per:.0f} | {ratio:.2f}x | "
               f"{lo:.0f}-{hi:.0f} |")
     per_core = max(per for workers, name, _, per, *_ in rows if name == "cupycnn train")
-    print(f"\nResNet-50 at 224x224: {RESNET50_TRAIN_FLOP / 1e9:.1f} GFLOP per training image.")
-    print("| precision | H200 dense peak (datasheet) | images/s at peak | at 40% of peak | "
-          "cores at the measured rate, at 40% |")
-    print("| --- | --- | --- | --- | --- |")
-    for precision in ("fp32", "tf32", "bf16"):
-        peak = H200[precision] / RESNET50_TRAIN_FLOP
-        print(f"| {precision} | {H200[precision] / 1e12:.0f} TFLOP/s | {peak:,.0f} | "
-              f"{0.4 * peak:,.0f} | {math.ceil(0.4 * peak / per_core)} |")
-    print(f"(measured: {per_core:.0f} images/s per decoding core, cupycnn train, best of 1 and "
-          f"2 workers)")
+    roofline(per_core)
     return 0
+
+
+def roofline(per_core):
+    """The images/s a ResNet-50 training step can reach on an H200 at each precision (the
+    lower of its compute and memory bounds), and the decoding cores that would feed it."""
+    elements, leaves = resnet50_activations()
+    print(f"\nResNet-50 at 224x224, per training image: {RESNET50_TRAIN_FLOP / 1e9:.1f} GFLOP "
+          f"(3x the forward's 8.2); {elements / 1e6:.1f} M activation elements over {leaves} "
+          f"layer outputs (convolutions, batchnorms, ReLUs, adds, pools), each written and read "
+          f"once forward-and-backward and its gradient written and read once: 4 passes.")
+    print("| precision | peak (H200 datasheet) | compute bound, images/s | activation bytes "
+          "per image | memory bound at 4.8 TB/s, images/s | bound | decoding cores at "
+          f"{per_core:.0f}/s each |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for precision, size in (("fp32", 4), ("tf32", 4), ("bf16", 2)):
+        compute = H200[precision] / RESNET50_TRAIN_FLOP
+        traffic = 4 * elements * size
+        memory = H200["bandwidth"] / traffic
+        bound = min(compute, memory)
+        print(f"| {precision} | {H200[precision] / 1e12:.0f} TFLOP/s | {compute:,.0f} | "
+              f"{traffic / 1e6:.0f} MB | {memory:,.0f} | {bound:,.0f} | "
+              f"{math.ceil(bound / per_core)} |")
+    print(f"(per core: cupycnn train's best images/s per worker above)")
 
 
 if __name__ == "__main__":

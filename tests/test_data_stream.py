@@ -93,6 +93,20 @@ def test_random_resized_crop_box_follows_torchvision_get_params():
     assert D.random_resized_crop_box(100, 1000, never) == (0, 433, 100, 133)
 
 
+def test_the_scalar_philox_is_the_reference_philox():
+    from cupycnn.reference.philox import philox4x32_10
+    t = RandomResizedCrop(224, seed=2 ** 40 + 12345)
+    for draw, epoch in ((0, 0), (7, 3), (2 ** 33 + 5, 1)):
+        u = t.uniforms(draw, epoch)                   # the vectorised reference
+        rows = np.array([t._row(draw, epoch, a) for a in range(D.ATTEMPTS + 1)])
+        np.testing.assert_array_equal(u, rows)
+        box, flip = t.params(375, 500, draw, epoch)
+        assert box == D.random_resized_crop_box(375, 500, u[:D.ATTEMPTS])
+        assert flip == bool(u[D.ATTEMPTS, 0] < 0.5)
+    words = philox4x32_10(np.array([1, 2, 3, 4], np.uint32), np.array([5, 6], np.uint32))
+    assert tuple(int(w) for w in words) == D.philox_scalar((1, 2, 3, 4), (5, 6))
+
+
 def test_random_resized_crop_draws_the_documented_distribution():
     t = RandomResizedCrop(224, seed=5)
     boxes, flips = zip(*(t.params(375, 500, draw, 0) for draw in range(1500)))
