@@ -55,16 +55,24 @@ RESNET50_TRAIN_FLOP = 3 * 2 * 4.09e9
 
 
 def resnet50_activations():
-    """Elements of every leaf layer's output of cupycnn's ResNet-50 at 224 x 224, per image
-    (from Layer.summary's shapes)."""
+    """(elements, tensors): every activation tensor of cupycnn's ResNet-50 at 224 x 224 per
+    image, from Layer.summary's shapes: each convolution's and batchnorm's output, the stem's
+    ReLU and pools, and in each bottleneck the ReLUs after its first two batchnorms (the sizes
+    of those outputs), the residual sum and the ReLU after it (the block's output size)."""
     import cupycnn
     from cupycnn import models
     cupycnn.use("numpy")
     model = models.resnet50(num_classes=1000)
     rows = model.summary((3, 224, 224), print_fn=lambda *a: None)
-    leaves = [r for r in rows if r[2] is not None and r[1] not in
-              ("ResNet", "Sequential", "Bottleneck", "Residual")]
-    return sum(int(np.prod(shape)) for _, _, shape, _ in leaves), len(leaves)
+    sizes = {name: int(np.prod(shape)) for name, _, shape, _ in rows if shape is not None}
+    elements = tensors = 0
+    for name, kind, shape, _ in rows:
+        if kind in ("Conv2D", "BatchNorm2D", "ReLU", "MaxPool2D", "GlobalAvgPool2D", "Dense"):
+            elements, tensors = elements + sizes[name], tensors + 1
+        elif kind == "Bottleneck":
+            elements += sizes[f"{name}.bn1"] + sizes[f"{name}.bn2"] + 2 * sizes[name]
+            tensors += 4
+    return elements, tensors
 
 
 def photos():
@@ -257,9 +265,9 @@ def roofline(per_core):
     lower of its compute and memory bounds), and the decoding cores that would feed it."""
     elements, leaves = resnet50_activations()
     print(f"\nResNet-50 at 224x224, per training image: {RESNET50_TRAIN_FLOP / 1e9:.1f} GFLOP "
-          f"(3x the forward's 8.2); {elements / 1e6:.1f} M activation elements over {leaves} "
-          f"layer outputs (convolutions, batchnorms, ReLUs, adds, pools), each written and read "
-          f"once forward-and-backward and its gradient written and read once: 4 passes.")
+          f"(3x the forward's 8.2); {elements / 1e6:.1f} M activation elements in {leaves} "
+          f"tensors (convolutions, batchnorms, ReLUs, residual sums, pools), each written and "
+          f"read once forward-and-backward and its gradient written and read once: 4 passes.")
     print("| precision | peak (H200 datasheet) | compute bound, images/s | activation bytes "
           "per image | memory bound at 4.8 TB/s, images/s | bound | decoding cores at "
           f"{per_core:.0f}/s each |")

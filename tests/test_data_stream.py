@@ -208,6 +208,21 @@ def test_streamed_folder_gives_the_pixels_of_the_whole_array_decode(photos, work
         ds.images
 
 
+def test_spawned_workers_give_the_same_batches(photos):
+    # Where fork is unavailable (or unwanted: worker_start_method="spawn"/"forkserver") the
+    # dataset travels to the workers pickled: its flat file table, not images.
+    ds = StreamingImageFolder(photos, RandomResizedCrop(24, seed=4))
+    forked = Loader(ds, 4, shuffle=True, seed=2, num_workers=2)
+    spawned = Loader(ds, 4, shuffle=True, seed=2, num_workers=2, worker_start_method="spawn")
+    try:
+        for (a, y), (b, z) in zip(forked, spawned):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(y, z)
+    finally:
+        forked.close()
+        spawned.close()
+
+
 def test_a_split_of_a_streamed_folder_streams_the_same_examples(photos):
     from cupycnn.data import train_val_split
     whole = ImageFolder(photos, size=24, crop=True)
