@@ -16,6 +16,7 @@ from cupycnn.cpu import batchnorm as fast_bn
 from cupycnn.cpu import conv2d as fast_conv
 from cupycnn.cpu import dropout as fast_dropout
 from cupycnn.cpu import elementwise as fast_elementwise
+from cupycnn.cpu import gemm as fast_gemm
 from cupycnn.cpu import optim as fast_optim
 from cupycnn.cpu import parallel, philox as fast_philox
 from cupycnn.cpu import pool as fast_pool
@@ -24,6 +25,7 @@ from cupycnn.reference import batchnorm as ref_bn
 from cupycnn.reference import conv2d as ref_conv
 from cupycnn.reference import dropout as ref_dropout
 from cupycnn.reference import elementwise as ref_elementwise
+from cupycnn.reference import gemm as ref_gemm
 from cupycnn.reference import optim as ref_optim
 from cupycnn.reference import philox as ref_philox
 from cupycnn.reference import pool as ref_pool
@@ -183,6 +185,26 @@ def test_batchnorm_matches_the_reference(shape, dtype, loc, threads, rng):
         close(fast[0], ref[0], dtype, scale=scale)
         for a, b in zip(fast[1:], ref[1:]):
             close(a, b, dtype)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_gemm_matches_the_reference(dtype, threads, rng):
+    m, k, n = 600, 70, 33                          # more rows than one piece
+    for ta, tb in ((False, False), (True, False), (False, True)):
+        a = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
+        b = rng.standard_normal((n, k) if tb else (k, n)).astype(dtype)
+        for kwargs in ({}, {"alpha": 0.5, "bias": rng.standard_normal(n).astype(dtype)},
+                       {"bias": rng.standard_normal(m).astype(dtype), "bias_per": "row"}):
+            close(fast_gemm.gemm(a, b, ta, tb, **kwargs), ref_gemm.gemm(a, b, ta, tb, **kwargs),
+                  dtype)
+        c = rng.standard_normal((m, n)).astype(dtype)
+        expected = ref_gemm.gemm(a, b, ta, tb, beta=2.0, out=c.copy())
+        out = c.copy()
+        assert fast_gemm.gemm(a, b, ta, tb, beta=2.0, out=out) is out
+        close(out, expected, dtype)
+    batched = rng.standard_normal((3, 4, 5)).astype(dtype)
+    close(fast_gemm.gemm(batched, batched, transpose_b=True),
+          ref_gemm.gemm(batched, batched, transpose_b=True), dtype)
 
 
 def test_relu_and_add_are_the_reference_bit_for_bit(threads, rng):
