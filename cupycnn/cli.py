@@ -138,6 +138,9 @@ def build_parser(description, default_dataset="cifar10"):
     r.add_argument("--epochs-per-run", type=int, metavar="N",
                    help="stop after N epochs of this run (the schedule still spans --epochs): "
                         "long trainings in jobs with a time limit, continued with --resume")
+    r.add_argument("--cuda-graph", action="store_true",
+                   help="record the training step once and replay it (a CUDA graph on cuda, "
+                        "the launch list on sim; a short last batch runs eagerly)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--summary", action="store_true", help="print the model's layers")
     return p
@@ -393,7 +396,8 @@ def run(args, ctx):
     trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(label_smoothing=args.label_smoothing),
                       scheduler=schedule, scheduler_interval=interval, callbacks=callbacks,
                       distributed=ctx, progress=not args.no_progress, config=config,
-                      classes=classes, normalization={"mean": mean, "std": std})
+                      classes=classes, normalization={"mean": mean, "std": std},
+                      cuda_graph=args.cuda_graph)
     if args.resume:
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"--resume: no checkpoint at {args.checkpoint}")

@@ -162,8 +162,9 @@ def empty(shape, dtype=np.float32):
         if _capturing is not None:         # a fill would be host work inside the recording
             return a
     elif _capturing is not None:
-        _capture_violation(f"allocates an array of shape {tuple(np.atleast_1d(shape))} outside "
-                           f"the memory plan")
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else shape
+        _capture_violation(f"allocates an array of shape {tuple(int(s) for s in shape)} "
+                           f"outside the memory plan")
     else:
         a = _allocate(shape, dtype)
     if _poison:
