@@ -260,9 +260,11 @@ def _capture_violation(action):
 
 
 def synchronize():
-    """Wait for the GPU to finish queued work (a no-op on the CPU devices)."""
+    """Wait until the GPU has finished all work queued on every stream of the current device:
+    the compute stream, the loader's prefetch stream and the NCCL stream alike
+    (cudaDeviceSynchronize). A no-op on the CPU devices."""
     if _capturing is not None:
         _capture_violation("synchronises with the device")
     if device() == "cuda":
         import cupy
-        cupy.cuda.get_current_stream().synchronize()
+        cupy.cuda.Device().synchronize()

@@ -9,7 +9,10 @@ disk); on `sim` it is built by g++ under the emulator (`cupycnn.sim`), cached li
 source and both caches change when a header does.
 
 Arguments are device arrays (CuPy on `cuda`, NumPy on `sim`) and NumPy scalars of the exact
-parameter type; `None` is a null pointer on both (CuPy alone would pass it as 0xffffffff).
+parameter type; `None` is a null pointer on both. CuPy itself is not to be trusted with `None`:
+CuPy 14 passes it as a null pointer (`CIntptr(0)` in cupy/cuda/function.pyx), but CuPy 13 hands
+the driver a null *address* for the argument (`CPointer()`), which the launch then reads from;
+so `Kernel` passes an explicit `np.uintp(0)`.
 `load_module` gives the same for a learner's own kernel source.
 """
 import functools
@@ -90,7 +93,7 @@ class Kernel:
 
     def __call__(self, grid, block, args, shared_mem=0):
         if self._on_cuda:
-            args = tuple(np.uintp(0) if a is None else a for a in args)  # a real NULL
+            args = tuple(np.uintp(0) if a is None else a for a in args)  # see the module doc
             self._raw(tuple(grid) if not isinstance(grid, int) else (grid,),
                       tuple(block) if not isinstance(block, int) else (block,),
                       args, shared_mem=shared_mem)
