@@ -294,3 +294,22 @@ def test_a_plan_refuses_a_step_of_another_shape(rng):
                                                 r"but the memory plan has float32\(4, 8, 8, 8\)"):
         with arena.serving():
             run.body()
+
+
+def test_a_dry_run_traces_the_same_plan_as_a_real_step(rng):
+    """benchmarks/memory_plan.py traces ResNet-18 at batch 256 with launches not run; a plan
+    depends on shapes and lifetimes only, so it is the one a real step gives."""
+    cupycnn.use("sim")
+    plans = []
+    for dry in (False, True):
+        run = Run()
+        run.x, run.y = (cupycnn.asarray(a) for a in batches(rng, 1)[0])
+        run.host_half()
+        if dry:
+            with cupycnn.sim.dry_run():
+                _, p = plan.trace(run.body)
+        else:
+            _, p = plan.trace(run.body)
+        plans.append([(b.shape, b.dtype, b.start, b.end, b.offset, b.requester)
+                      for b in p.buffers] + [p.arena_bytes])
+    assert plans[0] == plans[1]

@@ -359,6 +359,8 @@ class Launch:
         self._grid, self._block = (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block)
 
     def __call__(self):
+        if _dry_run:
+            return
         kernel = self.kernel
         kernel.module._apply_config()
         if kernel._launch(self._grid, self._block, self.shared_mem, self._argv):
@@ -387,6 +389,20 @@ class Fill:
 
 # ------------------------------------------------------------------ recorded launch lists
 _recording = None
+_dry_run = False
+
+
+@contextlib.contextmanager
+def dry_run():
+    """Inside the block, launches are checked (arguments against parameters, as always) but
+    not run: what a step allocates and launches, and in what order, at any size, in no time
+    (cupycnn.plan traces ResNet-18 at batch 256 this way). The arrays' contents are garbage."""
+    global _dry_run
+    previous, _dry_run = _dry_run, True
+    try:
+        yield
+    finally:
+        _dry_run = previous
 
 
 @contextlib.contextmanager
