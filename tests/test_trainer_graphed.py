@@ -92,3 +92,19 @@ def test_replayed_steps_allocate_nothing():
     trainer.train_step(x, y, sums)
     assert trainer.graphed.recording.update.phase == "replayed"
     assert devices.allocation_count == before
+
+
+def test_data_parallel_graphed_training_is_the_eager_one_on_every_rank():
+    """2 CPU ranks on sim (tests/mpi/graphed.py): the replayed forward-backward and update with
+    the bucketed all-reduce between them, against the eager data-parallel step."""
+    import os
+    import subprocess
+    import sys
+    from test_distributed import MPIEXEC, SCRIPTS
+    out = subprocess.run([str(MPIEXEC), "-n", "2", sys.executable, str(SCRIPTS / "graphed.py"),
+                          "2"], capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONUNBUFFERED="1"))
+    assert out.returncode == 0, out.stdout + out.stderr
+    # 3 batches of 8 per rank per epoch: 2 epochs, 6 steps, 2 traced and recorded, 4 replayed.
+    assert "OK graphed=True replayed=4 ranks_agree=True ranks=2" in out.stdout, \
+        out.stdout + out.stderr
