@@ -24,6 +24,7 @@ import numpy as np
 from . import devices as _device
 
 NVRTC_OPTIONS = ("--std=c++17",)
+INT32_MAX = 2**31 - 1
 _INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 
@@ -92,6 +93,11 @@ class Kernel:
         self.source_name = source_name
 
     def __call__(self, grid, block, args, shared_mem=0):
+        for a in args:        # every kernel here indexes its arrays with 32-bit ints
+            if getattr(a, "size", 0) > INT32_MAX and not isinstance(a, np.generic):
+                raise ValueError(f"{self.source_name}: {self.name}: an array of {a.size} "
+                                 f"elements is over the kernels' 32-bit indexing (at most "
+                                 f"{INT32_MAX}); split it")
         if self._on_cuda:
             args = tuple(np.uintp(0) if a is None else a for a in args)  # see the module doc
             self._raw(tuple(grid) if not isinstance(grid, int) else (grid,),
@@ -106,6 +112,17 @@ class Kernel:
                 from .sim import module as sim
                 where = "sim:" + sim.get_thread_order()[0]
             _launch_log.add((self.source_name, self.name, where))
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        """Dynamic shared memory a launch may ask for: 48 KB unless raised here (CuPy's
+        RawKernel attribute, cudaFuncAttributeMaxDynamicSharedMemorySize; the emulator
+        enforces it as a GPU does)."""
+        return self._raw.max_dynamic_shared_size_bytes
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        self._raw.max_dynamic_shared_size_bytes = int(value)
 
     @property
     def raw(self):

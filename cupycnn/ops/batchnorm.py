@@ -27,7 +27,7 @@ import numpy as np
 from .. import devices as _device
 from ..reference import batchnorm as reference
 from ..runtime import ceil_div, get_kernel
-from ._check import check_arrays, check_positive, into
+from ._check import check_arrays, check_int32, check_positive, into
 from ._launch import GRID_YZ_MAX, TARGET_BLOCKS, kernel_constants
 
 _BN = kernel_constants("batchnorm")
@@ -53,6 +53,7 @@ def _layout(op, x, name="x"):
     if outer * inner > MAX_CHANNEL_ELEMENTS:
         raise ValueError(f"{op}: at most {MAX_CHANNEL_ELEMENTS} elements per channel (the grid's "
                          f"y axis), got {outer * inner} for shape {tuple(x.shape)}")
+    check_int32(op, elements=outer * channels * inner)
     return outer, channels, inner
 
 
