@@ -77,15 +77,19 @@ def record(fn, arena):
     import cupy
     stream = cupy.cuda.Stream(non_blocking=True)
     previous = _device.set_capturing("a CUDA graph capture")
-    graph = None
     try:
         with stream:
             stream.begin_capture()
             try:
                 with arena.serving():
                     result = fn()
-            finally:
-                graph = stream.end_capture()
+            except BaseException:
+                try:                         # end the (invalid) capture; fn's error is the news
+                    stream.end_capture()
+                except Exception:
+                    pass
+                raise
+            graph = stream.end_capture()
     finally:
         _device.set_capturing(previous)
     step = StepGraph("cuda", graph=graph, stream=stream)

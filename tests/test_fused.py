@@ -200,3 +200,26 @@ def test_resnet_keeps_torchvision_names_fused_or_not():
     assert layers["bn1."].relu and layers["layer1.0.bn1."].relu and layers["layer1.0.bn2."].relu
     assert not layers["layer2.0.downsample.1."].relu        # the projection's batchnorm: none
     assert "relu." not in layers and "relu." in dict(plain._named_layers())
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_fused_simple_cnn_is_the_unfused_one(rng, device):
+    """The digits network (BatchNorm2D and BatchNorm1D with their ReLUs fused, dropout)."""
+    cupycnn.use(device)
+    x = cupycnn.asarray(randn(rng, 4, 1, 8, 8))
+    runs = []
+    for fused in (True, False):
+        cupycnn.manual_seed(0)
+        model = models.simple_cnn(num_classes=10, in_channels=1, input_size=8, widths=(8, 16),
+                                  block_dropout=(0.2, 0.3), hidden=16, fused=fused)
+        y = model.forward(x, training=True)
+        dy = runs[0][2] if runs else cupycnn.asarray(randn(rng, *y.shape))
+        dx = model.backward(dy)
+        runs.append((np.array(cupycnn.asnumpy(y)), np.array(cupycnn.asnumpy(dx)), dy,
+                     {n: np.array(cupycnn.asnumpy(p.grad)) for n, p in model.named_parameters()}))
+    (y_f, dx_f, _, g_f), (y_p, dx_p, _, g_p) = runs
+    _same(y_f, y_p, "logits")
+    _same(dx_f, dx_p, "dx")
+    assert list(g_f) == list(g_p)
+    for name in g_p:
+        _same(g_f[name], g_p[name], f"grad {name}")

@@ -113,7 +113,8 @@ class GraphedTraining:
             self._say("unavailable", reason)
             return self._eager(x, y, sums)
         if sums is not self.sums:
-            raise ValueError("cuda graph: the metric sums must be GraphedTraining.epoch_sums()")
+            raise ValueError("cuda graph: a recorded step adds its loss and hits into one "
+                             "buffer; pass trainer.new_sums() to train_step")
         shape = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)
         rec = self.recording
         if rec is None or rec.shape != shape:
