@@ -50,7 +50,7 @@ resnet18_step    |  40 | $PY benchmarks/resnet18_step.py --device cuda --batch 1
 digits_cuda      |  30 | $PY benchmarks/digits.py --device cuda --quiet               | $PY benchmarks/digits.py --device numpy --epochs 1 --no-torch --quiet
 train_synthetic  |  35 | $PY examples/train_cifar.py --dataset synthetic --device cuda --epochs 2 --log-dir $STEP_DIR/run --no-progress | $PY examples/train_cifar.py --dataset synthetic --synthetic-size 64 --model simple_cnn --batch-size 16 --device numpy --epochs 1 --log-dir $STEP_DIR/run --no-progress
 distributed      |  30 | needs_mpi && $PY benchmarks/distributed_gpu_check.py         | needs_mpi && $PY benchmarks/distributed_gpu_check.py --device sim --model small --batch 4
-gradcheck_cuda   |  40 | $PY -m cupycnn.gradcheck --device cuda                       | $PY -m cupycnn.gradcheck --device sim --layer dense
+gradcheck_cuda   |  40 | $PY -m cupycnn.gradcheck_suite --device cuda                 | $PY -m cupycnn.gradcheck_suite --device sim --layer dense
 pytest_cuda      | 110 | $PY -m pytest -m cuda -q -n 8 -p no:cacheprovider -x          | $PY -m pytest -m cuda -q -p no:cacheprovider tests/test_data_loader.py tests/test_devices.py
 EOF
 )
