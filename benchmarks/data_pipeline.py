@@ -15,7 +15,9 @@ as JPEG quality 95 in 10 class folders. Every candidate reads the same files.
 
 Candidates (each timed over whole epochs with its workers already started, interleaved: every
 repeat runs every candidate once, in a fresh random order; medians reported, so load from other
-jobs on a shared machine hits all of them alike):
+jobs on a shared machine hits all of them alike). "Per core" is images per CPU-second: the CPU
+time of the loading process and its workers (Linux /proc), which waiting for a busy core does
+not inflate; wall-clock images/s are printed beside it:
   cupycnn          StreamingImageFolder(RandomResizedCrop(224)) + Loader(num_workers=w): uint8
                    [B, 224, 224, 3] batches (normalisation happens on the device); JPEGs
                    decoded by simplejpeg with decode-time downscaling
@@ -50,6 +52,27 @@ H200 = {"fp32": 67e12, "tf32": 495e12, "bf16": 990e12, "bandwidth": 4.8e12}
 # convolutions + the head; torchvision's own count 4.09 GMACs) = 8.2 GFLOP; a training step is
 # forward + backward (input and weight gradients) = 3x forward.
 RESNET50_TRAIN_FLOP = 3 * 2 * 4.09e9
+
+
+def resnet50_activations():
+    """(elements, tensors): every activation tensor of cupycnn's ResNet-50 at 224 x 224 per
+    image, from Layer.summary's shapes: each convolution's and batchnorm's output, the stem's
+    ReLU and pools, and in each bottleneck the ReLUs after its first two batchnorms (the sizes
+    of those outputs), the residual sum and the ReLU after it (the block's output size)."""
+    import cupycnn
+    from cupycnn import models
+    cupycnn.use("numpy")
+    model = models.resnet50(num_classes=1000)
+    rows = model.summary((3, 224, 224), print_fn=lambda *a: None)
+    sizes = {name: int(np.prod(shape)) for name, _, shape, _ in rows if shape is not None}
+    elements = tensors = 0
+    for name, kind, shape, _ in rows:
+        if kind in ("Conv2D", "BatchNorm2D", "ReLU", "MaxPool2D", "GlobalAvgPool2D", "Dense"):
+            elements, tensors = elements + sizes[name], tensors + 1
+        elif kind == "Bottleneck":
+            elements += sizes[f"{name}.bn1"] + sizes[f"{name}.bn2"] + 2 * sizes[name]
+            tensors += 4
+    return elements, tensors
 
 
 def photos():
@@ -140,12 +163,34 @@ def candidates(root, batch, workers):
     }
 
 
+def _cpu_seconds(pid):
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _worker_pids(loader):
+    if hasattr(loader, "_host"):                                     # cupycnn
+        pool = getattr(loader._host, "pool", None)
+        return [p.pid for p in pool.processes] if pool is not None else []
+    iterator = getattr(loader, "_iterator", None)                    # torch, persistent
+    return [w.pid for w in getattr(iterator, "_workers", [])]
+
+
 def epoch_seconds(loader):
+    """(wall seconds, CPU seconds of the process and its workers, images) of one epoch. CPU
+    time is what makes "per core" meaningful on a shared machine: waiting for a core is not
+    counted."""
+    pids = _worker_pids(loader)
+    cpu = time.process_time() + sum(_cpu_seconds(p) for p in pids)
     started = time.perf_counter()
     count = 0
     for images, labels in loader:
         count += len(labels)
-    return time.perf_counter() - started, count
+    wall = time.perf_counter() - started
+    pids = pids or _worker_pids(loader)
+    return wall, time.process_time() + sum(_cpu_seconds(p) for p in pids) - cpu, count
 
 
 def main(argv=None):
@@ -155,7 +200,12 @@ def main(argv=None):
     p.add_argument("--workers", default="1,2")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--folder", help="reuse this folder of photos (written if absent)")
+    p.add_argument("--roofline-only", type=float, metavar="PER_CORE",
+                   help="print only the roofline table, for this many images/s per core")
     args = p.parse_args(argv)
+    if args.roofline_only:
+        roofline(args.roofline_only)
+        return 0
     import torch
     import torchvision
     from cupycnn.data.decode import jpeg_decoder
@@ -179,41 +229,59 @@ def main(argv=None):
         for loader in loaders.values():                         # start workers, warm caches
             epoch_seconds(loader)
         times = {name: [] for name in loaders}
+        cpus = {name: [] for name in loaders}
         for _ in range(args.repeats):
             names = list(loaders)
             random.shuffle(names)
             for name in names:
-                seconds, n = epoch_seconds(loaders[name])
+                seconds, cpu, n = epoch_seconds(loaders[name])
                 assert n == count, (name, n)
                 times[name].append(n / seconds)
-        base = {"train": np.median(times["torchvision train"]),
-                "eval": np.median(times["torchvision eval"])}
+                cpus[name].append(n / cpu)
+        base = {"train": np.median(cpus["torchvision train"]),
+                "eval": np.median(cpus["torchvision eval"])}
         for name, rates in times.items():
-            median = float(np.median(rates))
-            rows.append((workers, name, median, median / workers, median / base[name.split()[-1]],
-                         min(rates), max(rates)))
+            per_cpu = float(np.median(cpus[name]))
+            rows.append((workers, name, float(np.median(rates)), per_cpu,
+                         per_cpu / base[name.split()[-1]], min(rates), max(rates)))
         for loader in loaders.values():
             if hasattr(loader, "close"):
                 loader.close()
         del loaders
     print(f"\n(load average {os.getloadavg()[0]:.1f} at the end)\n")
-    print("| workers | pipeline | images/s | images/s per worker | vs torchvision | range |")
+    print("| workers | pipeline | images per CPU-second (per core) | vs torchvision | "
+          "images/s, wall | wall range |")
     print("| --- | --- | --- | --- | --- | --- |")
     for workers, name, median, per, ratio, lo, hi in rows:
-        print(f"| {workers} | {name} | {median:.0f} | {per:.0f} | {ratio:.2f}x | "
+        print(f"| {workers} | {name} | {per:.0f} | {ratio:.2f}x | {median:.0f} | "
               f"{lo:.0f}-{hi:.0f} |")
     per_core = max(per for workers, name, _, per, *_ in rows if name == "cupycnn train")
-    print(f"\nResNet-50 at 224x224: {RESNET50_TRAIN_FLOP / 1e9:.1f} GFLOP per training image.")
-    print("| precision | H200 dense peak (datasheet) | images/s at peak | at 40% of peak | "
-          "cores at the measured rate, at 40% |")
-    print("| --- | --- | --- | --- | --- |")
-    for precision in ("fp32", "tf32", "bf16"):
-        peak = H200[precision] / RESNET50_TRAIN_FLOP
-        print(f"| {precision} | {H200[precision] / 1e12:.0f} TFLOP/s | {peak:,.0f} | "
-              f"{0.4 * peak:,.0f} | {math.ceil(0.4 * peak / per_core)} |")
-    print(f"(measured: {per_core:.0f} images/s per decoding core, cupycnn train, best of 1 and "
-          f"2 workers)")
+    roofline(per_core)
     return 0
+
+
+def roofline(per_core):
+    """The images/s a ResNet-50 training step can reach on an H200 at each precision (the
+    lower of its compute and memory bounds), and the decoding cores that would feed it."""
+    elements, leaves = resnet50_activations()
+    print(f"\nResNet-50 at 224x224, per training image: {RESNET50_TRAIN_FLOP / 1e9:.1f} GFLOP "
+          f"(3x the forward's 8.2); {elements / 1e6:.1f} M activation elements in {leaves} "
+          f"tensors (convolutions, batchnorms, ReLUs, residual sums, pools), each written and "
+          f"read once forward-and-backward and its gradient written and read once: 4 passes.")
+    print("| precision | peak (H200 datasheet) | compute bound, images/s | activation bytes "
+          "per image | memory bound at 4.8 TB/s, images/s | bound | decoding cores at "
+          f"{per_core:.0f}/s each |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for precision, size in (("fp32", 4), ("tf32", 4), ("bf16", 2)):
+        compute = H200[precision] / RESNET50_TRAIN_FLOP
+        traffic = 4 * elements * size
+        memory = H200["bandwidth"] / traffic
+        bound = min(compute, memory)
+        print(f"| {precision} | {H200[precision] / 1e12:.0f} TFLOP/s | {compute:,.0f} | "
+              f"{traffic / 1e6:.0f} MB | {memory:,.0f} | {bound:,.0f} | "
+              f"{math.ceil(bound / per_core)} |")
+    print(f"(per core: cupycnn train's images per CPU-second above, the better of 1 and 2 "
+          f"workers)")
 
 
 if __name__ == "__main__":

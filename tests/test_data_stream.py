@@ -93,6 +93,20 @@ def test_random_resized_crop_box_follows_torchvision_get_params():
     assert D.random_resized_crop_box(100, 1000, never) == (0, 433, 100, 133)
 
 
+def test_the_scalar_philox_is_the_reference_philox():
+    from cupycnn.reference.philox import philox4x32_10
+    t = RandomResizedCrop(224, seed=2 ** 40 + 12345)
+    for draw, epoch in ((0, 0), (7, 3), (2 ** 33 + 5, 1)):
+        u = t.uniforms(draw, epoch)                   # the vectorised reference
+        rows = np.array([t._row(draw, epoch, a) for a in range(D.ATTEMPTS + 1)])
+        np.testing.assert_array_equal(u, rows)
+        box, flip = t.params(375, 500, draw, epoch)
+        assert box == D.random_resized_crop_box(375, 500, u[:D.ATTEMPTS])
+        assert flip == bool(u[D.ATTEMPTS, 0] < 0.5)
+    words = philox4x32_10(np.array([1, 2, 3, 4], np.uint32), np.array([5, 6], np.uint32))
+    assert tuple(int(w) for w in words) == D.philox_scalar((1, 2, 3, 4), (5, 6))
+
+
 def test_random_resized_crop_draws_the_documented_distribution():
     t = RandomResizedCrop(224, seed=5)
     boxes, flips = zip(*(t.params(375, 500, draw, 0) for draw in range(1500)))
@@ -192,6 +206,21 @@ def test_streamed_folder_gives_the_pixels_of_the_whole_array_decode(photos, work
                                   ImageFolder(photos, size=(24, 40)).images)
     with pytest.raises(TypeError, match="streamed and has no `images` array"):
         ds.images
+
+
+def test_spawned_workers_give_the_same_batches(photos):
+    # Where fork is unavailable (or unwanted: worker_start_method="spawn"/"forkserver") the
+    # dataset travels to the workers pickled: its flat file table, not images.
+    ds = StreamingImageFolder(photos, RandomResizedCrop(24, seed=4))
+    forked = Loader(ds, 4, shuffle=True, seed=2, num_workers=2)
+    spawned = Loader(ds, 4, shuffle=True, seed=2, num_workers=2, worker_start_method="spawn")
+    try:
+        for (a, y), (b, z) in zip(forked, spawned):
+            np.testing.assert_array_equal(a, b)
+            np.testing.assert_array_equal(y, z)
+    finally:
+        forked.close()
+        spawned.close()
 
 
 def test_a_split_of_a_streamed_folder_streams_the_same_examples(photos):

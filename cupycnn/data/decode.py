@@ -138,6 +138,36 @@ def _pair(value, what):
     return value
 
 
+_M0, _M1, _W0, _W1, _MASK = 0xD2511F53, 0xCD9E8D57, 0x9E3779B9, 0xBB67AE85, 0xFFFFFFFF
+
+
+def philox_scalar(counter, key):
+    """Philox4x32-10 of one counter (4 words) and key (2 words), in Python integers: the same
+    words as cupycnn.reference.philox.philox4x32_10, without NumPy's per-call cost."""
+    c0, c1, c2, c3 = counter
+    k0, k1 = key
+    for r in range(10):
+        p0, p1 = _M0 * c0, _M1 * c2
+        c0, c1, c2, c3 = (p1 >> 32) ^ c1 ^ k0, p1 & _MASK, (p0 >> 32) ^ c3 ^ k1, p0 & _MASK
+        k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
+    return c0, c1, c2, c3
+
+
+class _LazyRows:
+    """rows[a] computed when first asked (len ATTEMPTS)."""
+
+    def __init__(self, make):
+        self.make, self.cache = make, {}
+
+    def __len__(self):
+        return ATTEMPTS
+
+    def __getitem__(self, a):
+        if a not in self.cache:
+            self.cache[a] = self.make(a)
+        return self.cache[a]
+
+
 def random_resized_crop_box(height, width, uniforms, scale=(0.08, 1.0),
                             ratio=(3.0 / 4.0, 4.0 / 3.0)):
     """torchvision's RandomResizedCrop.get_params, with its random numbers given: `uniforms`
@@ -152,15 +182,15 @@ def random_resized_crop_box(height, width, uniforms, scale=(0.08, 1.0),
     area = height * width
     lo, hi = np.float32(scale[0]), np.float32(scale[1])
     log_lo, log_hi = np.log(np.float32(ratio[0])), np.log(np.float32(ratio[1]))
-    u = np.asarray(uniforms, dtype=np.float32)
-    for a in range(len(u)):
-        target_area = area * float(lo + (hi - lo) * u[a, 0])
-        aspect = float(np.exp(np.float32(log_lo + (log_hi - log_lo) * u[a, 1])))
+    for a in range(len(uniforms)):
+        u = np.asarray(uniforms[a], dtype=np.float32)
+        target_area = area * float(lo + (hi - lo) * u[0])
+        aspect = float(np.exp(np.float32(log_lo + (log_hi - log_lo) * u[1])))
         w = int(round(math.sqrt(target_area * aspect)))
         h = int(round(math.sqrt(target_area / aspect)))
         if 0 < w <= width and 0 < h <= height:
-            top = min(int(float(u[a, 2]) * (height - h + 1)), height - h)
-            left = min(int(float(u[a, 3]) * (width - w + 1)), width - w)
+            top = min(int(float(u[2]) * (height - h + 1)), height - h)
+            left = min(int(float(u[3]) * (width - w + 1)), width - w)
             return top, left, h, w
     in_ratio = float(width) / float(height)
     if in_ratio < min(ratio):
@@ -281,8 +311,9 @@ class RandomResizedCrop(DecodeTransform):
         self.downscale, self.decoder = bool(downscale), decoder
 
     def uniforms(self, draw, epoch):
-        """float64 [ATTEMPTS + 1, 4] in [0, 1): Philox words for (draw, epoch), per attempt;
-        the last row's first value decides the flip."""
+        """float64 [ATTEMPTS + 1, 4] in [0, 1): the Philox words of counter (draw's low and
+        high 32 bits, epoch, attempt) under key seed, times 2^-32; the last row's first value
+        decides the flip."""
         draw = int(draw)
         counter = np.zeros((ATTEMPTS + 1, 4), dtype=np.uint32)
         counter[:, 0], counter[:, 1] = draw & 0xFFFFFFFF, draw >> 32
@@ -290,11 +321,19 @@ class RandomResizedCrop(DecodeTransform):
         key = np.array([self.seed & 0xFFFFFFFF, self.seed >> 32], dtype=np.uint32)
         return philox4x32_10(counter, key).astype(np.float64) * 2.0 ** -32
 
+    def _row(self, draw, epoch, attempt):
+        """Row `attempt` of uniforms(draw, epoch), by the scalar Philox (one image at a time,
+        only the attempts it needs: torchvision's loop usually stops at the first)."""
+        words = philox_scalar((draw & 0xFFFFFFFF, draw >> 32, int(epoch), attempt),
+                              (self.seed & 0xFFFFFFFF, self.seed >> 32))
+        return [w * 2.0 ** -32 for w in words]
+
     def params(self, height, width, draw, epoch):
         """((top, left, h, w), flip) for draw number `draw` of `epoch`."""
-        u = self.uniforms(draw, epoch)
-        box = random_resized_crop_box(height, width, u[:ATTEMPTS], self.scale, self.ratio)
-        return box, bool(u[ATTEMPTS, 0] < self.flip)
+        draw = int(draw)
+        rows = _LazyRows(lambda a: self._row(draw, epoch, a))
+        box = random_resized_crop_box(height, width, rows, self.scale, self.ratio)
+        return box, bool(self._row(draw, epoch, ATTEMPTS)[0] < self.flip)
 
     def plan(self, height, width, draw, epoch):
         box, flip = self.params(height, width, draw, epoch)

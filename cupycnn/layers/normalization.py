@@ -77,7 +77,10 @@ class _BatchNorm(Layer):
         backward is backward_residual."""
         self._check_input_shape(x)
         check_arrays(repr(self), input=(x, None), residual=(residual, tuple(x.shape)))
-        return self._forward(x, training, residual)
+        y = self._forward(x, training, residual)
+        for hook in self._forward_hooks or ():         # as __call__ runs them
+            hook(self, x, y)
+        return y
 
     def _forward(self, x, training, residual):
         self._check_input_shape(x)

@@ -46,9 +46,9 @@ class _Block(Layer):
 
     def forward(self, x, training=True):
         if not self.fused:
-            return self.relu.forward(self.residual.forward(x, training), training)
-        h = self.body.forward(x, training)
-        shortcut = x if self.downsample is None else self.downsample.forward(x, training)
+            return self.relu(self.residual(x, training), training)
+        h = self.body(x, training)
+        shortcut = x if self.downsample is None else self.downsample(x, training)
         return self.last_bn.forward_residual(h, shortcut, training)
 
     def backward(self, dy):

@@ -25,6 +25,7 @@ from .. import random as _random
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..ops import metrics as metric_ops
 from ..progress import Progress
+from ..reference.softmax_xent import softmax
 from .callbacks import Callback
 
 
@@ -206,10 +207,7 @@ class Trainer:
         for x in batches:
             logits = self.model.forward(_device.asarray(x), training=False)
             outputs.append(_device.asnumpy(logits).astype(np.float64))
-        logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        return softmax(np.concatenate(outputs) if outputs else np.zeros((0, 0)))
 
     # ----------------------------------------------------------------------- checkpoints
     def random_state(self):
