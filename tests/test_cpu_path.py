@@ -188,6 +188,36 @@ def test_batchnorm_matches_the_reference(shape, dtype, loc, threads, rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("residual", [False, True], ids=["relu", "residual-relu"])
+def test_batchnorm_fused_epilogue_matches_the_reference(dtype, residual, threads, rng):
+    """y = relu(bn(x) + residual) and the backward that masks dy by y > 0."""
+    shape = (6, 5, 4, 3)
+    x = rng.standard_normal(shape).astype(dtype)
+    extra = rng.standard_normal(shape).astype(dtype) if residual else None
+    weight = rng.uniform(0.5, 1.5, 5).astype(dtype)
+    bias = rng.standard_normal(5).astype(dtype)
+    sums, count = ref_bn.batchnorm_stats(x), x.size // 5
+    y, mean, invstd = ref_bn.batchnorm_normalize(x, sums, count, weight, bias, 1e-5, extra, True)
+    fast = fast_bn.batchnorm_normalize(x, sums, count, weight, bias, 1e-5, extra, True)
+    for a, b in zip(fast, (y, mean, invstd)):
+        close(a, b, dtype)
+    running = fast_bn.batchnorm_normalize_running(x, mean, invstd, weight, bias, 1e-5, extra,
+                                                  True)
+    close(running[0], ref_bn.batchnorm_normalize_running(x, mean, invstd, weight, bias, 1e-5,
+                                                         extra, True)[0], dtype)
+    assert (y == 0).any()
+    dy = rng.standard_normal(shape).astype(dtype)
+    reduced = ref_bn.batchnorm_backward_reduce(x, dy, mean, invstd, y)
+    close(fast_bn.batchnorm_backward_reduce(x, dy, mean, invstd, y), reduced, dtype)
+    for batch_statistics in (True, False):
+        a = fast_bn.batchnorm_backward_apply(x, dy, weight, mean, invstd, reduced, count,
+                                             batch_statistics, None, y)
+        b = ref_bn.batchnorm_backward_apply(x, dy, weight, mean, invstd, reduced, count,
+                                            batch_statistics, None, y)
+        close(a[0], b[0], dtype, scale=np.abs(weight * invstd).max() * np.abs(dy).max())
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gemm_matches_the_reference(dtype, threads, rng):
     m, k, n = 600, 70, 33                          # more rows than one piece
     for ta, tb in ((False, False), (True, False), (False, True)):

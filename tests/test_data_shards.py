@@ -366,3 +366,35 @@ def test_csv_errors_are_one_sentence(tmp_path):
     (tmp_path / "c.csv").write_text("label,p0,p1,p2,p3,p4\n1,0,0,0,0,0\n")
     with pytest.raises(ValueError, match="5 pixel values per row make neither a square"):
         CSVImages(tmp_path / "c.csv")
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_an_epoch_resumes_at_any_batch(numbered, workers, tmp_path):
+    # Shards: the workers read past the batches already served (nothing decoded) and the
+    # round-robin picks up where it stood; the rest of the epoch is what it would have been.
+    ds = TarShards(numbered, Decode(), shuffle_buffer=5)
+    for rank in range(2):
+        loader = Loader(ds, 3, shuffle=True, seed=4, rank=rank, world_size=2,
+                        num_workers=workers, pad=False)
+        loader.set_epoch(1)
+        whole = [_ids(x) for x, _ in loader]
+        for start in (1, 3, len(whole) - 1, len(whole)):
+            loader.set_epoch(1, start_batch=start)
+            assert [_ids(x) for x, _ in loader] == whole[start:], (rank, start)
+        loader.close()
+    # The same for in-memory and streamed map datasets.
+    from cupycnn.data import ArrayDataset, StreamingImageFolder
+    images = np.stack([np.asarray(Image.open(io.BytesIO(_png(i)))) for i in range(11)])
+    for i in range(11):
+        (tmp_path / f"c{i % 3}").mkdir(exist_ok=True)
+        (tmp_path / f"c{i % 3}" / f"{i:02d}.png").write_bytes(_png(i))
+    for data in (ArrayDataset(images, np.arange(11) % 3), StreamingImageFolder(tmp_path)):
+        loader = Loader(data, 2, shuffle=True, seed=1, rank=1, world_size=2,
+                        num_workers=workers if hasattr(data, "streaming") else 0)
+        loader.set_epoch(5)
+        whole = [_ids(x) for x, _ in loader]
+        loader.set_epoch(5, start_batch=2)
+        assert [_ids(x) for x, _ in loader] == whole[2:]
+        loader.close()
+    with pytest.raises(ValueError, match=r"start_batch must lie in \[0, 3\]"):
+        loader.set_epoch(0, start_batch=4)

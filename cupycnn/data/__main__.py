@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 
-def build_parser():
-    p = argparse.ArgumentParser(prog="python -m cupycnn.data", description=__doc__.split("\n\n")[0])
+def build_parser(prog="python -m cupycnn.data"):
+    p = argparse.ArgumentParser(prog=prog, description=__doc__.split("\n\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
     m = sub.add_parser("make-shards", help="convert a class-folder tree into tar shards",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -65,8 +65,10 @@ def inspect_command(args):
     return 0
 
 
-def main(argv=None):
-    args = build_parser().parse_args(argv)
+def main(argv=None, prog="python -m cupycnn.data"):
+    """The dataset tools; `prog` names the command in --help (`cupycnn data` when the cupycnn
+    command forwards to it)."""
+    args = build_parser(prog).parse_args(argv)
     from . import BadImageError, ShardError
     try:
         if args.command == "make-shards":

@@ -219,11 +219,16 @@ class Loader:
                           else _ItemSource(dataset))
         self._device = None        # the _DeviceSource once made (cuda, resident)
 
-    def set_epoch(self, epoch):
-        """Make the next iteration epoch `epoch` (DistributedSampler.set_epoch)."""
+    def set_epoch(self, epoch, start_batch=0):
+        """Make the next iteration epoch `epoch` (DistributedSampler.set_epoch), from its batch
+        `start_batch` on (resuming mid-epoch: the batches before are not served; a streamed
+        dataset's shards are read past them without decoding)."""
         if not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"Loader: epoch must be an integer of at least 0, got {epoch!r}")
-        self.epoch = int(epoch)
+        if not isinstance(start_batch, (int, np.integer)) or not 0 <= start_batch <= len(self):
+            raise ValueError(f"Loader: start_batch must lie in [0, {len(self)}], got "
+                             f"{start_batch!r}")
+        self.epoch, self._start_batch = int(epoch), int(start_batch)
 
     def indices(self, epoch=None):
         """int64 [num_samples]: the positions in the dataset of this rank's examples in epoch
@@ -286,8 +291,9 @@ class Loader:
         return bool(self.device_resident)
 
     def __iter__(self):
+        start, self._start_batch = getattr(self, "_start_batch", 0), 0
         if self._host.nbytes is None and hasattr(self._host, "start_epoch"):   # streamed
-            batches = self._host.start_epoch(self, self.epoch)[:len(self)]
+            batches = self._host.start_epoch(self, self.epoch, start)[:len(self) - start]
             self.epoch += 1
         else:
             order = self.indices(self.epoch)
@@ -296,6 +302,7 @@ class Loader:
                        for i in range(0, len(order), self.batch_size)]
             if self.drop_last and len(batches[-1]) < self.batch_size:
                 batches.pop()
+            batches = batches[start:]
         on_cuda = _device.device() == "cuda"
         if not on_cuda:
             produce = self._produce_host

@@ -120,7 +120,8 @@ class ShardedDataset(StreamingDataset):
         mine = self.rank_shards(rank, world_size)
         plans = [dict(shards=mine[w::workers].tolist(), rng=[seed, epoch, rank, w],
                       shuffle=bool(shuffle), buffer=self.shuffle_buffer if shuffle else 0,
-                      batch_size=batch_size, drop_last=bool(drop_last))
+                      batch_size=batch_size, drop_last=bool(drop_last), skip=0,
+                      samples=int(self.counts[mine[w::workers]].sum()))
                  for w in range(workers)]
         return plans, self._batches(rank, world_size, batch_size, drop_last, workers)
 
@@ -148,13 +149,16 @@ class ShardedDataset(StreamingDataset):
             yield buffer[j]
 
     def encoded_batches(self, plan, epoch):
-        batch, size = [], plan["batch_size"]
+        batch, size, skip = [], plan["batch_size"], plan.get("skip", 0)
         for sample in self._stream(plan):
             batch.append(sample)
             if len(batch) == size:
-                yield batch
+                if skip:                  # resuming: read past it, decode nothing
+                    skip -= 1
+                else:
+                    yield batch
                 batch = []
-        if batch and not plan["drop_last"]:
+        if batch and not plan["drop_last"] and not skip:
             yield batch
 
     def __repr__(self):

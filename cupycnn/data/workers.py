@@ -191,10 +191,11 @@ class WorkerPool:
                               f"{free / 2**20:.0f} MiB free; use fewer workers or a smaller "
                               f"batch (in Docker: --shm-size)")
 
-    def run(self, plans, epoch):
+    def run(self, plans, epoch, turn=None):
         """Start an epoch: plans[w] is worker w's plan. Returns an iterator of batches
         (images view, labels view, release) in round-robin order; each view is valid until
-        release() is called."""
+        release() is called. turn: (active workers, index) to start the round-robin from, as
+        skip_round_robin gives it (default: every worker, worker 0 first)."""
         with self._lock:
             if self._closed:
                 raise WorkerError("the loader's workers were closed")
@@ -204,13 +205,12 @@ class WorkerPool:
                 for s in range(self.layout.slots):
                     self.credits[w].put((gen, s))
                 self.tasks[w].put((gen, epoch, plan))
-        return self._batches(gen, len(plans))
+        return self._batches(gen, len(plans), turn)
 
-    def _batches(self, gen, count):
+    def _batches(self, gen, count, turn=None):
         pending = {}                    # (w, seq) -> message that arrived ahead of its turn
-        active = list(range(count))
+        active, i = (list(range(count)), 0) if turn is None else (list(turn[0]), turn[1])
         seq = [0] * count
-        i = 0
         while active:
             i %= len(active)
             w = active[i]
@@ -304,6 +304,28 @@ class WorkerPool:
             pass
 
 
+def skip_round_robin(plans, start, batch_size):
+    """Resuming a sharded epoch at batch `start`: how many batches each worker's plan skips
+    (set in plan["skip"]: read, not decoded) and where the parent's round-robin then stands,
+    (active workers, index): the turns the first `start` batches took. From the plans' sample
+    counts, exact unless images were skipped as unreadable."""
+    counts = []
+    for plan in plans:
+        n = plan["samples"]
+        counts.append(n // batch_size if plan["drop_last"] else -(-n // batch_size))
+    active, i, made = list(range(len(plans))), 0, [0] * len(plans)
+    for _ in range(start):
+        i %= len(active)
+        while made[active[i]] == counts[active[i]]:      # the parent meets its "done"
+            active.pop(i)
+            i %= len(active)
+        made[active[i]] += 1
+        i += 1
+    for plan, skip in zip(plans, made):
+        plan["skip"] = skip
+    return active, i
+
+
 def iterate_in_process(dataset, plan, epoch, batch_size, shape, skip_bad):
     """num_workers=0: the same batches, decoded in the calling thread into one buffer."""
     layout = _Layout(1, 1, batch_size, shape)
@@ -342,14 +364,17 @@ class StreamSource:
         self.pool = None
         self._batches = None
 
-    def start_epoch(self, loader, epoch):
-        """The epoch's batch placeholders (what the Loader's iterator hands to gather())."""
+    def start_epoch(self, loader, epoch, start=0):
+        """The epoch's batch placeholders from batch `start` on (what the Loader's iterator
+        hands to gather())."""
         workers = max(1, self.num_workers)
+        turn = None
         if self.sharded:
             plans, count = self.dataset.plan(epoch, loader.rank, loader.world_size, workers,
                                              loader.shuffle, loader.seed, self.batch_size,
                                              loader.drop_last)
-            placeholders = [np.arange(self.batch_size)] * count
+            turn = skip_round_robin(plans, start, self.batch_size)
+            placeholders = [np.arange(self.batch_size)] * max(0, count - start)
         else:
             order = loader.indices(epoch)
             draws = loader.rank + loader.world_size * np.arange(len(order), dtype=np.int64)
@@ -357,6 +382,7 @@ class StreamSource:
                       for i in range(0, len(order), self.batch_size)]
             if loader.drop_last and chunks and len(chunks[-1][0]) < self.batch_size:
                 chunks.pop()
+            chunks = chunks[start:]
             plans = [chunks[w::workers] for w in range(workers)]
             placeholders = [positions for positions, _ in chunks]
         if self.num_workers == 0:
@@ -368,7 +394,7 @@ class StreamSource:
                 self.pool = WorkerPool(self.dataset, self.batch_size, self.num_workers,
                                        self.image_shape, start_method=self.start_method,
                                        timeout=self.timeout, skip_bad=self.skip_bad)
-            self._batches = self.pool.run(plans, epoch)
+            self._batches = self.pool.run(plans, epoch, turn)
         return placeholders
 
     def gather(self, positions, out_images=None, out_labels=None):
