@@ -20,6 +20,11 @@ process: cupycnn.cpu.set_num_threads and NumPy's BLAS (threadpoolctl) for cupycn
 torch.set_num_threads for PyTorch. The machine's load average is printed before and after:
 other processes slow both frameworks alike only roughly, so a loaded run is noisier, not fair.
 
+CPU s/step is the process's CPU time (every thread's) per step: on a machine shared with other
+jobs it moves far less than the wall time, and at one thread it is what the step would take on
+an idle core. (At two threads it also counts the time OpenMP's and OpenBLAS's threads spend
+spinning while they wait, which PyTorch's pool does more of.)
+
 FLOPs count the products (2 per multiply-add) of the convolutions and dense layers: forward,
 weight gradient, and input gradient for every layer but the first (whose input is the images).
 Achieved GFLOP/s are set beside the machine's SGEMM ceiling at the same thread count, measured
@@ -289,20 +294,22 @@ def report(args, times, flops, peaks, copy):
           + f", copy {copy:.1f} GB/s (read + write)")
     print()
     print("| network | threads | cupycnn ms/step | PyTorch ms/step | cupycnn / PyTorch | "
-          "cupycnn GFLOP/s (% of SGEMM) | PyTorch GFLOP/s (%) | cupycnn CPU use |"
-          + (" reference ms/step | speedup over the reference |" if args.reference else ""))
+          "cupycnn GFLOP/s (% of SGEMM) | PyTorch GFLOP/s (%) | CPU s/step cupycnn / PyTorch "
+          "(ratio) |" + (" reference ms/step | faster than the reference |"
+                         if args.reference else ""))
     print("| --- | --- | --- | --- | --- | --- | --- | --- |"
           + (" --- | --- |" if args.reference else ""))
     for name in args.models:
         for t in args.threads:
             ours = statistics.median(w for w, _ in times[(name, "cupycnn", t)])
-            ours_cpu = statistics.median(c / w for w, c in times[(name, "cupycnn", t)])
             theirs = statistics.median(w for w, _ in times[(name, "pytorch", t)])
+            ours_cpu = statistics.median(c for _, c in times[(name, "cupycnn", t)])
+            theirs_cpu = statistics.median(c for _, c in times[(name, "pytorch", t)])
             g_ours, g_theirs = flops[name] / ours / 1e9, flops[name] / theirs / 1e9
             line = (f"| {name} | {t} | {1e3 * ours:.1f} | {1e3 * theirs:.1f} | "
                     f"**{ours / theirs:.2f}x** | {g_ours:.1f} ({100 * g_ours / peaks[t]:.0f}%) | "
                     f"{g_theirs:.1f} ({100 * g_theirs / peaks[t]:.0f}%) | "
-                    f"{ours_cpu:.2f} cores |")
+                    f"{ours_cpu:.3f} / {theirs_cpu:.3f} ({ours_cpu / theirs_cpu:.2f}x) |")
             if args.reference:
                 ref = statistics.median(w for w, _ in times[(name, "reference", t)])
                 line += f" {1e3 * ref:.1f} | {ref / ours:.2f}x |"
@@ -346,34 +353,37 @@ def profile(args, torch, threads):
             for _ in range(args.warmup):
                 ours()
                 theirs()
-            totals = collections.Counter()
-            wrapped = _wrap_ops(ops, totals)
+            totals, cpu_totals = collections.Counter(), collections.Counter()
+            wrapped = _wrap_ops(ops, totals, cpu_totals)
             try:
-                wall = sample(ours, args.profile_steps)[0]
+                wall, cpu_time = sample(ours, args.profile_steps)
             finally:
                 for module, attr, original in wrapped:
                     setattr(module, attr, original)
+            steps = args.profile_steps
             print(f"\n### {name}, {t} thread{'s' if t > 1 else ''}: cupycnn "
-                  f"{1e3 * wall:.1f} ms/step")
-            print("| op | ms/step | share |\n| --- | --- | --- |")
+                  f"{1e3 * wall:.1f} ms/step, {1e3 * cpu_time:.1f} ms CPU time/step")
+            print("| op | ms/step | share | CPU ms/step |\n| --- | --- | --- | --- |")
             for op, seconds in totals.most_common():
-                share = seconds / args.profile_steps / wall
-                print(f"| {op} | {1e3 * seconds / args.profile_steps:.1f} | {100 * share:.0f}% |")
-            rest = wall - sum(totals.values()) / args.profile_steps
-            print(f"| (layers, checks, Python) | {1e3 * rest:.1f} | {100 * rest / wall:.0f}% |")
+                print(f"| {op} | {1e3 * seconds / steps:.1f} | {100 * seconds / steps / wall:.0f}% "
+                      f"| {1e3 * cpu_totals[op] / steps:.1f} |")
+            rest = wall - sum(totals.values()) / steps
+            rest_cpu = cpu_time - sum(cpu_totals.values()) / steps
+            print(f"| (layers, checks, Python) | {1e3 * rest:.1f} | {100 * rest / wall:.0f}% | "
+                  f"{1e3 * rest_cpu:.1f} |")
             with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
                 for _ in range(args.profile_steps):
                     theirs()
-            wall_t = sample(theirs, args.profile_steps)[0]
+            wall_t, cpu_t = sample(theirs, args.profile_steps)
             print(f"\n### {name}, {t} thread{'s' if t > 1 else ''}: PyTorch "
-                  f"{1e3 * wall_t:.1f} ms/step (profiled steps run slower)")
+                  f"{1e3 * wall_t:.1f} ms/step, {1e3 * cpu_t:.1f} ms CPU time/step (unprofiled)")
             print("| op | ms/step (self) |\n| --- | --- |")
             events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
             for e in events[:14]:
                 print(f"| {e.key} | {e.self_cpu_time_total / 1e3 / args.profile_steps:.1f} |")
 
 
-def _wrap_ops(ops, totals):
+def _wrap_ops(ops, totals, cpu_totals):
     """Time every public function of cupycnn.ops' modules (the outermost call only)."""
     import types
     wrapped, depth = [], [0]
@@ -388,13 +398,14 @@ def _wrap_ops(ops, totals):
 
             def timed(*a, _fn=fn, _name=f"{module.__name__[12:]}.{attr}", **k):
                 depth[0] += 1
-                start = time.perf_counter()
+                start, start_cpu = time.perf_counter(), time.process_time()
                 try:
                     return _fn(*a, **k)
                 finally:
                     depth[0] -= 1
                     if depth[0] == 0:
                         totals[_name] += time.perf_counter() - start
+                        cpu_totals[_name] += time.process_time() - start_cpu
             wrapped.append((module, attr, fn))
             setattr(module, attr, timed)
     return wrapped

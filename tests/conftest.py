@@ -32,6 +32,7 @@ def pytest_configure(config):
     # chooses, with all shared memory poisoned, and one build per kernel file (the multi-core
     # build is tested on its own in test_sim.py). Subprocesses inherit it.
     os.environ["CUPYCNN_SIM_THREADS"] = "1"
+    sim.set_threads(None)                     # (read again, should anything have asked already)
 
 
 def pytest_report_header(config):

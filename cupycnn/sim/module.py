@@ -24,8 +24,9 @@ benchmarks: the library is built with OpenMP and blocks are handed to the cores 
 up), or on one OS thread (`set_threads(1)`, CUPYCNN_SIM_THREADS=1: blocks in the chosen order,
 static shared memory poisoned too; what the kernel tests run). Each way is its own build.
 Builds are optimised (-O3 and, where g++ takes it, -march=native: the host's vector
-extensions); CUPYCNN_SIM_OPT replaces those flags (CUPYCNN_SIM_OPT="-O0 -g" for gdb). The
-cache key holds the source, the header, every flag, the compiler and, for -march=native, the
+extensions); CUPYCNN_SIM_OPT replaces those flags (CUPYCNN_SIM_OPT="-O0 -g" for gdb). The flags
+are read when a module is built, CUPYCNN_SIM_THREADS when first needed and by set_threads(None).
+The cache key holds the source, the header, every flag, the compiler and, for -march=native, the
 CPU features it resolves to, so a cache shared between machines never hands one a library
 built for another's instructions.
 """
@@ -138,28 +139,38 @@ def cache_dir():
 
 def set_threads(n):
     """Run blocks on `n` OS threads from the next launch on (None: the default, which is
-    CUPYCNN_SIM_THREADS if set, else every usable core). 1: one thread, blocks in the chosen
-    order and all shared memory poisoned, as the kernel tests run."""
+    CUPYCNN_SIM_THREADS if set, else every usable core; the variable is read again here). 1: one
+    thread, blocks in the chosen order and all shared memory poisoned, as the kernel tests run."""
+    global _default_threads
     if n is not None and int(n) < 1:
         raise ValueError(f"cupycnn.sim.set_threads: n must be at least 1, got {n}")
     with _lock:
         _config.threads = None if n is None else int(n)
+        if n is None:
+            _default_threads = None
         _config.version += 1
+
+
+_default_threads = None
 
 
 def get_threads():
     """How many OS threads the next launch runs blocks on."""
+    global _default_threads
     if _config.threads is not None:
         return _config.threads
-    env = os.environ.get("CUPYCNN_SIM_THREADS", "").strip()
-    if env:
-        try:
-            return max(1, int(env))
-        except ValueError:
-            raise ValueError(f"CUPYCNN_SIM_THREADS={env!r}: expected a positive integer") \
-                from None
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
-        else (os.cpu_count() or 1)
+    if _default_threads is None:
+        env = os.environ.get("CUPYCNN_SIM_THREADS", "").strip()
+        if env:
+            try:
+                _default_threads = max(1, int(env))
+            except ValueError:
+                raise ValueError(f"CUPYCNN_SIM_THREADS={env!r}: expected a positive integer") \
+                    from None
+        else:
+            _default_threads = len(os.sched_getaffinity(0)) \
+                if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return _default_threads
 
 
 @contextlib.contextmanager
@@ -284,10 +295,11 @@ class Module:
             if dynamic_shared.setdefault(var, type_name) != type_name:
                 raise SimBuildError(f"{name}: extern __shared__ {var} is declared with two types, "
                                     f"{type_name} and {dynamic_shared[var]}")
-        # opt, threads: this module's own optimisation flags and OS threads (a benchmark
-        # comparing builds); None: the process-wide settings, read at every launch.
-        self._opt = None if opt is None else tuple(opt)
+        # opt: the optimisation flags (None: optimization_flags() now); threads: this module's
+        # own OS threads (a benchmark comparing builds; None: the process-wide setting).
+        self._opt = optimization_flags() if opt is None else tuple(opt)
         self._threads = None if threads is None else max(1, int(threads))
+        self._current_build = (None, None)        # (config version, build): the launch path
         self._options = tuple(options)
         label = name.replace("\\", "/")
         wrapper = ['#include "simt.h"']
@@ -313,12 +325,16 @@ class Module:
         return self._threads if self._threads is not None else get_threads()
 
     def _current(self):
-        """The build for the current setting (one OS thread, or OpenMP), made on first use."""
+        """The build for the current setting (one OS thread, or OpenMP), made on first use; at a
+        launch, one comparison unless a setting changed."""
+        version, build = self._current_build
+        if version == _config.version:
+            return build
         openmp = self.threads() > 1
-        key = (openmp, self._opt if self._opt is not None else optimization_flags())
-        build = self._builds.get(key)
+        build = self._builds.get(openmp)
         if build is None:
-            build = self._builds[key] = _Build(self, openmp, key[1])
+            build = self._builds[openmp] = _Build(self, openmp, self._opt)
+        self._current_build = (_config.version, build)
         return build
 
     @property
@@ -378,18 +394,18 @@ class _Build:
 
     def apply_config(self):
         # Random order: every launch its own permutation, the sequence fixed by the seed.
-        threads = self.module.threads() if self.openmp else 1
         if _config.order == "random":
             with _lock:
                 _config.launches += 1
                 seed = (_config.seed * 1000003 + _config.launches) & 0xFFFFFFFF
-        elif self._applied == (_config.version, threads):
+        elif self._applied == _config.version:
             return
         else:
             seed = _config.seed & 0xFFFFFFFF
+        threads = self.module.threads() if self.openmp else 1
         self.lib.simt_set_config(ORDERS.index(_config.order), 1, seed, threads,
                                  int(_config.poison_shared))
-        self._applied = (_config.version, threads)
+        self._applied = _config.version
 
 
 def _build(name, wrapper, flags, library):
@@ -542,21 +558,25 @@ class Launch:
     pointers of the arrays it was given, which must stay alive). Calling it runs the kernel;
     nothing is allocated or checked again."""
 
-    __slots__ = ("kernel", "grid", "block", "shared_mem", "_boxes", "_argv", "_grid", "_block")
+    __slots__ = ("kernel", "grid", "block", "shared_mem", "_boxes", "_argv", "_grid", "_block",
+                 "_build", "_function")
 
     def __init__(self, kernel, grid, block, shared_mem, boxes):
         self.kernel, self.grid, self.block, self.shared_mem = kernel, grid, block, shared_mem
         self._boxes = boxes
         self._argv = (ctypes.c_void_p * max(1, len(boxes)))(*[b.ctypes.data for b in boxes])
         self._grid, self._block = (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block)
+        self._build = self._function = None
 
     def __call__(self):
         if _dry_run:
             return
         kernel = self.kernel
         build = kernel.module._current()       # the build of the current setting, at each run
+        if build is not self._build:
+            self._build, self._function = build, build.launcher(kernel._c_name)
         build.apply_config()
-        if build.launcher(kernel._c_name)(self._grid, self._block, self.shared_mem, self._argv):
+        if self._function(self._grid, self._block, self.shared_mem, self._argv):
             message = build.lib.simt_last_error().decode(errors="replace")
             raise SimError(f"{kernel.name} (grid {self.grid}, block {self.block}): "
                            f"{message or 'failed'}")
