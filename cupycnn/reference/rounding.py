@@ -43,3 +43,28 @@ def bf16_to_float32(bits):
 def round_bf16(x):
     """float32 x rounded to the nearest BF16 value (ties to even), as float32."""
     return bf16_to_float32(bf16_bits(x))
+
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+def check_precision(precision, what="precision"):
+    if precision not in PRECISIONS:
+        raise ValueError(f"{what} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
+def round_operand(x, precision):
+    """A matrix product's operand as the tensor cores see it at `precision`: unchanged for
+    "fp32", round_tf32 for "tf32", round_bf16 for "bf16"; the result keeps x's dtype (a float64
+    reference computes exactly on the rounded values).
+
+    This is the one definition of each precision's operand rounding: the reference convolution
+    and GEMM apply it to both operands of every product (reference.conv2d, reference.gemm), and
+    a CPU fast path that computes those products in its own way calls it on its operands too,
+    for instance `w = round_operand(w, cupycnn.get_precision())`, so that all paths agree."""
+    check_precision(precision)
+    if precision == "fp32" or x is None:
+        return x
+    rounded = round_tf32(x) if precision == "tf32" else round_bf16(x)
+    return rounded.astype(x.dtype, copy=False)

@@ -678,12 +678,20 @@ inline void fault(const char* fmt, ...) {   // an error in a kernel: the launch 
 }
 
 // Is [p, p + bytes) in this block's shared memory? (Only known when blocks run on one OS thread.)
+// Static __shared__ arrays are in the section simt_shared, or, when g++ puts a function-local
+// static of a template elsewhere, in the module's own zero-initialised data (.bss): either
+// passes; NumPy arrays (the heap) and locals (a fiber's stack) do not.
+} // namespace simt
+extern "C" char __bss_start[] __attribute__((weak, visibility("hidden")));
+extern "C" char _end[] __attribute__((weak, visibility("hidden")));
+namespace simt {
 inline bool in_shared(const void* p, size_t bytes) {
 #ifdef _OPENMP
   (void)p; (void)bytes; return true;
 #else
   const char* c = (const char*)p;
   if (__start_simt_shared && c >= __start_simt_shared && c + bytes <= __stop_simt_shared) return true;
+  if (__bss_start && c >= __bss_start && c + bytes <= _end) return true;
   for (auto fn : dyn_smem_registry()) {
     const char* d = (const char*)fn();
     if (c >= d && c + bytes <= d + SIMT_MAX_DYN_SMEM) return true;
