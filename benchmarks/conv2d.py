@@ -18,6 +18,8 @@ On sim and numpy (a dry run of the script) the baseline is PyTorch's CPU convolu
 is importable, and only the times are meaningful as a check that everything runs.
 """
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -166,6 +168,10 @@ def main(argv=None):
                         help="comma-separated kernel versions to time")
     parser.add_argument("--roofline", action="store_true",
                         help="print the roofline table (Markdown) for --batch and stop")
+    parser.add_argument("--json", metavar="PATH",
+                        help="write summary figures (per version and precision: the lowest and "
+                             "the geometric-mean ratio to the baseline, NCHW and NHWC; the "
+                             "geometric-mean %% of floor) as a JSON object")
     args = parser.parse_args(argv)
     if args.roofline:
         batch = args.batch or 256
@@ -199,6 +205,7 @@ def main(argv=None):
           f"{'rel err':>8}")
     rng = np.random.default_rng(0)
     wall = time.perf_counter()
+    summary = {}
     for layer in layers:
         s = shapes(layer, batch)
         x = rng.standard_normal((batch, s["c"], s["h"], s["w"])).astype(np.float32)
@@ -207,7 +214,14 @@ def main(argv=None):
         b = rng.standard_normal(s["o"]).astype(np.float32)
         dy = rng.standard_normal((batch, s["o"], s["ho"], s["wo"])).astype(np.float32)
         dev = [cupycnn.asarray(a) for a in (x, w, b, dy)]
-        exact = {"forward": None, "input grad": None, "weight grad": None}
+        # The FP32 result each version is compared with: PyTorch's FP32 convolution on the GPU,
+        # the float64 reference elsewhere (computed at most once per product).
+        exact = dict.fromkeys(PRODUCTS)
+        if torch is not None and on_gpu:
+            torch.backends.cudnn.allow_tf32 = False
+            products = torch_products(torch, (x, w, b, dy), s["stride"], s["padding"], "fp32",
+                                      False, torch_device)
+            exact = {p: products[p]().double().cpu().numpy() for p in PRODUCTS}
         for version, precision in versions:
             repeats = args.repeats or ((3 if version == "direct" else 20) if on_gpu else 1)
             with cupycnn.set_precision(precision):
@@ -236,8 +250,35 @@ def main(argv=None):
                         row += (f" {theirs[cl][product] / seconds:>17.2f}" if theirs
                                 else f" {'-':>17}")
                     print(row + f" {err:>8.1e}", flush=True)
+                    key = f"{version} {precision}"
+                    summary.setdefault(key, {"floor": []})["floor"].append(floor / seconds)
+                    for cl in (False, True) if theirs else ():
+                        summary[key].setdefault("NHWC" if cl else "NCHW", []).append(
+                            theirs[cl][product] / seconds)
     print(f"total wall time {time.perf_counter() - wall:.1f} s")
+    figures = {}
+    for key, values in summary.items():
+        tag = key.replace(" ", "_")
+        figures[f"conv2d {tag} % of floor, geomean"] = {
+            "value": _sig(100 * _geomean(values["floor"])), "unit": "%"}
+        for layout in ("NCHW", "NHWC"):
+            if layout in values:
+                figures[f"conv2d {tag} x {baseline} {layout}, geomean"] = _sig(
+                    _geomean(values[layout]))
+                figures[f"conv2d {tag} x {baseline} {layout}, lowest"] = _sig(min(values[layout]))
+    for name, value in figures.items():
+        print(f"{name}: {value['value'] if isinstance(value, dict) else value}")
+    if args.json:
+        Path(args.json).write_text(json.dumps(figures, indent=1))
     return 0
+
+
+def _sig(value):
+    return float(f"{value:.3g}")
+
+
+def _geomean(values):
+    return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
 def _reference(product, x, w, b, dy, s):

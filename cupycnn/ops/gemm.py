@@ -12,8 +12,8 @@ from ..precision import get_precision
 from ..reference import gemm as reference
 from ..runtime import ceil_div, get_kernel
 from . import tiles
+from ._check import check_arrays, check_grid, check_int32
 from .conv2d import resolve_version
-from ._check import check_arrays
 
 TILE_M, TILE_N, GEMM_THREADS = 64, 64, 256          # as in gemm.cu
 _BIAS_MODE = {None: 0, "row": 1, "column": 2}
@@ -65,21 +65,22 @@ def gemm(a, b, transpose_a=False, transpose_b=False, *, alpha=1.0, beta=0.0, out
     if M * N == 0:
         return out
     nb = batch or 1
+    check_int32(op, M=M, N=N, K=K, a_elements=M * K, b_elements=K * N, out_elements=M * N)
     head = (a, b, out, bias, np.int32(M), np.int32(N), np.int32(K), np.float32(alpha),
             np.float32(beta), np.int32(_BIAS_MODE[None if bias is None else bias_per]))
     strides = (np.int64(M * K if a.ndim == 3 else 0), np.int64(K * N if b.ndim == 3 else 0),
                np.int64(M * N if batch is not None else 0))
     if version == "direct":
+        grid = check_grid(op, (ceil_div(M * N, DIRECT_THREADS), 1, nb))
         get_kernel("gemm_direct", "gemm_direct")(
-            (ceil_div(M * N, DIRECT_THREADS), 1, nb), (DIRECT_THREADS,),
-            head + (np.int32(transpose_a), np.int32(transpose_b)) + strides)
+            grid, (DIRECT_THREADS,), head + (np.int32(transpose_a), np.int32(transpose_b)) + strides)
     elif version == "tiled":
-        grid = (ceil_div(N, TILE_N), ceil_div(M, TILE_M), nb)
+        grid = check_grid(op, (ceil_div(N, TILE_N), ceil_div(M, TILE_M), nb))
         get_kernel("gemm", _KERNEL[(transpose_a, transpose_b)])(grid, (GEMM_THREADS,),
                                                                 head + strides)
     else:
         tile = tiles.choose_tile(M, N, nb)
-        grid = (ceil_div(N, tile.bn), ceil_div(M, tile.bm), nb)
+        grid = check_grid(op, (ceil_div(N, tile.bn), ceil_div(M, tile.bm), nb))
         get_kernel("gemm_tc", _TC_KERNEL[(transpose_a, transpose_b)],
                    tile.defines(get_precision()))(grid, (tile.threads,), head + strides)
     return out
