@@ -139,6 +139,9 @@ def build_parser(description, default_dataset="cifar10"):
     r.add_argument("--epochs-per-run", type=int, metavar="N",
                    help="stop after N epochs of this run (the schedule still spans --epochs): "
                         "long trainings in jobs with a time limit, continued with --resume")
+    r.add_argument("--cuda-graph", action="store_true",
+                   help="record the training step once and replay it (a CUDA graph on cuda, "
+                        "the launch list on sim; a short last batch runs eagerly)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--summary", action="store_true", help="print the model's layers")
     return p
@@ -185,11 +188,7 @@ def load_datasets(args, ctx):
         size = args.image_size
         cache_dir = Path(args.data_dir) / "cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
-        splits = {s.name.lower(): s for s in root.iterdir() if s.is_dir()} if root.is_dir() else {}
-        train_dir = next((splits[n] for n in ("train", "training", "training data")
-                          if n in splits), None)
-        test_dir = next((splits[n] for n in ("test", "testing", "testing data", "val",
-                                              "validation") if n in splits), None)
+        train_dir, test_dir = data.folder.split_folders(root)
 
         def folder(path, tag):
             cache = cache_dir / f"{root.name}-{tag}-{size}{'-crop' if args.crop else ''}.h5"
@@ -443,7 +442,8 @@ def build_training(args, ctx, loaded):
                       scheduler=schedule, scheduler_interval=interval,
                       callbacks=callbacks, distributed=ctx,
                       progress=not args.no_progress, config=config, classes=loaded.classes,
-                      normalization={"mean": loaded.mean, "std": loaded.std})
+                      normalization={"mean": loaded.mean, "std": loaded.std},
+                      cuda_graph=args.cuda_graph)
     if args.resume:
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"--resume: no checkpoint at {args.checkpoint}")
