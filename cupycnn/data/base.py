@@ -33,14 +33,19 @@ class Dataset:
         images, labels, index = self.storage()
         return len(labels) if index is None else len(index)
 
-    def __getitem__(self, i):
+    def _position(self, i):
+        """The example index i (negative counts from the end) as an int in [0, N): TypeError
+        or IndexError naming the dataset otherwise."""
         n = len(self)
         if not isinstance(i, (int, np.integer)):
             raise TypeError(f"{type(self).__name__} indices must be integers, got "
                             f"{type(i).__name__}")
         if not -n <= i < n:
             raise IndexError(f"{type(self).__name__} index {i} out of range for {n} examples")
-        i = int(i) % n
+        return int(i) % n
+
+    def __getitem__(self, i):
+        i = self._position(i)
         images, labels, index = self.storage()
         j = i if index is None else int(index[i])
         return images[j], int(labels[j])
@@ -114,7 +119,15 @@ class ArrayDataset(Dataset):
 
 class Subset(Dataset):
     """The examples of `dataset` at `indices`, in that order: a view that holds the indices, not
-    the images (PyTorch's `torch.utils.data.Subset`)."""
+    the images (PyTorch's `torch.utils.data.Subset`). Of a streamed dataset, a streamed view
+    (cupycnn.data.stream.StreamingSubset)."""
+
+    def __new__(cls, dataset=None, indices=None):
+        if cls is Subset and getattr(dataset, "streaming", False) and \
+                not hasattr(dataset, "plan"):
+            from .stream import StreamingSubset
+            return super().__new__(StreamingSubset)
+        return super().__new__(cls)
 
     def __init__(self, dataset, indices):
         n = len(dataset)

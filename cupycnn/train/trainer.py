@@ -25,6 +25,7 @@ from .. import random as _random
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..ops import metrics as metric_ops
 from ..progress import Progress
+from ..reference.softmax_xent import softmax
 from .callbacks import Callback
 
 
@@ -46,11 +47,13 @@ class Trainer:
     printing and writing); None trains on one process.
     config, classes, normalization: saved in checkpoints so that a model can be rebuilt and fed
     (examples/predict.py).
+    cuda_graph: record the training step once and replay it (a CUDA graph on cuda, the launch
+    list on sim; train/graphed.py says when a step falls back to running eagerly, and says so).
     """
 
     def __init__(self, model, optimizer, loss=None, *, scheduler=None, scheduler_interval="epoch",
                  callbacks=(), distributed=None, progress=True, config=None, classes=None,
-                 normalization=None):
+                 normalization=None, cuda_graph=False):
         if loss is None:
             from ..losses import SoftmaxCrossEntropy
             loss = SoftmaxCrossEntropy()
@@ -74,6 +77,10 @@ class Trainer:
         self.stop_training = False
         self.loaders = []           # whose random state goes into checkpoints (set by fit)
         self._pending_loader_state = None   # from resume(), applied when fit gets the loaders
+        self.graphed = None
+        if cuda_graph:
+            from .graphed import GraphedTraining
+            self.graphed = GraphedTraining(self)
 
     # ------------------------------------------------------------------------- properties
     @property
@@ -90,8 +97,21 @@ class Trainer:
             getattr(cb, hook)(*args)
 
     # -------------------------------------------------------------------------- training
+    def new_sums(self):
+        """A zeroed accumulator for an epoch's loss and hits (the graphed step's own one)."""
+        return self.graphed.epoch_sums() if self.graphed is not None else metric_ops.new_sums()
+
     def train_step(self, x, y, sums):
         """One optimizer step on a batch; adds its loss and hits to `sums` (on the device)."""
+        if self.graphed is not None:
+            self.graphed.step(x, y, sums)
+        else:
+            self._eager_step(x, y, sums)
+        self.step += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+
+    def _eager_step(self, x, y, sums):
         logits = self.model.forward(x, training=True)
         loss = self.loss.forward(logits, y)
         dy = self.loss.backward()
@@ -101,9 +121,6 @@ class Trainer:
             self.model.backward(dy)
         self.optimizer.step()
         metric_ops.accumulate_metrics(logits, y, loss, sums)
-        self.step += 1
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
 
     def fit(self, train_loader, epochs, val_loader=None, stop_at=None):
         """Train until `epochs` epochs are complete (counting those before a resume), or a
@@ -123,7 +140,7 @@ class Trainer:
                 train_loader.set_epoch(epoch)
             self._callbacks("on_epoch_begin", epoch, {})
             lr = self.optimizer.param_groups[0]["lr"]
-            sums = metric_ops.new_sums()
+            sums = self.new_sums()
             bar = Progress(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
                            unit="batch", enabled=self.progress and self.is_root,
                            unit_scale=getattr(train_loader, "batch_size", 1))
@@ -190,10 +207,7 @@ class Trainer:
         for x in batches:
             logits = self.model.forward(_device.asarray(x), training=False)
             outputs.append(_device.asnumpy(logits).astype(np.float64))
-        logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        return softmax(np.concatenate(outputs) if outputs else np.zeros((0, 0)))
 
     # ----------------------------------------------------------------------- checkpoints
     def random_state(self):
