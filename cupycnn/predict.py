@@ -39,6 +39,7 @@ from . import models as _models
 from .checkpoint import CheckpointError, load_checkpoint
 from .data.folder import BadImageError, resize
 from .data.transforms import Normalize
+from .layers.base import training_mode
 
 CONFIG_FORMAT = ('{"model": "<name in cupycnn.models.REGISTRY>", "model_kwargs": {...}, '
                  '"input_shape": [C, H, W], "resize": [H, W] or null, "crop": false}')
@@ -178,11 +179,13 @@ def prepare_images(paths, config, normalization):
 
 def probabilities(model, inputs, batch_size=BATCH):
     """float64 [N, classes] (NumPy): the softmax of the model's logits for model-ready inputs
-    [N, C, H, W] (evaluation mode: batchnorm's running statistics, no dropout)."""
+    [N, C, H, W] (evaluation mode: batchnorm's running statistics, no dropout; the model's
+    previous modes come back afterwards)."""
     outputs = []
-    for start in range(0, inputs.shape[0], batch_size):
-        logits = model.forward(inputs[start:start + batch_size], training=False)
-        outputs.append(_device.asnumpy(logits).astype(np.float64))
+    with training_mode(model, False):
+        for start in range(0, inputs.shape[0], batch_size):
+            logits = model.forward(inputs[start:start + batch_size], training=False)
+            outputs.append(_device.asnumpy(logits).astype(np.float64))
     logits = np.concatenate(outputs)
     logits -= logits.max(axis=1, keepdims=True)            # a softmax that cannot overflow
     probs = np.exp(logits)

@@ -27,7 +27,7 @@ def make_run(device="numpy", seed=0, callbacks=(), flip=True):
     train = Synthetic(48, shape=(8, 8, 3), num_classes=4, seed=1)
     val = Synthetic(16, shape=(8, 8, 3), num_classes=4, seed=2)        # the same classes
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    train_loader = Loader(train, batch_size=16, seed=3,
+    train_loader = Loader(train, batch_size=16, shuffle=True, seed=3,
                           transform=RandomCropFlip(padding=1, mean=mean, std=std, seed=4,
                                                    flip=flip))
     val_loader = Loader(val, batch_size=16, shuffle=False, transform=Normalize(mean, std))

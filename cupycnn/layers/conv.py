@@ -60,7 +60,7 @@ class Conv2D(Layer):
         return (n, self.out_channels) + output_size(h, w, self.kernel_size, self.stride,
                                                     self.padding)
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         sizes = self.check_input(x, ("N", self.in_channels, "H", "W"))
         out_h, out_w = output_size(sizes["H"], sizes["W"], self.kernel_size, self.stride,
                                    self.padding)

@@ -20,7 +20,8 @@ from .base import Layer
 
 class Dropout(Layer):
     """Inverted dropout with probability p of zeroing each element (PyTorch's `nn.Dropout`,
-    without `inplace`); identity when `training=False`. Any input shape. No parameters."""
+    without `inplace`); identity in evaluation mode (`layer.eval()`, or
+    forward(x, training=False)). Any input shape. No parameters."""
 
     def __init__(self, p=0.5):
         super().__init__()
@@ -37,9 +38,9 @@ class Dropout(Layer):
     def set_random_state(self, state):
         self.seed, self.calls = int(state["seed"]), int(state["calls"])
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self.check_input(x, None)
-        if not training:
+        if not self.is_training(training):
             self.save_for_backward(shape=tuple(x.shape), stream=None)
             return x
         stream = _random.stream(self.calls)       # the rank in its high bits (random.py)

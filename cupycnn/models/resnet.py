@@ -28,7 +28,7 @@ class _Block(Layer):
     def named_children(self):
         return self._named
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         return self.relu.forward(self.residual.forward(x, training), training)
 
     def backward(self, dy):

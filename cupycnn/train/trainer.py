@@ -23,6 +23,7 @@ import numpy as np
 from .. import devices as _device
 from .. import random as _random
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..layers.base import training_mode
 from ..ops import metrics as metric_ops
 from ..progress import Progress
 from .callbacks import Callback
@@ -117,6 +118,8 @@ class Trainer:
         self._callbacks("on_train_begin", {})
         logs = {}
         last = epochs if stop_at is None else min(epochs, stop_at)
+        modes = training_mode(self.model, True)     # each layer's own mode comes back at the end
+        modes.__enter__()
         while self.epoch < last and not self.stop_training:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):
@@ -157,22 +160,28 @@ class Trainer:
             if self.is_root:
                 figures = "  ".join(f"{k}={v:.4g}" for k, v in logs.items())
                 print(f"epoch {epoch + 1}/{epochs}: {figures}", flush=True)
+        modes.__exit__(None, None, None)
         self._callbacks("on_train_end", logs)
         return self.history
 
     # ------------------------------------------------------------------------ evaluation
     def evaluate(self, loader, desc="evaluate"):
-        """Mean loss and accuracy over the whole of `loader` (all ranks together):
-        {"loss", "accuracy", "count"}."""
+        """Mean loss and accuracy over the whole dataset of `loader` (all ranks together):
+        {"loss", "accuracy", "count"}. A Loader is read in dataset order, every example once
+        (Loader.in_order: no shuffling, dropped batch or padding, whatever it was built with);
+        the model runs in evaluation mode and gets its previous modes back."""
+        if hasattr(loader, "in_order"):
+            loader = loader.in_order()
         sums = metric_ops.new_sums()
         bar = Progress(total=len(loader), desc=desc, unit="batch",
                        enabled=self.progress and self.is_root,
                        unit_scale=getattr(loader, "batch_size", 1))
-        for x, y in loader:
-            logits = self.model.forward(x, training=False)
-            loss = self.loss.forward(logits, y)
-            metric_ops.accumulate_metrics(logits, y, loss, sums)
-            bar.update(1)
+        with training_mode(self.model, False):
+            for x, y in loader:
+                logits = self.model.forward(x, training=False)
+                loss = self.loss.forward(logits, y)
+                metric_ops.accumulate_metrics(logits, y, loss, sums)
+                bar.update(1)
         self._allreduce_sums(sums)
         loss, accuracy, count = metric_ops.read_sums(sums)
         bar.set_metrics(loss=loss, acc=accuracy)
@@ -180,17 +189,38 @@ class Trainer:
         return {"loss": loss, "accuracy": accuracy, "count": count}
 
     def predict(self, inputs, batch_size=256):
-        """Class probabilities [N, classes] (NumPy) for model-ready inputs: an array [N, ...]
-        or a loader of (x, y) batches. The softmax is taken on the host, after the forward."""
+        """Class probabilities [N, classes] (NumPy), row i for example i of the dataset: for
+        model-ready inputs (an array [N, ...]) or a loader of (x, y) batches. A Loader is read
+        in dataset order (Loader.in_order), whatever its shuffling; a Loader sharded over the
+        ranks of the trainer's data-parallel context gives every rank the whole dataset's rows
+        (each rank predicts its share, then the shares are gathered). The model runs in
+        evaluation mode and gets its previous modes back; the softmax is taken on the host."""
         outputs = []
+        gather = None
+        if hasattr(inputs, "in_order"):
+            inputs = inputs.in_order()
+            if inputs.world_size > 1:
+                if self.distributed is None or self.distributed.size != inputs.world_size:
+                    raise ValueError(f"predict: the loader is rank {inputs.rank} of "
+                                     f"{inputs.world_size} shards, but the trainer has no "
+                                     f"data-parallel context of {inputs.world_size} ranks to "
+                                     f"gather the other shards from")
+                gather = (len(inputs.dataset), inputs.world_size)
         if hasattr(inputs, "__iter__") and not hasattr(inputs, "shape"):
             batches = (x for x, _ in inputs)
         else:
             batches = (inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size))
-        for x in batches:
-            logits = self.model.forward(_device.asarray(x), training=False)
-            outputs.append(_device.asnumpy(logits).astype(np.float64))
+        with training_mode(self.model, False):
+            for x in batches:
+                logits = self.model.forward(_device.asarray(x), training=False)
+                outputs.append(_device.asnumpy(logits).astype(np.float64))
         logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
+        if gather is not None:                  # rank r predicted examples r, r + W, r + 2W, ...
+            n, world = gather
+            shares = self.distributed.allgather(logits)
+            logits = np.empty((n, max(s.shape[1] for s in shares)))
+            for rank, share in enumerate(shares):
+                logits[rank::world] = share
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
