@@ -12,7 +12,10 @@ What a checkpoint must hold (written by `Trainer.save_checkpoint` with the train
 `classes` and `normalization`; examples/train_cifar.py writes them so):
 
     config          {"model": name in cupycnn.models.REGISTRY, "model_kwargs": {...},
-                     "input_shape": [C, H, W], "resize": [H, W] or null, "crop": bool}
+                     "input_shape": [C, H, W], "resize": [H, W] or null, "crop": bool}, or
+                    instead of "model" and "model_kwargs" an "architecture": the tree of
+                    library layers with their arguments (cupycnn/models/description.py), which
+                    Trainer.save_checkpoint writes for any model made of library layers
                     (other keys, such as "dataset", are ignored)
     classes         the class names, label k's at position k (absent: "0", "1", ...)
     normalization   {"mean": [...], "std": [...]}, one value per channel or one for all, in
@@ -42,14 +45,17 @@ from .data.transforms import Normalize
 from .layers.base import training_mode
 
 CONFIG_FORMAT = ('{"model": "<name in cupycnn.models.REGISTRY>", "model_kwargs": {...}, '
-                 '"input_shape": [C, H, W], "resize": [H, W] or null, "crop": false}')
+                 '"input_shape": [C, H, W], "resize": [H, W] or null, "crop": false}, or '
+                 '"architecture": {...} (a model description) in place of "model" and '
+                 '"model_kwargs"')
 MODES = {1: "L", 3: "RGB"}          # Pillow's conversion for each channel count
 BATCH = 64                          # images per forward pass
 
 
 def check_config(config, where="checkpoint"):
     """The prediction fields of a checkpoint's config, validated: (model name, model kwargs,
-    (C, H, W), (h, w) or None, crop). CheckpointError names what is missing or wrong."""
+    (C, H, W), (h, w) or None, crop); the name is None for a config that holds an architecture
+    instead. CheckpointError names what is missing or wrong."""
     if not config:
         raise CheckpointError(f"{where} holds no model configuration: it was saved without one "
                               f"(Trainer(..., config=...)), so the model cannot be rebuilt. "
@@ -57,17 +63,28 @@ def check_config(config, where="checkpoint"):
     if not isinstance(config, dict):
         raise CheckpointError(f"{where}: its config is a {type(config).__name__}, expected "
                               f"{CONFIG_FORMAT}")
-    missing = [k for k in ("model", "model_kwargs", "input_shape") if k not in config]
+    described = "model" not in config and "architecture" in config
+    wanted = ("input_shape",) if described else ("model", "model_kwargs", "input_shape")
+    missing = [k for k in wanted if k not in config]
     if missing:
+        why = config.get("architecture_missing")
         raise CheckpointError(f"{where}: its config lacks {', '.join(missing)} (it has "
                               f"{', '.join(sorted(config)) or 'nothing'}); expected "
-                              f"{CONFIG_FORMAT}")
-    name, kwargs = config["model"], config["model_kwargs"]
-    if name not in _models.REGISTRY:
-        raise CheckpointError(f"{where}: its config names the model {name!r}, which is not in "
-                              f"cupycnn.models.REGISTRY ({', '.join(sorted(_models.REGISTRY))})")
-    if not isinstance(kwargs, dict):
-        raise CheckpointError(f"{where}: model_kwargs must be a dict, got {kwargs!r}")
+                              f"{CONFIG_FORMAT}" + (f". No architecture was saved: {why}"
+                                                    if why else ""))
+    if described:
+        name, kwargs = None, {}
+        if not isinstance(config["architecture"], dict):
+            raise CheckpointError(f"{where}: its architecture must be a model description "
+                                  f"(a dict), got {type(config['architecture']).__name__}")
+    else:
+        name, kwargs = config["model"], config["model_kwargs"]
+        if name not in _models.REGISTRY:
+            raise CheckpointError(f"{where}: its config names the model {name!r}, which is not "
+                                  f"in cupycnn.models.REGISTRY "
+                                  f"({', '.join(sorted(_models.REGISTRY))})")
+        if not isinstance(kwargs, dict):
+            raise CheckpointError(f"{where}: model_kwargs must be a dict, got {kwargs!r}")
     shape = config["input_shape"]
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
             or not all(isinstance(s, int) and s >= 1 for s in shape)):
@@ -127,11 +144,19 @@ def load_model(checkpoint_path):
     where = str(checkpoint.path)
     name, kwargs, shape, _, _ = check_config(checkpoint.config, where)
     _check_normalization(checkpoint.normalization, shape[0], where)
-    try:
-        model = _models.build(name, **kwargs)
-    except (TypeError, ValueError) as e:
-        raise CheckpointError(f"{where}: cannot build {name}(**{kwargs}) from its config: "
-                              f"{e}") from None
+    if name is None:                        # a model of library layers, described as data
+        from .models.description import build_from_description
+        try:
+            model = build_from_description(checkpoint.config["architecture"],
+                                           f"{where}: its architecture")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    else:
+        try:
+            model = _models.build(name, **kwargs)
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f"{where}: cannot build {name}(**{kwargs}) from its config: "
+                                  f"{e}") from None
     checkpoint.restore(model)               # CheckpointError on a state that does not match
     classes = checkpoint.classes
     if classes is not None and (not isinstance(classes, list) or not classes):

@@ -8,7 +8,7 @@ turn them into the float32 NCHW batches a model eats.
 Every dataset: len(ds); ds[i] -> (uint8 [H, W, C] image, int label); ds.classes; ds.images
 uint8 [N, H, W, C]; ds.labels int64 [N]; ds.storage() for loaders (see `base`).
 """
-from .base import ArrayDataset, Dataset, Subset, train_val_split
+from .base import ArrayDataset, Dataset, Subset, TensorDataset, train_val_split
 from .cifar import CIFAR10, DatasetNotFoundError, UnsafePickleError
 from .digits import Digits
 from .folder import BadImageError, CacheMismatchError, HDF5Dataset, ImageFolder
@@ -21,5 +21,5 @@ from .transforms import (CIFAR10_MEAN, CIFAR10_STD, AffineTransform, Compose, Im
 __all__ = ["AffineTransform", "ArrayDataset", "BadImageError", "CIFAR10", "CIFAR10_MEAN",
            "CIFAR10_STD", "CacheMismatchError", "Compose", "Dataset", "DatasetNotFoundError",
            "Digits", "HDF5Dataset", "ImageDataGenerator", "ImageFolder", "Loader", "Normalize",
-           "RandomAffine", "RandomCropFlip", "RandomTransform", "Subset", "Synthetic", "Transform",
-           "UnsafePickleError", "channel_stats", "train_val_split"]
+           "RandomAffine", "RandomCropFlip", "RandomTransform", "Subset", "Synthetic",
+           "TensorDataset", "Transform", "UnsafePickleError", "channel_stats", "train_val_split"]
