@@ -33,6 +33,13 @@ from .arrays import array_loader, is_array
 from .callbacks import Callback
 
 
+def _images_per_batch(loader):
+    """What one batch of this rank stands for in the progress bar's images/s: the batch of
+    every rank together (a sharded loader's batch times its world size), so the bar shows the
+    job's throughput, as the epoch line does."""
+    return getattr(loader, "batch_size", 1) * getattr(loader, "world_size", 1)
+
+
 class History(dict):
     """{figure name: [one value per epoch]}; `epochs` lists the epoch numbers (from 1)."""
 
@@ -180,9 +187,10 @@ class Trainer:
             sums = metric_ops.new_sums()
             bar = Progress(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
                            unit="batch", enabled=self.progress and self.is_root,
-                           unit_scale=getattr(train_loader, "batch_size", 1))
+                           unit_scale=_images_per_batch(train_loader))
             started = time.perf_counter()
             for x, y in train_loader:
+                lr = self.optimizer.param_groups[0]["lr"]     # the epoch logs its last step's
                 self.train_step(x, y, sums)
                 if bar.enabled and bar.due():       # the only host read inside an epoch
                     loss, accuracy, _ = metric_ops.read_sums(sums)
@@ -233,7 +241,7 @@ class Trainer:
         sums = metric_ops.new_sums()
         bar = Progress(total=len(loader), desc=desc, unit="batch",
                        enabled=self.progress and self.is_root,
-                       unit_scale=getattr(loader, "batch_size", 1))
+                       unit_scale=_images_per_batch(loader))
         with training_mode(self.model, False):
             for x, y in loader:
                 logits = self.model.forward(x, training=False)
@@ -282,6 +290,13 @@ class Trainer:
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)
+
+    def record_test(self, result):
+        """Hand the test set's figures (what evaluate returned) to the callbacks' on_test_end:
+        the CSV log and TensorBoard get them beside the epochs'."""
+        logs = {f"test_{k}": v for k, v in result.items()}
+        self._callbacks("on_test_end", logs)
+        return logs
 
     # ----------------------------------------------------------------------- checkpoints
     def random_state(self):
