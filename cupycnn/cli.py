@@ -17,9 +17,11 @@ rank 0 write the checkpoints, logs and pictures into --log-dir:
     predictions.png             sample test images with true and predicted classes
     summary.json                the run's configuration and final figures
 
-Every dataset has defaults (DATASET_DEFAULTS) that any option overrides.
+Every dataset has a recipe, COMMON_DEFAULTS with its RECIPES entry on top (DATASET_DEFAULTS),
+that any option overrides.
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -31,33 +33,32 @@ import numpy as np
 
 from . import devices as _device
 
-# The recipes. CIFAR-10: ResNet-18 (3x3 stem), SGD with Nesterov momentum, one-cycle learning
-# rate peaking at 0.4 for a global batch of 512, weight decay 5e-4 on weights, label smoothing
-# 0.1, random crops (padding 4) and flips: a standard recipe for about 95% in 40 epochs.
-DATASET_DEFAULTS = {
+# What every dataset's recipe starts from; RECIPES says where each differs.
+COMMON_DEFAULTS = dict(momentum=0.9, nesterov=False, weight_decay=0.0, onecycle_warmup=0.3,
+                       label_smoothing=0.0, augment=False, augment_style="crop-flip",
+                       val_fraction=0.1, image_size=None)
+RECIPES = {
+    # CIFAR-10: ResNet-18 (3x3 stem), SGD with Nesterov momentum, one-cycle learning rate peaking
+    # at 0.4 for a global batch of 512, weight decay 5e-4 on weights, label smoothing 0.1, random
+    # crops (padding 4) and flips: a standard recipe for about 95% in 40 epochs.
     "cifar10": dict(model="resnet18", epochs=40, batch_size=512, optimizer="sgd", lr=0.4,
-                    momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-                    onecycle_warmup=0.25, label_smoothing=0.1, augment=True,
-                    augment_style="crop-flip", val_fraction=0.1, image_size=None),
+                    nesterov=True, weight_decay=5e-4, schedule="onecycle", onecycle_warmup=0.25,
+                    label_smoothing=0.1, augment=True),
     # Digits: the recipe of benchmarks/digits.py (measured there: 98.9-99.4% test accuracy over
     # ten seeds, about 20 s of training on 2 CPU cores): a two-block CNN, Adam with a one-cycle
     # learning rate, batch 32, 15 epochs, all 1,438 training images, no augmentation.
     "digits": dict(model="simple_cnn", epochs=15, batch_size=32, optimizer="adam", lr=3e-3,
-                   momentum=0.9, nesterov=False, weight_decay=0.0, schedule="onecycle",
-                   onecycle_warmup=0.3, label_smoothing=0.0, augment=False,
-                   augment_style="affine-small", val_fraction=0.0, image_size=None,
+                   schedule="onecycle", augment_style="affine-small", val_fraction=0.0,
                    model_kwargs={"simple_cnn": dict(widths=(32, 64), convs_per_block=2,
                                                     block_dropout=(0.1, 0.2), hidden=128,
                                                     head_dropout=0.3)}),
     "synthetic": dict(model="simple_cnn", epochs=5, batch_size=128, optimizer="adam", lr=1e-3,
-                      momentum=0.9, nesterov=False, weight_decay=0.0, schedule="cosine",
-                      onecycle_warmup=0.3, label_smoothing=0.0, augment=False,
-                      augment_style="crop-flip", val_fraction=0.1, image_size=None),
+                      schedule="cosine"),
     "folder": dict(model="resnet18", epochs=30, batch_size=64, optimizer="adam", lr=1e-3,
-                   momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="plateau",
-                   onecycle_warmup=0.3, label_smoothing=0.0, augment=True,
-                   augment_style="affine", val_fraction=0.15, image_size=128),
+                   weight_decay=1e-4, schedule="plateau", augment=True, augment_style="affine",
+                   val_fraction=0.15, image_size=128),
 }
+DATASET_DEFAULTS = {kind: {**COMMON_DEFAULTS, **recipe} for kind, recipe in RECIPES.items()}
 
 
 # ------------------------------------------------------------------------------- arguments
@@ -336,22 +337,58 @@ def _say(ctx, message):
 
 
 def run(args, ctx):
-    from . import data, models, random
-    from .losses import SoftmaxCrossEntropy
-    from .train import (CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau,
-                        TensorBoard, Trainer, plots)
-
+    """One training run: load the data, build the training, fit, report. Returns the exit code."""
+    from . import random
     started = time.perf_counter()
     random.manual_seed(args.seed)
+    loaded = load_data(args, ctx)
+    trainer = build_training(args, ctx, loaded)
+    trained_at = time.perf_counter()
+    stop_at = None if not args.epochs_per_run else trainer.epoch + args.epochs_per_run
+    history = trainer.fit(loaded.train_loader, args.epochs, val_loader=loaded.val_loader,
+                          stop_at=stop_at)
+    train_seconds = time.perf_counter() - trained_at
+    return report(args, ctx, trainer, loaded, history, train_seconds, started)
+
+
+@dataclasses.dataclass
+class LoadedData:
+    """The datasets, their loaders for this rank, and the input normalisation."""
+    train: object
+    val: object                  # None without a validation split
+    test: object
+    classes: list
+    mean: list                   # per channel, in 0..1 units, from the training images
+    std: list
+    eval_transform: object
+    per_rank: int                # this rank's batch size
+    train_loader: object
+    val_loader: object
+    test_loader: object
+
+
+def load_data(args, ctx):
+    """The datasets, the normalisation computed from the training images, the transforms and
+    this rank's loaders."""
+    from . import data
     train, val, test, classes = load_datasets(args, ctx)
-    image_shape = train.image_shape
     mean, std = data.channel_stats(train.images)       # in 0..1 units, per channel
     mean, std = [float(v) for v in mean], [float(v) for v in std]
     train_tf, eval_tf = make_transforms(args, mean, std)
     per_rank = ctx.per_rank_batch(args.batch_size)
-    train_loader = data.Loader(train, per_rank, shuffle=True, drop_last=True, seed=args.seed,
-                               transform=train_tf, rank=ctx.rank, world_size=ctx.size)
-    if len(train_loader) == 0:
+    # Every example trains every epoch: the last, short batch is kept (as benchmarks/digits.py's
+    # recipe keeps it), unless it would hold one example per rank, which batchnorm cannot
+    # train on; that one is dropped, and said.
+    shard = -(-len(train) // ctx.size)
+    drop_last = shard % per_rank == 1 and shard > 1
+    if drop_last and ctx.rank == 0:
+        print(f"cupycnn: {ctx.size} x 1 training example per epoch left out (the last batch "
+              f"would hold 1 example per rank, too few for batchnorm's statistics); another "
+              f"--batch-size keeps them", file=sys.stderr)
+    train_loader = data.Loader(train, per_rank, shuffle=True, drop_last=drop_last,
+                               seed=args.seed, transform=train_tf, rank=ctx.rank,
+                               world_size=ctx.size)
+    if len(train_loader) == 0 or per_rank > shard:
         raise ValueError(f"the training set ({len(train)} examples over {ctx.size} ranks) is "
                          f"smaller than one batch of {per_rank}; lower --batch-size")
 
@@ -359,23 +396,24 @@ def run(args, ctx):
         return data.Loader(dataset, max(per_rank, 256), shuffle=False, transform=eval_tf,
                            rank=ctx.rank, world_size=ctx.size, pad=False)
 
-    val_loader = eval_loader(val) if val is not None else None
-    test_loader = eval_loader(test)
+    return LoadedData(train, val, test, classes, mean, std, eval_tf, per_rank, train_loader,
+                      eval_loader(val) if val is not None else None, eval_loader(test))
 
-    config = model_config(args, image_shape, len(classes))
-    model = models.build(config["model"], **config["model_kwargs"])
-    if args.pretrained:
-        from .models.pretrained import load_pretrained
-        report = load_pretrained(model, args.pretrained)
-        kept = ", ".join(f"{n} {tuple(a)} -> {tuple(b)}" for n, a, b in report.skipped)
-        _say(ctx, f"loaded {len(report.loaded)} tensors from {args.pretrained}"
-                  + (f"; kept the new initialisation of {kept}" if kept else ""))
-    if args.sync_bn and ctx.size > 1:
-        ctx.synchronize_batchnorm(model)
-    optimizer = build_optimizer(model, args)
-    schedule, interval = build_schedule(optimizer, args, len(train_loader))
-    monitor = "val_loss" if val is not None else "loss"
-    callbacks = [ModelCheckpoint(best=os.path.join(args.log_dir, "best.h5") if val is not None
+
+def build_callbacks(args, ctx, validated):
+    """Checkpoints, CSV and TensorBoard logs (where tensorboardX is installed), and what
+    --early-stopping and --schedule plateau ask for; `validated`: whether there is a validation
+    set to monitor."""
+    from .train import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, TensorBoard
+    monitor = "val_loss" if validated else "loss"
+    for option, active in (("--early-stopping", args.early_stopping),
+                           ("--schedule plateau", args.schedule == "plateau")):
+        if active and not validated and ctx.is_root:
+            print(f"cupycnn: warning: {option} watches the training loss: there is no "
+                  f"validation set (--val-fraction 0), and the training loss keeps falling "
+                  f"while the model overfits; hold one out with --val-fraction 0.1",
+                  file=sys.stderr)
+    callbacks = [ModelCheckpoint(best=os.path.join(args.log_dir, "best.h5") if validated
                                  else None, last=args.checkpoint, monitor="val_accuracy"),
                  CSVLogger(os.path.join(args.log_dir, "log.csv"))]
     try:
@@ -391,61 +429,110 @@ def run(args, ctx):
     if args.schedule == "plateau":
         callbacks.append(ReduceLROnPlateau(monitor=monitor, factor=0.1,
                                            patience=args.plateau_patience, min_lr=args.lr * 1e-3))
+    return callbacks
 
+
+def build_training(args, ctx, loaded):
+    """The Trainer: model (pretrained weights, sync-BN), optimizer, schedule, callbacks, the
+    ranks agreed on all of it; resumed when asked. Says what it built on rank 0."""
+    from . import models
+    from .losses import SoftmaxCrossEntropy
+    from .train import Trainer
+    image_shape = loaded.train.image_shape
+    config = model_config(args, image_shape, len(loaded.classes))
+    model = models.build(config["model"], **config["model_kwargs"])
+    if args.pretrained:
+        from .models.pretrained import load_pretrained
+        report = load_pretrained(model, args.pretrained)
+        kept = ", ".join(f"{n} {tuple(a)} -> {tuple(b)}" for n, a, b in report.skipped)
+        _say(ctx, f"loaded {len(report.loaded)} tensors from {args.pretrained}"
+                  + (f"; kept the new initialisation of {kept}" if kept else ""))
+    if args.sync_bn and ctx.size > 1:
+        ctx.synchronize_batchnorm(model)
+    optimizer = build_optimizer(model, args)
+    schedule, interval = build_schedule(optimizer, args, len(loaded.train_loader))
+    callbacks = build_callbacks(args, ctx, loaded.val is not None)
     ctx.broadcast_parameters(model)
     ctx.check_consistency(model, optimizer, args.batch_size, dataset=args.dataset,
-                          epochs=args.epochs, seed=args.seed, train_examples=len(train),
-                          batches_per_epoch=len(train_loader), sync_bn=args.sync_bn)
+                          epochs=args.epochs, seed=args.seed, train_examples=len(loaded.train),
+                          batches_per_epoch=len(loaded.train_loader), sync_bn=args.sync_bn)
     trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(label_smoothing=args.label_smoothing),
-                      scheduler=schedule, scheduler_interval=interval, callbacks=callbacks,
-                      distributed=ctx, progress=not args.no_progress, config=config,
-                      classes=classes, normalization={"mean": mean, "std": std})
+                      scheduler=schedule, scheduler_interval=interval,
+                      callbacks=callbacks, distributed=ctx,
+                      progress=not args.no_progress, config=config, classes=loaded.classes,
+                      normalization={"mean": loaded.mean, "std": loaded.std})
     if args.resume:
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"--resume: no checkpoint at {args.checkpoint}")
         trainer.resume(args.checkpoint)
         _say(ctx, f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
 
-    _say(ctx, f"cupycnn: {args.dataset}: {len(train)} training, "
-              f"{len(val) if val is not None else 0} validation, {len(test)} test images "
-              f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]}, {len(classes)} classes; "
-              f"{args.model} with {model.num_parameters():,} parameters; device "
+    val_count = len(loaded.val) if loaded.val is not None else 0
+    _say(ctx, f"cupycnn: {args.dataset}: {len(loaded.train)} training, {val_count} validation, "
+              f"{len(loaded.test)} test images "
+              f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]}, {len(loaded.classes)} "
+              f"classes; {args.model} with {model.num_parameters():,} parameters; device "
               f"{_device.device()}, {ctx.size} rank(s) ({ctx.backend}), batch {args.batch_size} "
-              f"({per_rank} per rank), {args.optimizer} lr {args.lr}, schedule {args.schedule}")
+              f"({loaded.per_rank} per rank), {args.optimizer} lr {args.lr}, schedule "
+              f"{args.schedule}")
     if args.summary and ctx.rank == 0:
         model.summary(tuple(config["input_shape"]))
-    trained_at = time.perf_counter()
-    stop_at = None if not args.epochs_per_run else trainer.epoch + args.epochs_per_run
-    history = trainer.fit(train_loader, args.epochs, val_loader=val_loader, stop_at=stop_at)
-    train_seconds = time.perf_counter() - trained_at
+    return trainer
 
-    result = trainer.evaluate(test_loader, desc="test")
-    probabilities = trainer.predict(test_loader)          # every rank: the whole test set, in order
+
+def json_text(value):
+    """Strict JSON (what json.loads in other languages, jq and browsers accept): NaN and
+    infinities, which Python would write as the invalid NaN / Infinity, become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (str, int, bool)) or v is None:
+            return v
+        if isinstance(v, np.generic):
+            return clean(v.item())
+        return str(v)
+    return json.dumps(clean(value), indent=1, allow_nan=False)
+
+
+def report(args, ctx, trainer, loaded, history, train_seconds, started):
+    """Evaluate on the test set on all ranks; on rank 0 draw the pictures and write
+    summary.json into --log-dir. Returns the exit code."""
+    from .train import plots
+    test = loaded.test
+    result = trainer.evaluate(loaded.test_loader, desc="test")
+    probabilities = trainer.predict(loaded.test_loader)   # every rank: the whole test set, in order
     _say(ctx, f"test: loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}% "
               f"({result['count']} images); training took {train_seconds:.1f} s")
+    trainer.record_test(result)                           # into log.csv and TensorBoard
     if ctx.rank != 0:
         return 0
     predicted = np.argmax(probabilities, axis=1)
     labels = np.asarray(test.labels)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    plots.plot_history(history, log_dir / "curves.png",
-                       title=f"{args.model} on {args.dataset}")
-    counts = plots.confusion_matrix(labels, predicted, len(classes))
-    plots.plot_confusion_matrix(counts, classes, log_dir / "confusion_matrix.png",
-                                title=f"{args.model} on {args.dataset}, test set")
-    sample = np.arange(min(32, len(test)))
-    sample_probs = trainer.predict(eval_tf(_device.asarray(np.asarray(test.images)[sample])))
-    plots.plot_predictions(np.asarray(test.images)[sample], np.asarray(test.labels)[sample],
-                           sample_probs, classes, log_dir / "predictions.png")
+    title = f"{args.model} on {args.dataset}"
+    plots.plot_history(history, log_dir / "curves.png", title=title)
+    counts = plots.confusion_matrix(labels, predicted, len(loaded.classes))
+    plots.plot_confusion_matrix(counts, loaded.classes, log_dir / "confusion_matrix.png",
+                                title=f"{title}, test set")
+    worst = plots.worst_predictions(probabilities, labels, 32)
+    plots.plot_predictions(np.asarray(test.images)[worst], labels[worst], probabilities[worst],
+                           loaded.classes, log_dir / "predictions.png",
+                           title=f"the {len(worst)} test images given the lowest probability of "
+                                 f"their true class")
+    val_accuracy = [v for v in history.get("val_accuracy", []) if math.isfinite(v)]
     summary = {"dataset": args.dataset, "model": args.model, "device": _device.device(),
                "ranks": ctx.size, "epochs": trainer.epoch, "batch_size": args.batch_size,
                "test_loss": result["loss"], "test_accuracy": result["accuracy"],
                "train_seconds": train_seconds,
                "seconds_total": time.perf_counter() - started,
-               "best_val_accuracy": max(history.get("val_accuracy", [math.nan])),
+               "best_val_accuracy": max(val_accuracy) if val_accuracy else None,
                "arguments": vars(args), "history": dict(history)}
-    (log_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (log_dir / "summary.json").write_text(json_text(summary))
     print(f"wrote {args.checkpoint}, {log_dir / 'log.csv'}, {log_dir / 'tensorboard'}, "
           f"curves.png, confusion_matrix.png, predictions.png, summary.json in {log_dir}")
     return 0

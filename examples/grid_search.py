@@ -15,6 +15,7 @@ unless `--` passes one; --val-fraction 0 is refused (there would be nothing to p
 import argparse
 import csv
 import itertools
+import math
 import json
 import sys
 from pathlib import Path
@@ -55,7 +56,8 @@ def main():
             return code
         if distributed.context().rank == 0:
             summary = json.loads((run_dir / "summary.json").read_text())
-            results.append((lr, wd, summary["best_val_accuracy"], summary["test_accuracy"]))
+            val = summary["best_val_accuracy"]          # null without a validation set
+            results.append((lr, wd, math.nan if val is None else val, summary["test_accuracy"]))
     if distributed.context().rank != 0:
         return 0
     best = max(results, key=lambda r: (np.nan_to_num(r[2], nan=-1), -r[0]))
