@@ -490,7 +490,7 @@ def json_text(value):
             return {str(k): clean(x) for k, x in v.items()}
         if isinstance(v, (list, tuple)):
             return [clean(x) for x in v]
-        if isinstance(v, (str, int, bool)) or v is None:
+        if isinstance(v, (str, int, float, bool)) or v is None:
             return v
         if isinstance(v, np.generic):
             return clean(v.item())

@@ -135,3 +135,31 @@ def test_the_progress_bar_counts_every_ranks_images(monkeypatch):
     trainer = Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)
     trainer.fit(Loader(data, 4, rank=0, world_size=2, transform=Normalize(0.5, 0.25)), epochs=1)
     assert scales == [8]
+
+
+def test_the_training_command_writes_honest_outputs(tmp_path, capsys):
+    """No validation set, early stopping asked, 65 images in batches of 8: the warnings are
+    said, summary.json is strict JSON with null where there is no figure, log.csv holds the
+    test figures, and only the one example a batch of 1 would hold is left out."""
+    import json
+
+    from cupycnn import cli
+    log_dir = tmp_path / "run"
+    code = cli.main("test", argv=[
+        "--dataset", "synthetic", "--synthetic-size", "65", "--val-fraction", "0",
+        "--model", "simple_cnn", "--epochs", "1", "--batch-size", "8", "--early-stopping", "1",
+        "--device", "numpy", "--no-progress", "--log-dir", str(log_dir)])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "--early-stopping watches the training loss: there is no validation set" in err
+    assert "1 x 1 training example per epoch left out" in err
+
+    def no_constants(name):
+        raise AssertionError(f"summary.json holds {name}, which is not JSON")
+    summary = json.loads((log_dir / "summary.json").read_text(), parse_constant=no_constants)
+    assert summary["best_val_accuracy"] is None
+    with open(log_dir / "log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert float(rows[-1]["test_accuracy"]) == summary["test_accuracy"]
+    assert int(rows[-1]["test_count"]) == 13
+    assert "epoch 1/1" in out and "images_per_second" in out
