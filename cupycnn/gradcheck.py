@@ -305,23 +305,38 @@ def gradcheck(layer, x, *, loss=None, labels=None, dy=None, eps=1e-6, training=T
     return result
 
 
-def main(argv=None):
-    """python -m cupycnn.gradcheck [--device D] [--layer NAME]: run the suite, print the table."""
+def main(argv=None, prog="python -m cupycnn.gradcheck"):
+    """python -m cupycnn.gradcheck [--device D] [--layer NAME] [--cases FILE]: run the suite,
+    print the table (also `cupycnn gradcheck`)."""
     import argparse
 
     from . import gradcheck_suite
 
     parser = argparse.ArgumentParser(
-        prog="python -m cupycnn.gradcheck",
+        prog=prog,
         description="Check every layer's hand-written backward against centred finite "
                     "differences of its float64 NumPy reference. On --device sim or cuda the "
                     "analytic gradients come from the kernels (float32).")
-    parser.add_argument("--device", default="numpy", choices=_device.DEVICES)
+    parser.add_argument("--device", default="numpy", choices=_device.DEVICES,
+                        help="numpy: the float64 reference's backward; sim or cuda: the "
+                             "kernels' (float32, on the CPU emulator or a GPU) "
+                             "(default: %(default)s)")
     parser.add_argument("--layer", default=None, metavar="NAME",
                         help="one layer family, e.g. Conv2D (default: all): "
                              + ", ".join(gradcheck_suite.families()))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every case's random inputs (default: %(default)s)")
+    parser.add_argument("--cases", metavar="FILE", action="append", default=[],
+                        help="a Python file of your own that registers cases with "
+                             "@cupycnn.gradcheck_suite.case(\"MyLayer\") (run first; "
+                             "repeatable): your layers join the table and --layer")
     args = parser.parse_args(argv)
+    for path in args.cases:
+        try:
+            gradcheck_suite.load_cases(path)
+        except FileNotFoundError as e:
+            print(f"error: --cases: {e}", file=sys.stderr)
+            return 2
     if args.device == "cuda" and not _device.cuda_available():
         print(f"error: --device cuda needs a usable GPU and there is none here "
               f"({_device._probe_cuda()}); --device sim runs the same kernels on the CPU "

@@ -7,7 +7,9 @@ below 1e-6) and on sim (the kernels' float32 gradients against the float64 deriv
 1e-5).
 
 To add a case: a function taking a NumPy Generator and returning a dict of `gradcheck`
-arguments (at least `layer` and `x`), decorated with `@case("LayerName")`.
+arguments (at least `layer` and `x`), decorated with `@case("LayerName")`: here for the
+library's layers, or in a file of one's own run by `python -m cupycnn.gradcheck --cases FILE`
+(docs/WRITING_A_LAYER.md).
 """
 import collections
 import contextlib
@@ -45,6 +47,24 @@ def off_kinks(values, margin=1e-3):
     near = np.abs(values) < margin
     values[near] = np.where(values[near] < 0, -margin, margin) * 10
     return values
+
+
+def load_cases(path):
+    """Run a Python file of one's own that registers cases with @case (the gradient-check
+    command's --cases FILE): its layers join the suite. Its folder is importable while it
+    runs, so it may import its neighbours."""
+    import runpy
+    import sys
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no Python file at {path}")
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        runpy.run_path(str(path), run_name=f"cupycnn_cases_{path.stem}")
+    finally:
+        sys.path.remove(folder)
 
 
 def families():

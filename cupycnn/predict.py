@@ -232,3 +232,62 @@ def predict(model, inputs, classes=None, top_k=5):
                               f"{len(classes)} classes")
     order = np.argsort(-probs, axis=1, kind="stable")[:, :min(int(top_k), count)]
     return [[(classes[k], float(row[k])) for k in ranks] for row, ranks in zip(probs, order)]
+
+
+# ------------------------------------------------------------------------------ the command
+
+def _positive_int(text):
+    import argparse
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser(prog="predict.py"):
+    """The prediction command's options (examples/predict.py, `cupycnn predict`)."""
+    import argparse
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Classify image files with a trained checkpoint: the top-k classes and "
+                    "their probabilities.\n\n"
+                    f"    {prog} cat.jpg dog.png --checkpoint runs/folder-resnet18/best.h5\n"
+                    f"    {prog} digit.png --checkpoint runs/digits-simple_cnn/last.h5 "
+                    f"--top-k 3\n\n"
+                    "The checkpoint's config rebuilds the model (a registry model, or any model "
+                    "of library layers from its architecture); each image is converted to the "
+                    "model's channels, resized (and centre-cropped) as at training and "
+                    "normalised with the checkpoint's mean and std (docs/predict.md).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow "
+                   "reads: PNG, JPEG, ...)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a checkpoint written by Trainer.save_checkpoint (the training command "
+                        "writes <log-dir>/last.h5 and best.h5)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes to show per image "
+                   "(default: 5, at most the number of classes)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "sim", "numpy"],
+                   help="where the model runs; auto: cuda where a GPU is usable, else numpy "
+                        "(default: auto)")
+    return p
+
+
+def main(argv=None, prog="predict.py"):
+    """The prediction command: prints each image's top-k classes; exit status 1 with one line
+    on stderr for a missing image, an unreadable one, or a checkpoint that cannot be used."""
+    import sys
+    args = build_parser(prog).parse_args(argv)
+    try:
+        if args.device != "auto":
+            _device.use(args.device)
+        model, checkpoint = load_model(args.checkpoint)
+        inputs = prepare_images(args.images, checkpoint.config, checkpoint.normalization)
+        results = predict(model, inputs, checkpoint.classes, top_k=args.top_k)
+    except (CheckpointError, BadImageError, FileNotFoundError,
+            _device.DeviceUnavailableError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    for path, top in zip(args.images, results):
+        print(path)
+        for rank, (name, probability) in enumerate(top, start=1):
+            print(f"  {rank}. {probability:.6f}  {name}")
+    return 0
