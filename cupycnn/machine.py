@@ -4,16 +4,17 @@ unusable when it is, the GPUs, NCCL, MPI, the compilers and the package versions
 Every probe runs in a try: a missing or broken piece is a line that says what was found and
 what to do, never an exception. `report()` returns the lines.
 """
-import importlib
 import os
 import platform
 import shutil
 import subprocess
 import sys
 
-PACKAGES = ("numpy", "h5py", "PIL", "sklearn", "matplotlib", "tensorboardX", "threadpoolctl",
-            "cupy", "mpi4py", "torch")
-NAMES = {"PIL": "Pillow", "sklearn": "scikit-learn"}
+# Distributions whose versions are reported, read from their metadata (nothing is imported:
+# a broken binary package cannot take the report down with it).
+PACKAGES = ("numpy", "h5py", "Pillow", "scikit-learn", "matplotlib", "tensorboardX",
+            "threadpoolctl", "cupy-cuda12x", "cupy-cuda13x", "mpi4py", "mpich",
+            "nvidia-cuda-nvrtc-cu12", "torch")
 
 
 def _first_line(error):
@@ -21,13 +22,16 @@ def _first_line(error):
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def package_version(module):
-    """The module's version, or None when it cannot be imported (with the reason)."""
-    try:
-        found = importlib.import_module(module)
-    except Exception as e:                       # ImportError, or a broken library under it
-        return None, f"{type(e).__name__}: {_first_line(e)}"
-    return getattr(found, "__version__", "?"), ""
+def package_versions():
+    """'name version' for each of PACKAGES installed, and the names of those that are not."""
+    from importlib import metadata
+    found, missing = [], []
+    for name in PACKAGES:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            missing.append(name)
+    return found, missing
 
 
 def sim_status():
@@ -135,14 +139,10 @@ def report():
     lines = [f"cupycnn {__version__} ({os.path.dirname(os.path.abspath(__file__))})",
              f"Python {platform.python_version()} ({sys.executable}), {platform.system()} "
              f"{platform.machine()}, {os.cpu_count()} CPU(s)"]
-    versions = []
-    for module in PACKAGES:
-        version, why = package_version(module)
-        versions.append(f"{NAMES.get(module, module)} {version}" if version
-                        else f"{NAMES.get(module, module)} not installed"
-                        if why.startswith("ModuleNotFoundError") else
-                        f"{NAMES.get(module, module)} broken ({why})")
-    lines.append("packages: " + ", ".join(versions))
+    found, missing = package_versions()
+    lines.append("packages: " + ", ".join(found))
+    if missing:
+        lines.append("not installed: " + ", ".join(missing))
     lines += blas_lines()
 
     cuda_reason = _device._probe_cuda()
