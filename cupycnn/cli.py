@@ -303,11 +303,7 @@ def load_datasets(args, ctx):
         size = args.image_size
         cache_dir = Path(args.data_dir) / "cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
-        splits = {s.name.lower(): s for s in root.iterdir() if s.is_dir()} if root.is_dir() else {}
-        train_dir = next((splits[n] for n in ("train", "training", "training data")
-                          if n in splits), None)
-        test_dir = next((splits[n] for n in ("test", "testing", "testing data", "val",
-                                              "validation") if n in splits), None)
+        train_dir, test_dir = data.folder.split_folders(root)
 
         def folder(path, tag):
             cache = cache_dir / f"{root.name}-{tag}-{size}{'-crop' if args.crop else ''}.h5"

@@ -4,7 +4,7 @@ checks, a throughput benchmark and what this machine offers.
     cupycnn train --dataset digits --device numpy       # = python examples/train_cifar.py ...
     cupycnn evaluate --checkpoint runs/digits-simple_cnn/last.h5
     cupycnn predict seven.png --checkpoint runs/digits-simple_cnn/last.h5 --top-k 3
-    cupycnn gradcheck --device sim --layer Conv2D       # = python -m cupycnn.gradcheck ...
+    cupycnn gradcheck --device sim --layer Conv2D       # = python -m cupycnn.gradcheck_suite
     cupycnn bench --model resnet18 --batch-size 32 --device numpy
     cupycnn info                                        # devices, versions, GPU, NCCL, MPI
     mpirun -n 4 cupycnn train                           # data-parallel, as train_cifar.py
@@ -190,8 +190,8 @@ def predict(argv):
 # -------------------------------------------------------------------------- gradcheck
 
 def gradcheck(argv):
-    from . import gradcheck as _gradcheck
-    return _gradcheck.main(argv, prog=f"{PROG} gradcheck")
+    from . import gradcheck_suite
+    return gradcheck_suite.main(argv, prog=f"{PROG} gradcheck")
 
 
 # ------------------------------------------------------------------------------ bench

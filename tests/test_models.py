@@ -104,6 +104,16 @@ def test_summary_lists_layers_shapes_and_total(capsys):
     assert rows[1] == ("block1_conv1", "Conv2D", (32, 8, 8), 320)
 
 
+def test_summary_sees_inside_residual_blocks_through_forward_hooks(capsys):
+    """summary() records shapes with the forward hooks every layer offers (no patching), and
+    the composites call their children through them, down into a block's residual branches."""
+    model = models.resnet18(num_classes=10, stem="cifar")
+    rows = {name: shape for name, _, shape, _ in model.summary((3, 16, 16))}
+    assert rows["layer2.0.conv1"] == (128, 8, 8) and rows["layer2.0.downsample.0"] == (128, 8, 8)
+    assert rows["layer1.1.bn2"] == (64, 16, 16) and rows["fc"] == (10,)
+    assert all(not layer._forward_hooks for layer in model.layers())     # all removed
+
+
 def test_blocks_match_between_sim_and_numpy(rng):
     """BasicBlock and Bottleneck (stride 2, projection shortcut) on the kernels equal the
     reference, forward and backward."""

@@ -29,7 +29,7 @@ class _Block(Layer):
         return self._named
 
     def forward(self, x, training=None):
-        return self.relu.forward(self.residual.forward(x, training), training)
+        return self.relu(self.residual(x, training), training)
 
     def backward(self, dy):
         return self.residual.backward(self.relu.backward(dy))

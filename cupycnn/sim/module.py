@@ -162,6 +162,14 @@ _DYN_SMEM_RE = re.compile(
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 
 
+def entry_points(code):
+    """(name, bounds) for each `extern "C" __global__` function of a CUDA C source, in order,
+    comments ignored: the kernels a module exports. bounds: the text between the parentheses of
+    its __launch_bounds__ ("" without one)."""
+    found = _KERNEL_RE.findall(_COMMENT_RE.sub("", code))
+    return [(k, before or after) for before, after, k in found]
+
+
 def _c_identifier(expression):
     """A C name for a name expression such as `axpy<float>`."""
     return re.sub(r"\W", "_", expression) + "_" + hashlib.md5(expression.encode()).hexdigest()[:6]
@@ -190,11 +198,11 @@ class Module:
     def __init__(self, code, name="<code>", name_expressions=(), options=()):
         self.name = name
         clean = _COMMENT_RE.sub("", code)
-        found = _KERNEL_RE.findall(clean)
-        self._c_names = {k: k for _, _, k in found}
+        entries = entry_points(code)
+        self._c_names = {k: k for k, _ in entries}
         # __launch_bounds__(max threads[, ...]): its first argument, evaluated by the compiler
         # in the wrapper (it may be a macro or a constant of the source).
-        bounds = {k: (before or after) for before, after, k in found if before or after}
+        bounds = {k: b for k, b in entries if b}
         for expression in name_expressions:
             self._c_names[expression] = _c_identifier(expression)
         dynamic_shared = {}

@@ -27,6 +27,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..layers.base import training_mode
 from ..ops import metrics as metric_ops
 from ..progress import Progress
+from ..reference.softmax_xent import softmax
 from ..data.transforms import Transform
 from ..models.description import NotDescribable, describe
 from .arrays import array_loader, is_array
@@ -287,9 +288,7 @@ class Trainer:
             logits = np.empty((n, max(s.shape[1] for s in shares)))
             for rank, share in enumerate(shares):
                 logits[rank::world] = share
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        return softmax(logits)
 
     def record_test(self, result):
         """Hand the test set's figures (what evaluate returned) to the callbacks' on_test_end:
