@@ -215,8 +215,9 @@ class Layer:
     def saved(self):
         """What forward kept; an error if backward comes before forward."""
         if self._saved is None:
-            raise RuntimeError(f"{self.short_repr()}: backward called before forward (or twice "
-                               f"after one forward); call forward first")
+            who = type(self).__name__ if self.named_children() else self.short_repr()
+            raise RuntimeError(f"{who}: backward called before forward (or twice after one "
+                               f"forward); call forward first")
         saved, self._saved = self._saved, None
         return saved
 
