@@ -198,6 +198,9 @@ def build_parser(description, default_dataset="cifar10", prog=None):
     r.add_argument("--epochs-per-run", type=int, metavar="N",
                    help="stop after N epochs of this run (the schedule still spans --epochs): "
                         "long trainings in jobs with a time limit, continued with --resume")
+    r.add_argument("--cuda-graph", action="store_true",
+                   help="record the training step once and replay it (a CUDA graph on cuda, "
+                        "the launch list on sim; a short last batch runs eagerly)")
     r.add_argument("--blas-threads", type=int, metavar="N",
                    help="threads NumPy's BLAS may use on numpy and sim (0: its own choice, all "
                         "cores); 1 where the matrix products are too small to share, as "
@@ -583,7 +586,8 @@ def build_training(args, ctx, loaded):
                       scheduler=schedule, scheduler_interval=interval,
                       callbacks=callbacks, distributed=ctx,
                       progress=not args.no_progress, config=config, classes=loaded.classes,
-                      normalization={"mean": loaded.mean, "std": loaded.std})
+                      normalization={"mean": loaded.mean, "std": loaded.std},
+                      cuda_graph=args.cuda_graph)
     if args.resume:
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"--resume: no checkpoint at {args.checkpoint}")

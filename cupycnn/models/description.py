@@ -46,9 +46,9 @@ LAYERS = {
     "Dense": (Dense, lambda l: {"in_features": l.in_features, "out_features": l.out_features,
                                 "bias": "bias" in l.params}),
     "BatchNorm1D": (BatchNorm1D, lambda l: {"num_features": l.num_features, "eps": l.eps,
-                                            "momentum": l.momentum}),
+                                            "momentum": l.momentum, "relu": l.relu}),
     "BatchNorm2D": (BatchNorm2D, lambda l: {"num_features": l.num_features, "eps": l.eps,
-                                            "momentum": l.momentum}),
+                                            "momentum": l.momentum, "relu": l.relu}),
     "GroupNorm": (GroupNorm, lambda l: {"num_groups": l.num_groups,
                                         "num_channels": l.num_channels, "eps": l.eps}),
     "ReLU": (ReLU, lambda l: {}),
@@ -58,9 +58,9 @@ LAYERS = {
     "AvgPool2D": (AvgPool2D, _pool_args),
     "GlobalAvgPool2D": (GlobalAvgPool2D, lambda l: {}),
     "BasicBlock": (BasicBlock, lambda l: {"in_planes": l.in_planes, "planes": l.planes,
-                                          "stride": l.stride}),
+                                          "stride": l.stride, "fused": l.fused}),
     "Bottleneck": (Bottleneck, lambda l: {"in_planes": l.in_planes, "planes": l.planes,
-                                          "stride": l.stride}),
+                                          "stride": l.stride, "fused": l.fused}),
 }
 _NAME_OF = {cls: name for name, (cls, _) in LAYERS.items()}
 

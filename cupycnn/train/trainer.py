@@ -61,11 +61,13 @@ class Trainer:
     (examples/predict.py). The config is completed with the model's architecture (any model of
     library layers) and its input shape (checkpoint_config); the normalization, when not given,
     comes from fit: the images' statistics for arrays, a loader's Normalize or augmentation.
+    cuda_graph: record the training step once and replay it (a CUDA graph on cuda, the launch
+    list on sim; train/graphed.py says when a step falls back to running eagerly, and says so).
     """
 
     def __init__(self, model, optimizer, loss=None, *, scheduler=None, scheduler_interval="epoch",
                  callbacks=(), distributed=None, progress=True, config=None, classes=None,
-                 normalization=None):
+                 normalization=None, cuda_graph=False):
         if loss is None:
             from ..losses import SoftmaxCrossEntropy
             loss = SoftmaxCrossEntropy()
@@ -91,6 +93,10 @@ class Trainer:
         self._pending_loader_state = None   # from resume(), applied when fit gets the loaders
         self._array_seed = None     # the shuffling seed of fit(x, y) on arrays (checkpointed)
         self.input_shape = None     # of one example, from the first training batch
+        self.graphed = None
+        if cuda_graph:
+            from .graphed import GraphedTraining
+            self.graphed = GraphedTraining(self)
 
     # ------------------------------------------------------------------------- properties
     @property
@@ -107,10 +113,23 @@ class Trainer:
             getattr(cb, hook)(*args)
 
     # -------------------------------------------------------------------------- training
+    def new_sums(self):
+        """A zeroed accumulator for an epoch's loss and hits (the graphed step's own one)."""
+        return self.graphed.epoch_sums() if self.graphed is not None else metric_ops.new_sums()
+
     def train_step(self, x, y, sums):
         """One optimizer step on a batch; adds its loss and hits to `sums` (on the device)."""
         if self.input_shape is None:            # for the checkpoint's config
             self.input_shape = tuple(int(s) for s in x.shape[1:])
+        if self.graphed is not None:
+            self.graphed.step(x, y, sums)
+        else:
+            self._eager_step(x, y, sums)
+        self.step += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+
+    def _eager_step(self, x, y, sums):
         logits = self.model.forward(x, training=True)
         loss = self.loss.forward(logits, y)
         dy = self.loss.backward()
@@ -120,9 +139,6 @@ class Trainer:
             self.model.backward(dy)
         self.optimizer.step()
         metric_ops.accumulate_metrics(logits, y, loss, sums)
-        self.step += 1
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
 
     def fit(self, x, y=None, epochs=1, *, batch_size=None, validation_data=None,
             val_loader=None, shuffle=True, seed=None, stop_at=None):
@@ -185,7 +201,7 @@ class Trainer:
                 train_loader.set_epoch(epoch)
             self._callbacks("on_epoch_begin", epoch, {})
             lr = self.optimizer.param_groups[0]["lr"]
-            sums = metric_ops.new_sums()
+            sums = self.new_sums()
             bar = Progress(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
                            unit="batch", enabled=self.progress and self.is_root,
                            unit_scale=_images_per_batch(train_loader))
