@@ -61,18 +61,20 @@ def test_an_explicit_flag_overrides_the_modes_and_none_follows_each_layer(rng):
     np.testing.assert_array_equal(after["7.running_mean"], before["7.running_mean"])
 
 
-def test_modes_reach_every_layer_of_a_resnet_block():
-    """The ResNet blocks expose torchvision's names but run a Residual of a Sequential: eval()
-    reaches those objects too."""
+@pytest.mark.parametrize("fused", [True, False])
+def test_modes_reach_every_layer_of_a_resnet_block(fused):
+    """The ResNet blocks expose torchvision's names but run other objects (a body and the last
+    batchnorm's fused epilogue, or a Residual of a Sequential): eval() reaches those too."""
     cupycnn.use("numpy")
-    model = models.resnet18(num_classes=3, stem="cifar")
+    model = models.resnet18(num_classes=3, stem="cifar", fused=fused)
     model.eval()
     block = model.layer1[0]
-    assert not block.residual.training and not block.residual.main.training
+    runs = [block.body, block.last_bn] if fused else [block.residual, block.residual.main]
+    assert not any(layer.training for layer in runs)
     assert not any(layer.training for layer in block._every_layer())
     with training_mode(model, True):
-        assert block.residual.main.bn1.training
-    assert not block.residual.main.bn1.training                      # restored
+        assert all(layer.training for layer in block._every_layer())
+    assert not block.conv1.training and not runs[0].training          # restored
 
 
 def test_training_mode_restores_each_layers_own_mode_even_after_an_error():
