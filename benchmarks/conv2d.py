@@ -245,6 +245,70 @@ def parse_args(argv):
     return parser, args
 
 
+def random_inputs(conv, rng):
+    """x, w (scaled as PyTorch initialises it), dy: float32 standard normals."""
+    x = rng.standard_normal((conv.n, conv.c, conv.h, conv.w)).astype(np.float32)
+    w = (rng.standard_normal((conv.o, conv.c, conv.kh, conv.kw))
+         / math.sqrt(conv.c * conv.kh * conv.kw)).astype(np.float32)
+    dy = rng.standard_normal((conv.n, conv.o, conv.ho, conv.wo)).astype(np.float32)
+    return x, w, dy
+
+
+def time_shape(conv, count, versions, torch, timer, rounds, on_gpu):
+    """One row per (product, version) of one shape: every precision of `versions`, our versions
+    and cuDNN's two layouts interleaved per (product, precision)."""
+    arrays = random_inputs(conv, np.random.default_rng(0))
+    ours_in = [cupycnn.asarray(a) for a in arrays]
+    exact = exact_results(torch, conv, arrays, on_gpu)
+    rows = []
+    for precision in [p for p in roofline.PRECISIONS if any(q == p for _, q in versions)]:
+        mine = [v for v, p in versions if p == precision]
+        baseline = {}
+        if torch is not None:
+            set_cudnn_tf32(torch, precision == "tf32")
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            baseline = {layout: torch_products(torch, conv, arrays, dtype, layout == "NHWC",
+                                               "cuda" if on_gpu else "cpu")
+                        for layout in ("NCHW", "NHWC")}
+        with cupycnn.set_precision(precision):
+            ours = {v: our_products(conv, *ours_in, v) for v in mine}
+            for product in PRODUCTS:
+                contenders = {v: ours[v][product] for v in mine}
+                contenders.update({layout: fns[product] for layout, fns in baseline.items()})
+                seconds, outputs = measure(contenders, timer, rounds)
+                floor, _ = conv.floor(product, precision, itemsize=4)
+                for version in mine:
+                    t = seconds[version]
+                    rows.append({
+                        "shape": conv.label, "count": count, "product": product,
+                        "precision": precision, "version": version, "seconds": t,
+                        "tflops": conv.flops(product) / t / 1e12, "floor": floor / t,
+                        "error": relative_error(torch, outputs[version], exact[product], on_gpu),
+                        **{f"{layout} seconds": seconds[layout] for layout in baseline},
+                        **{f"x {layout}": seconds[layout] / t for layout in baseline}})
+                    print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+def header(base):
+    return (f"{'shape':<22} {'product':<11} {'precision':<9} {'version':<11} {'ms':>9} "
+            f"{'TFLOP/s':>8} {'% floor':>8} {base + ' ms':>10} {'x NCHW':>7} {'NHWC ms':>9} "
+            f"{'x NHWC':>7} {'rel err':>8}")
+
+
+def format_row(r):
+    cells = ""
+    for layout, width in (("NCHW", 10), ("NHWC", 9)):
+        if f"x {layout}" in r:
+            cells += f" {r[f'{layout} seconds'] * 1e3:>{width}.3f} {r[f'x {layout}']:>7.2f}"
+        else:
+            cells += f" {'-':>{width}} {'-':>7}"
+    wrong = "  WRONG" if r["error"] > TOLERANCE[r["precision"]] else ""
+    return (f"{r['shape']:<22} {r['product']:<11} {r['precision']:<9} {r['version']:<11} "
+            f"{r['seconds'] * 1e3:>9.3f} {r['tflops']:>8.2f} {100 * r['floor']:>7.1f}%{cells} "
+            f"{r['error']:>8.1e}{wrong}")
+
+
 def main(argv=None):
     parser, args = parse_args(argv)
     device = cupycnn.use(args.device or ("cuda" if cupycnn.cuda_available() else "sim"))
@@ -253,10 +317,11 @@ def main(argv=None):
     rounds = args.repeats or (10 if on_gpu else 1)
     wanted = set(args.versions.split(",")), set(args.precisions.split(","))
     versions = [(v, p) for v, p in VERSIONS if v in wanted[0] and p in wanted[1]]
-    shapes = [(conv, count) for conv, count in roofline.distinct(
-        roofline.resnet18_convolutions(batch)) if args.layers is None or args.layers in conv.label]
+    every = roofline.distinct(roofline.resnet18_convolutions(batch))
+    shapes = [(c, n) for c, n in every if args.layers is None or args.layers in c.label]
     if not shapes or not versions:
-        parser.error(f"nothing selected: shapes {[c.label for c, _ in roofline.distinct(roofline.resnet18_convolutions(1))]}, versions {VERSIONS}")
+        parser.error(f"nothing selected; shapes: {', '.join(c.label for c, _ in every)}; "
+                     f"versions: {', '.join(f'{v} {p}' for v, p in VERSIONS)}")
     try:
         import torch
         torch.backends.cudnn.benchmark = True
@@ -265,66 +330,18 @@ def main(argv=None):
     if on_gpu and torch is None:
         raise SystemExit("conv2d.py: PyTorch is needed on the GPU (cuDNN is the baseline)")
     timer = GpuTimer(torch) if on_gpu else HostTimer()
-    torch_device = "cuda" if on_gpu else "cpu"
     base = "cuDNN" if on_gpu else "torch CPU"
-
     print(f"conv2d on {device}, batch {batch}, {rounds} round(s), medians; % floor: "
           f"benchmarks/roofline.py's floor (FP32 storage) / time; x {base}: {base} time / ours "
           f"(NCHW, channels_last), same precision; rel err against float64")
-    head = (f"{'shape':<22} {'product':<11} {'precision':<9} {'version':<11} {'ms':>9} "
-            f"{'TFLOP/s':>8} {'% floor':>8} {base + ' ms':>10} {'x NCHW':>7} {'NHWC ms':>9} "
-            f"{'x NHWC':>7} {'rel err':>8}")
-    print(head)
-    rng = np.random.default_rng(0)
+    print(header(base))
     started = time.perf_counter()
-    results, wrong, skipped = [], [], []
+    results, skipped = [], []
     for conv, count in shapes:
         if args.budget is not None and time.perf_counter() - _STARTED > args.budget:
             skipped.append(conv.label)
             continue
-        x = rng.standard_normal((batch, conv.c, conv.h, conv.w)).astype(np.float32)
-        w = (rng.standard_normal((conv.o, conv.c, conv.kh, conv.kw))
-             / math.sqrt(conv.c * conv.kh * conv.kw)).astype(np.float32)
-        dy = rng.standard_normal((batch, conv.o, conv.ho, conv.wo)).astype(np.float32)
-        ours_in = [cupycnn.asarray(a) for a in (x, w, dy)]
-        exact = exact_results(torch, conv, (x, w, dy), on_gpu)
-        for precision in [p for p in roofline.PRECISIONS if any(q == p for _, q in versions)]:
-            mine = [v for v, p in versions if p == precision]
-            baseline = {}
-            if torch is not None:
-                set_cudnn_tf32(torch, precision == "tf32")
-                dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-                baseline = {layout: torch_products(torch, conv, (x, w, dy), dtype,
-                                                   layout == "NHWC", torch_device)
-                            for layout in ("NCHW", "NHWC")}
-            with cupycnn.set_precision(precision):
-                ours = {v: our_products(conv, *ours_in, v) for v in mine}
-                for product in PRODUCTS:
-                    contenders = {v: ours[v][product] for v in mine}
-                    contenders.update({layout: fns[product] for layout, fns in baseline.items()})
-                    seconds, outputs = measure(contenders, timer, rounds)
-                    floor, _ = conv.floor(product, precision, itemsize=4)
-                    for version in mine:
-                        err = relative_error(torch, outputs[version], exact[product], on_gpu)
-                        t = seconds[version]
-                        row = {"shape": conv.label, "count": count, "product": product,
-                               "precision": precision, "version": version, "seconds": t,
-                               "tflops": conv.flops(product) / t / 1e12,
-                               "floor": floor / t, "error": err,
-                               **{f"x {layout}": seconds[layout] / t for layout in baseline},
-                               **{f"{layout} seconds": seconds[layout] for layout in baseline}}
-                        results.append(row)
-                        flag = "" if err <= TOLERANCE[precision] else "  WRONG"
-                        if flag:
-                            wrong.append(f"{conv.label} {product} {version} {precision}: {err:.1e}")
-                        cells = "".join(
-                            f" {row[f'{layout} seconds'] * 1e3:>{10 if layout == 'NCHW' else 9}.3f}"
-                            f" {row[f'x {layout}']:>7.2f}" if layout in baseline else
-                            f" {'-':>{10 if layout == 'NCHW' else 9}} {'-':>7}"
-                            for layout in ("NCHW", "NHWC"))
-                        print(f"{conv.label:<22} {product:<11} {precision:<9} {version:<11} "
-                              f"{t * 1e3:>9.3f} {row['tflops']:>8.2f} {100 * row['floor']:>7.1f}%"
-                              f"{cells} {err:>8.1e}{flag}", flush=True)
+        results += time_shape(conv, count, versions, torch, timer, rounds, on_gpu)
     print(f"{len(results)} rows in {time.perf_counter() - started:.1f} s"
           + (f"; left out by --budget {args.budget:g} s: {', '.join(skipped)}" if skipped else ""))
     figures = summary(results, base, skipped)
@@ -332,8 +349,11 @@ def main(argv=None):
         print(f"{name}: {value['value'] if isinstance(value, dict) else value}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
+    wrong = [r for r in results if r["error"] > TOLERANCE[r["precision"]]]
     if wrong:
-        print("WRONG results: " + "; ".join(wrong), file=sys.stderr)
+        print("WRONG results: " + "; ".join(f"{r['shape']} {r['product']} {r['version']} "
+                                            f"{r['precision']}: {r['error']:.1e}" for r in wrong),
+              file=sys.stderr)
         return 1
     return 0
 
