@@ -245,6 +245,34 @@ def parse_args(argv):
     return parser, args
 
 
+# The kernel files each version runs (ops/conv2d.py): precompile()'s list. A stale entry costs
+# only warm-up time, never a wrong figure.
+VERSION_FILES = {"direct": ("conv2d_direct",), "tiled": ("conv2d",),
+                 "tensor_core": ("conv2d_tc", "conv2d")}     # conv2d: the split-K reduction
+
+
+def precompile(versions):
+    """Compile the kernel modules of `versions` before timing, several at once (NVRTC in
+    threads; CuPy keeps them in its disk cache), so the first shape's warm-up does not pay for
+    them one after another. Returns the seconds it took."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cupycnn import machine_code, runtime
+    from cupycnn.ops import tiles
+    jobs = set()
+    for version, precision in versions:
+        for file in VERSION_FILES[version]:
+            if file in tiles.TC_FILES:
+                jobs |= {(file, tile.defines(precision)) for tile in tiles.TILES}
+            else:
+                jobs.add((file, ()))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        list(pool.map(lambda job: runtime.get_kernel(
+            job[0], machine_code.entry_points(job[0])[0], job[1]), sorted(jobs)))
+    return time.perf_counter() - t0
+
+
 def random_inputs(conv, rng):
     """x, w (scaled as PyTorch initialises it), dy: float32 standard normals."""
     x = rng.standard_normal((conv.n, conv.c, conv.h, conv.w)).astype(np.float32)
@@ -334,6 +362,8 @@ def main(argv=None):
     print(f"conv2d on {device}, batch {batch}, {rounds} round(s), medians; % floor: "
           f"benchmarks/roofline.py's floor (FP32 storage) / time; x {base}: {base} time / ours "
           f"(NCHW, channels_last), same precision; rel err against float64")
+    if on_gpu:
+        print(f"compiled the kernels in {precompile(versions):.1f} s")
     print(header(base))
     started = time.perf_counter()
     results, skipped = [], []

@@ -32,7 +32,7 @@ DRY=0
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-gpu-results}
-TOTAL_SECONDS=${TOTAL_SECONDS:-415}          # under 7 minutes, smoke step included
+TOTAL_SECONDS=${TOTAL_SECONDS:-400}          # under 7 minutes, smoke step included
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -44,7 +44,7 @@ START=$(date +%s)
 STEPS=$(cat <<'EOF'
 smoke            |  30 | $PY benchmarks/gpu_smoke.py                                   | $PY benchmarks/gpu_smoke.py --dry-run
 ceilings         |  25 | $PY benchmarks/gpu_ceilings.py --json $STEP_DIR/figures.json   | $PY benchmarks/gpu_ceilings.py --dry-run --json $STEP_DIR/figures.json
-conv2d           |  50 | $PY benchmarks/conv2d.py --device cuda --versions tiled,tensor_core --repeats 5 --budget 38 --json $STEP_DIR/figures.json | $PY benchmarks/conv2d.py --dry-run --json $STEP_DIR/figures.json
+conv2d           |  35 | $PY benchmarks/conv2d.py --device cuda --versions tiled,tensor_core --repeats 5 --budget 26 --json $STEP_DIR/figures.json | $PY benchmarks/conv2d.py --dry-run --json $STEP_DIR/figures.json
 augment          |  20 | $PY benchmarks/augment.py --device cuda                      | $PY benchmarks/augment.py --device sim --batch 4 --iterations 1 --repeats 1
 resnet18_step    |  40 | $PY benchmarks/resnet18_step.py --device cuda --batch 128 --json $STEP_DIR/figures.json | $PY benchmarks/resnet18_step.py --device numpy --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --json $STEP_DIR/figures.json
 digits_cuda      |  30 | $PY benchmarks/digits.py --device cuda --quiet               | $PY benchmarks/digits.py --device numpy --epochs 1 --no-torch --quiet

@@ -118,3 +118,10 @@ def test_the_gpu_timer_queues_the_calls_behind_a_spin_and_times_them_with_events
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     bench.set_cudnn_tf32(torch, True)
     assert torch.backends.cudnn.conv.fp32_precision == "tf32"
+
+
+def test_precompile_knows_every_version_and_its_files_exist():
+    from cupycnn import runtime
+    assert set(bench.VERSION_FILES) == {v for v, _ in bench.VERSIONS} == set(bench.ops.VERSIONS)
+    assert {f for files in bench.VERSION_FILES.values() for f in files} <= set(
+        runtime.kernel_files())
