@@ -44,43 +44,36 @@ def host_timer(fn, repeats=5):
     return statistics.median(times)
 
 
-def tensor_core_rates(dry_run, size):
+def tensor_core_rates(timed, device, size):
     """The TF32 and BF16 matrix rates (benchmarks/roofline.py's tf32 and bf16 ceilings): size^3
-    products of random matrices through PyTorch (cuBLAS on the GPU; its CPU build, tiny, in a
-    dry run), timed with CUDA events. {} where PyTorch is not installed."""
+    products of random matrices through PyTorch (cuBLAS on the GPU, on the legacy default stream
+    that CuPy's events time; its CPU build, tiny, in a dry run). {} without PyTorch."""
     try:
         import torch
     except ImportError:
         print("PyTorch not installed: no TF32 / BF16 matrix rates")
         return {}
-    device = "cpu" if dry_run else "cuda"
-    if device == "cuda":
-        def timed(fn, repeats=10):
-            fn()
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            times = []
-            for _ in range(repeats):
-                start.record()
-                fn()
-                stop.record()
-                stop.synchronize()
-                times.append(start.elapsed_time(stop) / 1e3)
-            return statistics.median(times)
-    else:
-        timed = host_timer
+    matmul = torch.backends.cuda.matmul
+
+    def allow_tf32(on):          # PyTorch's newer setting where it has it
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = "tf32" if on else "ieee"
+        else:
+            matmul.allow_tf32 = on
+
     figures = {}
     generator = torch.Generator(device=device).manual_seed(0)
     for name, dtype, tf32 in (("matmul tf32", torch.float32, True),
                               ("matmul bf16", torch.bfloat16, False)):
-        torch.backends.cuda.matmul.allow_tf32 = tf32
+        allow_tf32(tf32)
         a, b = (torch.randn(size, size, device=device, generator=generator).to(dtype)
                 for _ in range(2))
-        seconds = timed(lambda: torch.matmul(a, b))
+        seconds = timed(lambda: torch.matmul(a, b), repeats=10 if device == "cuda" else 3)
         tflops = 2 * size ** 3 / seconds / 1e12
         print(f"PyTorch {'cuBLAS' if device == 'cuda' else 'CPU'} {name} {size}^3: "
               f"{tflops:.1f} TFLOP/s")
         figures[name] = {"value": float(f"{tflops:.4g}"), "unit": "TFLOP/s"}
-    torch.backends.cuda.matmul.allow_tf32 = False
+    allow_tf32(False)
     return figures
 
 
@@ -117,7 +110,7 @@ def main():
     print(f"{'cuBLAS' if not args.dry_run else 'NumPy'} SGEMM {size}^3 (FP32, no TF32): "
           f"{tflops:.1f} TFLOP/s")
     figures["sgemm fp32"] = {"value": round(tflops, 2), "unit": "TFLOP/s"}
-    figures.update(tensor_core_rates(args.dry_run, size))
+    figures.update(tensor_core_rates(timed, "cpu" if args.dry_run else "cuda", size))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)
