@@ -17,12 +17,19 @@ setup(
     # Pillow decodes ImageFolder's photos, scikit-learn ships the Digits dataset (both imported
     # only when those classes are used).
     # matplotlib draws the end-of-training pictures, tensorboardX writes TensorBoard logs.
+    # tomli reads --config files on Python 3.10 (3.11 has tomllib); threadpoolctl holds BLAS to
+    # one thread where the GEMMs are too small to share (the training command's --blas-threads).
     install_requires=["numpy>=1.24", "h5py>=3.8", "Pillow>=9.1", "scikit-learn>=1.1",
-                      "matplotlib>=3.6", "tensorboardX>=2.6"],
+                      "matplotlib>=3.6", "tensorboardX>=2.6", "tomli>=1.1; python_version<'3.11'",
+                      "threadpoolctl>=3.1"],
+    entry_points={"console_scripts": ["cupycnn = cupycnn.command:main"]},
     extras_require={
         "cuda12": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13.6"],
         "mpi": ["mpi4py>=4.0", "mpich>=4.3"],
+        # Streamed datasets: libjpeg-turbo with decode-time downscaling (Pillow otherwise) and
+        # CRC-32C in C for TFRecord checks (pure Python otherwise, ~100x slower).
+        "data": ["simplejpeg>=1.7", "crc32c>=2.3"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",
@@ -47,6 +54,8 @@ setup(
             "scikit-image>=0.19",       # real photos (skimage.data) for the ImageFolder tests
             "threadpoolctl>=3.1",       # BLAS thread counts: benchmarks/digits.py reports them,
                                         # tests/test_digits_recipe.py limits them
+            "simplejpeg>=1.7",          # the fast decoding path of the streamed datasets and
+            "crc32c>=2.3",              # TFRecord checks, tested beside their fallbacks
         ],
     },
     zip_safe=False,

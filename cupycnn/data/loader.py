@@ -1,15 +1,16 @@
 """Batches of a dataset on the current device: seeded per-epoch shuffling, per-rank sharding,
 background prefetch, and the whole dataset kept on the GPU when it fits.
 
-    loader = Loader(CIFAR10("data"), batch_size=128, transform=RandomCropFlip(...))
+    loader = Loader(CIFAR10("data"), batch_size=128, shuffle=True, transform=RandomCropFlip(...))
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for images, labels in loader:       # what `transform` returns, int32 labels [B]
             ...
 
-Order. An epoch's order is a permutation of the dataset drawn from
-`numpy.random.default_rng([seed, epoch])` (the identity with shuffle=False): it depends on the
-seed and the epoch alone, never on the rank, the device or what ran before. Each iteration uses
+Order. The dataset's order unless shuffle=True (the default is False, as PyTorch's DataLoader:
+training asks for shuffling, evaluation and prediction get the rows in order). Shuffled, an
+epoch's order is a permutation of the dataset drawn from `numpy.random.default_rng([seed,
+epoch])`: it depends on the seed and the epoch alone, never on the rank, the device or what ran before. Each iteration uses
 `loader.epoch` and then advances it by one, so a loop that never calls `set_epoch` still
 reshuffles every pass (as PyTorch's DataLoader does) and one that does (as DistributedSampler
 asks) gets exactly the epochs it names.
@@ -152,7 +153,7 @@ class Loader:
     with the `storage()` of `cupycnn.data` datasets) on the current device.
 
     batch_size      examples per batch (per rank)
-    shuffle         a new seeded permutation every epoch; False: dataset order
+    shuffle         a new seeded permutation every epoch; False (the default): dataset order
     drop_last       drop the rank's last batch when it is shorter than batch_size
     seed            the permutation of epoch e is default_rng([seed, e]).permutation(N)
     transform       called on each uint8 image batch on the device; the loop gets its result
@@ -160,13 +161,19 @@ class Loader:
     device_resident True, False or "auto": keep the whole dataset on the GPU (cuda only)
     rank, world_size  this process's shard, with DistributedSampler's semantics
     pad             pad the shards to equal length (training); False: exact shares (evaluation)
+    num_workers     streamed datasets (cupycnn.data.stream, .shards, .tfrecord): processes
+                    that decode the batches into shared memory (0: in this process);
+                    worker_start_method ("fork", "spawn", "forkserver"), worker_timeout
+                    (seconds to wait for one batch, None: no limit) and skip_bad (skip
+                    unreadable images with a warning) go with them (docs/data.md, streaming)
 
     len(loader) is the number of batches of this rank in an epoch; `num_samples` the number of
     examples (ceil(N / world_size))."""
 
-    def __init__(self, dataset, batch_size, shuffle=True, drop_last=False, seed=0,
+    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0,
                  transform=None, prefetch=True, device_resident="auto", rank=0, world_size=1,
-                 pad=True):
+                 pad=True, num_workers=0, worker_start_method=None, worker_timeout=None,
+                 skip_bad=False):
         op = "Loader"
         for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                  ("seed", seed, 0)):
@@ -182,6 +189,11 @@ class Loader:
             raise ValueError(f"{op}: transform must be callable, got {type(transform).__name__}")
         if len(dataset) == 0:
             raise ValueError(f"{op}: the dataset is empty")
+        streaming = getattr(dataset, "streaming", False)
+        if num_workers and not streaming:
+            raise ValueError(f"{op}: num_workers is for streamed datasets (StreamingImageFolder, "
+                             f"ImageNet, TarShards, TFRecordDataset); {type(dataset).__name__} "
+                             f"is already decoded in memory")
         self.dataset = dataset
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), \
             bool(drop_last)
@@ -196,20 +208,36 @@ class Loader:
         else:
             self.num_samples = len(range(self.rank, len(dataset), self.world_size))
             self.total_size = len(dataset)
-        self._host = (_HostSource(*dataset.storage()) if hasattr(dataset, "storage")
-                      else _ItemSource(dataset))
+        if streaming:
+            from .workers import StreamSource
+            self._host = StreamSource(dataset, self.batch_size, num_workers,
+                                      worker_start_method, worker_timeout, skip_bad)
+            if hasattr(dataset, "plan"):          # sharded: the dataset says what a rank gets
+                self.num_samples, self.total_size = dataset.rank_samples(
+                    self.rank, self.world_size, self.batch_size, self.drop_last, self.pad)
+        else:
+            self._host = (_HostSource(*dataset.storage()) if hasattr(dataset, "storage")
+                          else _ItemSource(dataset))
         self._device = None        # the _DeviceSource once made (cuda, resident)
 
-    def set_epoch(self, epoch):
-        """Make the next iteration epoch `epoch` (DistributedSampler.set_epoch)."""
+    def set_epoch(self, epoch, start_batch=0):
+        """Make the next iteration epoch `epoch` (DistributedSampler.set_epoch), from its batch
+        `start_batch` on (resuming mid-epoch: the batches before are not served; a streamed
+        dataset's shards are read past them without decoding)."""
         if not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"Loader: epoch must be an integer of at least 0, got {epoch!r}")
-        self.epoch = int(epoch)
+        if not isinstance(start_batch, (int, np.integer)) or not 0 <= start_batch <= len(self):
+            raise ValueError(f"Loader: start_batch must lie in [0, {len(self)}], got "
+                             f"{start_batch!r}")
+        self.epoch, self._start_batch = int(epoch), int(start_batch)
 
     def indices(self, epoch=None):
         """int64 [num_samples]: the positions in the dataset of this rank's examples in epoch
         `epoch` (default: the next one), in the order they are served."""
         epoch = self.epoch if epoch is None else int(epoch)
+        if hasattr(self.dataset, "plan"):
+            raise TypeError(f"Loader.indices: {type(self.dataset).__name__} is read shard by "
+                            f"shard, in an order its plan() gives, not by index")
         n = len(self.dataset)
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
@@ -232,17 +260,36 @@ class Loader:
         if "transform" in state and hasattr(self.transform, "set_random_state"):
             self.transform.set_random_state(state["transform"])
 
+    def in_order(self):
+        """A loader of the same examples, batches and transform in the dataset's order: no
+        shuffling, no dropped batch, no padding (this rank's exact share when sharded). What
+        evaluation and prediction iterate, whatever this loader does; it shares the dataset's
+        arrays (and their GPU copy) and leaves this loader's epoch alone."""
+        return Loader(self.dataset, self.batch_size, shuffle=False, drop_last=False,
+                      seed=self.seed, transform=self.transform, prefetch=self.prefetch,
+                      device_resident=self.device_resident, rank=self.rank,
+                      world_size=self.world_size, pad=False)
+
     def __len__(self):
+        if hasattr(self.dataset, "plan"):
+            return self.dataset.rank_batches(self.rank, self.world_size, self.batch_size,
+                                             self.drop_last, self.pad,
+                                             max(1, self._host.num_workers))
         if self.drop_last:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
+
+    def close(self):
+        """Stop the decoding workers of a streamed dataset (they also stop with the process)."""
+        if hasattr(self._host, "close"):
+            self._host.close()
 
     @property
     def resident(self):
         """True when batches are gathered from a copy of the whole dataset in device memory
         (on sim and numpy, always for datasets with `storage()`: their host arrays are it).
         On cuda the choice is made at the first iteration and kept."""
-        if isinstance(self._host, _ItemSource):
+        if isinstance(self._host, _ItemSource) or self._host.nbytes is None:
             return False
         if _device.device() != "cuda":
             return True
@@ -255,11 +302,18 @@ class Loader:
         return bool(self.device_resident)
 
     def __iter__(self):
-        order = self.indices(self.epoch)
-        self.epoch += 1
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and len(batches[-1]) < self.batch_size:
-            batches.pop()
+        start, self._start_batch = getattr(self, "_start_batch", 0), 0
+        if self._host.nbytes is None and hasattr(self._host, "start_epoch"):   # streamed
+            batches = self._host.start_epoch(self, self.epoch, start)[:len(self) - start]
+            self.epoch += 1
+        else:
+            order = self.indices(self.epoch)
+            self.epoch += 1
+            batches = [order[i:i + self.batch_size]
+                       for i in range(0, len(order), self.batch_size)]
+            if self.drop_last and len(batches[-1]) < self.batch_size:
+                batches.pop()
+            batches = batches[start:]
         on_cuda = _device.device() == "cuda"
         if not on_cuda:
             produce = self._produce_host
@@ -326,8 +380,10 @@ class _PinnedUpload:
         m = len(positions)
         if self._slots is None:
             import cupyx
-            first, _ = self.host.gather(positions[:1])
-            self._slots = [[cupyx.empty_pinned((self.batch_size, *first.shape[1:]), np.uint8),
+            shape = getattr(self.host, "image_shape", None)   # streamed: known, not gathered
+            if shape is None:
+                shape = self.host.gather(positions[:1])[0].shape[1:]
+            self._slots = [[cupyx.empty_pinned((self.batch_size, *shape), np.uint8),
                             cupyx.empty_pinned((self.batch_size,), np.int32), None]
                            for _ in range(self.SLOTS)]
         slot = self._slots[self._turn]
