@@ -12,16 +12,17 @@ import math
 import numpy as np
 
 from .. import devices as _device
+from ..limits import GRID_YZ_MAX
 from ..reference import groupnorm as reference
 from ..runtime import ceil_div, get_kernel
 from . import batchnorm as batchnorm_ops
 from ._check import check_arrays, into
+from ._launch import kernel_constants
 
-# As in groupnorm.cu.
-GN_THREADS = 256
-GN_ELEMENTS_PER_BLOCK = 4096
-GN_ROWS_PER_BLOCK = GN_THREADS // 32
-MAX_GROUP_ELEMENTS = 65535 * GN_ELEMENTS_PER_BLOCK   # chunks of a group on the grid's y axis
+_K = kernel_constants("groupnorm")
+GN_THREADS, GN_ROWS_PER_BLOCK = _K["GN_THREADS"], _K["GN_ROWS_PER_BLOCK"]
+GN_ELEMENTS_PER_BLOCK = _K["GN_ELEMENTS_PER_BLOCK"]
+MAX_GROUP_ELEMENTS = GRID_YZ_MAX * GN_ELEMENTS_PER_BLOCK   # chunks of a group on the grid's y axis
 
 
 def _layout(op, x, num_groups):
