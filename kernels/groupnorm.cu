@@ -21,20 +21,20 @@
 //                              dx = invstd * (dxhat - sum dxhat / count
 //                                             - xhat * sum(dxhat xhat) / count)
 //
-// Parallelisation.
-// groupnorm_forward and groupnorm_backward_input: grid (N * G, chunks); block (ng, k) handles the
-// k-th range of GN_ELEMENTS_PER_BLOCK contiguous elements of group ng (coalesced), its threads
-// stepping (channel in group, pixel) with a RowColCursor to find each element's channel. Every
-// thread derives the group's coefficients once; in the backward the block first adds its Cg
-// channels' partial sums together (block_sum_pair_double, a fixed order).
-// groupnorm_backward_reduce: a warp per (n, c) row of `inner` contiguous elements,
-// GN_ROWS_PER_BLOCK rows per block, lanes reading consecutive elements, accumulating in double,
-// then a warp butterfly in a fixed order. Rows are many (N * C) and usually short, so a warp each
-// keeps the GPU busy without wasting a whole block on a 7x7 image (with few long rows, say batch
-// 1 at 64 channels of 200x300, it leaves SMs idle: a split like batchnorm_stats' would help).
-// groupnorm_backward_params: a thread per channel adds the N samples' partial sums in order.
-// The parameter gradients need a sum across samples, which the per-group blocks cannot do
-// without atomics; this small second pass keeps them deterministic.
+// Parallelisation:
+// - groupnorm_forward, groupnorm_backward_input: grid (N * G, chunks); block (ng, k) handles the
+//   k-th range of GN_ELEMENTS_PER_BLOCK contiguous elements of group ng (coalesced), stepping
+//   (channel in group, pixel) with a RowColCursor. Every thread derives the group's coefficients
+//   once; in the backward the block first adds its Cg channels' partial sums
+//   (block_sum_pair_double, a fixed order).
+// - groupnorm_backward_reduce: a warp per (n, c) row of `inner` contiguous elements,
+//   GN_ROWS_PER_BLOCK rows per block, lanes on consecutive elements, accumulating in double, then
+//   a warp butterfly in a fixed order. Rows are many (N * C) and usually short: a warp each keeps
+//   the GPU busy without spending a block on a 7x7 image. Few long rows (batch 1, 64 channels of
+//   200x300) leave SMs idle; a split like batchnorm_stats' would help there.
+// - groupnorm_backward_params: a thread per channel adds the N samples' partial sums in order.
+//   The per-group blocks cannot sum across samples without atomics; this small second pass keeps
+//   the parameter gradients deterministic.
 #include "common.cuh"
 
 #define GN_THREADS 256
