@@ -74,7 +74,12 @@ def test_torchvision_weights_give_torchvisions_outputs(name):
 
 def test_simple_cnn_classic_shape_and_training_step():
     model = models.simple_cnn(num_classes=10)
-    assert [n for n, _ in model.named_children()][:8] == [
+    assert [n for n, _ in model.named_children()][:6] == [
+        "block1_conv1", "block1_bn1", "block1_conv2", "block1_bn2", "block1_pool",
+        "block1_dropout"]                                # each ReLU fused into its batchnorm
+    assert model.block1_bn1.relu and model.fc1_bn.relu
+    unfused = models.simple_cnn(num_classes=10, fused=False)
+    assert [n for n, _ in unfused.named_children()][:8] == [
         "block1_conv1", "block1_bn1", "block1_relu1", "block1_conv2", "block1_bn2",
         "block1_relu2", "block1_pool", "block1_dropout"]
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
