@@ -103,6 +103,33 @@ def test_conv2d_one_image_per_chunk(case, monkeypatch, rng):
     test_conv2d_matches_the_reference(case, np.float64, 2, rng)
 
 
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_conv2d_and_gemm_round_their_operands_as_the_reference(precision, rng):
+    """At tf32 and bf16 the products take the reference's rounded operands (round_operand):
+    the same sums of the same products, to float32 accumulation."""
+    n, c, h, w, o, kh, kw, stride, padding = CONV_CASES[1]
+    x = rng.standard_normal((n, c, h, w)).astype(np.float32)
+    weight = rng.standard_normal((o, c, kh, kw)).astype(np.float32)
+    cache = {}
+    y = fast_conv.conv2d_forward(x, weight, None, stride, padding, cache, precision)
+    close(y, ref_conv.conv2d_forward(x, weight, None, stride, padding, precision), np.float32)
+    dy = rng.standard_normal(y.shape).astype(np.float32)
+    close(fast_conv.conv2d_backward_input(dy, weight, x.shape, stride, padding, precision),
+          ref_conv.conv2d_backward_input(dy, weight, x.shape, stride, padding, precision),
+          np.float32)
+    expected = ref_conv.conv2d_backward_weight(dy, x, weight.shape, stride, padding, precision)
+    close(fast_conv.conv2d_backward_weight(dy, x, weight.shape, stride, padding, cache, None,
+                                           precision), expected, np.float32)
+    close(fast_conv.conv2d_backward_weight(dy, x, weight.shape, stride, padding, None, None,
+                                           precision), expected, np.float32)
+    assert not np.allclose(expected, ref_conv.conv2d_backward_weight(dy, x, weight.shape, stride,
+                                                                     padding), rtol=1e-5)
+    a, b = rng.standard_normal((40, 30)).astype(np.float32), \
+        rng.standard_normal((20, 30)).astype(np.float32)
+    close(fast_gemm.gemm(a, b, transpose_b=True, precision=precision),
+          ref_gemm.gemm(a, b, transpose_b=True, precision=precision), np.float32)
+
+
 def test_conv2d_column_cache_has_a_budget_and_reuses_its_buffers(monkeypatch, rng):
     """Columns past COLUMN_CACHE_BYTES are not kept (the backward gathers them again); a
     dropped cache's buffer serves the next forward of that shape."""

@@ -19,6 +19,10 @@ Chunks of images go to the threads of cupycnn.cpu.parallel; each chunk's columns
 from a zero-bordered copy of the chunk into a buffer the thread keeps between steps. The
 training forward keeps its columns for the weight gradient (`cache`), unless they would push
 the columns kept at once over COLUMN_CACHE_BYTES: then the backward gathers them again.
+`precision` rounds the two operands of each product as the reference does
+(reference.rounding.round_operand): x and w forward (the kept columns are of the rounded x), dy
+and w for the input gradient, dy and x for the weight gradient.
+
 The weight gradient is cut into tiles of WEIGHT_ROWS output channels by WEIGHT_PIXELS pixels,
 fixed by the shapes; the pixel tiles' partial sums are added in order.
 """
@@ -28,6 +32,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from . import parallel
+from ..reference.rounding import round_operand
 
 # A chunk's columns are about this size (they stay in the L2/L3 cache while BLAS reads them).
 CHUNK_BYTES = 2 * 2**20
@@ -133,7 +138,7 @@ class _KeptColumns:
             _store.release(self.take())
 
 
-def conv2d_forward(x, weight, bias, stride, padding, cache=None):
+def conv2d_forward(x, weight, bias, stride, padding, cache=None, precision="fp32"):
     """y = conv2d(x, weight) + bias, as reference.conv2d_forward; stride and padding are (h, w)
     pairs. With `cache` (a dict) the columns are kept there for conv2d_backward_weight."""
     n, c, h, w = x.shape
@@ -141,13 +146,15 @@ def conv2d_forward(x, weight, bias, stride, padding, cache=None):
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
     dtype = np.result_type(x, weight)
-    x, weight = x.astype(dtype, copy=False), weight.astype(dtype, copy=False)
+    x = round_operand(x.astype(dtype, copy=False), precision)
+    weight = round_operand(weight.astype(dtype, copy=False), precision)
     taps, pixels = c * kh * kw, ho * wo
     w2 = weight.reshape(o, taps)
     y = np.empty((n, o, ho, wo), dtype)
     kept = _store.acquire((taps, n * pixels), dtype) if cache is not None and n else None
     if kept is not None:
-        cache["columns"] = _KeptColumns(kept, (x.shape, weight.shape, stride, padding))
+        cache["columns"] = _KeptColumns(kept, (x.shape, weight.shape, stride, padding,
+                                               precision))
     parts = _batch_chunks(n, taps * pixels * dtype.itemsize)
     y3 = y.reshape(n, o, pixels)
     bias_column = None if bias is None else bias.astype(dtype, copy=False).reshape(o, 1)
@@ -197,7 +204,8 @@ def _columns(x, weight_shape, stride, padding, out_size):
     return cols
 
 
-def conv2d_backward_weight(dy, x, weight_shape, stride, padding, cache=None, out=None):
+def conv2d_backward_weight(dy, x, weight_shape, stride, padding, cache=None, out=None,
+                           precision="fp32"):
     """dw [C_out, C_in, kh, kw], as reference.conv2d_backward_weight, from the columns the
     forward kept in `cache` (or gathered again). Written into `out` when given."""
     n, c, h, w = x.shape
@@ -207,13 +215,15 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, cache=None, out
     dtype = np.result_type(dy, x)
     kept = cache.pop("columns", None) if cache is not None else None
     cols = kept.take() if kept is not None else None
-    if cols is not None and (kept.key != (x.shape, tuple(weight_shape), stride, padding)
-                             or cols.dtype != dtype):
+    if cols is not None and (kept.key != (x.shape, tuple(weight_shape), stride, padding,
+                                          precision) or cols.dtype != dtype):
         _store.release(cols)
         cols = None
     stored = cols is not None
     if not stored:
-        cols = _columns(x.astype(dtype, copy=False), weight_shape, stride, padding, (ho, wo))
+        cols = _columns(round_operand(x.astype(dtype, copy=False), precision), weight_shape,
+                        stride, padding, (ho, wo))
+    dy = round_operand(dy.astype(dtype, copy=False), precision)
     # dy as [o, (n, i, j)]: transposed chunk by chunk, in parallel.
     dy2 = np.empty((o, n * pixels), dtype)
     dy3 = dy.reshape(n, o, pixels)
@@ -264,7 +274,7 @@ def _phases(size, kernel, stride, padding):
     return out
 
 
-def conv2d_backward_input(dy, weight, input_shape, stride, padding):
+def conv2d_backward_input(dy, weight, input_shape, stride, padding, precision="fp32"):
     """dx [N, C_in, H, W], as reference.conv2d_backward_input: for each stride phase, a
     stride-1 convolution of dy with the phase's flipped taps (see the module docstring)."""
     n, c, h, w = input_shape
@@ -272,7 +282,8 @@ def conv2d_backward_input(dy, weight, input_shape, stride, padding):
     (sh, sw), (ph, pw) = stride, padding
     ho, wo = dy.shape[2:]
     dtype = np.result_type(dy, weight)
-    dy, weight = dy.astype(dtype, copy=False), weight.astype(dtype, copy=False)
+    dy = round_operand(dy.astype(dtype, copy=False), precision)
+    weight = round_operand(weight.astype(dtype, copy=False), precision)
     dx = np.empty((n, c, h, w), dtype)
     rows, cols_ = _phases(h, kh, sh, ph), _phases(w, kw, sw, pw)
     # One zero border around dy serves every phase: enough for the lowest and highest shift.

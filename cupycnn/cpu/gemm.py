@@ -7,16 +7,18 @@ import numpy as np
 
 from . import parallel
 from ..reference import gemm as reference
+from ..reference.rounding import round_operand
 
 ROWS = 256          # rows of the result per piece
 
 
 def gemm(a, b, transpose_a=False, transpose_b=False, *, alpha=1.0, beta=0.0, out=None,
-         bias=None, bias_per="column"):
-    """As reference.gemm."""
+         bias=None, bias_per="column", precision="fp32"):
+    """As reference.gemm (`precision` rounds both operands, as there)."""
     if a.ndim != 2 or b.ndim != 2:
         return reference.gemm(a, b, transpose_a, transpose_b, alpha=alpha, beta=beta, out=out,
-                              bias=bias, bias_per=bias_per)
+                              bias=bias, bias_per=bias_per, precision=precision)
+    a, b = round_operand(a, precision), round_operand(b, precision)
     op_a = a.T if transpose_a else a
     op_b = b.T if transpose_b else b
     dtype = np.result_type(a, b)

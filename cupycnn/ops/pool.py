@@ -11,13 +11,15 @@ import numpy as np
 from .. import cpu
 from .. import devices as _device
 from ..cpu import pool as cpu_pool
+from ..limits import INT32_MAX
 from ..reference import pool as reference
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, get_kernel
 from ._check import check_arrays
+from ._launch import kernel_constants
 
-POOL_THREADS = 256                                       # as in pool.cu
-GLOBAL_POOL_PLANES_PER_BLOCK = POOL_THREADS // 32        # as in pool.cu: one warp per plane
-INT32_MAX = 2**31 - 1
+_K = kernel_constants("pool")
+POOL_THREADS = _K["POOL_THREADS"]
+GLOBAL_POOL_PLANES_PER_BLOCK = _K["GLOBAL_POOL_PLANES_PER_BLOCK"]        # one warp per plane
 
 
 def _int_pair(op, name, value):
