@@ -368,7 +368,7 @@ class _Build:
         if _use_ucontext():
             flags.append("-DSIMT_UCONTEXT")
         features = _native_flags()[1] if "-march=native" in flags else ""
-        header = (INCLUDE_DIR / "simt.h").read_text()
+        header = (INCLUDE_DIR / "simt.h").read_text(encoding="utf-8")
         key = hashlib.sha256("\0".join([module._wrapper, header, " ".join(flags), _compiler_id(),
                                          features]).encode()).hexdigest()[:20]
         self.module, self.openmp, self.flags = module, openmp, flags
