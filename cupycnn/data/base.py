@@ -191,15 +191,12 @@ class TensorDataset(Dataset):
 
 class Subset(Dataset):
     """The examples of `dataset` at `indices`, in that order: a view that holds the indices, not
-    the images (PyTorch's `torch.utils.data.Subset`). Of a streamed dataset, a streamed view
-    (cupycnn.data.stream.StreamingSubset)."""
+    the images (PyTorch's `torch.utils.data.Subset`). Of a dataset that names its own kind of
+    view in `subset_class` (a streamed one: cupycnn.data.stream.StreamingSubset), that view."""
 
     def __new__(cls, dataset=None, indices=None):
-        if cls is Subset and getattr(dataset, "streaming", False) and \
-                not hasattr(dataset, "plan"):
-            from .stream import StreamingSubset
-            return super().__new__(StreamingSubset)
-        return super().__new__(cls)
+        view = getattr(dataset, "subset_class", None) if cls is Subset else None
+        return super().__new__(view or cls)
 
     def __init__(self, dataset, indices):
         n = len(dataset)

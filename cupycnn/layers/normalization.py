@@ -185,9 +185,9 @@ class GroupNorm(Layer):
     def forward(self, x, training=None):
         self.check_input(x, None)
         self.check_input(x, ("N", self.num_channels) + (None,) * max(x.ndim - 2, 0))
-        y, mean, rstd = gn_ops.groupnorm_forward(x, self.params["weight"], self.params["bias"],
+        y, mean, invstd = gn_ops.groupnorm_forward(x, self.params["weight"], self.params["bias"],
                                                  self.num_groups, self.eps)
-        self.save_for_backward(x=x, mean=mean, rstd=rstd)
+        self.save_for_backward(x=x, mean=mean, invstd=invstd)
         return y
 
     def backward(self, dy):
@@ -195,7 +195,7 @@ class GroupNorm(Layer):
         x = saved["x"]
         self.check_grad_output(dy, x.shape)
         dx, _, _ = gn_ops.groupnorm_backward(x, dy, self.params["weight"], saved["mean"],
-                                             saved["rstd"], self.num_groups,
+                                             saved["invstd"], self.num_groups,
                                              dweight=self.grads["weight"],
                                              dbias=self.grads["bias"])
         return dx
