@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import cupycnn
-from cupycnn.layers import Dense, Layer, ReLU
+from cupycnn.layers import Dense, ReLU
 from helpers import WrongScale
 
 
