@@ -71,16 +71,8 @@ def cupycnn_step_time(args, pool):
     return time_steps(step, cupycnn.synchronize, args.steps, args.warmup, args.repeats)
 
 
-def torch_step_time(args, pool, tf32):
-    import torch
-    import torch.nn as nn
-    torch.set_num_threads(args.threads)
-    device = "cuda" if args.device == "cuda" else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
-    torch.manual_seed(0)
-
+def torch_model(nn):
+    """The same ResNet-18 (CIFAR stem, 10 classes) in PyTorch, built from `torch.nn`."""
     def block(cin, cout, stride):
         class Block(nn.Module):
             def __init__(self):
@@ -94,6 +86,7 @@ def torch_step_time(args, pool, tf32):
                              if stride != 1 or cin != cout else None)
 
             def forward(self, x):
+                import torch
                 y = torch.relu(self.bn1(self.conv1(x)))
                 y = self.bn2(self.conv2(y))
                 return torch.relu(y + (self.down(x) if self.down is not None else x))
@@ -105,7 +98,20 @@ def torch_step_time(args, pool, tf32):
         layers += [block(cin, cout, 1 if i == 0 else 2), block(cout, cout, 1)]
         cin = cout
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
-    model = nn.Sequential(*layers).to(device)
+    return nn.Sequential(*layers)
+
+
+def torch_step_time(args, pool, tf32):
+    import torch
+    import torch.nn as nn
+    torch.set_num_threads(args.threads)
+    device = "cuda" if args.device == "cuda" else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+
+    model = torch_model(nn).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
     criterion = nn.CrossEntropyLoss()
     images = [torch.from_numpy(x).to(device) for x, _ in pool]
