@@ -24,7 +24,8 @@ AUGMENT_THREADS = _K["AUGMENT_THREADS"]      # output pixels per block
 PARAMS_THREADS = _K["PARAMS_THREADS"]        # images per block of the *_params kernels
 MAX_BATCH = GRID_YZ_MAX                      # the batch runs along gridDim.y
 _INTERPOLATION = {"nearest": _K["INTERP_NEAREST"], "bilinear": _K["INTERP_BILINEAR"]}
-_FILL_MODE = {mode: _K[f"FILL_{mode.upper()}"] for mode in ("constant", "nearest", "reflect", "wrap")}
+_FILL_MODE = {mode: _K[f"FILL_{mode.upper()}"]
+              for mode in ("constant", "nearest", "reflect", "wrap")}
 _UINT64_LIMIT = 2 ** 64
 
 
