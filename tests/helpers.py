@@ -45,6 +45,13 @@ def to_device(*arrays):
     return tuple(cupycnn.asarray(a) for a in arrays)
 
 
+def assert_all_match(outs, refs, names):
+    """assert_matches for each (out, ref, name) of three parallel sequences."""
+    assert len(outs) == len(refs) == len(names)
+    for out, ref, name in zip(outs, refs, names):
+        assert_matches(out, ref, name)
+
+
 class WrongScale(Layer):
     """y = 2x with a backward that forgets the 2: a bug a gradient check must catch."""
 
