@@ -116,8 +116,7 @@ class CupycnnVariant:
 class TorchVariant:
     def __init__(self, args, batch, pool, graphed):
         import torch
-        import torch.nn as nn
-        from resnet18_step import torch_model          # the same network as that benchmark's
+        from resnet18_step import torch_resnet18       # the same network as that benchmark's
         self.torch = torch
         self.name = "pytorch graph" if graphed else "pytorch eager"
         self.graphed = graphed
@@ -127,10 +126,10 @@ class TorchVariant:
         torch.backends.cudnn.benchmark = True
         self.autocast = args.precision == "bf16"
         torch.manual_seed(0)
-        self.model = torch_model(nn).cuda()
+        self.model = torch_resnet18(torch).cuda()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
                                          weight_decay=5e-4)
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = torch.nn.CrossEntropyLoss()
         self.images = [torch.from_numpy(x).cuda() for x, _ in pool]
         self.labels = [torch.from_numpy(y.astype("int64")).cuda() for _, y in pool]
         self.k = 0
