@@ -59,6 +59,11 @@
 // that no thread of the block wrote shows up instead of silently seeing the previous block's
 // values. Under OpenMP they are thread_local and not poisoned. module.py rewrites
 // `extern __shared__` (dynamic shared memory) to `extern SIMT_DYNAMIC_SHARED`.
+// g++ ignores the section of a static local in a template (a function template's, or any
+// function's in a class template: it must go to its instantiation's own comdat .bss section),
+// so module.py also follows every one-line `__shared__ T name[...];` with
+// `SIMT_SHARED_REGISTER(name)`, which records the array's address and size the first time its
+// declaration runs (and poisons it then): the launcher poisons every recorded array too.
 #ifdef _OPENMP
 #  define __shared__ thread_local
 #  define SIMT_DYNAMIC_SHARED thread_local
@@ -201,6 +206,9 @@ struct Block {
 static SIMT_TLS Block* g_blk = nullptr;
 static SIMT_TLS int g_tid = 0;      // linear id of the emulated thread now running
 inline std::vector<void*(*)()>& dyn_smem_registry() { static std::vector<void*(*)()> r; return r; }
+// Static __shared__ arrays (address, bytes) recorded by SIMT_SHARED_REGISTER.
+inline std::vector<std::pair<char*, size_t>>& static_smem_registry() {
+  static std::vector<std::pair<char*, size_t>> r; return r; }
 
 [[noreturn]] inline void die(const char* m) { fprintf(stderr, "simt: %s\n", m); abort(); }
 
@@ -460,6 +468,7 @@ __attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
         if (shmem) for (auto fn : dyn_smem_registry()) memset(fn(), 0xff, shmem);
 #ifndef _OPENMP
         if (__start_simt_shared) memset(__start_simt_shared, 0xff, __stop_simt_shared - __start_simt_shared);
+        for (auto& a : static_smem_registry()) memset(a.first, 0xff, a.second);
 #endif
       }
       switch_fiber(&b.main, pick_next());
@@ -509,6 +518,13 @@ template <class... A> int param_info(void (*)(A...), ParamInfo* out) {
   return (int)sizeof...(A);
 }
 struct DynSmemReg { DynSmemReg(void* (*f)()) { dyn_smem_registry().push_back(f); } };
+// The first run of a static __shared__ array's declaration (in the block then running, before
+// any thread of it can have written the array): record it, and poison it like the others.
+inline bool register_static_shared(void* p, size_t bytes) {
+  static_smem_registry().emplace_back((char*)p, bytes);
+  if (g_cfg.poison) memset(p, 0xff, bytes);
+  return true;
+}
 } // namespace simt
 
 // Wrapper-side macros
@@ -518,6 +534,15 @@ struct DynSmemReg { DynSmemReg(void* (*f)()) { dyn_smem_registry().push_back(f);
     return simt::launch_kernel(&__VA_ARGS__, g, b, shmem, args); }                           \
   extern "C" __attribute__((visibility("default"))) int simt_params_##cname(simt::ParamInfo* p) { \
     return simt::param_info(&__VA_ARGS__, p); }
+#define SIMT_CAT_(a, b) a##b
+#define SIMT_CAT(a, b) SIMT_CAT_(a, b)
+#ifdef _OPENMP
+#  define SIMT_SHARED_REGISTER(name)
+#else
+#  define SIMT_SHARED_REGISTER(name)                                                         \
+  static const bool SIMT_CAT(simt_shared_registered_, __COUNTER__) =                         \
+      simt::register_static_shared((void*)&(name), sizeof(name));
+#endif
 // Define storage for `extern __shared__ T name[];` (all such arrays alias in CUDA; here
 // each name gets its own buffer, per OS thread).
 #define SIMT_DYN_SMEM(T, name)                                                               \
@@ -678,20 +703,17 @@ inline void fault(const char* fmt, ...) {   // an error in a kernel: the launch 
 }
 
 // Is [p, p + bytes) in this block's shared memory? (Only known when blocks run on one OS thread.)
-// Static __shared__ arrays are in the section simt_shared, or, when g++ puts a function-local
-// static of a template elsewhere, in the module's own zero-initialised data (.bss): either
-// passes; NumPy arrays (the heap) and locals (a fiber's stack) do not.
-} // namespace simt
-extern "C" char __bss_start[] __attribute__((weak, visibility("hidden")));
-extern "C" char _end[] __attribute__((weak, visibility("hidden")));
-namespace simt {
+// Static __shared__ arrays are in the section simt_shared or recorded by SIMT_SHARED_REGISTER
+// (those of templates), dynamic ones in their registered buffers; NumPy arrays (the heap),
+// __device__ globals and locals (a fiber's stack) are not.
 inline bool in_shared(const void* p, size_t bytes) {
 #ifdef _OPENMP
   (void)p; (void)bytes; return true;
 #else
   const char* c = (const char*)p;
   if (__start_simt_shared && c >= __start_simt_shared && c + bytes <= __stop_simt_shared) return true;
-  if (__bss_start && c >= __bss_start && c + bytes <= _end) return true;
+  for (auto& a : static_smem_registry())
+    if (c >= a.first && c + bytes <= a.first + a.second) return true;
   for (auto fn : dyn_smem_registry()) {
     const char* d = (const char*)fn();
     if (c >= d && c + bytes <= d + SIMT_MAX_DYN_SMEM) return true;
