@@ -29,6 +29,8 @@ import re
 import subprocess
 import tempfile
 import threading
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +67,7 @@ class _Config:
         self.order = order
         self.seed = int(os.environ.get("CUPYCNN_SIM_SEED", "0"))
         self.poison_shared = True
+        self.bank_check = False
         self.version = 0      # bumped on every change; modules re-apply when it moves
         self.launches = 0     # random order: every launch gets its own seed
 
@@ -111,6 +114,59 @@ def set_shared_memory_poison(enabled):
     with _lock:
         _config.poison_shared = bool(enabled)
         _config.version += 1
+
+
+@dataclass
+class BankCount:
+    """Shared-memory traffic of one kind of access (see bank_conflicts)."""
+    instructions: int = 0     # warp instructions
+    wavefronts: int = 0       # what they take on a GPU
+    ideal: int = 0            # the fewest they could take (one per 128-byte phase)
+    worst: int = 0            # the most wavefronts of any one phase: its n-way bank conflict
+
+    @property
+    def conflict_free(self):
+        return self.wavefronts == self.ideal
+
+
+@dataclass
+class BankCounts:
+    ldmatrix: BankCount = field(default_factory=BankCount)
+    cp_async: BankCount = field(default_factory=BankCount)
+
+
+_modules = weakref.WeakSet()
+
+
+@contextlib.contextmanager
+def bank_conflicts():
+    """Count the shared-memory bank conflicts of the tensor-core instructions the block of code
+    runs: `with bank_conflicts() as counts: ...`, then counts.ldmatrix and counts.cp_async (the
+    copies' shared-memory side) are BankCounts (instructions, wavefronts, ideal, worst). Every
+    ldmatrix, and every cp.async a warp's lanes issue as one instruction, is split into its
+    128-byte phases as a GPU serves them; a phase whose addresses put distinct words in one bank
+    takes one wavefront per such word (simt.h's "bank check")."""
+    counts = BankCounts()
+    with _lock:
+        _config.bank_check = True
+        _config.version += 1
+    for module in list(_modules):      # forget what came before
+        module._lib.simt_bank_counts(1, (ctypes.c_ulonglong * 8)())
+    try:
+        yield counts
+    finally:
+        with _lock:
+            _config.bank_check = False
+            _config.version += 1
+        for module in list(_modules):
+            raw = (ctypes.c_ulonglong * 8)()
+            module._lib.simt_bank_counts(0, raw)
+            for kind, count in ((0, counts.ldmatrix), (1, counts.cp_async)):
+                n, waves, ideal, worst = raw[4 * kind: 4 * kind + 4]
+                count.instructions += n
+                count.wavefronts += waves
+                count.ideal += ideal
+                count.worst = max(count.worst, worst)
 
 
 def cache_dir():
@@ -257,8 +313,10 @@ class Module:
         self._lib.simt_set_config.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
                                               ctypes.c_int, ctypes.c_int]
         self._lib.simt_last_error.restype = ctypes.c_char_p
+        self._lib.simt_bank_counts.argtypes = [ctypes.c_int, ctypes.c_void_p]
         self._applied_version = -1
         self._kernels = {}
+        _modules.add(self)
 
     def _build(self, wrapper, flags, library):
         """Build once per content hash, safely when several processes (MPI ranks) ask at once:
@@ -310,6 +368,7 @@ class Module:
             seed = _config.seed & 0xFFFFFFFF
         self._lib.simt_set_config(ORDERS.index(_config.order), 1, seed, self.openmp_threads,
                                   int(_config.poison_shared))
+        self._lib.simt_bank_counts(int(_config.bank_check), None)
         self._applied_version = _config.version
 
 
