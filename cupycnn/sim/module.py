@@ -298,6 +298,23 @@ _DYN_SMEM_RE = re.compile(
     r'extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_][\w:]*(?:\s+[A-Za-z_]\w*)*)'
     r'\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]')
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+# A static shared array declared on one line: `__shared__ [__align__(n)] T name[dims];`.
+_STATIC_SMEM_RE = re.compile(r"\b__shared__\b[^;{}]*?\b([A-Za-z_]\w*)\s*(?:\[[^\];]*\]\s*)*;")
+
+
+def register_static_shared(code):
+    """`code` with every one-line `__shared__ ... name[...];` (one variable per declaration,
+    outside // comments) followed by SIMT_SHARED_REGISTER(name): g++ ignores the section that
+    gathers static shared memory for statics in templates, so simt.h records each array
+    where its declaration runs, and poisons it at every block's start (see simt.h)."""
+    lines = code.split("\n")
+    for i, line in enumerate(lines):
+        head, mark, comment = line.partition("//")
+        if "__shared__" in head:
+            head = _STATIC_SMEM_RE.sub(lambda m: f"{m.group(0)} SIMT_SHARED_REGISTER({m.group(1)})",
+                                       head)
+            lines[i] = head + mark + comment
+    return "\n".join(lines)
 
 
 def entry_points(code):
@@ -360,6 +377,7 @@ class Module:
         wrapper += [f"SIMT_DYN_SMEM({t}, {v})" for v, t in dynamic_shared.items()]
         # Dynamic shared memory is defined by the wrapper (above); see simt.h.
         code = re.sub(r"\bextern(\s+)__shared__\b", r"extern\1SIMT_DYNAMIC_SHARED", code)
+        code = register_static_shared(code)
         wrapper += [f'#line 1 "{label}"', code, "SIMT_CONFIG_EXPORT"]
         wrapper += [f"SIMT_EXPORT({c}, {e})" for e, c in self._c_names.items()]
         wrapper += [f'extern "C" __attribute__((visibility("default"))) long simt_bounds_{k}() '
