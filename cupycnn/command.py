@@ -219,7 +219,7 @@ def bench(argv):
 
     from . import cli
     from . import devices as _device
-    from . import distributed, random
+    from . import random
     from .ops import metrics as metric_ops
 
     parser = cli.build_parser(BENCH_DESCRIPTION, default_dataset="synthetic",
@@ -231,12 +231,8 @@ def bench(argv):
     args = cli.parse_args(parser, argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
-    try:
-        if args.device != "auto":
-            _device.use(args.device)
-        ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20))
-    except (_device.DeviceUnavailableError, ValueError) as e:
-        print(f"{PROG} bench: error: {e}", file=sys.stderr)
+    ctx = cli.start(args, prefix=f"{PROG} bench: ")
+    if ctx is None:
         return 2
     with ctx.abort_on_error():
         try:

@@ -145,13 +145,9 @@ def recipe(args, ctx):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import cupycnn
-    from cupycnn import devices, distributed
-    try:
-        if args.device != "auto":
-            devices.use(args.device)
-        ctx = distributed.init(devices.device(), bucket_bytes=int(args.bucket_mb * 2 ** 20))
-    except (devices.DeviceUnavailableError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    from cupycnn import cli
+    ctx = cli.start(args)
+    if ctx is None:
         return 2
     cupycnn.manual_seed(args.seed)
     with ctx.abort_on_error():

@@ -49,16 +49,20 @@ class Conv2D(Layer):
     def forward(self, x, training=None):
         self.check_input(x, ("N", self.in_channels, "H", "W"))
         self.output_shape(x.shape)
-        self.save_for_backward(x=x)
+        cache = {} if training else None     # the numpy path keeps its im2col columns here
+        self.save_for_backward(x=x, cache=cache)
         return conv_ops.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
-                                       self.stride, self.padding)
+                                       self.stride, self.padding, cache=cache)
 
     def backward(self, dy):
-        x = self.saved()["x"]
+        saved = self.saved()
+        x = saved["x"]
         self.check_grad_output(dy, self.output_shape(x.shape))
         weight = self.params["weight"]
         conv_ops.conv2d_backward_weight(dy, x, weight.shape, self.stride, self.padding,
-                                        out=self.grads["weight"])
+                                        out=self.grads["weight"], cache=saved["cache"])
         if "bias" in self.params:
             reduce_ops.channel_sum(dy, out=self.grads["bias"])
+        if not self.input_grad:              # nobody reads it (the model's input): skipped
+            return None
         return conv_ops.conv2d_backward_input(dy, weight, x.shape, self.stride, self.padding)

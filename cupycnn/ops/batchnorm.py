@@ -19,12 +19,16 @@ and (4) then take that `y` (the ReLU's mask) and (4) writes the residual's gradi
 x is [N, C, *] (BatchNorm1D: [N, C] or [N, C, L]; BatchNorm2D: [N, C, H, W]), float32 on the
 kernel devices. The per-channel sums are float64 [C, 2] on every device: the kernels accumulate
 in double, so that var = E[x^2] - E[x]^2 does not cancel away when |mean| >> std.
+On the numpy device float32 runs go to cupycnn/cpu/batchnorm.py (the same stages, faster).
 """
 import math
 
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import batchnorm as cpu_bn
+from ..cpu import elementwise as cpu_elementwise
 from ..limits import GRID_YZ_MAX
 from ..reference import batchnorm as reference
 from ..runtime import ceil_div, get_kernel
@@ -106,7 +110,7 @@ def batchnorm_stats(x, splits=None):
     op = "batchnorm_stats"
     outer, channels, inner = _layout(op, x)
     if not _device.runs_kernels():
-        return reference.batchnorm_stats(x)
+        return (cpu_bn if cpu.fast(x) else reference).batchnorm_stats(x)
     return _reduce(op, "batchnorm_stats", (x,), outer, channels, inner, splits)
 
 
@@ -127,7 +131,8 @@ def batchnorm_normalize(x, sums, count, weight, bias, eps, residual=None, relu=F
     _check_count(op, count)
     _check_residual(op, x, residual)
     if not _device.runs_kernels():
-        return reference.batchnorm_normalize(x, sums, count, weight, bias, eps, residual, relu)
+        path = cpu_bn if cpu.fast(x, weight, bias, residual) else reference
+        return path.batchnorm_normalize(x, sums, count, weight, bias, eps, residual, relu)
     y = _device.empty(x.shape, x.dtype)
     mean, invstd = _device.empty((channels,), x.dtype), _device.empty((channels,), x.dtype)
     grid, block = _elementwise_grid(channels, outer, inner)
@@ -148,8 +153,9 @@ def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps,
                  bias=(bias, ("C",)))
     _check_residual(op, x, residual)
     if not _device.runs_kernels():
-        return reference.batchnorm_normalize_running(x, running_mean, running_var, weight, bias,
-                                                     eps, residual, relu)
+        path = cpu_bn if cpu.fast(x, weight, bias, residual) else reference
+        return path.batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps,
+                                                residual, relu)
     y = _device.empty(x.shape, x.dtype)
     mean, invstd = _device.empty((channels,), x.dtype), _device.empty((channels,), x.dtype)
     grid, block = _elementwise_grid(channels, outer, inner)
@@ -192,7 +198,8 @@ def batchnorm_backward_reduce(x, dy, mean, invstd, splits=None, y=None):
     check_arrays(op, x=(x, _x_pattern(x)), dy=(dy, tuple(x.shape)), mean=(mean, ("C",)),
                  invstd=(invstd, ("C",)), **({} if y is None else {"y": (y, tuple(x.shape))}))
     if not _device.runs_kernels():
-        return reference.batchnorm_backward_reduce(x, dy, mean, invstd, y)
+        path = cpu_bn if cpu.fast(x, dy, y) else reference
+        return path.batchnorm_backward_reduce(x, dy, mean, invstd, y)
     return _reduce(op, "batchnorm_backward_reduce", (x, dy, y, mean, invstd), outer, channels,
                    inner, splits)
 
@@ -225,10 +232,13 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     _check_sums(op, param_sums, bound, "param_sums")
     _check_count(op, count)
     if not _device.runs_kernels():
-        dx, dw, db = reference.batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count,
-                                                        batch_statistics, param_sums, y)
+        fast = cpu.fast(x, dy, weight, y)
+        path = cpu_bn if fast else reference
+        dx, dw, db = path.batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count,
+                                                   batch_statistics, param_sums, y)
         if dresidual is not None:
-            dresidual[...] = reference.masked_grad(dy, y)
+            dresidual[...] = cpu_elementwise.relu_backward(y, dy) if fast and y is not None \
+                else reference.masked_grad(dy, y)
         return dx, into(dweight, dw), into(dbias, db)
     dx = _device.empty(x.shape, x.dtype)
     dweight = _device.empty((channels,), x.dtype) if dweight is None else dweight

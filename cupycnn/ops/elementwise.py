@@ -1,7 +1,10 @@
-"""ReLU forward and backward, elementwise add: launches kernels/elementwise.cu."""
+"""ReLU forward and backward, elementwise add: launches kernels/elementwise.cu (on the numpy
+device: cupycnn/cpu/elementwise.py for float32, the reference for float64)."""
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import elementwise as cpu_elementwise
 from ..reference import elementwise as reference
 from ..runtime import elementwise_grid, get_kernel
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ELEMENTWISE_THREADS
@@ -19,7 +22,7 @@ def relu_forward(x):
     """y = max(x, 0), any shape."""
     check_arrays("relu_forward", x=(x, None))
     if not _device.runs_kernels():
-        return reference.relu_forward(x)
+        return (cpu_elementwise if cpu.fast(x) else reference).relu_forward(x)
     y = _device.empty(x.shape, x.dtype)
     _launch("relu_forward", x.size, (x, y))
     return y
@@ -29,7 +32,7 @@ def relu_backward(x, dy):
     """dx = dy where the forward input x > 0, else 0."""
     check_same_shape("relu_backward", "x", x, dy=dy)
     if not _device.runs_kernels():
-        return reference.relu_backward(x, dy)
+        return (cpu_elementwise if cpu.fast(x, dy) else reference).relu_backward(x, dy)
     dx = _device.empty(x.shape, x.dtype)
     _launch("relu_backward", x.size, (x, dy, dx))
     return dx
@@ -39,6 +42,8 @@ def add(a, b, out=None):
     """out = a + b, same shapes; `out` may be a or b (in place)."""
     check_same_shape("add", "a", a, b=b, **({} if out is None else {"out": out}))
     if not _device.runs_kernels():
+        if cpu.fast(a, b):
+            return cpu_elementwise.add(a, b, out)
         return into(out, reference.add(a, b))
     if out is None:
         out = _device.empty(a.shape, a.dtype)
