@@ -36,6 +36,10 @@ setup(
             # NVRTC, to compile every kernel for sm_80 and sm_90 without a GPU. 12.0 emits PTX
             # ISA 8.0, which every CUDA 12.x and 13.x driver loads.
             "nvidia-cuda-nvrtc-cu12==12.0.140",
+            # cuobjdump -sass (which runs nvdisasm) reads the SASS of nvcc's cubins:
+            # benchmarks/kernel_report.py and the test that the tensor-core kernels run HMMA.
+            "nvidia-cuda-cuobjdump>=13.0",
+            "nvidia-cuda-nvdisasm>=13.0",
             # The optimizer and schedule tests compare against torch.optim (the specification of
             # their update rules); imported only by tests and benchmarks, never by the library.
             # On these machines pip takes the CPU build from local disk.

@@ -132,6 +132,9 @@ def build_parser(description, default_dataset="cifar10"):
     r = p.add_argument_group("run")
     r.add_argument("--device", default="auto", choices=["auto", "cuda", "sim", "numpy"])
     r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                   help="arithmetic of the convolutions and dense layers (cupycnn.set_precision):"
+                        " fp32 exact, tf32 or bf16 operands on tensor cores, FP32 accumulation")
     r.add_argument("--log-dir", help="where checkpoints, logs and pictures go "
                    "(default runs/<dataset>-<model>)")
     r.add_argument("--checkpoint", help="the last-epoch checkpoint (default <log-dir>/last.h5)")
@@ -246,7 +249,7 @@ def model_config(args, image_shape, num_classes):
     return {"model": args.model, "model_kwargs": kwargs, "input_shape": [c, h, w],
             "resize": [args.image_size, args.image_size] if args.image_size and
             dataset_kind(args.dataset) == "folder" else None,
-            "crop": bool(args.crop), "dataset": args.dataset}
+            "crop": bool(args.crop), "dataset": args.dataset, "precision": args.precision}
 
 
 def parameter_groups(model, args):
@@ -309,6 +312,8 @@ def main(description, default_dataset="cifar10", argv=None):
     try:
         if args.device != "auto":
             _device.use(args.device)
+        from .precision import set_precision
+        set_precision(args.precision)
         ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20))
     except (_device.DeviceUnavailableError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
@@ -455,9 +460,9 @@ def build_training(args, ctx, loaded):
               f"{len(loaded.test)} test images "
               f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]}, {len(loaded.classes)} "
               f"classes; {args.model} with {model.num_parameters():,} parameters; device "
-              f"{_device.device()}, {ctx.size} rank(s) ({ctx.backend}), batch {args.batch_size} "
-              f"({loaded.per_rank} per rank), {args.optimizer} lr {args.lr}, schedule "
-              f"{args.schedule}")
+              f"{_device.device()} at {args.precision}, {ctx.size} rank(s) ({ctx.backend}), "
+              f"batch {args.batch_size} ({loaded.per_rank} per rank), {args.optimizer} lr "
+              f"{args.lr}, schedule {args.schedule}")
     if args.summary and ctx.rank == 0:
         model.summary(tuple(config["input_shape"]))
     return trainer
@@ -492,6 +497,7 @@ def report(args, ctx, trainer, loaded, history, train_seconds, started):
     plots.plot_predictions(np.asarray(test.images)[sample], np.asarray(test.labels)[sample],
                            sample_probs, loaded.classes, log_dir / "predictions.png")
     summary = {"dataset": args.dataset, "model": args.model, "device": _device.device(),
+               "precision": args.precision,
                "ranks": ctx.size, "epochs": trainer.epoch, "batch_size": args.batch_size,
                "test_loss": result["loss"], "test_accuracy": result["accuracy"],
                "train_seconds": train_seconds,

@@ -177,12 +177,21 @@ def load_module(code=None, path=None, name_expressions=(), options=()):
 _modules = {}
 
 
-def get_kernel(file, name):
-    """Kernel `name` from `kernels/<file>.cu`, compiled for the current device (cached)."""
+def define_options(defines):
+    """-D options from ((name, value), ...), in that order (the same on NVRTC and g++)."""
+    return tuple(f"-D{name}={value}" for name, value in defines)
+
+
+def get_kernel(file, name, defines=()):
+    """Kernel `name` from `kernels/<file>.cu`, compiled for the current device with the given
+    ((NAME, value), ...) preprocessor defines (a tile configuration, a precision), cached per
+    (device, file, defines)."""
     dev = _device.device()
-    module = _modules.get((dev, file))
+    defines = tuple((str(k), int(v) if isinstance(v, bool) else v) for k, v in defines)
+    module = _modules.get((dev, file, defines))
     if module is None:
-        module = _modules[(dev, file)] = Module(kernel_source(file), name=f"{file}.cu")
+        module = _modules[(dev, file, defines)] = Module(kernel_source(file), name=f"{file}.cu",
+                                                         options=define_options(defines))
     return module.get_function(name)
 
 
