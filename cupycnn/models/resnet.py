@@ -116,36 +116,24 @@ class Bottleneck(_Block):
 
 
 class ResNet(Sequential):
-<<<<<<< HEAD
-    """conv1, bn1, relu, [maxpool], layer1..layer4, avgpool, fc. fused (the default): the
-    ReLUs run inside the batchnorms (bn1 has relu=True and there is no separate relu child; the
-    blocks' batchnorms likewise, see _Block); fused=False builds the separate layers."""
-
-    def __init__(self, block, layers, num_classes=1000, stem="imagenet", in_channels=3,
-                 fused=True):
-=======
     """conv1, bn1, relu, [maxpool], layer1..layer4, avgpool, fc. `width`: the stem's and layer1's
-    channels (64 in torchvision's ResNets; layer2..4 have 2, 4 and 8 times as many)."""
+    channels (64 in torchvision's ResNets; layer2..4 have 2, 4 and 8 times as many). fused (the
+    default): the ReLUs run inside the batchnorms (bn1 has relu=True and there is no separate
+    relu child; the blocks' batchnorms likewise, see _Block); fused=False builds the separate
+    layers."""
 
     def __init__(self, block, layers, num_classes=1000, stem="imagenet", in_channels=3,
-                 width=64):
->>>>>>> tc
+                 width=64, fused=True):
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         children = collections.OrderedDict()
         if stem == "imagenet":
             children["conv1"] = Conv2D(in_channels, width, 7, stride=2, padding=3, bias=False)
         else:
-<<<<<<< HEAD
-            children["conv1"] = Conv2D(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        children["bn1"] = BatchNorm2D(64, relu=fused)
+            children["conv1"] = Conv2D(in_channels, width, 3, stride=1, padding=1, bias=False)
+        children["bn1"] = BatchNorm2D(width, relu=fused)
         if not fused:
             children["relu"] = ReLU()
-=======
-            children["conv1"] = Conv2D(in_channels, width, 3, stride=1, padding=1, bias=False)
-        children["bn1"] = BatchNorm2D(width)
-        children["relu"] = ReLU()
->>>>>>> tc
         if stem == "imagenet":
             children["maxpool"] = MaxPool2D(3, stride=2, padding=1)
         in_planes = width
@@ -163,26 +151,13 @@ class ResNet(Sequential):
         self.fused = bool(fused)
 
 
-<<<<<<< HEAD
-def resnet18(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels, fused)
+def resnet18(num_classes=1000, stem="imagenet", in_channels=3, width=64, fused=True):
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels, width, fused)
 
 
-def resnet34(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels, fused)
+def resnet34(num_classes=1000, stem="imagenet", in_channels=3, width=64, fused=True):
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels, width, fused)
 
 
-def resnet50(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels, fused)
-=======
-def resnet18(num_classes=1000, stem="imagenet", in_channels=3, width=64):
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels, width)
-
-
-def resnet34(num_classes=1000, stem="imagenet", in_channels=3, width=64):
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels, width)
-
-
-def resnet50(num_classes=1000, stem="imagenet", in_channels=3, width=64):
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels, width)
->>>>>>> tc
+def resnet50(num_classes=1000, stem="imagenet", in_channels=3, width=64, fused=True):
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels, width, fused)
