@@ -109,3 +109,60 @@ def test_pooling(any_device, rng, shape, kernel, stride, padding):
     gb, gf = bf16_pair(randn(rng, *shape[:2]))
     assert_bf16_of(pool.global_avg_pool2d_backward(gb, size),
                    pool.global_avg_pool2d_backward(gf, size), "global_avg_pool2d_backward")
+
+
+@pytest.mark.parametrize("shape", [(4, 33), (2, 3, 5, 5)], ids=str)
+def test_dropout(any_device, rng, shape):
+    from cupycnn.ops import dropout
+    xb, xf = bf16_pair(randn(rng, *shape))
+    for p in (0.3, 0.0, 1.0):
+        assert_bf16_of(dropout.dropout_forward(xb, p, 7, 3), dropout.dropout_forward(xf, p, 7, 3),
+                       f"dropout_forward p={p}")
+        assert_bf16_of(dropout.dropout_backward(xb, p, 7, 3),
+                       dropout.dropout_backward(xf, p, 7, 3), f"dropout_backward p={p}")
+
+
+@pytest.mark.parametrize("shape", [(2, 5, 6, 7), (8, 6), (3, 70, 1, 3)], ids=str)
+@pytest.mark.parametrize("residual", [False, True])
+def test_batchnorm_every_stage(any_device, rng, shape, residual):
+    from cupycnn.ops import batchnorm as bn
+    c = shape[1]
+    (xb, xf), (rb, rf), (db, df) = (bf16_pair(randn(rng, *shape)) for _ in range(3))
+    weight = cupycnn.asarray(rng.uniform(0.5, 1.5, c).astype(np.float32))
+    bias = cupycnn.asarray(randn(rng, c))
+    count = int(np.prod(shape)) // c
+    sums_b, sums_f = bn.batchnorm_stats(xb), bn.batchnorm_stats(xf)
+    assert_same(sums_b, sums_f, "stats (float64)")
+    r_b, r_f = (rb, rf) if residual else (None, None)
+    yb, mean_b, invstd_b = bn.batchnorm_normalize(xb, sums_b, count, weight, bias, 1e-5,
+                                                  residual=r_b, relu=True)
+    yf, mean_f, invstd_f = bn.batchnorm_normalize(xf, sums_f, count, weight, bias, 1e-5,
+                                                  residual=r_f, relu=True)
+    assert_bf16_of(yb, yf, "normalize")
+    assert_same(mean_b, mean_f, "mean")
+    assert_same(invstd_b, invstd_f, "invstd")
+    running = (cupycnn.asarray(randn(rng, c)),
+               cupycnn.asarray(rng.uniform(0.5, 2, c).astype(np.float32)))
+    assert_bf16_of(bn.batchnorm_normalize_running(xb, *running, weight, bias, 1e-5,
+                                                  residual=r_b)[0],
+                   bn.batchnorm_normalize_running(xf, *running, weight, bias, 1e-5,
+                                                  residual=r_f)[0], "normalize_running")
+    # The backward of the fused forward: y's decoded values are the float path's y rounded, so
+    # the float path runs on those values.
+    y_vals = _storage.to_float32(yb)
+    gb = bn.batchnorm_backward_reduce(xb, db, mean_b, invstd_b, y=yb)
+    gf = bn.batchnorm_backward_reduce(xf, df, mean_f, invstd_f, y=y_vals)
+    assert_same(gb, gf, "backward_reduce (float64)")
+    for batch_statistics in (True, False):
+        dres_b = cupycnn.devices.empty(shape, BF16) if residual else None
+        dres_f = cupycnn.devices.empty(shape, np.float32) if residual else None
+        dxb, dwb, dbb = bn.batchnorm_backward_apply(xb, db, weight, mean_b, invstd_b, gb, count,
+                                                    batch_statistics, y=yb, dresidual=dres_b)
+        dxf, dwf, dbf = bn.batchnorm_backward_apply(xf, df, weight, mean_f, invstd_f, gf, count,
+                                                    batch_statistics, y=y_vals,
+                                                    dresidual=dres_f)
+        assert_bf16_of(dxb, dxf, f"backward_apply dx ({batch_statistics})")
+        assert_same(dwb, dwf, "dweight (float32)")
+        assert_same(dbb, dbf, "dbias (float32)")
+        if residual:
+            assert_bf16_of(dres_b, dres_f, "dresidual")

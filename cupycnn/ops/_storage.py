@@ -63,7 +63,7 @@ def reference_bf16(fn, *args, outputs=1, **kwargs):
     activations) rounded to BF16, the others (statistics, per-channel vectors) left float32."""
     result = fn(*(decode(a) if isinstance(a, np.ndarray) else a for a in args), **kwargs)
     if not isinstance(result, tuple):
-        return encode(result)
+        return encode(result) if outputs else result
     return tuple(encode(r) if i < outputs else r for i, r in enumerate(result))
 
 

@@ -10,6 +10,7 @@ from .. import devices as _device
 from ..reference import dropout as reference
 from ..runtime import elementwise_grid, get_kernel
 from ._check import check_arrays
+from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
 UINT64_MAX = 2**64 - 1
 
@@ -42,11 +43,14 @@ def _launch(op, name, a, p, seed, stream):
     p = check_probability(op, p)
     seed = _check_counter(op, "seed", seed)
     if not _device.runs_kernels():
-        return getattr(reference, name)(a, p, seed, _check_counter(op, "stream", stream))
+        stream = _check_counter(op, "stream", stream)
+        if is_bf16(a):
+            return reference_bf16(getattr(reference, name), a, p, seed, stream)
+        return getattr(reference, name)(a, p, seed, stream)
     stream = _stream_pointer(op, stream)
     out = _device.empty(a.shape, a.dtype)
     if a.size:
-        get_kernel("dropout", name)(*elementwise_grid(a.size), (
+        get_kernel("dropout", name + suffix(a))(*elementwise_grid(a.size), (
             a, out, np.int64(a.size), np.float32(p), np.float32(reference.scale(p)),
             np.uint64(seed), stream))
     return out
@@ -56,13 +60,13 @@ def dropout_forward(x, p, seed, stream):
     """y = x * mask / (1 - p), any shape; mask from (seed, stream). On the kernel devices the
     stream may be a uint64 [1] device array holding it (StreamCounter.stream), which the kernel
     reads when it runs."""
-    check_arrays("dropout_forward", x=(x, None))
+    check_arrays("dropout_forward", dtypes=activation_dtypes(), x=(x, None))
     return _launch("dropout_forward", "dropout_forward", x, p, seed, stream)
 
 
 def dropout_backward(dy, p, seed, stream):
     """dx = dy * mask / (1 - p) with the forward's (seed, stream): the same mask."""
-    check_arrays("dropout_backward", dy=(dy, None))
+    check_arrays("dropout_backward", dtypes=activation_dtypes(), dy=(dy, None))
     return _launch("dropout_backward", "dropout_backward", dy, p, seed, stream)
 
 
