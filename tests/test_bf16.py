@@ -166,3 +166,24 @@ def test_batchnorm_every_stage(any_device, rng, shape, residual):
         assert_same(dbb, dbf, "dbias (float32)")
         if residual:
             assert_bf16_of(dres_b, dres_f, "dresidual")
+
+
+@pytest.mark.parametrize("rows, classes", [(5, 10), (33, 3), (4, 100)])
+def test_softmax_xent_and_metrics_read_bf16_logits_and_stay_float(any_device, rng, rows,
+                                                                   classes):
+    from cupycnn.losses import SoftmaxCrossEntropy
+    from cupycnn.ops import metrics
+    zb, zf = bf16_pair(randn(rng, rows, classes) * 3)
+    labels = cupycnn.asarray(rng.integers(0, classes, rows).astype(np.int32))
+    losses = []
+    for z in (zb, zf):
+        loss_fn = SoftmaxCrossEntropy(label_smoothing=0.1)
+        loss = loss_fn.forward(z, labels)
+        losses.append((loss, loss_fn.backward()))
+    (loss_b, dz_b), (loss_f, dz_f) = losses
+    assert_same(loss_b, loss_f, "loss (float32)")
+    assert_bf16_of(dz_b, dz_f, "dlogits")
+    sums_b, sums_f = metrics.new_sums(), metrics.new_sums()
+    metrics.accumulate_metrics(zb, labels, loss_b, sums_b)
+    metrics.accumulate_metrics(zf, labels, loss_f, sums_f)
+    assert_same(sums_b, sums_f, "metric sums")
