@@ -187,3 +187,40 @@ def test_softmax_xent_and_metrics_read_bf16_logits_and_stay_float(any_device, rn
     metrics.accumulate_metrics(zb, labels, loss_b, sums_b)
     metrics.accumulate_metrics(zf, labels, loss_f, sums_f)
     assert_same(sums_b, sums_f, "metric sums")
+
+
+@pytest.mark.parametrize("name", ["normalize", "random_crop_flip", "affine_warp"])
+def test_the_augmentations_write_bf16(any_device, rng, name):
+    from cupycnn.ops import augment
+    images = cupycnn.asarray(rng.integers(0, 256, (3, 9, 7, 3)).astype(np.uint8))
+    mean, std = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
+    kwargs = {}
+    if name == "random_crop_flip":
+        kwargs = dict(padding=2, seed=5, stream=1)
+    elif name == "affine_warp":
+        kwargs = dict(ranges=augment.AffineRanges(rotation=(-10, 10), zoom_x=(0.9, 1.1),
+                                                  flip_probability=0.5), seed=5, stream=1)
+    fn = getattr(augment, name)
+    assert_bf16_of(fn(images, mean, std, dtype=BF16, **kwargs),
+                   fn(images, mean, std, dtype=np.float32, **kwargs), name)
+
+
+def test_layers_keep_their_input_storage(rng):
+    """Conv2D and Dense take BF16 activations through the FP32 kernels (float32 copies) and give
+    BF16 back; their parameter gradients are float32."""
+    from cupycnn.layers import Conv2D, Dense
+    cupycnn.use("sim")
+    for layer, shape in ((Conv2D(3, 4, 3, padding=1), (2, 3, 5, 5)), (Dense(6, 4), (3, 6))):
+        xb, xf = bf16_pair(randn(rng, *shape))
+        yb, yf = layer.forward(xb), None
+        saved_grads = {}
+        db, df = bf16_pair(randn(rng, *yb.shape))
+        dxb = layer.backward(db)
+        saved_grads = {k: np.array(cupycnn.asnumpy(g)) for k, g in layer.grads.items()}
+        yf = layer.forward(xf)
+        dxf = layer.backward(df)
+        assert_bf16_of(yb, yf, f"{layer!r} forward")
+        assert_bf16_of(dxb, dxf, f"{layer!r} backward")
+        for k, g in layer.grads.items():
+            assert g.dtype == np.float32
+            np.testing.assert_array_equal(saved_grads[k], cupycnn.asnumpy(g), err_msg=k)

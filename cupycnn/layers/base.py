@@ -20,6 +20,7 @@ import numpy as np
 
 from .. import devices as _device
 from ..ops._check import check_arrays
+from ..ops._storage import activation_dtypes
 
 
 class Parameter:
@@ -133,12 +134,14 @@ class Layer:
 
     def check_input(self, x, pattern, bound=None):
         """Check the input's device, dtype and shape against a pattern (see ops._check); the
-        message names this layer."""
-        return check_arrays(repr(self), bound=bound, input=(x, pattern))
+        message names this layer. Activations may be float or BF16 storage (ops._storage)."""
+        return check_arrays(repr(self), bound=bound, dtypes=activation_dtypes(),
+                            input=(x, pattern))
 
     def check_grad_output(self, dy, shape):
         """dy must have the shape the forward output had."""
-        return check_arrays(repr(self) + ".backward", dy=(dy, tuple(shape)))
+        return check_arrays(repr(self) + ".backward", dtypes=activation_dtypes(),
+                            dy=(dy, tuple(shape)))
 
     # ------------------------------------------------------------------ parameters and state
     def layers(self):

@@ -67,6 +67,22 @@ def reference_bf16(fn, *args, outputs=1, **kwargs):
     return tuple(encode(r) if i < outputs else r for i, r in enumerate(result))
 
 
+def precision_storage():
+    """The activation storage the current precision asks for: BF16 under "bf16", else float32
+    (cupycnn.set_precision). The network's input is made so (the augmentation kernels write it,
+    or as_activation casts it); every op then keeps the storage of its input."""
+    from ..precision import get_precision
+    return BF16 if get_precision() == "bf16" else np.dtype(np.float32)
+
+
+def as_activation(x):
+    """x in the storage the current precision asks for: a float32 x cast to BF16 under "bf16"
+    (one pass), otherwise x itself."""
+    if precision_storage() == BF16 and x.dtype == np.float32:
+        return to_bf16(x)
+    return x
+
+
 def _cast(op, name, x, dtype):
     check_arrays(op, dtypes=activation_dtypes(), x=(x, None))
     if not _device.runs_kernels():
@@ -94,5 +110,5 @@ def to_float32(x):
     return _cast("to_float32", "cast_to_float32", x, np.float32)
 
 
-__all__ = ["BF16", "activation_dtypes", "check_storage", "is_bf16", "reference_bf16", "suffix",
-           "to_bf16", "to_float32"]
+__all__ = ["BF16", "activation_dtypes", "as_activation", "check_storage", "decode", "is_bf16",
+           "precision_storage", "reference_bf16", "suffix", "to_bf16", "to_float32"]

@@ -15,6 +15,7 @@ from .. import devices as _device
 from ..reference import augment as reference
 from ..reference.augment import AffineRanges, FILL_MODES, INTERPOLATIONS  # noqa: F401
 from ..runtime import ceil_div, get_kernel
+from ._storage import BF16, encode
 from ._check import check_arrays
 
 AUGMENT_THREADS = 256          # as in augment.cu: output pixels per block
@@ -62,13 +63,26 @@ def _check_normalisation(op, mean, std, channels):
 
 
 def _check_dtype(op, dtype):
+    """The output dtype: float32 (float64 too on numpy), or BF16 storage (ops._storage.BF16)."""
     dtype = np.dtype(dtype)
-    allowed = (np.float32,) if _device.runs_kernels() else (np.float32, np.float64)
+    allowed = ((np.float32,) if _device.runs_kernels() else (np.float32, np.float64)) + (BF16,)
     if dtype not in [np.dtype(a) for a in allowed]:
-        names = " or ".join(np.dtype(a).name for a in allowed)
+        names = " or ".join("bf16 (uint16)" if np.dtype(a) == BF16 else np.dtype(a).name
+                            for a in allowed)
         raise ValueError(f"{op}: dtype must be {names} on the {_device.device()} device, got "
                          f"{dtype}")
     return dtype
+
+
+def _on_numpy(fn, *args, dtype, **kwargs):
+    """The reference, in float32 then rounded when the output is BF16."""
+    if dtype == BF16:
+        return encode(fn(*args, dtype=np.float32, **kwargs))
+    return fn(*args, dtype=dtype, **kwargs)
+
+
+def _kernel(name, dtype):
+    return name + ("_bf16" if dtype == BF16 else "")
 
 
 def _check_key(op, seed, stream):
@@ -115,11 +129,11 @@ def normalize(images, mean, std, dtype=np.float32):
     mean, std = _check_normalisation(op, mean, std, sizes["C"])
     dtype = _check_dtype(op, dtype)
     if not _device.runs_kernels():
-        return reference.normalize(images, mean, std, dtype=dtype)
-    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), np.float32)
+        return _on_numpy(reference.normalize, images, mean, std, dtype=dtype)
+    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), dtype)
     if sizes["B"]:
         scale, shift = _scale_shift(mean, std)
-        get_kernel("augment", "normalize")(
+        get_kernel("augment", _kernel("normalize", dtype))(
             _image_grid(sizes), (AUGMENT_THREADS,),
             (images, out, scale, shift, np.int32(sizes["H"]), np.int32(sizes["W"]),
              np.int32(sizes["C"])))
@@ -162,12 +176,12 @@ def random_crop_flip(images, mean, std, padding, *, seed, stream, flip_probabili
     _check_probability(op, "flip_probability", flip_probability)
     seed64, stream64 = _check_key(op, seed, stream)
     if not _device.runs_kernels():
-        return reference.random_crop_flip(images, mean, std, padding, seed=seed, stream=stream,
-                                          flip_probability=flip_probability, dtype=dtype)
-    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), np.float32)
+        return _on_numpy(reference.random_crop_flip, images, mean, std, padding, seed=seed,
+                         stream=stream, flip_probability=flip_probability, dtype=dtype)
+    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), dtype)
     if sizes["B"]:
         scale, shift = _scale_shift(mean, std)
-        get_kernel("augment", "random_crop_flip")(
+        get_kernel("augment", _kernel("random_crop_flip", dtype))(
             _image_grid(sizes), (AUGMENT_THREADS,),
             (images, out, scale, shift, np.int32(sizes["H"]), np.int32(sizes["W"]),
              np.int32(sizes["C"]), np.int32(padding), np.float32(flip_probability), seed64,
@@ -224,13 +238,13 @@ def affine_warp(images, mean, std, ranges, *, seed, stream, interpolation="bilin
         raise ValueError(f"{op}: cval must be finite, got {cval!r}")
     seed64, stream64 = _check_key(op, seed, stream)
     if not _device.runs_kernels():
-        return reference.affine_warp(images, mean, std, ranges, seed=seed, stream=stream,
-                                     interpolation=interpolation, fill_mode=fill_mode,
-                                     cval=cval, dtype=dtype)
-    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), np.float32)
+        return _on_numpy(reference.affine_warp, images, mean, std, ranges, seed=seed,
+                         stream=stream, interpolation=interpolation, fill_mode=fill_mode,
+                         cval=cval, dtype=dtype)
+    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), dtype)
     if sizes["B"]:
         scale, shift = _scale_shift(mean, std)
-        get_kernel("augment", "affine_warp")(
+        get_kernel("augment", _kernel("affine_warp", dtype))(
             _image_grid(sizes), (AUGMENT_THREADS,),
             (images, out, scale, shift, np.int32(sizes["H"]), np.int32(sizes["W"]),
              np.int32(sizes["C"]), *ranges.kernel_args(), np.int32(_INTERPOLATION[interpolation]),

@@ -24,6 +24,7 @@ from .. import devices as _device
 from .. import random as _random
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..ops import metrics as metric_ops
+from ..ops._storage import as_activation, decode
 from ..progress import Progress
 from ..reference.softmax_xent import softmax
 from .callbacks import Callback
@@ -112,7 +113,7 @@ class Trainer:
             self.scheduler.step()
 
     def _eager_step(self, x, y, sums):
-        logits = self.model.forward(x, training=True)
+        logits = self.model.forward(as_activation(x), training=True)
         loss = self.loss.forward(logits, y)
         dy = self.loss.backward()
         if self.distributed is not None:
@@ -186,7 +187,7 @@ class Trainer:
                        enabled=self.progress and self.is_root,
                        unit_scale=getattr(loader, "batch_size", 1))
         for x, y in loader:
-            logits = self.model.forward(x, training=False)
+            logits = self.model.forward(as_activation(x), training=False)
             loss = self.loss.forward(logits, y)
             metric_ops.accumulate_metrics(logits, y, loss, sums)
             bar.update(1)
@@ -205,8 +206,8 @@ class Trainer:
         else:
             batches = (inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size))
         for x in batches:
-            logits = self.model.forward(_device.asarray(x), training=False)
-            outputs.append(_device.asnumpy(logits).astype(np.float64))
+            logits = self.model.forward(as_activation(_device.asarray(x)), training=False)
+            outputs.append(decode(_device.asnumpy(logits)).astype(np.float64))
         return softmax(np.concatenate(outputs) if outputs else np.zeros((0, 0)))
 
     # ----------------------------------------------------------------------- checkpoints
