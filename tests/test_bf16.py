@@ -224,3 +224,73 @@ def test_layers_keep_their_input_storage(rng):
         for k, g in layer.grads.items():
             assert g.dtype == np.float32
             np.testing.assert_array_equal(saved_grads[k], cupycnn.asnumpy(g), err_msg=k)
+
+
+def _mini_net():
+    from cupycnn.layers import (BatchNorm2D, Conv2D, Dense, Dropout, GlobalAvgPool2D,
+                                MaxPool2D, Sequential)
+    from cupycnn.models.resnet import BasicBlock
+    return Sequential(Conv2D(3, 8, 3, padding=1, bias=False), BatchNorm2D(8, relu=True),
+                      MaxPool2D(2), BasicBlock(8, 16, stride=2), GlobalAvgPool2D(),
+                      Dropout(0.25), Dense(16, 5))
+
+
+def _step(device, storage, x, dy):
+    cupycnn.use(device)
+    cupycnn.manual_seed(0)
+    model = _mini_net()
+    xi, dyi = cupycnn.asarray(x), cupycnn.asarray(dy)
+    if storage == "bf16":
+        xi, dyi = _storage.to_bf16(xi), _storage.to_bf16(dyi)
+    y = model.forward(xi)
+    dx = model.backward(dyi)
+    assert y.dtype == xi.dtype and dx.dtype == xi.dtype
+    grads = [np.array(cupycnn.asnumpy(p.grad)) for p in model.parameters()]
+    assert all(g.dtype == np.float32 for g in grads)
+    return [_storage.decode(np.array(cupycnn.asnumpy(a))) for a in (y, dx)] + grads
+
+
+def test_a_network_on_bf16_storage_agrees_across_devices_and_with_float32(rng):
+    """The whole forward and backward of a small ResNet-like network on BF16 activations: sim and
+    numpy agree (to a BF16 rounding flipped by float32 summation order now and then), and both
+    stay within BF16's precision of the float32 network."""
+    x, dy = randn(rng, 4, 3, 8, 8), randn(rng, 4, 5)
+    runs = {(d, s): _step(d, s, x, dy) for d in ("numpy", "sim") for s in ("fp32", "bf16")}
+
+    def rel(a, b):
+        return np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30)
+
+    for k, (a, b) in enumerate(zip(runs[("sim", "bf16")], runs[("numpy", "bf16")])):
+        assert rel(a, b) < 2e-2, f"output {k}: sim and numpy differ by {rel(a, b):.3g}"
+    logits_error = rel(runs[("sim", "bf16")][0], runs[("sim", "fp32")][0])
+    assert 1e-4 < logits_error < 5e-2, logits_error        # rounded, and not by much
+
+
+def test_bf16_storage_halves_the_step_memory(rng):
+    """The memory plan of a training step on BF16 activations against float32: the arena (every
+    activation, gradient and workspace) is much smaller; what stays float32 (statistics, the
+    float32 copies a convolution's kernels read) keeps it above half."""
+    from cupycnn import optim, plan
+    from cupycnn.losses import SoftmaxCrossEntropy
+    cupycnn.use("sim")
+    arenas = {}
+    for storage in ("fp32", "bf16"):
+        cupycnn.manual_seed(0)
+        model = _mini_net()
+        opt = optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        loss = SoftmaxCrossEntropy()
+        x = cupycnn.asarray(randn(rng, 32, 3, 16, 16))
+        if storage == "bf16":
+            x = _storage.to_bf16(x)
+        y = cupycnn.asarray(rng.integers(0, 5, 32).astype(np.int32))
+
+        def body():
+            model.backward(loss.backward() if loss.forward(model.forward(x), y) is not None
+                           else None)
+            opt.launch_step()
+
+        opt.prepare_step()
+        with cupycnn.sim.dry_run():
+            _, p = plan.trace(body)
+        arenas[storage] = p.arena_bytes
+    assert arenas["bf16"] < 0.75 * arenas["fp32"], arenas

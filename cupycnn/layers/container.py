@@ -10,6 +10,7 @@ import collections
 
 from ..ops import elementwise as elementwise_ops
 from ..ops._check import check_arrays
+from ..ops._storage import activation_dtypes
 from .base import Layer
 
 
@@ -127,7 +128,7 @@ class Sequential(Layer):
     # ------------------------------------------------------------------ forward and backward
     def forward(self, x, training=True):
         self._saved = None                    # a failed forward leaves nothing to go back through
-        check_arrays("Sequential", input=(x, None))
+        check_arrays("Sequential", dtypes=activation_dtypes(), input=(x, None))
         for name, layer in self._children.items():
             try:
                 x = layer(x, training)
@@ -137,7 +138,8 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy):
-        check_arrays("Sequential.backward", dy=(dy, self.saved()["output_shape"]))
+        check_arrays("Sequential.backward", dtypes=activation_dtypes(),
+                     dy=(dy, self.saved()["output_shape"]))
         for name, layer in reversed(self._children.items()):
             try:
                 dy = layer.backward(dy)
@@ -183,7 +185,7 @@ class Residual(Layer):
 
     def forward(self, x, training=True):
         self._saved = None
-        check_arrays("Residual", input=(x, None))
+        check_arrays("Residual", dtypes=activation_dtypes(), input=(x, None))
         y_main = self._branch("main", self.main, x, training)
         y_shortcut = x if self.shortcut is None else \
             self._branch("shortcut", self.shortcut, x, training)
@@ -197,7 +199,8 @@ class Residual(Layer):
         return elementwise_ops.add(y_main, y_shortcut)
 
     def backward(self, dy):
-        check_arrays("Residual.backward", dy=(dy, self.saved()["output_shape"]))
+        check_arrays("Residual.backward", dtypes=activation_dtypes(),
+                     dy=(dy, self.saved()["output_shape"]))
         dx_main = self._branch("main", self.main.backward, dy)
         dx_shortcut = dy if self.shortcut is None else \
             self._branch("shortcut", self.shortcut.backward, dy)
