@@ -33,14 +33,19 @@ class Dataset:
         images, labels, index = self.storage()
         return len(labels) if index is None else len(index)
 
-    def __getitem__(self, i):
+    def _position(self, i):
+        """The example index i (negative counts from the end) as an int in [0, N): TypeError
+        or IndexError naming the dataset otherwise."""
         n = len(self)
         if not isinstance(i, (int, np.integer)):
             raise TypeError(f"{type(self).__name__} indices must be integers, got "
                             f"{type(i).__name__}")
         if not -n <= i < n:
             raise IndexError(f"{type(self).__name__} index {i} out of range for {n} examples")
-        i = int(i) % n
+        return int(i) % n
+
+    def __getitem__(self, i):
+        i = self._position(i)
         images, labels, index = self.storage()
         j = i if index is None else int(index[i])
         return images[j], int(labels[j])

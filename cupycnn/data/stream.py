@@ -112,13 +112,7 @@ class StreamingDataset(Dataset):
         return tuple(self.transform.shape)
 
     def __getitem__(self, i):
-        n = len(self)
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"{type(self).__name__} indices must be integers, got "
-                            f"{type(i).__name__}")
-        if not -n <= i < n:
-            raise IndexError(f"{type(self).__name__} index {i} out of range for {n} examples")
-        i = int(i) % n
+        i = self._position(i)
         data, label, name = self.read(i)
         return self.transform(data, name, draw=i, epoch=0), label
 

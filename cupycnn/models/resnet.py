@@ -116,14 +116,14 @@ class Bottleneck(_Block):
 
 
 class ResNet(Sequential):
-    """conv1, bn1, relu, [maxpool], layer1..layer4, avgpool, fc. `width`: the stem's and layer1's
-    channels (64 in torchvision's ResNets; layer2..4 have 2, 4 and 8 times as many). fused (the
-    default): the ReLUs run inside the batchnorms (bn1 has relu=True and there is no separate
-    relu child; the blocks' batchnorms likewise, see _Block); fused=False builds the separate
-    layers."""
+    """conv1, bn1, relu, [maxpool], layer1..layer4, avgpool, fc. fused (the default): the
+    ReLUs run inside the batchnorms (bn1 has relu=True and there is no separate relu child; the
+    blocks' batchnorms likewise, see _Block); fused=False builds the separate layers. `width`:
+    the stem's and layer1's channels (64 in torchvision's ResNets; layer2..4 have 2, 4 and 8 times
+    as many)."""
 
     def __init__(self, block, layers, num_classes=1000, stem="imagenet", in_channels=3,
-                 width=64, fused=True):
+                 fused=True, width=64):
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         children = collections.OrderedDict()
@@ -151,13 +151,13 @@ class ResNet(Sequential):
         self.fused = bool(fused)
 
 
-def resnet18(num_classes=1000, stem="imagenet", in_channels=3, width=64, fused=True):
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels, width, fused)
+def resnet18(num_classes=1000, stem="imagenet", in_channels=3, fused=True, width=64):
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels, fused, width)
 
 
-def resnet34(num_classes=1000, stem="imagenet", in_channels=3, width=64, fused=True):
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels, width, fused)
+def resnet34(num_classes=1000, stem="imagenet", in_channels=3, fused=True, width=64):
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels, fused, width)
 
 
-def resnet50(num_classes=1000, stem="imagenet", in_channels=3, width=64, fused=True):
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels, width, fused)
+def resnet50(num_classes=1000, stem="imagenet", in_channels=3, fused=True, width=64):
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels, fused, width)
