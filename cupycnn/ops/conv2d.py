@@ -103,9 +103,13 @@ def _direct(name, count, args):
     get_kernel("conv2d_direct", name)(grid, block, args)
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None, residual=None,
+                   relu=False):
     """y = conv2d(x, weight) + bias: x [N, C_in, H, W], weight [C_out, C_in, kh, kw], bias
-    [C_out] or None; returns y [N, C_out, H_out, W_out]. `version`: see the module's doc."""
+    [C_out] or None; returns y [N, C_out, H_out, W_out]. `version`: see the module's doc.
+    The epilogue, in the same pass: + residual (the shape of y), then max(y, 0) when relu:
+    conv + bias (+ residual) + ReLU, the inference path of a ResNet with its batchnorms folded
+    into the convolutions (models.fold_batchnorm)."""
     op = "conv2d_forward"
     sizes = check_arrays(op, x=(x, ("N", "C_in", "H", "W")),
                          weight=(weight, ("C_out", "C_in", "kh", "kw")))
@@ -114,13 +118,16 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None):
                      bias=(bias, ("C_out",)))
     geometry = _geometry(op, x.shape, weight.shape, stride, padding)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
+    if residual is not None:
+        check_arrays(op, x=(x, None), residual=(residual, (n, o, ho, wo)))
     if not _device.runs_kernels():
-        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), get_precision())
+        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), get_precision(),
+                                        residual=residual, relu=relu)
     version = resolve_version(op, version)
     y = _device.empty((n, o, ho, wo), x.dtype)
     if not n:
         return y
-    args = (x, weight, bias, y) + _scalars(geometry)
+    args = (x, weight, bias, residual, np.int32(bool(relu)), y) + _scalars(geometry)
     if version == "direct":
         _direct("conv2d_direct_forward", n * o * ho * wo, args)
     elif version == "tiled":
