@@ -1,295 +1,422 @@
-"""Conv2D on ResNet-18's CIFAR layer shapes (3x3 stem, batch 256): every version of every product
-(forward, input gradient, weight gradient) against its time floor and against cuDNN through
-PyTorch at the same precision, NCHW and channels_last.
+"""Conv2D against its floor and against cuDNN: every kernel version of every product (forward,
+input gradient, weight gradient) at every ResNet-18 shape (CIFAR stem, batch 256), next to cuDNN
+through PyTorch at the same precision, NCHW and channels_last.
 
-    python benchmarks/conv2d.py --device cuda                    # on a GPU: the measurement
-    python benchmarks/conv2d.py --roofline                       # the floor table, no GPU needed
-    python benchmarks/conv2d.py --device sim --batch 2 --layers stem --repeats 1   # dry run
+    python benchmarks/conv2d.py                              # on a GPU: everything (minutes)
+    python benchmarks/conv2d.py --versions tiled,tensor_core --budget 25 --json F   # GPU session
+    python benchmarks/conv2d.py --dry-run                    # sim, batch 1, one shape (CI)
 
-Versions (ops/conv2d.py): direct (fp32), tiled (fp32), tensor_core (tf32 and bf16). The floor of
-a product at a precision is max(FLOPs / peak, compulsory bytes / memory bandwidth), with
-FLOPs = 2 N C_out H_out W_out C_in kh kw and the compulsory bytes those of the two operands read
-once and the result written once, in FP32 storage (ours at every precision). The ceilings are
-the H200's (CEILINGS below: measured on a lent H200 where the project has the figure, the
-datasheet otherwise, each labelled). "% floor" is floor / time; "x cuDNN" is cuDNN's time over
-ours (above 1: faster than cuDNN). cuDNN runs with cudnn.benchmark on (its fastest algorithm per
-shape); at tf32 with allow_tf32, at bf16 on BF16 tensors (what torch.autocast gives a conv).
-On sim and numpy (a dry run of the script) the baseline is PyTorch's CPU convolution when torch
-is importable, and only the times are meaningful as a check that everything runs.
+What runs. The shapes are the distinct convolutions of ResNet-18 (benchmarks/roofline.py reads
+them off the model). Per (shape, product, precision) the contenders are our versions at that
+precision (ops/conv2d.py: fp32 "direct" and "tiled"; tf32 and bf16 "tensor_core") and cuDNN at
+the same precision: fp32 with TF32 off, tf32 with it on, bf16 on BF16 tensors (what
+torch.autocast runs a convolution on), each in NCHW and channels_last, cudnn.benchmark on (its
+fastest algorithm per shape, found during the warm-up).
+
+How it times. CUDA events (on the legacy default stream, which CuPy and PyTorch both use here)
+around a batch of calls queued behind a short spin kernel, so the events time the GPU's work,
+not Python's launch overhead; the batch has enough calls for about a millisecond. The contenders
+of one (shape, product, precision) take turns, one batch each per round, for --repeats rounds,
+and each one's median is reported: a slow moment of the GPU falls on all of them alike. The
+inputs are fixed random normals, reused across rounds (tensors under the H200's 60 MB L2 may be
+served from it, for cuDNN as for ours).
+
+Columns. ms: the median time of one call; TFLOP/s: FLOPs / ms; % floor: the roofline floor at
+that precision with FP32 storage (ours) over ms; x cuDNN: cuDNN's ms over ours, NCHW and NHWC
+(above 1: ours is faster); rel err: ||ours - float64|| / ||float64|| against PyTorch's float64
+convolution (the NumPy reference on sim and numpy). A result above its precision's TOLERANCE is
+flagged WRONG and makes the exit status 1. --json writes the summary figures (per precision:
+the geometric mean and the lowest ratio to the faster cuDNN layout, the geometric mean % of
+floor, the shapes below 70% of cuDNN's speed).
+
+On sim and numpy (--dry-run) the same code runs at batch 1 on one shape, against PyTorch's CPU
+convolution where PyTorch is installed (no TF32 there: its "tf32" is plain FP32): a check that
+every path runs and agrees, not a measurement.
 """
-import argparse
-import json
-import math
-import sys
 import time
-from pathlib import Path
+
+_STARTED = time.perf_counter()      # --budget counts from here: imports and compiles included
+
+import argparse  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a source tree
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import roofline  # noqa: E402
 
 import cupycnn  # noqa: E402
 from cupycnn.ops import conv2d as ops  # noqa: E402
 from cupycnn.reference import conv2d as reference  # noqa: E402
 
-# ResNet-18 for CIFAR (32x32 inputs, 3x3 stem): every distinct convolution, with how many times
-# it occurs in the network. (name, C_in, C_out, input size, kernel, stride, padding, count)
-LAYERS = [
-    ("stem 3->64 32x32", 3, 64, 32, 3, 1, 1, 1),
-    ("64->64 32x32", 64, 64, 32, 3, 1, 1, 4),
-    ("64->128 32x32 s2", 64, 128, 32, 3, 2, 1, 1),
-    ("128->128 16x16", 128, 128, 16, 3, 1, 1, 3),
-    ("128->256 16x16 s2", 128, 256, 16, 3, 2, 1, 1),
-    ("256->256 8x8", 256, 256, 8, 3, 1, 1, 3),
-    ("256->512 8x8 s2", 256, 512, 8, 3, 2, 1, 1),
-    ("512->512 4x4", 512, 512, 4, 3, 1, 1, 3),
-    ("1x1 64->128 s2", 64, 128, 32, 1, 2, 0, 1),
-    ("1x1 128->256 s2", 128, 256, 16, 1, 2, 0, 1),
-    ("1x1 256->512 s2", 256, 512, 8, 1, 2, 0, 1),
-]
-PRODUCTS = ("forward", "input grad", "weight grad")
-# (version, precision) in the order of the progression.
+PRODUCTS = roofline.PRODUCTS
+# (version, precision), in the order of the progression.
 VERSIONS = [("direct", "fp32"), ("tiled", "fp32"), ("tensor_core", "tf32"),
             ("tensor_core", "bf16")]
-# H200 SXM ceilings: (value, source). Matrix rates are dense (no sparsity).
-CEILINGS = {
-    "bytes/s": (4.3e12, "measured: device-to-device copy on a lent H200, 2026-10-28 and 11-04"),
-    "fp32": (67e12, "datasheet (H100/H200 SXM FP32, no tensor cores)"),
-    "tf32": (495e12, "datasheet (dense TF32 tensor core)"),
-    "bf16": (788e12, "measured: 8192^3 BF16 matmul through PyTorch on a lent H200 (datasheet "
-                     "989)"),
-}
+# The version each precision runs by default (ops.conv2d.resolve_version): the summary's.
+DEFAULT_VERSION = {"fp32": "tiled", "tf32": "tensor_core", "bf16": "tensor_core"}
+# A result further than this from float64 is wrong, not rounded (a bug gives ~1): a few times
+# the precision's expected error (fp32 sums of up to N H_out W_out = 262144 terms; TF32 keeps 10
+# mantissa bits, BF16 7).
+TOLERANCE = {"fp32": 1e-4, "tf32": 5e-3, "bf16": 3e-2}
+TARGET = 0.7            # issue 10: each tensor-core conv at least 70% of cuDNN's speed
+BATCH_SECONDS = 1e-3    # GPU time a timed batch of calls aims at
+MAX_CALLS = 64          # calls per batch at most
+CONTENDER_SECONDS = 0.5  # rounds of one contender stop after about this much GPU time
 
 
-def shapes(layer, batch):
-    name, c_in, c_out, size, k, stride, padding, count = layer
-    ho, wo = reference.output_size(size, size, k, stride, padding)
-    return dict(name=name, n=batch, c=c_in, o=c_out, h=size, w=size, k=k, stride=stride,
-                padding=padding, ho=ho, wo=wo, count=count)
+# ---------------------------------------------------------------------------------- timing
+class GpuTimer:
+    """Times fn() on the GPU with CuPy's events on the legacy default stream, the stream both
+    our kernels and PyTorch's launch on (checked), behind a spin kernel that keeps the GPU busy
+    while Python queues the calls."""
+
+    def __init__(self, torch):
+        import cupy
+        self.cupy = cupy
+        if cupy.cuda.get_current_stream().ptr != 0 or (
+                torch is not None and torch.cuda.current_stream().cuda_stream != 0):
+            raise SystemExit("conv2d.py: CuPy and PyTorch must both launch on the legacy "
+                             "default stream for one set of events to time both")
+        # Spins for `ns` nanoseconds of the GPU's global timer (no clock rate needed).
+        self.spin = cupy.RawKernel(r'''
+            extern "C" __global__ void spin(long long ns) {
+              unsigned long long start, now;
+              asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(start));
+              do {
+                asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+              } while (now - start < (unsigned long long)ns);
+            }''', "spin")
+
+    def sync(self):
+        self.cupy.cuda.Device().synchronize()
+
+    def __call__(self, fn, calls, host_seconds):
+        """Seconds per call of `calls` back-to-back calls of fn, on the GPU."""
+        cupy = self.cupy
+        # Long enough for Python to queue every call before the GPU reaches the start event.
+        ns = int(1e9 * min(0.05, 2 * calls * host_seconds + 20e-6))
+        self.spin((1,), (1,), (np.int64(ns),))
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for _ in range(calls):
+            fn()
+        stop.record()
+        stop.synchronize()
+        return cupy.cuda.get_elapsed_time(start, stop) / 1e3 / calls
 
 
-def flops(s):
-    """2 N C_out H_out W_out C_in kh kw: the same for each of the three products."""
-    return 2.0 * s["n"] * s["o"] * s["ho"] * s["wo"] * s["c"] * s["k"] * s["k"]
+class HostTimer:
+    """sim and numpy: wall-clock time of fn(), the device synchronized after it."""
 
+    def sync(self):
+        cupycnn.synchronize()
 
-def compulsory_bytes(s, product, itemsize=4):
-    x = s["n"] * s["c"] * s["h"] * s["w"]
-    y = s["n"] * s["o"] * s["ho"] * s["wo"]
-    w = s["o"] * s["c"] * s["k"] * s["k"]
-    return itemsize * {"forward": x + w + y, "input grad": y + w + x, "weight grad": y + x + w}[
-        product]
-
-
-def floor_seconds(s, product, precision):
-    return max(flops(s) / CEILINGS[precision][0],
-               compulsory_bytes(s, product) / CEILINGS["bytes/s"][0])
-
-
-def roofline_table(batch):
-    """Markdown: per layer, FLOPs, compulsory bytes, intensity and the floor at each precision of
-    one product (the three products of a layer have the same FLOPs and, in FP32 storage, the
-    same compulsory bytes: x, w and y once each), and the total over the network's step."""
-    precisions = ("fp32", "tf32", "bf16")
-    lines = ["| layer (x count in ResNet-18) | GFLOP | MB | FLOP/B | "
-             + " | ".join(f"floor {p} (us)" for p in precisions) + " | bound at tf32 / bf16 |",
-             "|" + "---|" * 8]
-    totals = dict.fromkeys(precisions, 0.0)
-    for layer in LAYERS:
-        s = shapes(layer, batch)
-        f, b = flops(s), compulsory_bytes(s, "forward")
-        floors = {p: floor_seconds(s, "forward", p) for p in precisions}
-        for p in precisions:
-            totals[p] += 3 * floors[p] * s["count"]
-        bound = " / ".join("memory" if b / CEILINGS["bytes/s"][0] > f / CEILINGS[p][0]
-                           else "compute" for p in ("tf32", "bf16"))
-        lines.append(f"| {s['name']} (x{s['count']}) | {f / 1e9:.2f} | {b / 1e6:.1f} | "
-                     f"{f / b:.0f} | " + " | ".join(f"{floors[p] * 1e6:.1f}" for p in precisions)
-                     + f" | {bound} |")
-    lines.append("| **the step's 20 convolutions, 3 products each** | | | | "
-                 + " | ".join(f"**{totals[p] * 1e3:.2f} ms**" for p in precisions) + " | |")
-    return "\n".join(lines)
-
-
-def timed(fn, repeats, synchronize):
-    """Median seconds of `repeats` runs after one warm-up (compiles; lets cuDNN pick)."""
-    fn()
-    synchronize()
-    times = []
-    for _ in range(repeats):
+    def __call__(self, fn, calls, host_seconds):
         start = time.perf_counter()
-        fn()
-        synchronize()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
+        for _ in range(calls):
+            fn()
+        self.sync()
+        return (time.perf_counter() - start) / calls
 
 
-def our_products(x, w, b, dy, stride, padding, version):
+def measure(contenders, timer, rounds):
+    """({name: median seconds per call}, {name: the first call's result}): each contender
+    (name -> fn) called once to warm up (compiles, cuDNN's algorithm search), then timed in
+    turns, one batch of calls each per round."""
+    plan, first = {}, {}
+    for name, fn in contenders.items():
+        t0 = time.perf_counter()
+        first[name] = fn()
+        timer.sync()
+        once = time.perf_counter() - t0        # an upper bound: compiles, enqueue, GPU time
+        host = once
+        if isinstance(timer, GpuTimer):        # again, warm: enqueue time and one call's
+            t0 = time.perf_counter()
+            fn()
+            host = time.perf_counter() - t0
+            timer.sync()
+            once = time.perf_counter() - t0
+        calls = max(1, min(MAX_CALLS, int(BATCH_SECONDS / max(once, 1e-6))))
+        plan[name] = (calls, host, min(rounds, max(1, int(CONTENDER_SECONDS / once))))
+    times = {name: [] for name in contenders}
+    for r in range(rounds):
+        for name, fn in contenders.items():
+            calls, host, wanted = plan[name]
+            if r < wanted:
+                times[name].append(timer(fn, calls, host))
+    return {name: statistics.median(t) for name, t in times.items()}, first
+
+
+# ------------------------------------------------------------------------------ contenders
+def our_products(conv, x, w, dy, version):
+    s, p = conv.stride, conv.padding
     return {
-        "forward": lambda: ops.conv2d_forward(x, w, b, stride, padding, version=version),
-        "input grad": lambda: ops.conv2d_backward_input(dy, w, x.shape, stride, padding,
-                                                        version=version),
-        "weight grad": lambda: ops.conv2d_backward_weight(dy, x, w.shape, stride, padding,
+        "forward": lambda: ops.conv2d_forward(x, w, None, s, p, version=version),
+        "input grad": lambda: ops.conv2d_backward_input(dy, w, x.shape, s, p, version=version),
+        "weight grad": lambda: ops.conv2d_backward_weight(dy, x, w.shape, s, p,
                                                           version=version),
     }
 
 
-def torch_products(torch, arrays, stride, padding, precision, channels_last, device):
-    """PyTorch's convolution (cuDNN on cuda) at `precision`, NCHW or channels_last."""
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+def set_cudnn_tf32(torch, on):
+    """TF32 in cuDNN's convolutions on or off (PyTorch's newer setting where it has it)."""
+    conv = getattr(torch.backends.cudnn, "conv", None)
+    if conv is not None and hasattr(conv, "fp32_precision"):
+        conv.fp32_precision = "tf32" if on else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = on
+
+
+def torch_products(torch, conv, arrays, dtype, channels_last, device):
+    """PyTorch's three products (cuDNN on cuda) on `dtype` tensors, NCHW or channels_last."""
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    tx, tw, tb, tdy = (torch.from_numpy(a).to(device=device, dtype=dtype) for a in arrays)
-    tx, tw, tdy = (t.contiguous(memory_format=fmt) for t in (tx, tw, tdy))
-    aten = torch.ops.aten
+    tx, tw, tdy = (torch.from_numpy(a).to(device=device, dtype=dtype).contiguous(
+        memory_format=fmt) for a in arrays)
+    s, p = list(conv.stride), list(conv.padding)
 
     def backward(mask):
-        return aten.convolution_backward(tdy, tx, tw, [tw.shape[0]], [stride] * 2, [padding] * 2,
-                                         [1, 1], False, [0, 0], 1, mask)
+        return torch.ops.aten.convolution_backward(tdy, tx, tw, None, s, p, [1, 1], False,
+                                                   [0, 0], 1, mask)
 
     return {
-        "forward": lambda: torch.nn.functional.conv2d(tx, tw, tb, stride, padding),
+        "forward": lambda: torch.nn.functional.conv2d(tx, tw, None, s, p),
         "input grad": lambda: backward([True, False, False])[0],
         "weight grad": lambda: backward([False, True, False])[1],
     }
 
 
-def main(argv=None):
+def exact_results(torch, conv, arrays, on_gpu):
+    """The three products in float64: PyTorch's on the GPU, the NumPy reference elsewhere."""
+    x, w, dy = arrays
+    s, p = conv.stride, conv.padding
+    if on_gpu:
+        tx, tw, tdy = (torch.from_numpy(a).cuda().double() for a in arrays)
+        grads = torch.ops.aten.convolution_backward(tdy, tx, tw, None, list(s), list(p), [1, 1],
+                                                    False, [0, 0], 1, [True, True, False])
+        return {"forward": torch.nn.functional.conv2d(tx, tw, None, s, p),
+                "input grad": grads[0], "weight grad": grads[1]}
+    x, w, dy = (a.astype(np.float64) for a in arrays)
+    return {"forward": reference.conv2d_forward(x, w, None, s, p),
+            "input grad": reference.conv2d_backward_input(dy, w, x.shape, s, p),
+            "weight grad": reference.conv2d_backward_weight(dy, x, w.shape, s, p)}
+
+
+def relative_error(torch, got, exact, on_gpu):
+    if on_gpu:
+        got = torch.from_dlpack(got).double()
+        return float(torch.linalg.vector_norm(got - exact) / torch.linalg.vector_norm(exact))
+    got = cupycnn.asnumpy(got).astype(np.float64)
+    return float(np.linalg.norm(got - exact) / np.linalg.norm(exact))
+
+
+# ------------------------------------------------------------------------------------ main
+def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default=None, choices=cupycnn.DEVICES,
+    parser.add_argument("--device", choices=cupycnn.DEVICES, default=None,
                         help="default: cuda where a GPU is usable, else sim")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="sim, batch 1, one shape, one round: the code paths, for CI")
     parser.add_argument("--batch", type=int, default=None,
-                        help="images per batch (default 256 on cuda, 2 elsewhere)")
+                        help=f"images per batch (default {roofline.BATCH}; 1 on sim/numpy)")
     parser.add_argument("--repeats", type=int, default=None,
-                        help="timed runs per measurement, median reported (default 20 on cuda "
-                             "(3 for the direct kernels), 1 elsewhere)")
+                        help="rounds of timed batches, median reported (default 10 on cuda, 1 "
+                             "elsewhere)")
     parser.add_argument("--layers", default=None, metavar="TEXT",
-                        help="only the layers whose name contains TEXT")
+                        help="only the shapes whose label contains TEXT, e.g. '3x3 s1 16x16'")
     parser.add_argument("--versions", default="direct,tiled,tensor_core",
-                        help="comma-separated kernel versions to time")
-    parser.add_argument("--roofline", action="store_true",
-                        help="print the roofline table (Markdown) for --batch and stop")
-    parser.add_argument("--json", metavar="PATH",
-                        help="write summary figures (per version and precision: the lowest and "
-                             "the geometric-mean ratio to the baseline, NCHW and NHWC; the "
-                             "geometric-mean %% of floor) as a JSON object")
+                        help="comma-separated versions to time (default all)")
+    parser.add_argument("--precisions", default="fp32,tf32,bf16")
+    parser.add_argument("--budget", type=float, default=None, metavar="SECONDS",
+                        help="start no new shape once this many seconds have passed since the "
+                             "script started (what was left out is said)")
+    parser.add_argument("--json", metavar="PATH", help="write the summary figures here")
     args = parser.parse_args(argv)
-    if args.roofline:
-        batch = args.batch or 256
-        print(f"Roofline of ResNet-18 (CIFAR stem) convolutions, batch {batch}, H200 ceilings:")
-        for key, (value, source) in CEILINGS.items():
-            print(f"- {key}: {value / 1e12:g} {'TB/s' if key == 'bytes/s' else 'TFLOP/s'} "
-                  f"({source})")
-        print(roofline_table(batch))
-        return 0
+    if args.dry_run:
+        args.device = args.device or "sim"
+        args.batch = args.batch or 1
+        args.layers = args.layers or "64->128 1x1 s2"
+    return parser, args
+
+
+# The kernel files each version runs (ops/conv2d.py): precompile()'s list. A stale entry costs
+# only warm-up time, never a wrong figure.
+VERSION_FILES = {"direct": ("conv2d_direct",), "tiled": ("conv2d",),
+                 "tensor_core": ("conv2d_tc", "conv2d")}     # conv2d: the split-K reduction
+
+
+def precompile(versions):
+    """Compile the kernel modules of `versions` before timing, several at once (NVRTC in
+    threads; CuPy keeps them in its disk cache), so the first shape's warm-up does not pay for
+    them one after another. Returns the seconds it took."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cupycnn import machine_code, runtime
+    from cupycnn.ops import tiles
+    jobs = set()
+    for version, precision in versions:
+        for file in VERSION_FILES[version]:
+            if file in tiles.TC_FILES:
+                jobs |= {(file, tile.defines(precision)) for tile in tiles.TILES}
+            else:
+                jobs.add((file, ()))
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(len(jobs)) as pool:
+        list(pool.map(lambda job: runtime.get_kernel(
+            job[0], machine_code.entry_points(job[0])[0], job[1]), sorted(jobs)))
+    return time.perf_counter() - t0
+
+
+def random_inputs(conv, rng):
+    """x, w (scaled as PyTorch initialises it), dy: float32 standard normals."""
+    x = rng.standard_normal((conv.n, conv.c, conv.h, conv.w)).astype(np.float32)
+    w = (rng.standard_normal((conv.o, conv.c, conv.kh, conv.kw))
+         / math.sqrt(conv.c * conv.kh * conv.kw)).astype(np.float32)
+    dy = rng.standard_normal((conv.n, conv.o, conv.ho, conv.wo)).astype(np.float32)
+    return x, w, dy
+
+
+def time_shape(conv, count, versions, torch, timer, rounds, on_gpu):
+    """One row per (product, version) of one shape: every precision of `versions`, our versions
+    and cuDNN's two layouts interleaved per (product, precision)."""
+    arrays = random_inputs(conv, np.random.default_rng(0))
+    ours_in = [cupycnn.asarray(a) for a in arrays]
+    exact = exact_results(torch, conv, arrays, on_gpu)
+    rows = []
+    for precision in [p for p in roofline.PRECISIONS if any(q == p for _, q in versions)]:
+        mine = [v for v, p in versions if p == precision]
+        baseline = {}
+        if torch is not None:
+            set_cudnn_tf32(torch, precision == "tf32")
+            dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+            baseline = {layout: torch_products(torch, conv, arrays, dtype, layout == "NHWC",
+                                               "cuda" if on_gpu else "cpu")
+                        for layout in ("NCHW", "NHWC")}
+        with cupycnn.set_precision(precision):
+            ours = {v: our_products(conv, *ours_in, v) for v in mine}
+            for product in PRODUCTS:
+                contenders = {v: ours[v][product] for v in mine}
+                contenders.update({layout: fns[product] for layout, fns in baseline.items()})
+                seconds, outputs = measure(contenders, timer, rounds)
+                floor, _ = conv.floor(product, precision, itemsize=4)
+                for version in mine:
+                    t = seconds[version]
+                    rows.append({
+                        "shape": conv.label, "count": count, "product": product,
+                        "precision": precision, "version": version, "seconds": t,
+                        "tflops": conv.flops(product) / t / 1e12, "floor": floor / t,
+                        "error": relative_error(torch, outputs[version], exact[product], on_gpu),
+                        **{f"{layout} seconds": seconds[layout] for layout in baseline},
+                        **{f"x {layout}": seconds[layout] / t for layout in baseline}})
+                    print(format_row(rows[-1]), flush=True)
+    return rows
+
+
+def header(base):
+    return (f"{'shape':<22} {'product':<11} {'precision':<9} {'version':<11} {'ms':>9} "
+            f"{'TFLOP/s':>8} {'% floor':>8} {base + ' ms':>10} {'x NCHW':>7} {'NHWC ms':>9} "
+            f"{'x NHWC':>7} {'rel err':>8}")
+
+
+def format_row(r):
+    cells = ""
+    for layout, width in (("NCHW", 10), ("NHWC", 9)):
+        if f"x {layout}" in r:
+            cells += f" {r[f'{layout} seconds'] * 1e3:>{width}.3f} {r[f'x {layout}']:>7.2f}"
+        else:
+            cells += f" {'-':>{width}} {'-':>7}"
+    wrong = "  WRONG" if r["error"] > TOLERANCE[r["precision"]] else ""
+    return (f"{r['shape']:<22} {r['product']:<11} {r['precision']:<9} {r['version']:<11} "
+            f"{r['seconds'] * 1e3:>9.3f} {r['tflops']:>8.2f} {100 * r['floor']:>7.1f}%{cells} "
+            f"{r['error']:>8.1e}{wrong}")
+
+
+def main(argv=None):
+    parser, args = parse_args(argv)
     device = cupycnn.use(args.device or ("cuda" if cupycnn.cuda_available() else "sim"))
     on_gpu = device == "cuda"
-    batch = args.batch or (256 if on_gpu else 2)
-    versions = [v for v in VERSIONS if v[0] in args.versions.split(",")]
-    layers = [l for l in LAYERS if args.layers is None or args.layers in l[0]]
-    if not layers or not versions:
-        parser.error("no layer or version selected")
+    batch = args.batch or (roofline.BATCH if on_gpu else 1)
+    rounds = args.repeats or (10 if on_gpu else 1)
+    wanted = set(args.versions.split(",")), set(args.precisions.split(","))
+    versions = [(v, p) for v, p in VERSIONS if v in wanted[0] and p in wanted[1]]
+    every = roofline.distinct(roofline.resnet18_convolutions(batch))
+    shapes = [(c, n) for c, n in every if args.layers is None or args.layers in c.label]
+    if not shapes or not versions:
+        parser.error(f"nothing selected; shapes: {', '.join(c.label for c, _ in every)}; "
+                     f"versions: {', '.join(f'{v} {p}' for v, p in VERSIONS)}")
     try:
         import torch
         torch.backends.cudnn.benchmark = True
-        torch_device = "cuda" if on_gpu else "cpu"
     except ImportError:
         torch = None
-    synchronize = cupycnn.synchronize
-    torch_sync = (torch.cuda.synchronize if on_gpu else (lambda: None)) if torch else None
-    baseline = "cuDNN" if on_gpu else "torch CPU"
-    print(f"conv2d on {device}, batch {batch}; median of the repeats; TFLOP/s = 2 N C_out H_out "
-          f"W_out C_in kh kw / time; % floor = floor / time (H200 ceilings); x {baseline} = "
-          f"{baseline} time / ours, NCHW and channels_last, same precision")
-    print(f"{'layer':<18} {'product':<11} {'version':<17} {'ms':>9} {'TFLOP/s':>8} "
-          f"{'% floor':>8} {'x ' + baseline + ' NCHW':>17} {'x ' + baseline + ' NHWC':>17} "
-          f"{'rel err':>8}")
-    rng = np.random.default_rng(0)
-    wall = time.perf_counter()
-    summary = {}
-    for layer in layers:
-        s = shapes(layer, batch)
-        x = rng.standard_normal((batch, s["c"], s["h"], s["w"])).astype(np.float32)
-        w = (rng.standard_normal((s["o"], s["c"], s["k"], s["k"])) /
-             np.sqrt(s["c"] * s["k"] ** 2)).astype(np.float32)
-        b = rng.standard_normal(s["o"]).astype(np.float32)
-        dy = rng.standard_normal((batch, s["o"], s["ho"], s["wo"])).astype(np.float32)
-        dev = [cupycnn.asarray(a) for a in (x, w, b, dy)]
-        # The FP32 result each version is compared with: PyTorch's FP32 convolution on the GPU,
-        # the float64 reference elsewhere (computed at most once per product).
-        exact = dict.fromkeys(PRODUCTS)
-        if torch is not None and on_gpu:
-            torch.backends.cudnn.allow_tf32 = False
-            products = torch_products(torch, (x, w, b, dy), s["stride"], s["padding"], "fp32",
-                                      False, torch_device)
-            exact = {p: products[p]().double().cpu().numpy() for p in PRODUCTS}
-        for version, precision in versions:
-            repeats = args.repeats or ((3 if version == "direct" else 20) if on_gpu else 1)
-            with cupycnn.set_precision(precision):
-                ours = our_products(*dev, s["stride"], s["padding"], version)
-                theirs = {}
-                if torch is not None:
-                    if precision == "tf32" or precision == "fp32":
-                        torch.backends.cudnn.allow_tf32 = precision == "tf32"
-                    for cl in (False, True):
-                        products = torch_products(torch, (x, w, b, dy), s["stride"],
-                                                  s["padding"], precision, cl, torch_device)
-                        theirs[cl] = {p: timed(products[p], repeats, torch_sync)
-                                      for p in PRODUCTS}
-                for product in PRODUCTS:
-                    seconds = timed(ours[product], repeats, synchronize)
-                    got = cupycnn.asnumpy(ours[product]()).astype(np.float64)
-                    if exact[product] is None:
-                        exact[product] = _reference(product, x, w, b, dy, s)
-                    err = (np.linalg.norm(got - exact[product]) /
-                           np.linalg.norm(exact[product]))
-                    floor = floor_seconds(s, product, precision)
-                    row = (f"{s['name']:<18} {product:<11} {version + ' ' + precision:<17} "
-                           f"{seconds * 1e3:>9.3f} {flops(s) / seconds / 1e12:>8.2f} "
-                           f"{100 * floor / seconds:>7.1f}%")
-                    for cl in (False, True):
-                        row += (f" {theirs[cl][product] / seconds:>17.2f}" if theirs
-                                else f" {'-':>17}")
-                    print(row + f" {err:>8.1e}", flush=True)
-                    key = f"{version} {precision}"
-                    summary.setdefault(key, {"floor": []})["floor"].append(floor / seconds)
-                    for cl in (False, True) if theirs else ():
-                        summary[key].setdefault("NHWC" if cl else "NCHW", []).append(
-                            theirs[cl][product] / seconds)
-    print(f"total wall time {time.perf_counter() - wall:.1f} s")
-    figures = {}
-    for key, values in summary.items():
-        tag = key.replace(" ", "_")
-        figures[f"conv2d {tag} % of floor, geomean"] = {
-            "value": _sig(100 * _geomean(values["floor"])), "unit": "%"}
-        for layout in ("NCHW", "NHWC"):
-            if layout in values:
-                figures[f"conv2d {tag} x {baseline} {layout}, geomean"] = _sig(
-                    _geomean(values[layout]))
-                figures[f"conv2d {tag} x {baseline} {layout}, lowest"] = _sig(min(values[layout]))
+    if on_gpu and torch is None:
+        raise SystemExit("conv2d.py: PyTorch is needed on the GPU (cuDNN is the baseline)")
+    timer = GpuTimer(torch) if on_gpu else HostTimer()
+    base = "cuDNN" if on_gpu else "torch CPU"
+    print(f"conv2d on {device}, batch {batch}, {rounds} round(s), medians; % floor: "
+          f"benchmarks/roofline.py's floor (FP32 storage) / time; x {base}: {base} time / ours "
+          f"(NCHW, channels_last), same precision; rel err against float64")
+    if on_gpu:
+        print(f"compiled the kernels in {precompile(versions):.1f} s")
+    print(header(base))
+    started = time.perf_counter()
+    results, skipped = [], []
+    for conv, count in shapes:
+        if args.budget is not None and time.perf_counter() - _STARTED > args.budget:
+            skipped.append(conv.label)
+            continue
+        results += time_shape(conv, count, versions, torch, timer, rounds, on_gpu)
+    print(f"{len(results)} rows in {time.perf_counter() - started:.1f} s"
+          + (f"; left out by --budget {args.budget:g} s: {', '.join(skipped)}" if skipped else ""))
+    figures = summary(results, base, skipped)
     for name, value in figures.items():
         print(f"{name}: {value['value'] if isinstance(value, dict) else value}")
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
+    wrong = [r for r in results if r["error"] > TOLERANCE[r["precision"]]]
+    if wrong:
+        print("WRONG results: " + "; ".join(f"{r['shape']} {r['product']} {r['version']} "
+                                            f"{r['precision']}: {r['error']:.1e}" for r in wrong),
+              file=sys.stderr)
+        return 1
     return 0
-
-
-def _sig(value):
-    return float(f"{value:.3g}")
 
 
 def _geomean(values):
     return math.exp(sum(math.log(v) for v in values) / len(values))
 
 
-def _reference(product, x, w, b, dy, s):
-    """The float64 fp32 result, for the relative error column."""
-    x, w, b, dy = (a.astype(np.float64) for a in (x, w, b, dy))
-    st, pd = s["stride"], s["padding"]
-    if product == "forward":
-        return reference.conv2d_forward(x, w, b, st, pd)
-    if product == "input grad":
-        return reference.conv2d_backward_input(dy, w, x.shape, st, pd)
-    return reference.conv2d_backward_weight(dy, x, w.shape, st, pd)
+def _sig(value):
+    return float(f"{value:.3g}")
+
+
+def summary(results, base, skipped):
+    """Per precision, for its default version: the ratio to the faster cuDNN layout (geometric
+    mean over shapes and products, and the lowest with where), the geometric-mean % of floor and
+    how many products are below TARGET of cuDNN's speed."""
+    figures = {"shapes left out": len(skipped)}
+    for precision, version in DEFAULT_VERSION.items():
+        rows = [r for r in results if r["precision"] == precision and r["version"] == version]
+        if not rows:
+            continue
+        tag = f"{version} {precision}"
+        figures[f"{tag} % of floor, geomean"] = {
+            "value": _sig(100 * _geomean([r["floor"] for r in rows])), "unit": "%"}
+        if "x NCHW" in rows[0]:
+            best = [min(r["x NCHW"], r["x NHWC"]) for r in rows]
+            worst = min(range(len(rows)), key=best.__getitem__)
+            figures[f"{tag} x {base} (faster layout), geomean"] = _sig(_geomean(best))
+            figures[f"{tag} x {base} (faster layout), lowest"] = _sig(best[worst])
+            figures[f"{tag} lowest at"] = f"{rows[worst]['shape']} {rows[worst]['product']}"
+            figures[f"{tag} products under {TARGET:.0%} of {base}"] = (
+                f"{sum(b < TARGET for b in best)} of {len(best)}")
+    return figures
 
 
 if __name__ == "__main__":

@@ -1,181 +1,100 @@
 """Per-kernel resources and instruction mix from the machine code, without a GPU.
 
-    python benchmarks/kernel_report.py                  # every kernel, sm_80 and sm_90
-    python benchmarks/kernel_report.py --arch sm_90 --files conv2d_tc gemm_tc --markdown
+    python benchmarks/kernel_report.py                           # every kernel, sm_80 and sm_90
+    python benchmarks/kernel_report.py --arch sm_90 --files conv2d_tc gemm_tc
+    python benchmarks/kernel_report.py --arch sm_90 --update-docs   # the table in BENCHMARKS.md
 
-Each kernel file is compiled by nvcc to a cubin, once per set of defines it is built with
-(ops/tiles.py: each tensor-core tile and precision), with CuPy's option set (what
-cupy.RawModule gives NVRTC: the project's --std=c++17, CuPy's -ftz=true, -arch=sm_XX), plus
--Xptxas -v for ptxas's resource lines; `cuobjdump -sass` (the nvidia-cuda-cuobjdump and
-nvidia-cuda-nvdisasm wheels of the dev extra) disassembles it. Per kernel it prints registers
-per thread, static shared memory, stack frame, spill stores and loads (bytes), and the count of
-HMMA (tensor-core mma, with its shape and types), FFMA (FP32 fused multiply-add), LDSM
-(ldmatrix), LDGSTS (cp.async) instructions in the SASS. Counts are static (instructions in the
-code, not executed ones): they prove what the compiler emitted, not how often it runs.
+Every kernel file, in every variant it is built in (the tensor-core files once per tile
+configuration and precision of cupycnn/ops/tiles.py), compiled by nvcc -cubin -Xptxas -v with
+CuPy's option set and disassembled by cuobjdump -sass: cupycnn/machine_code.py does both and
+reads the results (the tests use the same). Per kernel: registers per thread, static shared
+memory per block, stack frame, spill stores / loads (bytes), and the number of HMMA (tensor-core
+mma, with its shape and types), FFMA (FP32 fused multiply-add), LDSM (ldmatrix), LDGSTS
+(cp.async) and LDL/STL (local memory) instructions in the SASS: static counts, what the compiler
+emitted, not how often it runs.
 """
 import argparse
-import glob
 import os
-import re
-import shutil
-import subprocess
 import sys
-import tempfile
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a source tree
 
-from cupycnn import runtime  # noqa: E402
-from cupycnn.ops import tiles  # noqa: E402
+from cupycnn import machine_code, runtime  # noqa: E402
 
-CUPY_OPTIONS = runtime.NVRTC_OPTIONS + ("-ftz=true",)   # CuPy adds -ftz=true to every compile
-ARCHS = ("sm_80", "sm_90")
-COUNTED = ("HMMA", "FFMA", "LDSM", "LDGSTS")
-
-_PTXAS_ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\w+)'")
-_PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill "
-                          r"loads")
-_PTXAS_USED = re.compile(r"Used (\d+) registers(?:.*?(\d+) bytes smem)?")
-_SASS_FUNCTION = re.compile(r"^\s*Function : (\w+)", re.M)
-_SASS_OP = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*(?:\.[A-Z0-9_]+)*)")
+HEAD = ["kernel", "variant", "arch", "regs", "smem B", "stack B", "spill st/ld B", "HMMA",
+        "FFMA", "LDSM", "LDGSTS", "LDL/STL", "HMMA kind"]
 
 
-class ToolNotFound(RuntimeError):
-    """nvcc or cuobjdump / nvdisasm is missing."""
+def rows(kernels):
+    return [[k.kernel, k.variant, k.arch, str(k.registers), str(k.shared), str(k.stack),
+             f"{k.spill_stores}/{k.spill_loads}", *(str(k.count(c)) for c in
+                                                    ("HMMA", "FFMA", "LDSM", "LDGSTS")),
+             f"{k.count('LDL')}/{k.count('STL')}",
+             ", ".join(kind[len("HMMA."):] for kind in k.hmma_kinds) or "-"] for k in kernels]
 
 
-@dataclass
-class KernelRow:
-    file: str
-    variant: str
-    arch: str
-    kernel: str
-    registers: int = 0
-    shared: int = 0
-    stack: int = 0
-    spill_stores: int = 0
-    spill_loads: int = 0
-    counts: dict = field(default_factory=dict)     # HMMA, FFMA, LDSM, LDGSTS -> count
-    hmma_kinds: tuple = ()                         # e.g. ("HMMA.1688.F32.TF32",)
-
-
-def nvcc_path():
-    found = shutil.which("nvcc") or next(iter(glob.glob("/usr/local/cuda*/bin/nvcc")), None)
-    if not found:
-        raise ToolNotFound("nvcc not found: put the CUDA toolkit's bin folder on the PATH")
-    return found
-
-
-def disassembler_bin():
-    """The folder with cuobjdump and nvdisasm: from the pip wheels (nvidia/*/bin), else PATH."""
-    import site
-    roots = site.getsitepackages() + [site.getusersitepackages()] + sys.path
-    for root in roots:
-        for pattern in ("nvidia/*/bin/cuobjdump", "nvidia/cuda_cuobjdump/bin/cuobjdump"):
-            for hit in glob.glob(os.path.join(root, pattern)):
-                folder = os.path.dirname(hit)
-                if os.path.exists(os.path.join(folder, "nvdisasm")) or shutil.which("nvdisasm"):
-                    return folder
-    if shutil.which("cuobjdump") and shutil.which("nvdisasm"):
-        return os.path.dirname(shutil.which("cuobjdump"))
-    raise ToolNotFound("cuobjdump and nvdisasm not found: pip install nvidia-cuda-cuobjdump "
-                       "nvidia-cuda-nvdisasm (the dev extra has them)")
-
-
-def variant_name(defines):
-    d = dict(defines)
-    if not d:
-        return "-"
-    return (f"{d['TC_BM']}x{d['TC_BN']}x{d['TC_BK']} w{d['TC_WARPS_M']}x{d['TC_WARPS_N']} "
-            f"s{d['TC_STAGES']} {'bf16' if d['TC_BF16'] else 'tf32'}")
-
-
-def compile_and_read(file, defines, arch, workdir):
-    """[KernelRow] for every kernel of kernels/<file>.cu built with `defines` for `arch`."""
-    stem = f"{file}-{arch}-" + "-".join(str(v) for _, v in defines)
-    source = Path(workdir) / f"{stem}.cu"
-    cubin = Path(workdir) / f"{stem}.cubin"
-    source.write_text(runtime.kernel_source(file))
-    cmd = [nvcc_path(), "-cubin", f"-arch={arch}", *CUPY_OPTIONS, "-Xptxas", "-v",
-           *runtime.define_options(defines), "-x", "cu", str(source), "-o", str(cubin)]
-    built = subprocess.run(cmd, capture_output=True, text=True)
-    if built.returncode != 0:
-        raise RuntimeError(f"nvcc failed on {file}.cu ({variant_name(defines)}, {arch}):\n"
-                           + built.stderr[-4000:])
-    rows, current = {}, None
-    for line in built.stderr.splitlines():
-        m = _PTXAS_ENTRY.search(line)
-        if m:
-            current = rows[m.group(1)] = KernelRow(file, variant_name(defines), arch, m.group(1))
-            continue
-        if current is None:
-            continue
-        m = _PTXAS_FRAME.search(line)
-        if m:
-            current.stack, current.spill_stores, current.spill_loads = map(int, m.groups())
-        m = _PTXAS_USED.search(line)
-        if m:
-            current.registers = int(m.group(1))
-            current.shared = int(m.group(2) or 0)
-    tools = disassembler_bin()
-    env = dict(os.environ, PATH=tools + os.pathsep + os.environ.get("PATH", ""))
-    sass = subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", str(cubin)],
-                          capture_output=True, text=True, env=env)
-    if sass.returncode != 0:
-        raise RuntimeError(f"cuobjdump -sass failed on {cubin.name}: {sass.stderr[-2000:]}")
-    parts = _SASS_FUNCTION.split(sass.stdout)
-    for name, body in zip(parts[1::2], parts[2::2]):
-        row = rows.setdefault(name, KernelRow(file, variant_name(defines), arch, name))
-        ops = _SASS_OP.findall(body)
-        row.counts = {c: sum(1 for op in ops if op.split(".")[0] == c) for c in COUNTED}
-        row.hmma_kinds = tuple(sorted({op for op in ops if op.startswith("HMMA")}))
-    return sorted(rows.values(), key=lambda r: r.kernel)
-
-
-def report(files=None, archs=ARCHS, jobs=2):
-    """KernelRows for every (file, variant, arch), compiled `jobs` at a time."""
-    files = files or runtime.kernel_files()
-    work = [(f, d, a) for f in files for d in tiles.variants(f) for a in archs]
-    with tempfile.TemporaryDirectory() as tmp, ThreadPoolExecutor(max(1, jobs)) as pool:
-        results = list(pool.map(lambda w: compile_and_read(*w, tmp), work))
-    return [row for rows in results for row in rows]
-
-
-def format_rows(rows, markdown=False):
-    head = ["kernel", "variant", "arch", "regs", "smem B", "stack B", "spill st/ld B",
-            *COUNTED, "HMMA kind"]
-    body = [[r.kernel, r.variant, r.arch, str(r.registers), str(r.shared), str(r.stack),
-             f"{r.spill_stores}/{r.spill_loads}", *(str(r.counts.get(c, 0)) for c in COUNTED),
-             ", ".join(k[5:] for k in r.hmma_kinds) or "-"] for r in rows]
+def format_table(kernels, markdown=False):
+    body = rows(kernels)
     if markdown:
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        return "\n".join(lines + ["| " + " | ".join(b) + " |" for b in body])
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)) for line in [head] + body)
+        lines = ["| file | " + " | ".join(HEAD) + " |", "|" + "---|" * (len(HEAD) + 1)]
+        return "\n".join(lines + [f"| {k.file} | " + " | ".join(r) + " |"
+                                  for k, r in zip(kernels, body)])
+    widths = [max(len(x) for x in col) for col in zip(HEAD, *body)]
+    return "\n".join("  ".join(x.ljust(w) for x, w in zip(line, widths)).rstrip()
+                     for line in [HEAD] + body)
 
 
-def main():
+def command_line(archs, files):
+    return " ".join(["nvcc", "-cubin", *machine_code.NVCC_OPTIONS, "-Xptxas", "-v"] +
+                    [f"-arch={a}" for a in archs]) + (
+        f"; files {' '.join(files)}" if files else "; every kernel file")
+
+
+def docs_block(kernels, archs):
+    """The generated block of docs/BENCHMARKS.md: how it was made, then the table."""
+    nvcc, cuobjdump = machine_code.tool_versions()
+    return (f"`python benchmarks/kernel_report.py --arch {' --arch '.join(archs)} "
+            f"--update-docs` (nvcc: {nvcc.split(', ', 1)[-1]}; cuobjdump: "
+            f"{cuobjdump.split(', ', 1)[-1]}; options `{' '.join(machine_code.NVCC_OPTIONS)}`, "
+            f"CuPy's): {len(kernels)} kernels.\n\n" + format_table(kernels, markdown=True))
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--arch", action="append", choices=ARCHS,
+    parser.add_argument("--arch", action="append", choices=machine_code.ARCHS,
                         help="sm_80 and/or sm_90 (default both)")
     parser.add_argument("--files", nargs="+", metavar="FILE", help="kernel files, without .cu "
                         f"(default all: {', '.join(runtime.kernel_files())})")
-    parser.add_argument("--markdown", action="store_true", help="a Markdown table")
-    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2)
-    args = parser.parse_args()
+    parser.add_argument("--markdown", action="store_true", help="print a Markdown table")
+    parser.add_argument("--update-docs", action="store_true",
+                        help="write the table into docs/BENCHMARKS.md (its generated block)")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count() or 2,
+                        help="compiles at a time (default: the CPU count)")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="compile everything again (default: reuse cupycnn.machine_code's "
+                             "cache, keyed by the source, options and tool versions)")
+    args = parser.parse_args(argv)
     unknown = set(args.files or ()) - set(runtime.kernel_files())
     if unknown:
         parser.error(f"no kernel file {', '.join(sorted(unknown))} (files: "
                      f"{', '.join(runtime.kernel_files())})")
-    try:
-        rows = report(args.files, tuple(args.arch or ARCHS), args.jobs)
-    except ToolNotFound as e:
-        print(f"error: {e}", file=sys.stderr)
+    archs = tuple(args.arch or machine_code.ARCHS)
+    missing = machine_code.missing_tools()
+    if missing:
+        print(f"kernel_report: {missing}", file=sys.stderr)
         return 2
-    print(f"nvcc {' '.join(CUPY_OPTIONS)} -cubin -Xptxas -v; static SASS instruction counts")
-    print(format_rows(rows, args.markdown))
+    kernels = machine_code.inspect_all(args.files, archs, args.jobs, cache=not args.no_cache)
+    if args.update_docs:
+        import docblock
+        docblock.update_block("kernel_report.py", docs_block(kernels, archs))
+        print(f"wrote {len(kernels)} kernels' rows into {docblock.DOCS}")
+        return 0
+    print(command_line(archs, args.files) + "; static SASS instruction counts (cuobjdump -sass)")
+    print(format_table(kernels, args.markdown))
+    spilled = [k for k in kernels if k.spills or k.stack]
+    print(f"{len(kernels)} kernels; with a stack frame or spills: "
+          + (", ".join(f"{k.kernel} ({k.variant}, {k.arch})" for k in spilled) or "none"))
     return 0
 
 

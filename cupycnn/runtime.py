@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from . import devices as _device
+from .limits import INT32_MAX
 
 NVRTC_OPTIONS = ("--std=c++17",)
-INT32_MAX = 2**31 - 1
 _INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 

@@ -58,8 +58,8 @@ def train_and_save(path, dataset, model_kwargs, config, batch_size, epochs):
                       config=config, classes=dataset.classes,
                       normalization={"mean": mean, "std": std})
     with threadpoolctl.threadpool_limits(1):
-        trainer.fit(Loader(dataset, batch_size, seed=0, transform=Normalize(mean, std),
-                           prefetch=False), epochs)
+        trainer.fit(Loader(dataset, batch_size, shuffle=True, seed=0,
+                           transform=Normalize(mean, std), prefetch=False), epochs)
     trainer.save_checkpoint(path)
     return model, (mean, std)
 

@@ -27,7 +27,7 @@ def make_run(device="numpy", seed=0, callbacks=(), flip=True):
     train = Synthetic(48, shape=(8, 8, 3), num_classes=4, seed=1)
     val = Synthetic(16, shape=(8, 8, 3), num_classes=4, seed=2)        # the same classes
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    train_loader = Loader(train, batch_size=16, seed=3,
+    train_loader = Loader(train, batch_size=16, shuffle=True, seed=3,
                           transform=RandomCropFlip(padding=1, mean=mean, std=std, seed=4,
                                                    flip=flip))
     val_loader = Loader(val, batch_size=16, shuffle=False, transform=Normalize(mean, std))
@@ -82,7 +82,11 @@ def test_checkpoint_carries_what_prediction_needs(tmp_path):
     path = trainer.save_checkpoint(tmp_path / "c.h5")
     from cupycnn.checkpoint import load_checkpoint
     c = load_checkpoint(path)
-    assert c.config == {"name": "small_cnn"} and c.classes == ["class_0", "class_1", "class_2", "class_3"]
+    from cupycnn.models.description import describe
+    # The trainer's config, completed with the model's architecture and input shape.
+    assert c.config == {"name": "small_cnn", "architecture": describe(trainer.model),
+                        "input_shape": [3, 8, 8], "resize": None, "crop": False}
+    assert c.classes == ["class_0", "class_1", "class_2", "class_3"]
     assert c.normalization == {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     assert c.optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.7)   # StepLR ran
 

@@ -92,6 +92,12 @@ class StreamingDataset(Dataset):
                              f"go to the Loader's transform")
         self.transform = transform
 
+    @property
+    def subset_class(self):
+        """What Subset(self, indices) makes: a streamed view, except of a sharded dataset (read
+        in the order of its plan(), never by index)."""
+        return None if hasattr(self, "plan") else StreamingSubset
+
     def read(self, i):
         raise NotImplementedError
 

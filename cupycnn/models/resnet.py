@@ -44,7 +44,7 @@ class _Block(Layer):
     def named_children(self):
         return self._named
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         if not self.fused:
             return self.relu(self.residual(x, training), training)
         h = self.body(x, training)

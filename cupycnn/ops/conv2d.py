@@ -16,18 +16,18 @@ Arguments as torch.nn.functional.conv2d with dilation 1 and groups 1: x [N, C_in
 import numpy as np
 
 from .. import devices as _device
+from ..limits import GRID_YZ_MAX, INT32_MAX
 from ..precision import get_precision
 from ..reference import conv2d as reference
 from ..reference.conv2d import output_size, pair
-from ..runtime import ceil_div, elementwise_grid, get_kernel
+from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, elementwise_grid, get_kernel
 from . import tiles
 from ._check import check_arrays, into
-from ._launch import GRID_YZ_MAX, INT32_MAX, TARGET_BLOCKS, kernel_constants
+from ._launch import TARGET_BLOCKS, kernel_constants
 
 _CONV = kernel_constants("conv2d")
 TILE_M, TILE_P, TILE_K = _CONV["CONV_TILE_M"], _CONV["CONV_TILE_P"], _CONV["CONV_TILE_K"]
 THREADS, REDUCE_THREADS = _CONV["CONV_THREADS"], _CONV["CONV_REDUCE_THREADS"]
-REDUCE_MAX_BLOCKS = 4096          # the split reduction's grid-stride loop covers any count
 # No weight-gradient chunk shorter than this many output pixels: each chunk costs a partial tile
 # written and read back.
 WEIGHT_GRAD_MIN_SPLIT_LEN = 128
@@ -237,7 +237,7 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
     kernel(grid, (threads,), (dy, x, partial) + _scalars(geometry) + (np.int32(split_len),))
     if splits > 1:
         count = o * taps
-        blocks = max(1, min(ceil_div(count, REDUCE_THREADS), REDUCE_MAX_BLOCKS))
+        blocks = max(1, min(ceil_div(count, REDUCE_THREADS), ELEMENTWISE_MAX_BLOCKS))   # grid-stride
         get_kernel("conv2d", "conv2d_backward_weight_reduce")(
             (blocks,), (REDUCE_THREADS,), (partial, out, np.int32(splits), np.int32(count)))
     return out

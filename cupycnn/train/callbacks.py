@@ -1,8 +1,10 @@
 """Callbacks: what happens around training without being training itself.
 
 Each callback may implement on_train_begin, on_epoch_begin, on_batch_end, on_epoch_end(epoch,
-logs) and on_train_end; `logs` holds the epoch's figures ("loss", "accuracy", "val_loss",
-"val_accuracy", "lr"). State that must survive a resume (an early-stopping counter, the best
+logs), on_train_end and on_test_end(logs); `logs` holds the epoch's figures ("loss",
+"accuracy", "val_loss", "val_accuracy" with a validation set, "lr": the learning rate of the
+epoch's last step, "images_per_second"), or for on_test_end the test set's ("test_loss",
+"test_accuracy", "test_count", after training: Trainer.record_test). State that must survive a resume (an early-stopping counter, the best
 value so far) goes through state_dict() / load_state_dict(), which the trainer puts in its
 checkpoints. In data-parallel training the trainer gives every rank the same logs (all-reduced)
 and only rank 0 writes files.
@@ -34,6 +36,9 @@ class Callback:
         pass
 
     def on_train_end(self, logs=None):
+        pass
+
+    def on_test_end(self, logs):
         pass
 
     def state_dict(self):
@@ -182,7 +187,9 @@ class ModelCheckpoint(Callback):
 
 
 class CSVLogger(Callback):
-    """One row per epoch: epoch and every figure in the logs. Appends when resuming."""
+    """One row per epoch: epoch and every figure in the logs. Appends when resuming. The test
+    figures (on_test_end) become columns test_loss, test_accuracy, test_count filled on the
+    last epoch's row (empty above it): every row stays one epoch."""
 
     def __init__(self, path):
         self.path = path
@@ -199,12 +206,30 @@ class CSVLogger(Callback):
                 writer.writeheader()
             writer.writerow({"epoch": epoch + 1, **{k: logs[k] for k in sorted(logs)}})
 
+    def on_test_end(self, logs):
+        if not self.trainer.is_root or not os.path.exists(self.path):
+            return
+        with open(self.path, newline="") as f:
+            rows = list(csv.DictReader(f))
+        if not rows:
+            return
+        fields = list(rows[0].keys())
+        fields += [k for k in logs if k not in fields]
+        rows[-1].update(logs)
+        partial = self.path + ".partial"
+        with open(partial, "w", newline="") as f:       # replaced whole, never half-written
+            writer = csv.DictWriter(f, fieldnames=fields, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(partial, self.path)
+
 
 class TensorBoard(Callback):
     """Loss, accuracy and learning rate as TensorBoard event files (through tensorboardX):
     `tensorboard --logdir <log_dir>`. Scalars are tagged loss/train, loss/val, accuracy/train,
-    accuracy/val, lr, at the epoch number; the training loss also every `batch_interval`
-    optimizer steps when the trainer reports it."""
+    accuracy/val, lr, at the epoch number, and loss/test, accuracy/test at the last epoch
+    (on_test_end); the training loss also every `batch_interval` optimizer steps when the
+    trainer reports it."""
 
     def __init__(self, log_dir, batch_interval=None):
         self.log_dir, self.batch_interval = str(log_dir), batch_interval
@@ -239,6 +264,16 @@ class TensorBoard(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def on_test_end(self, logs):
+        """loss/test and accuracy/test, at the last epoch (their own event file)."""
+        if not self.trainer.is_root:
+            return
+        from tensorboardX import SummaryWriter
+        with SummaryWriter(self.log_dir, filename_suffix=".test") as writer:
+            for key, tag in (("test_loss", "loss/test"), ("test_accuracy", "accuracy/test")):
+                if key in logs and math.isfinite(float(logs[key])):
+                    writer.add_scalar(tag, float(logs[key]), self.trainer.epoch)
 
 
 def history_arrays(history):
