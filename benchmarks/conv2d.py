@@ -378,7 +378,7 @@ def main(argv=None):
     for name, value in figures.items():
         print(f"{name}: {value['value'] if isinstance(value, dict) else value}")
     if args.json:
-        Path(args.json).write_text(json.dumps(figures, indent=1))
+        Path(args.json).write_text(json.dumps(figures, indent=1), encoding="utf-8")
     wrong = [r for r in results if r["error"] > TOLERANCE[r["precision"]]]
     if wrong:
         print("WRONG results: " + "; ".join(f"{r['shape']} {r['product']} {r['version']} "

@@ -18,7 +18,7 @@ def markers(name):
 def read_block(name, path=DOCS):
     """The text between the markers of `name` in `path` (None when they are missing)."""
     begin, end = markers(name)
-    text = Path(path).read_text()
+    text = Path(path).read_text(encoding="utf-8")
     if begin not in text or end not in text:
         return None
     return text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
@@ -27,10 +27,10 @@ def read_block(name, path=DOCS):
 def update_block(name, block, path=DOCS):
     """Replace the text between the markers of `name` in `path` by `block`."""
     begin, end = markers(name)
-    text = Path(path).read_text()
+    text = Path(path).read_text(encoding="utf-8")
     if begin not in text or end not in text:
         raise SystemExit(f"{path} has no block '{begin}' ... '{end}': add the two marker lines "
                          f"where the generated text belongs")
     head, rest = text.split(begin, 1)
     tail = rest.split(end, 1)[1]
-    Path(path).write_text(f"{head}{begin}\n{block.strip()}\n{end}{tail}")
+    Path(path).write_text(f"{head}{begin}\n{block.strip()}\n{end}{tail}", encoding="utf-8")

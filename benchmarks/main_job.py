@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def readme_main_job():
     """The python command of the README's "set up and run the main job" line, as tokens after
     the interpreter (the setup before it is not timed)."""
-    lines = (ROOT / "README.md").read_text().splitlines()
+    lines = (ROOT / "README.md").read_text(encoding="utf-8").splitlines()
     command = lines[lines.index("# set up and run the main job") + 1]
     last = command.split("&&")[-1].strip()
     tokens = shlex.split(last)

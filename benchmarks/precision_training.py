@@ -56,7 +56,7 @@ def run(task, device, precision, seed, epochs, size, width=16):
                              capture_output=True, text=True, env=env)
         if out.returncode != 0:
             raise RuntimeError(f"{task} {precision} seed {seed} failed:\n{out.stderr[-3000:]}")
-        summary = json.loads(Path(log_dir, "summary.json").read_text())
+        summary = json.loads(Path(log_dir, "summary.json").read_text(encoding="utf-8"))
         assert summary["precision"] == precision
         return summary["test_accuracy"], time.perf_counter() - started
 

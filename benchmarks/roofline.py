@@ -154,7 +154,7 @@ def distinct(convs):
 def measured_ceilings(path):
     """CEILINGS with the figures of benchmarks/gpu_ceilings.py's JSON (or of a GPU session's
     figures.json) in place of the ones it measured, labelled with the device and the date."""
-    data = json.loads(Path(path).read_text())
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
     figures, date = data, None
     if "figures" in data:                                   # a session's figures.json
         date = data.get("date")

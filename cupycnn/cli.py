@@ -665,7 +665,7 @@ def report(args, ctx, trainer, loaded, history, train_seconds, started):
                "seconds_total": time.perf_counter() - started,
                "best_val_accuracy": max(val_accuracy) if val_accuracy else None,
                "arguments": vars(args), "history": dict(history)}
-    (log_dir / "summary.json").write_text(json_text(summary))
+    (log_dir / "summary.json").write_text(json_text(summary), encoding="utf-8")
     print(f"wrote {args.checkpoint}, {log_dir / 'log.csv'}, {log_dir / 'tensorboard'}, "
           f"curves.png, confusion_matrix.png, predictions.png, summary.json in {log_dir}")
     return 0

@@ -226,7 +226,7 @@ def _nvcc_cubin(source, arch, defines, label):
     """(ptxas log, cubin bytes) of `source` compiled for `arch`."""
     with tempfile.TemporaryDirectory(prefix="cupycnn-sass-") as tmp:
         src, cubin = Path(tmp) / "kernel.cu", Path(tmp) / "kernel.cubin"
-        src.write_text(source)
+        src.write_text(source, encoding="utf-8")
         cmd = [nvcc(), "-cubin", f"-arch={arch}", *NVCC_OPTIONS, "-Xptxas", "-v",
                *runtime.define_options(defines), str(src), "-o", str(cubin)]
         built = subprocess.run(cmd, capture_output=True, text=True)

@@ -58,7 +58,8 @@ def expand_includes(text, name, search_dirs, _seen=None):
         header = found[0]
         if header.name not in seen:
             seen.add(header.name)
-            body = expand_includes(header.read_text(), header.name, search_dirs, seen)
+            included = header.read_text(encoding="utf-8")
+            body = expand_includes(included, header.name, search_dirs, seen)
             out.append(f'#line 1 "{header.name}"\n{body}\n#line {line + 1} "{name}"')
         last = match.end()
     out.append(text[last:])
@@ -72,7 +73,8 @@ def kernel_source(file):
     if not path.exists():
         raise FileNotFoundError(f"no kernel file {path.name} in {kernel_dir()} "
                                 f"(kernel files: {', '.join(kernel_files())})")
-    return f'#line 1 "{path.name}"\n' + expand_includes(path.read_text(), path.name, [path.parent])
+    text = path.read_text(encoding="utf-8")
+    return f'#line 1 "{path.name}"\n' + expand_includes(text, path.name, [path.parent])
 
 
 _launch_log = None
@@ -168,7 +170,7 @@ def load_module(code=None, path=None, name_expressions=(), options=()):
     name = "<code>"
     if path is not None:
         path = Path(path)
-        code, name = path.read_text(), path.name
+        code, name = path.read_text(encoding="utf-8"), path.name
         search.insert(0, path.parent)
     code = expand_includes(code, name, search)
     return Module(code, name=name, name_expressions=name_expressions, options=options)

@@ -55,7 +55,7 @@ def main():
         if code:
             return code
         if distributed.context().rank == 0:
-            summary = json.loads((run_dir / "summary.json").read_text())
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
             val = summary["best_val_accuracy"]          # null without a validation set
             results.append((lr, wd, math.nan if val is None else val, summary["test_accuracy"]))
     if distributed.context().rank != 0:

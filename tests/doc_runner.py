@@ -34,7 +34,7 @@ _SKIP = re.compile(r"<!--\s*not run:\s*(.*?)\s*-->")
 
 def blocks(page):
     """[(language, text, skip reason or None)] for every fenced block of the page, in order."""
-    found, lines, i = [], Path(page).read_text().splitlines(), 0
+    found, lines, i = [], Path(page).read_text(encoding="utf-8").splitlines(), 0
     while i < len(lines):
         match = _FENCE.match(lines[i])
         if not match:
@@ -96,7 +96,7 @@ def environment(shims):
     env.pop("CUPYCNN_DEVICE", None)
     shims = Path(shims)
     shims.mkdir(parents=True, exist_ok=True)
-    (shims / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n')
+    (shims / "python").write_text(f'#!/bin/sh\nexec "{sys.executable}" "$@"\n', encoding="utf-8")
     if not (bin_dir / "cupycnn").exists():
         (shims / "cupycnn").write_text(f'#!/bin/sh\nexec "{sys.executable}" -m cupycnn "$@"\n')
     for shim in shims.iterdir():
@@ -111,7 +111,7 @@ def run_page(page, workdir, timeout):
     workdir = Path(workdir)
     tree = copy_repository(workdir / "repository")
     text, skipped = script(page)
-    (workdir / "page.sh").write_text(text)
+    (workdir / "page.sh").write_text(text, encoding="utf-8")
     env = environment(workdir / "bin")
     env["PYTHONPATH"] = str(tree)
     done = subprocess.run(["bash", "-euo", "pipefail", str(workdir / "page.sh")], cwd=tree,

@@ -28,7 +28,7 @@ def test_dry_run_on_sim_runs_every_version_and_product(capsys, tmp_path):
         precision = next(p for p in bench.TOLERANCE if f" {p} " in line)
         assert float(cells[-1]) < bench.TOLERANCE[precision] and "WRONG" not in line, line
         assert "-" not in cells[-6:-1], line                     # both PyTorch layouts ran
-    data = json.loads(figures.read_text())
+    data = json.loads(figures.read_text(encoding="utf-8"))
     for tag in ("tiled fp32", "tensor_core tf32", "tensor_core bf16"):
         assert data[f"{tag} products under 70% of torch CPU"].endswith("of 3")
         assert data[f"{tag} x torch CPU (faster layout), lowest"] > 0

@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_the_console_script_is_declared():
-    assert 'cupycnn = cupycnn.command:main' in (ROOT / "setup.py").read_text()
+    assert 'cupycnn = cupycnn.command:main' in (ROOT / "setup.py").read_text(encoding="utf-8")
     scripts = {e.name: e.value for e in metadata.entry_points(group="console_scripts")}
     if "cupycnn" not in scripts:
         pytest.skip("this environment was installed before the console script existed "
@@ -43,7 +43,7 @@ def test_usage_and_unknown_commands(capsys):
 def test_a_config_file_under_the_flags(tmp_path):
     config = tmp_path / "run.toml"
     config.write_text('dataset = "digits"\nepochs = 4\nlr = 0.01\naugment = true\n'
-                      'skip_bad_images = true\nlog-dir = "elsewhere"\n')
+                      'skip_bad_images = true\nlog-dir = "elsewhere"\n', encoding="utf-8")
     parser = cli.build_parser("test")
     args = cli.parse_args(parser, ["--config", str(config), "--epochs", "2"])
     assert (args.dataset, args.epochs, args.lr, args.augment) == ("digits", 2, 0.01, True)
@@ -61,7 +61,7 @@ def test_a_config_file_under_the_flags(tmp_path):
 ])
 def test_config_problems_are_one_line(tmp_path, capsys, text, message):
     config = tmp_path / "bad.toml"
-    config.write_text(text)
+    config.write_text(text, encoding="utf-8")
     with pytest.raises(SystemExit):
         cli.parse_args(cli.build_parser("test"), ["--config", str(config)])
     assert message in capsys.readouterr().err

@@ -38,7 +38,7 @@ def test_every_command_of_the_tutorial_runs(tmp_path):
 
 def test_the_install_is_the_readmes():
     """The tutorial's install is the README's, with the extra the two-process run needs."""
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
     setup = next(line for line in readme.splitlines() if line.startswith("python3 -m venv"))
     install = next(text for language, text, skip in blocks(PAGE) if skip)
     assert setup.split(" && ")[0] == install.split(" && ")[0] == "python3 -m venv .venv"

@@ -26,7 +26,7 @@ def test_every_block_of_the_page_runs(tmp_path):
 def test_the_page_shows_each_piece():
     languages = [language for language, _, _ in blocks(PAGE)]
     assert languages.count("cuda") == 1 and languages.count("bash") >= 4
-    text = PAGE.read_text()
+    text = PAGE.read_text(encoding="utf-8")
     for needed in ("runtime.load_module", "--cases", "@case(\"Swish\")", "get_kernel",
                    "kernel_device", "cupycnn.gradcheck("):
         assert needed in text, needed

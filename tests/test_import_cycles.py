@@ -20,7 +20,7 @@ def import_graph(root):
     for name, path in modules.items():
         package = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
         targets = set()
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, ast.Import):
                 targets.update(alias.name for alias in node.names)
             elif isinstance(node, ast.ImportFrom):
@@ -86,13 +86,13 @@ def test_the_package_has_no_import_cycle():
 def test_the_walk_finds_cycles_through_function_level_and_relative_imports(tmp_path):
     pkg = tmp_path / "pkg"
     (pkg / "sub").mkdir(parents=True)
-    (pkg / "__init__.py").write_text("from . import a\n")
-    (pkg / "a.py").write_text("import os\nfrom .sub import b\n")
-    (pkg / "sub" / "__init__.py").write_text("")
-    (pkg / "sub" / "b.py").write_text("def f():\n    from .. import a\n")
-    (pkg / "c.py").write_text("from pkg.sub.b import f\n")
+    (pkg / "__init__.py").write_text("from . import a\n", encoding="utf-8")
+    (pkg / "a.py").write_text("import os\nfrom .sub import b\n", encoding="utf-8")
+    (pkg / "sub" / "__init__.py").write_text("", encoding="utf-8")
+    (pkg / "sub" / "b.py").write_text("def f():\n    from .. import a\n", encoding="utf-8")
+    (pkg / "c.py").write_text("from pkg.sub.b import f\n", encoding="utf-8")
     graph = import_graph(pkg)
     assert graph["pkg.c"] == {"pkg.sub.b"}
     assert cycles(graph) == [["pkg.a", "pkg.sub.b"]]
-    (pkg / "sub" / "b.py").write_text("def f():\n    return 1\n")
+    (pkg / "sub" / "b.py").write_text("def f():\n    return 1\n", encoding="utf-8")
     assert cycles(import_graph(pkg)) == []

@@ -156,7 +156,8 @@ def test_the_training_command_writes_honest_outputs(tmp_path, capsys):
 
     def no_constants(name):
         raise AssertionError(f"summary.json holds {name}, which is not JSON")
-    summary = json.loads((log_dir / "summary.json").read_text(), parse_constant=no_constants)
+    summary = json.loads((log_dir / "summary.json").read_text(encoding="utf-8"),
+                         parse_constant=no_constants)
     assert summary["best_val_accuracy"] is None
     with open(log_dir / "log.csv", newline="") as f:
         rows = list(csv.DictReader(f))

@@ -102,7 +102,7 @@ def test_training_command_takes_and_records_the_precision(tmp_path):
                          cwd=tmp_path, capture_output=True, text=True, env=env, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "device numpy at bf16" in out.stdout
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
     assert summary["precision"] == "bf16"
     checkpoint = cupycnn.checkpoint.load_checkpoint(str(tmp_path / "run" / "last.h5"))
     assert checkpoint.config["precision"] == "bf16"

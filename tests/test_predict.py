@@ -341,7 +341,7 @@ def test_files_that_are_not_checkpoints(digits, tmp_path, capsys):
     assert "is an HDF5 file but not a cupycnn checkpoint" in error_of(image, "--checkpoint",
                                                                      other)
     text = tmp_path / "notes.png"
-    text.write_text("not an image")
+    text.write_text("not an image", encoding="utf-8")
     assert f"cannot read the image {text}" in error_of(image, text, "--checkpoint",
                                                        digits["checkpoint"])
     assert f"no image file at {tmp_path} (it is a folder)" in \

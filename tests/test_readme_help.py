@@ -26,7 +26,7 @@ def help_text(command):
 
 
 def test_the_readme_shows_every_commands_help():
-    text = README.read_text()
+    text = README.read_text(encoding="utf-8")
     shown = {match.group(2): match.group(3) for match in _BLOCK.finditer(text)}
     assert sorted(shown) == sorted(f"cupycnn {c} --help".replace("  ", " ") for c in COMMANDS)
     for command, block in shown.items():
@@ -36,9 +36,9 @@ def test_the_readme_shows_every_commands_help():
 
 
 def write():
-    text = README.read_text()
+    text = README.read_text(encoding="utf-8")
     text = _BLOCK.sub(lambda m: m.group(1) + help_text(m.group(2)) + m.group(4), text)
-    README.write_text(text)
+    README.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -47,7 +47,7 @@ def test_measured_ceilings_replace_the_defaults_with_their_source(tmp_path):
         "ceilings.copy bandwidth": {"value": 4.5, "unit": "TB/s"},
         "ceilings.matmul bf16": {"value": 800.0, "unit": "TFLOP/s"}}}
     path = tmp_path / "figures.json"
-    path.write_text(json.dumps(session))
+    path.write_text(json.dumps(session), encoding="utf-8")
     ceilings = roofline.measured_ceilings(path)
     assert ceilings["memory"].value == 4.5e12 and ceilings["bf16"].value == 800e12
     assert "gpu_ceilings.py" in ceilings["memory"].source

@@ -26,10 +26,10 @@ def assert_outputs(log_dir, epochs, validation=True):
                  "predictions.png", "summary.json") + (("best.h5",) if validation else ()):
         assert (log_dir / name).exists(), name
     assert list((log_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert len((log_dir / "log.csv").read_text().splitlines()) == epochs + 1
+    assert len((log_dir / "log.csv").read_text(encoding="utf-8").splitlines()) == epochs + 1
     for picture in ("curves.png", "confusion_matrix.png", "predictions.png"):
         assert (log_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return json.loads((log_dir / "summary.json").read_text())
+    return json.loads((log_dir / "summary.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("device, epochs, floor", [("numpy", 3, 0.9), ("sim", 3, 0.9)])
@@ -133,7 +133,7 @@ def test_grid_search_picks_by_validation(tmp_path):
     assert "holding out --val-fraction 0.15 to compare the pairs on" in out.stdout
     assert "nan" not in out.stdout.split("weight decay")[-1]
     assert "1222 training, 216 validation" in out.stdout
-    rows = (tmp_path / "grid" / "grid.csv").read_text().splitlines()
+    rows = (tmp_path / "grid" / "grid.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "lr,weight_decay,best_val_accuracy,test_accuracy" and len(rows) == 5
     assert out.stdout.count("<- best by validation") == 1
     assert (tmp_path / "grid" / "grid.png").read_bytes()[:4] == b"\x89PNG"

@@ -164,7 +164,7 @@ def test_csv_logger_appends_a_row_per_epoch(tmp_path):
     path = tmp_path / "log.csv"
     drive(CSVLogger(path), [0.9, 0.8])
     drive(CSVLogger(path), [0.7])                     # a resumed run appends
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     assert lines[0] == "epoch,loss,val_loss"
     assert lines[1:] == ["1,0.9,0.9", "2,0.8,0.8", "1,0.7,0.7"]
 
@@ -205,7 +205,7 @@ def test_all_callbacks_in_a_real_run(tmp_path):
     trainer, tl, vl = make_run(callbacks=callbacks)
     trainer.fit(tl, epochs=2, val_loader=vl)
     assert (tmp_path / "best.h5").exists() and (tmp_path / "last.h5").exists()
-    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3
+    assert len((tmp_path / "log.csv").read_text(encoding="utf-8").splitlines()) == 3
     tags = {t for t, _, _ in _tensorboard_scalars(tmp_path / "tb")}
     assert {"loss/train", "loss/val", "accuracy/val", "lr"} <= tags
 

@@ -229,7 +229,7 @@ class Module:
                               "simt_first_argument(T t, R...) { return (long)t; }")
         self._bounds = set(bounds)
         wrapper = "\n".join(wrapper) + "\n"
-        header = (INCLUDE_DIR / "simt.h").read_text()
+        header = (INCLUDE_DIR / "simt.h").read_text(encoding="utf-8")
         key = hashlib.sha256("\0".join([wrapper, header, " ".join(flags), _compiler_id()])
                              .encode()).hexdigest()[:20]
         stem = re.sub(r"[^\w.-]", "_", Path(label).name)[:40] or "code"
