@@ -46,5 +46,7 @@ class Dense(Layer):
         gemm_ops.gemm(dy, x, transpose_a=True, out=self.grads["weight"])
         if "bias" in self.params:
             reduce_ops.channel_sum(dy, out=self.grads["bias"])
+        if not self.input_grad:              # nobody reads it (the model's input): skipped
+            return None
         dx = gemm_ops.gemm(dy, self.params["weight"])
         return to_bf16(dx) if bf16 else dx

@@ -44,6 +44,13 @@ class _Block(Layer):
     def named_children(self):
         return self._named
 
+    def input_layers(self):
+        if not self.fused:
+            return self.residual.input_layers()
+        if self.downsample is None:          # the identity shortcut's gradient is dy itself
+            return []
+        return self.body.input_layers() + self.downsample.input_layers()
+
     def forward(self, x, training=None):
         if not self.fused:
             return self.relu(self.residual(x, training), training)
@@ -58,6 +65,8 @@ class _Block(Layer):
         dx = self.body.backward(dh)
         if self.downsample is not None:
             dshortcut = self.downsample.backward(dshortcut)
+        if dx is None and dshortcut is None:      # without_input_grad: not wanted
+            return None
         return elementwise_ops.add(dx, dshortcut)
 
 

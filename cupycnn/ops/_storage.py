@@ -59,7 +59,8 @@ def encode(a):
 
 
 def reference_bf16(fn, *args, outputs=1, **kwargs):
-    """fn (a reference function) on the decoded arguments; its first `outputs` results (the
+    """fn (a numpy-device function: the reference's or the CPU path's, whichever the float32
+    op would take) on the decoded arguments; its first `outputs` results (the
     activations) rounded to BF16, the others (statistics, per-channel vectors) left float32."""
     result = fn(*(decode(a) if isinstance(a, np.ndarray) else a for a in args), **kwargs)
     if not isinstance(result, tuple):

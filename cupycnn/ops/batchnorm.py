@@ -19,12 +19,16 @@ and (4) then take that `y` (the ReLU's mask) and (4) writes the residual's gradi
 x is [N, C, *] (BatchNorm1D: [N, C] or [N, C, L]; BatchNorm2D: [N, C, H, W]), float32 on the
 kernel devices. The per-channel sums are float64 [C, 2] on every device: the kernels accumulate
 in double, so that var = E[x^2] - E[x]^2 does not cancel away when |mean| >> std.
+On the numpy device float32 runs go to cupycnn/cpu/batchnorm.py (the same stages, faster).
 """
 import math
 
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import batchnorm as cpu_bn
+from ..cpu import elementwise as cpu_elementwise
 from ..limits import GRID_YZ_MAX
 from ..reference import batchnorm as reference
 from ..runtime import ceil_div, get_kernel
@@ -123,8 +127,9 @@ def batchnorm_stats(x, splits=None):
     op = "batchnorm_stats"
     outer, channels, inner = _layout(op, x)
     if not _device.runs_kernels():
-        return reference_bf16(reference.batchnorm_stats, x, outputs=0) if is_bf16(x) else \
-            reference.batchnorm_stats(x)
+        path = cpu_bn if cpu.fast(x) else reference
+        return reference_bf16(path.batchnorm_stats, x, outputs=0) if is_bf16(x) else \
+            path.batchnorm_stats(x)
     return _reduce(op, "batchnorm_stats" + suffix(x), (x,), outer, channels, inner, splits)
 
 
@@ -140,10 +145,10 @@ def batchnorm_normalize(x, sums, count, weight, bias, eps, residual=None, relu=F
     _check_sums(op, sums, bound)
     _check_count(op, count)
     if not _device.runs_kernels():
-        if is_bf16(x):
-            return reference_bf16(reference.batchnorm_normalize, x, sums, count, weight, bias,
-                                  eps, residual, relu)
-        return reference.batchnorm_normalize(x, sums, count, weight, bias, eps, residual, relu)
+        path = cpu_bn if cpu.fast(x, weight, bias, residual) else reference
+        return reference_bf16(path.batchnorm_normalize, x, sums, count, weight, bias, eps,
+                              residual, relu) if is_bf16(x) else \
+            path.batchnorm_normalize(x, sums, count, weight, bias, eps, residual, relu)
     y = _device.empty(x.shape, x.dtype)
     mean = _device.empty((channels,), _vector_dtype(x))
     invstd = _device.empty((channels,), _vector_dtype(x))
@@ -164,11 +169,11 @@ def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps,
            [("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
             ("bias", bias)])
     if not _device.runs_kernels():
-        if is_bf16(x):
-            return reference_bf16(reference.batchnorm_normalize_running, x, running_mean,
-                                  running_var, weight, bias, eps, residual, relu)
-        return reference.batchnorm_normalize_running(x, running_mean, running_var, weight, bias,
-                                                     eps, residual, relu)
+        path = cpu_bn if cpu.fast(x, weight, bias, residual) else reference
+        return reference_bf16(path.batchnorm_normalize_running, x, running_mean, running_var,
+                              weight, bias, eps, residual, relu) if is_bf16(x) else \
+            path.batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps,
+                                             residual, relu)
     y = _device.empty(x.shape, x.dtype)
     mean = _device.empty((channels,), _vector_dtype(x))
     invstd = _device.empty((channels,), _vector_dtype(x))
@@ -212,10 +217,10 @@ def batchnorm_backward_reduce(x, dy, mean, invstd, splits=None, y=None):
     _check(op, x, [("dy", (dy, tuple(x.shape))), ("y", (y, tuple(x.shape)))],
            [("mean", mean), ("invstd", invstd)])
     if not _device.runs_kernels():
-        if is_bf16(x):
-            return reference_bf16(reference.batchnorm_backward_reduce, x, dy, mean, invstd, y,
-                                  outputs=0)
-        return reference.batchnorm_backward_reduce(x, dy, mean, invstd, y)
+        path = cpu_bn if cpu.fast(x, dy, y) else reference
+        return reference_bf16(path.batchnorm_backward_reduce, x, dy, mean, invstd, y,
+                              outputs=0) if is_bf16(x) else \
+            path.batchnorm_backward_reduce(x, dy, mean, invstd, y)
     return _reduce(op, "batchnorm_backward_reduce" + suffix(x), (x, dy, y, mean, invstd), outer,
                    channels, inner, splits)
 
@@ -243,17 +248,14 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     _check_sums(op, param_sums, bound, "param_sums")
     _check_count(op, count)
     if not _device.runs_kernels():
-        if is_bf16(x):
-            dx, dw, db = reference_bf16(reference.batchnorm_backward_apply, x, dy, weight, mean,
-                                        invstd, sums, count, batch_statistics, param_sums, y)
-            if dresidual is not None:
-                dresidual[...] = reference_bf16(reference.masked_grad, dy, y)
-        else:
-            dx, dw, db = reference.batchnorm_backward_apply(x, dy, weight, mean, invstd, sums,
-                                                            count, batch_statistics, param_sums,
-                                                            y)
-            if dresidual is not None:
-                dresidual[...] = reference.masked_grad(dy, y)
+        fast = cpu.fast(x, dy, weight, y)
+        path = cpu_bn if fast else reference
+        store = reference_bf16 if is_bf16(x) else (lambda fn, *args: fn(*args))
+        dx, dw, db = store(path.batchnorm_backward_apply, x, dy, weight, mean, invstd, sums,
+                           count, batch_statistics, param_sums, y)
+        if dresidual is not None:
+            dresidual[...] = store(cpu_elementwise.relu_backward, y, dy) if fast and \
+                y is not None else store(reference.masked_grad, dy, y)
         return dx, into(dweight, dw), into(dbias, db)
     dx = _device.empty(x.shape, x.dtype)
     dweight = _device.empty((channels,), _vector_dtype(x)) if dweight is None else dweight

@@ -1,7 +1,10 @@
-"""ReLU forward and backward, elementwise add: launches kernels/elementwise.cu."""
+"""ReLU forward and backward, elementwise add: launches kernels/elementwise.cu (on the numpy
+device: cupycnn/cpu/elementwise.py for float32, the reference for float64)."""
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import elementwise as cpu_elementwise
 from ..reference import elementwise as reference
 from ..runtime import elementwise_grid, get_kernel
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ELEMENTWISE_THREADS
@@ -20,8 +23,8 @@ def relu_forward(x):
     """y = max(x, 0), any shape; float32 or BF16 storage (ops._storage)."""
     check_arrays("relu_forward", dtypes=activation_dtypes(), x=(x, None))
     if not _device.runs_kernels():
-        return reference_bf16(reference.relu_forward, x) if is_bf16(x) else \
-            reference.relu_forward(x)
+        path = cpu_elementwise if cpu.fast(x) else reference
+        return reference_bf16(path.relu_forward, x) if is_bf16(x) else path.relu_forward(x)
     y = _device.empty(x.shape, x.dtype)
     _launch("relu_forward" + suffix(x), x.size, (x, y))
     return y
@@ -33,8 +36,9 @@ def relu_backward(x, dy):
     check_arrays("relu_backward", dtypes=activation_dtypes(), x=(x, None),
                  dy=(dy, tuple(x.shape)))
     if not _device.runs_kernels():
-        return reference_bf16(reference.relu_backward, x, dy) if is_bf16(x) else \
-            reference.relu_backward(x, dy)
+        path = cpu_elementwise if cpu.fast(x, dy) else reference
+        return reference_bf16(path.relu_backward, x, dy) if is_bf16(x) else \
+            path.relu_backward(x, dy)
     dx = _device.empty(x.shape, x.dtype)
     _launch("relu_backward" + suffix(x), x.size, (x, dy, dx))
     return dx
@@ -46,8 +50,12 @@ def add(a, b, out=None):
     check_arrays("add", dtypes=activation_dtypes(), a=(a, None), b=(b, tuple(a.shape)),
                  **({} if out is None else {"out": (out, tuple(a.shape))}))
     if not _device.runs_kernels():
-        result = reference_bf16(reference.add, a, b) if is_bf16(a) else reference.add(a, b)
-        return into(out, result)
+        if is_bf16(a):
+            path = cpu_elementwise if cpu.fast(a, b) else reference
+            return into(out, reference_bf16(path.add, a, b))
+        if cpu.fast(a, b):
+            return cpu_elementwise.add(a, b, out)
+        return into(out, reference.add(a, b))
     if out is None:
         out = _device.empty(a.shape, a.dtype)
     _launch("add" + suffix(a), a.size, (a, b, out))

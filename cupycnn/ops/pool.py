@@ -8,7 +8,9 @@ padding (count_include_pad=True). Input is NCHW, 4-D.
 """
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import pool as cpu_pool
 from ..limits import INT32_MAX
 from ..reference import pool as reference
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, get_kernel
@@ -96,9 +98,8 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     op = "max_pool2d_forward"
     geometry, input_size, out, planes = _setup(op, x, kernel_size, stride, padding)
     if not _device.runs_kernels():
-        if is_bf16(x):
-            return reference_bf16(reference.max_pool2d_forward, x, *geometry)
-        return reference.max_pool2d_forward(x, *geometry)
+        fn = cpu_pool.max_pool2d_forward if cpu.fast(x) else reference.max_pool2d_forward
+        return reference_bf16(fn, x, *geometry) if is_bf16(x) else fn(x, *geometry)
     n, c = x.shape[:2]
     y = _device.empty((n, c) + out, x.dtype)
     argmax = _device.empty((n, c) + out, np.int32)
@@ -117,9 +118,11 @@ def max_pool2d_backward(dy, argmax, input_size, kernel_size, stride=None, paddin
                                                        padding)
     check_arrays(op, bound=sizes, dtypes=(np.int32,), argmax=(argmax, ("N", "C") + tuple(out)))
     if not _device.runs_kernels():
-        if is_bf16(dy):
-            return reference_bf16(reference.max_pool2d_backward, dy, argmax, input_size)
-        return reference.max_pool2d_backward(dy, argmax, input_size)
+        if cpu.fast(dy):
+            fn, args = cpu_pool.max_pool2d_backward, (dy, argmax, input_size, *geometry)
+        else:
+            fn, args = reference.max_pool2d_backward, (dy, argmax, input_size)
+        return reference_bf16(fn, *args) if is_bf16(dy) else fn(*args)
     n, c = sizes["N"], sizes["C"]
     dx = _device.empty((n, c) + input_size, dy.dtype)
     if dx.size:

@@ -24,6 +24,7 @@ import numpy as np
 from .. import devices as _device
 from .. import random as _random
 from ..checkpoint import load_checkpoint, save_checkpoint
+from ..layers import without_input_grad
 from ..layers.base import training_mode
 from ..ops import metrics as metric_ops
 from ..ops._storage import as_activation, decode
@@ -134,10 +135,11 @@ class Trainer:
         logits = self.model.forward(as_activation(x), training=True)
         loss = self.loss.forward(logits, y)
         dy = self.loss.backward()
-        if self.distributed is not None:
-            self.distributed.backward(self.model, dy, self.optimizer)
-        else:
-            self.model.backward(dy)
+        with without_input_grad(self.model):           # the images' gradient: never read
+            if self.distributed is not None:
+                self.distributed.backward(self.model, dy, self.optimizer)
+            else:
+                self.model.backward(dy)
         self.optimizer.step()
         metric_ops.accumulate_metrics(logits, y, loss, sums)
 
