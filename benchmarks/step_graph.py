@@ -115,39 +115,10 @@ class CupycnnVariant:
 
 # --------------------------------------------------------------------------------- PyTorch
 
-def torch_model(nn):
-    def block(cin, cout, stride):
-        class Block(nn.Module):
-            def __init__(self):
-                super().__init__()
-                self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
-                self.bn1 = nn.BatchNorm2d(cout)
-                self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
-                self.bn2 = nn.BatchNorm2d(cout)
-                self.down = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
-                                           nn.BatchNorm2d(cout))
-                             if stride != 1 or cin != cout else None)
-
-            def forward(self, x):
-                import torch
-                y = torch.relu(self.bn1(self.conv1(x)))
-                y = self.bn2(self.conv2(y))
-                return torch.relu(y + (self.down(x) if self.down is not None else x))
-        return Block()
-
-    layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
-    cin = 64
-    for i, cout in enumerate((64, 128, 256, 512)):
-        layers += [block(cin, cout, 1 if i == 0 else 2), block(cout, cout, 1)]
-        cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
-    return nn.Sequential(*layers)
-
-
 class TorchVariant:
     def __init__(self, args, batch, pool, graphed):
         import torch
-        import torch.nn as nn
+        from resnet18_step import torch_resnet18       # the same network as that benchmark's
         self.torch = torch
         self.name = "pytorch graph" if graphed else "pytorch eager"
         self.graphed = graphed
@@ -157,10 +128,10 @@ class TorchVariant:
         torch.backends.cudnn.benchmark = True
         self.autocast = args.precision == "bf16"
         torch.manual_seed(0)
-        self.model = torch_model(nn).cuda()
+        self.model = torch_resnet18(torch).cuda()
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
                                          weight_decay=5e-4)
-        self.criterion = nn.CrossEntropyLoss()
+        self.criterion = torch.nn.CrossEntropyLoss()
         self.images = [torch.from_numpy(x).cuda() for x, _ in pool]
         self.labels = [torch.from_numpy(y.astype("int64")).cuda() for _, y in pool]
         self.k = 0

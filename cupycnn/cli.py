@@ -424,17 +424,27 @@ def build_schedule(optimizer, args, steps_per_epoch):
 
 # ------------------------------------------------------------------------------------- run
 
-def main(description, default_dataset="cifar10", argv=None, prog=None):
-    args = parse_args(build_parser(description, default_dataset, prog), argv)
+def start(args, prefix=""):
+    """Select --device and --precision (where the parser has it), then start the data-parallel
+    ranks with --bucket-mb: the context, or None after printing the one-sentence reason
+    (`prefix` first) why not (the caller exits with status 2)."""
     from . import distributed
+    from .precision import set_precision
     try:
         if args.device != "auto":
             _device.use(args.device)
-        from .precision import set_precision
-        set_precision(args.precision)
-        ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20))
+        if getattr(args, "precision", None) is not None:
+            set_precision(args.precision)
+        return distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20))
     except (_device.DeviceUnavailableError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix}error: {e}", file=sys.stderr)
+        return None
+
+
+def main(description, default_dataset="cifar10", argv=None, prog=None):
+    args = parse_args(build_parser(description, default_dataset, prog), argv)
+    ctx = start(args)
+    if ctx is None:
         return 2
     with ctx.abort_on_error(), blas_threads(args.blas_threads):
         try:

@@ -1,6 +1,6 @@
 """Train ResNet-50 on ImageNet, data-parallel across GPUs, the standard recipe:
 
-    python -m cupycnn.data make-shards imagenet/train shards/train --resize 256   # once
+    cupycnn data make-shards imagenet/train shards/train --resize 256   # once
     mpirun -n 8 python examples/train_imagenet.py --train shards/train --val imagenet
     python examples/train_imagenet.py --train imagenet --val imagenet              # folders
 
@@ -15,8 +15,8 @@ RandomResizedCrop(224) + horizontal flip, evaluated on Resize(256) + CenterCrop(
 normalised with ImageNet's channel mean and std.
 
 Data: --train and --val each name an ImageNet root (train/, val/ with class folders or a labels
-file: cupycnn.data.ImageNet), a folder of tar shards (made by `python -m cupycnn.data
-make-shards`), or a folder of TFRecord files. Each rank reads its own part: its shards, or
+file: cupycnn.data.ImageNet), a folder of tar shards (made by `cupycnn data make-shards`),
+or a folder of TFRecord files. Each rank reads its own part: its shards, or
 its DistributedSampler share of the files; --workers processes per rank decode and crop the
 JPEGs into shared memory (simplejpeg where installed), the device normalises. --synthetic N
 writes N random ImageNet-sized JPEGs (500 x 375, 1000 classes) as shards once and trains on
@@ -145,13 +145,9 @@ def recipe(args, ctx):
 def main(argv=None):
     args = build_parser().parse_args(argv)
     import cupycnn
-    from cupycnn import devices, distributed
-    try:
-        if args.device != "auto":
-            devices.use(args.device)
-        ctx = distributed.init(devices.device(), bucket_bytes=int(args.bucket_mb * 2 ** 20))
-    except (devices.DeviceUnavailableError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    from cupycnn import cli
+    ctx = cli.start(args)
+    if ctx is None:
         return 2
     cupycnn.manual_seed(args.seed)
     with ctx.abort_on_error():

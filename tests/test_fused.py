@@ -167,14 +167,13 @@ def _mini_resnet(fused):
     return Sequential(collections.OrderedDict(layers))
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
-def test_fused_resnet_blocks_are_the_unfused_ones(rng, device):
-    cupycnn.use(device)
-    x = cupycnn.asarray(randn(rng, 2, 3, 8, 8))
+def _fused_and_plain(build, x, rng):
+    """One training forward and backward of build(True) (fused) and build(False) from the same
+    seed, x and dy: each run's logits, dx, parameter gradients and state."""
     runs = []
     for fused in (True, False):
         cupycnn.manual_seed(0)
-        model = _mini_resnet(fused)
+        model = build(fused)
         y = model.forward(x, training=True)
         dy = runs[0]["dy"] if runs else cupycnn.asarray(randn(rng, *y.shape))
         dx = model.backward(dy)
@@ -185,8 +184,16 @@ def test_fused_resnet_blocks_are_the_unfused_ones(rng, device):
     fused, plain = runs
     _same(fused["y"], plain["y"], "logits")
     _same(fused["dx"], plain["dx"], "dx")
+    assert list(fused["grads"]) == list(plain["grads"])
     for name in plain["grads"]:
         _same(fused["grads"][name], plain["grads"][name], f"grad {name}")
+    return fused, plain
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_fused_resnet_blocks_are_the_unfused_ones(rng, device):
+    cupycnn.use(device)
+    fused, plain = _fused_and_plain(_mini_resnet, cupycnn.asarray(randn(rng, 2, 3, 8, 8)), rng)
     for name in plain["state"]:
         _same(fused["state"][name], plain["state"][name], name)
 
@@ -206,23 +213,9 @@ def test_resnet_keeps_torchvision_names_fused_or_not():
 def test_fused_simple_cnn_is_the_unfused_one(rng, device):
     """The digits network (BatchNorm2D and BatchNorm1D with their ReLUs fused, dropout)."""
     cupycnn.use(device)
-    x = cupycnn.asarray(randn(rng, 4, 1, 8, 8))
-    runs = []
-    for fused in (True, False):
-        cupycnn.manual_seed(0)
-        model = models.simple_cnn(num_classes=10, in_channels=1, input_size=8, widths=(8, 16),
-                                  block_dropout=(0.2, 0.3), hidden=16, fused=fused)
-        y = model.forward(x, training=True)
-        dy = runs[0][2] if runs else cupycnn.asarray(randn(rng, *y.shape))
-        dx = model.backward(dy)
-        runs.append((np.array(cupycnn.asnumpy(y)), np.array(cupycnn.asnumpy(dx)), dy,
-                     {n: np.array(cupycnn.asnumpy(p.grad)) for n, p in model.named_parameters()}))
-    (y_f, dx_f, _, g_f), (y_p, dx_p, _, g_p) = runs
-    _same(y_f, y_p, "logits")
-    _same(dx_f, dx_p, "dx")
-    assert list(g_f) == list(g_p)
-    for name in g_p:
-        _same(g_f[name], g_p[name], f"grad {name}")
+    _fused_and_plain(lambda fused: models.simple_cnn(
+        num_classes=10, in_channels=1, input_size=8, widths=(8, 16), block_dropout=(0.2, 0.3),
+        hidden=16, fused=fused), cupycnn.asarray(randn(rng, 4, 1, 8, 8)), rng)
 
 
 @pytest.mark.parametrize("version, precision", [("direct", "fp32"), ("tiled", "fp32"),

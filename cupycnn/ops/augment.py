@@ -25,7 +25,8 @@ AUGMENT_THREADS = _K["AUGMENT_THREADS"]      # output pixels per block
 PARAMS_THREADS = _K["PARAMS_THREADS"]        # images per block of the *_params kernels
 MAX_BATCH = GRID_YZ_MAX                      # the batch runs along gridDim.y
 _INTERPOLATION = {"nearest": _K["INTERP_NEAREST"], "bilinear": _K["INTERP_BILINEAR"]}
-_FILL_MODE = {mode: _K[f"FILL_{mode.upper()}"] for mode in ("constant", "nearest", "reflect", "wrap")}
+_FILL_MODE = {mode: _K[f"FILL_{mode.upper()}"]
+              for mode in ("constant", "nearest", "reflect", "wrap")}
 _UINT64_LIMIT = 2 ** 64
 
 
@@ -120,8 +121,18 @@ def _scale_shift(mean, std):
     return pair
 
 
-def _image_grid(sizes):
-    return (ceil_div(sizes["H"] * sizes["W"], AUGMENT_THREADS), sizes["B"])
+def _launch_image_kernel(name, images, mean, std, sizes, dtype, *args):
+    """The [B, C, H, W] output (float32 or BF16: `dtype`) of augment.cu's kernel `name` (its
+    _bf16 entry point for BF16), launched over every output pixel with (images, out, scale,
+    shift, H, W, C) and then `args`."""
+    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), dtype)
+    if sizes["B"]:
+        scale, shift = _scale_shift(mean, std)
+        get_kernel("augment", _kernel(name, dtype))(
+            (ceil_div(sizes["H"] * sizes["W"], AUGMENT_THREADS), sizes["B"]), (AUGMENT_THREADS,),
+            (images, out, scale, shift, np.int32(sizes["H"]), np.int32(sizes["W"]),
+             np.int32(sizes["C"])) + args)
+    return out
 
 
 def normalize(images, mean, std, dtype=np.float32):
@@ -133,14 +144,7 @@ def normalize(images, mean, std, dtype=np.float32):
     dtype = _check_dtype(op, dtype)
     if not _device.runs_kernels():
         return _on_numpy(reference.normalize, images, mean, std, dtype=dtype)
-    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), dtype)
-    if sizes["B"]:
-        scale, shift = _scale_shift(mean, std)
-        get_kernel("augment", _kernel("normalize", dtype))(
-            _image_grid(sizes), (AUGMENT_THREADS,),
-            (images, out, scale, shift, np.int32(sizes["H"]), np.int32(sizes["W"]),
-             np.int32(sizes["C"])))
-    return out
+    return _launch_image_kernel("normalize", images, mean, std, sizes, dtype)
 
 
 def random_crop_flip_params(batch, padding, *, seed, stream, flip_probability=0.5):
@@ -181,15 +185,8 @@ def random_crop_flip(images, mean, std, padding, *, seed, stream, flip_probabili
     if not _device.runs_kernels():
         return _on_numpy(reference.random_crop_flip, images, mean, std, padding, seed=seed,
                          stream=stream, flip_probability=flip_probability, dtype=dtype)
-    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), dtype)
-    if sizes["B"]:
-        scale, shift = _scale_shift(mean, std)
-        get_kernel("augment", _kernel("random_crop_flip", dtype))(
-            _image_grid(sizes), (AUGMENT_THREADS,),
-            (images, out, scale, shift, np.int32(sizes["H"]), np.int32(sizes["W"]),
-             np.int32(sizes["C"]), np.int32(padding), np.float32(flip_probability), seed64,
-             stream64))
-    return out
+    return _launch_image_kernel("random_crop_flip", images, mean, std, sizes, dtype,
+                                np.int32(padding), np.float32(flip_probability), seed64, stream64)
 
 
 def _check_ranges(op, ranges):
@@ -244,12 +241,7 @@ def affine_warp(images, mean, std, ranges, *, seed, stream, interpolation="bilin
         return _on_numpy(reference.affine_warp, images, mean, std, ranges, seed=seed,
                          stream=stream, interpolation=interpolation, fill_mode=fill_mode,
                          cval=cval, dtype=dtype)
-    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), dtype)
-    if sizes["B"]:
-        scale, shift = _scale_shift(mean, std)
-        get_kernel("augment", _kernel("affine_warp", dtype))(
-            _image_grid(sizes), (AUGMENT_THREADS,),
-            (images, out, scale, shift, np.int32(sizes["H"]), np.int32(sizes["W"]),
-             np.int32(sizes["C"]), *ranges.kernel_args(), np.int32(_INTERPOLATION[interpolation]),
-             np.int32(_FILL_MODE[fill_mode]), np.float32(cval), seed64, stream64))
-    return out
+    return _launch_image_kernel("affine_warp", images, mean, std, sizes, dtype,
+                                *ranges.kernel_args(), np.int32(_INTERPOLATION[interpolation]),
+                                np.int32(_FILL_MODE[fill_mode]), np.float32(cval), seed64,
+                                stream64)
