@@ -27,14 +27,15 @@
 //   64 times from shared memory. A direct sliding-window kernel reuses x only over one output's
 //   kh kw taps, not over the 64 output channels of a tile.
 // - Index arithmetic: a thread loads the same tile column at every step, so it decodes that column
-//   once; its rows move by 16 per step, so their coordinates (Tap, PhaseTap, Pixel below) advance
-//   with carries instead of two integer divisions per element.
+//   once; its rows move by 16 per step, so their coordinates (Tap, PhaseTap, Pixel, in
+//   conv2d_coords.cuh) advance with carries instead of two integer divisions per element.
 // - Deterministic: no atomics, every output element is written once by the thread that owns it,
 //   and the weight gradient's split count depends on the shapes only.
 // - Indices: GEMM sizes in int (the wrapper checks they fit), element offsets in long long.
-// - Plain FP32, so that the emulator runs the kernels unchanged. Their cost on an H100 against the
-//   roofline: docs/BENCHMARKS.md.
+// - Plain FP32: the fp32 precision's kernels (tf32 and bf16 run conv2d_tc.cu). Their floors per
+//   ResNet-18 layer on an H200 (the roofline) and what they mean for this tile: docs/BENCHMARKS.md.
 #include "common.cuh"
+#include "conv2d_coords.cuh"
 
 // Launch constants: cupycnn/ops/conv2d.py reads these lines, so they are written only here.
 #define CONV_TILE_M 64                                    // rows of the result per block
@@ -47,40 +48,6 @@
 #define CONV_ROWS_PER_PASS (CONV_THREADS / CONV_TILE_P)   // 4 rows of a B tile per thread pass
 #define CONV_REDUCE_THREADS 256                           // block of the split reduction
 #define CONV_FORWARD_MIN_BLOCKS 4                         // resident blocks per SM (forward)
-
-// ------------------------------------------------------------------------------ coordinates
-
-// A GEMM row or column index stands for three coordinates, one struct per meaning:
-struct Tap { int c, r, s; };         // im2col row: input channel c, kernel row r, kernel column s
-struct PhaseTap { int o, rr, ss; };  // input-gradient row: output channel o, the phase's rr-th
-                                     // kernel row and ss-th kernel column
-struct Pixel { int n, i, j; };       // image n, row i, column j (of y, or of a phase's grid)
-
-// The coordinates {a, b, c} of `index` = (a * size_b + b) * size_c + c, with b < size_b and
-// c < size_c (a unbounded), as any of the structs above.
-template <class T>
-__device__ __forceinline__ T split3(int index, int size_b, int size_c) {
-  T t;
-  auto& [a, b, c] = t;
-  c = index % size_c;
-  index /= size_c;
-  b = index % size_b;
-  a = index / size_b;
-  return t;
-}
-
-// t += step, both split by split3 with the same sizes: each coordinate of `step` is below its
-// size, so one carry per coordinate suffices.
-template <class T>
-__device__ __forceinline__ void advance3(T& t, const T& step, int size_b, int size_c) {
-  auto& [a, b, c] = t;
-  const auto& [step_a, step_b, step_c] = step;
-  c += step_c;
-  if (c >= size_c) { c -= size_c; ++b; }
-  b += step_b;
-  if (b >= size_b) { b -= size_b; ++a; }
-  a += step_a;
-}
 
 // ------------------------------------------------------------------------ the register tile
 
