@@ -43,6 +43,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data.folder import BadImageError, resize
 from .data.transforms import Normalize
 from .layers.base import training_mode
+from .ops._storage import decode
 from .reference.softmax_xent import softmax
 
 CONFIG_FORMAT = ('{"model": "<name in cupycnn.models.REGISTRY>", "model_kwargs": {...}, '
@@ -212,7 +213,7 @@ def probabilities(model, inputs, batch_size=BATCH):
     with training_mode(model, False):
         for start in range(0, inputs.shape[0], batch_size):
             logits = model.forward(inputs[start:start + batch_size], training=False)
-            outputs.append(_device.asnumpy(logits).astype(np.float64))
+            outputs.append(decode(_device.asnumpy(logits)).astype(np.float64))   # BF16 too
     return softmax(np.concatenate(outputs))
 
 

@@ -80,14 +80,16 @@ __device__ __forceinline__ void zero_tile(float (&acc)[CONV_MICRO][CONV_MICRO]) 
 
 // ------------------------------------------------------------------------------------ forward
 
-// y = weight [C_out x C_in kh kw] @ im2col(x) [C_in kh kw x N H_out W_out] + bias (per row).
+// y = weight [C_out x C_in kh kw] @ im2col(x) [C_in kh kw x N H_out W_out] + bias (per row),
+// then the epilogue (common.cuh conv_epilogue: + residual, ReLU; both optional).
 // Grid: (ceil(N H_out W_out / 64), ceil(C_out / 64)); block: CONV_THREADS. bias may be NULL.
 // CONV_FORWARD_MIN_BLOCKS: without a minimum, ptxas (CUDA 13, sm_90) settles on 63 registers and
 // spills 8 bytes to local memory; asking for 4 resident blocks grants 64 registers, no spill,
 // and the same occupancy (4 blocks of 256 threads per SM either way).
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_FORWARD_MIN_BLOCKS)
 conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
-               const float* __restrict__ bias, float* __restrict__ y, int batch,
+               const float* __restrict__ bias, const float* __restrict__ residual, int relu,
+               float* __restrict__ y, int batch,
                int in_channels, int height, int width, int out_channels, int kernel_h,
                int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
                int out_width) {
@@ -155,7 +157,8 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
     for (int i = 0; i < CONV_MICRO; ++i) {
       const int o = m0 + ty + i * (CONV_TILE_M / CONV_MICRO);
       if (o >= M) continue;
-      y[((long long)img * M + o) * out_pixels + q] = acc[i][j] + (bias != NULL ? bias[o] : 0.0f);
+      const long long index = ((long long)img * M + o) * out_pixels + q;
+      y[index] = conv_epilogue(acc[i][j], bias, residual, relu, o, index);
     }
   }
 }

@@ -9,7 +9,8 @@
 // PhaseTap, Pixel) and advances them by TC_BK with carries instead of dividing every step. Elements
 // outside the image (the zero padding) or past the matrix are zero-filled by cp.async.
 //
-//   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)          (+ bias)
+//   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)          (+ bias, + residual,
+//                              ReLU: common.cuh's conv_epilogue, each optional)
 //   conv2d_tc_backward_input   dx = w^T @ im2col^T(dy), per stride phase (blockIdx.z)
 //   conv2d_tc_backward_weight  dw_partial[split] = dy @ im2col(x)^T over one chunk of pixels;
 //                              conv2d.cu's conv2d_backward_weight_reduce adds the chunks
@@ -54,7 +55,8 @@ struct ForwardLoader {
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
 conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
-                  const float* __restrict__ bias, float* __restrict__ y, int batch,
+                  const float* __restrict__ bias, const float* __restrict__ residual, int relu,
+                  float* __restrict__ y, int batch,
                   int in_channels, int height, int width, int out_channels, int kernel_h,
                   int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
                   int out_height, int out_width) {
@@ -82,8 +84,8 @@ conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
     const int o = m0 + r, q = p0 + c;
     if (o >= M || q >= P) return;
     const int image = q / out_pixels;
-    y[((long long)image * M + o) * out_pixels + (q - image * out_pixels)] =
-        v + (bias != NULL ? bias[o] : 0.0f);
+    const long long index = ((long long)image * M + o) * out_pixels + (q - image * out_pixels);
+    y[index] = conv_epilogue(v, bias, residual, relu, o, index);
   };
   tc_epilogue(acc, store);
 }

@@ -28,6 +28,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..layers import without_input_grad
 from ..layers.base import training_mode
 from ..ops import metrics as metric_ops
+from ..ops._storage import as_activation, decode
 from ..progress import Progress
 from ..reference.softmax_xent import softmax
 from ..data.transforms import Transform
@@ -137,7 +138,7 @@ class Trainer:
             self.scheduler.step()
 
     def _eager_step(self, x, y, sums):
-        logits = self.model.forward(x, training=True)
+        logits = self.model.forward(as_activation(x), training=True)
         loss = self.loss.forward(logits, y)
         dy = self.loss.backward()
         with without_input_grad(self.model):           # the images' gradient: never read
@@ -302,7 +303,7 @@ class Trainer:
                        unit_scale=_images_per_batch(loader))
         with training_mode(self.model, False):
             for x, y in loader:
-                logits = self.model.forward(x, training=False)
+                logits = self.model.forward(as_activation(x), training=False)
                 loss = self.loss.forward(logits, y)
                 metric_ops.accumulate_metrics(logits, y, loss, sums)
                 bar.update(1)
@@ -337,8 +338,9 @@ class Trainer:
         batches = (x for x, _ in inputs)
         with training_mode(self.model, False):
             for x in batches:
-                logits = self.model.forward(_device.asarray(x), training=False)
-                outputs.append(_device.asnumpy(logits).astype(np.float64))
+                logits = self.model.forward(as_activation(_device.asarray(x)),
+                                            training=False)
+                outputs.append(decode(_device.asnumpy(logits)).astype(np.float64))
         logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
         if gather is not None:                  # rank r predicted examples r, r + W, r + 2W, ...
             n, world = gather
