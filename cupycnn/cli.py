@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from . import devices as _device
+from .help_formatter import DefaultsHelpFormatter
 
 # What every dataset's recipe starts from; RECIPES says where each differs.
 COMMON_DEFAULTS = dict(momentum=0.9, nesterov=False, weight_decay=0.0, onecycle_warmup=0.3,
@@ -70,22 +71,12 @@ def dataset_kind(spec):
     return "folder" if spec.startswith("folder:") else spec
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written (paragraphs and examples kept), and each option's default:
-    the dataset recipes' value per dataset where the recipe decides it (DATASET_DEFAULTS),
-    else the parser's."""
+class HelpFormatter(DefaultsHelpFormatter):
+    """Each option's default: the dataset recipes' value per dataset where the recipe decides
+    it (DATASET_DEFAULTS), else the parser's."""
 
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "%(default)" in text or action.default is argparse.SUPPRESS or \
-                not action.option_strings:
-            return text
-        per_dataset = _recipe_defaults(action.dest)
-        if per_dataset:
-            return f"{text} (default: {per_dataset})"
-        if action.default is None or action.default is False:
-            return text
-        return f"{text} (default: %(default)s)"
+    def default_for(self, action):
+        return _recipe_defaults(action.dest) or super().default_for(action)
 
 
 def _recipe_defaults(dest):
