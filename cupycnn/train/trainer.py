@@ -26,7 +26,7 @@ from .. import devices as _device
 from .. import random as _random
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..layers import without_input_grad
-from ..layers.base import training_mode
+from ..layers.base import check_registered, training_mode
 from ..ops import metrics as metric_ops
 from ..ops._storage import as_activation, decode
 from ..progress import Progress
@@ -82,6 +82,7 @@ class Trainer:
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got "
                              f"{scheduler_interval!r}")
+        check_registered(model, "Trainer")       # layers in a list would train unseen
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         self.callbacks = list(callbacks)
