@@ -62,7 +62,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-save")
 
-    monkeypatch.setattr(checkpoint, "_write_tree", crash)
+    monkeypatch.setattr(h5py.Group, "create_dataset", crash)
     with pytest.raises(KeyboardInterrupt):
         _save(path, Dense(3, 2), epoch=2)
     assert load_checkpoint(path).epoch == 1

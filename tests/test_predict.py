@@ -5,6 +5,7 @@ Two small models are trained on numpy: a greyscale one on scikit-learn's digits 
 (test digits rendered to PNG files for prediction), and an RGB one for 10 epochs on crops of
 real photos (scikit-image and scikit-learn ship them) in class folders read by ImageFolder with
 resize and centre crop, which then predicts the whole photos."""
+import hashlib
 import importlib.util
 import json
 import os
@@ -261,12 +262,16 @@ def test_sim_device_agrees_with_numpy(digits):
 
 # -------------------------------------------------------------------------------- the errors
 
-def rewrite(source, target, **attrs):
-    """A copy of checkpoint `source` at `target` with some attributes replaced (JSON)."""
+def rewrite(source, target, **fields):
+    """A copy of checkpoint `source` at `target` with some fields of its manifest replaced
+    (and its digest recomputed: a well-formed checkpoint with other contents)."""
     shutil.copyfile(source, target)
     with h5py.File(target, "r+") as f:
-        for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value)
+        manifest = json.loads(f.attrs["manifest"])
+        manifest.update(fields)
+        text = json.dumps(manifest)
+        f.attrs["manifest"] = text
+        f.attrs["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()
     return target
 
 
