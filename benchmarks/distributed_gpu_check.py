@@ -77,8 +77,8 @@ def check_collectives(ctx, host_comm, rng):
 def check_statistics(ctx, host_comm, rng):
     host = rng.integers(-500, 500, size=(64, 2)).astype(np.float64)
     device = cupycnn.asarray(host.copy())
-    total, count = ctx.communicator.allreduce_statistics(device, 100 + ctx.rank)
-    expected, expected_count = host_comm.allreduce_statistics(host, 100 + ctx.rank)
+    total, count = ctx.communicator.allreduce_statistics(device, 100)
+    expected, expected_count = host_comm.allreduce_statistics(host, 100)
     untouched = np.array_equal(cupycnn.asnumpy(device), host)
     same = np.array_equal(cupycnn.asnumpy(total), expected) and count == expected_count
     report(ctx, "batchnorm statistics", same and untouched,
@@ -215,9 +215,10 @@ def main():
     args = parser.parse_args()
     from mpi4py import MPI
     cupycnn.use(args.device)
-    ctx = distributed.init(device=args.device)
+    ctx = distributed.init(device=args.device,   # the collectives even for one rank
+                           backend="nccl" if args.device == "cuda" else "mpi")
     host_comm = MpiCommunicator(MPI.COMM_WORLD)
-    sim_ctx = distributed.Context(MPI.COMM_WORLD, "sim")
+    sim_ctx = distributed.Context(MPI.COMM_WORLD, "sim", backend="mpi")
     rng = np.random.default_rng(ctx.rank)
     if ctx.is_root:
         print(f"{ctx.size} rank(s), device {args.device}, backend {ctx.backend}"

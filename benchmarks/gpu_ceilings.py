@@ -3,21 +3,22 @@
 (a large matrix product through cuBLAS, via CuPy, TF32 off). Used only as yardsticks: no
 cupycnn op calls cuBLAS.
 
-    python benchmarks/gpu_ceilings.py
+    python benchmarks/gpu_ceilings.py [--json FILE]
+    python benchmarks/gpu_ceilings.py --dry-run     NumPy on the host at tiny sizes: the script's
+                                                    own code, for CI (figures of no meaning)
 """
+import argparse
+import json
+import os
 import statistics
+import time
 
-import numpy as np
+os.environ.setdefault("CUPY_TF32", "0")        # read by CuPy when it loads: FP32, not TF32
+
+import numpy as np  # noqa: E402
 
 
-def main():
-    import cupy
-    dev = cupy.cuda.Device()
-    props = cupy.cuda.runtime.getDeviceProperties(dev.id)
-    name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
-    print(f"device: {name}, {props['multiProcessorCount']} SMs, "
-          f"{props['totalGlobalMem'] / 2**30:.1f} GiB, L2 {props['l2CacheSize'] / 2**20:.0f} MiB")
-
+def gpu_timer(cupy):
     def timed(fn, repeats=20):
         fn()
         start, stop = cupy.cuda.Event(), cupy.cuda.Event()
@@ -29,21 +30,55 @@ def main():
             stop.synchronize()
             times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
         return statistics.median(times)
+    return timed
 
-    n = 1 << 28                                        # 1 GiB of float32
-    src = cupy.random.standard_normal(n, dtype=cupy.float32)
-    dst = cupy.empty_like(src)
-    seconds = timed(lambda: cupy.copyto(dst, src))
-    print(f"device-to-device copy: {2 * src.nbytes / seconds / 1e12:.2f} TB/s "
-          f"(read + write of {src.nbytes / 2**30:.0f} GiB in {1e3 * seconds:.2f} ms)")
 
-    import os
-    os.environ["CUPY_TF32"] = "0"
-    size = 8192
-    a = cupy.random.standard_normal((size, size), dtype=cupy.float32)
-    b = cupy.random.standard_normal((size, size), dtype=cupy.float32)
-    seconds = timed(lambda: cupy.matmul(a, b), repeats=10)
-    print(f"cuBLAS SGEMM {size}^3 (FP32, no TF32): {2 * size ** 3 / seconds / 1e12:.1f} TFLOP/s")
+def host_timer(fn, repeats=5):
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--dry-run", action="store_true")
+    p.add_argument("--json", help="also write the figures to this file")
+    args = p.parse_args()
+    figures = {}
+    if args.dry_run:
+        xp, timed, n, size = np, host_timer, 1 << 20, 128
+        print("dry run: NumPy on the host, tiny sizes")
+    else:
+        import cupy
+        xp, timed, n, size = cupy, gpu_timer(cupy), 1 << 28, 8192      # 1 GiB of float32
+        props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
+        name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
+        print(f"device: {name}, {props['multiProcessorCount']} SMs, "
+              f"{props['totalGlobalMem'] / 2**30:.1f} GiB, L2 {props['l2CacheSize'] / 2**20:.0f} MiB")
+        figures["device"] = name
+    rng = xp.random.default_rng(0) if args.dry_run else None
+    src = (rng.standard_normal(n, dtype=np.float32) if args.dry_run else
+           xp.random.standard_normal(n, dtype=xp.float32))
+    dst = xp.empty_like(src)
+    seconds = timed(lambda: xp.copyto(dst, src))
+    bandwidth = 2 * src.nbytes / seconds / 1e12
+    print(f"device-to-device copy: {bandwidth:.2f} TB/s "
+          f"(read + write of {src.nbytes / 2**30:.3f} GiB in {1e3 * seconds:.2f} ms)")
+    figures["copy bandwidth"] = {"value": round(bandwidth, 3), "unit": "TB/s"}
+    a = xp.asarray(np.random.default_rng(1).standard_normal((size, size), dtype=np.float32))
+    b = xp.asarray(np.random.default_rng(2).standard_normal((size, size), dtype=np.float32))
+    seconds = timed(lambda: xp.matmul(a, b), repeats=10 if not args.dry_run else 3)
+    tflops = 2 * size ** 3 / seconds / 1e12
+    print(f"{'cuBLAS' if not args.dry_run else 'NumPy'} SGEMM {size}^3 (FP32, no TF32): "
+          f"{tflops:.1f} TFLOP/s")
+    figures["sgemm fp32"] = {"value": round(tflops, 2), "unit": "TFLOP/s"}
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f, indent=1)
 
 
 if __name__ == "__main__":

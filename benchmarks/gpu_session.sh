@@ -1,40 +1,116 @@
 #!/usr/bin/env bash
-# Everything a session with a lent GPU runs, in one call of the device tool, writing what it
-# found under $OUT (or ./gpu-results): the cuda test suite, the gradient checks on cuda, the
-# ceilings, every GPU benchmark and a short end-to-end training run. Each step's log is its own
-# file; a failing step does not stop the others; SUMMARY.txt lists each step's exit status.
+# Everything a session with a lent GPU runs, in one call of the device tool, fitted to what
+# comes back from it: at most 8 files of $OUT and the last 12,000 characters of output.
 #
-#   (here)   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
-#              --platform manylinux2014_x86_64 -d .whl tensorboardX   (a wheel the image lacks)
-#   (device) bash benchmarks/gpu_session.sh          with .whl carried
+#   bash benchmarks/gpu_session.sh            on the GPU machine (OUT=... or ./gpu-results)
+#   bash benchmarks/gpu_session.sh --dry-run  here or in CI: every step on sim/numpy at tiny sizes
+#
+# It writes exactly three files to $OUT: logs.tar.gz (every step's log and outputs),
+# SUMMARY.txt (each step's status and time, then the table of figures) and figures.json (every
+# figure of the run, machine-readable), and prints the compact table last. A first smoke step of
+# a few seconds says whether anything else can work (CuPy compiles and launches a kernel;
+# `from mpi4py import MPI` and its outcome; NCCL; versions; GPU name and clocks). Each step runs
+# under its own time limit, and the whole under TOTAL_SECONDS: a step that would start with less
+# than its limit left is skipped and said so; a failing step does not stop the others. The
+# measurements come first, the test suite last: a lease that runs short loses tests, not figures.
+#
+# Adding a step is one line in the STEPS table below:
+#     name | seconds | command on the GPU | command for --dry-run (sim/numpy, tiny sizes)
+# Commands run from the repository root with bash; $STEP_DIR is a folder of the step's own
+# (its files go into the tarball), and a step that writes $STEP_DIR/figures.json (a flat object
+# of name -> number, or of name -> {"value": number, "unit": text}) has its figures in
+# figures.json and the table. "-" as a dry-run command: the step has no dry run (say why in a
+# comment). Keep the sum of the seconds under TOTAL_SECONDS: the lease is 15 minutes of device
+# time in all, machine start included.
+#
+# The GPU image lacks tensorboardX and has mpi4py without an MPI library. Wheels carried in .whl/
+# (docs/BENCHMARKS.md, "Running on a lent GPU", says how to fetch them) are installed first;
+# without the mpich wheel the steps that need MPI say so and are skipped.
 set -u
+DRY=0
+[ "${1:-}" = "--dry-run" ] && DRY=1
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
 OUT=${OUT:-gpu-results}
+TOTAL_SECONDS=${TOTAL_SECONDS:-400}          # under 7 minutes, smoke step included
+PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1
+WORK=$(mktemp -d)
+LOGS=$WORK/logs
+mkdir -p "$LOGS"
+export PYTHONUNBUFFERED=1 OUT_LOGS=$LOGS
+START=$(date +%s)
+
+STEPS=$(cat <<'EOF'
+smoke            |  30 | $PY benchmarks/gpu_smoke.py                                   | $PY benchmarks/gpu_smoke.py --dry-run
+ceilings         |  25 | $PY benchmarks/gpu_ceilings.py --json $STEP_DIR/figures.json   | $PY benchmarks/gpu_ceilings.py --dry-run --json $STEP_DIR/figures.json
+conv2d           |  35 | $PY benchmarks/conv2d.py --device cuda                       | $PY benchmarks/conv2d.py --device sim --batch 1 --repeats 1 --layers "1x1 64->128"
+augment          |  20 | $PY benchmarks/augment.py --device cuda                      | $PY benchmarks/augment.py --device sim --batch 4 --iterations 1 --repeats 1
+resnet18_step    |  40 | $PY benchmarks/resnet18_step.py --device cuda --batch 128 --json $STEP_DIR/figures.json | $PY benchmarks/resnet18_step.py --device numpy --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --json $STEP_DIR/figures.json
+digits_cuda      |  30 | $PY benchmarks/digits.py --device cuda --quiet               | $PY benchmarks/digits.py --device numpy --epochs 1 --no-torch --quiet
+train_synthetic  |  35 | $PY examples/train_cifar.py --dataset synthetic --device cuda --epochs 2 --log-dir $STEP_DIR/run --no-progress | $PY examples/train_cifar.py --dataset synthetic --synthetic-size 64 --model simple_cnn --batch-size 16 --device numpy --epochs 1 --log-dir $STEP_DIR/run --no-progress
+distributed      |  30 | needs_mpi && $PY benchmarks/distributed_gpu_check.py         | needs_mpi && $PY benchmarks/distributed_gpu_check.py --device sim --model small --batch 4
+gradcheck_cuda   |  40 | $PY -m cupycnn.gradcheck --device cuda                       | $PY -m cupycnn.gradcheck --device sim --layer dense
+pytest_cuda      | 110 | $PY -m pytest -m cuda -q -n 8 -p no:cacheprovider -x          | $PY -m pytest -m cuda -q -p no:cacheprovider tests/test_data_loader.py tests/test_devices.py
+EOF
+)
+
+# Wheels the image lacks, carried in .whl/ (a failure here is reported by the smoke step).
 if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl > "$LOGS/wheels.log" 2>&1
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-python3 -m pip install -q --no-deps --no-build-isolation -e . > "$OUT/install.log" 2>&1
-summary="$OUT/SUMMARY.txt"
-: > "$summary"
-step() {   # step NAME COMMAND...: run, log to $OUT/NAME.log, note the status
-  local name=$1; shift
-  local start=$(date +%s)
-  "$@" > "$OUT/$name.log" 2>&1
-  local status=$?
-  echo "$name: exit $status, $(( $(date +%s) - start )) s" | tee -a "$summary"
+# The project itself, importable from this checkout (no build, no network).
+export PYTHONPATH=$ROOT${PYTHONPATH:+:$PYTHONPATH}
+
+needs_mpi() {   # true when `from mpi4py import MPI` works; else say why, exit status 3
+  if $PY -c "from mpi4py import MPI" 2>/dev/null; then return 0; fi
+  echo "skipped: mpi4py cannot load an MPI library here (carry the mpich wheel in .whl/)"
+  return 3
 }
-{ date -u; nvidia-smi; python3 -c "import cupy; print('cupy', cupy.__version__)"; } \
-  > "$OUT/machine.txt" 2>&1
-step pytest_cuda python3 -m pytest -m cuda -q -n 8 -p no:cacheprovider
-step gradcheck_cuda python3 -m cupycnn.gradcheck --device cuda
-step ceilings python3 benchmarks/gpu_ceilings.py
-step conv2d python3 benchmarks/conv2d.py --device cuda
-step augment python3 benchmarks/augment.py --device cuda
-step resnet18_step python3 benchmarks/resnet18_step.py --device cuda --batch 128
-step distributed_gpu_check python3 benchmarks/distributed_gpu_check.py
-step digits_cuda python3 benchmarks/digits.py --device cuda
-step train_synthetic python3 examples/train_cifar.py --dataset synthetic --device cuda \
-  --epochs 3 --log-dir "$OUT/run_synthetic" --no-progress
-cat "$summary"
+export -f needs_mpi
+export PY
+
+: > "$WORK/steps.tsv"
+while IFS='|' read -r name seconds command dry; do
+  name=$(echo "$name" | xargs); seconds=$(echo "$seconds" | xargs)
+  [ -z "$name" ] && continue
+  [ "$DRY" = 1 ] && command=$dry
+  command=$(echo "$command" | sed 's/^ *//; s/ *$//')
+  STEP_DIR=$LOGS/$name
+  mkdir -p "$STEP_DIR"
+  export STEP_DIR
+  # A dry run on a shared CPU gets three times the time: it tests the steps, not their speed.
+  [ "$DRY" = 1 ] && seconds=$(( 3 * seconds ))
+  left=$(( TOTAL_SECONDS * (1 + 2 * DRY) - ($(date +%s) - START) ))
+  if [ "$command" = "-" ]; then
+    printf '%s\tno-dry-run\t0\t%s\n' "$name" "$seconds" >> "$WORK/steps.tsv"; continue
+  fi
+  if [ "$left" -lt "$seconds" ]; then
+    printf '%s\tskipped (%s s left of the session, needs %s)\t0\t%s\n' "$name" "$left" \
+      "$seconds" "$seconds" >> "$WORK/steps.tsv"
+    continue
+  fi
+  t0=$(date +%s)
+  timeout -k 5 "$seconds" bash -c "$command" > "$LOGS/$name.log" 2>&1
+  status=$?
+  took=$(( $(date +%s) - t0 ))
+  case $status in
+    0) verdict=ok ;;
+    3) verdict="skipped ($(tail -1 "$LOGS/$name.log"))" ;;
+    124|137) verdict="TIMEOUT after $seconds s" ;;
+    *) verdict="FAILED (exit $status)" ;;
+  esac
+  printf '%s\t%s\t%s\t%s\n' "$name" "$verdict" "$took" "$seconds" >> "$WORK/steps.tsv"
+  echo "== $name: $verdict, $took s" >&2
+done <<< "$STEPS"
+
+# Three files back: the summary, the figures, every log in one tarball.
+$PY benchmarks/gpu_session_summary.py "$WORK/steps.tsv" "$LOGS" "$OUT" $([ "$DRY" = 1 ] && echo --dry-run) \
+  > "$WORK/table.txt" 2> "$LOGS/summary.log"
+summary_status=$?
+tar -czf "$OUT/logs.tar.gz" -C "$WORK" logs steps.tsv
+cat "$WORK/table.txt"
+rm -rf "$WORK"
+[ $summary_status = 0 ] || { echo "the summary failed: see summary.log in logs.tar.gz" >&2; exit 1; }

@@ -377,8 +377,14 @@ def run(args, ctx):
     monitor = "val_loss" if val is not None else "loss"
     callbacks = [ModelCheckpoint(best=os.path.join(args.log_dir, "best.h5") if val is not None
                                  else None, last=args.checkpoint, monitor="val_accuracy"),
-                 CSVLogger(os.path.join(args.log_dir, "log.csv")),
-                 TensorBoard(os.path.join(args.log_dir, "tensorboard"))]
+                 CSVLogger(os.path.join(args.log_dir, "log.csv"))]
+    try:
+        import tensorboardX  # noqa: F401
+        callbacks.append(TensorBoard(os.path.join(args.log_dir, "tensorboard")))
+    except ImportError:
+        if ctx.is_root:    # e.g. a GPU image without it: train anyway, say what is missing
+            print("cupycnn: tensorboardX is not installed, so no TensorBoard logs "
+                  "(pip install tensorboardX); log.csv has the same figures", file=sys.stderr)
     if args.early_stopping:
         callbacks.append(EarlyStopping(monitor=monitor, patience=args.early_stopping,
                                        restore_best=True))

@@ -163,7 +163,9 @@ def zeros(shape, dtype=np.float32):
 
 
 def synchronize():
-    """Wait for the GPU to finish queued work (a no-op on the CPU devices)."""
+    """Wait until the GPU has finished all work queued on every stream of the current device:
+    the compute stream, the loader's prefetch stream and the NCCL stream alike
+    (cudaDeviceSynchronize). A no-op on the CPU devices."""
     if device() == "cuda":
         import cupy
-        cupy.cuda.get_current_stream().synchronize()
+        cupy.cuda.Device().synchronize()

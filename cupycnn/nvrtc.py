@@ -15,6 +15,20 @@ from dataclasses import dataclass, field
 
 from .runtime import NVRTC_OPTIONS
 
+# What CuPy's RawModule(code=..., options=NVRTC_OPTIONS) hands NVRTC, read from CuPy's source
+# (cupy/_core/core.pyx assemble_cupy_compiler_options, cupy/cuda/compiler.py
+# _compile_with_cache_cuda and compile_using_nvrtc), less its -I include folders (CCCL, CuPy's
+# headers, the CUDA headers: these kernels include none of them). The architecture option comes
+# after, as `-arch=sm_XX` (CuPy compiles straight to a cubin where NVRTC knows the GPU).
+#   -ftz=true           always: single-precision denormals flushed to zero
+#   --device-as-default-execution-space   NVRTC 12 and later
+# Neither sets --fmad, whose default (true) lets NVRTC contract a * b + c into one FMA.
+# CuPy 14.2 adds --pch only when CUPY_NVRTC_USE_PCH=1 (a compile-time cache: same code).
+CUPY_OPTIONS = {
+    "13.6": NVRTC_OPTIONS + ("-ftz=true", "--device-as-default-execution-space"),
+    "14.2": NVRTC_OPTIONS + ("-ftz=true", "--device-as-default-execution-space"),
+}
+
 _ENTRY_RE = re.compile(r"\.entry\s+(\w+)\s*\(")
 
 
@@ -98,9 +112,9 @@ def _compile(lib, source, name, options):
         raise
 
 
-def compile_source(source, name, arch="sm_90", options=NVRTC_OPTIONS):
-    """Compile to PTX for compute_XX and to a cubin for sm_XX; raise NVRTCCompileError with the
-    compiler's log on failure."""
+def compile_source(source, name, arch="sm_90", options=CUPY_OPTIONS["14.2"]):
+    """Compile to PTX for compute_XX and to a cubin for sm_XX (as CuPy does: -arch=sm_XX) with
+    CuPy's option set by default; raise NVRTCCompileError with the compiler's log on failure."""
     if not re.fullmatch(r"sm_\d+a?", arch):
         raise ValueError(f"arch must look like sm_90, got {arch!r}")
     lib = _load()
@@ -114,7 +128,7 @@ def compile_source(source, name, arch="sm_90", options=NVRTC_OPTIONS):
         ptx = buf.value.decode()
     finally:
         lib.nvrtcDestroyProgram(ctypes.byref(prog))
-    prog, log2 = _compile(lib, source, name, [f"--gpu-architecture={arch}", *options])
+    prog, log2 = _compile(lib, source, name, [*options, f"-arch={arch}"])
     try:
         size = ctypes.c_size_t()
         _check(lib, lib.nvrtcGetCUBINSize(prog, ctypes.byref(size)), "nvrtcGetCUBINSize")

@@ -9,7 +9,10 @@ disk); on `sim` it is built by g++ under the emulator (`cupycnn.sim`), cached li
 source and both caches change when a header does.
 
 Arguments are device arrays (CuPy on `cuda`, NumPy on `sim`) and NumPy scalars of the exact
-parameter type; `None` is a null pointer on both (CuPy alone would pass it as 0xffffffff).
+parameter type; `None` is a null pointer on both. CuPy itself is not to be trusted with `None`:
+CuPy 14 passes it as a null pointer (`CIntptr(0)` in cupy/cuda/function.pyx), but CuPy 13 hands
+the driver a null *address* for the argument (`CPointer()`), which the launch then reads from;
+so `Kernel` passes an explicit `np.uintp(0)`.
 `load_module` gives the same for a learner's own kernel source.
 """
 import functools
@@ -21,6 +24,7 @@ import numpy as np
 from . import devices as _device
 
 NVRTC_OPTIONS = ("--std=c++17",)
+INT32_MAX = 2**31 - 1
 _INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 
@@ -89,8 +93,13 @@ class Kernel:
         self.source_name = source_name
 
     def __call__(self, grid, block, args, shared_mem=0):
+        for a in args:        # every kernel here indexes its arrays with 32-bit ints
+            if getattr(a, "size", 0) > INT32_MAX and not isinstance(a, np.generic):
+                raise ValueError(f"{self.source_name}: {self.name}: an array of {a.size} "
+                                 f"elements is over the kernels' 32-bit indexing (at most "
+                                 f"{INT32_MAX}); split it")
         if self._on_cuda:
-            args = tuple(np.uintp(0) if a is None else a for a in args)  # a real NULL
+            args = tuple(np.uintp(0) if a is None else a for a in args)  # see the module doc
             self._raw(tuple(grid) if not isinstance(grid, int) else (grid,),
                       tuple(block) if not isinstance(block, int) else (block,),
                       args, shared_mem=shared_mem)
@@ -103,6 +112,17 @@ class Kernel:
                 from .sim import module as sim
                 where = "sim:" + sim.get_thread_order()[0]
             _launch_log.add((self.source_name, self.name, where))
+
+    @property
+    def max_dynamic_shared_size_bytes(self):
+        """Dynamic shared memory a launch may ask for: 48 KB unless raised here (CuPy's
+        RawKernel attribute, cudaFuncAttributeMaxDynamicSharedMemorySize; the emulator
+        enforces it as a GPU does)."""
+        return self._raw.max_dynamic_shared_size_bytes
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value):
+        self._raw.max_dynamic_shared_size_bytes = int(value)
 
     @property
     def raw(self):

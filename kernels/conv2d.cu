@@ -1,104 +1,85 @@
-// conv2d.cu -- 2-D convolution (PyTorch's nn.Conv2d without dilation or groups): the forward pass
-// with the bias fused in, the gradient of the input and the gradient of the weight.
+// conv2d.cu -- 2-D convolution as three implicit GEMMs: the forward pass with the bias fused in,
+// the gradient of the input and the gradient of the weight (plus the fixed-order sum of its
+// partials). The bias gradient is ops.reduce.channel_sum(dy).
 //
-// x [N, C_in, H, W], weight [C_out, C_in, kh, kw], y [N, C_out, H_out, W_out], all NCHW floats;
-// stride (sh, sw), padding (ph, pw); H_out = (H + 2 ph - kh) / sh + 1, likewise W_out.
+// The sums these kernels compute, and H_out, W_out, are specified in cupycnn/reference/conv2d.py:
+// read it first. Here: x [N, C_in, H, W], weight [C_out, C_in, kh, kw], y [N, C_out, H_out, W_out],
+// NCHW float32; stride (sh, sw), padding (ph, pw).
 //
-//   conv2d_forward:         y[n,o,i,j]  = bias[o] + sum_{c,r,s} w[o,c,r,s] win[n,c,i,j,r,s]
-//   conv2d_backward_input:  dx[n,c,h,v] = sum_{o,r,s} w[o,c,r,s] dy[n,o,i,j]  over the (i, j)
-//                                         with i sh - ph + r = h and j sw - pw + s = v
-//   conv2d_backward_weight: dw[o,c,r,s] = sum_{n,i,j} dy[n,o,i,j] win[n,c,i,j,r,s]
-//   conv2d_backward_weight_reduce: dw = the fixed-order sum of the weight kernel's partials
-// where win[n,c,i,j,r,s] = x[n, c, i sh - ph + r, j sw - pw + s], 0 outside the image (the zero
-// padding). The bias gradient is ops.reduce.channel_sum of dy.
+// Each sum is a matrix product with the im2col matrix as one operand: a row per tap (c, r, s), a
+// column per output pixel (n, i, j), the entry x[n, c, i sh - ph + r, j sw - pw + s] (0 in the
+// padding). M x P is the result (P: its columns; N stays the batch), K the reduced length:
 //
-// Algorithm: implicit GEMM. Each of the three products is a matrix product whose one operand
-// would be the im2col matrix (one column per output pixel, one row per (c, r, s) tap, C_in kh kw
-// x N H_out W_out floats). Instead of writing that matrix to memory, each kernel gathers its
-// tiles straight from x (or dy) into shared memory, then runs the register-tiled product of
-// kernels/gemm.cu: a block of 256 threads owns a 64 x 64 tile of the result, walks the reduction
-// in steps of 16, stages a 64 x 16 tile of each operand in shared memory, and every thread
-// accumulates a 4 x 4 micro-tile in registers (8 shared reads per 16 fused multiply-adds).
+//   product          M       P                       K                         A          B
+//   forward          C_out   N H_out W_out           C_in kh kw                weight     im2col(x)
+//   input gradient   C_in    N H W / (sh sw)         C_out kh kw / (sh sw)     weight^T   im2col^T(dy)
+//   weight gradient  C_out   C_in kh kw              N H_out W_out             dy         im2col(x)^T
 //
-//   product          M        N                    K (reduced)          A            B (gathered)
-//   forward          C_out    N H_out W_out        C_in kh kw           weight       im2col(x)
-//   input gradient   C_in     N H W (one phase)    C_out taps(phase)    weight^T     im2col^T(dy)
-//   weight gradient  C_out    C_in kh kw           N H_out W_out        dy           im2col(x)^T
+// (the input gradient's sizes are per stride phase, rounded: see conv2d_backward_input).
 //
-// Why implicit GEMM: explicit im2col would cost kh kw times the input in memory and traffic (for
-// ResNet-18's 64->64 3x3 layer at 32x32, batch 128: 576 x 131072 floats = 302 MB written and
-// read back, against 34 MB of x), while the gathered tile is read once from global memory and
-// reused 64 times from shared memory, as in a plain GEMM. A direct (sliding-window) kernel would
-// reuse x only across the kh kw taps of one output, not across the 64 output channels of a tile.
-// Cost on an H100 SXM (arithmetic, not measured): that layer's forward is 2 M N K = 9.7 GFLOP
-// against about 67 MB of compulsory traffic (x and y; w is 0.15 MB), 144 FLOP per byte, seven
-// times the FP32 ridge point (67 TFLOP/s / 3.35 TB/s = 20 FLOP/B): the kernels are compute-bound,
-// at best 0.14 ms at FP32 peak, and their speed is that of the register tile. With 64 x 64 tiles
-// that forward is 2048 blocks, many waves over 132 SMs. cuDNN, which PyTorch lets use TF32
-// tensor cores by default, has several times more throughput available; these kernels stay in
-// plain FP32 so that the emulator runs them unchanged.
-//
-// Index arithmetic: each thread loads the same tile column (forward: one output pixel) at every
-// step, so it decodes that pixel once; the rows it loads move by 16 per step, so their (c, r, s)
-// decomposition is advanced by a precomputed mixed-radix step with carries (Coord3 below)
-// instead of two integer divisions per element per step.
-//
-// Input gradient by stride phase: an input row h meets only the kernel rows r with
-// r = h + pad_h (mod stride_h). The kernel groups the input pixels by that residue in h and w
-// (blockIdx.z: stride_h stride_w phases) and reduces each group only over its own taps, so for
-// stride 2 it skips the three quarters of the transposed gather that would multiply zeros. For
-// stride 1 there is one phase and it is the plain transposed gather. No scatter, no atomics:
-// every dx element is written once by the thread that owns it.
-//
-// Weight gradient split along its reduction: K = N H_out W_out is long (131072 for batch 128 at
-// 32x32) while M x N can be a single tile (3->64 first layer: 64 x 27), so the reduction is cut
-// into `splits` contiguous chunks (blockIdx.z); each block writes its partial tile to its own slice
-// of a workspace, and conv2d_backward_weight_reduce adds the slices in split order. The split count
-// comes from the shapes alone (ops/conv2d.py), so results are bitwise reproducible, and no float
-// atomics are used. The workspace is splits x C_out x C_in kh kw floats, under 17 MB (the split
-// count keeps splits x tiles below 2 x 528 tiles of 16 KB).
-//
-// Every element offset into x, y, dx, dy is computed in long long; the GEMM sizes (at most
-// N H_out W_out, N H W, C_in kh kw) are checked by the wrapper to fit an int.
+// How:
+// - Implicit GEMM: the im2col matrix is never written. Each block gathers its tile of it straight
+//   from x (or dy) into shared memory, the padding being a bounds test, then runs the register
+//   tile of kernels/gemm.cu: 256 threads per 64 x 64 tile of the result, the reduction in steps
+//   of 16, a 4 x 4 micro-tile per thread (8 shared reads per 16 multiply-adds).
+// - Why not explicit im2col: it is kh kw times x (302 MB against 34 MB of x for ResNet-18's
+//   64->64 3x3 layer at batch 128), written and read back; a gathered tile is read once and reused
+//   64 times from shared memory. A direct sliding-window kernel reuses x only over one output's
+//   kh kw taps, not over the 64 output channels of a tile.
+// - Index arithmetic: a thread loads the same tile column at every step, so it decodes that column
+//   once; its rows move by 16 per step, so their coordinates (Tap, PhaseTap, Pixel below) advance
+//   with carries instead of two integer divisions per element.
+// - Deterministic: no atomics, every output element is written once by the thread that owns it,
+//   and the weight gradient's split count depends on the shapes only.
+// - Indices: GEMM sizes in int (the wrapper checks they fit), element offsets in long long.
+// - Plain FP32, so that the emulator runs the kernels unchanged. Their cost on an H100 against the
+//   roofline: docs/BENCHMARKS.md.
 #include "common.cuh"
 
+// Launch constants: cupycnn/ops/conv2d.py reads these lines, so they are written only here.
 #define CONV_TILE_M 64                                    // rows of the result per block
-#define CONV_TILE_N 64                                    // columns of the result per block
+#define CONV_TILE_P 64                                    // columns of the result per block
 #define CONV_TILE_K 16                                    // reduction step
 #define CONV_THREADS 256                                  // 16 x 16 threads
 #define CONV_MICRO 4                                      // each thread: 4 x 4 results
-#define CONV_THREADS_X (CONV_TILE_N / CONV_MICRO)         // 16
+#define CONV_THREADS_X (CONV_TILE_P / CONV_MICRO)         // 16
 #define CONV_LOADS (CONV_TILE_M * CONV_TILE_K / CONV_THREADS)   // 4 elements of each operand
-#define CONV_ROWS_PER_PASS (CONV_THREADS / CONV_TILE_N)   // 4 rows of a B tile per thread pass
+#define CONV_ROWS_PER_PASS (CONV_THREADS / CONV_TILE_P)   // 4 rows of a B tile per thread pass
 #define CONV_REDUCE_THREADS 256                           // block of the split reduction
+#define CONV_FORWARD_MIN_BLOCKS 4                         // resident blocks per SM (forward)
 
-// ------------------------------------------------------------------------------ index helpers
+// ------------------------------------------------------------------------------ coordinates
 
-// An index split into three coordinates: index = (outer * middle_size + middle) * inner_size +
-// inner, with middle < middle_size and inner < inner_size (outer unbounded). Used for (c, r, s)
-// taps and (image, row, column) pixels.
-struct Coord3 {
-  int outer, middle, inner;
-};
+// A GEMM row or column index stands for three coordinates, one struct per meaning:
+struct Tap { int c, r, s; };         // im2col row: input channel c, kernel row r, kernel column s
+struct PhaseTap { int o, rr, ss; };  // input-gradient row: output channel o, the phase's rr-th
+                                     // kernel row and ss-th kernel column
+struct Pixel { int n, i, j; };       // image n, row i, column j (of y, or of a phase's grid)
 
-__device__ __forceinline__ Coord3 coord3_of(int index, int middle_size, int inner_size) {
-  Coord3 c;
-  c.inner = index % inner_size;
-  index /= inner_size;
-  c.middle = index % middle_size;
-  c.outer = index / middle_size;
-  return c;
+// The coordinates {a, b, c} of `index` = (a * size_b + b) * size_c + c, with b < size_b and
+// c < size_c (a unbounded), as any of the structs above.
+template <class T>
+__device__ __forceinline__ T split3(int index, int size_b, int size_c) {
+  T t;
+  auto& [a, b, c] = t;
+  c = index % size_c;
+  index /= size_c;
+  b = index % size_b;
+  a = index / size_b;
+  return t;
 }
 
-// c += step, both in coordinates: since each coordinate of `step` is below its radix, one carry
-// per coordinate suffices.
-__device__ __forceinline__ void coord3_advance(Coord3& c, const Coord3& step, int middle_size,
-                                               int inner_size) {
-  c.inner += step.inner;
-  if (c.inner >= inner_size) { c.inner -= inner_size; ++c.middle; }
-  c.middle += step.middle;
-  if (c.middle >= middle_size) { c.middle -= middle_size; ++c.outer; }
-  c.outer += step.outer;
+// t += step, both split by split3 with the same sizes: each coordinate of `step` is below its
+// size, so one carry per coordinate suffices.
+template <class T>
+__device__ __forceinline__ void advance3(T& t, const T& step, int size_b, int size_c) {
+  auto& [a, b, c] = t;
+  const auto& [step_a, step_b, step_c] = step;
+  c += step_c;
+  if (c >= size_c) { c -= size_c; ++b; }
+  b += step_b;
+  if (b >= size_b) { b -= size_b; ++a; }
+  a += step_a;
 }
 
 // ------------------------------------------------------------------------ the register tile
@@ -106,7 +87,7 @@ __device__ __forceinline__ void coord3_advance(Coord3& c, const Coord3& step, in
 // acc += As^T Bs over one CONV_TILE_K step: thread (tx, ty) owns rows ty + 16 i and columns
 // tx + 16 j of the block's tile (as in gemm.cu: shared reads are broadcasts or distinct banks).
 __device__ __forceinline__ void accumulate_tile(const float (*As)[CONV_TILE_M + 1],
-                                                const float (*Bs)[CONV_TILE_N + 1],
+                                                const float (*Bs)[CONV_TILE_P + 1],
                                                 float (&acc)[CONV_MICRO][CONV_MICRO], int tx,
                                                 int ty) {
 #pragma unroll
@@ -134,28 +115,31 @@ __device__ __forceinline__ void zero_tile(float (&acc)[CONV_MICRO][CONV_MICRO]) 
 
 // y = weight [C_out x C_in kh kw] @ im2col(x) [C_in kh kw x N H_out W_out] + bias (per row).
 // Grid: (ceil(N H_out W_out / 64), ceil(C_out / 64)); block: CONV_THREADS. bias may be NULL.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS)
+// CONV_FORWARD_MIN_BLOCKS: without a minimum, ptxas (CUDA 13, sm_90) settles on 63 registers and
+// spills 8 bytes to local memory; asking for 4 resident blocks grants 64 registers, no spill,
+// and the same occupancy (4 blocks of 256 threads per SM either way).
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_FORWARD_MIN_BLOCKS)
 conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
                const float* __restrict__ bias, float* __restrict__ y, int batch,
                int in_channels, int height, int width, int out_channels, int kernel_h,
                int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
                int out_width) {
   __shared__ float As[CONV_TILE_K][CONV_TILE_M + 1];
-  __shared__ float Bs[CONV_TILE_K][CONV_TILE_N + 1];
+  __shared__ float Bs[CONV_TILE_K][CONV_TILE_P + 1];
   const int out_pixels = out_height * out_width;
-  const int M = out_channels, N = batch * out_pixels, K = in_channels * kernel_h * kernel_w;
+  const int M = out_channels, P = batch * out_pixels, K = in_channels * kernel_h * kernel_w;
   const int tid = threadIdx.x;
   const int tx = tid % CONV_THREADS_X, ty = tid / CONV_THREADS_X;
-  const int m0 = blockIdx.y * CONV_TILE_M, n0 = blockIdx.x * CONV_TILE_N;
+  const int m0 = blockIdx.y * CONV_TILE_M, p0 = blockIdx.x * CONV_TILE_P;
 
   // A (weight, row-major M x K): this thread loads column a_k of rows a_m + 16 i, reading
   // 16 consecutive floats of a row per 16 threads.
   const int a_k = tid % CONV_TILE_K, a_m = tid / CONV_TILE_K;
-  // B (im2col): this thread loads column b_n, one output pixel, at rows b_k + 4 i. Consecutive
+  // B (im2col): this thread loads column b_p, one output pixel, at rows b_k + 4 i. Consecutive
   // threads take consecutive pixels, so for stride 1 they read consecutive floats of x.
-  const int b_n = tid % CONV_TILE_N, b_k = tid / CONV_TILE_N;
-  const int pixel = n0 + b_n;
-  const bool pixel_valid = pixel < N;
+  const int b_p = tid % CONV_TILE_P, b_k = tid / CONV_TILE_P;
+  const int pixel = p0 + b_p;
+  const bool pixel_valid = pixel < P;
   int image = 0, top = 0, left = 0;           // the window's top-left corner in unpadded x
   if (pixel_valid) {
     image = pixel / out_pixels;
@@ -165,11 +149,11 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
     left = ow * stride_w - pad_w;
   }
   const float* x_image = x + (long long)image * in_channels * height * width;
-  Coord3 tap[CONV_LOADS];                     // (c, r, s) of rows b_k + 4 i of this step
+  Tap tap[CONV_LOADS];                        // the taps of rows b_k + 4 i of this step
 #pragma unroll
   for (int i = 0; i < CONV_LOADS; ++i)
-    tap[i] = coord3_of(b_k + i * CONV_ROWS_PER_PASS, kernel_h, kernel_w);
-  const Coord3 tap_step = coord3_of(CONV_TILE_K, kernel_h, kernel_w);
+    tap[i] = split3<Tap>(b_k + i * CONV_ROWS_PER_PASS, kernel_h, kernel_w);
+  const Tap tap_step = split3<Tap>(CONV_TILE_K, kernel_h, kernel_w);
 
   float acc[CONV_MICRO][CONV_MICRO];
   zero_tile(acc);
@@ -182,12 +166,12 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
 #pragma unroll
     for (int i = 0; i < CONV_LOADS; ++i) {
       const int k = b_k + i * CONV_ROWS_PER_PASS;
-      const int h = top + tap[i].middle, w = left + tap[i].inner;
+      const int h = top + tap[i].r, w = left + tap[i].s;
       float v = 0.0f;                         // outside the image: the zero padding
       if (pixel_valid && k0 + k < K && h >= 0 && h < height && w >= 0 && w < width)
-        v = x_image[((long long)tap[i].outer * height + h) * width + w];
-      Bs[k][b_n] = v;
-      coord3_advance(tap[i], tap_step, kernel_h, kernel_w);
+        v = x_image[((long long)tap[i].c * height + h) * width + w];
+      Bs[k][b_p] = v;
+      advance3(tap[i], tap_step, kernel_h, kernel_w);
     }
     __syncthreads();
     accumulate_tile(As, Bs, acc, tx, ty);
@@ -197,8 +181,8 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
   // Epilogue: column p of the result is output pixel p, i.e. y[image, o, q] with NCHW strides.
 #pragma unroll
   for (int j = 0; j < CONV_MICRO; ++j) {
-    const int p = n0 + tx + j * CONV_THREADS_X;
-    if (p >= N) continue;
+    const int p = p0 + tx + j * CONV_THREADS_X;
+    if (p >= P) continue;
     const int img = p / out_pixels, q = p - img * out_pixels;
 #pragma unroll
     for (int i = 0; i < CONV_MICRO; ++i) {
@@ -212,28 +196,47 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
 // ----------------------------------------------------------------------------- input gradient
 
 // dx = weight^T [C_in x C_out kh kw] @ im2col^T(dy), one stride phase per blockIdx.z.
-// Phase (phase_h, phase_w) holds the input pixels with (h + pad_h) % stride_h == phase_h (and
-// likewise in w); they meet the taps r = phase_h + stride_h rr (rr < taps_h), s likewise, and for
-// such a tap the output row is exact: i = (h + pad_h - r) / stride_h = base_i - rr.
-// Grid: (ceil(N ceil(H / stride_h) ceil(W / stride_w) / 64), ceil(C_in / 64), stride_h stride_w).
+//
+// Input pixel (h, v) gets dy[n, o, i, j] w[o, c, r, s] for each tap (r, s) whose window puts it
+// on (h, v): i sh - ph + r = h and j sw - pw + s = v. Such an output row i exists only when
+// r = h + ph (mod sh). So the input rows fall into sh phases by (h + ph) mod sh, and phase phase_h
+// meets only the kernel rows r = phase_h + sh rr, rr = 0 .. taps_h - 1; columns likewise.
+// Each of the sh sw phases is its own GEMM over its own taps, multiplying no zeros.
+//
+// Worked example, stride 2, 3x3 kernel, pad 1, rows only:
+//   phase 0: h + 1 even, h = 1, 3, 5, ..  meets kernel rows r = 0, 2  (h = 3: from i = 2 and 1)
+//   phase 1: h + 1 odd,  h = 0, 2, 4, ..  meets kernel row  r = 1     (h = 2: from i = 1)
+// With columns alike, the four phases reduce over 2x2, 2x1, 1x2 and 1x1 taps: each input pixel
+// over 9/4 taps on average instead of 9.
+//
+// The phase's rows, derived (columns likewise):
+//   taps_h  = how many r < kh have r = phase_h (mod sh) = (kh - 1 - phase_h) / sh + 1 (0 when
+//             phase_h >= kh).
+//   first_h = the smallest h >= 0 with h + ph = phase_h (mod sh), i.e. (phase_h - ph) mod sh,
+//             written ((a % sh) + sh) % sh because C's % of a negative a is negative.
+//   rows h = first_h + sh a for a = 0 .. phase_rows - 1, phase_rows = (H - 1 - first_h) / sh + 1.
+//   base_i  = (h + ph - phase_h) / sh, exact since h + ph = phase_h (mod sh). Tap rr
+//             (r = phase_h + sh rr) meets output row i = (h + ph - r) / sh = base_i - rr; an i
+//             outside [0, H_out) has no window there and adds nothing.
+// Grid: (ceil(N ceil(H / sh) ceil(W / sw) / 64), ceil(C_in / 64), sh sw); block: CONV_THREADS.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 conv2d_backward_input(const float* __restrict__ dy, const float* __restrict__ weight,
                       float* __restrict__ dx, int batch, int in_channels, int height, int width,
                       int out_channels, int kernel_h, int kernel_w, int stride_h, int stride_w,
                       int pad_h, int pad_w, int out_height, int out_width) {
   __shared__ float As[CONV_TILE_K][CONV_TILE_M + 1];
-  __shared__ float Bs[CONV_TILE_K][CONV_TILE_N + 1];
+  __shared__ float Bs[CONV_TILE_K][CONV_TILE_P + 1];
   const int phase_h = blockIdx.z / stride_w, phase_w = blockIdx.z % stride_w;
   const int taps_h = phase_h < kernel_h ? (kernel_h - 1 - phase_h) / stride_h + 1 : 0;
   const int taps_w = phase_w < kernel_w ? (kernel_w - 1 - phase_w) / stride_w + 1 : 0;
-  // The first input row (column) of the phase, and how many rows (columns) it has.
   const int first_h = ((phase_h - pad_h) % stride_h + stride_h) % stride_h;
   const int first_w = ((phase_w - pad_w) % stride_w + stride_w) % stride_w;
-  const int rows = first_h < height ? (height - 1 - first_h) / stride_h + 1 : 0;
-  const int cols = first_w < width ? (width - 1 - first_w) / stride_w + 1 : 0;
-  const int M = in_channels, N = batch * rows * cols, K = out_channels * taps_h * taps_w;
-  const int m0 = blockIdx.y * CONV_TILE_M, n0 = blockIdx.x * CONV_TILE_N;
-  if (n0 >= N) return;                        // the grid is sized for the largest phase
+  const int phase_rows = first_h < height ? (height - 1 - first_h) / stride_h + 1 : 0;
+  const int phase_cols = first_w < width ? (width - 1 - first_w) / stride_w + 1 : 0;
+  const int M = in_channels, P = batch * phase_rows * phase_cols;
+  const int K = out_channels * taps_h * taps_w;
+  const int m0 = blockIdx.y * CONV_TILE_M, p0 = blockIdx.x * CONV_TILE_P;
+  if (p0 >= P) return;                        // the grid is sized for the largest phase
   const int tid = threadIdx.x;
   const int tx = tid % CONV_THREADS_X, ty = tid / CONV_THREADS_X;
   const int out_pixels = out_height * out_width;
@@ -242,49 +245,49 @@ conv2d_backward_input(const float* __restrict__ dy, const float* __restrict__ we
   // A[c][k], k = (o, rr, ss): weight[o, c, phase_h + stride_h rr, phase_w + stride_w ss]. This
   // thread loads column a_k (one tap, decoded once per step) of rows a_m + 16 i.
   const int a_k = tid % CONV_TILE_K, a_m = tid / CONV_TILE_K;
-  // B[k][p] = dy[image, o, base_i - rr, base_j - ss] for input pixel p of the phase. This thread
-  // loads column b_n (one input pixel) at rows b_k + 4 i.
-  const int b_n = tid % CONV_TILE_N, b_k = tid / CONV_TILE_N;
-  const int pixel = n0 + b_n;
-  const bool pixel_valid = pixel < N;
+  // B[k][p] = dy[n, o, base_i - rr, base_j - ss] for input pixel p of the phase. This thread
+  // loads column b_p (one input pixel) at rows b_k + 4 i.
+  const int b_p = tid % CONV_TILE_P, b_k = tid / CONV_TILE_P;
+  const int pixel = p0 + b_p;
+  const bool pixel_valid = pixel < P;
   int base_i = 0, base_j = 0;
   const float* dy_image = dy;
   if (pixel_valid) {
-    const Coord3 p = coord3_of(pixel, rows, cols);
-    base_i = (first_h + p.middle * stride_h + pad_h - phase_h) / stride_h;   // exact
-    base_j = (first_w + p.inner * stride_w + pad_w - phase_w) / stride_w;
-    dy_image = dy + (long long)p.outer * out_channels * out_pixels;
+    const Pixel p = split3<Pixel>(pixel, phase_rows, phase_cols);
+    base_i = (first_h + p.i * stride_h + pad_h - phase_h) / stride_h;   // exact
+    base_j = (first_w + p.j * stride_w + pad_w - phase_w) / stride_w;
+    dy_image = dy + (long long)p.n * out_channels * out_pixels;
   }
 
   float acc[CONV_MICRO][CONV_MICRO];
   zero_tile(acc);
   if (K > 0) {                // a phase no tap reaches (taps_h or taps_w 0) has dx = 0
-    Coord3 a_tap = coord3_of(a_k, taps_h, taps_w);
-    Coord3 b_tap[CONV_LOADS];
+    PhaseTap a_tap = split3<PhaseTap>(a_k, taps_h, taps_w);
+    PhaseTap b_tap[CONV_LOADS];
 #pragma unroll
     for (int i = 0; i < CONV_LOADS; ++i)
-      b_tap[i] = coord3_of(b_k + i * CONV_ROWS_PER_PASS, taps_h, taps_w);
-    const Coord3 tap_step = coord3_of(CONV_TILE_K, taps_h, taps_w);
+      b_tap[i] = split3<PhaseTap>(b_k + i * CONV_ROWS_PER_PASS, taps_h, taps_w);
+    const PhaseTap tap_step = split3<PhaseTap>(CONV_TILE_K, taps_h, taps_w);
     for (int k0 = 0; k0 < K; k0 += CONV_TILE_K) {
       const bool a_valid = k0 + a_k < K;
-      const long long a_offset = (long long)a_tap.outer * in_channels * taps +
-                                 (phase_h + a_tap.middle * stride_h) * kernel_w + phase_w +
-                                 a_tap.inner * stride_w;
+      const long long a_offset = (long long)a_tap.o * in_channels * taps +
+                                 (phase_h + a_tap.rr * stride_h) * kernel_w + phase_w +
+                                 a_tap.ss * stride_w;
 #pragma unroll
       for (int i = 0; i < CONV_LOADS; ++i) {
         const int m = a_m + i * (CONV_THREADS / CONV_TILE_K), c = m0 + m;
         As[a_k][m] = (a_valid && c < M) ? weight[a_offset + (long long)c * taps] : 0.0f;
       }
-      coord3_advance(a_tap, tap_step, taps_h, taps_w);
+      advance3(a_tap, tap_step, taps_h, taps_w);
 #pragma unroll
       for (int i = 0; i < CONV_LOADS; ++i) {
         const int k = b_k + i * CONV_ROWS_PER_PASS;
-        const int oi = base_i - b_tap[i].middle, oj = base_j - b_tap[i].inner;
+        const int oi = base_i - b_tap[i].rr, oj = base_j - b_tap[i].ss;
         float v = 0.0f;                       // no output window there
         if (pixel_valid && k0 + k < K && oi >= 0 && oi < out_height && oj >= 0 && oj < out_width)
-          v = dy_image[((long long)b_tap[i].outer * out_height + oi) * out_width + oj];
-        Bs[k][b_n] = v;
-        coord3_advance(b_tap[i], tap_step, taps_h, taps_w);
+          v = dy_image[((long long)b_tap[i].o * out_height + oi) * out_width + oj];
+        Bs[k][b_p] = v;
+        advance3(b_tap[i], tap_step, taps_h, taps_w);
       }
       __syncthreads();
       accumulate_tile(As, Bs, acc, tx, ty);
@@ -294,26 +297,32 @@ conv2d_backward_input(const float* __restrict__ dy, const float* __restrict__ we
 
 #pragma unroll
   for (int j = 0; j < CONV_MICRO; ++j) {
-    const int p = n0 + tx + j * CONV_THREADS_X;
-    if (p >= N) continue;
-    const Coord3 q = coord3_of(p, rows, cols);
-    const int h = first_h + q.middle * stride_h, w = first_w + q.inner * stride_w;
+    const int p = p0 + tx + j * CONV_THREADS_X;
+    if (p >= P) continue;
+    const Pixel q = split3<Pixel>(p, phase_rows, phase_cols);
+    const int h = first_h + q.i * stride_h, w = first_w + q.j * stride_w;
 #pragma unroll
     for (int i = 0; i < CONV_MICRO; ++i) {
       const int c = m0 + ty + i * (CONV_TILE_M / CONV_MICRO);
       if (c >= M) continue;
-      dx[(((long long)q.outer * M + c) * height + h) * width + w] = acc[i][j];
+      dx[(((long long)q.n * M + c) * height + h) * width + w] = acc[i][j];
     }
   }
 }
 
 // ---------------------------------------------------------------------------- weight gradient
 
-// Partial dw over one chunk of the reduction: dw_partial[split] = dy [C_out x L] @ im2col(x)^T
-// [L x C_in kh kw] restricted to l in [split * split_len, (split + 1) * split_len), where
-// l = (image, i, j) runs over the N H_out W_out output pixels. split_len is a multiple of 16.
+// Partial dw over one chunk of the reduction: dw_partial[split] = dy [C_out x K] @ im2col(x)^T
+// [K x C_in kh kw] restricted to the output pixels k in [split split_len, (split + 1) split_len)
+// of the K = N H_out W_out.
+//
+// Why split: K is long (131072 for batch 128 at 32x32) while the result can be a single tile
+// (64 x 27 for the 3->64 stem), which alone would occupy one SM. So the reduction is cut into
+// chunks (blockIdx.z), each block writes its partial tile into its own slice of dw_partial
+// [splits, C_out, C_in kh kw], and conv2d_backward_weight_reduce adds the slices in split order.
+// split_len is a multiple of 16 (ops/conv2d.py: weight_grad_splits); with one split dw_partial
+// is dw itself.
 // Grid: (ceil(C_in kh kw / 64), ceil(C_out / 64), splits); block: CONV_THREADS.
-// dw_partial is [splits, C_out, C_in kh kw]; with one split it is dw itself.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 conv2d_backward_weight(const float* __restrict__ dy, const float* __restrict__ x,
                        float* __restrict__ dw_partial, int batch, int in_channels, int height,
@@ -321,70 +330,70 @@ conv2d_backward_weight(const float* __restrict__ dy, const float* __restrict__ x
                        int stride_w, int pad_h, int pad_w, int out_height, int out_width,
                        int split_len) {
   __shared__ float As[CONV_TILE_K][CONV_TILE_M + 1];
-  __shared__ float Bs[CONV_TILE_K][CONV_TILE_N + 1];
+  __shared__ float Bs[CONV_TILE_K][CONV_TILE_P + 1];
   const int out_pixels = out_height * out_width;
-  const int M = out_channels, N = in_channels * kernel_h * kernel_w, L = batch * out_pixels;
-  const int l_begin = blockIdx.z * split_len;
-  const int l_end = min(L, l_begin + split_len);
+  const int M = out_channels, P = in_channels * kernel_h * kernel_w, K = batch * out_pixels;
+  const int k_begin = blockIdx.z * split_len;
+  const int k_end = min(K, k_begin + split_len);
   const int tid = threadIdx.x;
   const int tx = tid % CONV_THREADS_X, ty = tid / CONV_THREADS_X;
-  const int m0 = blockIdx.y * CONV_TILE_M, n0 = blockIdx.x * CONV_TILE_N;
+  const int m0 = blockIdx.y * CONV_TILE_M, p0 = blockIdx.x * CONV_TILE_P;
   const long long image_stride_x = (long long)in_channels * height * width;
   const long long image_stride_dy = (long long)out_channels * out_pixels;
 
-  // Both operands are read along l (consecutive output pixels: consecutive floats of dy and,
-  // for stride 1, of x): this thread loads reduction row l_local = tid % 16 of A's rows
+  // Both operands are read along k (consecutive output pixels: consecutive floats of dy and,
+  // for stride 1, of x): this thread loads reduction row k_local = tid % 16 of A's rows
   // (output channels) and B's columns (taps) tid / 16 + 16 i.
-  const int l_local = tid % CONV_TILE_K, col = tid / CONV_TILE_K;
+  const int k_local = tid % CONV_TILE_K, col = tid / CONV_TILE_K;
   // B's columns are fixed for the whole loop: decode their taps once.
-  Coord3 tap[CONV_LOADS];
+  Tap tap[CONV_LOADS];
   bool tap_valid[CONV_LOADS];
 #pragma unroll
   for (int i = 0; i < CONV_LOADS; ++i) {
-    const int n = n0 + col + i * (CONV_THREADS / CONV_TILE_K);
-    tap_valid[i] = n < N;
-    tap[i] = coord3_of(tap_valid[i] ? n : 0, kernel_h, kernel_w);
+    const int p = p0 + col + i * (CONV_THREADS / CONV_TILE_K);
+    tap_valid[i] = p < P;
+    tap[i] = split3<Tap>(tap_valid[i] ? p : 0, kernel_h, kernel_w);
   }
-  // The output pixel (image, i, j) of row l_begin + l_local, advanced by 16 per step.
-  Coord3 pos = coord3_of(l_begin + l_local, out_height, out_width);
-  const Coord3 pos_step = coord3_of(CONV_TILE_K, out_height, out_width);
+  // The output pixel of row k_begin + k_local, advanced by 16 per step.
+  Pixel pos = split3<Pixel>(k_begin + k_local, out_height, out_width);
+  const Pixel pos_step = split3<Pixel>(CONV_TILE_K, out_height, out_width);
 
   float acc[CONV_MICRO][CONV_MICRO];
   zero_tile(acc);
-  for (int l0 = l_begin; l0 < l_end; l0 += CONV_TILE_K) {
-    const bool l_valid = l0 + l_local < l_end;
-    const float* dy_pixel = dy + pos.outer * image_stride_dy + pos.middle * out_width + pos.inner;
-    const float* x_image = x + pos.outer * image_stride_x;
-    const int top = pos.middle * stride_h - pad_h, left = pos.inner * stride_w - pad_w;
+  for (int k0 = k_begin; k0 < k_end; k0 += CONV_TILE_K) {
+    const bool k_valid = k0 + k_local < k_end;
+    const float* dy_pixel = dy + pos.n * image_stride_dy + pos.i * out_width + pos.j;
+    const float* x_image = x + pos.n * image_stride_x;
+    const int top = pos.i * stride_h - pad_h, left = pos.j * stride_w - pad_w;
 #pragma unroll
     for (int i = 0; i < CONV_LOADS; ++i) {
       const int m = col + i * (CONV_THREADS / CONV_TILE_K), o = m0 + m;
-      As[l_local][m] = (l_valid && o < M) ? dy_pixel[(long long)o * out_pixels] : 0.0f;
+      As[k_local][m] = (k_valid && o < M) ? dy_pixel[(long long)o * out_pixels] : 0.0f;
     }
 #pragma unroll
     for (int i = 0; i < CONV_LOADS; ++i) {
-      const int n = col + i * (CONV_THREADS / CONV_TILE_K);
-      const int h = top + tap[i].middle, w = left + tap[i].inner;
+      const int p = col + i * (CONV_THREADS / CONV_TILE_K);
+      const int h = top + tap[i].r, w = left + tap[i].s;
       float v = 0.0f;                         // the zero padding
-      if (l_valid && tap_valid[i] && h >= 0 && h < height && w >= 0 && w < width)
-        v = x_image[((long long)tap[i].outer * height + h) * width + w];
-      Bs[l_local][n] = v;
+      if (k_valid && tap_valid[i] && h >= 0 && h < height && w >= 0 && w < width)
+        v = x_image[((long long)tap[i].c * height + h) * width + w];
+      Bs[k_local][p] = v;
     }
-    coord3_advance(pos, pos_step, out_height, out_width);
+    advance3(pos, pos_step, out_height, out_width);
     __syncthreads();
     accumulate_tile(As, Bs, acc, tx, ty);
     __syncthreads();
   }
 
-  float* out = dw_partial + (long long)blockIdx.z * M * N;
+  float* out = dw_partial + (long long)blockIdx.z * M * P;
 #pragma unroll
   for (int i = 0; i < CONV_MICRO; ++i) {
     const int o = m0 + ty + i * (CONV_TILE_M / CONV_MICRO);
     if (o >= M) continue;
 #pragma unroll
     for (int j = 0; j < CONV_MICRO; ++j) {
-      const int n = n0 + tx + j * CONV_THREADS_X;
-      if (n < N) out[(long long)o * N + n] = acc[i][j];
+      const int p = p0 + tx + j * CONV_THREADS_X;
+      if (p < P) out[(long long)o * P + p] = acc[i][j];
     }
   }
 }

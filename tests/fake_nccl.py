@@ -1,35 +1,40 @@
-"""A host-only stand-in for the parts of CuPy that `cupycnn.distributed`'s NCCL path uses, with a
-`cupy.cuda.nccl` whose collectives go through MPI on host memory, so that the NCCL code path
-(unique id broadcast, communicator construction, the raw-pointer calls, the dtype constants,
-the collective stream and its events) runs under mpiexec on machines without a GPU.
+"""`cupy.cuda.nccl` for tests/fake_cupy.py's stream-ordered fake GPU, its collectives carried out
+by MPI on the device bytes, so that cupycnn.distributed's NCCL path (unique id broadcast,
+communicator construction, raw-pointer calls, dtype constants, the collective stream and its
+events, the bucketed all-reduce, synchronised batchnorm) runs under mpiexec without a GPU and
+is checked on its data under adversarial schedules.
 
-It checks the calls against CuPy's API as CuPy defines it (cupy_backends/cuda/libs/nccl.pyx and
-nccl.pxd in the CuPy repository):
+The API is CuPy's, as cupy_backends/cuda/libs/nccl.pyx defines it, in either version:
 
-    get_unique_id() -> a tuple of NCCL_UNIQUE_ID_BYTES (128) ints
-    NcclCommunicator(int ndev, tuple commId, int rank)
-    .allReduce(intptr_t sendbuf, intptr_t recvbuf, size_t count, int datatype, int op,
-               intptr_t stream)
-    .bcast(intptr_t buff, size_t count, int datatype, int root, intptr_t stream)
-    NCCL_SUM = 0, NCCL_INT32 = 2, NCCL_INT64 = 4, NCCL_FLOAT32 = 7, NCCL_FLOAT64 = 8
+    CuPy 13 (13.6)  get_unique_id() -> a tuple of NCCL_UNIQUE_ID_BYTES (128) ints
+                    NcclCommunicator(int ndev, tuple commId, int rank)
+    CuPy 14 (14.2)  get_unique_id() -> bytes of length 128
+                    NcclCommunicator(int ndev, bytes commId, int rank, NcclConfig config=None)
+    both            .allReduce(intptr_t sendbuf, intptr_t recvbuf, size_t count, int datatype,
+                               int op, intptr_t stream)
+                    .bcast(intptr_t buff, size_t count, int datatype, int root, intptr_t stream)
+                    NCCL_SUM = 0, NCCL_INT32 = 2, NCCL_INT64 = 4, NCCL_FLOAT32 = 7, ...
 
-and records, in `cupy.log`, what runs on which stream: ("record", stream), ("wait", stream,
-stream of the event), ("allReduce", stream, send pointer, receive pointer, count, datatype),
-("bcast", ...), ("synchronize", stream). Arrays are NumPy arrays with a `.data.ptr` (their host
-address), as CuPy arrays have a device address. It checks the orchestration, not NCCL:
-benchmarks/distributed_gpu_check.py runs the real thing on a GPU.
+A collective is an operation of the stream whose handle it is given, like any other: it starts
+when the schedule reaches it (reading its send buffer then) as a non-blocking MPI collective on
+a communicator of its own (a duplicate of the one given, so host MPI calls never interleave
+with it), and completes, writing the receive buffer, when every rank's has arrived. So a
+collective that does not wait for the kernels that wrote its input reads stale data, and a
+kernel that does not wait for the collective reads the unreduced values, under some schedule.
+What it cannot check: NCCL itself (benchmarks/distributed_gpu_check.py, on a GPU).
 """
-import ctypes
 import operator
 import types
 
 import numpy as np
 
+import fake_cupy
+
 NCCL_UNIQUE_ID_BYTES = 128
 CONSTANTS = dict(NCCL_SUM=0, NCCL_PROD=1, NCCL_MAX=2, NCCL_MIN=3, NCCL_AVG=4, NCCL_INT8=0,
                  NCCL_UINT8=1, NCCL_INT32=2, NCCL_UINT32=3, NCCL_INT64=4, NCCL_UINT64=5,
                  NCCL_FLOAT16=6, NCCL_FLOAT32=7, NCCL_FLOAT64=8, NCCL_BFLOAT16=9)
-_CTYPES = {2: ctypes.c_int32, 4: ctypes.c_int64, 7: ctypes.c_float, 8: ctypes.c_double}
+_DTYPES = {2: np.int32, 4: np.int64, 7: np.float32, 8: np.float64}
 
 
 def _integer(name, value):
@@ -41,102 +46,80 @@ def _integer(name, value):
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}") from None
 
 
-def make(mpi_comm, device_count=2):
-    """A `cupy` module (with cupy.cuda, cupy.cuda.runtime, cupy.cuda.nccl) whose NCCL
-    collectives run over `mpi_comm`."""
+def make(mpi_comm, device_count=2, cupy_version=14, seed=None):
+    """(cupy, cupyx) of a fresh fake GPU (fake_cupy.make) with a `cupy.cuda.nccl` of CuPy
+    `cupy_version` (13 or 14) whose collectives run over `mpi_comm`. `seed` (default: the
+    rank) draws the schedule."""
     from mpi4py import MPI
-
-    cupy = types.ModuleType("cupy")
-    cuda = types.ModuleType("cupy.cuda")
-    runtime = types.ModuleType("cupy.cuda.runtime")
+    if cupy_version not in (13, 14):
+        raise ValueError("cupy_version: 13 or 14")
+    rank = mpi_comm.Get_rank()
+    cupy, cupyx = fake_cupy.make(rank if seed is None else seed, pool_version=cupy_version,
+                                 device_count=device_count)
+    world = cupy._world
     nccl = types.ModuleType("cupy.cuda.nccl")
-    log = []
-    cupy.log, cupy.cuda, cuda.runtime, cuda.nccl = log, cuda, runtime, nccl
-    state = {"device": None}
-
-    class _Memory:
-        def __init__(self, ptr):
-            self.ptr = ptr
-
-    class ndarray(np.ndarray):
-        @property
-        def data(self):             # CuPy: a MemoryPointer whose .ptr is the device address
-            return _Memory(self.ctypes.data)
-
-    def asarray(a, dtype=None):
-        return np.ascontiguousarray(np.array(a, dtype=dtype)).view(ndarray)
-
-    def empty_like(a):
-        return np.empty_like(np.asarray(a)).view(ndarray)
-
-    def zeros(shape, dtype=np.float32):
-        return np.zeros(shape, dtype).view(ndarray)
-
-    cupy.ndarray, cupy.asarray, cupy.empty_like, cupy.zeros = ndarray, asarray, empty_like, zeros
-    cupy.asnumpy = lambda a: np.array(a)
-
-    class Event:
-        def __init__(self, stream):
-            self.stream = stream
-
-    class Stream:
-        def __init__(self, non_blocking=False, name="collective", ptr=None):
-            self.name, self.non_blocking = name, non_blocking
-            self.ptr = ptr if ptr is not None else id(self)
-
-        def record(self):
-            log.append(("record", self.name))
-            return Event(self)
-
-        def wait_event(self, event):
-            assert isinstance(event, Event), f"wait_event({event!r})"
-            log.append(("wait", self.name, event.stream.name))
-
-        def synchronize(self):
-            log.append(("synchronize", self.name))
-
-    compute = Stream(name="compute", ptr=0)      # CuPy's default: the null stream, pointer 0
-    cuda.Stream, cuda.Event = Stream, Event
-    cuda.get_current_stream = lambda: compute
-
-    class Device:
-        def __init__(self, index):
-            self.id = int(index)
-
-        def use(self):
-            state["device"] = self.id
-
-    cuda.Device = Device
-    runtime.getDeviceCount = lambda: device_count
-    runtime.getDevice = lambda: state["device"]
-
+    cupy.cuda.nccl = nccl
     for name, value in CONSTANTS.items():
         setattr(nccl, name, value)
     nccl.available = True
+    nccl.NCCL_UNIQUE_ID_BYTES = NCCL_UNIQUE_ID_BYTES
 
     def get_unique_id():
-        return tuple(int(b) - 128 for b in np.random.default_rng().integers(0, 256, 128))
+        raw = np.random.default_rng().integers(0, 256, NCCL_UNIQUE_ID_BYTES, dtype=np.uint8)
+        if cupy_version == 13:
+            return tuple(int(b) - 256 if b > 127 else int(b) for b in raw)   # <char> values
+        return raw.tobytes()
 
-    def host_view(name, ptr, count, datatype):
-        if datatype not in _CTYPES:
+    def stream_of(handle):
+        for s in world.streams:
+            if s.ptr == handle:
+                return s
+        raise ValueError(f"stream {handle:#x} is no stream of this device")
+
+    def device_view(name, ptr, count, datatype):
+        if datatype not in _DTYPES:
             raise ValueError(f"{name}: datatype {datatype} is not one the arrays use")
+        dtype = np.dtype(_DTYPES[datatype])
         if count == 0:
-            return np.empty(0, np.dtype(_CTYPES[datatype]))
-        return np.ctypeslib.as_array((_CTYPES[datatype] * count).from_address(ptr))
+            return lambda: np.empty(0, dtype)
+        buffer, offset = world.resolve(ptr, count * dtype.itemsize)
+        return lambda: np.ndarray((count,), dtype, buffer=buffer, offset=offset)
 
     class NcclCommunicator:
-        def __init__(self, ndev, commId, rank):
+        def __init__(self, ndev, commId, rank, config=None):
             ndev, rank = _integer("ndev", ndev), _integer("rank", rank)
-            if not isinstance(commId, tuple) or len(commId) != NCCL_UNIQUE_ID_BYTES:
-                raise TypeError("commId must be the tuple get_unique_id() returned")
+            wanted = tuple if cupy_version == 13 else bytes
+            if not isinstance(commId, wanted):
+                raise TypeError(f"Argument 'commId' has incorrect type (expected "
+                                f"{wanted.__name__}, got {type(commId).__name__})")
+            if len(commId) != NCCL_UNIQUE_ID_BYTES:
+                raise ValueError(f"commId length {len(commId)} != {NCCL_UNIQUE_ID_BYTES}.")
             if (ndev, rank) != (mpi_comm.Get_size(), mpi_comm.Get_rank()):
                 raise ValueError(f"NcclCommunicator({ndev}, ..., {rank}) on MPI rank "
                                  f"{mpi_comm.Get_rank()} of {mpi_comm.Get_size()}")
             ids = mpi_comm.allgather(commId)
             if any(other != ids[0] for other in ids):
                 raise ValueError("the ranks built their communicators from different ids")
-            self.device = state["device"]
-            log.append(("NcclCommunicator", ndev, rank, self.device))
+            self.device = cupy.cuda.runtime.getDevice()
+            self._comm = mpi_comm.Dup()
+            world.log.append(("NcclCommunicator", None, (ndev, rank, self.device)))
+
+        def _collective(self, kind, stream, send, recv, start):
+            """Queue a collective on `stream`: start() returns an MPI request; the result is
+            written to recv() when it completes."""
+            state = {}
+
+            def run():
+                state["send"] = send().copy()
+                state["out"] = np.empty_like(state["send"])
+                state["request"] = start(state["send"], state["out"])
+
+            def test():
+                if not state["request"].Test():
+                    return False
+                recv()[...] = state["out"]
+                return True
+            stream._enqueue(kind, None, run, test=test)
 
         def allReduce(self, sendbuf, recvbuf, count, datatype, op, stream):
             sendbuf, recvbuf = _integer("sendbuf", sendbuf), _integer("recvbuf", recvbuf)
@@ -144,39 +127,31 @@ def make(mpi_comm, device_count=2):
             op, stream = _integer("op", op), _integer("stream", stream)
             if op != CONSTANTS["NCCL_SUM"]:
                 raise ValueError(f"allReduce: op {op}, expected NCCL_SUM")
-            name = {s.ptr: s.name for s in streams}.get(stream, "unknown")
-            log.append(("allReduce", name, sendbuf, recvbuf, count, datatype))
-            recv = host_view("allReduce", recvbuf, count, datatype)
-            if sendbuf == recvbuf:
-                mpi_comm.Allreduce(MPI.IN_PLACE, recv, op=MPI.SUM)
-            else:
-                mpi_comm.Allreduce(host_view("allReduce", sendbuf, count, datatype), recv,
-                                   op=MPI.SUM)
+            with world.lock:
+                send = device_view("allReduce", sendbuf, count, datatype)
+                recv = device_view("allReduce", recvbuf, count, datatype)
+                self._collective("allReduce", stream_of(stream), send, recv,
+                                 lambda s, o: self._comm.Iallreduce(s, o, op=MPI.SUM))
 
         def bcast(self, buff, count, datatype, root, stream):
             buff, count = _integer("buff", buff), _integer("count", count)
             datatype, root = _integer("datatype", datatype), _integer("root", root)
             stream = _integer("stream", stream)
-            name = {s.ptr: s.name for s in streams}.get(stream, "unknown")
-            log.append(("bcast", name, buff, count, datatype, root))
-            mpi_comm.Bcast(host_view("bcast", buff, count, datatype), root=root)
+            with world.lock:
+                view = device_view("bcast", buff, count, datatype)
 
-    streams = [compute]
-    original_stream = Stream
+                def start(s, o):
+                    o[...] = s
+                    return self._comm.Ibcast(o, root=root)
+                self._collective("bcast", stream_of(stream), view, view, start)
 
-    def tracked_stream(non_blocking=False):
-        stream = original_stream(non_blocking=non_blocking)
-        streams.append(stream)
-        return stream
-
-    cuda.Stream = tracked_stream
     nccl.get_unique_id, nccl.NcclCommunicator = get_unique_id, NcclCommunicator
-    return cupy
+    return cupy, cupyx
 
 
-def install(cupy):
-    """Put the fake in sys.modules, so that `import cupy` and `from cupy.cuda import nccl`
-    find it."""
-    import sys
-    sys.modules.update({"cupy": cupy, "cupy.cuda": cupy.cuda,
-                        "cupy.cuda.runtime": cupy.cuda.runtime, "cupy.cuda.nccl": cupy.cuda.nccl})
+def install(cupy, cupyx=None):
+    """Make the fake what `import cupy` and `from cupy.cuda import nccl` find, for a script
+    of its own (a process under mpiexec), and select the cuda device."""
+    return fake_cupy.install_globally(cupy, cupyx)
+
+

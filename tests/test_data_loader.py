@@ -267,72 +267,8 @@ def test_on_cuda_batches_are_cupy_arrays_equal_to_the_host_ones(rng, resident):
         assert served == loader.indices(0).tolist()
 
 
-@pytest.fixture
-def stand_in_cupy(monkeypatch):
-    """The cuda device, backed by tests/fake_cupy.py's host-only CuPy stand-in."""
-    import sys
-
-    import fake_cupy
-    from cupycnn import devices
-    from cupycnn.data import loader as loader_module
-    cupy, cupyx = fake_cupy.make()
-    monkeypatch.setitem(sys.modules, "cupy", cupy)
-    monkeypatch.setitem(sys.modules, "cupyx", cupyx)
-    monkeypatch.setattr(devices, "_cuda_reason", "")
-    monkeypatch.setattr(loader_module, "_device_copies", {})
-    cupycnn.use("cuda")
-    return cupy
-
-
-def _per_batch_pattern(log, stream, kinds):
-    return [entry[0] for entry in log if entry[1] == stream and entry[0] in kinds]
-
-
-@pytest.mark.parametrize("resident", [True, False])
-@pytest.mark.parametrize("prefetch", [True, False])
-def test_cuda_code_paths_order_streams_and_events(rng, stand_in_cupy, resident, prefetch):
-    cupy = stand_in_cupy
-    ds = _numbered(rng, 37)
-    train, val = train_val_split(ds, 0.3, seed=0)
-    whole_uploads = []
-    for part in (train, val):
-        loader = Loader(part, 8, seed=2, prefetch=prefetch, device_resident=resident)
-        assert loader.resident == resident
-        cupy.log.clear()
-        served = []
-        for images, labels in loader:
-            assert isinstance(images, cupy.ndarray) and images.dtype == np.uint8
-            assert isinstance(labels, cupy.ndarray) and labels.dtype == np.int32
-            np.testing.assert_array_equal(images.get(), ds.images[labels.get()])
-            served += labels.get().tolist()
-        assert served == part.indices[loader.indices(0)].tolist()
-        batches, log = len(loader), cupy.log
-        whole_uploads += [e for e in log if e[0] == "asarray" and e[2] == ds.images.shape]
-        if not prefetch:                     # everything on the loop's stream, nothing waits
-            assert {e[1] for e in log} == {"loop"} and not any(e[0] == "wait" for e in log)
-            continue
-        side = next(e[1] for e in log if e[1].startswith("side"))
-        # The loop waits for each batch's event; the side stream waits for a permit from the
-        # loop's stream before it makes each batch, then makes it.
-        assert [e for e in log if e[0] == "wait" and e[1] == "loop"] == \
-            [("wait", "loop", side)] * batches
-        work = "gather" if resident else "copy_up"
-        pattern = _per_batch_pattern(log, side, ("wait", work, "record"))
-        assert pattern == ["wait", work, work, *([work] if resident else []), "record"] * batches
-        assert all(e[2] == "loop" for e in log if e[0] == "wait" and e[1] == side)
-        if not resident:                     # pinned buffers reused only after each copy
-            assert sum(e[0] == "event_sync" for e in log) == batches
-    # Resident: the images went up once, for both splits (one device copy, shared).
-    assert len(whole_uploads) == (1 if resident else 0)
-
-
-def test_cuda_auto_residency_follows_free_memory(rng, stand_in_cupy):
-    cupy = stand_in_cupy
-    ds = _numbered(rng, 10)
-    assert Loader(ds, 4).resident
-    cupy.cuda.runtime.free[0] = 2 * ds.images.nbytes     # needs more than half of what is free
-    assert not Loader(ds, 4).resident
-    assert Loader(ds, 4, device_resident=True).resident
+# The cuda paths without a GPU (device residency, pinned uploads, prefetch streams) are checked on
+# their data under tests/fake_cupy.py's stream-ordered model: tests/test_stream_order.py.
 
 
 def test_unpadded_shards_are_exact_for_evaluation():

@@ -216,10 +216,14 @@ def test_kernel_larger_than_the_padded_input(cpu_device, rng):
 
 def test_bad_stride_and_padding(cpu_device, rng):
     x, w = cupycnn.asarray(randn(rng, 1, 2, 6, 6)), cupycnn.asarray(randn(rng, 3, 2, 3, 3))
-    with pytest.raises(ValueError, match=r"conv2d_forward: stride must be at least 1, "
-                                         r"got \(0, 1\)"):
+    with pytest.raises(ValueError, match=r"^conv2d_forward: in_channels, out_channels, "
+                                         r"kernel_size and stride must be at least 1 and padding "
+                                         r"at least 0, got in_channels=2, out_channels=3, "
+                                         r"kernel_size=\(3, 3\), stride=\(0, 1\), "
+                                         r"padding=\(0, 0\)$"):
         ops.conv2d_forward(x, w, stride=(0, 1))
-    with pytest.raises(ValueError, match=r"conv2d_forward: padding must be at least 0"):
+    with pytest.raises(ValueError, match=r"conv2d_forward: .* padding at least 0, .* "
+                                         r"padding=\(-1, -1\)$"):
         ops.conv2d_forward(x, w, padding=-1)
     with pytest.raises(ValueError, match=r"conv2d_forward: stride must be an int or a pair"):
         ops.conv2d_forward(x, w, stride=(1, 2, 3))

@@ -89,7 +89,9 @@ def test_wrong_input_names_the_layer(rng):
                                          r"\(3, 32, 32\)"):
         layer.forward(cupycnn.asarray(randn(rng, 3, 32, 32)))
     with pytest.raises(ValueError, match=r"^Conv2D\(3, 2, kernel_size=\(5, 5\), stride=\(1, 1\)\): "
-                                         r"input of 4x6 pixels is smaller than the 5x5 kernel"):
+                                         r"the 5x5 kernel does not fit the input: input 4x6 padded "
+                                         r"by \(0, 0\) gives an output of 0x2; expected at "
+                                         r"least 1x1$"):
         Conv2D(3, 2, 5).forward(cupycnn.asarray(randn(rng, 1, 3, 4, 6)))
     layer.forward(cupycnn.asarray(randn(rng, 2, 3, 6, 6)))
     with pytest.raises(ValueError, match=r"Conv2D\(3, 16, .*\)\.backward: dy must have shape "
@@ -100,10 +102,13 @@ def test_wrong_input_names_the_layer(rng):
 def test_bad_constructor_arguments():
     with pytest.raises(ValueError, match="Conv2D: kernel_size must be an int or a pair"):
         Conv2D(3, 4, (3, 3, 3))
-    with pytest.raises(ValueError, match=r"Conv2D: kernel_size and stride must be at least 1 .*"
-                                         r"stride=\(0, 1\)"):
+    # The layer and the ops share one check and one message (ops.conv2d.check_hyper_parameters).
+    with pytest.raises(ValueError, match=r"^Conv2D: in_channels, out_channels, kernel_size and "
+                                         r"stride must be at least 1 and padding at least 0, got "
+                                         r"in_channels=3, out_channels=4, kernel_size=\(3, 3\), "
+                                         r"stride=\(0, 1\), padding=\(0, 0\)$"):
         Conv2D(3, 4, 3, stride=(0, 1))
-    with pytest.raises(ValueError, match="Conv2D: in_channels and out_channels must be at least 1"):
+    with pytest.raises(ValueError, match=r"^Conv2D: .* got in_channels=0, out_channels=4,"):
         Conv2D(0, 4, 3)
 
 

@@ -192,7 +192,7 @@ def test_arguments_are_checked_against_parameters(rng, args, message):
 
 
 def test_bad_launch_configuration_is_an_error(probes):
-    with pytest.raises(sim.SimError, match="1 to 1024"):
+    with pytest.raises(sim.SimError, match="at most 1024 threads per block"):
         probes.get_function("hello")((1,), (2048,), (i32(0),))
 
 

@@ -36,10 +36,25 @@ and copied up. On sim and numpy the host arrays already are the device's.
 
 Prefetch: with prefetch=True a background thread prepares the next batch while the loop works on
 the current one: the host gather (and on cuda the copy or the device gather, on a stream of its
-own). On cuda the streams are ordered by events: a batch is used only after its stream finished
-making it, and a new batch is made only after the work queued on the loop's stream before the
-previous request, so memory freed by an old batch is never overwritten while the GPU still reads
-it. The batches are the same with and without prefetch.
+own). The batches are the same with and without prefetch.
+
+Prefetch on cuda, and why it is safe under any order of host threads and streams. CuPy's memory
+pool keeps one arena per stream: a block goes back, the moment its last reference goes, to the
+arena of the stream that was current when it was allocated, with no event, and the next
+allocation on that stream may take it at once. That is safe for work on that one stream (it is
+ordered after everything queued before), and only for it. So a batch is never allocated on the
+prefetch stream: its buffers are allocated from the arena of the loop's stream (the consumer: the
+stream current where the loop asked for the batch), and the prefetch stream then waits for an
+event recorded on the loop's stream after that allocation before it writes them. Whatever the
+loop's stream did with that memory before (a freed batch still read by a queued transform, a
+freed temporary) was queued before the allocation, hence before the event. Once made, the batch
+belongs to the loop's stream like any array made there: the loop's stream waits for the batch's
+ready event before using it, and when the batch is dropped its memory returns to the loop
+stream's arena, reused only in that stream's order or, by the next prefetch, after a new event.
+Pinned (page-locked) staging buffers are a ring of two: one is refilled on the host only after
+the event of its last copy has completed, so the host never overwrites data an async copy has
+yet to read. (tests/fake_cupy.py models the pool, the streams and pinned copies, and runs this
+under adversarial schedules; tests/test_stream_order.py checks every batch's pixels.)
 """
 import math
 import queue
@@ -105,6 +120,8 @@ def _on_device(host):
     if entry is not None and entry[0]() is host:
         return entry[1]
     copy = cupy.asarray(host)
+    # Loaders on other streams will read it: let the upload finish (once per array).
+    cupy.cuda.get_current_stream().synchronize()
     _device_copies[key] = (weakref.ref(host, lambda _, key=key: _device_copies.pop(key, None)),
                            copy)
     return copy
@@ -118,12 +135,16 @@ class _DeviceSource:
         self.images, self.labels = _on_device(host.images), _on_device(host.labels)
         self.index = None if host.index is None else cupy.asarray(host.index)
 
-    def gather(self, positions):
+    def gather(self, positions, out_images=None, out_labels=None):
         import cupy
         rows = cupy.asarray(positions)
         if self.index is not None:
             rows = self.index[rows]
-        return self.images[rows], self.labels[rows]
+        if out_images is None:
+            return self.images[rows], self.labels[rows]
+        cupy.take(self.images, rows, axis=0, out=out_images)
+        cupy.take(self.labels, rows, axis=0, out=out_labels)
+        return out_images, out_labels
 
 
 class Loader:
@@ -251,18 +272,21 @@ class Loader:
         return _BatchIterator(batches, produce, self.transform, self.prefetch, on_cuda)
 
     # Each producer makes one batch: (images, labels, ready event or None). `stream` is the
-    # stream to work on (None: the current one), `permit` an event to wait for first.
-    def _produce_host(self, positions, stream, permit):
+    # stream to work on (None: no prefetch, everything on the current stream), `consumer` the
+    # stream that will use the batch (see the module doc).
+    def _produce_host(self, positions, stream, consumer):
         images, labels = self._host.gather(positions)
         return images, labels, None
 
-    def _produce_device(self, positions, stream, permit):
+    def _produce_device(self, positions, stream, consumer):
         if stream is None:
             images, labels = self._device.gather(positions)
             return images, labels, None
+        shape = (len(positions), *self._device.images.shape[1:])
+        images, labels = _allocate_for(consumer, stream, (shape, self._device.images.dtype),
+                                       ((len(positions),), np.int32))
         with stream:
-            stream.wait_event(permit)
-            images, labels = self._device.gather(positions)
+            self._device.gather(positions, images, labels)
             return images, labels, stream.record()
 
     def __repr__(self):
@@ -272,52 +296,68 @@ class Loader:
                 f"{len(self)} batches)")
 
 
+def _allocate_for(consumer, stream, *specs):
+    """Device arrays of the given (shape, dtype) for a batch that `stream` makes and `consumer`
+    uses: allocated from the consumer's pool arena, and `stream` made to wait for an event
+    recorded on the consumer after the allocation, before it writes them (module doc)."""
+    import cupy
+    with consumer:
+        arrays = [cupy.empty(shape, dtype) for shape, dtype in specs]
+        allocated = consumer.record()
+    stream.wait_event(allocated)
+    return arrays
+
+
 class _PinnedUpload:
     """cuda, dataset on the host: gather a batch into page-locked memory, copy it to the GPU."""
 
+    SLOTS = 2             # pinned staging buffers: the host fills one while the other is copied
+
     def __init__(self, host, batch_size):
         self.host, self.batch_size = host, batch_size
-        self._pinned = None
+        self._slots = None      # [pinned images, pinned labels, event of its last copy or None]
+        self._turn = 0
 
-    def produce(self, positions, stream, permit):
+    def produce(self, positions, stream, consumer):
         import cupy
         if stream is None:                 # no prefetch: a plain synchronous upload
             images, labels = self.host.gather(positions)
             return cupy.asarray(images), cupy.asarray(labels), None
         m = len(positions)
-        if self._pinned is None:
+        if self._slots is None:
             import cupyx
             first, _ = self.host.gather(positions[:1])
-            self._pinned = (cupyx.empty_pinned((self.batch_size, *first.shape[1:]), np.uint8),
-                            cupyx.empty_pinned((self.batch_size,), np.int32))
-        images_h, labels_h = self.host.gather(positions, self._pinned[0][:m],
-                                              self._pinned[1][:m])
-        with stream:
-            stream.wait_event(permit)
-            images = cupy.empty(images_h.shape, np.uint8)
-            labels = cupy.empty(labels_h.shape, np.int32)
-            images.set(images_h, stream=stream)
-            labels.set(labels_h, stream=stream)
-            ready = stream.record()
-        ready.synchronize()               # the pinned buffers are reused for the next batch
+            self._slots = [[cupyx.empty_pinned((self.batch_size, *first.shape[1:]), np.uint8),
+                            cupyx.empty_pinned((self.batch_size,), np.int32), None]
+                           for _ in range(self.SLOTS)]
+        slot = self._slots[self._turn]
+        self._turn = (self._turn + 1) % self.SLOTS
+        if slot[2] is not None:
+            slot[2].synchronize()          # its last copy has read it: the host may refill it
+        images_h, labels_h = self.host.gather(positions, slot[0][:m], slot[1][:m])
+        images, labels = _allocate_for(consumer, stream, (images_h.shape, np.uint8),
+                                       (labels_h.shape, np.int32))
+        images.set(images_h, stream=stream)
+        labels.set(labels_h, stream=stream)
+        slot[2] = ready = stream.record()
         return images, labels, ready
 
 
-def _record_on_current_stream():
+def _current_stream():
     import cupy
-    return cupy.cuda.get_current_stream().record()
+    return cupy.cuda.get_current_stream()
 
 
 class _Prefetcher:
     """The background thread: makes batch k + 1 while the loop works on batch k.
 
     It holds no reference to the iterator, so dropping the iterator (leaving a loop early)
-    closes it. Batch k is made only once a permit for it arrives: on cuda an event recorded on
-    the loop's stream when the batch before it was asked for."""
+    closes it. Batch k is made only once a request for it arrives, carrying (on cuda) the
+    loop's stream at the time: the stream the batch is made for."""
 
     def __init__(self, batches, produce, on_cuda):
         self.batches, self.produce = batches, produce
-        self.permits, self.results = queue.Queue(), queue.Queue()
+        self.requests, self.results = queue.Queue(), queue.Queue()
         self.stop = threading.Event()
         self.stream = self.device_id = None
         if on_cuda:
@@ -333,16 +373,16 @@ class _Prefetcher:
                 import cupy
                 cupy.cuda.Device(self.device_id).use()
             for positions in self.batches:
-                permit = self.permits.get()
+                consumer = self.requests.get()
                 if self.stop.is_set():
                     return
-                self.results.put(("batch", self.produce(positions, self.stream, permit)))
+                self.results.put(("batch", self.produce(positions, self.stream, consumer)))
         except BaseException as e:                # handed to the loop, raised there
             self.results.put(("error", e))
 
     def close(self):
         self.stop.set()
-        self.permits.put(None)
+        self.requests.put(None)
         self.thread.join()
 
 
@@ -355,11 +395,11 @@ class _BatchIterator:
         self._prefetcher = None
         if prefetch and batches:
             self._prefetcher = _Prefetcher(batches, produce, on_cuda)
-            self._prefetcher.permits.put(self._permit())
+            self._prefetcher.requests.put(self._consumer())
 
-    def _permit(self):
-        """An event after everything queued so far on the loop's stream (cuda), else None."""
-        return _record_on_current_stream() if self._on_cuda else None
+    def _consumer(self):
+        """The stream the loop works on (cuda), for which the next batch is made."""
+        return _current_stream() if self._on_cuda else None
 
     def __iter__(self):
         return self
@@ -376,9 +416,7 @@ class _BatchIterator:
                 raise
         else:
             if self._next + 1 < len(self._batches):
-                # The next batch may reuse memory freed by the one before this: let it be made
-                # only after the work queued so far on the loop's stream.
-                self._prefetcher.permits.put(self._permit())
+                self._prefetcher.requests.put(self._consumer())
             kind, item = self._prefetcher.results.get()
             if kind == "error":
                 self.close()

@@ -43,11 +43,33 @@ class ConsistencyError(RuntimeError):
     """Ranks disagree about the model, the optimizer or the batch."""
 
 
+_LAUNCHER_SIZE_VARIABLES = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS",
+                            "SLURM_NTASKS")
+
+
+def _launched_size():
+    """The number of processes a launcher (mpirun, mpiexec, srun) says it started, or None."""
+    for var in _LAUNCHER_SIZE_VARIABLES:
+        value = os.environ.get(var, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
 def _mpi_world():
-    """COMM_WORLD, or None when mpi4py is not installed (a single process)."""
+    """COMM_WORLD, or None for a single process where MPI cannot be had: mpi4py not installed
+    (ImportError), or installed without an MPI library (mpi4py 4 raises `RuntimeError: cannot
+    load MPI library` from `from mpi4py import MPI`). Under a launcher that started several
+    processes, a missing MPI is an error: each would otherwise train alone, unaware of the
+    others."""
     try:
         from mpi4py import MPI
-    except ImportError:
+    except (ImportError, RuntimeError, OSError) as e:
+        size = _launched_size()
+        if size is not None and size > 1:
+            raise RuntimeError(f"this process is one of {size} that a launcher started, but "
+                               f"MPI is unusable here ({type(e).__name__}: {e}); install "
+                               f"mpi4py with an MPI library (pip install mpi4py mpich)") from e
         return None
     return MPI.COMM_WORLD
 
@@ -55,7 +77,10 @@ def _mpi_world():
 class Context:
     """One rank's view of the job: rank, size, local_rank, device, and the collectives."""
 
-    def __init__(self, mpi_comm, device, bucket_bytes=DEFAULT_BUCKET_BYTES):
+    def __init__(self, mpi_comm, device, bucket_bytes=DEFAULT_BUCKET_BYTES, backend=None):
+        if backend not in (None, "none", "mpi", "nccl"):
+            raise ValueError(f"backend must be None (chosen by device and size), 'none', 'mpi' "
+                             f"or 'nccl', got {backend!r}")
         self.mpi = mpi_comm
         self.device = device
         if mpi_comm is None:
@@ -73,9 +98,17 @@ class Context:
             cupy.cuda.Device(self.gpu).use()
         else:
             self.gpu = None
-        if mpi_comm is None:
+        if backend is None:
+            # One process needs neither MPI nor NCCL: its collectives are the identity.
+            backend = ("none" if mpi_comm is None or self.size == 1 else
+                       "nccl" if device == "cuda" else "mpi")
+        if backend != "none" and mpi_comm is None:
+            raise ValueError(f"backend {backend!r} needs MPI (mpi4py with an MPI library)")
+        if backend == "none" and self.size > 1:
+            raise ValueError(f"backend 'none' with {self.size} ranks")
+        if backend == "none":
             self.communicator = SingleProcess()
-        elif device == "cuda":                 # NCCL even for one rank: the same code path
+        elif backend == "nccl":
             self.communicator = NcclCommunicator(mpi_comm)
         else:
             self.communicator = MpiCommunicator(mpi_comm)
@@ -230,15 +263,19 @@ def fingerprint(model, optimizer, global_batch, **extra):
 _context = None
 
 
-def init(device=None, bucket_bytes=DEFAULT_BUCKET_BYTES):
+def init(device=None, bucket_bytes=DEFAULT_BUCKET_BYTES, backend=None):
     """Set up this rank (once per process): MPI world, local rank, GPU, communicator.
-    `device` defaults to the current cupycnn device."""
+    `device` defaults to the current cupycnn device. `backend` None chooses: NCCL on cuda and
+    MPI elsewhere when there are several ranks, none for one process (which needs neither MPI
+    nor NCCL); "nccl" or "mpi" forces one even for a single rank (the GPU checks use that)."""
     global _context
     if _context is not None:
         return _context
-    world = _mpi_world()          # a single process started without mpirun has size 1
+    world = None
+    if backend != "none":
+        world = _mpi_world()      # a single process started without mpirun has size 1
     dev = device or _device.device()
-    _context = Context(world, dev, bucket_bytes)
+    _context = Context(world, dev, bucket_bytes, backend)
     _random.set_process_rank(_context.rank)
     return _context
 

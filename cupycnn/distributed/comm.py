@@ -4,8 +4,8 @@
     iallreduce_sum_(array)       the same, started now; returns a handle whose wait() finishes it
     broadcast_(array, root=0)    root's values to every rank, in place
     allreduce_statistics(sums, count)
-                                 (sum of `sums` over ranks as a new array, sum of the int
-                                 `count`): synchronised batchnorm's all-reduce (sync_bn.py)
+                                 (sum of `sums` over ranks as a new array, the global count
+                                 count * size): synchronised batchnorm's all-reduce (sync_bn.py)
 
 `NcclCommunicator` (cuda): device arrays through NCCL (`cupy.cuda.nccl`); the communicator is
 built from a unique id that rank 0 creates and broadcasts with MPI, as ChainerMN does. Its
@@ -18,6 +18,14 @@ non-blocking `Iallreduce` for overlap).
 `SingleProcess`: one rank, no MPI: every collective is the identity.
 """
 import numpy as np
+
+
+def global_count(count, size):
+    """Synchronised batchnorm's element count per channel over every rank: the ranks of a
+    data-parallel step run the same shapes (equal per-rank batches: the Loader pads its shards
+    to equal length), so it is this rank's count times the number of ranks, with no
+    communication."""
+    return int(count) * int(size)
 
 
 class _Done:
@@ -39,7 +47,7 @@ class SingleProcess:
         return array
 
     def allreduce_statistics(self, sums, count):
-        return sums, count
+        return sums, int(count)
 
     def synchronize(self):
         pass
@@ -87,14 +95,22 @@ class MpiCommunicator:
     def allreduce_statistics(self, sums, count):
         """One Allreduce of [sums..., count] packed in float64 (the count is exact below
         2^53). Returns new arrays: the caller's `sums` are left as they were (batchnorm's
-        backward still needs this rank's own sums for the parameter gradients)."""
+        backward still needs this rank's own sums for the parameter gradients). The count is
+        count * size, as on NCCL (every rank's batch has the same shape); the packed count, free
+        here, checks that."""
         self._check(sums)
         packed = np.empty(sums.size + 1, np.float64)
         packed[:-1] = sums.reshape(-1)
         packed[-1] = count
         if self.size > 1:
             self.comm.Allreduce(self._in_place, packed, op=_mpi_op_sum())
-        return packed[:-1].reshape(sums.shape).astype(sums.dtype, copy=False), int(packed[-1])
+        total = global_count(count, self.size)
+        if int(packed[-1]) != total:
+            raise ValueError(f"synchronised batchnorm: this rank has {count} elements per "
+                             f"channel but the {self.size} ranks have {int(packed[-1])} in all, "
+                             f"not {total}: every rank's batch must have the same shape (the "
+                             f"Loader's padded shards give that)")
+        return packed[:-1].reshape(sums.shape).astype(sums.dtype, copy=False), total
 
     def synchronize(self):
         pass
@@ -122,13 +138,15 @@ class NcclCommunicator:
             # cupy.cuda.nccl imports without NCCL and only sets available = False.
             raise RuntimeError(
                 "data-parallel training on cuda needs NCCL, which CuPy could not load: install "
-                "it for CuPy (python -m cupyx.tools.install_library --library nccl --cuda 12.x, "
-                "or conda's nccl, or the system's libnccl2)")
+                "the NCCL wheel of your CUDA major version (pip install \"nvidia-nccl-cu13\" "
+                "with cupy-cuda13x, \"nvidia-nccl-cu12\" with cupy-cuda12x), conda's nccl or "
+                "the system's libnccl2")
         self._nccl = nccl
         self.mpi = mpi_comm
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
         # The API of cupy_backends/cuda/libs/nccl.pyx: get_unique_id() -> a tuple of 128 ints
-        # (picklable: MPI broadcasts it), NcclCommunicator(ndev, commId, rank), then
+        # (CuPy 13) or 128 bytes (CuPy 14), picklable either way: MPI broadcasts it as it is,
+        # and NcclCommunicator(ndev, commId, rank) takes that same type back; then
         # allReduce(sendbuf, recvbuf, count, datatype, op, stream) and
         # bcast(buff, count, datatype, root, stream) with raw pointers, element counts and the
         # NCCL_* constants of nccl.pxd. The current device must be this rank's GPU already.
@@ -176,9 +194,8 @@ class NcclCommunicator:
     def allreduce_statistics(self, sums, count):
         """The sums through NCCL, out of place (a new array: batchnorm's backward still needs
         this rank's own sums), on the collective stream and waited for by the compute stream;
-        the count, a host integer that the kernels take as a launch argument, through MPI on
-        the host (from a device all-reduce it would cost a device-to-host copy, which stalls the
-        GPU, in every batchnorm layer)."""
+        the count, a host integer the kernels take as a launch argument, follows from the shapes
+        (global_count): no host communication, no synchronisation."""
         import cupy
         dtype = self._nccl_dtype(sums)
         total = cupy.empty_like(sums)
@@ -186,7 +203,7 @@ class NcclCommunicator:
         self.comm.allReduce(sums.data.ptr, total.data.ptr, sums.size, dtype,
                             self._nccl.NCCL_SUM, self.stream.ptr)
         _NcclHandle(self, self.stream.record()).wait()
-        return total, int(self.mpi.allreduce(int(count)))
+        return total, global_count(count, self.size)
 
     def synchronize(self):
         self.stream.synchronize()

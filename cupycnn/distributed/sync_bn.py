@@ -14,9 +14,10 @@ BatchNorm1D/2D compute their statistics in stages and, between them, call
                          pair gives dx = weight * invstd * (dy - sum dy / count
                          - xhat * sum(dy xhat) / count)
 
-This module sets the hook to one all-reduce of the sums with the count added up too (MPI: one
-Allreduce of the packed [sums, count]; NCCL: the sums on the device, the count on the host,
-comm.py), so both passes see the global batch: the forward's mean and variance are those of
+This module sets the hook to one all-reduce of the sums (NCCL: on the device, no host
+synchronisation; MPI: one Allreduce of the packed [sums, count], the count checking that the
+ranks agree), the global count being count * ranks (every rank runs the same shapes; comm.py's
+global_count), so both passes see the global batch: the forward's mean and variance are those of
 every rank's examples together, and the backward's two sums are the global ones that the
 gradient through the mean and the variance needs. The reducer returns new arrays and leaves
 its argument alone: the layer's parameter gradients are computed from this rank's own sums and
@@ -36,7 +37,8 @@ from ..layers.normalization import BatchNorm1D, BatchNorm2D, local_statistics
 
 
 class AllReduceStatistics:
-    """A `stats_reducer` that sums the per-channel sums and the count over every rank."""
+    """A `stats_reducer` that sums the per-channel sums over every rank; the count is this rank's
+    times the number of ranks (equal shapes on every rank)."""
 
     def __init__(self, context):
         self.context = context

@@ -1,15 +1,9 @@
-"""Conv2D, PyTorch's `nn.Conv2d` (zero padding, no dilation, no groups). Kernels:
-kernels/conv2d.cu (implicit GEMM) and kernels/reduce.cu (bias gradient).
-
-    forward:   y  = conv2d(x, W) + b         x: [N, C_in, H, W], W: [C_out, C_in, kh, kw]
-    backward:  dx = conv2d_backward_input(dy, W)     (the transposed convolution of dy)
-               dW = conv2d_backward_weight(dy, x)    (dy correlated with the input windows)
-               db = sum of dy over N, H_out, W_out
-"""
+"""Conv2D, PyTorch's `nn.Conv2d` (zero padding, no dilation, no groups), over the ops of
+cupycnn/ops/conv2d.py; the maths is cupycnn/reference/conv2d.py, the kernels kernels/conv2d.cu.
+The bias gradient is ops.reduce.channel_sum(dy)."""
 from .. import random as _random
 from ..ops import conv2d as conv_ops
 from ..ops import reduce as reduce_ops
-from ..reference.conv2d import output_size, pair
 from .base import Layer, uniform_init
 
 
@@ -26,16 +20,8 @@ class Conv2D(Layer):
 
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True):
         super().__init__()
-        self.kernel_size = pair(kernel_size, "Conv2D: kernel_size")
-        self.stride = pair(stride, "Conv2D: stride")
-        self.padding = pair(padding, "Conv2D: padding")
-        if in_channels < 1 or out_channels < 1:
-            raise ValueError(f"Conv2D: in_channels and out_channels must be at least 1, got "
-                             f"{in_channels} and {out_channels}")
-        if min(self.kernel_size) < 1 or min(self.stride) < 1 or min(self.padding) < 0:
-            raise ValueError(f"Conv2D: kernel_size and stride must be at least 1 and padding at "
-                             f"least 0, got kernel_size={self.kernel_size}, "
-                             f"stride={self.stride}, padding={self.padding}")
+        self.kernel_size, self.stride, self.padding = conv_ops.check_hyper_parameters(
+            "Conv2D", in_channels, out_channels, kernel_size, stride, padding)
         self.in_channels, self.out_channels = int(in_channels), int(out_channels)
         kh, kw = self.kernel_size
         fan_in = self.in_channels * kh * kw
@@ -57,18 +43,12 @@ class Conv2D(Layer):
 
     def output_shape(self, input_shape):
         n, _, h, w = input_shape
-        return (n, self.out_channels) + output_size(h, w, self.kernel_size, self.stride,
-                                                    self.padding)
+        return (n, self.out_channels) + conv_ops.checked_output_size(
+            repr(self), h, w, self.kernel_size, self.stride, self.padding)
 
     def forward(self, x, training=True):
-        sizes = self.check_input(x, ("N", self.in_channels, "H", "W"))
-        out_h, out_w = output_size(sizes["H"], sizes["W"], self.kernel_size, self.stride,
-                                   self.padding)
-        if out_h < 1 or out_w < 1:
-            raise ValueError(f"{self!r}: input of {sizes['H']}x{sizes['W']} pixels is smaller "
-                             f"than the {self.kernel_size[0]}x{self.kernel_size[1]} kernel "
-                             f"(with padding {self.padding}); the output would be "
-                             f"{out_h}x{out_w}")
+        self.check_input(x, ("N", self.in_channels, "H", "W"))
+        self.output_shape(x.shape)
         self.save_for_backward(x=x)
         return conv_ops.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                        self.stride, self.padding)

@@ -122,3 +122,31 @@ def into(out, result):
         return result
     out[...] = result
     return out
+
+
+# Kernel parameters that are sizes are 32-bit ints (and so is the index arithmetic inside the
+# kernels); a grid's y and z are at most 65535. np.int32() of a NumPy integer wraps silently
+# (and of a Python int, on NumPy 1.x), so each wrapper checks its sizes first.
+INT32_MAX = 2**31 - 1
+GRID_YZ_MAX = 65535
+GRID_X_MAX = 2**31 - 1
+
+
+def check_int32(op, headroom=0, **sizes):
+    """Each size fits the kernel's 32-bit int (with `headroom`: the room a grid-stride loop
+    needs past it), else a ValueError naming it."""
+    limit = INT32_MAX - int(headroom)
+    for name, value in sizes.items():
+        if not -limit - 1 <= int(value) <= limit:
+            raise ValueError(f"{op}: {name} = {int(value)} does not fit the kernel's 32-bit int "
+                             f"(at most {limit}); split the batch or the tensor")
+
+
+def check_grid(op, grid):
+    """A launch grid within CUDA's limits (x up to 2^31 - 1, y and z up to 65535)."""
+    dims = tuple(int(g) for g in grid) + (1,) * (3 - len(tuple(grid)))
+    if dims[0] > GRID_X_MAX or dims[1] > GRID_YZ_MAX or dims[2] > GRID_YZ_MAX:
+        raise ValueError(f"{op}: the launch grid {dims} is over CUDA's limits (x up to "
+                         f"{GRID_X_MAX}, y and z up to {GRID_YZ_MAX}): the input is too large "
+                         f"for one launch; split it")
+    return grid

@@ -23,20 +23,19 @@ import numpy as np
 from .. import devices as _device
 from ..reference import batchnorm as reference
 from ..runtime import ceil_div, get_kernel
-from ._check import check_arrays, check_positive, into
+from ._check import check_arrays, check_int32, check_positive, into
+from ._launch import GRID_YZ_MAX, TARGET_BLOCKS, kernel_constants
 
-# As in batchnorm.cu.
-BN_THREADS = 256
-BN_ELEMENTS_PER_BLOCK = 4096
-BN_RUNNING_THREADS = 256
-# The reductions split a channel over several blocks until the grid has about this many blocks
-# (4 per SM of a 132-SM H100): a layer with 64 channels would otherwise run on 64 SMs...
-REDUCE_TARGET_BLOCKS = 528
-# ...but each block keeps at least this many elements (32 per thread), so that the partial sums
-# and their combination stay a negligible part of the work.
+_BN = kernel_constants("batchnorm")
+BN_THREADS, BN_RUNNING_THREADS = _BN["BN_THREADS"], _BN["BN_RUNNING_THREADS"]
+BN_ELEMENTS_PER_BLOCK = _BN["BN_ELEMENTS_PER_BLOCK"]
+# The reductions split a channel over several blocks until the grid has about TARGET_BLOCKS
+# blocks (a layer with 64 channels would otherwise run on 64 SMs), but each block keeps at least
+# this many elements (32 per thread), so that the partial sums and their combination stay a
+# negligible part of the work.
 REDUCE_MIN_ELEMENTS_PER_SPLIT = 8192
-# Elementwise stages put the chunks of a channel on the grid's y axis (at most 65535).
-MAX_CHANNEL_ELEMENTS = 65535 * BN_ELEMENTS_PER_BLOCK
+# Elementwise stages put the chunks of a channel on the grid's y axis.
+MAX_CHANNEL_ELEMENTS = GRID_YZ_MAX * BN_ELEMENTS_PER_BLOCK
 
 
 def _layout(op, x, name="x"):
@@ -50,6 +49,7 @@ def _layout(op, x, name="x"):
     if outer * inner > MAX_CHANNEL_ELEMENTS:
         raise ValueError(f"{op}: at most {MAX_CHANNEL_ELEMENTS} elements per channel (the grid's "
                          f"y axis), got {outer * inner} for shape {tuple(x.shape)}")
+    check_int32(op, elements=outer * channels * inner)
     return outer, channels, inner
 
 
@@ -69,8 +69,8 @@ def _check_count(op, count, minimum=1):
 
 def choose_splits(channels, count):
     """How many blocks reduce one channel: 1 when the channels alone fill the GPU, else enough
-    to reach about REDUCE_TARGET_BLOCKS blocks, each with REDUCE_MIN_ELEMENTS_PER_SPLIT or more."""
-    wanted = ceil_div(REDUCE_TARGET_BLOCKS, channels)
+    to reach about TARGET_BLOCKS blocks, each with REDUCE_MIN_ELEMENTS_PER_SPLIT or more."""
+    wanted = ceil_div(TARGET_BLOCKS, channels)
     return max(1, min(wanted, count // REDUCE_MIN_ELEMENTS_PER_SPLIT))
 
 

@@ -1,10 +1,10 @@
-"""2-D convolution, forward and both gradients: launches kernels/conv2d.cu (implicit GEMM; no
-cuDNN, no cuBLAS). Specified by cupycnn/reference/conv2d.py, function for function.
+"""2-D convolution, forward and both gradients: the host side of kernels/conv2d.cu (implicit
+GEMM; no cuDNN, no cuBLAS). The maths is cupycnn/reference/conv2d.py, function for function; the
+algorithm is the kernel file's header. Here: the input checks, the grids, the weight gradient's
+split count.
 
-Semantics of torch.nn.functional.conv2d with dilation 1 and groups 1: x [N, C_in, H, W],
-weight [C_out, C_in, kh, kw], bias [C_out] or None, stride and padding an int or an (h, w)
-pair, zero padding, y [N, C_out, H_out, W_out], H_out = (H + 2 pad_h - kh) // stride_h + 1.
-The bias gradient is ops.reduce.channel_sum(dy).
+Arguments as torch.nn.functional.conv2d with dilation 1 and groups 1: x [N, C_in, H, W], weight
+[C_out, C_in, kh, kw], bias [C_out] or None, stride and padding an int or an (h, w) pair.
 """
 import numpy as np
 
@@ -13,47 +13,57 @@ from ..reference import conv2d as reference
 from ..reference.conv2d import output_size, pair
 from ..runtime import ceil_div, get_kernel
 from ._check import check_arrays, into
+from ._launch import GRID_YZ_MAX, INT32_MAX, TARGET_BLOCKS, kernel_constants
 
-# As in conv2d.cu.
-CONV_TILE_M, CONV_TILE_N, CONV_TILE_K, CONV_THREADS = 64, 64, 16, 256
-CONV_REDUCE_THREADS = 256
-# Weight gradient: the reduction over N H_out W_out output pixels is cut into enough chunks
-# (blockIdx.z) for about WEIGHT_GRAD_TARGET_BLOCKS blocks (4 per SM of a 132-SM H100), but no
-# chunk shorter than WEIGHT_GRAD_MIN_SPLIT_LEN pixels (each chunk costs a partial tile write and
-# read). The count depends on the shapes only, so results are the same bits on every run.
-WEIGHT_GRAD_TARGET_BLOCKS = 528
+_CONV = kernel_constants("conv2d")
+TILE_M, TILE_P, TILE_K = _CONV["CONV_TILE_M"], _CONV["CONV_TILE_P"], _CONV["CONV_TILE_K"]
+THREADS, REDUCE_THREADS = _CONV["CONV_THREADS"], _CONV["CONV_REDUCE_THREADS"]
+REDUCE_MAX_BLOCKS = 4096          # the split reduction's grid-stride loop covers any count
+# No weight-gradient chunk shorter than this many output pixels: each chunk costs a partial tile
+# written and read back.
 WEIGHT_GRAD_MIN_SPLIT_LEN = 128
-_INT_MAX = 2**31 - 1
-_GRID_Z_MAX = 65535      # CUDA's limit on gridDim.z (stride phases, weight-gradient splits)
+
+
+def check_hyper_parameters(who, in_channels, out_channels, kernel_size, stride, padding):
+    """The one check of a convolution's hyper-parameters (Conv2D's and the ops'): returns
+    kernel_size, stride and padding as (h, w) pairs of ints, or raises a ValueError naming
+    `who`."""
+    kernel_size, stride, padding = (pair(value, f"{who}: {name}") for name, value in
+                                    (("kernel_size", kernel_size), ("stride", stride),
+                                     ("padding", padding)))
+    if min(in_channels, out_channels, *kernel_size, *stride) < 1 or min(padding) < 0:
+        raise ValueError(f"{who}: in_channels, out_channels, kernel_size and stride must be at "
+                         f"least 1 and padding at least 0, got in_channels={in_channels}, "
+                         f"out_channels={out_channels}, kernel_size={kernel_size}, "
+                         f"stride={stride}, padding={padding}")
+    return kernel_size, stride, padding
+
+
+def checked_output_size(who, height, width, kernel_size, stride, padding):
+    """(H_out, W_out) of an H x W input, or a ValueError naming `who` when the kernel does not
+    fit the padded input."""
+    ho, wo = output_size(height, width, kernel_size, stride, padding)
+    if ho < 1 or wo < 1:
+        (kh, kw), pad = pair(kernel_size), pair(padding)
+        raise ValueError(f"{who}: the {kh}x{kw} kernel does not fit the input: input "
+                         f"{height}x{width} padded by {pad} gives an output of {ho}x{wo}; "
+                         f"expected at least 1x1")
+    return ho, wo
 
 
 def _geometry(op, x_shape, weight_shape, stride, padding):
-    """Check the convolution's hyper-parameters against the shapes; return the kernel's scalar
-    arguments (batch, C_in, H, W, C_out, kh, kw, sh, sw, ph, pw, H_out, W_out) as ints."""
-    (sh, sw), (ph, pw) = pair(stride, f"{op}: stride"), pair(padding, f"{op}: padding")
-    if sh < 1 or sw < 1:
-        raise ValueError(f"{op}: stride must be at least 1, got {(sh, sw)}")
-    if ph < 0 or pw < 0:
-        raise ValueError(f"{op}: padding must be at least 0, got {(ph, pw)}")
+    """Check the convolution against the shapes; return the kernels' scalar arguments (batch,
+    C_in, H, W, C_out, kh, kw, sh, sw, ph, pw, H_out, W_out) as ints."""
     n, c, h, w = (int(v) for v in x_shape)
     o, _, kh, kw = (int(v) for v in weight_shape)
-    for name, value in (("in_channels", c), ("out_channels", o), ("kernel height", kh),
-                        ("kernel width", kw)):
-        if value < 1:
-            raise ValueError(f"{op}: {name} must be at least 1, got shapes x {tuple(x_shape)} "
-                             f"and weight {tuple(weight_shape)}")
-    ho, wo = output_size(h, w, (kh, kw), (sh, sw), (ph, pw))
-    if ho < 1 or wo < 1:
-        raise ValueError(f"{op}: the {kh}x{kw} kernel does not fit the input: input {h}x{w} "
-                         f"padded by {(ph, pw)} gives an output of {ho}x{wo}; expected at least "
-                         f"1x1")
-    # The kernels index their GEMMs (and one image) with int; element offsets are long long.
+    _, (sh, sw), (ph, pw) = check_hyper_parameters(op, c, o, (kh, kw), stride, padding)
+    ho, wo = checked_output_size(op, h, w, (kh, kw), (sh, sw), (ph, pw))
     for name, value in (("N * H_out * W_out", n * ho * wo), ("N * H * W", n * h * w),
                         ("C_in * kh * kw", c * kh * kw), ("C_out * kh * kw", o * kh * kw),
                         ("C_out * C_in * kh * kw", o * c * kh * kw)):
-        if value > _INT_MAX:
+        if value > INT32_MAX:
             raise ValueError(f"{op}: {name} = {value} exceeds the kernels' int range "
-                             f"({_INT_MAX}); split the batch")
+                             f"({INT32_MAX}); split the batch")
     return n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo
 
 
@@ -76,8 +86,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
         return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw))
     y = _device.empty((n, o, ho, wo), x.dtype)
     if n:
-        grid = (ceil_div(n * ho * wo, CONV_TILE_N), ceil_div(o, CONV_TILE_M))
-        get_kernel("conv2d", "conv2d_forward")(grid, (CONV_THREADS,),
+        grid = (ceil_div(n * ho * wo, TILE_P), ceil_div(o, TILE_M))
+        get_kernel("conv2d", "conv2d_forward")(grid, (THREADS,),
                                                (x, weight, bias, y) + _scalars(geometry))
     return y
 
@@ -97,27 +107,31 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0):
     check_arrays(op, dy=(dy, (n, o, ho, wo)), weight=(weight, None))
     if not _device.runs_kernels():
         return reference.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw))
-    if sh * sw > _GRID_Z_MAX:
+    if sh * sw > GRID_YZ_MAX:
         raise ValueError(f"{op}: stride {(sh, sw)} has {sh * sw} phases, more than the "
-                         f"{_GRID_Z_MAX} grid slices the kernel runs them on")
+                         f"{GRID_YZ_MAX} grid slices the kernel runs them on")
     dx = _device.empty(input_shape, dy.dtype)
     if n:
         # One z-slice per stride phase; x covers the phase with the most pixels.
-        grid = (ceil_div(n * ceil_div(h, sh) * ceil_div(w, sw), CONV_TILE_N),
-                ceil_div(c, CONV_TILE_M), sh * sw)
-        get_kernel("conv2d", "conv2d_backward_input")(grid, (CONV_THREADS,),
+        grid = (ceil_div(n * ceil_div(h, sh) * ceil_div(w, sw), TILE_P),
+                ceil_div(c, TILE_M), sh * sw)
+        get_kernel("conv2d", "conv2d_backward_input")(grid, (THREADS,),
                                                       (dy, weight, dx) + _scalars(geometry))
     return dx
 
 
-def weight_grad_splits(out_channels, taps, pixels):
+def weight_grad_splits(out_channels, taps, pixels, splits=None):
     """(splits, split_len) for a weight gradient of C_out x (C_in kh kw) = out_channels x taps
-    reduced over `pixels` = N H_out W_out: chunks of split_len pixels (a multiple of the
-    kernel's 16-pixel step), from the shapes only."""
-    tiles = ceil_div(out_channels, CONV_TILE_M) * ceil_div(taps, CONV_TILE_N)
-    wanted = max(1, min(ceil_div(WEIGHT_GRAD_TARGET_BLOCKS, tiles),
-                        ceil_div(pixels, WEIGHT_GRAD_MIN_SPLIT_LEN)))
-    split_len = max(CONV_TILE_K, ceil_div(ceil_div(pixels, wanted), CONV_TILE_K) * CONV_TILE_K)
+    reduced over `pixels` = N H_out W_out: chunks of split_len pixels, a multiple of the kernel's
+    16-pixel step. `splits` asks for a count; None chooses it from the shapes alone: enough
+    chunks for about TARGET_BLOCKS blocks, none shorter than WEIGHT_GRAD_MIN_SPLIT_LEN. Since
+    splits x tiles stays below 2 TARGET_BLOCKS tiles of 16 KB, the workspace stays under 17 MB."""
+    if splits is None:
+        tiles = ceil_div(out_channels, TILE_M) * ceil_div(taps, TILE_P)
+        splits = max(1, min(ceil_div(TARGET_BLOCKS, tiles),
+                            ceil_div(pixels, WEIGHT_GRAD_MIN_SPLIT_LEN)))
+    splits = min(int(splits), GRID_YZ_MAX)
+    split_len = max(TILE_K, ceil_div(ceil_div(pixels, splits), TILE_K) * TILE_K)
     return max(1, ceil_div(pixels, split_len)), split_len
 
 
@@ -143,21 +157,15 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
                                                           (ph, pw)))
     if out is None:
         out = _device.empty(weight_shape, x.dtype)
-    taps, pixels = c * kh * kw, n * ho * wo
-    if splits is None:
-        splits, split_len = weight_grad_splits(o, taps, pixels)
-    else:
-        splits = min(int(splits), _GRID_Z_MAX)
-        split_len = max(CONV_TILE_K, ceil_div(ceil_div(pixels, splits), CONV_TILE_K)
-                        * CONV_TILE_K)
-        splits = max(1, ceil_div(pixels, split_len))
-    grid = (ceil_div(taps, CONV_TILE_N), ceil_div(o, CONV_TILE_M), splits)
+    taps = c * kh * kw
+    splits, split_len = weight_grad_splits(o, taps, n * ho * wo, splits)
+    grid = (ceil_div(taps, TILE_P), ceil_div(o, TILE_M), splits)
     partial = out if splits == 1 else _device.empty((splits,) + weight_shape, x.dtype)
     get_kernel("conv2d", "conv2d_backward_weight")(
-        grid, (CONV_THREADS,), (dy, x, partial) + _scalars(geometry) + (np.int32(split_len),))
+        grid, (THREADS,), (dy, x, partial) + _scalars(geometry) + (np.int32(split_len),))
     if splits > 1:
         count = o * taps
-        blocks = max(1, min(ceil_div(count, CONV_REDUCE_THREADS), 4096))
+        blocks = max(1, min(ceil_div(count, REDUCE_THREADS), REDUCE_MAX_BLOCKS))
         get_kernel("conv2d", "conv2d_backward_weight_reduce")(
-            (blocks,), (CONV_REDUCE_THREADS,), (partial, out, np.int32(splits), np.int32(count)))
+            (blocks,), (REDUCE_THREADS,), (partial, out, np.int32(splits), np.int32(count)))
     return out

@@ -4,10 +4,13 @@ import numpy as np
 from .. import devices as _device
 from ..reference import elementwise as reference
 from ..runtime import elementwise_grid, get_kernel
-from ._check import check_arrays, check_same_shape, into
+from ..runtime import ELEMENTWISE_MAX_BLOCKS, ELEMENTWISE_THREADS
+from ._check import check_arrays, check_int32, check_same_shape, into
 
 
 def _launch(name, n, args):
+    # A grid-stride loop: the index may run one grid past n before the test ends it.
+    check_int32(name, headroom=ELEMENTWISE_THREADS * ELEMENTWISE_MAX_BLOCKS, n=n)
     grid, block = elementwise_grid(n)
     get_kernel("elementwise", name)(grid, block, args + (np.int32(n),))
 

@@ -4,7 +4,7 @@ import numpy as np
 from .. import devices as _device
 from ..reference import gemm as reference
 from ..runtime import ceil_div, get_kernel
-from ._check import check_arrays
+from ._check import check_arrays, check_grid, check_int32
 
 TILE_M, TILE_N, GEMM_THREADS = 64, 64, 256          # as in gemm.cu
 _BIAS_MODE = {None: 0, "row": 1, "column": 2}
@@ -53,7 +53,8 @@ def gemm(a, b, transpose_a=False, transpose_b=False, *, alpha=1.0, beta=0.0, out
     if M * N == 0:
         return out
     nb = batch or 1
-    grid = (ceil_div(N, TILE_N), ceil_div(M, TILE_M), nb)
+    check_int32(op, M=M, N=N, K=K, a_elements=M * K, b_elements=K * N, out_elements=M * N)
+    grid = check_grid(op, (ceil_div(N, TILE_N), ceil_div(M, TILE_M), nb))
     args = (a, b, out, bias, np.int32(M), np.int32(N), np.int32(K), np.float32(alpha),
             np.float32(beta), np.int32(_BIAS_MODE[None if bias is None else bias_per]),
             np.int64(M * K if a.ndim == 3 else 0), np.int64(K * N if b.ndim == 3 else 0),

@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import devices as _device
 from ..reference import reduce as reference
-from ._check import check_arrays, into
+from ._check import check_arrays, check_int32, into
 from ..runtime import get_kernel
 
 CHANNEL_SUM_THREADS = 256   # as in reduce.cu: whole warps
@@ -24,6 +24,7 @@ def channel_sum(x, out=None):
     if not _device.runs_kernels():
         return into(out, reference.channel_sum(x))
     outer, channels, inner = x.shape[0], x.shape[1], math.prod(x.shape[2:])
+    check_int32("channel_sum", elements=outer * channels * inner)
     if out is None:
         out = _device.empty((channels,), x.dtype)
     if channels:

@@ -17,7 +17,7 @@ import numpy as np
 from .. import devices as _device
 from ..reference import softmax_xent as reference
 from ..runtime import ceil_div, elementwise_grid, get_kernel
-from ._check import check_arrays, check_int_array, check_positive
+from ._check import check_arrays, check_int32, check_int_array, check_positive
 
 XENT_ROWS_PER_BLOCK, XENT_THREADS = 4, 128     # as in softmax_xent.cu: a warp per row
 MEAN_THREADS = 256                             # as in softmax_xent.cu: one block, whole warps
@@ -53,6 +53,7 @@ def labels_to_int32(labels, classes, op="labels_to_int32", check=True):
     wide = labels.astype(np.int64, copy=False)
     out = _device.empty(labels.shape, _INT32)
     n = labels.shape[0]
+    check_int32("narrow_labels", n=n, classes=classes)
     if n:
         grid, block = elementwise_grid(n)
         get_kernel("softmax_xent", "narrow_labels")(grid, block,
@@ -85,6 +86,7 @@ def softmax_xent_forward(logits, labels, label_smoothing=0.0, check_labels=True)
     sizes = check_arrays(op, logits=(logits, ("N", "C")))
     labels = _checked_labels(op, sizes, labels, label_smoothing, check_labels)
     rows, classes = sizes["N"], sizes["C"]
+    check_int32("softmax_xent", rows=rows, classes=classes, elements=rows * classes)
     if not _device.runs_kernels():
         return reference.softmax_xent_forward(logits, labels, label_smoothing)
     row_loss = _device.empty((rows,), np.float32)

@@ -1,15 +1,22 @@
-"""2-D convolution: the specification of kernels/conv2d.cu (PyTorch's conv2d, no dilation, no
-groups), in vectorised NumPy, float32 or float64 (computes in the inputs' dtype).
+"""2-D convolution, the specification of kernels/conv2d.cu: PyTorch's conv2d without dilation or
+groups, in vectorised NumPy, float32 or float64 (it computes in the inputs' dtype).
 
-x [N, C_in, H, W], weight [C_out, C_in, kh, kw], y [N, C_out, H_out, W_out] with
-H_out = (H + 2 pad_h - kh) // stride_h + 1 (likewise W_out). With xp the zero-padded x and
-win[n, c, i, j, r, s] = xp[n, c, i stride_h + r, j stride_w + s] (the im2col windows):
+x [N, C_in, H, W], weight w [C_out, C_in, kh, kw], bias b [C_out] or None, y [N, C_out, H_out,
+W_out]; stride (sh, sw) and padding (ph, pw), each given as an int or an (h, w) pair;
+H_out = (H + 2 ph - kh) // sh + 1, likewise W_out. The windows (the im2col entries) are
 
-    y[n, o, i, j] = bias[o] + sum_{c, r, s} w[o, c, r, s] win[n, c, i, j, r, s]
+    win[n, c, i, j, r, s] = x[n, c, i sh - ph + r, j sw - pw + s]    (0 outside x: zero padding)
+
+and the forward pass and its three gradients, dL/dx, dL/dw, dL/db from dy = dL/dy:
+
+    y[n, o, i, j]  = b[o] + sum_{c, r, s} w[o, c, r, s] win[n, c, i, j, r, s]
+    dx[n, c, h, v] = sum_{o, i, j, r, s} dy[n, o, i, j] w[o, c, r, s]
+                       over i sh - ph + r = h and j sw - pw + s = v          (col2im)
     dw[o, c, r, s] = sum_{n, i, j} dy[n, o, i, j] win[n, c, i, j, r, s]
-    dxp[n, c, i stride_h + r, j stride_w + s] += sum_o dy[n, o, i, j] w[o, c, r, s]   (col2im)
+    db[o]          = sum_{n, i, j} dy[n, o, i, j]                     (ops.reduce.channel_sum)
 
-and dx is dxp without its padding border. stride and padding are an int or an (h, w) pair.
+dx is the adjoint of y in x: each output pixel's window gets back sum_o dy[n, o, i, j] w[o],
+overlapping windows add, and what lands on the padding is dropped.
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view

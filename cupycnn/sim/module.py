@@ -42,6 +42,17 @@ class SimError(RuntimeError):
     """A kernel failed under the emulator: a deadlock, a bad launch configuration."""
 
 
+class SimLaunchError(SimError):
+    """A launch a GPU would refuse: over a block, grid or shared-memory limit."""
+
+
+# A GPU's launch limits (CUDA programming guide, compute capability 8.0 and 9.0).
+MAX_THREADS_PER_BLOCK = 1024
+MAX_GRID_X = 2**31 - 1
+DEFAULT_DYNAMIC_SHARED_BYTES = 48 * 1024        # without cudaFuncSetAttribute
+MAX_DYNAMIC_SHARED_BYTES = 227 * 1024           # sm_90's opt-in ceiling (sm_80: 163 KB)
+
+
 class SimBuildError(RuntimeError):
     """g++ could not build a kernel source under the emulator."""
 
@@ -142,9 +153,9 @@ def _compiler_id():
 
 # ---------------------------------------------------------------------------- source scanning
 
+_BOUNDS = r'__launch_bounds__\s*\(((?:[^()]|\([^()]*\))*)\)\s*'
 _KERNEL_RE = re.compile(
-    r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+'
-    r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
+    r'extern\s+"C"\s+__global__\s+(?:' + _BOUNDS + r')?void\s+(?:' + _BOUNDS + r')?(\w+)\s*\(')
 _DYN_SMEM_RE = re.compile(
     r'extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_][\w:]*(?:\s+[A-Za-z_]\w*)*)'
     r'\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]')
@@ -179,7 +190,11 @@ class Module:
     def __init__(self, code, name="<code>", name_expressions=(), options=()):
         self.name = name
         clean = _COMMENT_RE.sub("", code)
-        self._c_names = {k: k for k in _KERNEL_RE.findall(clean)}
+        found = _KERNEL_RE.findall(clean)
+        self._c_names = {k: k for _, _, k in found}
+        # __launch_bounds__(max threads[, ...]): its first argument, evaluated by the compiler
+        # in the wrapper (it may be a macro or a constant of the source).
+        bounds = {k: (before or after) for before, after, k in found if before or after}
         for expression in name_expressions:
             self._c_names[expression] = _c_identifier(expression)
         dynamic_shared = {}
@@ -201,6 +216,12 @@ class Module:
         code = re.sub(r"\bextern(\s+)__shared__\b", r"extern\1SIMT_DYNAMIC_SHARED", code)
         wrapper += [f'#line 1 "{label}"', code, "SIMT_CONFIG_EXPORT"]
         wrapper += [f"SIMT_EXPORT({c}, {e})" for e, c in self._c_names.items()]
+        wrapper += [f'extern "C" __attribute__((visibility("default"))) long simt_bounds_{k}() '
+                    f'{{ return (long)(simt_first_argument({b})); }}' for k, b in bounds.items()]
+        if bounds:
+            wrapper.insert(1, "template <class T, class... R> constexpr long "
+                              "simt_first_argument(T t, R...) { return (long)t; }")
+        self._bounds = set(bounds)
         wrapper = "\n".join(wrapper) + "\n"
         header = (INCLUDE_DIR / "simt.h").read_text()
         key = hashlib.sha256("\0".join([wrapper, header, " ".join(flags), _compiler_id()])
@@ -293,6 +314,15 @@ class Kernel:
         self._launch.restype = ctypes.c_int
         self._launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
                                  ctypes.c_void_p]
+        self.max_threads_per_block = MAX_THREADS_PER_BLOCK
+        if c_name in module._bounds:
+            bound = getattr(module._lib, "simt_bounds_" + c_name)
+            bound.restype = ctypes.c_long
+            self.max_threads_per_block = int(bound())
+        self.launch_bounds = c_name in module._bounds
+        # cudaFuncAttributeMaxDynamicSharedMemorySize, CuPy's
+        # RawKernel.max_dynamic_shared_size_bytes: 48 KB unless the program opts in.
+        self.max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SHARED_BYTES
         info = getattr(module._lib, "simt_params_" + c_name)
         info.argtypes = [ctypes.POINTER(_ParamInfo)]
         params = (_ParamInfo * 64)()
@@ -327,9 +357,42 @@ class Kernel:
                             f"a {p.size}-byte {_KIND_NAMES[p.kind]} type")
         return np.array([arg])
 
+    def __setattr__(self, name, value):
+        if name == "max_dynamic_shared_size_bytes" and not 0 <= int(value) <= \
+                MAX_DYNAMIC_SHARED_BYTES:
+            raise SimLaunchError(f"{self.module.name}: {self.name}: "
+                                 f"CUDA_ERROR_INVALID_VALUE: invalid argument "
+                                 f"(max_dynamic_shared_size_bytes={value}: the GPU allows at "
+                                 f"most {MAX_DYNAMIC_SHARED_BYTES} bytes, sm_90's 227 KB)")
+        object.__setattr__(self, name, value)
+
+    def _check_limits(self, grid, block, shared_mem):
+        """What a GPU refuses at launch (CUDA_ERROR_INVALID_VALUE), said as CUDA would, with why."""
+        threads = block[0] * block[1] * block[2]
+        why = None
+        if block[0] > 1024 or block[1] > 1024 or block[2] > 64 or threads > 1024:
+            why = (f"block {block} of {threads} threads: CUDA allows at most 1024 threads per "
+                   f"block, x and y up to 1024, z up to 64")
+        elif threads > self.max_threads_per_block:
+            why = (f"block of {threads} threads, more than the kernel's "
+                   f"__launch_bounds__({self.max_threads_per_block})")
+        elif grid[0] > MAX_GRID_X or grid[1] > 65535 or grid[2] > 65535:
+            why = (f"grid {grid}: CUDA allows x up to {MAX_GRID_X}, y and z up to 65535")
+        elif int(shared_mem) > self.max_dynamic_shared_size_bytes:
+            why = (f"{int(shared_mem)} bytes of dynamic shared memory, over the "
+                   f"{self.max_dynamic_shared_size_bytes} allowed"
+                   + (" without an opt-in: set the kernel's max_dynamic_shared_size_bytes "
+                      "(cudaFuncAttributeMaxDynamicSharedMemorySize) first"
+                      if self.max_dynamic_shared_size_bytes == DEFAULT_DYNAMIC_SHARED_BYTES
+                      else ""))
+        if why:
+            raise SimLaunchError(f"{self.name}: CUDA_ERROR_INVALID_VALUE: invalid argument "
+                                 f"({why})")
+
     def __call__(self, grid, block, args, shared_mem=0):
         grid = _as_triple(grid, "grid", self.name)
         block = _as_triple(block, "block", self.name)
+        self._check_limits(grid, block, shared_mem)
         args = tuple(args)
         if len(args) != len(self.params):
             raise TypeError(f"{self.name}: takes {len(self.params)} arguments, got {len(args)}")

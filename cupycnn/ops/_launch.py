@@ -1,0 +1,52 @@
+"""What the host wrappers share about launching kernels.
+
+- `kernel_constants(file)`: the integer `#define`s of kernels/<file>.cu (tile sizes, threads per
+  block), read from the source, so that a launch constant is written once, in its kernel.
+- CUDA's limits that the wrappers check before a launch.
+- TARGET_BLOCKS: how many blocks a reduction is split into to fill a GPU.
+"""
+import ast
+import functools
+import operator
+import re
+
+from ..runtime import kernel_source
+
+INT32_MAX = 2**31 - 1      # the kernels index their arrays' sizes with int
+GRID_YZ_MAX = 65535        # CUDA's limit on gridDim.y and gridDim.z
+# Reductions that would run on too few blocks (a channel's statistics, a weight gradient's long
+# sum) are split into chunks for about this many blocks: 4 resident blocks on each of the
+# 132 SMs of an H100 SXM. A count from the shapes only keeps results the same bits on every run.
+TARGET_BLOCKS = 4 * 132
+
+_DEFINE_RE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+([^\n]*?)[ \t]*(?://[^\n]*)?$",
+                        re.M)
+_OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+              ast.Div: lambda a, b: int(a / b), ast.Mod: operator.mod,      # C's int division
+              ast.LShift: operator.lshift, ast.RShift: operator.rshift}
+
+
+def _evaluate(node, known):
+    """An integer expression of literals and earlier #define names, or KeyError/TypeError."""
+    if isinstance(node, ast.Constant) and type(node.value) is int:
+        return node.value
+    if isinstance(node, ast.Name):
+        return known[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand, known)
+    if isinstance(node, ast.BinOp) and type(node.op) in _OPERATORS:
+        return _OPERATORS[type(node.op)](_evaluate(node.left, known), _evaluate(node.right, known))
+    raise TypeError("not an integer expression")
+
+
+@functools.lru_cache(maxsize=None)
+def kernel_constants(file):
+    """{NAME: value} for every `#define NAME <integer expression>` of kernels/<file>.cu and the
+    headers it includes (other #defines, floats and macros with arguments, are left out)."""
+    known = {}
+    for name, text in _DEFINE_RE.findall(kernel_source(file)):
+        try:
+            known[name] = _evaluate(ast.parse(text, mode="eval").body, known)
+        except (SyntaxError, KeyError, TypeError, ZeroDivisionError):
+            pass
+    return known
