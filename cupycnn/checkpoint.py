@@ -1,18 +1,21 @@
 """Checkpoints in HDF5: everything needed to resume training exactly or to predict.
 
-A checkpoint file (format "cupycnn-checkpoint", version 2) holds
-    attributes      format, version, created, cupycnn_version, epoch, step (for a reader's eye),
-                    manifest (JSON text) and manifest_sha256 (its digest)
+A checkpoint file (version 2) is an HDF5 file after a header:
+    header          the HDF5 userblock (bytes HDF5 reserves for the application): one line
+                    "cupycnn-checkpoint 2 <userblock> <length> <SHA-256>" and a JSON document
+                    holding the manifest, the tensor table [[dataset, offset, bytes, SHA-256]]
+                    and the SHA-256 of every byte after the userblock
     /model/<name>   the model's state_dict, one dataset per tensor (PyTorch's names)
     /optimizer/<k>, /rng/<k>, /trainer/<k>
                     the arrays of the optimizer state, random states and trainer state
-and the manifest says everything else, as data:
+    attributes      format, version, epoch, step, created, cupycnn_version, for a reader's eye
+The manifest says everything else, as data:
     epoch, step, config, model_description, classes, normalization,
     model           [{"name", "dataset", "shape", "dtype", "sha256"}, ...] in state_dict order
     optimizer, rng, trainer
                     nested values: {"dict": [[key, "int"|"str", value], ...]},
-                    {"list": [value, ...]}, {"json": plain JSON}, and for arrays
-                    {"array": dataset, "shape", "dtype", "sha256"}
+                    {"list": [value, ...]}, {"json": plain JSON}, {"float": "nan"|"inf"|"-inf"},
+                    and arrays {"array": dataset, "shape", "dtype", "sha256"}
 
 Saving is atomic (cupycnn.atomic): written beside its destination, flushed, renamed over it,
 with Ctrl-C and SIGTERM held back until the rename; an interrupted or failed save (a crash, a
@@ -21,17 +24,19 @@ killed one left.
 
 Loading trusts nothing in the file (docs/RELIABILITY.md):
 1. the path must be a regular file (a FIFO would block the open forever);
-2. `safe_hdf5.audit` walks every object before any data is read: hard links only, no
-   external or virtual storage, no filters, plain numeric datasets that store every byte
-   their shape declares;
-3. the manifest must match its digest, parse as bounded JSON, and describe exactly the
-   datasets the file holds, with their shapes and dtypes; with `model=` given, the names and
-   shapes must be the model's, all before a byte of tensor data is read;
-4. every tensor must match its SHA-256: a flipped byte is a CheckpointError naming it.
-Whatever is wrong is one CheckpointError saying what. Nothing in a checkpoint is ever run:
-there is no pickle, and the config and model description are JSON data, validated as data
-(`check_data`), never evaluated. Version 1 files (before checksums) still load, through the
-same audit, with a warning that their contents cannot be verified.
+2. the header's digest and the whole file's are checked before HDF5 parses a byte: a damaged
+   file is one CheckpointError naming the tensor the damage falls in (HDF5's parser can loop
+   forever on some damaged structures, so damage must never reach it);
+3. `safe_hdf5.audit` walks every object before any data is read (what a crafted file, with
+   digests recomputed, would try): hard links only, no external or virtual storage, no
+   filters, plain numeric datasets that store every byte their shape declares;
+4. the manifest must be bounded JSON describing exactly the datasets the file holds, with
+   their shapes, dtypes and offsets; with `model=` given, the names and shapes must be the
+   model's, all before a byte of tensor data is read;
+5. every tensor read must match its SHA-256.
+Nothing in a checkpoint is ever run: there is no pickle, and the config and model description
+are JSON data, validated as data (`check_data`), never evaluated. Version 1 files (before the
+header) still load, through the same audit, with a warning that they cannot be verified.
 """
 import datetime
 import hashlib
@@ -111,6 +116,10 @@ def _jsonable(value):
 
 # ------------------------------------------------------------ nested values <-> manifest
 
+def _non_finite(value):
+    return isinstance(value, (float, np.floating)) and not math.isfinite(float(value))
+
+
 def _is_array(value):
     return isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")
 
@@ -122,7 +131,9 @@ def _to_host(value):
 
 
 def _digest(array):
-    return hashlib.sha256(memoryview(np.ascontiguousarray(array)).cast("B")).hexdigest()
+    array = np.ascontiguousarray(array)
+    return hashlib.sha256(memoryview(array.reshape(-1).view(np.uint8)) if array.size else b"") \
+        .hexdigest()
 
 
 def _array_entry(dataset, array):
@@ -151,14 +162,17 @@ def _encode(value, section, arrays, where):
                           _encode(item, section, arrays, f"{where}.{key}")])
         return {"dict": items}
     if isinstance(value, (list, tuple)):
-        if any(_is_array(v) or isinstance(v, (dict, list, tuple)) for v in value):
+        if any(_is_array(v) or isinstance(v, (dict, list, tuple)) or _non_finite(v)
+               for v in value):
             return {"list": [_encode(v, section, arrays, f"{where}[{i}]")
                              for i, v in enumerate(value)]}
     plain = _jsonable(value)
+    if _non_finite(plain):                 # a diverged loss, an unmeasured rate
+        return {"float": repr(float(plain))}
     try:
         check_data(plain, where)
     except CheckpointError as e:
-        raise CheckpointError(f"cannot store {e}") from None
+        raise CheckpointError(f"cannot store it in a checkpoint: {e}") from None
     return {"json": plain}
 
 
@@ -201,6 +215,10 @@ class _Reader:
         (kind, body), = node.items()
         if kind == "json":
             return check_data(body, f"{self.where}: {what}")
+        if kind == "float":
+            if body not in ("nan", "inf", "-inf"):
+                raise self.bad(what, f"is the number {_short(body)}")
+            return float(body)
         if kind == "list":
             if not isinstance(body, list):
                 raise self.bad(what, "is a list entry without a list")
@@ -282,29 +300,188 @@ def save_checkpoint(path, *, model, optimizer=None, epoch=0, step=0, config=None
                            else None), ("rng", rng or {}), ("trainer", trainer or {})):
         manifest[section] = None if tree is None else _encode(tree, section, arrays, section)
     text = json.dumps(manifest, separators=(",", ":"), allow_nan=False)
-    from . import __version__
-    needed = sum(a.nbytes for _, a in arrays) + len(text) + (64 << 10) * (1 + len(arrays) // 64)
+    needed = sum(a.nbytes for _, a in arrays) + 2 * len(text) + (4 << 10) * (16 + len(arrays))
     try:
         atomic.check_free_space(path.parent if path.parent.exists() else Path("."), needed,
                                 f"the checkpoint {path}")
         with atomic.replace(path, what="checkpoint") as partial:
-            with h5py.File(partial, "w") as f:
-                f.attrs["format"] = FORMAT
-                f.attrs["version"] = VERSION
-                f.attrs["created"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-                f.attrs["cupycnn_version"] = __version__
-                f.attrs["epoch"] = int(epoch)
-                f.attrs["step"] = int(step)
-                f.attrs["manifest"] = text
-                f.attrs["manifest_sha256"] = hashlib.sha256(text.encode("utf-8")).hexdigest()
-                f.create_group("model", track_order=True)
-                for name, array in arrays:
-                    f.create_dataset(name, data=array)
+            _write(partial, manifest, text, arrays, epoch, step)
     except atomic.WriteError as e:
         error = CheckpointWriteError(f"{e.strerror or e}")
         error.errno = e.errno
         raise error from None
     return path
+
+
+def _write(partial, manifest, text, arrays, epoch, step):
+    """The HDF5 file of `arrays`, after a userblock of the header (see HEADER below)."""
+    import h5py
+    from . import __version__
+    # The header's size is known before the file is written: its tensor table has fixed-width
+    # offsets.
+    table_bytes = sum(len(name) + 64 + 2 * 20 + 16 for name, _ in arrays)
+    userblock = _power_of_two(len(text) + table_bytes + HEADER_SLACK)
+    with h5py.File(partial, "w", userblock_size=userblock) as f:
+        f.attrs["format"] = np.bytes_(FORMAT)        # for a reader's eye (h5py, h5dump); the
+        f.attrs["version"] = VERSION                 # header in the userblock is what counts
+        f.attrs["epoch"] = int(epoch)
+        f.attrs["step"] = int(step)
+        f.attrs["created"] = np.bytes_(datetime.datetime.now(datetime.timezone.utc)
+                                       .isoformat())
+        f.attrs["cupycnn_version"] = np.bytes_(str(__version__))
+        f.create_group("model", track_order=True)
+        for name, array in arrays:
+            f.create_dataset(name, data=array)
+        f.flush()
+        offsets = {name: f[name].id.get_offset() for name, _ in arrays}
+    digests = {entry["dataset"]: entry["sha256"] for entry in manifest["model"]}
+    for section in SECTIONS:
+        digests.update((node["array"], node["sha256"]) for node in _array_nodes(manifest[section]))
+    tensors = [[name, -1 if offsets[name] is None else int(offsets[name]), int(array.nbytes),
+                digests[name]] for name, array in arrays]
+    with open(partial, "r+b") as out:
+        out.seek(userblock)
+        file_digest = _file_digest(out, userblock)
+        header = json.dumps({"manifest": manifest, "tensors": tensors,
+                             "file_sha256": file_digest}, separators=(",", ":"),
+                            allow_nan=False).encode("utf-8")
+        first = f"{MAGIC} {VERSION} {userblock} {len(header)} " \
+                f"{hashlib.sha256(header).hexdigest()}\n".encode("ascii")
+        if len(first) + len(header) + 1 > userblock:
+            raise CheckpointError(f"internal error: the checkpoint header needs "
+                                  f"{len(first) + len(header) + 1} bytes, {userblock} reserved")
+        out.seek(0)
+        out.write(first + header + b"\n")
+
+
+def _array_nodes(node):
+    """The array entries of an encoded tree (following only its dict and list nodes)."""
+    if not isinstance(node, dict):
+        return
+    if "array" in node:
+        yield node
+    elif "dict" in node:
+        for _, _, value in node["dict"]:
+            yield from _array_nodes(value)
+    elif "list" in node:
+        for value in node["list"]:
+            yield from _array_nodes(value)
+
+
+def _power_of_two(n):
+    size = 512
+    while size < n:
+        size *= 2
+    return size
+
+
+def _file_digest(f, start, chunk=8 << 20):
+    """SHA-256 of the open file `f` from byte `start` to its end."""
+    digest = hashlib.sha256()
+    f.seek(start)
+    for block in iter(lambda: f.read(chunk), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------- the header
+#
+# HEADER. A version 2 file starts with a userblock (a region HDF5 reserves for the application
+# and never reads) holding one line and a JSON document:
+#     cupycnn-checkpoint 2 <userblock bytes> <JSON bytes> <SHA-256 of the JSON>\n<JSON>\n
+# The JSON holds the manifest, the tensor table [[dataset, byte offset, bytes, SHA-256], ...]
+# and file_sha256, the digest of every byte after the userblock. The loader checks both digests
+# before HDF5 parses a single byte of the file: a damaged file (a flipped bit in HDF5's own
+# structures can send its parser into an endless loop) never reaches HDF5, and the table names
+# the tensor a damage falls in.
+
+MAGIC = "cupycnn-checkpoint"
+HEADER_SLACK = 4096
+MAX_USERBLOCK = MAX_MANIFEST_BYTES * 2
+
+
+def _read_header(path, info):
+    """(manifest, tensors) from a version 2 file's verified header; None if the file does not
+    start with the header (an older version, or not a checkpoint). CheckpointError when the
+    header or the file is damaged."""
+    where = str(path)
+    with open(path, "rb") as f:
+        first = f.read(256)
+        if not first.startswith(MAGIC.encode() + b" "):
+            return None
+        line = first.split(b"\n", 1)[0]
+        fields = line.decode("ascii", "replace").split(" ")
+        try:
+            _, version, userblock, length, digest = fields
+            version, userblock, length = int(version), int(userblock), int(length)
+        except ValueError:
+            raise CheckpointError(f"{where}: the checkpoint is damaged: its first line "
+                                  f"{line[:80]!r} is not a cupycnn header") from None
+        if version > VERSION:
+            raise CheckpointError(f"{where} was written by a newer cupycnn (checkpoint "
+                                  f"version {version}; this one reads up to {VERSION})")
+        if userblock > info.st_size and 512 <= userblock <= MAX_USERBLOCK:
+            raise CheckpointError(f"{where}: the checkpoint is damaged: the file is truncated "
+                                  f"({info.st_size} bytes, shorter than its header)")
+        if version != VERSION or userblock < 512 or userblock & (userblock - 1) or \
+                userblock > min(MAX_USERBLOCK, info.st_size) or \
+                not 0 < length <= userblock - len(line) - 2:
+            raise CheckpointError(f"{where}: the checkpoint is damaged: its header line "
+                                  f"{line[:80]!r} is inconsistent")
+        f.seek(len(line) + 1)
+        header = f.read(length)
+        if hashlib.sha256(header).hexdigest() != digest:
+            raise CheckpointError(f"{where}: the checkpoint is damaged: its header does not "
+                                  f"match its SHA-256 digest")
+        try:
+            header = json.loads(header)
+        except RecursionError:
+            raise CheckpointError(f"{where}: the checkpoint's header is nested too deeply") \
+                from None
+        except ValueError as e:
+            raise CheckpointError(f"{where}: the checkpoint is damaged: its header is not "
+                                  f"JSON ({e})") from None
+        if not (isinstance(header, dict) and set(header) == {"manifest", "tensors",
+                                                             "file_sha256"}
+                and isinstance(header["tensors"], list)):
+            raise CheckpointError(f"{where}: the checkpoint is damaged: its header has the "
+                                  f"wrong fields")
+        tensors = []
+        for item in header["tensors"]:
+            if not (isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in item[1:3])
+                    and isinstance(item[3], str)):
+                raise CheckpointError(f"{where}: the checkpoint is damaged: its tensor table "
+                                      f"has the entry {_short(item)}")
+            tensors.append(item)
+        if _file_digest(f, userblock) != header["file_sha256"]:
+            raise CheckpointError(f"{where}: {_locate_damage(f, tensors, info.st_size)}")
+    return header["manifest"], {name: offset for name, offset, _, _ in tensors}, userblock
+
+
+def _locate_damage(f, tensors, size):
+    """Which tensors' bytes no longer match their digests (read straight from the file)."""
+    damaged = []
+    ends = [offset + nbytes for _, offset, nbytes, _ in tensors if offset >= 0]
+    if ends and max(ends) > size:
+        return (f"the checkpoint is damaged: the file is truncated (it ends at byte {size}, "
+                f"before the end of its tensors at {max(ends)})")
+    for name, offset, nbytes, digest in tensors:
+        if offset < 0 or nbytes == 0:
+            continue
+        if offset + nbytes > size:
+            damaged.append(name)
+            continue
+        f.seek(offset)
+        if hashlib.sha256(f.read(nbytes)).hexdigest() != digest:
+            damaged.append(name)
+    if damaged:
+        names = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5
+                                          else "")
+        return (f"the checkpoint is damaged: the bytes of {names} do not match "
+                f"{'its' if len(damaged) == 1 else 'their'} SHA-256 checksum")
+    return ("the checkpoint is damaged: its bytes do not match their SHA-256 checksum (the "
+            "damage is in HDF5's structures, outside every tensor)")
 
 
 # -------------------------------------------------------------------------------- loading
@@ -386,11 +563,25 @@ def load_checkpoint(path, model=None):
     path = Path(path)
     where = str(path)
     try:
-        f = safe_hdf5.open_file(path, CheckpointError, "checkpoint")
+        info = safe_hdf5.check_regular_file(path, CheckpointError, "checkpoint")
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     try:
+        header = _read_header(path, info)       # verified before HDF5 reads a byte
+    except OSError as e:
+        raise CheckpointError(f"cannot read the checkpoint {path}: {e.strerror or e}") \
+            from None
+    f = safe_hdf5.open_file(path, CheckpointError, "checkpoint")
+    try:
         with f:
+            files = safe_hdf5.audit(f, CheckpointError, where)      # before reading data
+            if header is not None:
+                manifest, offsets, userblock = header
+                if f.userblock_size != userblock:
+                    raise CheckpointError(f"{where}: the checkpoint is damaged: its header "
+                                          f"says a userblock of {userblock} bytes, HDF5 "
+                                          f"{f.userblock_size}")
+                return _load(f, path, files, model, manifest, offsets)
             fmt = _attr(f, "format", where)
             if fmt != FORMAT:
                 raise CheckpointError(f"{path} is an HDF5 file but not a cupycnn checkpoint "
@@ -403,10 +594,10 @@ def load_checkpoint(path, model=None):
             if version > VERSION:
                 raise CheckpointError(f"{path} was written by a newer cupycnn (checkpoint "
                                       f"version {version}; this one reads up to {VERSION})")
-            files = safe_hdf5.audit(f, CheckpointError, where)
             if version == 1:
                 return _load_version_1(f, path, files, model)
-            return _load(f, path, files, model)
+            raise CheckpointError(f"{where}: the checkpoint is damaged: its header (the "
+                                  f"first bytes of the file) is missing")
     except CheckpointError:
         raise
     except (OSError, KeyError, ValueError, TypeError, AttributeError, IndexError, RuntimeError,
@@ -429,24 +620,8 @@ def _attr(f, name, where):
     return value
 
 
-def _load(f, path, files, model):
+def _load(f, path, files, model, manifest, offsets):
     where = str(path)
-    text = _attr(f, "manifest", where)
-    digest = _attr(f, "manifest_sha256", where)
-    if not isinstance(text, str) or len(text) > MAX_MANIFEST_BYTES:
-        raise CheckpointError(f"{where}: the checkpoint is damaged: its manifest is not text "
-                              f"of at most {MAX_MANIFEST_BYTES} bytes")
-    if hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest() != digest:
-        raise CheckpointError(f"{where}: the checkpoint is damaged: its manifest does not "
-                              f"match its SHA-256 digest")
-    try:
-        manifest = json.loads(text)
-    except RecursionError:
-        raise CheckpointError(f"{where}: the checkpoint's manifest is nested too deeply") \
-            from None
-    except ValueError as e:
-        raise CheckpointError(f"{where}: the checkpoint is damaged: its manifest is not JSON "
-                              f"({e})") from None
     reader = _Reader(where)
     if not isinstance(manifest, dict):
         raise reader.bad("the manifest", f"is {type(manifest).__name__}")
@@ -504,6 +679,10 @@ def _load(f, path, files, model):
             raise CheckpointError(f"{where}: the checkpoint is damaged: {what} (dataset "
                                   f"{name!r}) is missing")
         entry = files[name]
+        offset = f[name].id.get_offset()
+        if offsets.get(name, -2) != (-1 if offset is None else offset):
+            raise CheckpointError(f"{where}: the checkpoint was altered: {what} is not where "
+                                  f"its header says")
         if entry.shape != shape or entry.dtype.str != dtype:
             raise CheckpointError(f"{where}: the checkpoint is damaged: {what} is stored as "
                                   f"{entry.shape} {entry.dtype}, its manifest says {shape} "

@@ -28,7 +28,7 @@ import numpy as np
 MAX_OBJECTS = 200_000          # groups + datasets in one file (ResNet-50 + Adam: about 1,000)
 MAX_DEPTH = 32                 # group nesting
 MAX_ATTRIBUTES = 256           # per object
-MAX_ATTRIBUTE_BYTES = 64 << 20  # fixed-size attribute data per attribute
+MAX_ATTRIBUTE_BYTES = 64 << 20  # one attribute's datatype size (a fixed-length string's)
 NUMERIC_KINDS = "biuf"         # bool, signed and unsigned integers, floats
 
 
@@ -105,15 +105,15 @@ def audit(f, error, where, strings=False):
         for key in names:
             attr = attrs.get_id(key)
             kind = attr.get_type().get_class()
-            if kind == h5py.h5t.STRING:
-                if attr.shape not in ((), None):
-                    refuse(name, f"has a string attribute {key!r} of shape {attr.shape}")
-            elif kind in (h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM):
-                if attr.get_storage_size() > MAX_ATTRIBUTE_BYTES:
-                    refuse(name, f"has an attribute {key!r} of {attr.get_storage_size()} bytes")
-            else:
+            size = attr.get_type().get_size()
+            if attr.shape != ():
+                refuse(name, f"has an attribute {key!r} of shape {attr.shape} (cupycnn writes "
+                             f"single values)")
+            if kind not in (h5py.h5t.STRING, h5py.h5t.INTEGER, h5py.h5t.FLOAT, h5py.h5t.ENUM):
                 refuse(name, f"has an attribute {key!r} of HDF5 type class {kind} (not a "
                              f"number or a string)")
+            if size > MAX_ATTRIBUTE_BYTES:
+                refuse(name, f"has an attribute {key!r} of {size:,} bytes")
 
     def walk(group, prefix, depth):
         if depth > MAX_DEPTH:

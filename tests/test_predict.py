@@ -5,7 +5,6 @@ Two small models are trained on numpy: a greyscale one on scikit-learn's digits 
 (test digits rendered to PNG files for prediction), and an RGB one for 10 epochs on crops of
 real photos (scikit-image and scikit-learn ship them) in class folders read by ImageFolder with
 resize and centre crop, which then predicts the whole photos."""
-import hashlib
 import importlib.util
 import json
 import os
@@ -28,6 +27,8 @@ from cupycnn.data import (BadImageError, Digits, ImageFolder, Loader, Normalize,
 from cupycnn.data.folder import load_image
 from cupycnn.predict import load_images, load_model, predict, prepare_images
 from cupycnn.train import Trainer
+
+from hostile_files import reseal
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "predict.py"
@@ -264,15 +265,9 @@ def test_sim_device_agrees_with_numpy(digits):
 
 def rewrite(source, target, **fields):
     """A copy of checkpoint `source` at `target` with some fields of its manifest replaced
-    (and its digest recomputed: a well-formed checkpoint with other contents)."""
+    and its digests recomputed: a well-formed checkpoint with other contents."""
     shutil.copyfile(source, target)
-    with h5py.File(target, "r+") as f:
-        manifest = json.loads(f.attrs["manifest"])
-        manifest.update(fields)
-        text = json.dumps(manifest)
-        f.attrs["manifest"] = text
-        f.attrs["manifest_sha256"] = hashlib.sha256(text.encode()).hexdigest()
-    return target
+    return reseal(target, edit=lambda header: header["manifest"].update(fields))
 
 
 def good_config(digits):
@@ -338,7 +333,7 @@ def test_files_that_are_not_checkpoints(digits, tmp_path, capsys):
 
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(digits["checkpoint"].read_bytes()[:3000])
-    assert "not a readable HDF5 file (truncated or corrupt?)" in \
+    assert "the checkpoint is damaged: the file is truncated" in \
         error_of(image, "--checkpoint", truncated)
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:

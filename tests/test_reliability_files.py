@@ -18,6 +18,8 @@ import cupycnn
 from cupycnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cupycnn.layers import Dense
 
+from hostile_files import reseal
+
 SECRET = b"root:x:0:0:TOP-SECRET-BYTES:/root:/bin/bash\n" * 8     # a file outside the checkpoint
 
 
@@ -41,6 +43,7 @@ def _replace(path, name, **create):
         create.setdefault("shape", shape)
         create.setdefault("dtype", dtype)
         f.create_dataset(name, **create)
+    reseal(path)
 
 
 def _no_secret_in(checkpoint):
@@ -81,6 +84,7 @@ def test_virtual_dataset_is_refused(tmp_path):
         layout = h5py.VirtualLayout(shape=(8, 16), dtype=np.float32)
         layout[:] = h5py.VirtualSource(str(other), "x", shape=(8, 16))
         f.create_virtual_dataset("model/weight", layout)
+    reseal(path)
     _load_or_refuse(path, r"virtual dataset")
 
 
@@ -99,6 +103,7 @@ def test_soft_and_external_links_are_refused(tmp_path, kind):
         else:
             f["model"] = h5py.ExternalLink(str(other), "/model")
         del f["original_model"]
+    reseal(path)
     _load_or_refuse(path, rf"{kind} link")
 
 
@@ -140,6 +145,7 @@ def test_a_declared_gigabyte_is_refused_without_allocating_it(tmp_path):
     _checkpoint(path)
     with h5py.File(path, "a") as f:       # 1 GiB declared, nothing stored: 80 kB on disk
         f.create_dataset("model/unexpected", shape=(2 ** 28,), dtype=np.float32, chunks=(4096,))
+    reseal(path)
     assert path.stat().st_size < 200_000
     peak, error = _peak_bytes(lambda: load_checkpoint(path))
     assert isinstance(error, CheckpointError), error
