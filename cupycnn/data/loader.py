@@ -199,12 +199,23 @@ class Loader:
         self._host = (_HostSource(*dataset.storage()) if hasattr(dataset, "storage")
                       else _ItemSource(dataset))
         self._device = None        # the _DeviceSource once made (cuda, resident)
+        self._skip = 0             # batches the next iteration leaves out (skip_next)
 
     def set_epoch(self, epoch):
         """Make the next iteration epoch `epoch` (DistributedSampler.set_epoch)."""
         if not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"Loader: epoch must be an integer of at least 0, got {epoch!r}")
         self.epoch = int(epoch)
+
+    def skip_next(self, batches):
+        """Start the next iteration at batch `batches` of its epoch, without making the ones
+        before it (how a trainer resumes a checkpoint saved in the middle of an epoch: the
+        order, and the transform's random state, go on exactly from there)."""
+        if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or \
+                not 0 <= batches <= len(self):
+            raise ValueError(f"Loader.skip_next: batches must be an integer in [0, "
+                             f"{len(self)}], got {batches!r}")
+        self._skip = int(batches)
 
     def indices(self, epoch=None):
         """int64 [num_samples]: the positions in the dataset of this rank's examples in epoch
@@ -260,6 +271,7 @@ class Loader:
         batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
         if self.drop_last and len(batches[-1]) < self.batch_size:
             batches.pop()
+        batches, self._skip = batches[self._skip:], 0
         on_cuda = _device.device() == "cuda"
         if not on_cuda:
             produce = self._produce_host

@@ -148,7 +148,9 @@ class ReduceLROnPlateau(Callback):
             (self._pending_state or {})
 
     def load_state_dict(self, state):
-        if self.schedule is not None:
+        if not state:                      # the state of one that never started
+            self._pending_state = None
+        elif self.schedule is not None:
             self.schedule.load_state_dict(state)
         else:
             self._pending_state = state

@@ -16,25 +16,39 @@ each layer's dropout counter, the loaders' transforms), so 2 epochs, a save, a r
 epochs end with the same parameters as 4 epochs in one go (on numpy and sim, where runs are
 deterministic; tested).
 """
+import copy
 import time
 
 import numpy as np
 
 from .. import devices as _device
 from .. import random as _random
-from ..checkpoint import load_checkpoint, save_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from ..ops import metrics as metric_ops
+from ..ops._check import check_device_array, check_int_array
+from ..ops.softmax_xent import check_labels_on_host, labels_to_int32
 from ..progress import Progress
+from . import resume as _resume
 from .callbacks import Callback
 
 
 class History(dict):
-    """{figure name: [one value per epoch]}; `epochs` lists the epoch numbers (from 1)."""
+    """{figure name: [one value per epoch]}; "epoch" lists the epoch numbers (from 1). Every
+    list has one entry per epoch: a figure an epoch did not report is None there."""
 
     def append(self, epoch, logs):
+        done = len(self.get("epoch", []))
         self.setdefault("epoch", []).append(epoch + 1)
         for key, value in logs.items():
-            self.setdefault(key, []).append(value)
+            self.setdefault(key, [None] * done).append(value)
+        for key, values in self.items():
+            if len(values) == done:
+                values.append(None)
+
+    def rows(self):
+        """One {name: value} per epoch (what CSVLogger writes)."""
+        names = list(self)
+        return [dict(zip(names, values)) for values in zip(*(self[n] for n in names))]
 
 
 class Trainer:
@@ -74,6 +88,9 @@ class Trainer:
         self.stop_training = False
         self.loaders = []           # whose random state goes into checkpoints (set by fit)
         self._pending_loader_state = None   # from resume(), applied when fit gets the loaders
+        self._position = None       # from resume() of a mid-epoch checkpoint: where to start
+        self._in_epoch = None       # during an epoch: its number, batches done, sums, lr
+        self._classes_seen = None   # the model's outputs, known after the first step
 
     # ------------------------------------------------------------------------- properties
     @property
@@ -90,9 +107,28 @@ class Trainer:
             getattr(cb, hook)(*args)
 
     # -------------------------------------------------------------------------- training
+    def _labels(self, op, x, y):
+        """Check a batch before anything changes (a failing step must not have stepped): x a
+        device array with y's batch size, y integer class labels [N] on the device; labels of
+        another integer dtype become int32 explicitly, a label out of range is refused where
+        the labels are on the host (numpy, sim; on cuda the loss turns NaN instead)."""
+        check_device_array(op, "the inputs x", x)
+        check_int_array(op, "the labels y", y, ("N",))
+        if len(x.shape) < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"{op}: {y.shape[0]} labels for inputs of shape {tuple(x.shape)}; "
+                             f"one label per example")
+        classes = len(self.classes) if self.classes else self._classes_seen
+        if _device.device() != "cuda" and classes:
+            check_labels_on_host(op, y, classes)
+        if y.dtype != np.int32:
+            y = labels_to_int32(y, classes or np.iinfo(np.int32).max, op)
+        return y
+
     def train_step(self, x, y, sums):
         """One optimizer step on a batch; adds its loss and hits to `sums` (on the device)."""
+        y = self._labels("Trainer.train_step", x, y)
         logits = self.model.forward(x, training=True)
+        self._classes_seen = int(logits.shape[1]) if len(logits.shape) == 2 else None
         loss = self.loss.forward(logits, y)
         dy = self.loss.backward()
         if self.distributed is not None:
@@ -114,6 +150,7 @@ class Trainer:
             self.set_random_state({"loaders": self._pending_loader_state})
             self._pending_loader_state = None
         self.stop_training = False
+        position, self._position = self._position, None
         self._callbacks("on_train_begin", {})
         logs = {}
         last = epochs if stop_at is None else min(epochs, stop_at)
@@ -121,15 +158,25 @@ class Trainer:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
-            self._callbacks("on_epoch_begin", epoch, {})
-            lr = self.optimizer.param_groups[0]["lr"]
             sums = metric_ops.new_sums()
+            lr = self.optimizer.param_groups[0]["lr"]
+            start, seconds_before = 0, 0.0
+            if position is not None:                 # a mid-epoch checkpoint: go on from it
+                start, lr, seconds_before = _resume.start_mid_epoch(self, position, train_loader,
+                                                                    sums)
+                position = None
+            self._callbacks("on_epoch_begin", epoch, {})
             bar = Progress(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
                            unit="batch", enabled=self.progress and self.is_root,
                            unit_scale=getattr(train_loader, "batch_size", 1))
+            bar.done = start
             started = time.perf_counter()
+            self._in_epoch = {"epoch": epoch, "batch": start, "batches": len(train_loader),
+                              "sums": sums, "lr": lr, "started": started,
+                              "seconds_before": seconds_before}
             for x, y in train_loader:
                 self.train_step(x, y, sums)
+                self._in_epoch["batch"] += 1
                 if bar.enabled and bar.due():       # the only host read inside an epoch
                     loss, accuracy, _ = metric_ops.read_sums(sums)
                     bar.set_metrics(loss=loss, acc=accuracy)
@@ -137,11 +184,12 @@ class Trainer:
                 if any(type(cb).on_batch_end is not Callback.on_batch_end
                        for cb in self.callbacks):
                     self._callbacks("on_batch_end", self.step, {})
+            self._in_epoch = None
             self._allreduce_sums(sums)
             if self.distributed is not None:
                 self.distributed.broadcast_buffers(self.model)   # one model to evaluate and save
             loss, accuracy, count = metric_ops.read_sums(sums)
-            seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - started + seconds_before
             logs = {"loss": loss, "accuracy": accuracy, "lr": lr,
                     "images_per_second": count / seconds if seconds > 0 else float("nan")}
             bar.set_metrics(loss=loss, acc=accuracy)
@@ -169,6 +217,7 @@ class Trainer:
                        enabled=self.progress and self.is_root,
                        unit_scale=getattr(loader, "batch_size", 1))
         for x, y in loader:
+            y = self._labels("Trainer.evaluate", x, y)
             logits = self.model.forward(x, training=False)
             loss = self.loss.forward(logits, y)
             metric_ops.accumulate_metrics(logits, y, loss, sums)
@@ -219,33 +268,38 @@ class Trainer:
                 loader.load_state_dict(loader_states[str(i)])
 
     def save_checkpoint(self, path):
-        """Everything needed to resume or to predict, written atomically (rank 0 only)."""
+        """Everything needed to resume or to predict, written atomically (rank 0 writes; in
+        data-parallel training call it on every rank). Saved from a batch callback, in the
+        middle of an epoch, it holds the position within the epoch, and resume() continues
+        from the next batch, exactly as if never interrupted."""
+        position = _resume.position(self) if self._in_epoch is not None else None
         if not self.is_root:
             return None
         trainer_state = {"history": dict(self.history),
                          "callbacks": {str(i): cb.state_dict()
-                                       for i, cb in enumerate(self.callbacks)}}
+                                       for i, cb in enumerate(self.callbacks)},
+                         "callback_types": {str(i): type(cb).__name__
+                                            for i, cb in enumerate(self.callbacks)}}
         if self.scheduler is not None:
             trainer_state["scheduler"] = self.scheduler.state_dict()
+            trainer_state["scheduler_type"] = type(self.scheduler).__name__
+        if position is not None:
+            trainer_state["position"] = position
         return save_checkpoint(path, model=self.model, optimizer=self.optimizer,
                                epoch=self.epoch, step=self.step, config=self.config,
                                classes=self.classes, normalization=self.normalization,
                                rng=self.random_state(), trainer=trainer_state)
 
-    def resume(self, path):
+    def resume(self, path, strict=True):
         """Continue from a checkpoint: model, optimizer, scheduler, counters, history,
         callbacks and random states (the loaders' states are applied when fit() receives the
-        loaders). Then call fit() with the same total number of epochs."""
-        checkpoint = load_checkpoint(path)
-        checkpoint.restore(self.model, self.optimizer)
-        self.epoch, self.step = checkpoint.epoch, checkpoint.step
-        state = checkpoint.trainer
-        self.history = History({k: list(v) for k, v in state.get("history", {}).items()})
-        if self.scheduler is not None and "scheduler" in state:
-            self.scheduler.load_state_dict(state["scheduler"])
-        for i, cb in enumerate(self.callbacks):
-            if str(i) in state.get("callbacks", {}):
-                cb.load_state_dict(state["callbacks"][str(i)])
-        self.set_random_state(checkpoint.rng)
-        return checkpoint
+        loaders; a mid-epoch checkpoint's position too). Then call fit() with the same total
+        number of epochs.
 
+        Everything in the checkpoint is checked before anything is changed: a damaged or
+        mismatched checkpoint is one CheckpointError saying what is wrong, and the trainer is
+        left exactly as it was. strict=False lets the checkpoint hold the state of callbacks
+        this trainer no longer has (it is ignored)."""
+        checkpoint = load_checkpoint(path, model=self.model)
+        _resume.apply(self, checkpoint, strict)
+        return checkpoint
