@@ -277,8 +277,6 @@ def save_checkpoint(path, *, model, optimizer=None, epoch=0, step=0, config=None
     A failure to write (a full disk, a read-only folder) is a CheckpointWriteError in one
     sentence; the previous checkpoint is kept.
     """
-    import h5py
-
     path = Path(path)
     arrays, model_entries = [], []
     for name, value in model.state_dict().items():
@@ -314,44 +312,20 @@ def save_checkpoint(path, *, model, optimizer=None, epoch=0, step=0, config=None
 
 
 def _write(partial, manifest, text, arrays, epoch, step):
-    """The HDF5 file of `arrays`, after a userblock of the header (see HEADER below)."""
-    import h5py
+    """The HDF5 file of `arrays` after the verified header (safe_hdf5.write_verified)."""
     from . import __version__
-    # The header's size is known before the file is written: its tensor table has fixed-width
-    # offsets.
-    table_bytes = sum(len(name) + 64 + 2 * 20 + 16 for name, _ in arrays)
-    userblock = _power_of_two(len(text) + table_bytes + HEADER_SLACK)
-    with h5py.File(partial, "w", userblock_size=userblock) as f:
-        f.attrs["format"] = np.bytes_(FORMAT)        # for a reader's eye (h5py, h5dump); the
-        f.attrs["version"] = VERSION                 # header in the userblock is what counts
-        f.attrs["epoch"] = int(epoch)
-        f.attrs["step"] = int(step)
-        f.attrs["created"] = np.bytes_(datetime.datetime.now(datetime.timezone.utc)
-                                       .isoformat())
-        f.attrs["cupycnn_version"] = np.bytes_(str(__version__))
-        f.create_group("model", track_order=True)
-        for name, array in arrays:
-            f.create_dataset(name, data=array)
-        f.flush()
-        offsets = {name: f[name].id.get_offset() for name, _ in arrays}
     digests = {entry["dataset"]: entry["sha256"] for entry in manifest["model"]}
     for section in SECTIONS:
         digests.update((node["array"], node["sha256"]) for node in _array_nodes(manifest[section]))
-    tensors = [[name, -1 if offsets[name] is None else int(offsets[name]), int(array.nbytes),
-                digests[name]] for name, array in arrays]
-    with open(partial, "r+b") as out:
-        out.seek(userblock)
-        file_digest = _file_digest(out, userblock)
-        header = json.dumps({"manifest": manifest, "tensors": tensors,
-                             "file_sha256": file_digest}, separators=(",", ":"),
-                            allow_nan=False).encode("utf-8")
-        first = f"{MAGIC} {VERSION} {userblock} {len(header)} " \
-                f"{hashlib.sha256(header).hexdigest()}\n".encode("ascii")
-        if len(first) + len(header) + 1 > userblock:
-            raise CheckpointError(f"internal error: the checkpoint header needs "
-                                  f"{len(first) + len(header) + 1} bytes, {userblock} reserved")
-        out.seek(0)
-        out.write(first + header + b"\n")
+    attrs = {"format": np.bytes_(FORMAT), "version": VERSION, "epoch": int(epoch),
+             "step": int(step), "cupycnn_version": np.bytes_(str(__version__)),
+             "created": np.bytes_(datetime.datetime.now(datetime.timezone.utc).isoformat())}
+
+    def groups(f):
+        f.create_group("model", track_order=True)       # state_dict order
+
+    safe_hdf5.write_verified(partial, arrays, manifest, MAGIC, VERSION, digests, attrs=attrs,
+                             prepare=groups, text_length=len(text))
 
 
 def _array_nodes(node):
@@ -368,120 +342,7 @@ def _array_nodes(node):
             yield from _array_nodes(value)
 
 
-def _power_of_two(n):
-    size = 512
-    while size < n:
-        size *= 2
-    return size
-
-
-def _file_digest(f, start, chunk=8 << 20):
-    """SHA-256 of the open file `f` from byte `start` to its end."""
-    digest = hashlib.sha256()
-    f.seek(start)
-    for block in iter(lambda: f.read(chunk), b""):
-        digest.update(block)
-    return digest.hexdigest()
-
-
-# ------------------------------------------------------------------------- the header
-#
-# HEADER. A version 2 file starts with a userblock (a region HDF5 reserves for the application
-# and never reads) holding one line and a JSON document:
-#     cupycnn-checkpoint 2 <userblock bytes> <JSON bytes> <SHA-256 of the JSON>\n<JSON>\n
-# The JSON holds the manifest, the tensor table [[dataset, byte offset, bytes, SHA-256], ...]
-# and file_sha256, the digest of every byte after the userblock. The loader checks both digests
-# before HDF5 parses a single byte of the file: a damaged file (a flipped bit in HDF5's own
-# structures can send its parser into an endless loop) never reaches HDF5, and the table names
-# the tensor a damage falls in.
-
 MAGIC = "cupycnn-checkpoint"
-HEADER_SLACK = 4096
-MAX_USERBLOCK = MAX_MANIFEST_BYTES * 2
-
-
-def _read_header(path, info):
-    """(manifest, tensors) from a version 2 file's verified header; None if the file does not
-    start with the header (an older version, or not a checkpoint). CheckpointError when the
-    header or the file is damaged."""
-    where = str(path)
-    with open(path, "rb") as f:
-        first = f.read(256)
-        if not first.startswith(MAGIC.encode() + b" "):
-            return None
-        line = first.split(b"\n", 1)[0]
-        fields = line.decode("ascii", "replace").split(" ")
-        try:
-            _, version, userblock, length, digest = fields
-            version, userblock, length = int(version), int(userblock), int(length)
-        except ValueError:
-            raise CheckpointError(f"{where}: the checkpoint is damaged: its first line "
-                                  f"{line[:80]!r} is not a cupycnn header") from None
-        if version > VERSION:
-            raise CheckpointError(f"{where} was written by a newer cupycnn (checkpoint "
-                                  f"version {version}; this one reads up to {VERSION})")
-        if userblock > info.st_size and 512 <= userblock <= MAX_USERBLOCK:
-            raise CheckpointError(f"{where}: the checkpoint is damaged: the file is truncated "
-                                  f"({info.st_size} bytes, shorter than its header)")
-        if version != VERSION or userblock < 512 or userblock & (userblock - 1) or \
-                userblock > min(MAX_USERBLOCK, info.st_size) or \
-                not 0 < length <= userblock - len(line) - 2:
-            raise CheckpointError(f"{where}: the checkpoint is damaged: its header line "
-                                  f"{line[:80]!r} is inconsistent")
-        f.seek(len(line) + 1)
-        header = f.read(length)
-        if hashlib.sha256(header).hexdigest() != digest:
-            raise CheckpointError(f"{where}: the checkpoint is damaged: its header does not "
-                                  f"match its SHA-256 digest")
-        try:
-            header = json.loads(header)
-        except RecursionError:
-            raise CheckpointError(f"{where}: the checkpoint's header is nested too deeply") \
-                from None
-        except ValueError as e:
-            raise CheckpointError(f"{where}: the checkpoint is damaged: its header is not "
-                                  f"JSON ({e})") from None
-        if not (isinstance(header, dict) and set(header) == {"manifest", "tensors",
-                                                             "file_sha256"}
-                and isinstance(header["tensors"], list)):
-            raise CheckpointError(f"{where}: the checkpoint is damaged: its header has the "
-                                  f"wrong fields")
-        tensors = []
-        for item in header["tensors"]:
-            if not (isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
-                    and all(isinstance(v, int) and not isinstance(v, bool) for v in item[1:3])
-                    and isinstance(item[3], str)):
-                raise CheckpointError(f"{where}: the checkpoint is damaged: its tensor table "
-                                      f"has the entry {_short(item)}")
-            tensors.append(item)
-        if _file_digest(f, userblock) != header["file_sha256"]:
-            raise CheckpointError(f"{where}: {_locate_damage(f, tensors, info.st_size)}")
-    return header["manifest"], {name: offset for name, offset, _, _ in tensors}, userblock
-
-
-def _locate_damage(f, tensors, size):
-    """Which tensors' bytes no longer match their digests (read straight from the file)."""
-    damaged = []
-    ends = [offset + nbytes for _, offset, nbytes, _ in tensors if offset >= 0]
-    if ends and max(ends) > size:
-        return (f"the checkpoint is damaged: the file is truncated (it ends at byte {size}, "
-                f"before the end of its tensors at {max(ends)})")
-    for name, offset, nbytes, digest in tensors:
-        if offset < 0 or nbytes == 0:
-            continue
-        if offset + nbytes > size:
-            damaged.append(name)
-            continue
-        f.seek(offset)
-        if hashlib.sha256(f.read(nbytes)).hexdigest() != digest:
-            damaged.append(name)
-    if damaged:
-        names = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5
-                                          else "")
-        return (f"the checkpoint is damaged: the bytes of {names} do not match "
-                f"{'its' if len(damaged) == 1 else 'their'} SHA-256 checksum")
-    return ("the checkpoint is damaged: its bytes do not match their SHA-256 checksum (the "
-            "damage is in HDF5's structures, outside every tensor)")
 
 
 # -------------------------------------------------------------------------------- loading
@@ -567,7 +428,8 @@ def load_checkpoint(path, model=None):
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
     try:
-        header = _read_header(path, info)       # verified before HDF5 reads a byte
+        header = safe_hdf5.read_verified_header(path, info, MAGIC, VERSION, CheckpointError,
+                                                "checkpoint")  # before HDF5 reads a byte
     except OSError as e:
         raise CheckpointError(f"cannot read the checkpoint {path}: {e.strerror or e}") \
             from None
@@ -679,14 +541,11 @@ def _load(f, path, files, model, manifest, offsets):
             raise CheckpointError(f"{where}: the checkpoint is damaged: {what} (dataset "
                                   f"{name!r}) is missing")
         entry = files[name]
-        offset = f[name].id.get_offset()
-        if offsets.get(name, -2) != (-1 if offset is None else offset):
-            raise CheckpointError(f"{where}: the checkpoint was altered: {what} is not where "
-                                  f"its header says")
         if entry.shape != shape or entry.dtype.str != dtype:
             raise CheckpointError(f"{where}: the checkpoint is damaged: {what} is stored as "
                                   f"{entry.shape} {entry.dtype}, its manifest says {shape} "
                                   f"{np.dtype(dtype)}")
+    safe_hdf5.check_offsets(f, files, offsets, CheckpointError, where)
     if model is not None:
         _compare_model(path, config, {n: reader.expected[f"model/{n}"][0] for n in model_names},
                        dict(_model_shapes(model)))

@@ -23,6 +23,7 @@ import argparse
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -313,21 +314,64 @@ def main(description, default_dataset="cifar10", argv=None):
     except (_device.DeviceUnavailableError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    with ctx.abort_on_error():
+    previous = _terminate_as_interrupt()
+    try:
+        with ctx.abort_on_error():
+            try:
+                return run(args, ctx)
+            except KeyboardInterrupt as e:
+                return _interrupted(args, ctx, e)
+            except _user_errors() as e:
+                if ctx.size > 1:
+                    raise                  # abort_on_error prints the rank and stops the job
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job, `kill`), raised like Ctrl-C: a checkpoint being
+    written completes first (cupycnn.atomic), then the run ends with one line."""
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises Terminated in the main thread (the previous handler, or None)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:                   # not the main thread
+        return None
+
+
+def _interrupted(args, ctx, error):
+    """Ctrl-C or SIGTERM: one line saying where the last checkpoint is; exit status 130/143."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    status, what = (143, "terminated (SIGTERM)") if isinstance(error, Terminated) else \
+        (130, "interrupted (Ctrl-C)")
+    if ctx.rank == 0:
+        trainer = getattr(args, "trainer", None)
+        where = f" during epoch {trainer.epoch + 1}" if trainer is not None else ""
         try:
-            return run(args, ctx)
-        except _user_errors() as e:
-            if ctx.size > 1:
-                raise                      # abort_on_error prints the rank and stops the job
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            saved = load_checkpoint(args.checkpoint)
+            last = (f"the last checkpoint is {args.checkpoint} (after epoch {saved.epoch}, "
+                    f"step {saved.step}); continue with --resume")
+        except CheckpointError:
+            last = f"no checkpoint was written yet ({args.checkpoint})"
+        print(f"cupycnn: {what}{where}; {last}", file=sys.stderr, flush=True)
+    if ctx.size > 1 and ctx.mpi is not None:
+        ctx.mpi.Abort(status)             # the other ranks may be waiting in a collective
+    return status
 
 
 def _user_errors():
     from .checkpoint import CheckpointError
     from .data import BadImageError, CacheMismatchError, DatasetNotFoundError
+    from .atomic import WriteError
     return (DatasetNotFoundError, BadImageError, CacheMismatchError, CheckpointError,
-            FileNotFoundError, ValueError)
+            FileNotFoundError, ValueError, WriteError)
 
 
 def _say(ctx, message):
@@ -343,6 +387,10 @@ def run(args, ctx):
 
     started = time.perf_counter()
     random.manual_seed(args.seed)
+    if ctx.rank == 0:                 # before the data: a read-only or missing folder now
+        from .atomic import check_writable
+        check_writable(args.log_dir, "logs and checkpoints")
+        check_writable(Path(os.path.abspath(args.checkpoint)).parent, "checkpoints")
     train, val, test, classes = load_datasets(args, ctx)
     image_shape = train.image_shape
     mean, std = data.channel_stats(train.images)       # in 0..1 units, per channel
@@ -400,6 +448,7 @@ def run(args, ctx):
                       scheduler=schedule, scheduler_interval=interval, callbacks=callbacks,
                       distributed=ctx, progress=not args.no_progress, config=config,
                       classes=classes, normalization={"mean": mean, "std": std})
+    args.trainer = trainer                 # for the line an interrupt prints
     if args.resume:
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"--resume: no checkpoint at {args.checkpoint}")
@@ -447,7 +496,8 @@ def run(args, ctx):
                "train_seconds": train_seconds,
                "seconds_total": time.perf_counter() - started,
                "best_val_accuracy": max(history.get("val_accuracy", [math.nan])),
-               "arguments": vars(args), "history": dict(history)}
+               "arguments": {k: v for k, v in vars(args).items() if k != "trainer"},
+               "history": dict(history)}
     (log_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     print(f"wrote {args.checkpoint}, {log_dir / 'log.csv'}, {log_dir / 'tensorboard'}, "
           f"curves.png, confusion_matrix.png, predictions.png, summary.json in {log_dir}")

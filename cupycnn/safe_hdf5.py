@@ -43,11 +43,12 @@ def check_regular_file(path, error, what="file"):
     except OSError as e:         # ELOOP (a symlink loop), EACCES, ENAMETOOLONG, ...
         raise error(f"cannot open the {what} {path}: {e.strerror or e}") from None
     if not stat.S_ISREG(info.st_mode):
-        raise error(f"{path} is {_kind(info.st_mode)}, not a regular file; a {what} must be one")
+        raise error(f"{path} is {kind_of(info.st_mode)}, not a regular file; a {what} must be one")
     return info
 
 
-def _kind(mode):
+def kind_of(mode):
+    """What a file of st_mode `mode` is, in words ("a FIFO (named pipe)", ...)."""
     for test, name in ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a FIFO (named pipe)"),
                        (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device")):
@@ -192,3 +193,171 @@ def read(f, name, error, where):
     except (OSError, ValueError, TypeError) as e:
         raise error(f"{where}: cannot read {name!r} (the file is damaged): "
                     f"{_first_line(e)}") from None
+
+
+# ------------------------------------------------------------- verified files (writing)
+#
+# A verified file (what cupycnn writes: checkpoints, image caches) is an HDF5 file of plain
+# numeric datasets after a userblock (a region at the start that HDF5 reserves for the
+# application and never reads) holding one line and a JSON document:
+#     <magic> <version> <userblock bytes> <JSON bytes> <SHA-256 of the JSON>\n<JSON>\n
+# The JSON is {"document": what the writer says about the file (its manifest), "tensors":
+# [[dataset, byte offset, bytes, SHA-256], ...], "file_sha256": the digest of every byte after
+# the userblock}. A reader checks both digests before HDF5 parses a single byte of the file:
+# damage (a flipped bit in HDF5's own structures can send its parser into an endless loop)
+# never reaches HDF5, and the table names the dataset a damage falls in.
+
+HEADER_SLACK = 4096
+MAX_USERBLOCK = 256 << 20
+
+
+def _power_of_two(n):
+    size = 512
+    while size < n:
+        size *= 2
+    return size
+
+
+def file_digest(f, start, chunk=8 << 20):
+    """SHA-256 of the open binary file `f` from byte `start` to its end."""
+    import hashlib
+    digest = hashlib.sha256()
+    f.seek(start)
+    for block in iter(lambda: f.read(chunk), b""):
+        digest.update(block)
+    return digest.hexdigest()
+
+
+def write_verified(path, arrays, document, magic, version, digests, attrs=None, prepare=None,
+                   text_length=None):
+    """Write `arrays` ([(dataset name, C-contiguous array)], contiguous datasets in that order)
+    to a new HDF5 file at `path`, after the header holding `document` (JSON data) and the
+    tensor table (`digests`: dataset name -> SHA-256 of its bytes). `attrs` become root
+    attributes (for a reader's eye), `prepare(f)` runs first (to make groups). Writes to
+    `path` itself: callers make it atomic (cupycnn.atomic)."""
+    import hashlib
+    import json
+
+    import h5py
+    if text_length is None:
+        text_length = len(json.dumps(document, separators=(",", ":")))
+    table = sum(len(name) + 64 + 2 * 20 + 16 for name, _ in arrays)
+    userblock = _power_of_two(text_length + table + HEADER_SLACK)
+    with h5py.File(path, "w", userblock_size=userblock) as f:
+        for key, value in (attrs or {}).items():
+            f.attrs[key] = value
+        if prepare is not None:
+            prepare(f)
+        for name, array in arrays:
+            f.create_dataset(name, data=array)
+        f.flush()
+        offsets = {name: f[name].id.get_offset() for name, _ in arrays}
+    tensors = [[name, -1 if offsets[name] is None else int(offsets[name]), int(array.nbytes),
+                digests[name]] for name, array in arrays]
+    with open(path, "r+b") as out:
+        header = json.dumps({"document": document, "tensors": tensors,
+                             "file_sha256": file_digest(out, userblock)},
+                            separators=(",", ":"), allow_nan=False).encode("utf-8")
+        first = f"{magic} {version} {userblock} {len(header)} " \
+                f"{hashlib.sha256(header).hexdigest()}\n".encode("ascii")
+        if len(first) + len(header) + 1 > userblock:      # pragma: no cover - sized above
+            raise RuntimeError(f"the header needs {len(first) + len(header) + 1} bytes, "
+                               f"{userblock} were reserved")
+        out.seek(0)
+        out.write(first + header + b"\n")
+
+
+# ------------------------------------------------------------- verified files (reading)
+
+def read_verified_header(path, info, magic, version, error, what="file"):
+    """(document, {dataset: offset}, userblock) from the verified header of the regular file
+    at `path` (`info` its os.stat), after checking the header's digest and the whole file's;
+    None when the file does not start with `magic` (another format, or an older version).
+    `error` says what is damaged: the header, or which datasets' bytes, or HDF5's structures;
+    a file written by a newer version (a higher `version`) is refused as such."""
+    import hashlib
+    import json
+    where = str(path)
+    with open(path, "rb") as f:
+        first = f.read(256)
+        if not first.startswith(magic.encode() + b" "):
+            return None
+        line = first.split(b"\n", 1)[0]
+        fields = line.decode("ascii", "replace").split(" ")
+        try:
+            _, found, userblock, length, digest = fields
+            found, userblock, length = int(found), int(userblock), int(length)
+        except ValueError:
+            raise error(f"{where}: the {what} is damaged: its first line {line[:80]!r} is not "
+                        f"a cupycnn header") from None
+        if found > version:
+            raise error(f"{where} was written by a newer cupycnn ({what} version {found}; this "
+                        f"one reads up to {version})")
+        if userblock > info.st_size and 512 <= userblock <= MAX_USERBLOCK:
+            raise error(f"{where}: the {what} is damaged: the file is truncated "
+                        f"({info.st_size} bytes, shorter than its header)")
+        if found != version or userblock < 512 or userblock & (userblock - 1) or \
+                userblock > min(MAX_USERBLOCK, info.st_size) or \
+                not 0 < length <= userblock - len(line) - 2:
+            raise error(f"{where}: the {what} is damaged: its header line {line[:80]!r} is "
+                        f"inconsistent")
+        f.seek(len(line) + 1)
+        header = f.read(length)
+        if hashlib.sha256(header).hexdigest() != digest:
+            raise error(f"{where}: the {what} is damaged: its header does not match its "
+                        f"SHA-256 digest")
+        try:
+            header = json.loads(header)
+        except RecursionError:
+            raise error(f"{where}: the {what}'s header is nested too deeply") from None
+        except ValueError as e:
+            raise error(f"{where}: the {what} is damaged: its header is not JSON ({e})") \
+                from None
+        if not (isinstance(header, dict) and set(header) == {"document", "tensors",
+                                                             "file_sha256"}
+                and isinstance(header["tensors"], list)):
+            raise error(f"{where}: the {what} is damaged: its header has the wrong fields")
+        tensors = []
+        for item in header["tensors"]:
+            if not (isinstance(item, list) and len(item) == 4 and isinstance(item[0], str)
+                    and all(isinstance(v, int) and not isinstance(v, bool) for v in item[1:3])
+                    and isinstance(item[3], str)):
+                raise error(f"{where}: the {what} is damaged: its tensor table has the entry "
+                            f"{str(item)[:60]}")
+            tensors.append(item)
+        if file_digest(f, userblock) != header["file_sha256"]:
+            raise error(f"{where}: the {what} is damaged: "
+                        f"{_locate_damage(f, tensors, info.st_size)}")
+    return header["document"], {name: offset for name, offset, _, _ in tensors}, userblock
+
+
+def _locate_damage(f, tensors, size):
+    """Which datasets' bytes no longer match their digests (read straight from the file)."""
+    import hashlib
+    ends = [offset + nbytes for _, offset, nbytes, _ in tensors if offset >= 0]
+    if ends and max(ends) > size:
+        return (f"the file is truncated (it ends at byte {size}, before the end of its data "
+                f"at {max(ends)})")
+    damaged = []
+    for name, offset, nbytes, digest in tensors:
+        if offset < 0 or nbytes == 0:
+            continue
+        f.seek(offset)
+        if hashlib.sha256(f.read(nbytes)).hexdigest() != digest:
+            damaged.append(name)
+    if damaged:
+        names = ", ".join(damaged[:5]) + (f" and {len(damaged) - 5} more" if len(damaged) > 5
+                                          else "")
+        return (f"the bytes of {names} do not match {'its' if len(damaged) == 1 else 'their'} "
+                f"SHA-256 checksum")
+    return ("its bytes do not match their SHA-256 checksum (the damage is in HDF5's "
+            "structures, outside every dataset)")
+
+
+def check_offsets(f, files, offsets, error, where):
+    """Every dataset of the audited file `f` must be where the verified header says."""
+    for name in files:
+        offset = f[name].id.get_offset()
+        if offsets.get(name, -2) != (-1 if offset is None else offset):
+            raise error(f"{where}: the file was altered: the dataset {name!r} is not where its "
+                        f"header says")

@@ -11,13 +11,14 @@ def read_header(path):
     data = open(path, "rb").read()
     line, rest = data.split(b"\n", 1)
     magic, version, userblock, length, digest = line.decode().split(" ")
+    assert magic.startswith("cupycnn-")
     return json.loads(rest[:int(length)]), int(userblock)
 
 
-def reseal(path, version=None, edit=None):
+def reseal(path, version=None, edit=None, magic="cupycnn-checkpoint"):
     """Recompute the header of the checkpoint at `path` after an edit of its HDF5 part: the
     tensor offsets (from h5py), the digest of the file and of the header. `edit(header)` may
-    change the header first (its manifest); `version` replaces the version number."""
+    change the header first (its document); `version` replaces the version number."""
     header, userblock = read_header(path)
     with h5py.File(path, "r") as f:
         for item in header["tensors"]:
@@ -30,7 +31,7 @@ def reseal(path, version=None, edit=None):
     data = bytearray(open(path, "rb").read())
     header["file_sha256"] = hashlib.sha256(bytes(data[userblock:])).hexdigest()
     text = json.dumps(header, separators=(",", ":")).encode()
-    first = (f"cupycnn-checkpoint {version or 2} {userblock} {len(text)} "
+    first = (f"{magic} {version or 2} {userblock} {len(text)} "
              f"{hashlib.sha256(text).hexdigest()}\n").encode()
     block = first + text + b"\n"
     assert len(block) <= userblock, "the edit does not fit the userblock"

@@ -267,7 +267,7 @@ def rewrite(source, target, **fields):
     """A copy of checkpoint `source` at `target` with some fields of its manifest replaced
     and its digests recomputed: a well-formed checkpoint with other contents."""
     shutil.copyfile(source, target)
-    return reseal(target, edit=lambda header: header["manifest"].update(fields))
+    return reseal(target, edit=lambda header: header["document"].update(fields))
 
 
 def good_config(digits):

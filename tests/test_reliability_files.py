@@ -259,3 +259,131 @@ def test_a_folder_at_the_checkpoint_path_is_one_sentence(tmp_path):
     (tmp_path / "last.h5").mkdir()
     with pytest.raises(CheckpointError, match="is a folder, not a regular file"):
         load_checkpoint(tmp_path / "last.h5")
+
+
+# ---------------------------------------------------------- item 2: CIFAR-10 pickles
+
+class _Declared:
+    """Pickles as numpy's _reconstruct of an array of `shape` that the file never fills: the
+    unpickler allocates the shape, the file holds a few bytes."""
+
+    def __init__(self, shape):
+        self.shape = shape
+
+
+def test_a_12_kB_cifar_pickle_cannot_make_10_million_labels(tmp_path):
+    from cifar_archives import Py2Pickler, _reconstruct
+    import io
+
+    from cupycnn.data.cifar import UnsafePickleError, load_pickle
+
+    class Pickler(Py2Pickler):
+        def reducer_override(self, obj):
+            if isinstance(obj, _Declared):
+                return (_reconstruct, (np.ndarray, obj.shape, b"b"))
+            return super().reducer_override(obj)
+
+    buffer = io.BytesIO()
+    rows = np.zeros((3, 3072), np.uint8)
+    Pickler(buffer).dump({b"data": rows, b"labels": _Declared((10_000_000,)),
+                          b"padding": b"x" * 2000})
+    path = tmp_path / "data_batch_1"
+    path.write_bytes(buffer.getvalue())
+    assert path.stat().st_size < 13_000
+    peak, error = _peak_bytes(lambda: load_pickle(path))
+    assert isinstance(error, UnsafePickleError), error
+    assert "_reconstruct" in str(error)
+    assert peak < 8 << 20, f"allocated {peak / 2**20:.0f} MiB for a 12 kB pickle"
+
+
+def test_a_pickle_declaring_gigabytes_of_bytes_is_refused_without_allocating(tmp_path):
+    import pickle
+    import struct
+
+    from cupycnn.data.cifar import load_pickle
+    path = tmp_path / "data_batch_1"      # BINBYTES of 2 GB declared, 10 bytes present
+    path.write_bytes(b"\x80\x03B" + struct.pack("<I", 2 ** 31) + b"0123456789" + pickle.STOP)
+    peak, error = _peak_bytes(lambda: load_pickle(path))
+    assert isinstance(error, ValueError) and "not a readable CIFAR-10 pickle" in str(error)
+    assert peak < 8 << 20, f"allocated {peak / 2**20:.0f} MiB"
+
+
+def test_cifar_files_that_are_fifos_or_huge_are_refused(tmp_path):
+    from cupycnn.data.cifar import _read_binary_batch, load_pickle
+    fifo = tmp_path / "data_batch_1"
+    os.mkfifo(fifo)
+    blocked, result = _blocks(lambda: load_pickle(fifo))
+    if blocked:
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("load_pickle blocked on a FIFO")
+    assert "FIFO" in str(result.get("error")), result
+    big = tmp_path / "data_batch_2.bin"
+    with open(big, "wb") as f:
+        f.truncate(200 << 20)                 # sparse: 200 MB declared, nothing on disk
+    with pytest.raises(ValueError, match="a CIFAR-10 batch file has at most"):
+        _read_binary_batch(big)
+
+
+# ------------------------------------------------------------- the image-folder cache
+
+def _tiny_tree(root):
+    from PIL import Image
+    for k, name in enumerate(["cat", "dog"]):
+        (root / name).mkdir(parents=True)
+        for i in range(2):
+            Image.fromarray(np.full((6, 5, 3), 40 * k + i, np.uint8)).save(root / name /
+                                                                            f"{i}.png")
+    return root
+
+
+def test_a_cache_with_external_storage_is_refused(tmp_path):
+    from cupycnn.data import HDF5Dataset, ImageFolder
+    secret = tmp_path / "passwd"
+    secret.write_bytes(SECRET * 2)
+    path = ImageFolder(_tiny_tree(tmp_path / "photos")).to_hdf5(tmp_path / "cache.h5")
+    with h5py.File(path, "a") as f:
+        shape = f["images"].shape
+        del f["images"]
+        f.create_dataset("images", shape=shape, dtype=np.uint8,
+                         external=[(str(secret), 0, int(np.prod(shape)))])
+    reseal(path, magic="cupycnn-cache")
+    with pytest.raises(ValueError, match="external storage"):
+        HDF5Dataset(path)
+
+
+def test_a_damaged_cache_is_one_error_and_is_rebuilt(tmp_path, capfd):
+    from cupycnn.data import HDF5Dataset, ImageFolder
+    root = _tiny_tree(tmp_path / "photos")
+    path = ImageFolder(root).to_hdf5(tmp_path / "cache.h5")
+    _flip_byte_of(path, "images", index=7)
+    with pytest.raises(ValueError, match=r"the bytes of images do not match its SHA-256"):
+        HDF5Dataset(path)
+    rebuilt = ImageFolder.cached(root, path)
+    assert "rebuilding the cache" in capfd.readouterr().err
+    assert len(rebuilt) == 4
+
+
+def test_non_utf8_file_names_fifos_and_symlink_loops_in_an_image_folder(tmp_path):
+    """Every name stored exactly; a FIFO named like an image is an unreadable image, not a
+    wait; a symlink back to a parent folder is read once, with a warning."""
+    from cupycnn.data import BadImageError, HDF5Dataset, ImageFolder
+    root = _tiny_tree(tmp_path / "photos")
+    odd = os.fsdecode(b"caf\xe9-\xff.png")                   # Latin-1 bytes, not UTF-8
+    (root / "cat" / "0.png").rename(root / "cat" / odd)
+    os.symlink("..", root / "dog" / "loop")                   # dog/loop/dog/loop/...
+    os.mkfifo(root / "dog" / "pipe.png")
+    blocked, result = _blocks(lambda: ImageFolder(root))
+    if blocked:
+        with open(root / "dog" / "pipe.png", "wb"):
+            pass
+        pytest.fail("ImageFolder blocked on a FIFO")
+    assert isinstance(result.get("error"), BadImageError), result
+    assert "pipe.png" in str(result["error"]) and "FIFO" in str(result["error"])
+    with pytest.warns(UserWarning) as caught:
+        ds = ImageFolder(root, skip_bad=True)
+    assert len(ds) == 4 + 2, [str(p) for p in ds.files]       # dog/loop/cat read once
+    assert any("through a symbolic link" in str(w.message) for w in caught)
+    cache = HDF5Dataset(ds.to_hdf5(tmp_path / "cache.h5"))
+    assert f"cat/{odd}" in cache.files
+    np.testing.assert_array_equal(cache.images, ds.images)
