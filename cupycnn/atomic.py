@@ -43,6 +43,12 @@ class WriteError(OSError):
     """A file could not be written; the message is one sentence and the previous file is
     kept. `errno` is the underlying error's (ENOSPC for a full disk, EROFS, EACCES, ...)."""
 
+    def __init__(self, code, message):
+        OSError.__init__(self, code, message)
+
+    def __str__(self):
+        return self.strerror
+
 
 def umask():
     """The process's umask, read without changing it (Linux: /proc/self/status)."""

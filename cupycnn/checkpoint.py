@@ -65,11 +65,14 @@ class CheckpointError(ValueError):
     not match the model it is loaded into."""
 
 
-class CheckpointWriteError(CheckpointError):
+class CheckpointWriteError(CheckpointError, atomic.WriteError):
     """A checkpoint could not be written (a full disk, a read-only folder); the previous one is
-    kept. `errno` is the underlying OSError's."""
+    kept. Both a CheckpointError and an OSError (`errno` is the underlying one's)."""
 
-    errno = None
+    def __init__(self, code, message):
+        atomic.WriteError.__init__(self, code, message)
+
+    __str__ = atomic.WriteError.__str__
 
 
 # --------------------------------------------------------------------- data, never code
@@ -305,9 +308,7 @@ def save_checkpoint(path, *, model, optimizer=None, epoch=0, step=0, config=None
         with atomic.replace(path, what="checkpoint") as partial:
             _write(partial, manifest, text, arrays, epoch, step)
     except atomic.WriteError as e:
-        error = CheckpointWriteError(f"{e.strerror or e}")
-        error.errno = e.errno
-        raise error from None
+        raise CheckpointWriteError(e.errno, e.strerror) from None
     return path
 
 

@@ -94,13 +94,13 @@ def full_disk(folder):
     logger = CSVLogger(folder / "log.csv")
     logger.set_trainer(Stub())
     filler = folder / "filler"
-    with open(filler, "wb") as f:                  # fill what is left
-        try:
+    try:                                           # fill what is left
+        with open(filler, "wb") as f:
             while True:
                 f.write(b"\0" * 4096)
                 f.flush()
-        except OSError:
-            pass
+    except OSError:
+        pass
     for epoch in range(1000):
         Stub.history.append(epoch, {"loss": 0.123456789, "accuracy": 0.5})
     try:
