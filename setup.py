@@ -23,6 +23,9 @@ setup(
         "cuda12": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13.6"],
         "mpi": ["mpi4py>=4.0", "mpich>=4.3"],
+        # Streamed datasets: libjpeg-turbo with decode-time downscaling (Pillow otherwise) and
+        # CRC-32C in C for TFRecord checks (pure Python otherwise, ~100x slower).
+        "data": ["simplejpeg>=1.7", "crc32c>=2.3"],
         "dev": [
             "pytest>=8",
             "pytest-xdist>=3.5",
@@ -41,6 +44,8 @@ setup(
             "scikit-image>=0.19",       # real photos (skimage.data) for the ImageFolder tests
             "threadpoolctl>=3.1",       # BLAS thread counts: benchmarks/digits.py reports them,
                                         # tests/test_digits_recipe.py limits them
+            "simplejpeg>=1.7",          # the fast decoding path of the streamed datasets and
+            "crc32c>=2.3",              # TFRecord checks, tested beside their fallbacks
         ],
     },
     zip_safe=False,

@@ -9,14 +9,13 @@ from . import (data, devices, layers, losses, ops, optim, random, reference,  # 
                runtime, sim)
 from .devices import (DEVICES, DeviceUnavailableError, asarray, asnumpy, cuda_available, device,
                      synchronize, use)
+from .gradcheck import gradcheck
 from .random import manual_seed
 
-
 # Imported on first use (cupycnn.models, cupycnn.train, ...): `import cupycnn` stays light, and
-# `python -m cupycnn.gradcheck` runs that module fresh. cupycnn.gradcheck is callable:
-# cupycnn.gradcheck(layer, x).
-_LAZY = ("checkpoint", "cli", "distributed", "gradcheck", "gradcheck_suite", "models", "nvrtc",
-         "predict", "progress", "train")
+# `python -m cupycnn.gradcheck_suite` runs that module fresh.
+_LAZY = ("checkpoint", "cli", "distributed", "gradcheck_suite", "models", "nvrtc", "predict",
+         "progress", "train")
 
 
 def __getattr__(name):

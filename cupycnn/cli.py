@@ -17,9 +17,11 @@ rank 0 write the checkpoints, logs and pictures into --log-dir:
     predictions.png             sample test images with true and predicted classes
     summary.json                the run's configuration and final figures
 
-Every dataset has defaults (DATASET_DEFAULTS) that any option overrides.
+Every dataset has a recipe, COMMON_DEFAULTS with its RECIPES entry on top (DATASET_DEFAULTS),
+that any option overrides.
 """
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -32,33 +34,32 @@ import numpy as np
 
 from . import devices as _device
 
-# The recipes. CIFAR-10: ResNet-18 (3x3 stem), SGD with Nesterov momentum, one-cycle learning
-# rate peaking at 0.4 for a global batch of 512, weight decay 5e-4 on weights, label smoothing
-# 0.1, random crops (padding 4) and flips: a standard recipe for about 95% in 40 epochs.
-DATASET_DEFAULTS = {
+# What every dataset's recipe starts from; RECIPES says where each differs.
+COMMON_DEFAULTS = dict(momentum=0.9, nesterov=False, weight_decay=0.0, onecycle_warmup=0.3,
+                       label_smoothing=0.0, augment=False, augment_style="crop-flip",
+                       val_fraction=0.1, image_size=None)
+RECIPES = {
+    # CIFAR-10: ResNet-18 (3x3 stem), SGD with Nesterov momentum, one-cycle learning rate peaking
+    # at 0.4 for a global batch of 512, weight decay 5e-4 on weights, label smoothing 0.1, random
+    # crops (padding 4) and flips: a standard recipe for about 95% in 40 epochs.
     "cifar10": dict(model="resnet18", epochs=40, batch_size=512, optimizer="sgd", lr=0.4,
-                    momentum=0.9, nesterov=True, weight_decay=5e-4, schedule="onecycle",
-                    onecycle_warmup=0.25, label_smoothing=0.1, augment=True,
-                    augment_style="crop-flip", val_fraction=0.1, image_size=None),
+                    nesterov=True, weight_decay=5e-4, schedule="onecycle", onecycle_warmup=0.25,
+                    label_smoothing=0.1, augment=True),
     # Digits: the recipe of benchmarks/digits.py (measured there: 98.9-99.4% test accuracy over
     # ten seeds, about 20 s of training on 2 CPU cores): a two-block CNN, Adam with a one-cycle
     # learning rate, batch 32, 15 epochs, all 1,438 training images, no augmentation.
     "digits": dict(model="simple_cnn", epochs=15, batch_size=32, optimizer="adam", lr=3e-3,
-                   momentum=0.9, nesterov=False, weight_decay=0.0, schedule="onecycle",
-                   onecycle_warmup=0.3, label_smoothing=0.0, augment=False,
-                   augment_style="affine-small", val_fraction=0.0, image_size=None,
+                   schedule="onecycle", augment_style="affine-small", val_fraction=0.0,
                    model_kwargs={"simple_cnn": dict(widths=(32, 64), convs_per_block=2,
                                                     block_dropout=(0.1, 0.2), hidden=128,
                                                     head_dropout=0.3)}),
     "synthetic": dict(model="simple_cnn", epochs=5, batch_size=128, optimizer="adam", lr=1e-3,
-                      momentum=0.9, nesterov=False, weight_decay=0.0, schedule="cosine",
-                      onecycle_warmup=0.3, label_smoothing=0.0, augment=False,
-                      augment_style="crop-flip", val_fraction=0.1, image_size=None),
+                      schedule="cosine"),
     "folder": dict(model="resnet18", epochs=30, batch_size=64, optimizer="adam", lr=1e-3,
-                   momentum=0.9, nesterov=False, weight_decay=1e-4, schedule="plateau",
-                   onecycle_warmup=0.3, label_smoothing=0.0, augment=True,
-                   augment_style="affine", val_fraction=0.15, image_size=128),
+                   weight_decay=1e-4, schedule="plateau", augment=True, augment_style="affine",
+                   val_fraction=0.15, image_size=128),
 }
+DATASET_DEFAULTS = {kind: {**COMMON_DEFAULTS, **recipe} for kind, recipe in RECIPES.items()}
 
 
 # ------------------------------------------------------------------------------- arguments
@@ -139,6 +140,9 @@ def build_parser(description, default_dataset="cifar10"):
     r.add_argument("--epochs-per-run", type=int, metavar="N",
                    help="stop after N epochs of this run (the schedule still spans --epochs): "
                         "long trainings in jobs with a time limit, continued with --resume")
+    r.add_argument("--cuda-graph", action="store_true",
+                   help="record the training step once and replay it (a CUDA graph on cuda, "
+                        "the launch list on sim; a short last batch runs eagerly)")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--summary", action="store_true", help="print the model's layers")
     return p
@@ -185,11 +189,7 @@ def load_datasets(args, ctx):
         size = args.image_size
         cache_dir = Path(args.data_dir) / "cache"
         cache_dir.mkdir(parents=True, exist_ok=True)
-        splits = {s.name.lower(): s for s in root.iterdir() if s.is_dir()} if root.is_dir() else {}
-        train_dir = next((splits[n] for n in ("train", "training", "training data")
-                          if n in splits), None)
-        test_dir = next((splits[n] for n in ("test", "testing", "testing data", "val",
-                                              "validation") if n in splits), None)
+        train_dir, test_dir = data.folder.split_folders(root)
 
         def folder(path, tag):
             cache = cache_dir / f"{root.name}-{tag}-{size}{'-crop' if args.crop else ''}.h5"
@@ -380,19 +380,45 @@ def _say(ctx, message):
 
 
 def run(args, ctx):
-    from . import data, models, random
-    from .losses import SoftmaxCrossEntropy
-    from .train import (CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau,
-                        TensorBoard, Trainer, plots)
-
+    """One training run: load the data, build the training, fit, report. Returns the exit code."""
+    from . import random
     started = time.perf_counter()
     random.manual_seed(args.seed)
     if ctx.rank == 0:                 # before the data: a read-only or missing folder now
         from .atomic import check_writable
         check_writable(args.log_dir, "logs and checkpoints")
         check_writable(Path(os.path.abspath(args.checkpoint)).parent, "checkpoints")
+    loaded = load_data(args, ctx)
+    trainer = build_training(args, ctx, loaded)
+    trained_at = time.perf_counter()
+    stop_at = None if not args.epochs_per_run else trainer.epoch + args.epochs_per_run
+    history = trainer.fit(loaded.train_loader, args.epochs, val_loader=loaded.val_loader,
+                          stop_at=stop_at)
+    train_seconds = time.perf_counter() - trained_at
+    return report(args, ctx, trainer, loaded, history, train_seconds, started)
+
+
+@dataclasses.dataclass
+class LoadedData:
+    """The datasets, their loaders for this rank, and the input normalisation."""
+    train: object
+    val: object                  # None without a validation split
+    test: object
+    classes: list
+    mean: list                   # per channel, in 0..1 units, from the training images
+    std: list
+    eval_transform: object
+    per_rank: int                # this rank's batch size
+    train_loader: object
+    val_loader: object
+    test_loader: object
+
+
+def load_data(args, ctx):
+    """The datasets, the normalisation computed from the training images, the transforms and
+    this rank's loaders."""
+    from . import data
     train, val, test, classes = load_datasets(args, ctx)
-    image_shape = train.image_shape
     mean, std = data.channel_stats(train.images)       # in 0..1 units, per channel
     mean, std = [float(v) for v in mean], [float(v) for v in std]
     train_tf, eval_tf = make_transforms(args, mean, std)
@@ -407,23 +433,17 @@ def run(args, ctx):
         return data.Loader(dataset, max(per_rank, 256), shuffle=False, transform=eval_tf,
                            rank=ctx.rank, world_size=ctx.size, pad=False)
 
-    val_loader = eval_loader(val) if val is not None else None
-    test_loader = eval_loader(test)
+    return LoadedData(train, val, test, classes, mean, std, eval_tf, per_rank, train_loader,
+                      eval_loader(val) if val is not None else None, eval_loader(test))
 
-    config = model_config(args, image_shape, len(classes))
-    model = models.build(config["model"], **config["model_kwargs"])
-    if args.pretrained:
-        from .models.pretrained import load_pretrained
-        report = load_pretrained(model, args.pretrained)
-        kept = ", ".join(f"{n} {tuple(a)} -> {tuple(b)}" for n, a, b in report.skipped)
-        _say(ctx, f"loaded {len(report.loaded)} tensors from {args.pretrained}"
-                  + (f"; kept the new initialisation of {kept}" if kept else ""))
-    if args.sync_bn and ctx.size > 1:
-        ctx.synchronize_batchnorm(model)
-    optimizer = build_optimizer(model, args)
-    schedule, interval = build_schedule(optimizer, args, len(train_loader))
-    monitor = "val_loss" if val is not None else "loss"
-    callbacks = [ModelCheckpoint(best=os.path.join(args.log_dir, "best.h5") if val is not None
+
+def build_callbacks(args, ctx, validated):
+    """Checkpoints, CSV and TensorBoard logs (where tensorboardX is installed), and what
+    --early-stopping and --schedule plateau ask for; `validated`: whether there is a validation
+    set to monitor."""
+    from .train import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, TensorBoard
+    monitor = "val_loss" if validated else "loss"
+    callbacks = [ModelCheckpoint(best=os.path.join(args.log_dir, "best.h5") if validated
                                  else None, last=args.checkpoint, monitor="val_accuracy"),
                  CSVLogger(os.path.join(args.log_dir, "log.csv"))]
     try:
@@ -439,15 +459,39 @@ def run(args, ctx):
     if args.schedule == "plateau":
         callbacks.append(ReduceLROnPlateau(monitor=monitor, factor=0.1,
                                            patience=args.plateau_patience, min_lr=args.lr * 1e-3))
+    return callbacks
 
+
+def build_training(args, ctx, loaded):
+    """The Trainer: model (pretrained weights, sync-BN), optimizer, schedule, callbacks, the
+    ranks agreed on all of it; resumed when asked. Says what it built on rank 0."""
+    from . import models
+    from .losses import SoftmaxCrossEntropy
+    from .train import Trainer
+    image_shape = loaded.train.image_shape
+    config = model_config(args, image_shape, len(loaded.classes))
+    model = models.build(config["model"], **config["model_kwargs"])
+    if args.pretrained:
+        from .models.pretrained import load_pretrained
+        report = load_pretrained(model, args.pretrained)
+        kept = ", ".join(f"{n} {tuple(a)} -> {tuple(b)}" for n, a, b in report.skipped)
+        _say(ctx, f"loaded {len(report.loaded)} tensors from {args.pretrained}"
+                  + (f"; kept the new initialisation of {kept}" if kept else ""))
+    if args.sync_bn and ctx.size > 1:
+        ctx.synchronize_batchnorm(model)
+    optimizer = build_optimizer(model, args)
+    schedule, interval = build_schedule(optimizer, args, len(loaded.train_loader))
+    callbacks = build_callbacks(args, ctx, loaded.val is not None)
     ctx.broadcast_parameters(model)
     ctx.check_consistency(model, optimizer, args.batch_size, dataset=args.dataset,
-                          epochs=args.epochs, seed=args.seed, train_examples=len(train),
-                          batches_per_epoch=len(train_loader), sync_bn=args.sync_bn)
+                          epochs=args.epochs, seed=args.seed, train_examples=len(loaded.train),
+                          batches_per_epoch=len(loaded.train_loader), sync_bn=args.sync_bn)
     trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(label_smoothing=args.label_smoothing),
-                      scheduler=schedule, scheduler_interval=interval, callbacks=callbacks,
-                      distributed=ctx, progress=not args.no_progress, config=config,
-                      classes=classes, normalization={"mean": mean, "std": std})
+                      scheduler=schedule, scheduler_interval=interval,
+                      callbacks=callbacks, distributed=ctx,
+                      progress=not args.no_progress, config=config, classes=loaded.classes,
+                      normalization={"mean": loaded.mean, "std": loaded.std},
+                      cuda_graph=args.cuda_graph)
     args.trainer = trainer                 # for the line an interrupt prints
     if args.resume:
         if not os.path.exists(args.checkpoint):
@@ -455,22 +499,27 @@ def run(args, ctx):
         trainer.resume(args.checkpoint)
         _say(ctx, f"resumed from {args.checkpoint} after epoch {trainer.epoch}")
 
-    _say(ctx, f"cupycnn: {args.dataset}: {len(train)} training, "
-              f"{len(val) if val is not None else 0} validation, {len(test)} test images "
-              f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]}, {len(classes)} classes; "
-              f"{args.model} with {model.num_parameters():,} parameters; device "
+    val_count = len(loaded.val) if loaded.val is not None else 0
+    _say(ctx, f"cupycnn: {args.dataset}: {len(loaded.train)} training, {val_count} validation, "
+              f"{len(loaded.test)} test images "
+              f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]}, {len(loaded.classes)} "
+              f"classes; {args.model} with {model.num_parameters():,} parameters; device "
               f"{_device.device()}, {ctx.size} rank(s) ({ctx.backend}), batch {args.batch_size} "
-              f"({per_rank} per rank), {args.optimizer} lr {args.lr}, schedule {args.schedule}")
+              f"({loaded.per_rank} per rank), {args.optimizer} lr {args.lr}, schedule "
+              f"{args.schedule}")
     if args.summary and ctx.rank == 0:
         model.summary(tuple(config["input_shape"]))
-    trained_at = time.perf_counter()
-    stop_at = None if not args.epochs_per_run else trainer.epoch + args.epochs_per_run
-    history = trainer.fit(train_loader, args.epochs, val_loader=val_loader, stop_at=stop_at)
-    train_seconds = time.perf_counter() - trained_at
+    return trainer
 
-    result = trainer.evaluate(test_loader, desc="test")
-    probabilities = trainer.predict(test_loader)
-    shard = test_loader.indices()
+
+def report(args, ctx, trainer, loaded, history, train_seconds, started):
+    """Evaluate on the test set on all ranks; on rank 0 draw the pictures and write
+    summary.json into --log-dir. Returns the exit code."""
+    from .train import plots
+    test = loaded.test
+    result = trainer.evaluate(loaded.test_loader, desc="test")
+    probabilities = trainer.predict(loaded.test_loader)
+    shard = loaded.test_loader.indices()
     gathered = ctx.allgather((shard, np.argmax(probabilities, axis=1)))
     _say(ctx, f"test: loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}% "
               f"({result['count']} images); training took {train_seconds:.1f} s")
@@ -481,15 +530,16 @@ def run(args, ctx):
     labels = np.asarray(test.labels)[order]
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    plots.plot_history(history, log_dir / "curves.png",
-                       title=f"{args.model} on {args.dataset}")
-    counts = plots.confusion_matrix(labels, predicted, len(classes))
-    plots.plot_confusion_matrix(counts, classes, log_dir / "confusion_matrix.png",
-                                title=f"{args.model} on {args.dataset}, test set")
+    title = f"{args.model} on {args.dataset}"
+    plots.plot_history(history, log_dir / "curves.png", title=title)
+    counts = plots.confusion_matrix(labels, predicted, len(loaded.classes))
+    plots.plot_confusion_matrix(counts, loaded.classes, log_dir / "confusion_matrix.png",
+                                title=f"{title}, test set")
     sample = np.arange(min(32, len(test)))
-    sample_probs = trainer.predict(eval_tf(_device.asarray(np.asarray(test.images)[sample])))
+    sample_probs = trainer.predict(loaded.eval_transform(
+        _device.asarray(np.asarray(test.images)[sample])))
     plots.plot_predictions(np.asarray(test.images)[sample], np.asarray(test.labels)[sample],
-                           sample_probs, classes, log_dir / "predictions.png")
+                           sample_probs, loaded.classes, log_dir / "predictions.png")
     summary = {"dataset": args.dataset, "model": args.model, "device": _device.device(),
                "ranks": ctx.size, "epochs": trainer.epoch, "batch_size": args.batch_size,
                "test_loss": result["loss"], "test_accuracy": result["accuracy"],

@@ -118,17 +118,31 @@ def is_device_array(a):
     return isinstance(a, np.ndarray)
 
 
+def _is_cupy_array(a):
+    """A cupy.ndarray (or the test suite's stand-in for one, whose module is not cupy's)."""
+    if type(a).__module__.startswith("cupy"):
+        return True
+    cupy = sys.modules.get("cupy")
+    return cupy is not None and isinstance(getattr(cupy, "ndarray", None), type) and \
+        isinstance(a, cupy.ndarray)
+
+
 def asnumpy(a):
     """A NumPy array from an array of any device (a copy from the GPU on `cuda`)."""
+    on_gpu = _is_cupy_array(a)
+    if _capturing is not None and (isinstance(a, np.ndarray) or on_gpu):
+        _capture_violation("reads a device array on the host (asnumpy)")
     if isinstance(a, np.ndarray):
         return a
-    if type(a).__module__.startswith("cupy"):
+    if on_gpu:
         return a.get()
     return np.asarray(a)
 
 
 def asarray(a, dtype=None):
     """An array of the current device holding `a` (a copy to the GPU on `cuda`), C-contiguous."""
+    if _capturing is not None:
+        _capture_violation("copies a host array to the device (asarray)")
     if device() == "cuda":
         import cupy
         out = cupy.asarray(a, dtype=dtype)
@@ -150,8 +164,18 @@ def set_poison(enabled):
 
 
 def empty(shape, dtype=np.float32):
-    """An uninitialised array on the current device (poisoned when set_poison is on)."""
-    a = xp().empty(shape, dtype=dtype)
+    """An uninitialised array on the current device (poisoned when set_poison is on). Inside a
+    planned step (cupycnn.plan) it is the plan's buffer for this request, not a new one."""
+    if _allocator is not None:
+        a = _allocator(shape, dtype)
+        if _capturing is not None:         # a fill would be host work inside the recording
+            return a
+    elif _capturing is not None:
+        shape = (shape,) if isinstance(shape, (int, np.integer)) else shape
+        _capture_violation(f"allocates an array of shape {tuple(int(s) for s in shape)} "
+                           f"outside the memory plan")
+    else:
+        a = _allocate(shape, dtype)
     if _poison:
         dt = np.dtype(dtype)
         a.fill(np.nan if dt.kind == "f" else (np.iinfo(dt).max if dt.kind in "iu" else 1))
@@ -159,13 +183,97 @@ def empty(shape, dtype=np.float32):
 
 
 def zeros(shape, dtype=np.float32):
-    return xp().zeros(shape, dtype=dtype)
+    if _allocator is None and _capturing is None:
+        return _count(xp().zeros(shape, dtype=dtype))
+    a = empty(shape, dtype)
+    fill(a, 0)
+    return a
+
+
+def write(dst, host):
+    """Copy the host array `host` into the existing device array `dst` (same shape), in place:
+    what a step's host half does to hand a replayed step new values (a learning rate, a step
+    number) at addresses it already knows."""
+    if _capturing is not None:
+        _capture_violation("copies a host array to the device (write)")
+    host = np.ascontiguousarray(host, dtype=dst.dtype).reshape(dst.shape)
+    if isinstance(dst, np.ndarray):
+        np.copyto(dst, host)
+    else:
+        dst.set(host)
+    return dst
+
+
+def fill(a, value):
+    """a[...] = value on the device: a kernel on cuda (captured into a CUDA graph like one),
+    a host fill on sim that a launch-list recording records."""
+    if device() == "sim":
+        from .sim import module as sim
+        sim.record_fill(a, value)
+    else:
+        a.fill(value)
+
+
+# ----------------------------------------------------------------- allocation and capture
+# Every array an op makes for its outputs and workspaces comes from empty() or zeros() above.
+# A memory plan (cupycnn.plan) installs itself as the allocator for the duration of a step and
+# hands out its own buffers; `allocation_count` counts the arrays actually allocated, so a test
+# can show that a planned step allocates nothing. While a step is being recorded (the sim
+# launch list) or captured (a CUDA graph), what cannot be replayed is refused: a host read, a
+# host-to-device copy, a synchronisation, an allocation outside the plan.
+
+_allocator = None
+_capturing = None            # what is recording, in words, or None
+allocation_count = 0
+
+
+class CaptureError(RuntimeError):
+    """A step being recorded or captured did something a replay cannot repeat."""
+
+
+def _count(a):
+    global allocation_count
+    allocation_count += 1
+    return a
+
+
+def _allocate(shape, dtype):
+    """A new array from the device's allocator (CuPy's pool on cuda), counted."""
+    return _count(xp().empty(shape, dtype=dtype))
+
+
+def set_allocator(allocator):
+    """Route empty() and zeros() through `allocator(shape, dtype) -> array` (None: the device's
+    own). Returns the previous one. Used by cupycnn.plan."""
+    global _allocator
+    previous, _allocator = _allocator, allocator
+    return previous
+
+
+def set_capturing(what):
+    """Mark a recording or capture as running (`what` names it in errors), or None. Returns the
+    previous mark."""
+    global _capturing
+    previous, _capturing = _capturing, what
+    return previous
+
+
+def capturing():
+    """What is recording or capturing now, or None."""
+    return _capturing
+
+
+def _capture_violation(action):
+    raise CaptureError(f"the step {action} while {_capturing} runs; a replayed step cannot "
+                       f"repeat that: move it out of the step (before or after it)")
 
 
 def synchronize():
     """Wait until the GPU has finished all work queued on every stream of the current device:
     the compute stream, the loader's prefetch stream and the NCCL stream alike
     (cudaDeviceSynchronize). A no-op on the CPU devices."""
+    if _capturing is not None:
+        _capture_violation("synchronises with the device")
     if device() == "cuda":
         import cupy
         cupy.cuda.Device().synchronize()

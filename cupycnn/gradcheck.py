@@ -18,41 +18,13 @@ With `device="sim"` or `"cuda"` the analytic gradients come from the kernels in 
 numerical ones still from the float64 reference): the check then says the kernels' backward
 equals the true derivative to float32 precision.
 
-Checking your own layer: what to know
-- The numerical side runs your layer on the `numpy` device in float64. Its forward and backward
-  must therefore have a NumPy path (its reference: `if not devices.runs_kernels(): ...`) that
-  computes in the input's dtype: a float32 constant or an `astype(np.float32)` in it would make
-  the finite differences measure rounding. A forward returning another dtype than its input's
-  is an error that says so.
-- Keep every tensor in `params` (`add_param`) or `buffers`: only those are moved by `to()`,
-  nudged and checked. An array kept as a plain attribute stays on its device and dtype, and a
-  weight kept there is silently never checked. Compiled kernels kept as attributes are shared
-  by the copies (they cannot be copied); better fetch them at call time with
-  `runtime.get_kernel` or a cache keyed by device, since the check runs the layer on another
-  device than the one it was built on.
-- The layer is deep-copied twice (numpy/float64 for the numerical side, `device`/float32 for the
-  kernels); the original is not touched.
-- Besides the gradients, the check fails (a row says which) when forward writes into its input
-  or backward into dy (a Residual hands the same x and dy to both branches, so either corrupts
-  the other branch), and when a second forward and backward give other gradients: backward
-  must overwrite `grads`, not add to them (`out=` the gradient buffer), and keep no state
-  between calls.
-- Randomness (dropout) is replayed through `random_state()` / `set_random_state()`: a layer
-  that draws without them gets a new mask for every nudge and fails.
-- Inputs must stay off kinks (ReLU at 0, ties in a max-pool window): the finite difference
-  straddles a kink and disagrees with either one-sided derivative.
-- eps (1e-6) is absolute: keep inputs and parameters of order 1. Every element is nudged twice,
-  so keep the shapes small (a few hundred elements per tensor) or pass max_per_tensor.
-- A layer used twice in one model is not supported by the library (each layer keeps one forward
-  state), and the check assumes it is not.
-
-`python -m cupycnn.gradcheck [--device D] [--layer NAME]` runs the library's suite (every layer,
-the loss, residual blocks and a small network) and prints a table.
+What a layer of your own must do to be checked (its NumPy path computing in the input's dtype,
+tensors in `params`, randomness replayed, inputs off kinks), and the failures it reports besides
+wrong gradients: docs/layers/loss_containers.md, "Gradient-checking your own layer". The suite of
+the library's own layers, and its command: `cupycnn.gradcheck_suite`.
 """
 import contextlib
 import copy
-import sys
-import types
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -303,62 +275,3 @@ def gradcheck(layer, x, *, loss=None, labels=None, dy=None, eps=1e-6, training=T
     for row, change in problems.items():       # each one a failure, whatever its size
         result.tensors.append(TensorCheck(row, max(change, tolerance), 0, 0))
     return result
-
-
-def main(argv=None):
-    """python -m cupycnn.gradcheck [--device D] [--layer NAME]: run the suite, print the table."""
-    import argparse
-
-    from . import gradcheck_suite
-
-    parser = argparse.ArgumentParser(
-        prog="python -m cupycnn.gradcheck",
-        description="Check every layer's hand-written backward against centred finite "
-                    "differences of its float64 NumPy reference. On --device sim or cuda the "
-                    "analytic gradients come from the kernels (float32).")
-    parser.add_argument("--device", default="numpy", choices=_device.DEVICES)
-    parser.add_argument("--layer", default=None, metavar="NAME",
-                        help="one layer family, e.g. Conv2D (default: all): "
-                             + ", ".join(gradcheck_suite.families()))
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    if args.device == "cuda" and not _device.cuda_available():
-        print(f"error: --device cuda needs a usable GPU and there is none here "
-              f"({_device._probe_cuda()}); --device sim runs the same kernels on the CPU "
-              f"emulator.", file=sys.stderr)
-        return 2
-    if args.layer is not None and args.layer.lower() not in \
-            [f.lower() for f in gradcheck_suite.families()]:
-        print(f"error: no gradient-check case for layer {args.layer!r}; layers: "
-              f"{', '.join(gradcheck_suite.families())}", file=sys.stderr)
-        return 2
-    _device.use(args.device)
-    # A case that raises (a layer's bug, not a wrong gradient) stops the run with its traceback
-    # and exit status 1.
-    results = gradcheck_suite.run(args.device, args.layer, args.seed)
-    tolerance = results[0][1].tolerance
-    print(f"gradient check on {args.device}: worst relative error per tensor, pass below "
-          f"{tolerance:g}")
-    rows = [row for _, result in results for row in result.rows()]
-    width = max([len("layer")] + [len(r[0]) for r in rows])
-    print(f"{'layer':<{width}}  {'tensor':<28} {'worst rel. error':>16}  result")
-    for layer, tensor, error, verdict in rows:
-        print(f"{layer:<{width}}  {tensor:<28} {error:>16.2e}  {verdict}")
-    failed = [c.name for c, r in results if not r.passed]
-    print(f"{len(results) - len(failed)} of {len(results)} cases passed"
-          + (f"; failed: {', '.join(failed)}" if failed else ""))
-    return 1 if failed else 0
-
-
-class _CallableModule(types.ModuleType):
-    """`cupycnn.gradcheck(layer, x)` calls the function while `python -m cupycnn.gradcheck`
-    runs this module: the module object itself is callable."""
-
-    def __call__(self, *args, **kwargs):
-        return gradcheck(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,10 @@
-"""The library's gradient-check suite: every layer, the loss, residual blocks and a small network.
+"""The library's gradient-check suite: every layer, the loss, residual blocks and a small network,
+and its command:
+
+    python -m cupycnn.gradcheck_suite [--device numpy|sim|cuda] [--layer NAME] [--seed S]
 
 Each case builds a layer (or composite) and an input kept off kinks, at sizes small enough that
-every element of every tensor is checked. `run()` checks them all; `python -m cupycnn.gradcheck`
-prints the table; `tests/test_gradcheck_suite.py` asserts every case passes on numpy (float64,
+every element of every tensor is checked. `run()` checks them all; the command prints the table; `tests/test_gradcheck_suite.py` asserts every case passes on numpy (float64,
 below 1e-6) and on sim (the kernels' float32 gradients against the float64 derivative, below
 1e-5).
 
@@ -11,10 +13,12 @@ arguments (at least `layer` and `x`), decorated with `@case("LayerName")`.
 """
 import collections
 import contextlib
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 
+from . import devices as _device
 from . import random as _random
 from .gradcheck import gradcheck
 from .layers import (AvgPool2D, BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Flatten,
@@ -315,3 +319,51 @@ def _basic_block_identity(rng):
 def _bottleneck(rng):
     from .models import Bottleneck
     return dict(layer=Bottleneck(4, 2, stride=2), x=rng.standard_normal((2, 4, 5, 4)))
+
+
+# ---------------------------------------------------------------------------------- command
+
+def main(argv=None):
+    """python -m cupycnn.gradcheck_suite [--device D] [--layer NAME]: run the suite, print the
+    table. Exit status 0 when every case passes, 1 when one fails, 2 for a usage error."""
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog="python -m cupycnn.gradcheck_suite",
+        description="Check every layer's hand-written backward against centred finite "
+                    "differences of its float64 NumPy reference. On --device sim or cuda the "
+                    "analytic gradients come from the kernels (float32).")
+    parser.add_argument("--device", default="numpy", choices=_device.DEVICES)
+    parser.add_argument("--layer", default=None, metavar="NAME",
+                        help="one layer family, e.g. Conv2D (default: all): "
+                             + ", ".join(families()))
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.device == "cuda" and not _device.cuda_available():
+        print(f"error: --device cuda needs a usable GPU and there is none here "
+              f"({_device._probe_cuda()}); --device sim runs the same kernels on the CPU "
+              f"emulator.", file=sys.stderr)
+        return 2
+    if args.layer is not None and args.layer.lower() not in [f.lower() for f in families()]:
+        print(f"error: no gradient-check case for layer {args.layer!r}; layers: "
+              f"{', '.join(families())}", file=sys.stderr)
+        return 2
+    _device.use(args.device)
+    # A case that raises (a layer's bug, not a wrong gradient) stops the run with its traceback
+    # and exit status 1.
+    results = run(args.device, args.layer, args.seed)
+    tolerance = results[0][1].tolerance
+    print(f"gradient check on {args.device}: worst relative error per tensor, pass below "
+          f"{tolerance:g}")
+    rows = [row for _, result in results for row in result.rows()]
+    width = max([len("layer")] + [len(r[0]) for r in rows])
+    print(f"{'layer':<{width}}  {'tensor':<28} {'worst rel. error':>16}  result")
+    for layer, tensor, error, verdict in rows:
+        print(f"{layer:<{width}}  {tensor:<28} {error:>16.2e}  {verdict}")
+    failed = [c.name for c, r in results if not r.passed]
+    print(f"{len(results) - len(failed)} of {len(results)} cases passed"
+          + (f"; failed: {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

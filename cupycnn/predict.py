@@ -39,6 +39,7 @@ from . import models as _models
 from .checkpoint import CheckpointError, load_checkpoint
 from .data.folder import BadImageError, resize
 from .data.transforms import Normalize
+from .reference.softmax_xent import softmax
 
 CONFIG_FORMAT = ('{"model": "<name in cupycnn.models.REGISTRY>", "model_kwargs": {...}, '
                  '"input_shape": [C, H, W], "resize": [H, W] or null, "crop": false}')
@@ -215,10 +216,7 @@ def probabilities(model, inputs, batch_size=BATCH):
     for start in range(0, inputs.shape[0], batch_size):
         logits = model.forward(inputs[start:start + batch_size], training=False)
         outputs.append(_device.asnumpy(logits).astype(np.float64))
-    logits = np.concatenate(outputs)
-    logits -= logits.max(axis=1, keepdims=True)            # a softmax that cannot overflow
-    probs = np.exp(logits)
-    return probs / probs.sum(axis=1, keepdims=True)
+    return softmax(np.concatenate(outputs))
 
 
 def predict(model, inputs, classes=None, top_k=5):

@@ -27,6 +27,15 @@
 //       batchnorm_combine_partials the reductions (1) and (3) split over several blocks per
 //                                  channel: adds the blocks' partial sums in a fixed order.
 //
+// Fused epilogue (training and evaluation): (2) also adds a residual and applies a ReLU,
+//                                  y = max((x - mean) * invstd * weight + bias + residual, 0),
+// when given one (residual != NULL) or asked (relu != 0): ResNet's bn -> relu and
+// bn -> (+ shortcut) -> relu in one pass over memory instead of two or three. Their backward
+// reads that y: g = y > 0 ? dy : 0 is the gradient at the normalised value (and at the
+// residual), so (3) and (4) take y (NULL: no ReLU, g = dy) and (4) also writes
+// dresidual = g (NULL: no residual). No extra memory is kept for the ReLU: y is the next
+// layer's input, which that layer keeps anyway; unfused, the ReLU would keep its own input.
+//
 // Parallelisation. Reductions, (1) and (3): grid (channels, splits). Block (c, s) reduces the s-th
 // of `splits` equal ranges of channel c's elements, taken in their flat order e = o * inner + i,
 // so consecutive threads read consecutive addresses along H*W (coalesced; strided by C*inner
@@ -100,12 +109,13 @@ batchnorm_combine_partials(const double* __restrict__ partial, double* __restric
   sums[v] = total;
 }
 
-// y = (x - mean) * (invstd * weight) + bias over this block's range of channel c; block (c, 0)
-// also records mean and invstd for the backward.
+// y = (x - mean) * (invstd * weight) + bias [+ residual] [then max(., 0)] over this block's
+// range of channel c; block (c, 0) also records mean and invstd for the backward.
 __device__ __forceinline__ void normalize_channel_range(
     const float* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
-    float* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ invstd_out,
-    float mean, float invstd, int outer, int channels, int inner) {
+    const float* __restrict__ residual, int relu, float* __restrict__ y,
+    float* __restrict__ mean_out, float* __restrict__ invstd_out, float mean, float invstd,
+    int outer, int channels, int inner) {
   const int c = blockIdx.x, count = outer * inner;
   if (blockIdx.y == 0 && threadIdx.x == 0) {
     mean_out[c] = mean;
@@ -117,7 +127,9 @@ __device__ __forceinline__ void normalize_channel_range(
   RowColCursor at(begin + threadIdx.x, blockDim.x, inner);
   for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
     const long long k = bn_offset(at.row, c, at.col, channels, inner);
-    y[k] = (x[k] - mean) * scale + shift;      // x - mean first: no cancellation of large terms
+    float v = (x[k] - mean) * scale + shift;   // x - mean first: no cancellation of large terms
+    if (residual) v += residual[k];
+    y[k] = relu ? fmaxf(v, 0.0f) : v;
   }
 }
 
@@ -126,13 +138,13 @@ __device__ __forceinline__ void normalize_channel_range(
 extern "C" __global__ void __launch_bounds__(BN_THREADS)
 batchnorm_normalize(const float* __restrict__ x, const double* __restrict__ sums, long long count,
                     const float* __restrict__ weight, const float* __restrict__ bias,
-                    float* __restrict__ y, float* __restrict__ mean_out,
-                    float* __restrict__ invstd_out, int outer, int channels, int inner,
-                    float eps) {
+                    const float* __restrict__ residual, int relu, float* __restrict__ y,
+                    float* __restrict__ mean_out, float* __restrict__ invstd_out, int outer,
+                    int channels, int inner, float eps) {
   const int c = blockIdx.x;
   const double mean = sums[2 * c] / (double)count;
   const double var = fmax(sums[2 * c + 1] / (double)count - mean * mean, 0.0);   // biased
-  normalize_channel_range(x, weight, bias, y, mean_out, invstd_out, (float)mean,
+  normalize_channel_range(x, weight, bias, residual, relu, y, mean_out, invstd_out, (float)mean,
                           (float)rsqrt(var + (double)eps), outer, channels, inner);
 }
 
@@ -141,13 +153,14 @@ extern "C" __global__ void __launch_bounds__(BN_THREADS)
 batchnorm_normalize_running(const float* __restrict__ x, const float* __restrict__ running_mean,
                             const float* __restrict__ running_var,
                             const float* __restrict__ weight, const float* __restrict__ bias,
+                            const float* __restrict__ residual, int relu,
                             float* __restrict__ y, float* __restrict__ mean_out,
                             float* __restrict__ invstd_out, int outer, int channels, int inner,
                             float eps) {
   const int c = blockIdx.x;
-  normalize_channel_range(x, weight, bias, y, mean_out, invstd_out, running_mean[c],
-                          (float)rsqrt((double)running_var[c] + (double)eps), outer, channels,
-                          inner);
+  normalize_channel_range(x, weight, bias, residual, relu, y, mean_out, invstd_out,
+                          running_mean[c], (float)rsqrt((double)running_var[c] + (double)eps),
+                          outer, channels, inner);
 }
 
 // Grid: 1 block of BN_RUNNING_THREADS. count > 1 (the wrapper checks). cumulative != 0: momentum
@@ -171,12 +184,20 @@ batchnorm_update_running_stats(const double* __restrict__ sums, long long count,
   }
 }
 
+// The gradient at the normalised value: dy, or (fused ReLU) dy where the output y is positive.
+__device__ __forceinline__ float masked_grad(const float* __restrict__ dy,
+                                             const float* __restrict__ y, long long k) {
+  return y == nullptr || y[k] > 0.0f ? dy[k] : 0.0f;
+}
+
 // (3) Grid: (channels, splits); block: BN_THREADS. partial as in batchnorm_stats. mean, invstd:
-// what the forward recorded. sum dy * (x - mean) is accumulated, then scaled by invstd once.
+// what the forward recorded; y: the fused forward's output (NULL: no ReLU). sum g * (x - mean)
+// is accumulated, then scaled by invstd once.
 extern "C" __global__ void __launch_bounds__(BN_THREADS)
 batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__ dy,
-                          const float* __restrict__ mean, const float* __restrict__ invstd,
-                          double* __restrict__ partial, int outer, int channels, int inner) {
+                          const float* __restrict__ y, const float* __restrict__ mean,
+                          const float* __restrict__ invstd, double* __restrict__ partial,
+                          int outer, int channels, int inner) {
   __shared__ double scratch[2 * WARP_SIZE];
   const int c = blockIdx.x, count = outer * inner;
   const double channel_mean = mean[c];
@@ -186,7 +207,7 @@ batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__
   RowColCursor at(begin + threadIdx.x, blockDim.x, inner);
   for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
     const long long k = bn_offset(at.row, c, at.col, channels, inner);
-    const double g = dy[k];
+    const double g = masked_grad(dy, y, k);
     sum_dy += g;
     sum_dy_xmu += g * ((double)x[k] - channel_mean);    // exact difference: the sum may cancel
   }
@@ -199,12 +220,15 @@ batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__
 // batch statistics). param_sums: this rank's sums, which become dweight and dbias (the
 // data-parallel gradient all-reduce adds those up later; adding the global sums would count
 // them once per rank). batch_statistics = 0: frozen statistics, sums and count are not read.
+// y: the fused forward's output (NULL: no ReLU); dresidual (NULL: none) receives the gradient
+// of the fused residual, g itself.
 extern "C" __global__ void __launch_bounds__(BN_THREADS)
 batchnorm_backward_apply(const float* __restrict__ x, const float* __restrict__ dy,
-                         const float* __restrict__ weight, const float* __restrict__ mean,
-                         const float* __restrict__ invstd, const double* __restrict__ sums,
-                         long long count, const double* __restrict__ param_sums,
-                         float* __restrict__ dx, float* __restrict__ dweight,
+                         const float* __restrict__ y, const float* __restrict__ weight,
+                         const float* __restrict__ mean, const float* __restrict__ invstd,
+                         const double* __restrict__ sums, long long count,
+                         const double* __restrict__ param_sums, float* __restrict__ dx,
+                         float* __restrict__ dresidual, float* __restrict__ dweight,
                          float* __restrict__ dbias, int outer, int channels, int inner,
                          int batch_statistics) {
   const int c = blockIdx.x, elements = outer * inner;
@@ -223,13 +247,17 @@ batchnorm_backward_apply(const float* __restrict__ x, const float* __restrict__ 
     const float mean_dy_xhat = (float)(sums[2 * c + 1] / (double)count);
     for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
       const long long k = bn_offset(at.row, c, at.col, channels, inner);
+      const float g = masked_grad(dy, y, k);
       const float xhat = (x[k] - channel_mean) * channel_invstd;
-      dx[k] = scale * (dy[k] - mean_dy - xhat * mean_dy_xhat);
+      dx[k] = scale * (g - mean_dy - xhat * mean_dy_xhat);
+      if (dresidual) dresidual[k] = g;
     }
   } else {
     for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
       const long long k = bn_offset(at.row, c, at.col, channels, inner);
-      dx[k] = scale * dy[k];        // frozen statistics: an affine map per channel
+      const float g = masked_grad(dy, y, k);
+      dx[k] = scale * g;            // frozen statistics: an affine map per channel
+      if (dresidual) dresidual[k] = g;
     }
   }
 }

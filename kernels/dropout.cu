@@ -11,6 +11,12 @@
 // backward. reference/dropout.py draws the same numbers, so one (seed, stream) gives the same mask
 // on cuda, sim and numpy; the caller uses a new stream for every forward call (a fresh mask).
 //
+// The stream is read from device memory (`stream` points to it), not passed by value: a
+// replayed step (a CUDA graph, the sim launch list) relaunches the same arguments, so the layer
+// keeps its call counter on the device and dropout_next_stream advances it there, one thread,
+// before each training forward: state[1] = state[0] | stream_high (the rank's bits, random.py),
+// state[0] += 1. Forward and backward then read state[1].
+//
 // Parallelisation: one thread per element in a grid-stride loop (consecutive threads, consecutive
 // elements: coalesced). The index is long long: it is the Philox counter, so it must be the
 // element's true flat index even past 2^31.
@@ -18,16 +24,29 @@
 
 extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* __restrict__ y,
                                            long long n, float p, float scale,
-                                           unsigned long long seed, unsigned long long stream) {
+                                           unsigned long long seed,
+                                           const unsigned long long* __restrict__ stream) {
+  const unsigned long long s = *stream;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (long long)blockDim.x * gridDim.x)
-    y[i] = philox_uniform(seed, stream, (unsigned long long)i) >= p ? x[i] * scale : 0.0f;
+    y[i] = philox_uniform(seed, s, (unsigned long long)i) >= p ? x[i] * scale : 0.0f;
 }
 
 extern "C" __global__ void dropout_backward(const float* __restrict__ dy, float* __restrict__ dx,
                                             long long n, float p, float scale,
-                                            unsigned long long seed, unsigned long long stream) {
+                                            unsigned long long seed,
+                                            const unsigned long long* __restrict__ stream) {
+  const unsigned long long s = *stream;
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
        i += (long long)blockDim.x * gridDim.x)
-    dx[i] = philox_uniform(seed, stream, (unsigned long long)i) >= p ? dy[i] * scale : 0.0f;
+    dx[i] = philox_uniform(seed, s, (unsigned long long)i) >= p ? dy[i] * scale : 0.0f;
+}
+
+// One thread: state = [calls, stream]. The stream of the forward about to run, then the count.
+extern "C" __global__ void dropout_next_stream(unsigned long long* state,
+                                               unsigned long long stream_high) {
+  if (blockIdx.x == 0 && threadIdx.x == 0) {
+    state[1] = state[0] | stream_high;
+    state[0] += 1;
+  }
 }

@@ -23,8 +23,11 @@
 //            parameter, sorted by offset; built once when the optimizer is made.
 //   groups   [num_groups][SGD_FIELDS or ADAM_FIELDS] float: each group's hyperparameters in the
 //            form the update uses (1 - dampening, 1 - beta1, ... computed in double on the host);
-//            uploaded again only when a hyperparameter (a schedule's lr) or a group's state
-//            changed. The step number, which changes every step, is a kernel argument.
+//            uploaded again (in place) only when a hyperparameter (a schedule's lr) or a
+//            group's state changed.
+//   step     [1] long long: Adam's step number t, which changes every step. Read from device
+//            memory, not passed by value, so that a replayed step (a CUDA graph) reads the value
+//            the host wrote before the replay.
 //
 // Parallelisation: a segment is cut into chunks of CHUNK = OPTIM_THREADS * ELEMENTS_PER_THREAD
 // elements and each block updates one chunk, so the launch has enough blocks to fill any GPU
@@ -144,13 +147,14 @@ sgd_step(float* __restrict__ params, const float* __restrict__ grads,
   }
 }
 
-// Grid and block as sgd_step; `step` is t >= 1, the number of this step (every parameter of
+// Grid and block as sgd_step; *step is t >= 1, the number of this step (every parameter of
 // the optimizer has taken t - 1 steps before it).
 extern "C" __global__ void __launch_bounds__(OPTIM_THREADS)
 adam_step(float* __restrict__ params, const float* __restrict__ grads,
           float* __restrict__ exp_avg, float* __restrict__ exp_avg_sq,
           const long long* __restrict__ segments, int num_segments,
-          const float* __restrict__ groups, float grad_scale, long long step) {
+          const float* __restrict__ groups, float grad_scale,
+          const long long* __restrict__ step) {
   const Chunk chunk = this_blocks_chunk(segments, num_segments);
   const float* hp = groups + chunk.group * ADAM_FIELDS;
   const float beta1 = hp[ADAM_BETA1], one_minus_beta1 = hp[ADAM_ONE_MINUS_BETA1];
@@ -160,7 +164,7 @@ adam_step(float* __restrict__ params, const float* __restrict__ grads,
   // Bias corrections 1 - beta^t as -expm1(t ln beta): 1 - 0.999f^1 in float32 would lose four
   // digits to cancellation; this keeps full float precision for every t (beta = 0 gives
   // ln beta = -inf and a correction of exactly 1).
-  const float t = (float)step;
+  const float t = (float)*step;
   const float bias_correction1 = -expm1f(t * hp[ADAM_LOG_BETA1]);
   const float bias_correction2_sqrt = sqrtf(-expm1f(t * hp[ADAM_LOG_BETA2]));
   const float step_size = hp[ADAM_LR] / bias_correction1;

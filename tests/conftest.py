@@ -10,7 +10,6 @@ Random inputs are fresh for every test: the seed comes from CUPYCNN_TEST_SEED (a
 run when unset, printed in the report header so a failure can be replayed) and the test's id.
 """
 import os
-import re
 import secrets
 import zlib
 from collections import defaultdict
@@ -21,6 +20,7 @@ import pytest
 import cupycnn
 from cupycnn import devices as dev
 from cupycnn import runtime, sim
+from cupycnn.sim.module import entry_points
 
 SIM_ORDERS = ("natural", "reversed", "random")
 
@@ -97,17 +97,9 @@ def numpy_device():
 
 # ------------------------------------------------------------------ kernel coverage summary
 
-_ENTRY_RE = re.compile(r'extern\s+"C"\s+__global__\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?void\s+'
-                       r'(?:__launch_bounds__\s*\([^)]*\)\s*)?(\w+)\s*\(')
-
-
 def _all_kernels():
-    kernels = []
-    for f in runtime.kernel_files():
-        text = re.sub(r"//[^\n]*|/\*.*?\*/", "", (runtime.kernel_dir() / f"{f}.cu").read_text(),
-                      flags=re.S)
-        kernels += [(f"{f}.cu", k) for k in _ENTRY_RE.findall(text)]
-    return kernels
+    return [(f"{f}.cu", k) for f in runtime.kernel_files()
+            for k, _ in entry_points((runtime.kernel_dir() / f"{f}.cu").read_text())]
 
 
 def _coverage_rows(stats):

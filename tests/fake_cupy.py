@@ -49,12 +49,22 @@ Elementwise arithmetic, reductions and NumPy functions on these arrays (`a + b`,
 `cupy.take`, ...) are queued like kernels, with results allocated from the pool on the
 current stream.
 
-Where CUDA-graph capture goes (for issue 11): a captured stream is a stream whose `_enqueue`
-appends to a graph's node list instead of its queue (`Stream.begin_capture` would set
-`stream._capture`, and `_enqueue` route there, the dependencies recorded as edges: the
-same-stream predecessor and the events waited for); `Graph.launch(stream)` then enqueues the
-nodes as operations of that stream. The scheduler needs nothing new: graph nodes become
-operations with dependencies.
+CUDA graphs (stream capture, after CuPy's stream.pyx and graph.pyx and the CUDA guide's rules).
+`Stream.begin_capture()` (not on the legacy null stream) makes the stream's `_enqueue` append
+to a graph's node list instead of its queue: nothing captured runs. While a stream captures,
+what CUDA refuses is refused, with CUDA's error, and the capture is invalidated (end_capture
+then raises): synchronising that stream, the device or an event recorded in the capture; a
+device-to-host copy (`get()`, `float(a)`); a host-to-device copy from pageable memory; waiting
+for an event recorded outside the capture (capture isolation). Allocations from the pool are
+allowed (CuPy captures in relaxed mode) and those made on a capturing stream counted
+(`cupy._world.capture_mallocs`; other threads' allocations are not the capture's): memory the
+graph was captured with and that is freed before a replay is reused by later allocations, and
+the replay then reads or writes another array's bytes, as on a GPU. `end_capture()` returns a
+`Graph`; `Graph.launch(stream=None)` enqueues its nodes, in capture order, as operations of that
+stream (the current one by default), each running again what it ran when captured: a kernel
+with the arguments (addresses and scalars) it was captured with, a copy from the same pinned
+buffer. Single-stream capture only: another stream joining the capture through an event is
+refused as unsupported by this model.
 
 `cupy.log` lists what ran, in the order it ran: (kind, stream name, detail).
 """
@@ -208,6 +218,7 @@ class _World:
         self.pinned = []                    # pinned host buffers (numpy uint8 arrays)
         self.pool_version = pool_version
         self.mallocs = 0
+        self.capture_mallocs = 0            # pool allocations while a stream captured
 
     # work
     def _execute(self, op):
@@ -291,7 +302,7 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
 
                 def run(generation=generation):
                     self._completed = max(self._completed, generation)
-                stream._enqueue("record", None, run)
+                stream._enqueue("record", self if stream._capture is not None else None, run)
 
         @property
         def done(self):
@@ -304,6 +315,8 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
 
         def synchronize(self):
             with world.lock:
+                if self._stream is not None and self._stream._capture is not None:
+                    self._stream._capture._invalidate("Event.synchronize")
                 target = self._recorded
                 world.scheduler.drive(lambda: self._completed >= target, "Event.synchronize",
                                       self._stream)
@@ -328,6 +341,7 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                 self._last = None
                 self._eagerness = world.scheduler.eagerness()
                 self._is_null = bool(null)
+                self._capture = None            # the Graph being captured, if any
                 world.streams.append(self)
 
         def __repr__(self):
@@ -336,6 +350,8 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
         # queueing
         def _enqueue(self, kind, detail, run=None, waits=(), test=None):
             with world.lock:
+                if self._capture is not None:
+                    return self._capture._add(self, kind, detail, run, waits, test)
                 deps = []
                 if self._is_null:        # the legacy default stream: after every blocking one
                     deps = [s._last for s in world.streams
@@ -365,9 +381,34 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
 
         def synchronize(self):
             with world.lock:
+                _refuse_while_capturing(f"{self.name}.synchronize", self)
                 last = self._last
                 world.scheduler.drive(lambda: last is None or last.done,
                                       f"{self.name}.synchronize", self)
+
+        # capture (module docstring)
+        def begin_capture(self, mode=None):
+            with world.lock:
+                if self.ptr in (0, 1):
+                    raise RuntimeError("cannot capture on the default (legacy) stream")
+                if self._capture is not None:
+                    raise RuntimeError("cudaErrorIllegalState: the stream is already capturing")
+                self._capture = Graph(self)
+                world.log.append(("begin_capture", self.name, None))
+
+        def end_capture(self):
+            with world.lock:
+                graph, self._capture = self._capture, None
+                if graph is None:
+                    raise RuntimeError("cudaErrorIllegalState: the stream is not capturing")
+                world.log.append(("end_capture", self.name, len(graph.nodes)))
+                if graph.invalidated is not None:
+                    raise RuntimeError(f"cudaErrorStreamCaptureInvalidated: the capture was "
+                                       f"invalidated by {graph.invalidated}")
+                return graph
+
+        def is_capturing(self):
+            return self._capture is not None
 
         @property
         def done(self):
@@ -387,6 +428,51 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
         def __exit__(self, *exc):
             _stack().pop()
 
+    class Graph:
+        """A captured graph: its nodes in capture order. `launch(stream)` enqueues them."""
+
+        def __init__(self, stream):
+            self.stream, self.nodes, self.invalidated = stream, [], None
+            self.recorded = set()         # events recorded inside the capture
+
+        def _add(self, stream, kind, detail, run, waits, test):
+            for event, _ in waits:
+                if id(event) not in self.recorded:
+                    self._invalidate(f"{stream.name} waiting for an event recorded outside the "
+                                     f"capture (cudaErrorStreamCaptureIsolation)")
+            if test is not None:
+                raise NotImplementedError("the fake captures no collectives")
+            if kind == "record" and detail is not None:
+                self.recorded.add(id(detail))
+            self.nodes.append((kind, detail, run))
+            return _Op(stream, kind, detail, run)
+
+        def _invalidate(self, why):
+            if self.invalidated is None:
+                self.invalidated = why
+            raise RuntimeError(f"cudaErrorStreamCaptureUnsupported: {why} while "
+                               f"{self.stream.name} captures")
+
+        def launch(self, stream=None):
+            with world.lock:
+                stream = get_current_stream() if stream is None else stream
+                if stream._capture is not None:
+                    raise NotImplementedError("the fake does not capture graph launches")
+                world.log.append(("graph_launch", stream.name, len(self.nodes)))
+                for kind, detail, run in self.nodes:
+                    stream._enqueue(kind, detail, run)
+
+    def _refuse_while_capturing(what, stream=None):
+        """CUDA refuses a synchronisation (of a capturing stream, or of the device while any
+        stream captures) and a device-to-host copy while capturing: the capture is invalid."""
+        capturing = [s for s in world.streams if s._capture is not None]
+        if not capturing:
+            return
+        if stream is None or stream._capture is not None:
+            (stream or capturing[0])._capture._invalidate(what)
+
+    cuda.graph = types.SimpleNamespace(Graph=Graph)
+
     def _stack():
         stack = getattr(world.local, "stack", None)
         if stack is None:
@@ -402,6 +488,7 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
 
     def device_synchronize():
         with world.lock:
+            _refuse_while_capturing("Device.synchronize")
             world.scheduler.drive(lambda: all(not s._queue for s in world.streams),
                                   "Device.synchronize")
 
@@ -491,6 +578,8 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                     world.scheduler.rng.random() < world.scheduler.host_delay:
                 time.sleep(0.002)                # let the other host threads run first
             with world.lock:
+                if get_current_stream()._capture is not None:    # by the capturing code
+                    world.capture_mallocs += 1
                 if nbytes == 0:
                     return MemoryPointer(None, 0)
                 size = -(-int(nbytes) // ALLOCATION_UNIT_SIZE) * ALLOCATION_UNIT_SIZE
@@ -730,6 +819,8 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
         def get(self, stream=None, order="C", out=None, blocking=True):
             with world.lock:
                 stream = get_current_stream() if stream is None else stream
+                if stream._capture is not None:
+                    stream._capture._invalidate("a device-to-host copy (ndarray.get)")
                 host = np.empty(self.shape, self.dtype) if out is None else out
                 raw = _Raw(self)
                 pinned = world.is_pinned(host)
@@ -747,6 +838,8 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                 if arr.shape != self.shape and arr.size != self.size:
                     raise ValueError(f"set: shape {arr.shape} into {self.shape}")
                 stream = get_current_stream() if stream is None else stream
+                if stream._capture is not None and not world.is_pinned(arr):
+                    stream._capture._invalidate("a host-to-device copy from pageable memory")
                 source = arr if world.is_pinned(arr) else arr.copy()   # pageable: staged now
                 raw = _Raw(self)
 
@@ -958,10 +1051,12 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                 stream = get_current_stream() if stream is None else stream
                 raws = []
                 for i, a in enumerate(args):
+                    pointer = i < len(self._sim.params) and self._sim.params[i].is_pointer
                     if _is_device(a):
                         raws.append(_Raw(a))
-                    elif a is None:
-                        raws.append(None)
+                    elif a is None or (pointer and isinstance(a, np.integer) and
+                                       a.itemsize == 8 and int(a) == 0):
+                        raws.append(None)             # NULL: None, or a 64-bit zero scalar
                     elif isinstance(a, np.ndarray) and a.size != 1:
                         raise TypeError(
                             f"You are trying to pass a numpy.ndarray of shape {a.shape} as a "

@@ -279,3 +279,16 @@ def test_cached_builds_reuses_and_rebuilds(tree, tmp_path, capfd):
     more = ImageFolder.cached(tree, path, size=24)
     assert "differ from the folder's ['cat', 'dog', 'flower', 'scene']" in capfd.readouterr().err
     assert more.classes == ["cat", "dog", "flower", "scene"] and len(more) == 10
+
+
+def test_split_folders_finds_a_datasets_own_train_and_test_splits(tmp_path):
+    (tmp_path / "Training Data").mkdir()
+    (tmp_path / "Testing Data").mkdir()
+    (tmp_path / "notes").mkdir()
+    assert folder_module.split_folders(tmp_path) == (tmp_path / "Training Data", tmp_path / "Testing Data")
+    other = tmp_path / "other"
+    (other / "TRAIN").mkdir(parents=True)
+    assert folder_module.split_folders(other) == (other / "TRAIN", None)            # no test split
+    (other / "val").mkdir()
+    assert folder_module.split_folders(other) == (other / "TRAIN", other / "val")
+    assert folder_module.split_folders(tmp_path / "missing") == (None, None)

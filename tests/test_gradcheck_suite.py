@@ -1,6 +1,6 @@
 """Every case of the gradient-check suite passes: the reference's backward against finite
 differences in float64, and the kernels' backward (sim) against the same derivative in float32.
-And `python -m cupycnn.gradcheck`: its table, its exit status, its messages."""
+And `python -m cupycnn.gradcheck_suite`: its table, its exit status, its messages."""
 import subprocess
 import sys
 import textwrap
@@ -16,7 +16,8 @@ CASES = gradcheck_suite.CASES
 
 
 def _command(*args, code=None):
-    argv = [sys.executable, "-c", code] if code else [sys.executable, "-m", "cupycnn.gradcheck"]
+    argv = [sys.executable, "-c", code] if code else [sys.executable, "-m",
+                                                               "cupycnn.gradcheck_suite"]
     return subprocess.run(argv + list(args), capture_output=True, text=True, timeout=300)
 
 
@@ -80,7 +81,7 @@ def test_command_line_exit_status_1_when_a_case_fails():
     code = textwrap.dedent("""
         import sys
         import numpy as np
-        from cupycnn import gradcheck, gradcheck_suite
+        from cupycnn import gradcheck_suite
         from cupycnn.layers import Layer
 
         class WrongScale(Layer):      # y = 2x, with a backward that forgets the 2
@@ -93,7 +94,7 @@ def test_command_line_exit_status_1_when_a_case_fails():
 
         gradcheck_suite.case("WrongScale")(lambda rng: dict(layer=WrongScale(),
                                                             x=rng.standard_normal((2, 3))))
-        sys.exit(gradcheck.main(sys.argv[1:]))
+        sys.exit(gradcheck_suite.main(sys.argv[1:]))
     """)
     out = _command("--layer", "WrongScale", code=code)
     assert out.returncode == 1, out.stderr

@@ -74,7 +74,12 @@ def test_torchvision_weights_give_torchvisions_outputs(name):
 
 def test_simple_cnn_classic_shape_and_training_step():
     model = models.simple_cnn(num_classes=10)
-    assert [n for n, _ in model.named_children()][:8] == [
+    assert [n for n, _ in model.named_children()][:6] == [
+        "block1_conv1", "block1_bn1", "block1_conv2", "block1_bn2", "block1_pool",
+        "block1_dropout"]                                # each ReLU fused into its batchnorm
+    assert model.block1_bn1.relu and model.fc1_bn.relu
+    unfused = models.simple_cnn(num_classes=10, fused=False)
+    assert [n for n, _ in unfused.named_children()][:8] == [
         "block1_conv1", "block1_bn1", "block1_relu1", "block1_conv2", "block1_bn2",
         "block1_relu2", "block1_pool", "block1_dropout"]
     x = np.random.default_rng(0).standard_normal((4, 3, 32, 32)).astype(np.float32)
@@ -102,6 +107,16 @@ def test_summary_lists_layers_shapes_and_total(capsys):
     assert "block1_conv1" in printed and "(32, 8, 8)" in printed
     assert "total parameters: 305,386" in printed
     assert rows[1] == ("block1_conv1", "Conv2D", (32, 8, 8), 320)
+
+
+def test_summary_sees_inside_residual_blocks_through_forward_hooks(capsys):
+    """summary() records shapes with the forward hooks every layer offers (no patching), and
+    the composites call their children through them, down into a block's residual branches."""
+    model = models.resnet18(num_classes=10, stem="cifar")
+    rows = {name: shape for name, _, shape, _ in model.summary((3, 16, 16))}
+    assert rows["layer2.0.conv1"] == (128, 8, 8) and rows["layer2.0.downsample.0"] == (128, 8, 8)
+    assert rows["layer1.1.bn2"] == (64, 16, 16) and rows["fc"] == (10,)
+    assert all(not layer._forward_hooks for layer in model.layers())     # all removed
 
 
 def test_blocks_match_between_sim_and_numpy(rng):

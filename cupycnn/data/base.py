@@ -114,7 +114,15 @@ class ArrayDataset(Dataset):
 
 class Subset(Dataset):
     """The examples of `dataset` at `indices`, in that order: a view that holds the indices, not
-    the images (PyTorch's `torch.utils.data.Subset`)."""
+    the images (PyTorch's `torch.utils.data.Subset`). Of a streamed dataset, a streamed view
+    (cupycnn.data.stream.StreamingSubset)."""
+
+    def __new__(cls, dataset=None, indices=None):
+        if cls is Subset and getattr(dataset, "streaming", False) and \
+                not hasattr(dataset, "plan"):
+            from .stream import StreamingSubset
+            return super().__new__(StreamingSubset)
+        return super().__new__(cls)
 
     def __init__(self, dataset, indices):
         n = len(dataset)

@@ -111,6 +111,21 @@ def class_root(root):
         root = inner
 
 
+# Sub-folders that hold a dataset's own train and test splits (Kaggle's `train/` and `test/`,
+# `Training Data/` and `Testing Data/`), matched in any letter case.
+TRAIN_FOLDER_NAMES = ("train", "training", "training data")
+TEST_FOLDER_NAMES = ("test", "testing", "testing data", "val", "validation")
+
+
+def split_folders(root):
+    """(train, test): the sub-folders of `root` named as its train and test splits (the first
+    of TRAIN_FOLDER_NAMES, of TEST_FOLDER_NAMES), None for each one absent."""
+    root = Path(root)
+    splits = {s.name.lower(): s for s in root.iterdir() if s.is_dir()} if root.is_dir() else {}
+    return tuple(next((splits[n] for n in names if n in splits), None)
+                 for names in (TRAIN_FOLDER_NAMES, TEST_FOLDER_NAMES))
+
+
 def scan(root):
     """(class_root, classes, samples): the class names sorted, and (path, label) for every
     image file found, classes in order and files sorted by path within each."""

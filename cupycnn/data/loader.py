@@ -160,13 +160,19 @@ class Loader:
     device_resident True, False or "auto": keep the whole dataset on the GPU (cuda only)
     rank, world_size  this process's shard, with DistributedSampler's semantics
     pad             pad the shards to equal length (training); False: exact shares (evaluation)
+    num_workers     streamed datasets (cupycnn.data.stream, .shards, .tfrecord): processes
+                    that decode the batches into shared memory (0: in this process);
+                    worker_start_method ("fork", "spawn", "forkserver"), worker_timeout
+                    (seconds to wait for one batch, None: no limit) and skip_bad (skip
+                    unreadable images with a warning) go with them (docs/data.md, streaming)
 
     len(loader) is the number of batches of this rank in an epoch; `num_samples` the number of
     examples (ceil(N / world_size))."""
 
     def __init__(self, dataset, batch_size, shuffle=True, drop_last=False, seed=0,
                  transform=None, prefetch=True, device_resident="auto", rank=0, world_size=1,
-                 pad=True):
+                 pad=True, num_workers=0, worker_start_method=None, worker_timeout=None,
+                 skip_bad=False):
         op = "Loader"
         for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                  ("seed", seed, 0)):
@@ -182,6 +188,11 @@ class Loader:
             raise ValueError(f"{op}: transform must be callable, got {type(transform).__name__}")
         if len(dataset) == 0:
             raise ValueError(f"{op}: the dataset is empty")
+        streaming = getattr(dataset, "streaming", False)
+        if num_workers and not streaming:
+            raise ValueError(f"{op}: num_workers is for streamed datasets (StreamingImageFolder, "
+                             f"ImageNet, TarShards, TFRecordDataset); {type(dataset).__name__} "
+                             f"is already decoded in memory")
         self.dataset = dataset
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), bool(shuffle), \
             bool(drop_last)
@@ -196,31 +207,36 @@ class Loader:
         else:
             self.num_samples = len(range(self.rank, len(dataset), self.world_size))
             self.total_size = len(dataset)
-        self._host = (_HostSource(*dataset.storage()) if hasattr(dataset, "storage")
-                      else _ItemSource(dataset))
+        if streaming:
+            from .workers import StreamSource
+            self._host = StreamSource(dataset, self.batch_size, num_workers,
+                                      worker_start_method, worker_timeout, skip_bad)
+            if hasattr(dataset, "plan"):          # sharded: the dataset says what a rank gets
+                self.num_samples, self.total_size = dataset.rank_samples(
+                    self.rank, self.world_size, self.batch_size, self.drop_last, self.pad)
+        else:
+            self._host = (_HostSource(*dataset.storage()) if hasattr(dataset, "storage")
+                          else _ItemSource(dataset))
         self._device = None        # the _DeviceSource once made (cuda, resident)
-        self._skip = 0             # batches the next iteration leaves out (skip_next)
 
-    def set_epoch(self, epoch):
-        """Make the next iteration epoch `epoch` (DistributedSampler.set_epoch)."""
+    def set_epoch(self, epoch, start_batch=0):
+        """Make the next iteration epoch `epoch` (DistributedSampler.set_epoch), from its batch
+        `start_batch` on (resuming mid-epoch: the batches before are not served; a streamed
+        dataset's shards are read past them without decoding)."""
         if not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ValueError(f"Loader: epoch must be an integer of at least 0, got {epoch!r}")
-        self.epoch = int(epoch)
-
-    def skip_next(self, batches):
-        """Start the next iteration at batch `batches` of its epoch, without making the ones
-        before it (how a trainer resumes a checkpoint saved in the middle of an epoch: the
-        order, and the transform's random state, go on exactly from there)."""
-        if not isinstance(batches, (int, np.integer)) or isinstance(batches, bool) or \
-                not 0 <= batches <= len(self):
-            raise ValueError(f"Loader.skip_next: batches must be an integer in [0, "
-                             f"{len(self)}], got {batches!r}")
-        self._skip = int(batches)
+        if not isinstance(start_batch, (int, np.integer)) or not 0 <= start_batch <= len(self):
+            raise ValueError(f"Loader: start_batch must lie in [0, {len(self)}], got "
+                             f"{start_batch!r}")
+        self.epoch, self._start_batch = int(epoch), int(start_batch)
 
     def indices(self, epoch=None):
         """int64 [num_samples]: the positions in the dataset of this rank's examples in epoch
         `epoch` (default: the next one), in the order they are served."""
         epoch = self.epoch if epoch is None else int(epoch)
+        if hasattr(self.dataset, "plan"):
+            raise TypeError(f"Loader.indices: {type(self.dataset).__name__} is read shard by "
+                            f"shard, in an order its plan() gives, not by index")
         n = len(self.dataset)
         if self.shuffle:
             order = np.random.default_rng([self.seed, epoch]).permutation(n)
@@ -244,16 +260,25 @@ class Loader:
             self.transform.set_random_state(state["transform"])
 
     def __len__(self):
+        if hasattr(self.dataset, "plan"):
+            return self.dataset.rank_batches(self.rank, self.world_size, self.batch_size,
+                                             self.drop_last, self.pad,
+                                             max(1, self._host.num_workers))
         if self.drop_last:
             return self.num_samples // self.batch_size
         return math.ceil(self.num_samples / self.batch_size)
+
+    def close(self):
+        """Stop the decoding workers of a streamed dataset (they also stop with the process)."""
+        if hasattr(self._host, "close"):
+            self._host.close()
 
     @property
     def resident(self):
         """True when batches are gathered from a copy of the whole dataset in device memory
         (on sim and numpy, always for datasets with `storage()`: their host arrays are it).
         On cuda the choice is made at the first iteration and kept."""
-        if isinstance(self._host, _ItemSource):
+        if isinstance(self._host, _ItemSource) or self._host.nbytes is None:
             return False
         if _device.device() != "cuda":
             return True
@@ -266,12 +291,18 @@ class Loader:
         return bool(self.device_resident)
 
     def __iter__(self):
-        order = self.indices(self.epoch)
-        self.epoch += 1
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
-        if self.drop_last and len(batches[-1]) < self.batch_size:
-            batches.pop()
-        batches, self._skip = batches[self._skip:], 0
+        start, self._start_batch = getattr(self, "_start_batch", 0), 0
+        if self._host.nbytes is None and hasattr(self._host, "start_epoch"):   # streamed
+            batches = self._host.start_epoch(self, self.epoch, start)[:len(self) - start]
+            self.epoch += 1
+        else:
+            order = self.indices(self.epoch)
+            self.epoch += 1
+            batches = [order[i:i + self.batch_size]
+                       for i in range(0, len(order), self.batch_size)]
+            if self.drop_last and len(batches[-1]) < self.batch_size:
+                batches.pop()
+            batches = batches[start:]
         on_cuda = _device.device() == "cuda"
         if not on_cuda:
             produce = self._produce_host
@@ -338,8 +369,10 @@ class _PinnedUpload:
         m = len(positions)
         if self._slots is None:
             import cupyx
-            first, _ = self.host.gather(positions[:1])
-            self._slots = [[cupyx.empty_pinned((self.batch_size, *first.shape[1:]), np.uint8),
+            shape = getattr(self.host, "image_shape", None)   # streamed: known, not gathered
+            if shape is None:
+                shape = self.host.gather(positions[:1])[0].shape[1:]
+            self._slots = [[cupyx.empty_pinned((self.batch_size, *shape), np.uint8),
                             cupyx.empty_pinned((self.batch_size,), np.int32), None]
                            for _ in range(self.SLOTS)]
         slot = self._slots[self._turn]

@@ -83,29 +83,33 @@ class GradientBuckets:
 
     @contextlib.contextmanager
     def _hooks(self):
-        """Wrap each parameter-owning layer's backward for the duration of one backward."""
+        """Wrap each parameter-owning layer's backward (and backward_residual, a fused
+        batchnorm's other backward) for the duration of one backward."""
         wrapped = []
         for layer_id, layer in self._layers.items():
-            original = layer.backward
-            # A wrapper someone else put on the instance (a profiler, a test's recorder) is
-            # called inside ours and put back afterwards.
-            own = layer.__dict__.get("backward")
+            for method in ("backward", "backward_residual"):
+                original = getattr(layer, method, None)
+                if original is None:
+                    continue
+                # A wrapper someone else put on the instance (a profiler, a test's recorder) is
+                # called inside ours and put back afterwards.
+                own = layer.__dict__.get(method)
 
-            def hooked(dy, _original=original, _layer=layer):
-                dx = _original(dy)
-                self._mark_ready(_layer)
-                return dx
+                def hooked(dy, _original=original, _layer=layer):
+                    result = _original(dy)
+                    self._mark_ready(_layer)
+                    return result
 
-            layer.backward = hooked
-            wrapped.append((layer, own))
+                setattr(layer, method, hooked)
+                wrapped.append((layer, method, own))
         try:
             yield
         finally:
-            for layer, own in wrapped:
+            for layer, method, own in wrapped:
                 if own is None:
-                    del layer.backward          # back to the class's method
+                    delattr(layer, method)          # back to the class's method
                 else:
-                    layer.backward = own
+                    setattr(layer, method, own)
 
     def backward(self, model, dy):
         """model.backward(dy) with every bucket all-reduced, overlapping; returns dx."""

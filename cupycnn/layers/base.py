@@ -130,8 +130,23 @@ class Layer:
         """Restore what random_state() returned."""
 
     # ---------------------------------------------------------------------------- helpers
+    _forward_hooks = ()          # an instance's own list once add_forward_hook is called
+
     def __call__(self, x, training=True):
-        return self.forward(x, training)
+        """forward(x, training), then the forward hooks. Composites call their children this
+        way, so a hook sees every forward through a model."""
+        y = self.forward(x, training)
+        for hook in self._forward_hooks:
+            hook(self, x, y)
+        return y
+
+    def add_forward_hook(self, hook):
+        """Call hook(layer, x, y) after every forward through this layer's __call__ (PyTorch's
+        register_forward_hook); returns a function that removes the hook."""
+        if not self._forward_hooks:
+            self._forward_hooks = []
+        self._forward_hooks.append(hook)
+        return lambda: self._forward_hooks.remove(hook)
 
     def add_param(self, key, value):
         """Register a parameter from a host array (float32 on the current device) with a zero
@@ -152,7 +167,8 @@ class Layer:
     def saved(self):
         """What forward kept; an error if backward comes before forward."""
         if self._saved is None:
-            raise RuntimeError(f"{self!r}: backward called before forward (or twice after one "
+            who = repr(self) if "\n" not in repr(self) else type(self).__name__   # a composite
+            raise RuntimeError(f"{who}: backward called before forward (or twice after one "
                                f"forward); call forward first")
         saved, self._saved = self._saved, None
         return saved
@@ -272,21 +288,17 @@ class Layer:
         named = [(name.rstrip(".") or type(self).__name__, layer)
                  for name, layer in self._named_layers()]
         shapes = {}
-        for name, layer in named:
-            original = layer.forward
 
-            def recording(x, training=True, _original=original, _layer=layer):
-                y = _original(x, training)
-                shapes[id(_layer)] = tuple(y.shape[1:])
-                return y
+        def record(layer, x, y):
+            shapes[id(layer)] = tuple(y.shape[1:])
 
-            layer.forward = recording        # an instance attribute, removed below
+        removers = [layer.add_forward_hook(record) for _, layer in named]
         try:
             x = np.random.default_rng(0).standard_normal((2,) + tuple(input_shape))
-            self.forward(_device.asarray(x.astype(np.float32)), training=False)
+            self(_device.asarray(x.astype(np.float32)), training=False)
         finally:
-            for _, layer in named:
-                del layer.forward
+            for remove in removers:
+                remove()
         rows = [(name, type(layer).__name__, shapes.get(id(layer)),
                  sum(int(np.prod(v.shape)) for v in layer.params.values()))
                 for name, layer in named]

@@ -130,18 +130,14 @@ class Sequential(Layer):
         check_arrays("Sequential", input=(x, None))
         for name, layer in self._children.items():
             try:
-                x = layer.forward(x, training)
+                x = layer(x, training)
             except ValueError as e:
                 raise ValueError(f"Sequential layer {name!r}: {e}") from e
         self.save_for_backward(output_shape=tuple(x.shape))
         return x
 
     def backward(self, dy):
-        if self._saved is None:
-            raise RuntimeError("Sequential: backward called before forward (or twice after one "
-                               "forward); call forward first")
-        saved, self._saved = self._saved, None
-        check_arrays("Sequential.backward", dy=(dy, saved["output_shape"]))
+        check_arrays("Sequential.backward", dy=(dy, self.saved()["output_shape"]))
         for name, layer in reversed(self._children.items()):
             try:
                 dy = layer.backward(dy)
@@ -188,9 +184,9 @@ class Residual(Layer):
     def forward(self, x, training=True):
         self._saved = None
         check_arrays("Residual", input=(x, None))
-        y_main = self._branch("main", self.main.forward, x, training)
+        y_main = self._branch("main", self.main, x, training)
         y_shortcut = x if self.shortcut is None else \
-            self._branch("shortcut", self.shortcut.forward, x, training)
+            self._branch("shortcut", self.shortcut, x, training)
         if tuple(y_main.shape) != tuple(y_shortcut.shape):
             which = "the identity shortcut (the input)" if self.shortcut is None else \
                 "the shortcut"
@@ -201,11 +197,7 @@ class Residual(Layer):
         return elementwise_ops.add(y_main, y_shortcut)
 
     def backward(self, dy):
-        if self._saved is None:
-            raise RuntimeError("Residual: backward called before forward (or twice after one "
-                               "forward); call forward first")
-        saved, self._saved = self._saved, None
-        check_arrays("Residual.backward", dy=(dy, saved["output_shape"]))
+        check_arrays("Residual.backward", dy=(dy, self.saved()["output_shape"]))
         dx_main = self._branch("main", self.main.backward, dy)
         dx_shortcut = dy if self.shortcut is None else \
             self._branch("shortcut", self.shortcut.backward, dy)

@@ -13,6 +13,7 @@ the activation, for every dropout layer of the network), at the price of a few d
 operations per element that the memory-bound kernel hides. `random_state()` /
 `set_random_state()` expose (seed, calls) so a gradient check can replay the same mask.
 """
+from .. import devices as _device
 from .. import random as _random
 from ..ops import dropout as ops
 from .base import Layer
@@ -20,13 +21,33 @@ from .base import Layer
 
 class Dropout(Layer):
     """Inverted dropout with probability p of zeroing each element (PyTorch's `nn.Dropout`,
-    without `inplace`); identity when `training=False`. Any input shape. No parameters."""
+    without `inplace`); identity when `training=False`. Any input shape. No parameters.
+
+    On the kernel devices the call counter lives in device memory (ops.dropout.StreamCounter) and
+    a kernel advances it, so that a recorded step (cupycnn.graph) draws a new mask at every
+    replay; `calls` reads it back."""
 
     def __init__(self, p=0.5):
         super().__init__()
         self.p = ops.check_probability("Dropout", p)
         self.seed = _random.next_seed()
-        self.calls = 0                       # training-mode forwards so far: the next stream
+        self._calls = 0                      # training-mode forwards so far (numpy device)
+        self._counter = None                 # ... and on a kernel device
+
+    @property
+    def calls(self):
+        """Training-mode forwards so far: the next forward's stream counter."""
+        if self._counter is not None and self._counter.device == _device.device():
+            return self._counter.calls()
+        return self._calls
+
+    @calls.setter
+    def calls(self, value):
+        self._calls = int(value)
+        if self._counter is not None and self._counter.device == _device.device():
+            self._counter.set_calls(self._calls)
+        else:
+            self._counter = None
 
     def extra_repr(self):
         return f"p={self.p}"
@@ -37,13 +58,22 @@ class Dropout(Layer):
     def set_random_state(self, state):
         self.seed, self.calls = int(state["seed"]), int(state["calls"])
 
+    def _next_stream(self):
+        if not _device.runs_kernels():
+            stream = _random.stream(self._calls)       # the rank in its high bits (random.py)
+            self._calls += 1
+            return stream
+        if self._counter is None or self._counter.device != _device.device():
+            self._counter = ops.StreamCounter(self.calls, _random.stream(0))
+        self._counter.advance()
+        return self._counter.stream
+
     def forward(self, x, training=True):
         self.check_input(x, None)
         if not training:
             self.save_for_backward(shape=tuple(x.shape), stream=None)
             return x
-        stream = _random.stream(self.calls)       # the rank in its high bits (random.py)
-        self.calls += 1
+        stream = self._next_stream()
         self.save_for_backward(shape=tuple(x.shape), stream=stream)
         return ops.dropout_forward(x, self.p, self.seed, stream)
 

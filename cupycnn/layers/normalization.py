@@ -11,6 +11,12 @@ BatchNorm, evaluation: the running statistics in place of the batch's, and (for 
 frozen statistics) dx = weight / sqrt(running_var + eps) * dy.
 Both: dweight = sum dy * xhat, dbias = sum dy.
 
+Fused epilogue (BatchNorm1D/2D): `relu=True` applies a ReLU to the output in the same pass, and
+`forward_residual(x, residual)` adds a residual before it: y = relu(bn(x) + residual), ResNet's
+"bn2, += shortcut, relu" as one kernel. The backward then masks dy by y > 0 inside its two
+kernels, and `backward_residual(dy)` also returns the residual's gradient; the same maths as
+the three layers composed (tests/test_fused.py), one or two passes over memory fewer.
+
 Synchronised batchnorm: the statistics are computed in stages, and between them a training
 forward and its backward call `self.stats_reducer(sums, count) -> (sums, count)` with this
 process's per-channel float64 sums [C, 2] and element count per channel: in the forward on
@@ -23,8 +29,10 @@ evaluation, where the running statistics are used.
 """
 import numpy as np
 
+from .. import devices as _device
 from ..ops import batchnorm as bn_ops
 from ..ops import groupnorm as gn_ops
+from ..ops._check import check_arrays
 from .base import Layer
 
 
@@ -40,12 +48,13 @@ class _BatchNorm(Layer):
     state_dict names and dtypes of PyTorch, so that torchvision checkpoints load strictly.
     momentum=None makes the running statistics a cumulative average, as in PyTorch."""
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
         if int(num_features) < 1:
             raise ValueError(f"{type(self).__name__}: num_features must be at least 1, got "
                              f"{num_features}")
         self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        self.relu = bool(relu)
         self.stats_reducer = local_statistics
         self.add_param("weight", np.ones(self.num_features, np.float32))
         self.add_param("bias", np.zeros(self.num_features, np.float32))
@@ -54,14 +63,29 @@ class _BatchNorm(Layer):
         self.add_buffer("num_batches_tracked", np.array(0, dtype=np.int64))
 
     def extra_repr(self):
-        return f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+        return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}"
+                + (", relu=True" if self.relu else ""))
 
     def _check_input_shape(self, x):
         raise NotImplementedError
 
     def forward(self, x, training=True):
+        return self._forward(x, training, None)
+
+    def forward_residual(self, x, residual, training=True):
+        """y = relu(bn(x) + residual) (without the ReLU when relu=False), one pass; the
+        backward is backward_residual."""
+        self._check_input_shape(x)
+        check_arrays(repr(self), input=(x, None), residual=(residual, tuple(x.shape)))
+        y = self._forward(x, training, residual)
+        for hook in self._forward_hooks or ():         # as __call__ runs them
+            hook(self, x, y)
+        return y
+
+    def _forward(self, x, training, residual):
         self._check_input_shape(x)
         p, b = self.params, self.buffers
+        epilogue = dict(residual=residual, relu=self.relu)
         local_count = count = x.size // self.num_features
         if training:
             sums = bn_ops.batchnorm_stats(x)                              # stage 1
@@ -70,35 +94,55 @@ class _BatchNorm(Layer):
                 raise ValueError(f"{self!r}: expected more than 1 value per channel when "
                                  f"training, got input size {tuple(x.shape)}")
             y, mean, invstd = bn_ops.batchnorm_normalize(x, sums, count, p["weight"], p["bias"],
-                                                         self.eps)        # stage 2
+                                                         self.eps, **epilogue)   # stage 2
             bn_ops.batchnorm_update_running_stats(sums, count, b["running_mean"],
                                                   b["running_var"], b["num_batches_tracked"],
                                                   self.momentum)
         else:
             y, mean, invstd = bn_ops.batchnorm_normalize_running(
-                x, b["running_mean"], b["running_var"], p["weight"], p["bias"], self.eps)
+                x, b["running_mean"], b["running_var"], p["weight"], p["bias"], self.eps,
+                **epilogue)
         self.save_for_backward(x=x, mean=mean, invstd=invstd, local_count=local_count,
-                               training=training)
+                               training=training, y=y if self.relu else None,
+                               residual=residual is not None)
         return y
 
     def backward(self, dy):
         saved = self.saved()
-        x, training = saved["x"], saved["training"]
+        if saved["residual"]:
+            raise RuntimeError(f"{self!r}: the forward took a residual (forward_residual); its "
+                               f"backward is backward_residual, which also returns the "
+                               f"residual's gradient")
+        return self._backward(dy, saved)[0]
+
+    def backward_residual(self, dy):
+        """(dx, dresidual) after forward_residual."""
+        saved = self.saved()
+        if not saved["residual"]:
+            raise RuntimeError(f"{self!r}: backward_residual follows forward_residual; the "
+                               f"forward took no residual (use backward)")
+        return self._backward(dy, saved)
+
+    def _backward(self, dy, saved):
+        x, training, y = saved["x"], saved["training"], saved["y"]
         self.check_grad_output(dy, x.shape)
-        local = bn_ops.batchnorm_backward_reduce(x, dy, saved["mean"], saved["invstd"])  # (3)
+        local = bn_ops.batchnorm_backward_reduce(x, dy, saved["mean"], saved["invstd"],
+                                                 y=y)                     # stage 3
         sums, count = local, saved["local_count"]
         if training:
             sums, count = self.stats_reducer(local, count)                # all-reduce point
+        dresidual = _device.empty(x.shape, x.dtype) if saved["residual"] else None
         dx, _, _ = bn_ops.batchnorm_backward_apply(                        # stage 4
             x, dy, self.params["weight"], saved["mean"], saved["invstd"], sums, count,
             batch_statistics=training, param_sums=local, dweight=self.grads["weight"],
-            dbias=self.grads["bias"])
-        return dx
+            dbias=self.grads["bias"], y=y, dresidual=dresidual)
+        return dx, dresidual
 
 
 class BatchNorm1D(_BatchNorm):
     """PyTorch's BatchNorm1d(num_features, eps=1e-5, momentum=0.1): input [N, C] or [N, C, L],
-    statistics per channel over N (and L). Training needs more than one value per channel."""
+    statistics per channel over N (and L). Training needs more than one value per channel.
+    relu=True: a ReLU fused after it (module docstring)."""
 
     def _check_input_shape(self, x):
         self.check_input(x, None)                     # device, layout and dtype first
@@ -110,7 +154,8 @@ class BatchNorm1D(_BatchNorm):
 
 class BatchNorm2D(_BatchNorm):
     """PyTorch's BatchNorm2d(num_features, eps=1e-5, momentum=0.1): input [N, C, H, W],
-    statistics per channel over N, H and W."""
+    statistics per channel over N, H and W. relu=True: a ReLU fused after it (module
+    docstring)."""
 
     def _check_input_shape(self, x):
         self.check_input(x, ("N", self.num_features, "H", "W"))

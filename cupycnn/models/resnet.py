@@ -13,26 +13,52 @@ import collections
 
 from ..layers import (BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, Layer, MaxPool2D, ReLU,
                       Residual, Sequential)
+from ..ops import elementwise as elementwise_ops
 
 
 class _Block(Layer):
-    """A residual block: relu(main(x) + shortcut(x)), with torchvision's child names."""
+    """A residual block: relu(main(x) + shortcut(x)), with torchvision's child names.
 
-    def __init__(self, names, downsample):
+    fused (the default): every batchnorm applies its ReLU in the same pass, and the last one
+    also adds the shortcut, relu(bn(h) + shortcut) in one kernel (BatchNorm2D's fused epilogue),
+    forward and backward. fused=False composes the separate layers: Residual(main, shortcut)
+    then ReLU, with a ReLU layer after every batchnorm but the last. Both compute the same."""
+
+    def __init__(self, names, downsample, fused=True):
         super().__init__()
         self._named = list(names.items()) + ([("downsample", downsample)] if downsample else [])
-        main = Sequential(collections.OrderedDict(names_with_relus(names)))
-        self.residual = Residual(main, downsample)
-        self.relu = ReLU()
+        self.fused = bool(fused)
+        if self.fused:
+            items = list(names.items())
+            for _, layer in items:
+                if isinstance(layer, BatchNorm2D):
+                    layer.relu = True
+            self.body = Sequential(collections.OrderedDict(items[:-1]))
+            self.last_bn = items[-1][1]
+            self.downsample = downsample
+        else:
+            main = Sequential(collections.OrderedDict(names_with_relus(names)))
+            self.residual = Residual(main, downsample)
+            self.relu = ReLU()
 
     def named_children(self):
         return self._named
 
     def forward(self, x, training=True):
-        return self.relu.forward(self.residual.forward(x, training), training)
+        if not self.fused:
+            return self.relu(self.residual(x, training), training)
+        h = self.body(x, training)
+        shortcut = x if self.downsample is None else self.downsample(x, training)
+        return self.last_bn.forward_residual(h, shortcut, training)
 
     def backward(self, dy):
-        return self.residual.backward(self.relu.backward(dy))
+        if not self.fused:
+            return self.residual.backward(self.relu.backward(dy))
+        dh, dshortcut = self.last_bn.backward_residual(dy)
+        dx = self.body.backward(dh)
+        if self.downsample is not None:
+            dshortcut = self.downsample.backward(dshortcut)
+        return elementwise_ops.add(dx, dshortcut)
 
 
 def names_with_relus(names):
@@ -57,13 +83,13 @@ def _downsample(in_planes, out_planes, stride):
 class BasicBlock(_Block):
     expansion = 1
 
-    def __init__(self, in_planes, planes, stride=1):
+    def __init__(self, in_planes, planes, stride=1, fused=True):
         names = collections.OrderedDict(
             conv1=Conv2D(in_planes, planes, 3, stride=stride, padding=1, bias=False),
             bn1=BatchNorm2D(planes),
             conv2=Conv2D(planes, planes, 3, stride=1, padding=1, bias=False),
             bn2=BatchNorm2D(planes))
-        super().__init__(names, _downsample(in_planes, planes, stride))
+        super().__init__(names, _downsample(in_planes, planes, stride), fused)
         self.in_planes, self.planes, self.stride = in_planes, planes, stride
 
     def extra_repr(self):
@@ -73,7 +99,7 @@ class BasicBlock(_Block):
 class Bottleneck(_Block):
     expansion = 4
 
-    def __init__(self, in_planes, planes, stride=1):
+    def __init__(self, in_planes, planes, stride=1, fused=True):
         out = planes * self.expansion
         names = collections.OrderedDict(
             conv1=Conv2D(in_planes, planes, 1, bias=False),
@@ -82,7 +108,7 @@ class Bottleneck(_Block):
             bn2=BatchNorm2D(planes),
             conv3=Conv2D(planes, out, 1, bias=False),
             bn3=BatchNorm2D(out))
-        super().__init__(names, _downsample(in_planes, out, stride))
+        super().__init__(names, _downsample(in_planes, out, stride), fused)
         self.in_planes, self.planes, self.stride = in_planes, planes, stride
 
     def extra_repr(self):
@@ -90,9 +116,12 @@ class Bottleneck(_Block):
 
 
 class ResNet(Sequential):
-    """conv1, bn1, relu, [maxpool], layer1..layer4, avgpool, fc."""
+    """conv1, bn1, relu, [maxpool], layer1..layer4, avgpool, fc. fused (the default): the
+    ReLUs run inside the batchnorms (bn1 has relu=True and there is no separate relu child; the
+    blocks' batchnorms likewise, see _Block); fused=False builds the separate layers."""
 
-    def __init__(self, block, layers, num_classes=1000, stem="imagenet", in_channels=3):
+    def __init__(self, block, layers, num_classes=1000, stem="imagenet", in_channels=3,
+                 fused=True):
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         children = collections.OrderedDict()
@@ -100,8 +129,9 @@ class ResNet(Sequential):
             children["conv1"] = Conv2D(in_channels, 64, 7, stride=2, padding=3, bias=False)
         else:
             children["conv1"] = Conv2D(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        children["bn1"] = BatchNorm2D(64)
-        children["relu"] = ReLU()
+        children["bn1"] = BatchNorm2D(64, relu=fused)
+        if not fused:
+            children["relu"] = ReLU()
         if stem == "imagenet":
             children["maxpool"] = MaxPool2D(3, stride=2, padding=1)
         in_planes = 64
@@ -109,22 +139,23 @@ class ResNet(Sequential):
             blocks = []
             for j in range(count):
                 stride = 2 if i > 0 and j == 0 else 1
-                blocks.append(block(in_planes, planes, stride))
+                blocks.append(block(in_planes, planes, stride, fused))
                 in_planes = planes * block.expansion
             children[f"layer{i + 1}"] = Sequential(*blocks)
         children["avgpool"] = GlobalAvgPool2D()
         children["fc"] = Dense(512 * block.expansion, num_classes)
         super().__init__(children)
         self.block_name, self.num_classes, self.stem = block.__name__, num_classes, stem
+        self.fused = bool(fused)
 
 
-def resnet18(num_classes=1000, stem="imagenet", in_channels=3):
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels)
+def resnet18(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels, fused)
 
 
-def resnet34(num_classes=1000, stem="imagenet", in_channels=3):
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels)
+def resnet34(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels, fused)
 
 
-def resnet50(num_classes=1000, stem="imagenet", in_channels=3):
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels)
+def resnet50(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels, fused)

@@ -12,6 +12,10 @@ reference/batchnorm.py (same function names).
     dx, dweight, dbias = batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count,
                                                   param_sums=local_sums)                 (4)
 
+Fused epilogue: (2) takes `residual` and `relu`, y = relu(bn(x) + residual) in one pass; (3)
+and (4) then take that `y` (the ReLU's mask) and (4) writes the residual's gradient into
+`dresidual`.
+
 x is [N, C, *] (BatchNorm1D: [N, C] or [N, C, L]; BatchNorm2D: [N, C, H, W]), float32 on the
 kernel devices. The per-channel sums are float64 [C, 2] on every device: the kernels accumulate
 in double, so that var = E[x^2] - E[x]^2 does not cancel away when |mean| >> std.
@@ -105,42 +109,53 @@ def batchnorm_stats(x, splits=None):
     return _reduce(op, "batchnorm_stats", (x,), outer, channels, inner, splits)
 
 
-def batchnorm_normalize(x, sums, count, weight, bias, eps):
+def _check_residual(op, x, residual):
+    if residual is not None:
+        check_arrays(op, x=(x, None), residual=(residual, tuple(x.shape)))
+
+
+def batchnorm_normalize(x, sums, count, weight, bias, eps, residual=None, relu=False):
     """(2) y = (x - mean) / sqrt(var + eps) * weight + bias with the batch statistics from
-    `sums` over `count` elements per channel (biased variance). Returns (y, mean, invstd); mean
-    and invstd [C] are what the backward needs."""
+    `sums` over `count` elements per channel (biased variance); then + residual (same shape as
+    x) and max(y, 0), when asked, in the same pass. Returns (y, mean, invstd); mean and invstd
+    [C] are what the backward needs."""
     op = "batchnorm_normalize"
     outer, channels, inner = _layout(op, x)
     bound = check_arrays(op, x=(x, _x_pattern(x)), weight=(weight, ("C",)), bias=(bias, ("C",)))
     _check_sums(op, sums, bound)
     _check_count(op, count)
+    _check_residual(op, x, residual)
     if not _device.runs_kernels():
-        return reference.batchnorm_normalize(x, sums, count, weight, bias, eps)
+        return reference.batchnorm_normalize(x, sums, count, weight, bias, eps, residual, relu)
     y = _device.empty(x.shape, x.dtype)
     mean, invstd = _device.empty((channels,), x.dtype), _device.empty((channels,), x.dtype)
     grid, block = _elementwise_grid(channels, outer, inner)
     get_kernel("batchnorm", "batchnorm_normalize")(
-        grid, block, (x, sums, np.int64(count), weight, bias, y, mean, invstd, np.int32(outer),
-                      np.int32(channels), np.int32(inner), np.float32(eps)))
+        grid, block, (x, sums, np.int64(count), weight, bias, residual, np.int32(bool(relu)), y,
+                      mean, invstd, np.int32(outer), np.int32(channels), np.int32(inner),
+                      np.float32(eps)))
     return y, mean, invstd
 
 
-def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps):
+def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps, residual=None,
+                                relu=False):
     """(2, evaluation) The same map with the running statistics. Returns (y, mean, invstd)."""
     op = "batchnorm_normalize_running"
     outer, channels, inner = _layout(op, x)
     check_arrays(op, x=(x, _x_pattern(x)), running_mean=(running_mean, ("C",)),
                  running_var=(running_var, ("C",)), weight=(weight, ("C",)),
                  bias=(bias, ("C",)))
+    _check_residual(op, x, residual)
     if not _device.runs_kernels():
         return reference.batchnorm_normalize_running(x, running_mean, running_var, weight, bias,
-                                                     eps)
+                                                     eps, residual, relu)
     y = _device.empty(x.shape, x.dtype)
     mean, invstd = _device.empty((channels,), x.dtype), _device.empty((channels,), x.dtype)
     grid, block = _elementwise_grid(channels, outer, inner)
     get_kernel("batchnorm", "batchnorm_normalize_running")(
-        grid, block, (x, running_mean, running_var, weight, bias, y, mean, invstd,
-                      np.int32(outer), np.int32(channels), np.int32(inner), np.float32(eps)))
+        grid, block, (x, running_mean, running_var, weight, bias, residual,
+                      np.int32(bool(relu)), y, mean, invstd, np.int32(outer), np.int32(channels),
+                      np.int32(inner), np.float32(eps)))
     return y, mean, invstd
 
 
@@ -168,21 +183,21 @@ def batchnorm_update_running_stats(sums, count, running_mean, running_var, num_b
          np.int32(bound["C"])))
 
 
-def batchnorm_backward_reduce(x, dy, mean, invstd, splits=None):
+def batchnorm_backward_reduce(x, dy, mean, invstd, splits=None, y=None):
     """(3) [C, 2] float64: (sum dy, sum dy * xhat) per channel, xhat = (x - mean) * invstd with
-    the mean and invstd the forward returned."""
+    the mean and invstd the forward returned. y: a fused forward's output (its ReLU masks dy)."""
     op = "batchnorm_backward_reduce"
     outer, channels, inner = _layout(op, x)
     check_arrays(op, x=(x, _x_pattern(x)), dy=(dy, tuple(x.shape)), mean=(mean, ("C",)),
-                 invstd=(invstd, ("C",)))
+                 invstd=(invstd, ("C",)), **({} if y is None else {"y": (y, tuple(x.shape))}))
     if not _device.runs_kernels():
-        return reference.batchnorm_backward_reduce(x, dy, mean, invstd)
-    return _reduce(op, "batchnorm_backward_reduce", (x, dy, mean, invstd), outer, channels,
+        return reference.batchnorm_backward_reduce(x, dy, mean, invstd, y)
+    return _reduce(op, "batchnorm_backward_reduce", (x, dy, y, mean, invstd), outer, channels,
                    inner, splits)
 
 
 def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_statistics=True,
-                             param_sums=None, dweight=None, dbias=None):
+                             param_sums=None, dweight=None, dbias=None, y=None, dresidual=None):
     """(4) Returns (dx, dweight, dbias).
 
     batch_statistics=True (after a training forward): the full gradient through the mean and
@@ -190,12 +205,17 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     `sums` over `count` elements (all ranks'). False (after an evaluation forward): frozen
     statistics, dx = weight * invstd * dy. dweight = sum dy xhat, dbias = sum dy from
     `param_sums` (this rank's sums; default `sums`), written into `dweight` / `dbias` when given.
+    After a fused forward: y, its output, masks dy first (the ReLU), and `dresidual`, when
+    given, receives the residual's gradient (the masked dy).
     """
     op = "batchnorm_backward_apply"
     outer, channels, inner = _layout(op, x)
     grads = {} if dweight is None else {"dweight": (dweight, ("C",))}
     if dbias is not None:
         grads["dbias"] = (dbias, ("C",))
+    for name, a in (("y", y), ("dresidual", dresidual)):
+        if a is not None:
+            grads[name] = (a, tuple(x.shape))
     bound = check_arrays(op, x=(x, _x_pattern(x)), dy=(dy, tuple(x.shape)),
                          weight=(weight, ("C",)), mean=(mean, ("C",)), invstd=(invstd, ("C",)),
                          **grads)
@@ -205,14 +225,16 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     _check_count(op, count)
     if not _device.runs_kernels():
         dx, dw, db = reference.batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count,
-                                                        batch_statistics, param_sums)
+                                                        batch_statistics, param_sums, y)
+        if dresidual is not None:
+            dresidual[...] = reference.masked_grad(dy, y)
         return dx, into(dweight, dw), into(dbias, db)
     dx = _device.empty(x.shape, x.dtype)
     dweight = _device.empty((channels,), x.dtype) if dweight is None else dweight
     dbias = _device.empty((channels,), x.dtype) if dbias is None else dbias
     grid, block = _elementwise_grid(channels, outer, inner)
     get_kernel("batchnorm", "batchnorm_backward_apply")(
-        grid, block, (x, dy, weight, mean, invstd, sums, np.int64(count), param_sums, dx, dweight,
-                      dbias, np.int32(outer), np.int32(channels), np.int32(inner),
-                      np.int32(bool(batch_statistics))))
+        grid, block, (x, dy, y, weight, mean, invstd, sums, np.int64(count), param_sums, dx,
+                      dresidual, dweight, dbias, np.int32(outer), np.int32(channels),
+                      np.int32(inner), np.int32(bool(batch_statistics))))
     return dx, dweight, dbias

@@ -29,21 +29,33 @@ def _check_counter(op, name, value):
     return int(value)
 
 
+def _stream_pointer(op, stream):
+    """The stream as the kernels read it: a uint64 [1] device array (given, or made here from an
+    int)."""
+    if isinstance(stream, (int, np.integer)) and not isinstance(stream, bool):
+        return _device.asarray(np.array([_check_counter(op, "stream", stream)], np.uint64))
+    check_arrays(op, dtypes=(np.uint64,), stream=(stream, (1,)))
+    return stream
+
+
 def _launch(op, name, a, p, seed, stream):
     p = check_probability(op, p)
-    seed, stream = _check_counter(op, "seed", seed), _check_counter(op, "stream", stream)
+    seed = _check_counter(op, "seed", seed)
     if not _device.runs_kernels():
-        return getattr(reference, name)(a, p, seed, stream)
+        return getattr(reference, name)(a, p, seed, _check_counter(op, "stream", stream))
+    stream = _stream_pointer(op, stream)
     out = _device.empty(a.shape, a.dtype)
     if a.size:
         get_kernel("dropout", name)(*elementwise_grid(a.size), (
             a, out, np.int64(a.size), np.float32(p), np.float32(reference.scale(p)),
-            np.uint64(seed), np.uint64(stream)))
+            np.uint64(seed), stream))
     return out
 
 
 def dropout_forward(x, p, seed, stream):
-    """y = x * mask / (1 - p), any shape; mask from (seed, stream)."""
+    """y = x * mask / (1 - p), any shape; mask from (seed, stream). On the kernel devices the
+    stream may be a uint64 [1] device array holding it (StreamCounter.stream), which the kernel
+    reads when it runs."""
     check_arrays("dropout_forward", x=(x, None))
     return _launch("dropout_forward", "dropout_forward", x, p, seed, stream)
 
@@ -53,3 +65,29 @@ def dropout_backward(dy, p, seed, stream):
     check_arrays("dropout_backward", dy=(dy, None))
     return _launch("dropout_backward", "dropout_backward", dy, p, seed, stream)
 
+
+class StreamCounter:
+    """A dropout layer's call counter in device memory (kernel devices), advanced by a kernel so
+    that a replayed step draws a new mask each time: state = [calls, stream]; `advance()`
+    makes the stream of the next forward (calls | the rank's bits, random.stream) and counts
+    the call; `stream` is the [1] view the dropout kernels read."""
+
+    def __init__(self, calls, stream_high):
+        self.stream_high = int(stream_high)
+        self.state = _device.asarray(np.array([int(calls), 0], np.uint64))
+        self.device = _device.device()
+
+    @property
+    def stream(self):
+        return self.state[1:]        # a view made on demand: a deep copy keeps it aliased
+
+    def advance(self):
+        get_kernel("dropout", "dropout_next_stream")((1,), (1,),
+                                                     (self.state, np.uint64(self.stream_high)))
+
+    def calls(self):
+        """The count, read from the device."""
+        return int(_device.asnumpy(self.state)[0])
+
+    def set_calls(self, calls):
+        _device.write(self.state, np.array([int(calls), 0], np.uint64))

@@ -77,11 +77,29 @@ class HyperparameterTable:
         if self.host is not None and rows.shape == self.host.shape and \
                 rows.tobytes() == self.host.tobytes():
             return False
+        if not _device.runs_kernels():
+            self.device = rows
+        elif self.device is not None and self.device.shape == rows.shape:
+            _device.write(self.device, rows.astype(np.float32))   # in place: the same address
+        else:
+            self.device = _device.asarray(rows.astype(np.float32))
         self.host = rows
-        self.device = (_device.asarray(rows.astype(np.float32)) if _device.runs_kernels()
-                       else rows)
         self.uploads += 1
         return True
+
+
+class DeviceScalar:
+    """One number the host sets and kernels read from device memory (Adam's step number), so
+    that a replayed step reads this step's value at an address it captured."""
+
+    def __init__(self, dtype):
+        self.value = None
+        self.device = _device.zeros((1,), dtype) if _device.runs_kernels() else None
+
+    def write(self, value):
+        self.value = value
+        if self.device is not None:
+            _device.write(self.device, np.array([value]))
 
 
 def _check_tables(op, segments, table, columns, flat):
@@ -135,9 +153,12 @@ def sgd_step(params, grads, momentum_buffer, segments, groups, grad_scale=1.0):
     return params
 
 
-def adam_step(params, grads, exp_avg, exp_avg_sq, segments, groups, grad_scale=1.0, step=1):
+def adam_step(params, grads, exp_avg, exp_avg_sq, segments, groups, grad_scale=1.0, step=1,
+              step_buffer=None):
     """One Adam / AdamW step number `step` (>= 1) over the flat buffers, in place: params,
-    grads, exp_avg and exp_avg_sq are 1-D (flat_size,)."""
+    grads, exp_avg and exp_avg_sq are 1-D (flat_size,). The kernel reads the step number from
+    device memory: `step_buffer`, an int64 [1] device array holding `step` (a DeviceScalar's,
+    which a replayed step reads anew), or, when None, a copy of `step` made here."""
     op = "adam_step"
     check_arrays(op, params=(params, ("flat",)), grads=(grads, ("flat",)),
                  exp_avg=(exp_avg, ("flat",)), exp_avg_sq=(exp_avg_sq, ("flat",)))
@@ -148,13 +169,17 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, segments, groups, grad_scale=1
     if not _device.runs_kernels():
         return reference.adam_step(params, grads, exp_avg, exp_avg_sq, segments.host,
                                    groups.host, grad_scale, int(step))
+    if step_buffer is None:
+        step_buffer = _device.asarray(np.array([step], dtype=np.int64))
+    check_arrays(op, dtypes=(np.int64,), step_buffer=(step_buffer, (1,)))
     if segments.num_blocks:
         get_kernel("optim", "adam_step")(
             (segments.num_blocks,), (OPTIM_THREADS,),
             (params, grads, exp_avg, exp_avg_sq, segments.device, np.int32(len(segments)),
-             groups.device, np.float32(grad_scale), np.int64(step)))
+             groups.device, np.float32(grad_scale), step_buffer))
     return params
 
 
-__all__ = ["CHUNK", "OPTIM_THREADS", "SegmentTable", "HyperparameterTable", "sgd_step",
+__all__ = ["CHUNK", "OPTIM_THREADS", "SegmentTable", "HyperparameterTable", "DeviceScalar",
+           "sgd_step",
            "adam_step"]

@@ -42,6 +42,9 @@ class Adam(Optimizer):
         self._state_buffer("exp_avg")
         self._state_buffer("exp_avg_sq")
         self.step_count = 0   # steps taken; PyTorch's state["step"] of every parameter
+        # The kernel reads the step number from the device, so a replayed step needs no new
+        # launch arguments: prepare_step writes it there.
+        self._step_number = optim_ops.DeviceScalar(np.int64)
 
     def _decoupled(self):
         return False
@@ -74,11 +77,14 @@ class Adam(Optimizer):
         row[ref.ADAM_L1] = float(group["l1"])
         return row
 
+    def _prepare_state(self):
+        self.step_count += 1
+        self._step_number.write(self.step_count)
+
     def _launch(self):
         optim_ops.adam_step(self.flat_params, self.flat_grads, self.flat_state["exp_avg"],
                             self.flat_state["exp_avg_sq"], self._segments, self._table,
-                            self.grad_scale, self.step_count + 1)
-        self.step_count += 1
+                            self.grad_scale, self.step_count, step_buffer=self._step_number.device)
 
     # ------------------------------------------------------------------------- checkpoints
     def _param_state(self, k, host):

@@ -217,16 +217,33 @@ class Optimizer:
 
     def step(self, closure=None):
         """Update every parameter from its gradient in one launch. `closure`, if given, is
-        called first (it recomputes the loss) and its value returned, as in PyTorch."""
+        called first (it recomputes the loss) and its value returned, as in PyTorch.
+        The same as prepare_step() then launch_step()."""
         loss = closure() if closure is not None else None
+        self.prepare_step()
+        self.launch_step()
+        return loss
+
+    def prepare_step(self):
+        """The host half of a step: check the groups, write this step's hyperparameter table
+        (and step number) into their device buffers, in place, and make the state buffers;
+        the optimizer's host state then reads as after the step. A replayed step (a CUDA graph,
+        the sim launch list) calls this before each replay and replays launch_step()."""
         self._check_bindings()
         for index, group in enumerate(self.param_groups):
             self._validate(group, f" in parameter group {index}")
         if not math.isfinite(float(self.grad_scale)):
             raise ValueError(f"{self.name}: grad_scale must be finite, got {self.grad_scale}")
         self._table.update(self._table_rows())
+        self._prepare_state()
+
+    def launch_step(self):
+        """The device half of a step: the one fused launch, from what prepare_step wrote. It
+        does no host work, so a recorded or captured step can replay it."""
         self._launch()
-        return loss
+
+    def _prepare_state(self):
+        """Subclasses: make the state buffers this step needs, advance host counters."""
 
     def _launch(self):
         raise NotImplementedError

@@ -72,14 +72,19 @@ class SGD(Optimizer):
         row[ref.SGD_MOMENTUM_MODE] = float(self._momentum_mode(index, group))
         return row
 
-    def _launch(self):
+    def _prepare_state(self):
+        # The table already says MOMENTUM_FIRST where this step starts a group's buffer; after
+        # it, the buffers are started.
         uses_momentum = [float(g["momentum"]) != 0.0 for g in self.param_groups]
-        buffer = self._state_buffer("momentum_buffer") if any(uses_momentum) else \
-            self.flat_state.get("momentum_buffer")
-        optim_ops.sgd_step(self.flat_params, self.flat_grads, buffer, self._segments,
-                           self._table, self.grad_scale)
+        if any(uses_momentum):
+            self._state_buffer("momentum_buffer")
         for index, used in enumerate(uses_momentum):
             self._momentum_started[index] |= used
+
+    def _launch(self):
+        optim_ops.sgd_step(self.flat_params, self.flat_grads,
+                           self.flat_state.get("momentum_buffer"), self._segments,
+                           self._table, self.grad_scale)
 
     # ------------------------------------------------------------------------- checkpoints
     def _param_state(self, k, host):

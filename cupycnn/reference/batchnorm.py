@@ -14,6 +14,10 @@ whatever the input's dtype, as the kernels produce them.
     backward:           sums = batchnorm_backward_reduce(x, dy, mean, invstd)  (sum dy, sum dy xhat)
                         dx, dweight, dbias = batchnorm_backward_apply(x, dy, weight, mean,
                                                                       invstd, sums, n, ...)
+
+Fused epilogue: the normalize functions take `residual` (added) and `relu` (applied after),
+y = relu(batchnorm(x) + residual), exactly the composition of the three ops in x's dtype. The
+backward takes that y: g = dy where y > 0 (else 0) replaces dy, and `dresidual = g`.
 """
 import numpy as np
 
@@ -40,25 +44,35 @@ def _mean_var(sums, count):
     return mean, np.maximum(sums[:, 1] / count - mean * mean, 0.0)
 
 
-def _normalize(x, mean, invstd, weight, bias):
+def _normalize(x, mean, invstd, weight, bias, residual=None, relu=False):
     d = x.ndim
-    return (x - _per_channel(mean, d)) * _per_channel(invstd * weight, d) + _per_channel(bias, d)
+    y = (x - _per_channel(mean, d)) * _per_channel(invstd * weight, d) + _per_channel(bias, d)
+    if residual is not None:
+        y = y + residual
+    return np.maximum(y, 0) if relu else y
 
 
-def batchnorm_normalize(x, sums, count, weight, bias, eps):
+def batchnorm_normalize(x, sums, count, weight, bias, eps, residual=None, relu=False):
     """Training forward from the batch statistics: y = (x - mean) / sqrt(var + eps) * weight +
-    bias with mean = sum x / count and the biased var = sum x^2 / count - mean^2. Returns y and
-    the per-channel mean and invstd = 1 / sqrt(var + eps) (in x's dtype) for the backward."""
+    bias with mean = sum x / count and the biased var = sum x^2 / count - mean^2 (then
+    + residual, then max(y, 0), when asked). Returns y and the per-channel mean and invstd =
+    1 / sqrt(var + eps) (in x's dtype) for the backward."""
     mean, var = _mean_var(sums, count)
     mean, invstd = mean.astype(x.dtype), (1.0 / np.sqrt(var + eps)).astype(x.dtype)
-    return _normalize(x, mean, invstd, weight, bias), mean, invstd
+    return _normalize(x, mean, invstd, weight, bias, residual, relu), mean, invstd
 
 
-def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps):
+def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps, residual=None,
+                                relu=False):
     """Evaluation forward: the same map with the running statistics. Returns y, mean, invstd."""
     mean = running_mean.astype(x.dtype)
     invstd = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
-    return _normalize(x, mean, invstd, weight, bias), mean, invstd
+    return _normalize(x, mean, invstd, weight, bias, residual, relu), mean, invstd
+
+
+def masked_grad(dy, y):
+    """The gradient at the normalised value: dy, or where a fused ReLU's output y > 0."""
+    return dy if y is None else np.where(y > 0, dy, dy.dtype.type(0))
 
 
 def batchnorm_update_running_stats(sums, count, running_mean, running_var, num_batches_tracked,
@@ -75,8 +89,10 @@ def batchnorm_update_running_stats(sums, count, running_mean, running_var, num_b
     running_var[...] = ((1 - factor) * running_var + factor * unbiased).astype(running_var.dtype)
 
 
-def batchnorm_backward_reduce(x, dy, mean, invstd):
-    """[C, 2] float64: (sum dy, sum dy * xhat) per channel, xhat = (x - mean) * invstd."""
+def batchnorm_backward_reduce(x, dy, mean, invstd, y=None):
+    """[C, 2] float64: (sum g, sum g * xhat) per channel, xhat = (x - mean) * invstd, g = dy
+    (or masked by a fused ReLU's output y)."""
+    dy = masked_grad(dy, y)
     d = x.ndim
     axes = _channel_axes(x)
     dy64 = dy.astype(np.float64)
@@ -86,8 +102,9 @@ def batchnorm_backward_reduce(x, dy, mean, invstd):
 
 
 def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_statistics=True,
-                             param_sums=None):
-    """dx, dweight, dbias.
+                             param_sums=None, y=None):
+    """dx, dweight, dbias. After a fused forward, dy is first masked by its output y (and the
+    gradient of its residual is masked_grad(dy, y)).
 
     batch_statistics (after a training forward; mean and var depend on every x of the channel):
         dx = weight * invstd * (dy - sum dy / count - xhat * sum(dy xhat) / count)
@@ -95,6 +112,7 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
         dx = weight * invstd * dy
     dweight = sum dy * xhat and dbias = sum dy, taken from param_sums (default: sums), which a
     synchronised batchnorm keeps local while `sums` are all ranks'."""
+    dy = masked_grad(dy, y)
     d = x.ndim
     param_sums = sums if param_sums is None else param_sums
     scale = _per_channel(weight * invstd, d)

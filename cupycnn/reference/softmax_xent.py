@@ -19,6 +19,13 @@ wherever the labels are on the host). Computes in the logits' dtype, float32 or 
 import numpy as np
 
 
+def softmax(logits):
+    """softmax(z_i)_c = exp(z_ic - m_i) / s_i for logits [N, C], in the logits' dtype: the
+    class probabilities (what Trainer.predict and cupycnn.predict return, on the host)."""
+    gaps = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return gaps / gaps.sum(axis=1, keepdims=True)
+
+
 def _as_int64(labels):
     # Every label that is a class index survives (a uint64 above 2^63 wraps negative: still not
     # a class index), and -1 and 0 below mean the same in every dtype.

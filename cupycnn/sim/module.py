@@ -162,6 +162,14 @@ _DYN_SMEM_RE = re.compile(
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
 
 
+def entry_points(code):
+    """(name, bounds) for each `extern "C" __global__` function of a CUDA C source, in order,
+    comments ignored: the kernels a module exports. bounds: the text between the parentheses of
+    its __launch_bounds__ ("" without one)."""
+    found = _KERNEL_RE.findall(_COMMENT_RE.sub("", code))
+    return [(k, before or after) for before, after, k in found]
+
+
 def _c_identifier(expression):
     """A C name for a name expression such as `axpy<float>`."""
     return re.sub(r"\W", "_", expression) + "_" + hashlib.md5(expression.encode()).hexdigest()[:6]
@@ -190,11 +198,11 @@ class Module:
     def __init__(self, code, name="<code>", name_expressions=(), options=()):
         self.name = name
         clean = _COMMENT_RE.sub("", code)
-        found = _KERNEL_RE.findall(clean)
-        self._c_names = {k: k for _, _, k in found}
+        entries = entry_points(code)
+        self._c_names = {k: k for k, _ in entries}
         # __launch_bounds__(max threads[, ...]): its first argument, evaluated by the compiler
         # in the wrapper (it may be a macro or a constant of the source).
-        bounds = {k: (before or after) for before, after, k in found if before or after}
+        bounds = {k: b for k, b in entries if b}
         for expression in name_expressions:
             self._c_names[expression] = _c_identifier(expression)
         dynamic_shared = {}
@@ -390,6 +398,14 @@ class Kernel:
                                  f"({why})")
 
     def __call__(self, grid, block, args, shared_mem=0):
+        launch = self.prepare(grid, block, args, shared_mem)
+        launch()
+        if _recording is not None:
+            _recording.append(launch)
+
+    def prepare(self, grid, block, args, shared_mem=0):
+        """The launch, checked and with its arguments marshalled, ready to run (and to run
+        again: a recorded launch list replays these)."""
         grid = _as_triple(grid, "grid", self.name)
         block = _as_triple(block, "block", self.name)
         self._check_limits(grid, block, shared_mem)
@@ -397,10 +413,94 @@ class Kernel:
         if len(args) != len(self.params):
             raise TypeError(f"{self.name}: takes {len(self.params)} arguments, got {len(args)}")
         boxes = [self._marshal(i, a, p) for i, (a, p) in enumerate(zip(args, self.params))]
-        argv = (ctypes.c_void_p * max(1, len(boxes)))(*[b.ctypes.data for b in boxes])
-        self.module._apply_config()
-        rc = self._launch((ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block),
-                          int(shared_mem), argv)
-        if rc:
-            message = self.module._lib.simt_last_error().decode(errors="replace")
-            raise SimError(f"{self.name} (grid {grid}, block {block}): {message or 'failed'}")
+        return Launch(self, grid, block, int(shared_mem), boxes)
+
+
+class Launch:
+    """One prepared launch: the kernel, its configuration and its marshalled arguments (the
+    pointers of the arrays it was given, which must stay alive). Calling it runs the kernel;
+    nothing is allocated or checked again."""
+
+    __slots__ = ("kernel", "grid", "block", "shared_mem", "_boxes", "_argv", "_grid", "_block")
+
+    def __init__(self, kernel, grid, block, shared_mem, boxes):
+        self.kernel, self.grid, self.block, self.shared_mem = kernel, grid, block, shared_mem
+        self._boxes = boxes
+        self._argv = (ctypes.c_void_p * max(1, len(boxes)))(*[b.ctypes.data for b in boxes])
+        self._grid, self._block = (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block)
+
+    def __call__(self):
+        if _dry_run:
+            return
+        kernel = self.kernel
+        kernel.module._apply_config()
+        if kernel._launch(self._grid, self._block, self.shared_mem, self._argv):
+            message = kernel.module._lib.simt_last_error().decode(errors="replace")
+            raise SimError(f"{kernel.name} (grid {self.grid}, block {self.block}): "
+                           f"{message or 'failed'}")
+
+    def __repr__(self):
+        return f"Launch({self.kernel.name}, grid={self.grid}, block={self.block})"
+
+
+class Fill:
+    """A device memset emulated on the host (CuPy's fill on the GPU), as a launch-list entry."""
+
+    __slots__ = ("array", "value")
+
+    def __init__(self, array, value):
+        self.array, self.value = array, value
+
+    def __call__(self):
+        self.array.fill(self.value)
+
+    def __repr__(self):
+        return f"Fill({self.array.dtype}{tuple(self.array.shape)}, {self.value!r})"
+
+
+# ------------------------------------------------------------------ recorded launch lists
+_recording = None
+_dry_run = False
+
+
+@contextlib.contextmanager
+def dry_run():
+    """Inside the block, launches are checked (arguments against parameters, as always) but
+    not run: what a step allocates and launches, and in what order, at any size, in no time
+    (cupycnn.plan traces ResNet-18 at batch 256 this way). The arrays' contents are garbage."""
+    global _dry_run
+    previous, _dry_run = _dry_run, True
+    try:
+        yield
+    finally:
+        _dry_run = previous
+
+
+@contextlib.contextmanager
+def record():
+    """Record every launch made inside the block (they run as usual) into the list it yields;
+    calling each entry again replays them. What a replay needs is the caller's business: the
+    arrays the launches were given must stay alive and hold what the next replay should read
+    (cupycnn.plan keeps them in one arena)."""
+    global _recording
+    if _recording is not None:
+        raise SimError("a launch-list recording is already running")
+    _recording = launches = []
+    try:
+        yield launches
+    finally:
+        _recording = None
+
+
+def record_fill(array, value):
+    """Fill `array` (a device array of the sim device) with `value`, recorded as a launch-list
+    entry when a recording runs."""
+    fill = Fill(array, value)
+    fill()
+    if _recording is not None:
+        _recording.append(fill)
+
+
+def recording():
+    """True while record() runs."""
+    return _recording is not None

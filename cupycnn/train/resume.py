@@ -12,8 +12,8 @@ everything is put back as it was before resume() began: the trainer is never hal
 
 A mid-epoch checkpoint (saved from a batch callback) holds its position: the epoch, the batches
 done, the running sums of loss and hits (every rank's), the epoch's learning rate and time so
-far. fit() then starts that epoch at the next batch (`Loader.skip_next`), so the run continues
-exactly, bitwise, as one never interrupted.
+far. fit() then starts that epoch at the next batch (`Loader.set_epoch(epoch, start_batch)`), so
+the run continues exactly, bitwise, as one never interrupted.
 """
 import copy
 import math
@@ -45,12 +45,12 @@ def position(trainer):
     of all ranks are gathered)."""
     info = trainer._in_epoch
     loader = trainer.loaders[0] if trainer.loaders else None
-    if not hasattr(loader, "skip_next"):
+    if not _can_start_mid_epoch(loader):
         raise CheckpointError(
             f"cannot save in the middle of an epoch: the training loader "
             f"({type(loader).__name__}) cannot start an epoch at a given batch "
-            f"(cupycnn.data.Loader can: skip_next); save at the end of an epoch instead "
-            f"(ModelCheckpoint does)")
+            f"(cupycnn.data.Loader can: set_epoch(epoch, start_batch)); save at the end of an "
+            f"epoch instead (ModelCheckpoint does)")
     sums = np.asarray(_device.asnumpy(info["sums"]), dtype=np.float64).reshape(-1)
     everyone = [sums.tolist()] if trainer.distributed is None else \
         trainer.distributed.allgather(sums.tolist())
@@ -61,10 +61,11 @@ def position(trainer):
             "world_size": _world(trainer)}
 
 
-def start_mid_epoch(trainer, position, loader, sums):
-    """Set up the epoch of a mid-epoch checkpoint: the loader skips the batches done, the sums
-    go on from the saved ones. Returns (first batch, the epoch's lr, seconds already spent)."""
-    if not hasattr(loader, "skip_next"):
+def start_mid_epoch(trainer, position, loader, epoch, sums):
+    """Set up the epoch of a mid-epoch checkpoint: the loader starts at the batch after the
+    last one done (Loader.set_epoch(epoch, start_batch)), the sums go on from the saved ones.
+    Returns (first batch, the epoch's lr, seconds already spent)."""
+    if not _can_start_mid_epoch(loader):
         raise CheckpointError(f"the checkpoint was saved in the middle of an epoch, and this "
                               f"training loader ({type(loader).__name__}) cannot start an epoch "
                               f"at a given batch (cupycnn.data.Loader can)")
@@ -74,8 +75,16 @@ def start_mid_epoch(trainer, position, loader, sums):
                               f"has {len(loader)} batches per epoch (another dataset, batch "
                               f"size or number of ranks?)")
     sums[...] = _device.asarray(np.asarray(position["sums"], np.float64)[_rank(trainer)])
-    loader.skip_next(position["batch"])
+    loader.set_epoch(epoch, start_batch=position["batch"])
     return position["batch"], position["lr"], position["seconds"]
+
+
+def _can_start_mid_epoch(loader):
+    import inspect
+    try:
+        return "start_batch" in inspect.signature(loader.set_epoch).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 # -------------------------------------------------------------------------------- checks

@@ -28,6 +28,7 @@ from ..ops import metrics as metric_ops
 from ..ops._check import check_device_array, check_int_array
 from ..ops.softmax_xent import check_labels_on_host, labels_to_int32
 from ..progress import Progress
+from ..reference.softmax_xent import softmax
 from . import resume as _resume
 from .callbacks import Callback
 
@@ -60,11 +61,13 @@ class Trainer:
     printing and writing); None trains on one process.
     config, classes, normalization: saved in checkpoints so that a model can be rebuilt and fed
     (examples/predict.py).
+    cuda_graph: record the training step once and replay it (a CUDA graph on cuda, the launch
+    list on sim; train/graphed.py says when a step falls back to running eagerly, and says so).
     """
 
     def __init__(self, model, optimizer, loss=None, *, scheduler=None, scheduler_interval="epoch",
                  callbacks=(), distributed=None, progress=True, config=None, classes=None,
-                 normalization=None):
+                 normalization=None, cuda_graph=False):
         if loss is None:
             from ..losses import SoftmaxCrossEntropy
             loss = SoftmaxCrossEntropy()
@@ -91,6 +94,10 @@ class Trainer:
         self._position = None       # from resume() of a mid-epoch checkpoint: where to start
         self._in_epoch = None       # during an epoch: its number, batches done, sums, lr
         self._classes_seen = None   # the model's outputs, known after the first step
+        self.graphed = None
+        if cuda_graph:
+            from .graphed import GraphedTraining
+            self.graphed = GraphedTraining(self)
 
     # ------------------------------------------------------------------------- properties
     @property
@@ -124,9 +131,23 @@ class Trainer:
             y = labels_to_int32(y, classes or np.iinfo(np.int32).max, op)
         return y
 
+    def new_sums(self):
+        """A zeroed accumulator for an epoch's loss and hits (the graphed step's own one)."""
+        return self.graphed.epoch_sums() if self.graphed is not None else metric_ops.new_sums()
+
     def train_step(self, x, y, sums):
-        """One optimizer step on a batch; adds its loss and hits to `sums` (on the device)."""
+        """One optimizer step on a batch; adds its loss and hits to `sums` (on the device).
+        The batch is checked first: a step that fails has changed nothing."""
         y = self._labels("Trainer.train_step", x, y)
+        if self.graphed is not None:
+            self.graphed.step(x, y, sums)
+        else:
+            self._eager_step(x, y, sums)
+        self.step += 1
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+
+    def _eager_step(self, x, y, sums):
         logits = self.model.forward(x, training=True)
         self._classes_seen = int(logits.shape[1]) if len(logits.shape) == 2 else None
         loss = self.loss.forward(logits, y)
@@ -137,9 +158,6 @@ class Trainer:
             self.model.backward(dy)
         self.optimizer.step()
         metric_ops.accumulate_metrics(logits, y, loss, sums)
-        self.step += 1
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
 
     def fit(self, train_loader, epochs, val_loader=None, stop_at=None):
         """Train until `epochs` epochs are complete (counting those before a resume), or a
@@ -158,12 +176,12 @@ class Trainer:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
-            sums = metric_ops.new_sums()
+            sums = self.new_sums()
             lr = self.optimizer.param_groups[0]["lr"]
             start, seconds_before = 0, 0.0
             if position is not None:                 # a mid-epoch checkpoint: go on from it
                 start, lr, seconds_before = _resume.start_mid_epoch(self, position, train_loader,
-                                                                    sums)
+                                                                    epoch, sums)
                 position = None
             self._callbacks("on_epoch_begin", epoch, {})
             bar = Progress(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
@@ -239,10 +257,7 @@ class Trainer:
         for x in batches:
             logits = self.model.forward(_device.asarray(x), training=False)
             outputs.append(_device.asnumpy(logits).astype(np.float64))
-        logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
-        logits -= logits.max(axis=1, keepdims=True)
-        probs = np.exp(logits)
-        return probs / probs.sum(axis=1, keepdims=True)
+        return softmax(np.concatenate(outputs) if outputs else np.zeros((0, 0)))
 
     # ----------------------------------------------------------------------- checkpoints
     def random_state(self):

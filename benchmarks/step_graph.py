@@ -1,0 +1,349 @@
+"""The whole training step without Python in the way: cupycnn eager, cupycnn with its step
+recorded once and replayed (a CUDA graph), PyTorch eager and PyTorch with a CUDA graph, on the
+same ResNet-18 (CIFAR stem), batch, precision and optimizer, in one process.
+
+    python benchmarks/step_graph.py --device cuda --batch 256 512 --precision fp32
+    python benchmarks/step_graph.py --device sim --batch 2 --steps 1 --warmup 0 --repeats 1 \
+        --no-torch --launch-only          # the script's own test: launches checked, not run
+
+A step is forward, softmax cross-entropy, backward and SGD (momentum 0.9, Nesterov off,
+weight decay 5e-4) on a batch of 32x32 images, taken in turn from a pool of 4 random batches.
+The graphed variants copy the batch into their input buffers first (part of the timed step);
+the eager ones read it where it lies.
+
+- cupycnn eager: `Trainer`'s eager step (every array from CuPy's pool; a few hundred launches
+  from Python).
+- cupycnn graph: `cupycnn.graph.GraphedStep`: the step traced once (the static memory plan),
+  captured once (CuPy stream capture), then one `Graph.launch` per step; the optimizer's
+  hyperparameters and step number are written into device memory before each replay.
+- PyTorch eager: the same network in torch.nn, cuDNN autotuned (`cudnn.benchmark`).
+- PyTorch graph: the whole step captured with `torch.cuda.graph` (forward, backward and
+  optimizer.step(), static input tensors), as PyTorch's documentation shows for whole-network
+  capture.
+
+Precision: fp32 (TF32 off on both sides), tf32, bf16 (cupycnn.set_precision where the tensor-core
+kernels are; PyTorch: allow_tf32, or torch.autocast(dtype=torch.bfloat16)).
+
+Timing: variants interleaved, `--repeats` rounds of `--steps` steps each after `--warmup`
+steps, CUDA events around each round, the median round reported (this machine may be shared).
+Memory: each variant is built and run once on its own first; peak = the growth of CuPy's pool
+(after freeing its cached blocks) or torch.cuda.max_memory_allocated(); cupycnn's plan reports
+its arena beside it. Figures go to --json for benchmarks/gpu_session.sh.
+"""
+import argparse
+import json
+import statistics
+import sys
+import time
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cuda", choices=["cuda", "sim"])
+    p.add_argument("--batch", type=int, nargs="+", default=[256, 512])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--launch-only", action="store_true",
+                   help="sim: check every launch but run none (cupycnn.sim.dry_run), to test "
+                        "the script in seconds; the figures mean nothing then")
+    p.add_argument("--json", help="write the figures to this file")
+    return p.parse_args()
+
+
+# --------------------------------------------------------------------------------- cupycnn
+
+def _precision_context(precision):
+    import contextlib
+    import cupycnn
+    setter = getattr(cupycnn, "set_precision", None)
+    if setter is None:
+        if precision != "fp32":
+            raise SystemExit(f"--precision {precision}: this cupycnn has no set_precision (the "
+                             f"tensor-core kernels are not in it)")
+        return contextlib.nullcontext()
+    return setter(precision)
+
+
+class CupycnnVariant:
+    def __init__(self, args, batch, pool, graphed):
+        import cupycnn
+        from cupycnn import models, optim
+        from cupycnn.graph import GraphedStep
+        from cupycnn.losses import SoftmaxCrossEntropy
+        self.name = "cupycnn graph" if graphed else "cupycnn eager"
+        self.graphed = graphed
+        cupycnn.manual_seed(0)
+        self.model = models.resnet18(num_classes=10, stem="cifar")
+        self.optimizer = optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
+                                   weight_decay=5e-4)
+        self.loss = SoftmaxCrossEntropy()
+        self.images = [cupycnn.asarray(x) for x, _ in pool]
+        self.labels = [cupycnn.asarray(y) for _, y in pool]
+        self.x = cupycnn.devices.empty(self.images[0].shape, self.images[0].dtype)
+        self.y = cupycnn.devices.empty(self.labels[0].shape, self.labels[0].dtype)
+        self.k = 0
+        self.step_fn = GraphedStep(lambda: self._body(self.x, self.y)) if graphed else None
+
+    def _body(self, x, y):
+        logits = self.model.forward(x, training=True)
+        loss = self.loss.forward(logits, y)
+        self.model.backward(self.loss.backward())
+        self.optimizer.launch_step()
+        return loss
+
+    def step(self):
+        k = self.k % len(self.images)
+        self.k += 1
+        self.optimizer.prepare_step()
+        if self.graphed:
+            self.x[...] = self.images[k]
+            self.y[...] = self.labels[k]
+            self.step_fn()
+        else:
+            self._body(self.images[k], self.labels[k])
+
+    def plan_bytes(self):
+        plan = self.step_fn.plan if self.graphed else None
+        return None if plan is None else plan.arena_bytes
+
+
+# --------------------------------------------------------------------------------- PyTorch
+
+def torch_model(nn):
+    def block(cin, cout, stride):
+        class Block(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+                self.bn1 = nn.BatchNorm2d(cout)
+                self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+                self.bn2 = nn.BatchNorm2d(cout)
+                self.down = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False),
+                                           nn.BatchNorm2d(cout))
+                             if stride != 1 or cin != cout else None)
+
+            def forward(self, x):
+                import torch
+                y = torch.relu(self.bn1(self.conv1(x)))
+                y = self.bn2(self.conv2(y))
+                return torch.relu(y + (self.down(x) if self.down is not None else x))
+        return Block()
+
+    layers = [nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU()]
+    cin = 64
+    for i, cout in enumerate((64, 128, 256, 512)):
+        layers += [block(cin, cout, 1 if i == 0 else 2), block(cout, cout, 1)]
+        cin = cout
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
+    return nn.Sequential(*layers)
+
+
+class TorchVariant:
+    def __init__(self, args, batch, pool, graphed):
+        import torch
+        import torch.nn as nn
+        self.torch = torch
+        self.name = "pytorch graph" if graphed else "pytorch eager"
+        self.graphed = graphed
+        tf32 = args.precision == "tf32"
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+        torch.backends.cudnn.benchmark = True
+        self.autocast = args.precision == "bf16"
+        torch.manual_seed(0)
+        self.model = torch_model(nn).cuda()
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
+                                         weight_decay=5e-4)
+        self.criterion = nn.CrossEntropyLoss()
+        self.images = [torch.from_numpy(x).cuda() for x, _ in pool]
+        self.labels = [torch.from_numpy(y.astype("int64")).cuda() for _, y in pool]
+        self.k = 0
+        if graphed:
+            self._capture()
+
+    def _forward_backward(self, x, y):
+        torch = self.torch
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.autocast,
+                            cache_enabled=False):
+            loss = self.criterion(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def _capture(self):
+        torch = self.torch
+        self.x, self.y = self.images[0].clone(), self.labels[0].clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):                  # warm-up on a side stream, as documented
+            for _ in range(3):
+                self.optimizer.zero_grad(set_to_none=True)
+                self._forward_backward(self.x, self.y)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self._forward_backward(self.x, self.y)
+
+    def step(self):
+        k = self.k % len(self.images)
+        self.k += 1
+        if self.graphed:
+            self.x.copy_(self.images[k])
+            self.y.copy_(self.labels[k])
+            self.graph.replay()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            self._forward_backward(self.images[k], self.labels[k])
+
+    def plan_bytes(self):
+        return None
+
+
+# ---------------------------------------------------------------------------------- timing
+
+class Clock:
+    """Seconds of device time for a block of steps: CUDA events on cuda, the wall clock on sim."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def time(self, fn, steps):
+        if self.device != "cuda":
+            start = time.perf_counter()
+            for _ in range(steps):
+                fn()
+            return (time.perf_counter() - start) / steps
+        import cupy
+        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
+        start.record()
+        for _ in range(steps):
+            fn()
+        stop.record()
+        stop.synchronize()
+        return cupy.cuda.get_elapsed_time(start, stop) / 1e3 / steps
+
+
+def synchronize(device):
+    if device == "cuda":
+        import cupy
+        cupy.cuda.Device().synchronize()
+
+
+def measure_memory(device, build, warmup):
+    """(variant, peak bytes): build it and run `warmup` steps on its own."""
+    if device != "cuda":
+        variant = build()
+        for _ in range(warmup):
+            variant.step()
+        return variant, None
+    import cupy
+    pool = cupy.get_default_memory_pool()
+    synchronize(device)
+    pool.free_all_blocks()
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        torch_before = torch.cuda.max_memory_allocated()
+    before = pool.total_bytes()
+    variant = build()
+    for _ in range(warmup):
+        variant.step()
+    synchronize(device)
+    if isinstance(variant, TorchVariant):
+        return variant, torch.cuda.max_memory_allocated() - torch_before
+    return variant, pool.total_bytes() - before
+
+
+def run_batch(args, batch):
+    import numpy as np
+    rng = np.random.default_rng(batch)
+    size = args.image_size
+    pool = [(rng.standard_normal((batch, 3, size, size)).astype(np.float32),
+             rng.integers(0, 10, batch).astype(np.int32)) for _ in range(4)]
+    builders = [lambda: CupycnnVariant(args, batch, pool, graphed=False),
+                lambda: CupycnnVariant(args, batch, pool, graphed=True)]
+    if not args.no_torch:
+        try:
+            import torch  # noqa: F401
+            builders += [lambda: TorchVariant(args, batch, pool, graphed=False),
+                         lambda: TorchVariant(args, batch, pool, graphed=True)]
+        except ImportError:
+            print("PyTorch is not installed: no baseline", file=sys.stderr)
+    # A graphed cupycnn step needs two calls (trace, capture) before it replays.
+    warmup = max(args.warmup, 2)
+    variants, memory = [], {}
+    for build in builders:
+        variant, peak = measure_memory(args.device, build, warmup)
+        variants.append(variant)
+        memory[variant.name] = peak
+    clock = Clock(args.device)
+    times = {v.name: [] for v in variants}
+    for _ in range(args.repeats):                      # interleaved rounds
+        for v in variants:
+            times[v.name].append(clock.time(v.step, args.steps))
+    rows = []
+    for v in variants:
+        seconds = statistics.median(times[v.name])
+        rows.append({"name": v.name, "ms_per_step": 1e3 * seconds,
+                     "images_per_second": batch / seconds,
+                     "peak_bytes": memory[v.name], "plan_bytes": v.plan_bytes()})
+    for v in variants:
+        if getattr(v, "graphed", False) and isinstance(v, CupycnnVariant):
+            assert v.step_fn.phase == "replayed"
+    return rows
+
+
+def main():
+    args = parse_args()
+    import cupycnn
+    cupycnn.use(args.device)
+    import contextlib
+    results = {}
+    dry = contextlib.nullcontext()
+    if args.launch_only:
+        if args.device != "sim":
+            raise SystemExit("--launch-only is for --device sim")
+        dry = cupycnn.sim.dry_run()
+    with _precision_context(args.precision), dry:
+        for batch in args.batch:
+            results[batch] = run_batch(args, batch)
+    mib = 2.0 ** 20
+    device = "a GPU" if args.device == "cuda" else "sim (the emulator: a test of the script)"
+    if args.device == "cuda":
+        import cupy
+        device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"ResNet-18 (CIFAR stem) training step on {device}, precision {args.precision}, "
+          f"median of {args.repeats} interleaved rounds of {args.steps} steps")
+    figures = {"precision": args.precision}
+    for batch, rows in results.items():
+        print(f"\nbatch {batch}")
+        print(f"{'variant':<15} {'ms/step':>9} {'images/s':>10} {'peak MiB':>9} {'plan MiB':>9} "
+              f"{'vs pytorch eager':>17} {'vs pytorch graph':>17}")
+        by_name = {r["name"]: r for r in rows}
+        for r in rows:
+            ratios = []
+            for base in ("pytorch eager", "pytorch graph"):
+                b = by_name.get(base)
+                ratios.append(f"{r['images_per_second'] / b['images_per_second']:.2f}x"
+                              if b else "-")
+            peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / mib:.0f}"
+            plan = "-" if r["plan_bytes"] is None else f"{r['plan_bytes'] / mib:.0f}"
+            print(f"{r['name']:<15} {r['ms_per_step']:>9.2f} {r['images_per_second']:>10.0f} "
+                  f"{peak:>9} {plan:>9} {ratios[0]:>17} {ratios[1]:>17}")
+            key = r["name"].replace(" ", "_")
+            figures[f"b{batch}.{key}.images_per_second"] = round(r["images_per_second"], 1)
+            if r["peak_bytes"] is not None:
+                figures[f"b{batch}.{key}.peak_mib"] = round(r["peak_bytes"] / mib, 1)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(figures, f)
+
+
+if __name__ == "__main__":
+    main()

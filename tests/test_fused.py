@@ -1,0 +1,225 @@
+"""Each fusion against the composition of the unfused ops it replaces, on every device (numpy;
+sim in natural, reversed and random thread order; cuda where a GPU is usable):
+
+- batchnorm-apply + ReLU (+ residual add), forward, training and evaluation:
+  batchnorm_normalize(x, ..., residual, relu) == relu_forward(add(batchnorm_normalize(x), r));
+- its backward, the ReLU's mask folded into both batchnorm backward kernels and the residual's
+  gradient written by the second: == relu_backward, then the two stages;
+- the layers (BatchNorm2D(relu=True), forward_residual / backward_residual) and ResNet's stem
+  and blocks (fused vs fused=False, BasicBlock and Bottleneck, with and without a projection):
+  outputs, input gradients, every parameter gradient and the running statistics.
+
+In float32 the fused kernel does the same roundings in the same order as the composition, so
+the results are the same bits; the comparisons are exact.
+"""
+import collections
+
+import numpy as np
+import pytest
+
+import cupycnn
+from conftest import _kernel_device_params, _test_seed
+from cupycnn import models, sim
+from cupycnn.layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, ReLU,
+                            Sequential)
+from cupycnn.models.resnet import BasicBlock, Bottleneck
+from cupycnn.ops import batchnorm as bn
+from cupycnn.ops import elementwise as ew
+from helpers import randn
+
+SHAPES = [(2, 3, 5, 7), (4, 17, 3, 3), (3, 70, 1, 3), (5, 6), (2, 3, 48, 49)]
+
+
+@pytest.fixture(params=[pytest.param(("numpy", None), id="numpy")] + _kernel_device_params())
+def any_device(request):
+    """numpy, then the kernel devices as the kernel_device fixture has them (sim in three thread
+    orders, cuda where usable), outputs poisoned."""
+    name, order = request.param
+    cupycnn.use(name)
+    if name == "sim":
+        sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
+    cupycnn.devices.set_poison(name != "numpy")
+    return name
+
+
+def _same(a, b, what):
+    a, b = np.asarray(cupycnn.asnumpy(a)), np.asarray(cupycnn.asnumpy(b))
+    assert a.shape == b.shape, what
+    assert not np.isnan(a).any(), f"{what}: NaN (an element never written?)"
+    np.testing.assert_array_equal(a, b, err_msg=what)
+
+
+def _case(rng, shape):
+    c = shape[1]
+    x, r, dy = (cupycnn.asarray(randn(rng, *shape)) for _ in range(3))
+    weight = cupycnn.asarray(rng.uniform(0.5, 1.5, c).astype(np.float32))
+    bias = cupycnn.asarray(randn(rng, c))
+    return x, r, dy, weight, bias
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("training", [True, False])
+def test_normalize_relu_add_is_the_composition(any_device, rng, shape, residual, training):
+    x, r, _, weight, bias = _case(rng, shape)
+    r = r if residual else None
+    if training:
+        sums = bn.batchnorm_stats(x)
+        count = x.size // shape[1]
+        fused, mean_f, invstd_f = bn.batchnorm_normalize(x, sums, count, weight, bias, 1e-5,
+                                                         residual=r, relu=True)
+        plain, mean_p, invstd_p = bn.batchnorm_normalize(x, sums, count, weight, bias, 1e-5)
+    else:
+        c = shape[1]
+        running_mean = cupycnn.asarray(randn(rng, c))
+        running_var = cupycnn.asarray(rng.uniform(0.5, 2.0, c).astype(np.float32))
+        fused, mean_f, invstd_f = bn.batchnorm_normalize_running(
+            x, running_mean, running_var, weight, bias, 1e-5, residual=r, relu=True)
+        plain, mean_p, invstd_p = bn.batchnorm_normalize_running(
+            x, running_mean, running_var, weight, bias, 1e-5)
+    expected = ew.relu_forward(plain if r is None else ew.add(plain, r))
+    _same(fused, expected, "y")
+    _same(mean_f, mean_p, "mean")
+    _same(invstd_f, invstd_p, "invstd")
+    # Without the ReLU, the residual alone.
+    if r is not None and training:
+        added, _, _ = bn.batchnorm_normalize(x, sums, count, weight, bias, 1e-5, residual=r)
+        _same(added, ew.add(plain, r), "y (residual, no ReLU)")
+
+
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("batch_statistics", [True, False])
+def test_backward_with_the_relu_mask_folded_in_is_the_composition(any_device, rng, shape,
+                                                                  residual, batch_statistics):
+    x, r, dy, weight, bias = _case(rng, shape)
+    count = x.size // shape[1]
+    sums = bn.batchnorm_stats(x)
+    y, mean, invstd = bn.batchnorm_normalize(x, sums, count, weight, bias, 1e-5,
+                                             residual=r if residual else None, relu=True)
+    # Unfused: the ReLU's backward (its input is positive exactly where y is), then batchnorm's.
+    g = ew.relu_backward(y, dy)
+    plain_sums = bn.batchnorm_backward_reduce(x, g, mean, invstd)
+    dx_p, dw_p, db_p = bn.batchnorm_backward_apply(x, g, weight, mean, invstd, plain_sums, count,
+                                                   batch_statistics=batch_statistics)
+    fused_sums = bn.batchnorm_backward_reduce(x, dy, mean, invstd, y=y)
+    _same(fused_sums, plain_sums, "sums")
+    dres = cupycnn.devices.empty(x.shape) if residual else None
+    dx_f, dw_f, db_f = bn.batchnorm_backward_apply(x, dy, weight, mean, invstd, fused_sums, count,
+                                                   batch_statistics=batch_statistics, y=y,
+                                                   dresidual=dres)
+    for got, want, name in ((dx_f, dx_p, "dx"), (dw_f, dw_p, "dweight"), (db_f, db_p, "dbias")):
+        _same(got, want, name)
+    if residual:
+        _same(dres, g, "dresidual")
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("cls, shape", [(BatchNorm2D, (4, 6, 5, 5)), (BatchNorm1D, (8, 6))])
+def test_fused_layer_is_batchnorm_add_relu(any_device, rng, cls, shape, residual):
+    fused, bn_layer, relu = cls(shape[1], relu=True), cls(shape[1]), ReLU()
+    x, r, dy, _, _ = _case(rng, shape)
+    for training in (True, False):
+        if residual:
+            y_f = fused.forward_residual(x, r, training)
+            y_p = relu.forward(ew.add(bn_layer.forward(x, training), r))
+        else:
+            y_f = fused.forward(x, training)
+            y_p = relu.forward(bn_layer.forward(x, training))
+        _same(y_f, y_p, f"y (training={training})")
+        if residual:
+            dx_f, dr_f = fused.backward_residual(dy)
+            g = relu.backward(dy)
+            dx_p = bn_layer.backward(g)
+            _same(dr_f, g, "dresidual")
+        else:
+            dx_f = fused.backward(dy)
+            dx_p = bn_layer.backward(relu.backward(dy))
+        _same(dx_f, dx_p, "dx")
+        for key in ("weight", "bias"):
+            _same(fused.grads[key], bn_layer.grads[key], f"d{key}")
+        for key in ("running_mean", "running_var", "num_batches_tracked"):
+            _same(fused.buffers[key], bn_layer.buffers[key], key)
+
+
+def test_the_wrong_backward_is_a_clear_error(rng):
+    cupycnn.use("numpy")
+    layer = BatchNorm2D(3, relu=True)
+    x, r, dy, _, _ = _case(rng, (2, 3, 4, 4))
+    layer.forward_residual(x, r)
+    with pytest.raises(RuntimeError, match="the forward took a residual .*backward_residual"):
+        layer.backward(dy)
+    layer.forward(x)
+    with pytest.raises(RuntimeError, match="backward_residual follows forward_residual"):
+        layer.backward_residual(dy)
+    with pytest.raises(ValueError, match=r"residual must have shape \(2, 3, 4, 4\)"):
+        layer.forward_residual(x, cupycnn.asarray(np.zeros((2, 3, 4, 3), np.float32)))
+
+
+def _mini_resnet(fused):
+    """ResNet's stem and both block kinds, with and without a projection, on few channels."""
+    layers = [("conv1", Conv2D(3, 8, 3, padding=1, bias=False))]
+    layers += [("bn1", BatchNorm2D(8, relu=True))] if fused else \
+        [("bn1", BatchNorm2D(8)), ("relu", ReLU())]
+    layers += [("b1", BasicBlock(8, 8, fused=fused)), ("b2", BasicBlock(8, 16, 2, fused=fused)),
+               ("b3", Bottleneck(16, 4, fused=fused)), ("b4", Bottleneck(16, 8, 2, fused=fused)),
+               ("pool", GlobalAvgPool2D()), ("fc", Dense(32, 10))]
+    return Sequential(collections.OrderedDict(layers))
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_fused_resnet_blocks_are_the_unfused_ones(rng, device):
+    cupycnn.use(device)
+    x = cupycnn.asarray(randn(rng, 2, 3, 8, 8))
+    runs = []
+    for fused in (True, False):
+        cupycnn.manual_seed(0)
+        model = _mini_resnet(fused)
+        y = model.forward(x, training=True)
+        dy = runs[0]["dy"] if runs else cupycnn.asarray(randn(rng, *y.shape))
+        dx = model.backward(dy)
+        runs.append({"y": np.array(cupycnn.asnumpy(y)), "dx": np.array(cupycnn.asnumpy(dx)),
+                     "dy": dy, "state": model.state_dict(),
+                     "grads": {n: np.array(cupycnn.asnumpy(p.grad))
+                               for n, p in model.named_parameters()}})
+    fused, plain = runs
+    _same(fused["y"], plain["y"], "logits")
+    _same(fused["dx"], plain["dx"], "dx")
+    for name in plain["grads"]:
+        _same(fused["grads"][name], plain["grads"][name], f"grad {name}")
+    for name in plain["state"]:
+        _same(fused["state"][name], plain["state"][name], name)
+
+
+def test_resnet_keeps_torchvision_names_fused_or_not():
+    cupycnn.use("numpy")
+    fused = models.resnet18(num_classes=10, stem="cifar")
+    plain = models.resnet18(num_classes=10, stem="cifar", fused=False)
+    assert fused.fused and list(fused.state_dict()) == list(plain.state_dict())
+    layers = dict(fused._named_layers())
+    assert layers["bn1."].relu and layers["layer1.0.bn1."].relu and layers["layer1.0.bn2."].relu
+    assert not layers["layer2.0.downsample.1."].relu        # the projection's batchnorm: none
+    assert "relu." not in layers and "relu." in dict(plain._named_layers())
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_fused_simple_cnn_is_the_unfused_one(rng, device):
+    """The digits network (BatchNorm2D and BatchNorm1D with their ReLUs fused, dropout)."""
+    cupycnn.use(device)
+    x = cupycnn.asarray(randn(rng, 4, 1, 8, 8))
+    runs = []
+    for fused in (True, False):
+        cupycnn.manual_seed(0)
+        model = models.simple_cnn(num_classes=10, in_channels=1, input_size=8, widths=(8, 16),
+                                  block_dropout=(0.2, 0.3), hidden=16, fused=fused)
+        y = model.forward(x, training=True)
+        dy = runs[0][2] if runs else cupycnn.asarray(randn(rng, *y.shape))
+        dx = model.backward(dy)
+        runs.append((np.array(cupycnn.asnumpy(y)), np.array(cupycnn.asnumpy(dx)), dy,
+                     {n: np.array(cupycnn.asnumpy(p.grad)) for n, p in model.named_parameters()}))
+    (y_f, dx_f, _, g_f), (y_p, dx_p, _, g_p) = runs
+    _same(y_f, y_p, "logits")
+    _same(dx_f, dx_p, "dx")
+    assert list(g_f) == list(g_p)
+    for name in g_p:
+        _same(g_f[name], g_p[name], f"grad {name}")
