@@ -33,6 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from . import devices as _device
+from .distributed.watchdog import DEFAULT_TIMEOUT as COLLECTIVE_TIMEOUT
 
 # What every dataset's recipe starts from; RECIPES says where each differs.
 COMMON_DEFAULTS = dict(momentum=0.9, nesterov=False, weight_decay=0.0, onecycle_warmup=0.3,
@@ -125,6 +126,11 @@ def build_parser(description, default_dataset="cifar10"):
                         "tensors of another shape, such as the head, keep their init)")
     m.add_argument("--freeze-backbone", action="store_true",
                    help="train only the final dense layer (transfer learning)")
+    m.add_argument("--collective-timeout", type=float, default=COLLECTIVE_TIMEOUT,
+                   metavar="SECONDS",
+                   help="data-parallel: a rank that waits this long in one collective names the "
+                        "ranks that have not arrived (with the step and the collective) and "
+                        "aborts the job; 0: wait forever")
     m.add_argument("--bucket-mb", type=float, default=25.0,
                    help="data-parallel: gradient all-reduce bucket size in MB (smaller buckets "
                         "start earlier during backward: more overlap, more messages)")
@@ -203,7 +209,7 @@ def load_datasets(args, ctx):
 
     if ctx.rank == 0:
         train, test = load()
-    ctx.barrier()
+    ctx.barrier(watched=False)     # rank 0 may download for long (the download has a deadline)
     if ctx.rank != 0:
         train, test = load()
     val = None
@@ -310,7 +316,8 @@ def main(description, default_dataset="cifar10", argv=None):
     try:
         if args.device != "auto":
             _device.use(args.device)
-        ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20))
+        ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20),
+                               collective_timeout=args.collective_timeout)
     except (_device.DeviceUnavailableError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -139,6 +139,8 @@ class Trainer:
         """One optimizer step on a batch; adds its loss and hits to `sums` (on the device).
         The batch is checked first: a step that fails has changed nothing."""
         y = self._labels("Trainer.train_step", x, y)
+        if self.distributed is not None and hasattr(self.distributed, "set_step"):
+            self.distributed.set_step(self.step + 1, self.epoch)   # what a watchdog names
         if self.graphed is not None:
             self.graphed.step(x, y, sums)
         else:
