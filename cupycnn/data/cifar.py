@@ -55,8 +55,9 @@ class DatasetNotFoundError(FileNotFoundError):
     file to put where, and how to run on a dataset that needs no download."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle named a global that the official CIFAR-10 files never reference."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle named a global that the official CIFAR-10 files never reference (a ValueError
+    too: like every damaged or foreign file, one line from the command)."""
 
 
 def _numpy_reconstruct():
@@ -65,6 +66,12 @@ def _numpy_reconstruct():
     except ImportError:                    # pragma: no cover - NumPy 1
         from numpy.core.multiarray import _reconstruct
     return _reconstruct
+
+
+def _printable(text, limit=80):
+    """A name read from a file, safe for a one-line message."""
+    text = text if text.isprintable() else ascii(text)[1:-1]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -91,7 +98,8 @@ class RestrictedUnpickler(pickle.Unpickler):
         except KeyError:
             allowed = ", ".join(f"{m}.{n}" for m, n in self.ALLOWED)
             raise UnsafePickleError(
-                f"{self.source}: refused to load the global {module}.{name}: the official "
+                f"{self.source}: refused to load the global {_printable(module)}."
+                f"{_printable(name)}: the official "
                 f"CIFAR-10 files reference only {allowed}, so this file is not one of them "
                 f"(tampered or damaged); nothing in it was run") from None
         # Even the allowed ones only with the arguments NumPy's pickles give them: an empty

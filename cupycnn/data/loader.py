@@ -64,8 +64,9 @@ import weakref
 import numpy as np
 
 from .. import devices as _device
-from ..ops._check import check_flag, check_integer
+from ..ops._check import check_flag, check_integer, shown
 
+MAX_WORLD_SIZE = 1 << 20     # ranks: more would only pad each rank's share to one example
 RESIDENT_FRACTION = 0.5       # "auto": keep the dataset on the GPU if it needs at most this
                               # fraction of the free memory
 
@@ -90,9 +91,16 @@ class _HostSource:
 def _item_image(i, image):
     """dataset[i]'s image as uint8, converted only when exact: integers in 0..255. Floats (an
     image scaled to [0, 1] would become zeros) and other values are refused, saying so."""
-    array = np.asarray(image)
-    if array.dtype == np.uint8:
+    try:
+        array = np.asarray(image)
+    except (ValueError, TypeError) as e:          # ragged nested lists, say
+        raise ValueError(f"Loader: dataset[{i}] gave an image that is not an array "
+                         f"({type(image).__name__}: {e})") from None
+    if array.dtype == np.uint8 and array.ndim in (2, 3):
         return array
+    if array.ndim not in (2, 3):
+        raise ValueError(f"Loader: dataset[{i}] gave an image of shape {array.shape}; images "
+                         f"are [H, W, C] (or [H, W])")
     if array.dtype.kind in "iub" and array.size:
         low, high = int(array.min()), int(array.max())
         if 0 <= low and high <= 255:
@@ -125,7 +133,13 @@ class _ItemSource:
 
     def gather(self, positions, out_images=None, out_labels=None):
         items = [(int(i), self.dataset[int(i)]) for i in positions]
-        images = np.stack([_item_image(i, image) for i, (image, _) in items])
+        arrays = [_item_image(i, image) for i, (image, _) in items]
+        for (i, _), a in zip(items, arrays):
+            if a.shape != arrays[0].shape:
+                raise ValueError(f"Loader: dataset[{items[0][0]}] gave an image of shape "
+                                 f"{arrays[0].shape}, dataset[{i}] one of {a.shape}; a batch's "
+                                 f"images must have one shape")
+        images = np.stack(arrays)
         if images.ndim == 3:
             images = images[..., None]
         labels = np.array([_item_label(i, label) for i, (_, label) in items], dtype=np.int32)
@@ -206,12 +220,16 @@ class Loader:
         for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                  ("seed", seed, 0)):
             check_integer(op, name, value, low)            # True is not 1, 2.0 is not 2
+        if world_size > MAX_WORLD_SIZE:
+            raise ValueError(f"{op}: world_size {world_size} is more ranks than a job has "
+                             f"(at most {MAX_WORLD_SIZE})")
         for name, value in (("shuffle", shuffle), ("drop_last", drop_last),
                             ("prefetch", prefetch), ("pad", pad), ("skip_bad", skip_bad)):
             check_flag(op, name, value)                    # 'no' is true
         if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or \
                 not 0 <= rank < world_size:
-            raise ValueError(f"{op}: rank must lie in [0, world_size={world_size}), got {rank!r}")
+            raise ValueError(f"{op}: rank must lie in [0, world_size={world_size}), got "
+                             f"{shown(rank)}")
         if device_resident not in (True, False, "auto"):
             raise ValueError(f"{op}: device_resident must be True, False or 'auto', got "
                              f"{device_resident!r}")

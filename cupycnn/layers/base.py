@@ -16,6 +16,7 @@ layer then reads and writes the views without knowing.
 import collections
 import contextlib
 import math
+import os
 import threading
 
 import numpy as np
@@ -44,15 +45,34 @@ def allocation_limit(nbytes, what="the model"):
         _limit.state = previous
 
 
+def check_allocation(shape, itemsize=4, count=1):
+    """Before a layer makes `count` arrays of `shape` on the host: refuse what cannot fit (the
+    machine's memory, or the allocation_limit in force) with ModelTooLargeError."""
+    _reserve(tuple(shape[:-1]) + (int(shape[-1]) * count,) if shape else (count,), itemsize,
+             commit=False)
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):      # not on this system: no bound
+        return float("inf")
+
+
 def _reserve(shape, itemsize, commit=True):
     """Account for an allocation of `shape` under the allocation_limit in force, if any."""
-    state = getattr(_limit, "state", None)
-    if state is None:
-        return
     count = 1
     for s in shape:
         count *= max(int(s), 0)
     size = count * int(itemsize)
+    state = getattr(_limit, "state", None)
+    if state is None:
+        if size > _physical_memory():
+            raise ModelTooLargeError(
+                f"a tensor of shape {tuple(int(s) for s in shape)} needs {size / 2**30:,.1f} GiB, "
+                f"more than this machine's {_physical_memory() / 2**30:.0f} "
+                f"GiB of memory")
+        return
     if state[1] + size > state[0]:
         raise ModelTooLargeError(
             f"building {state[2]} needs more than {state[0]:,} bytes (a tensor of shape "

@@ -32,8 +32,8 @@ import numpy as np
 from .. import devices as _device
 from ..ops import batchnorm as bn_ops
 from ..ops import groupnorm as gn_ops
-from ..ops._check import check_arrays, check_integer
-from .base import Layer
+from ..ops._check import check_arrays, check_integer, shown
+from .base import Layer, check_allocation
 
 
 def local_statistics(sums, count):
@@ -56,7 +56,8 @@ class _BatchNorm(Layer):
         if momentum is not None and (isinstance(momentum, bool) or not isinstance(
                 momentum, (int, float, np.integer, np.floating)) or not 0 <= momentum <= 1):
             raise ValueError(f"{who}: momentum must be None or a number in [0, 1], got "
-                             f"{momentum!r}")
+                             f"{shown(momentum)}")
+        check_allocation((num_features,), 4, count=6)    # params, gradients, statistics
         self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.relu = bool(relu)
         self.stats_reducer = local_statistics
@@ -146,7 +147,7 @@ class _BatchNorm(Layer):
 def _positive(who, name, value):
     if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
             or not value > 0 or not np.isfinite(value):
-        raise ValueError(f"{who}: {name} must be a positive number, got {value!r}")
+        raise ValueError(f"{who}: {name} must be a positive number, got {shown(value)}")
     return float(value)
 
 
@@ -186,6 +187,7 @@ class GroupNorm(Layer):
         if num_groups < 1 or num_channels < 1 or num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels must be divisible by num_groups, got "
                              f"num_groups={num_groups}, num_channels={num_channels}")
+        check_allocation((num_channels,), 4, count=4)
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
         self.add_param("weight", np.ones(num_channels, np.float32))
         self.add_param("bias", np.zeros(num_channels, np.float32))

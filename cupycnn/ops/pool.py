@@ -11,7 +11,7 @@ import numpy as np
 from .. import devices as _device
 from ..reference import pool as reference
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, get_kernel
-from ._check import check_arrays
+from ._check import check_arrays, shown
 
 POOL_THREADS = 256                                       # as in pool.cu
 GLOBAL_POOL_PLANES_PER_BLOCK = POOL_THREADS // 32        # as in pool.cu: one warp per plane
@@ -23,7 +23,7 @@ def _int_pair(op, name, value):
     if len(values) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                    for v in values):
         raise ValueError(f"{op}: {name} must be an int or a pair of ints (height, width), got "
-                         f"{value!r}")
+                         f"{shown(value)}")
     return int(values[0]), int(values[1])
 
 

@@ -35,7 +35,9 @@ def pair(value, name="value"):
             return int(h), int(w)
     except (TypeError, ValueError):
         pass
-    raise ValueError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    shown = " ".join(repr(value).split())
+    raise ValueError(f"{name} must be an int or a pair of ints (h, w), got "
+                     f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
 
 
 def output_size(height, width, kernel_size, stride, padding):
