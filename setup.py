@@ -17,8 +17,12 @@ setup(
     # Pillow decodes ImageFolder's photos, scikit-learn ships the Digits dataset (both imported
     # only when those classes are used).
     # matplotlib draws the end-of-training pictures, tensorboardX writes TensorBoard logs.
+    # tomli reads --config files on Python 3.10 (3.11 has tomllib); threadpoolctl holds BLAS to
+    # one thread where the GEMMs are too small to share (the training command's --blas-threads).
     install_requires=["numpy>=1.24", "h5py>=3.8", "Pillow>=9.1", "scikit-learn>=1.1",
-                      "matplotlib>=3.6", "tensorboardX>=2.6"],
+                      "matplotlib>=3.6", "tensorboardX>=2.6", "tomli>=1.1; python_version<'3.11'",
+                      "threadpoolctl>=3.1"],
+    entry_points={"console_scripts": ["cupycnn = cupycnn.command:main"]},
     extras_require={
         "cuda12": ["cupy-cuda12x>=13"],
         "cuda13": ["cupy-cuda13x>=13.6"],
@@ -36,6 +40,12 @@ setup(
             # NVRTC, to compile every kernel for sm_80 and sm_90 without a GPU. 12.0 emits PTX
             # ISA 8.0, which every CUDA 12.x and 13.x driver loads.
             "nvidia-cuda-nvrtc-cu12==12.0.140",
+            # cuobjdump -sass (which runs nvdisasm) reads the SASS of nvcc's cubins, sm_80 and
+            # sm_90 (cupycnn/machine_code.py: benchmarks/kernel_report.py, the spill and SASS
+            # tests). Binaries inside the wheels (nvidia/cu13/bin), no toolkit needed; pinned
+            # to the pair verified against nvcc 13.0's cubins.
+            "nvidia-cuda-cuobjdump==13.5.37",
+            "nvidia-cuda-nvdisasm==13.5.37",
             # The optimizer and schedule tests compare against torch.optim (the specification of
             # their update rules); imported only by tests and benchmarks, never by the library.
             # On these machines pip takes the CPU build from local disk.

@@ -1,7 +1,8 @@
-"""The two ceilings every kernel figure is compared with, measured on this GPU: memory bandwidth
-(a large device-to-device copy, bytes read plus bytes written) and FP32 matrix throughput
-(a large matrix product through cuBLAS, via CuPy, TF32 off). Used only as yardsticks: no
-cupycnn op calls cuBLAS.
+"""The ceilings every kernel figure is compared with, measured on this GPU: memory bandwidth
+(a large device-to-device copy, bytes read plus bytes written), FP32 matrix throughput (a large
+matrix product through cuBLAS, via CuPy, TF32 off), and the TF32 and BF16 tensor-core rates (the
+same product through PyTorch). Used only as yardsticks: no cupycnn op calls cuBLAS;
+benchmarks/roofline.py --ceilings takes them for its floors.
 
     python benchmarks/gpu_ceilings.py [--json FILE]
     python benchmarks/gpu_ceilings.py --dry-run     NumPy on the host at tiny sizes: the script's
@@ -43,6 +44,39 @@ def host_timer(fn, repeats=5):
     return statistics.median(times)
 
 
+def tensor_core_rates(timed, device, size):
+    """The TF32 and BF16 matrix rates (benchmarks/roofline.py's tf32 and bf16 ceilings): size^3
+    products of random matrices through PyTorch (cuBLAS on the GPU, on the legacy default stream
+    that CuPy's events time; its CPU build, tiny, in a dry run). {} without PyTorch."""
+    try:
+        import torch
+    except ImportError:
+        print("PyTorch not installed: no TF32 / BF16 matrix rates")
+        return {}
+    matmul = torch.backends.cuda.matmul
+
+    def allow_tf32(on):          # PyTorch's newer setting where it has it
+        if hasattr(matmul, "fp32_precision"):
+            matmul.fp32_precision = "tf32" if on else "ieee"
+        else:
+            matmul.allow_tf32 = on
+
+    figures = {}
+    generator = torch.Generator(device=device).manual_seed(0)
+    for name, dtype, tf32 in (("matmul tf32", torch.float32, True),
+                              ("matmul bf16", torch.bfloat16, False)):
+        allow_tf32(tf32)
+        a, b = (torch.randn(size, size, device=device, generator=generator).to(dtype)
+                for _ in range(2))
+        seconds = timed(lambda: torch.matmul(a, b), repeats=10 if device == "cuda" else 3)
+        tflops = 2 * size ** 3 / seconds / 1e12
+        print(f"PyTorch {'cuBLAS' if device == 'cuda' else 'CPU'} {name} {size}^3: "
+              f"{tflops:.1f} TFLOP/s")
+        figures[name] = {"value": float(f"{tflops:.4g}"), "unit": "TFLOP/s"}
+    allow_tf32(False)
+    return figures
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true")
@@ -76,6 +110,7 @@ def main():
     print(f"{'cuBLAS' if not args.dry_run else 'NumPy'} SGEMM {size}^3 (FP32, no TF32): "
           f"{tflops:.1f} TFLOP/s")
     figures["sgemm fp32"] = {"value": round(tflops, 2), "unit": "TFLOP/s"}
+    figures.update(tensor_core_rates(timed, "cpu" if args.dry_run else "cuda", size))
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f, indent=1)

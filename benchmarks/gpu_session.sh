@@ -44,7 +44,7 @@ START=$(date +%s)
 STEPS=$(cat <<'EOF'
 smoke            |  30 | $PY benchmarks/gpu_smoke.py                                   | $PY benchmarks/gpu_smoke.py --dry-run
 ceilings         |  25 | $PY benchmarks/gpu_ceilings.py --json $STEP_DIR/figures.json   | $PY benchmarks/gpu_ceilings.py --dry-run --json $STEP_DIR/figures.json
-conv2d           |  35 | $PY benchmarks/conv2d.py --device cuda                       | $PY benchmarks/conv2d.py --device sim --batch 1 --repeats 1 --layers "1x1 64->128"
+conv2d           |  35 | $PY benchmarks/conv2d.py --device cuda --versions tiled,tensor_core --repeats 5 --budget 26 --json $STEP_DIR/figures.json | $PY benchmarks/conv2d.py --dry-run --json $STEP_DIR/figures.json
 augment          |  20 | $PY benchmarks/augment.py --device cuda                      | $PY benchmarks/augment.py --device sim --batch 4 --iterations 1 --repeats 1
 resnet18_step    |  40 | $PY benchmarks/resnet18_step.py --device cuda --batch 128 --json $STEP_DIR/figures.json | $PY benchmarks/resnet18_step.py --device numpy --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --json $STEP_DIR/figures.json
 step_graph       |  45 | $PY benchmarks/step_graph.py --device cuda --batch 256 512 --steps 5 --repeats 3 --json $STEP_DIR/figures.json | $PY benchmarks/step_graph.py --device sim --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --launch-only --json $STEP_DIR/figures.json

@@ -32,7 +32,7 @@ def main(argv):
     steps_file, logs, out = Path(argv[0]), Path(argv[1]), Path(argv[2])
     dry = "--dry-run" in argv
     steps = []
-    for line in steps_file.read_text().splitlines():
+    for line in steps_file.read_text(encoding="utf-8").splitlines():
         name, verdict, took, limit = line.split("\t")
         steps.append({"step": name, "verdict": verdict, "seconds": int(took),
                       "limit": int(limit)})
@@ -42,7 +42,7 @@ def main(argv):
         if not path.exists():
             continue
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(path.read_text(encoding="utf-8"))
         except ValueError as e:
             figures[f"{step['step']}.figures.json"] = {"value": f"unreadable: {e}", "unit": ""}
             continue
@@ -50,7 +50,7 @@ def main(argv):
             figures[f"{step['step']}.{name}"] = {"value": value, "unit": unit}
     record = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()), "dry_run": dry,
               "steps": steps, "figures": figures}
-    (out / "figures.json").write_text(json.dumps(record, indent=1))
+    (out / "figures.json").write_text(json.dumps(record, indent=1), encoding="utf-8")
 
     lines = [f"GPU session {'(DRY RUN, sim/numpy) ' if dry else ''}{record['date']}", ""]
     width = max(len(s["step"]) for s in steps) if steps else 4
@@ -63,7 +63,7 @@ def main(argv):
              for name, entry in figures.items()
              for value, unit in [(entry["value"], entry["unit"])]]
     summary = lines + ["figures:"] + (table or ["(none)"])
-    (out / "SUMMARY.txt").write_text("\n".join(summary) + "\n")
+    (out / "SUMMARY.txt").write_text("\n".join(summary) + "\n", encoding="utf-8")
     # The compact table: steps, then figures, cut to what fits the output that comes back.
     compact = "\n".join(summary)
     print(compact[-9000:])

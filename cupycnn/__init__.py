@@ -11,6 +11,7 @@ from .devices import (DEVICES, DeviceUnavailableError, asarray, asnumpy, cuda_av
                      synchronize, use)
 from .gradcheck import gradcheck
 from .random import manual_seed
+from .precision import PRECISIONS, get_precision, set_precision
 
 # Imported on first use (cupycnn.models, cupycnn.train, ...): `import cupycnn` stays light, and
 # `python -m cupycnn.gradcheck_suite` runs that module fresh.
@@ -25,9 +26,9 @@ def __getattr__(name):
     raise AttributeError(f"module 'cupycnn' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
-__all__ = ["DEVICES", "DeviceUnavailableError", "asarray", "asnumpy", "checkpoint",
+__all__ = ["DEVICES", "PRECISIONS", "get_precision", "set_precision", "DeviceUnavailableError", "asarray", "asnumpy", "checkpoint",
            "cuda_available", "data", "device", "distributed", "gradcheck", "layers", "losses",
            "manual_seed", "models", "ops", "optim", "random", "reference", "runtime", "sim",
            "synchronize", "train", "use"]

@@ -278,9 +278,17 @@ def save_checkpoint(path, *, model, optimizer=None, epoch=0, step=0, config=None
     classes: class names; normalization: {"mean": [...], "std": [...]} of the inputs;
     rng: random states (JSON-able or arrays); trainer: history and callback state.
     A failure to write (a full disk, a read-only folder) is a CheckpointWriteError in one
-    sentence; the previous checkpoint is kept.
+    sentence; the previous checkpoint is kept. Ctrl-C and SIGTERM during the save (gathering
+    the tensors, their digests, the write) are held back and delivered once the new file is in
+    place: a save once begun completes.
     """
-    path = Path(path)
+    with atomic.deferred_signals():
+        return _save(Path(path), model, optimizer, epoch, step, config, classes, normalization,
+                     rng, trainer, model_description)
+
+
+def _save(path, model, optimizer, epoch, step, config, classes, normalization, rng, trainer,
+          model_description):
     arrays, model_entries = [], []
     for name, value in model.state_dict().items():
         if not name or "/" in name or name in (".", ".."):
@@ -314,7 +322,7 @@ def save_checkpoint(path, *, model, optimizer=None, epoch=0, step=0, config=None
 
 def _write(partial, manifest, text, arrays, epoch, step):
     """The HDF5 file of `arrays` after the verified header (safe_hdf5.write_verified)."""
-    from . import __version__
+    from .version import __version__
     digests = {entry["dataset"]: entry["sha256"] for entry in manifest["model"]}
     for section in SECTIONS:
         digests.update((node["array"], node["sha256"]) for node in _array_nodes(manifest[section]))

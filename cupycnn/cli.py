@@ -38,7 +38,7 @@ from .distributed.watchdog import DEFAULT_TIMEOUT as COLLECTIVE_TIMEOUT
 # What every dataset's recipe starts from; RECIPES says where each differs.
 COMMON_DEFAULTS = dict(momentum=0.9, nesterov=False, weight_decay=0.0, onecycle_warmup=0.3,
                        label_smoothing=0.0, augment=False, augment_style="crop-flip",
-                       val_fraction=0.1, image_size=None)
+                       val_fraction=0.1, image_size=None, blas_threads=0)
 RECIPES = {
     # CIFAR-10: ResNet-18 (3x3 stem), SGD with Nesterov momentum, one-cycle learning rate peaking
     # at 0.4 for a global batch of 512, weight decay 5e-4 on weights, label smoothing 0.1, random
@@ -49,8 +49,11 @@ RECIPES = {
     # Digits: the recipe of benchmarks/digits.py (measured there: 98.9-99.4% test accuracy over
     # ten seeds, about 20 s of training on 2 CPU cores): a two-block CNN, Adam with a one-cycle
     # learning rate, batch 32, 15 epochs, all 1,438 training images, no augmentation.
+    # One BLAS thread: its matrix products are too small to share, and a second OpenBLAS
+    # thread spins on the other core for nothing (docs/BENCHMARKS.md, the main job).
     "digits": dict(model="simple_cnn", epochs=15, batch_size=32, optimizer="adam", lr=3e-3,
                    schedule="onecycle", augment_style="affine-small", val_fraction=0.0,
+                   blas_threads=1,
                    model_kwargs={"simple_cnn": dict(widths=(32, 64), convs_per_block=2,
                                                     block_dropout=(0.1, 0.2), hidden=128,
                                                     head_dropout=0.3)}),
@@ -69,12 +72,54 @@ def dataset_kind(spec):
     return "folder" if spec.startswith("folder:") else spec
 
 
-def build_parser(description, default_dataset="cifar10"):
-    p = argparse.ArgumentParser(description=description,
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """The description as written (paragraphs and examples kept), and each option's default:
+    the dataset recipes' value per dataset where the recipe decides it (DATASET_DEFAULTS),
+    else the parser's."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "%(default)" in text or action.default is argparse.SUPPRESS or \
+                not action.option_strings:
+            return text
+        per_dataset = _recipe_defaults(action.dest)
+        if per_dataset:
+            return f"{text} (default: {per_dataset})"
+        if action.default is None or action.default is False:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
+def _recipe_defaults(dest):
+    """'cifar10: 40, digits: 15, ...' for an option the dataset recipes set ('' otherwise);
+    one value where every recipe agrees."""
+    values = {kind: recipe[dest] for kind, recipe in DATASET_DEFAULTS.items() if dest in recipe}
+    if not values:
+        return ""
+
+    def shown(value):
+        if value is None:
+            return "none"
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if len({shown(v) for v in values.values()}) == 1:
+        return shown(next(iter(values.values())))
+    return ", ".join(f"{kind}: {shown(v)}" for kind, v in values.items())
+
+
+def build_parser(description, default_dataset="cifar10", prog=None):
+    """The training options (what examples/train_cifar.py, train_folder.py and `cupycnn train`
+    take): one add_argument each, in its group; --help shows each one's default, per dataset
+    where the recipes differ. `--config FILE` reads a TOML file of the same options, which the
+    flags override (parse_args)."""
+    p = argparse.ArgumentParser(prog=prog, description=description,
+                                formatter_class=HelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--dataset", default=default_dataset,
-                   help="cifar10, digits, synthetic, or folder:PATH (root/<class>/*.jpg)")
+    d.add_argument("--dataset", default=default_dataset, metavar="NAME",
+                   help="cifar10 (downloaded to --data-dir), digits (scikit-learn's 8x8 digits), "
+                        "synthetic (made from the seed), or folder:PATH (PATH/<class>/*.jpg, or "
+                        "PATH/train/<class>/ and PATH/test/<class>/)")
     d.add_argument("--data-dir", default="data", help="where CIFAR-10 is (or is downloaded to), "
                    "and where image-folder caches go")
     d.add_argument("--image-size", type=int, help="folder datasets: resize images to this "
@@ -91,25 +136,32 @@ def build_parser(description, default_dataset="cifar10"):
     d.add_argument("--augment-style", choices=["crop-flip", "affine", "affine-small"],
                    help="crop-flip: random crop with padding 4 and horizontal flip; affine: "
                         "Keras-style rotation 15, shifts 0.1, zoom 0.1 and flips; affine-small: "
-                        "rotation 10, shifts 0.1, zoom 0.1, no flip (digits)")
+                        "rotation 10, shifts 0.1, zoom 0.1, no flip")
     m = p.add_argument_group("model and optimisation")
-    m.add_argument("--model", help="simple_cnn, resnet18, resnet34, resnet50")
+    m.add_argument("--model", choices=["simple_cnn", "resnet18", "resnet34", "resnet50"],
+                   help="the network (cupycnn.models)")
     m.add_argument("--stem", choices=["auto", "cifar", "imagenet"], default="auto",
                    help="ResNets: the 3x3 CIFAR stem or ImageNet's 7x7 stride-2 stem and "
                         "max-pool (auto: cifar up to 64 pixels); imagenet for ImageNet weights")
-    m.add_argument("--epochs", type=int)
+    m.add_argument("--epochs", type=int, help="passes over the training set")
     m.add_argument("--batch-size", type=int, help="global batch, divided among the ranks")
-    m.add_argument("--optimizer", choices=["sgd", "adam", "adamw"])
+    m.add_argument("--optimizer", choices=["sgd", "adam", "adamw"],
+                   help="SGD (with --momentum, --nesterov), Adam, or AdamW (decoupled weight "
+                        "decay)")
     m.add_argument("--lr", type=float, help="learning rate (the peak for one-cycle)")
-    m.add_argument("--momentum", type=float)
-    m.add_argument("--nesterov", action=argparse.BooleanOptionalAction)
+    m.add_argument("--momentum", type=float, help="SGD's momentum")
+    m.add_argument("--nesterov", action=argparse.BooleanOptionalAction,
+                   help="SGD: Nesterov momentum")
     m.add_argument("--weight-decay", type=float, help="L2 penalty (decoupled for adamw)")
     m.add_argument("--l1", type=float, default=0.0, help="L1 penalty")
     m.add_argument("--penalize", choices=["weights", "all", "head"], default="weights",
                    help="which parameters get weight decay and L1: conv/dense weights, "
                         "everything, or only the final dense layer")
-    m.add_argument("--label-smoothing", type=float)
-    m.add_argument("--schedule", choices=["onecycle", "cosine", "step", "plateau", "none"])
+    m.add_argument("--label-smoothing", type=float,
+                   help="cross-entropy against (1 - e) one-hot + e / classes")
+    m.add_argument("--schedule", choices=["onecycle", "cosine", "step", "plateau", "none"],
+                   help="learning rate: one-cycle (warm-up, cosine down), cosine annealing, "
+                        "step decay, divided by 10 on a validation plateau, or constant")
     m.add_argument("--onecycle-warmup", type=float,
                    help="one-cycle: the fraction of the steps spent raising the learning rate")
     m.add_argument("--warmup-epochs", type=float, default=0.0,
@@ -137,11 +189,21 @@ def build_parser(description, default_dataset="cifar10"):
     m.add_argument("--sync-bn", action="store_true",
                    help="data-parallel: batchnorm statistics over the global batch")
     r = p.add_argument_group("run")
-    r.add_argument("--device", default="auto", choices=["auto", "cuda", "sim", "numpy"])
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--config", metavar="FILE",
+                   help="a TOML file of these options (epochs = 3, augment = true, dataset = "
+                        "\"digits\"; names with - or _); flags given here override it")
+    r.add_argument("--device", default="auto", choices=["auto", "cuda", "sim", "numpy"],
+                   help="cuda: a GPU; sim: the same CUDA kernels on the CPU emulator; numpy: "
+                        "the NumPy reference path; auto: cuda where a GPU is usable, else numpy")
+    r.add_argument("--seed", type=int, default=0,
+                   help="initialisation, shuffling, dropout, augmentation and the validation "
+                        "split")
+    r.add_argument("--precision", choices=["fp32", "tf32", "bf16"], default="fp32",
+                   help="arithmetic of the convolutions and dense layers (cupycnn.set_precision):"
+                        " fp32 exact, tf32 or bf16 operands on tensor cores, FP32 accumulation")
     r.add_argument("--log-dir", help="where checkpoints, logs and pictures go "
-                   "(default runs/<dataset>-<model>)")
-    r.add_argument("--checkpoint", help="the last-epoch checkpoint (default <log-dir>/last.h5)")
+                   "(default: runs/<dataset>-<model>)")
+    r.add_argument("--checkpoint", help="the last-epoch checkpoint (default: <log-dir>/last.h5)")
     r.add_argument("--resume", action="store_true", help="continue from --checkpoint")
     r.add_argument("--epochs-per-run", type=int, metavar="N",
                    help="stop after N epochs of this run (the schedule still spans --epochs): "
@@ -149,14 +211,70 @@ def build_parser(description, default_dataset="cifar10"):
     r.add_argument("--cuda-graph", action="store_true",
                    help="record the training step once and replay it (a CUDA graph on cuda, "
                         "the launch list on sim; a short last batch runs eagerly)")
+    r.add_argument("--blas-threads", type=int, metavar="N",
+                   help="threads NumPy's BLAS may use on numpy and sim (0: its own choice, all "
+                        "cores); 1 where the matrix products are too small to share, as "
+                        "digits': a second thread only spins, taking a core from other work")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.add_argument("--summary", action="store_true", help="print the model's layers")
     return p
 
 
+def config_arguments(parser, path):
+    """The command-line tokens a TOML config file stands for (placed before the flags, which so
+    override it). Keys are option names (with - or _), values of the option's type; a key that
+    is no option, or a value of the wrong kind, is a parser error naming it."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:           # Python 3.10
+        import tomli as tomllib
+    try:
+        with open(path, "rb") as f:
+            table = tomllib.load(f)
+    except FileNotFoundError:
+        parser.error(f"--config: no file at {path}")
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        parser.error(f"--config {path}: not a TOML file: {e}")
+    actions = {a.dest: a for a in parser._actions if a.option_strings}
+    tokens = []
+    for key, value in table.items():
+        dest = str(key).replace("-", "_")
+        action = actions.get(dest)
+        if action is None or dest in ("config", "help"):
+            known = ", ".join(sorted(d.replace("_", "-") for d in actions
+                                     if d not in ("config", "help")))
+            parser.error(f"--config {path}: {key!r} is not an option of this command; options: "
+                         f"{known}")
+        flag = action.option_strings[0]
+        if isinstance(action, argparse.BooleanOptionalAction) or action.nargs == 0:
+            if not isinstance(value, bool):
+                parser.error(f"--config {path}: {key} must be true or false, got {value!r}")
+            if isinstance(action, argparse.BooleanOptionalAction):
+                tokens.append(flag if value else "--no-" + flag[2:])
+            elif value:                                       # store_true
+                tokens.append(flag)
+        elif isinstance(value, (dict, bool)):
+            parser.error(f"--config {path}: {key} takes a value, got {value!r}")
+        elif isinstance(value, list):
+            tokens += [flag] + [str(v) for v in value]
+        else:
+            tokens += [flag, str(value)]
+    return tokens
+
+
+def parse_options(parser, argv=None):
+    """Parse: a --config file's options first, the flags over them."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    known, _ = parser.parse_known_args(argv)
+    if getattr(known, "config", None):
+        argv = config_arguments(parser, known.config) + argv
+    return parser.parse_args(argv)
+
+
 def parse_args(parser, argv=None):
-    """Parse, then fill what was not given from the dataset's defaults."""
-    args = parser.parse_args(argv)
+    """Parse (a --config file first, the flags over it), then fill what was not given from
+    the dataset's defaults."""
+    args = parse_options(parser, argv)
     kind = dataset_kind(args.dataset)
     if kind not in DATASET_DEFAULTS:
         parser.error(f"unknown dataset {args.dataset!r}: expected cifar10, digits, synthetic or "
@@ -164,6 +282,9 @@ def parse_args(parser, argv=None):
     for key, value in DATASET_DEFAULTS[kind].items():
         if key != "model_kwargs" and getattr(args, key, None) is None:
             setattr(args, key, value)
+    if args.blas_threads is not None and args.blas_threads < 0:
+        parser.error(f"--blas-threads must be 0 (the BLAS's own choice) or more, got "
+                     f"{args.blas_threads}")
     # A dataset's recipe may shape its default model (digits: a two-block simple_cnn).
     args.model_kwargs = DATASET_DEFAULTS[kind].get("model_kwargs", {}).get(args.model, {})
     if args.log_dir is None:
@@ -253,7 +374,7 @@ def model_config(args, image_shape, num_classes):
     return {"model": args.model, "model_kwargs": kwargs, "input_shape": [c, h, w],
             "resize": [args.image_size, args.image_size] if args.image_size and
             dataset_kind(args.dataset) == "folder" else None,
-            "crop": bool(args.crop), "dataset": args.dataset}
+            "crop": bool(args.crop), "dataset": args.dataset, "precision": args.precision}
 
 
 def parameter_groups(model, args):
@@ -310,12 +431,14 @@ def build_schedule(optimizer, args, steps_per_epoch):
 
 # ------------------------------------------------------------------------------------- run
 
-def main(description, default_dataset="cifar10", argv=None):
-    args = parse_args(build_parser(description, default_dataset), argv)
+def main(description, default_dataset="cifar10", argv=None, prog=None):
+    args = parse_args(build_parser(description, default_dataset, prog), argv)
     from . import distributed
     try:
         if args.device != "auto":
             _device.use(args.device)
+        from .precision import set_precision
+        set_precision(args.precision)
         ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20),
                                collective_timeout=args.collective_timeout)
     except (_device.DeviceUnavailableError, ValueError) as e:
@@ -323,7 +446,7 @@ def main(description, default_dataset="cifar10", argv=None):
         return 2
     previous = _terminate_as_interrupt()
     try:
-        with ctx.abort_on_error():
+        with ctx.abort_on_error(), blas_threads(args.blas_threads):
             try:
                 return run(args, ctx)
             except KeyboardInterrupt as e:
@@ -371,6 +494,15 @@ def _interrupted(args, ctx, error):
     if ctx.size > 1 and ctx.mpi is not None:
         ctx.mpi.Abort(status)             # the other ranks may be waiting in a collective
     return status
+
+
+def blas_threads(count):
+    """Hold the BLAS to `count` threads for a block (0 or None: leave it alone)."""
+    import contextlib
+    if not count:
+        return contextlib.nullcontext()
+    from threadpoolctl import threadpool_limits
+    return threadpool_limits(limits=int(count), user_api="blas")
 
 
 def _user_errors():
@@ -430,9 +562,19 @@ def load_data(args, ctx):
     mean, std = [float(v) for v in mean], [float(v) for v in std]
     train_tf, eval_tf = make_transforms(args, mean, std)
     per_rank = ctx.per_rank_batch(args.batch_size)
-    train_loader = data.Loader(train, per_rank, shuffle=True, drop_last=True, seed=args.seed,
-                               transform=train_tf, rank=ctx.rank, world_size=ctx.size)
-    if len(train_loader) == 0:
+    # Every example trains every epoch: the last, short batch is kept (as benchmarks/digits.py's
+    # recipe keeps it), unless it would hold one example per rank, which batchnorm cannot
+    # train on; that one is dropped, and said.
+    shard = -(-len(train) // ctx.size)
+    drop_last = shard % per_rank == 1 and shard > 1
+    if drop_last and ctx.rank == 0:
+        print(f"cupycnn: {ctx.size} x 1 training example per epoch left out (the last batch "
+              f"would hold 1 example per rank, too few for batchnorm's statistics); another "
+              f"--batch-size keeps them", file=sys.stderr)
+    train_loader = data.Loader(train, per_rank, shuffle=True, drop_last=drop_last,
+                               seed=args.seed, transform=train_tf, rank=ctx.rank,
+                               world_size=ctx.size)
+    if len(train_loader) == 0 or per_rank > shard:
         raise ValueError(f"the training set ({len(train)} examples over {ctx.size} ranks) is "
                          f"smaller than one batch of {per_rank}; lower --batch-size")
 
@@ -450,6 +592,13 @@ def build_callbacks(args, ctx, validated):
     set to monitor."""
     from .train import CSVLogger, EarlyStopping, ModelCheckpoint, ReduceLROnPlateau, TensorBoard
     monitor = "val_loss" if validated else "loss"
+    for option, active in (("--early-stopping", args.early_stopping),
+                           ("--schedule plateau", args.schedule == "plateau")):
+        if active and not validated and ctx.is_root:
+            print(f"cupycnn: warning: {option} watches the training loss: there is no "
+                  f"validation set (--val-fraction 0), and the training loss keeps falling "
+                  f"while the model overfits; hold one out with --val-fraction 0.1",
+                  file=sys.stderr)
     callbacks = [ModelCheckpoint(best=os.path.join(args.log_dir, "best.h5") if validated
                                  else None, last=args.checkpoint, monitor="val_accuracy"),
                  CSVLogger(os.path.join(args.log_dir, "log.csv"))]
@@ -511,12 +660,30 @@ def build_training(args, ctx, loaded):
               f"{len(loaded.test)} test images "
               f"{image_shape[0]}x{image_shape[1]}x{image_shape[2]}, {len(loaded.classes)} "
               f"classes; {args.model} with {model.num_parameters():,} parameters; device "
-              f"{_device.device()}, {ctx.size} rank(s) ({ctx.backend}), batch {args.batch_size} "
-              f"({loaded.per_rank} per rank), {args.optimizer} lr {args.lr}, schedule "
-              f"{args.schedule}")
+              f"{_device.device()} at {args.precision}, {ctx.size} rank(s) ({ctx.backend}), "
+              f"batch {args.batch_size} ({loaded.per_rank} per rank), {args.optimizer} lr "
+              f"{args.lr}, schedule {args.schedule}")
     if args.summary and ctx.rank == 0:
         model.summary(tuple(config["input_shape"]))
     return trainer
+
+
+def json_text(value):
+    """Strict JSON (what json.loads in other languages, jq and browsers accept): NaN and
+    infinities, which Python would write as the invalid NaN / Infinity, become null."""
+    def clean(v):
+        if isinstance(v, float) and not math.isfinite(v):
+            return None
+        if isinstance(v, dict):
+            return {str(k): clean(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [clean(x) for x in v]
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            return v
+        if isinstance(v, np.generic):
+            return clean(v.item())
+        return str(v)
+    return json.dumps(clean(value), indent=1, allow_nan=False)
 
 
 def report(args, ctx, trainer, loaded, history, train_seconds, started):
@@ -525,16 +692,14 @@ def report(args, ctx, trainer, loaded, history, train_seconds, started):
     from .train import plots
     test = loaded.test
     result = trainer.evaluate(loaded.test_loader, desc="test")
-    probabilities = trainer.predict(loaded.test_loader)
-    shard = loaded.test_loader.indices()
-    gathered = ctx.allgather((shard, np.argmax(probabilities, axis=1)))
+    probabilities = trainer.predict(loaded.test_loader)   # every rank: the whole test set, in order
     _say(ctx, f"test: loss {result['loss']:.4f}, accuracy {100 * result['accuracy']:.2f}% "
               f"({result['count']} images); training took {train_seconds:.1f} s")
+    trainer.record_test(result)                           # into log.csv and TensorBoard
     if ctx.rank != 0:
         return 0
-    order = np.concatenate([s for s, _ in gathered])
-    predicted = np.concatenate([p for _, p in gathered])
-    labels = np.asarray(test.labels)[order]
+    predicted = np.argmax(probabilities, axis=1)
+    labels = np.asarray(test.labels)
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     title = f"{args.model} on {args.dataset}"
@@ -542,20 +707,22 @@ def report(args, ctx, trainer, loaded, history, train_seconds, started):
     counts = plots.confusion_matrix(labels, predicted, len(loaded.classes))
     plots.plot_confusion_matrix(counts, loaded.classes, log_dir / "confusion_matrix.png",
                                 title=f"{title}, test set")
-    sample = np.arange(min(32, len(test)))
-    sample_probs = trainer.predict(loaded.eval_transform(
-        _device.asarray(np.asarray(test.images)[sample])))
-    plots.plot_predictions(np.asarray(test.images)[sample], np.asarray(test.labels)[sample],
-                           sample_probs, loaded.classes, log_dir / "predictions.png")
+    worst = plots.worst_predictions(probabilities, labels, 32)
+    plots.plot_predictions(np.asarray(test.images)[worst], labels[worst], probabilities[worst],
+                           loaded.classes, log_dir / "predictions.png",
+                           title=f"the {len(worst)} test images given the lowest probability of "
+                                 f"their true class")
+    val_accuracy = [v for v in history.get("val_accuracy", []) if math.isfinite(v)]
     summary = {"dataset": args.dataset, "model": args.model, "device": _device.device(),
+               "precision": args.precision,
                "ranks": ctx.size, "epochs": trainer.epoch, "batch_size": args.batch_size,
                "test_loss": result["loss"], "test_accuracy": result["accuracy"],
                "train_seconds": train_seconds,
                "seconds_total": time.perf_counter() - started,
-               "best_val_accuracy": max(history.get("val_accuracy", [math.nan])),
+               "best_val_accuracy": max(val_accuracy) if val_accuracy else None,
                "arguments": {k: v for k, v in vars(args).items() if k != "trainer"},
                "history": dict(history)}
-    (log_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    (log_dir / "summary.json").write_text(json_text(summary), encoding="utf-8")
     print(f"wrote {args.checkpoint}, {log_dir / 'log.csv'}, {log_dir / 'tensorboard'}, "
           f"curves.png, confusion_matrix.png, predictions.png, summary.json in {log_dir}")
     return 0

@@ -9,7 +9,9 @@ below 1e-6) and on sim (the kernels' float32 gradients against the float64 deriv
 1e-5).
 
 To add a case: a function taking a NumPy Generator and returning a dict of `gradcheck`
-arguments (at least `layer` and `x`), decorated with `@case("LayerName")`.
+arguments (at least `layer` and `x`), decorated with `@case("LayerName")`: here for the
+library's layers, or in a file of one's own run by `cupycnn gradcheck --cases FILE`
+(docs/WRITING_A_LAYER.md).
 """
 import collections
 import contextlib
@@ -49,6 +51,24 @@ def off_kinks(values, margin=1e-3):
     near = np.abs(values) < margin
     values[near] = np.where(values[near] < 0, -margin, margin) * 10
     return values
+
+
+def load_cases(path):
+    """Run a Python file of one's own that registers cases with @case (the gradient-check
+    command's --cases FILE): its layers join the suite. Its folder is importable while it
+    runs, so it may import its neighbours."""
+    import runpy
+    import sys
+    from pathlib import Path
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no Python file at {path}")
+    folder = str(path.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        runpy.run_path(str(path), run_name=f"cupycnn_cases_{path.stem}")
+    finally:
+        sys.path.remove(folder)
 
 
 def families():
@@ -323,21 +343,36 @@ def _bottleneck(rng):
 
 # ---------------------------------------------------------------------------------- command
 
-def main(argv=None):
-    """python -m cupycnn.gradcheck_suite [--device D] [--layer NAME]: run the suite, print the
-    table. Exit status 0 when every case passes, 1 when one fails, 2 for a usage error."""
+def main(argv=None, prog="python -m cupycnn.gradcheck_suite"):
+    """python -m cupycnn.gradcheck_suite [--device D] [--layer NAME] [--cases FILE] (also
+    `cupycnn gradcheck`): run the suite, print the table. Exit status 0 when every case passes,
+    1 when one fails, 2 for a usage error."""
     import argparse
     parser = argparse.ArgumentParser(
-        prog="python -m cupycnn.gradcheck_suite",
+        prog=prog,
         description="Check every layer's hand-written backward against centred finite "
                     "differences of its float64 NumPy reference. On --device sim or cuda the "
                     "analytic gradients come from the kernels (float32).")
-    parser.add_argument("--device", default="numpy", choices=_device.DEVICES)
+    parser.add_argument("--device", default="numpy", choices=_device.DEVICES,
+                        help="numpy: the float64 reference's backward; sim or cuda: the "
+                             "kernels' (float32, on the CPU emulator or a GPU) "
+                             "(default: %(default)s)")
     parser.add_argument("--layer", default=None, metavar="NAME",
                         help="one layer family, e.g. Conv2D (default: all): "
                              + ", ".join(families()))
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of every case's random inputs (default: %(default)s)")
+    parser.add_argument("--cases", metavar="FILE", action="append", default=[],
+                        help="a Python file of your own that registers cases with "
+                             "@cupycnn.gradcheck_suite.case(\"MyLayer\") (run first; "
+                             "repeatable): your layers join the table and --layer")
     args = parser.parse_args(argv)
+    for path in args.cases:
+        try:
+            load_cases(path)
+        except FileNotFoundError as e:
+            print(f"error: --cases: {e}", file=sys.stderr)
+            return 2
     if args.device == "cuda" and not _device.cuda_available():
         print(f"error: --device cuda needs a usable GPU and there is none here "
               f"({_device._probe_cuda()}); --device sim runs the same kernels on the CPU "

@@ -12,7 +12,10 @@ What a checkpoint must hold (written by `Trainer.save_checkpoint` with the train
 `classes` and `normalization`; examples/train_cifar.py writes them so):
 
     config          {"model": name in cupycnn.models.REGISTRY, "model_kwargs": {...},
-                     "input_shape": [C, H, W], "resize": [H, W] or null, "crop": bool}
+                     "input_shape": [C, H, W], "resize": [H, W] or null, "crop": bool}, or
+                    instead of "model" and "model_kwargs" an "architecture": the tree of
+                    library layers with their arguments (cupycnn/models/description.py), which
+                    Trainer.save_checkpoint writes for any model made of library layers
                     (other keys, such as "dataset", are ignored)
     classes         the class names, label k's at position k (absent: "0", "1", ...)
     normalization   {"mean": [...], "std": [...]}, one value per channel or one for all, in
@@ -39,17 +42,21 @@ from . import models as _models
 from .checkpoint import CheckpointError, load_checkpoint
 from .data.folder import BadImageError, resize
 from .data.transforms import Normalize
+from .layers.base import training_mode
 from .reference.softmax_xent import softmax
 
 CONFIG_FORMAT = ('{"model": "<name in cupycnn.models.REGISTRY>", "model_kwargs": {...}, '
-                 '"input_shape": [C, H, W], "resize": [H, W] or null, "crop": false}')
+                 '"input_shape": [C, H, W], "resize": [H, W] or null, "crop": false}, or '
+                 '"architecture": {...} (a model description) in place of "model" and '
+                 '"model_kwargs"')
 MODES = {1: "L", 3: "RGB"}          # Pillow's conversion for each channel count
 BATCH = 64                          # images per forward pass
 
 
 def check_config(config, where="checkpoint"):
     """The prediction fields of a checkpoint's config, validated: (model name, model kwargs,
-    (C, H, W), (h, w) or None, crop). CheckpointError names what is missing or wrong."""
+    (C, H, W), (h, w) or None, crop); the name is None for a config that holds an architecture
+    instead. CheckpointError names what is missing or wrong."""
     if not config:
         raise CheckpointError(f"{where} holds no model configuration: it was saved without one "
                               f"(Trainer(..., config=...)), so the model cannot be rebuilt. "
@@ -57,17 +64,28 @@ def check_config(config, where="checkpoint"):
     if not isinstance(config, dict):
         raise CheckpointError(f"{where}: its config is a {type(config).__name__}, expected "
                               f"{CONFIG_FORMAT}")
-    missing = [k for k in ("model", "model_kwargs", "input_shape") if k not in config]
+    described = "model" not in config and "architecture" in config
+    wanted = ("input_shape",) if described else ("model", "model_kwargs", "input_shape")
+    missing = [k for k in wanted if k not in config]
     if missing:
+        why = config.get("architecture_missing")
         raise CheckpointError(f"{where}: its config lacks {', '.join(missing)} (it has "
                               f"{', '.join(sorted(config)) or 'nothing'}); expected "
-                              f"{CONFIG_FORMAT}")
-    name, kwargs = config["model"], config["model_kwargs"]
-    if name not in _models.REGISTRY:
-        raise CheckpointError(f"{where}: its config names the model {name!r}, which is not in "
-                              f"cupycnn.models.REGISTRY ({', '.join(sorted(_models.REGISTRY))})")
-    if not isinstance(kwargs, dict):
-        raise CheckpointError(f"{where}: model_kwargs must be a dict, got {kwargs!r}")
+                              f"{CONFIG_FORMAT}" + (f". No architecture was saved: {why}"
+                                                    if why else ""))
+    if described:
+        name, kwargs = None, {}
+        if not isinstance(config["architecture"], dict):
+            raise CheckpointError(f"{where}: its architecture must be a model description "
+                                  f"(a dict), got {type(config['architecture']).__name__}")
+    else:
+        name, kwargs = config["model"], config["model_kwargs"]
+        if name not in _models.REGISTRY:
+            raise CheckpointError(f"{where}: its config names the model {name!r}, which is not "
+                                  f"in cupycnn.models.REGISTRY "
+                                  f"({', '.join(sorted(_models.REGISTRY))})")
+        if not isinstance(kwargs, dict):
+            raise CheckpointError(f"{where}: model_kwargs must be a dict, got {kwargs!r}")
     shape = config["input_shape"]
     if (not isinstance(shape, (list, tuple)) or len(shape) != 3
             or not all(isinstance(s, int) and s >= 1 for s in shape)):
@@ -127,7 +145,8 @@ def load_model(checkpoint_path):
     where = str(checkpoint.path)
     name, kwargs, shape, _, _ = check_config(checkpoint.config, where)
     _check_normalization(checkpoint.normalization, shape[0], where)
-    model = build_from_config(name, kwargs, checkpoint.model_state, where)
+    model = build_from_config(name, kwargs, checkpoint.model_state, where,
+                              checkpoint.config.get("architecture"))
     checkpoint.restore(model)               # CheckpointError on a state that does not match
     classes = checkpoint.classes
     if classes is not None and (not isinstance(classes, list) or not classes):
@@ -138,11 +157,11 @@ def load_model(checkpoint_path):
 MAX_MODEL_ARGUMENT = 1 << 20      # no model argument of a checkpoint's config is larger
 
 
-def build_from_config(name, kwargs, model_state, where):
-    """The model `name`(**kwargs) of a checkpoint's config, built under an allocation limit of
-    what the checkpoint's own tensors hold (twice, for the gradients, plus 1 MiB): a config
-    cannot make the loader allocate more than the file it came with. CheckpointError naming
-    what is wrong."""
+def build_from_config(name, kwargs, model_state, where, architecture=None):
+    """The model `name`(**kwargs) of a checkpoint's config (or, when `name` is None, the model
+    its `architecture` describes), built under an allocation limit of what the checkpoint's own
+    tensors hold (twice, for the gradients, plus 1 MiB): a config cannot make the loader
+    allocate more than the file it came with. CheckpointError naming what is wrong."""
     from .layers.base import allocation_limit
 
     def check(value, at):
@@ -163,8 +182,16 @@ def build_from_config(name, kwargs, model_state, where):
     for key, value in kwargs.items():
         check(value, key)
     stored = sum(int(np.asarray(v).nbytes) for v in model_state.values())
+    limit = 2 * stored + (1 << 20)
+    if name is None:                        # a model of library layers, described as data
+        from .models.description import build_from_description
+        try:
+            with allocation_limit(limit, f"the architecture of {where}"):
+                return build_from_description(architecture, f"{where}: its architecture")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
     try:
-        with allocation_limit(2 * stored + (1 << 20), f"{name} from the config of {where}"):
+        with allocation_limit(limit, f"{name} from the config of {where}"):
             return _models.build(name, **kwargs)
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{where}: cannot build {name}(**{kwargs}) from its config: "
@@ -211,11 +238,13 @@ def prepare_images(paths, config, normalization):
 
 def probabilities(model, inputs, batch_size=BATCH):
     """float64 [N, classes] (NumPy): the softmax of the model's logits for model-ready inputs
-    [N, C, H, W] (evaluation mode: batchnorm's running statistics, no dropout)."""
+    [N, C, H, W] (evaluation mode: batchnorm's running statistics, no dropout; the model's
+    previous modes come back afterwards)."""
     outputs = []
-    for start in range(0, inputs.shape[0], batch_size):
-        logits = model.forward(inputs[start:start + batch_size], training=False)
-        outputs.append(_device.asnumpy(logits).astype(np.float64))
+    with training_mode(model, False):
+        for start in range(0, inputs.shape[0], batch_size):
+            logits = model.forward(inputs[start:start + batch_size], training=False)
+            outputs.append(_device.asnumpy(logits).astype(np.float64))
     return softmax(np.concatenate(outputs))
 
 
@@ -234,3 +263,62 @@ def predict(model, inputs, classes=None, top_k=5):
                               f"{len(classes)} classes")
     order = np.argsort(-probs, axis=1, kind="stable")[:, :min(int(top_k), count)]
     return [[(classes[k], float(row[k])) for k in ranks] for row, ranks in zip(probs, order)]
+
+
+# ------------------------------------------------------------------------------ the command
+
+def _positive_int(text):
+    import argparse
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser(prog="predict.py"):
+    """The prediction command's options (examples/predict.py, `cupycnn predict`)."""
+    import argparse
+    p = argparse.ArgumentParser(
+        prog=prog, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Classify image files with a trained checkpoint: the top-k classes and "
+                    "their probabilities.\n\n"
+                    f"    {prog} cat.jpg dog.png --checkpoint runs/folder-resnet18/best.h5\n"
+                    f"    {prog} digit.png --checkpoint runs/digits-simple_cnn/last.h5 "
+                    f"--top-k 3\n\n"
+                    "The checkpoint's config rebuilds the model (a registry model, or any model "
+                    "of library layers from its architecture); each image is converted to the "
+                    "model's channels, resized (and centre-cropped) as at training and "
+                    "normalised with the checkpoint's mean and std (docs/predict.md).")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow "
+                   "reads: PNG, JPEG, ...)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a checkpoint written by Trainer.save_checkpoint (the training command "
+                        "writes <log-dir>/last.h5 and best.h5)")
+    p.add_argument("--top-k", type=_positive_int, default=5, help="classes to show per image "
+                   "(default: 5, at most the number of classes)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "sim", "numpy"],
+                   help="where the model runs; auto: cuda where a GPU is usable, else numpy "
+                        "(default: auto)")
+    return p
+
+
+def main(argv=None, prog="predict.py"):
+    """The prediction command: prints each image's top-k classes; exit status 1 with one line
+    on stderr for a missing image, an unreadable one, or a checkpoint that cannot be used."""
+    import sys
+    args = build_parser(prog).parse_args(argv)
+    try:
+        if args.device != "auto":
+            _device.use(args.device)
+        model, checkpoint = load_model(args.checkpoint)
+        inputs = prepare_images(args.images, checkpoint.config, checkpoint.normalization)
+        results = predict(model, inputs, checkpoint.classes, top_k=args.top_k)
+    except (CheckpointError, BadImageError, FileNotFoundError,
+            _device.DeviceUnavailableError) as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 1
+    for path, top in zip(args.images, results):
+        print(path)
+        for rank, (name, probability) in enumerate(top, start=1):
+            print(f"  {rank}. {probability:.6f}  {name}")
+    return 0

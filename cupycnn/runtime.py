@@ -22,9 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from . import devices as _device
+from .limits import INT32_MAX
 
 NVRTC_OPTIONS = ("--std=c++17",)
-INT32_MAX = 2**31 - 1
 _INCLUDE_RE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[ \t]*$', re.M)
 
 
@@ -58,7 +58,8 @@ def expand_includes(text, name, search_dirs, _seen=None):
         header = found[0]
         if header.name not in seen:
             seen.add(header.name)
-            body = expand_includes(header.read_text(), header.name, search_dirs, seen)
+            included = header.read_text(encoding="utf-8")
+            body = expand_includes(included, header.name, search_dirs, seen)
             out.append(f'#line 1 "{header.name}"\n{body}\n#line {line + 1} "{name}"')
         last = match.end()
     out.append(text[last:])
@@ -72,7 +73,8 @@ def kernel_source(file):
     if not path.exists():
         raise FileNotFoundError(f"no kernel file {path.name} in {kernel_dir()} "
                                 f"(kernel files: {', '.join(kernel_files())})")
-    return f'#line 1 "{path.name}"\n' + expand_includes(path.read_text(), path.name, [path.parent])
+    text = path.read_text(encoding="utf-8")
+    return f'#line 1 "{path.name}"\n' + expand_includes(text, path.name, [path.parent])
 
 
 _launch_log = None
@@ -168,7 +170,7 @@ def load_module(code=None, path=None, name_expressions=(), options=()):
     name = "<code>"
     if path is not None:
         path = Path(path)
-        code, name = path.read_text(), path.name
+        code, name = path.read_text(encoding="utf-8"), path.name
         search.insert(0, path.parent)
     code = expand_includes(code, name, search)
     return Module(code, name=name, name_expressions=name_expressions, options=options)
@@ -177,12 +179,21 @@ def load_module(code=None, path=None, name_expressions=(), options=()):
 _modules = {}
 
 
-def get_kernel(file, name):
-    """Kernel `name` from `kernels/<file>.cu`, compiled for the current device (cached)."""
+def define_options(defines):
+    """-D options from ((name, value), ...), in that order (the same on NVRTC and g++)."""
+    return tuple(f"-D{name}={value}" for name, value in defines)
+
+
+def get_kernel(file, name, defines=()):
+    """Kernel `name` from `kernels/<file>.cu`, compiled for the current device with the given
+    ((NAME, value), ...) preprocessor defines (a tile configuration, a precision), cached per
+    (device, file, defines)."""
     dev = _device.device()
-    module = _modules.get((dev, file))
+    defines = tuple((str(k), int(v) if isinstance(v, bool) else v) for k, v in defines)
+    module = _modules.get((dev, file, defines))
     if module is None:
-        module = _modules[(dev, file)] = Module(kernel_source(file), name=f"{file}.cu")
+        module = _modules[(dev, file, defines)] = Module(kernel_source(file), name=f"{file}.cu",
+                                                         options=define_options(defines))
     return module.get_function(name)
 
 

@@ -7,10 +7,15 @@ best validation accuracy (never the test set), print the table and draw it as a 
 
 Everything after `--` goes to examples/train_cifar.py for every run (each in its own log
 folder, <log-dir>/lr<lr>-wd<wd>); the table goes to <log-dir>/grid.csv and grid.png.
+
+The pairs are compared on a validation split held out of the training set, never on the test
+set. Datasets whose recipe trains on every training image (digits) get --val-fraction 0.15 here
+unless `--` passes one; --val-fraction 0 is refused (there would be nothing to pick by).
 """
 import argparse
 import csv
 import itertools
+import math
 import json
 import sys
 from pathlib import Path
@@ -24,13 +29,22 @@ def main():
     argv = sys.argv[1:]
     passed = argv[argv.index("--") + 1:] if "--" in argv else []
     own = argv[:argv.index("--")] if "--" in argv else argv
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--lr", type=float, nargs="+", required=True)
-    parser.add_argument("--weight-decay", type=float, nargs="+", required=True)
-    parser.add_argument("--log-dir", default="runs/grid")
+    parser = argparse.ArgumentParser(
+        prog="grid_search.py", usage="%(prog)s --lr LR [LR ...] --weight-decay WD [WD ...] "
+        "[--log-dir DIR] -- [training options]", description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="training options: everything `python examples/train_cifar.py --help` lists")
+    parser.add_argument("--lr", type=float, nargs="+", required=True, metavar="LR",
+                        help="learning rates to try (the peak for one-cycle)")
+    parser.add_argument("--weight-decay", type=float, nargs="+", required=True, metavar="WD",
+                        help="L2 penalties to try, each with every learning rate")
+    parser.add_argument("--log-dir", default="runs/grid", metavar="DIR",
+                        help="where grid.csv, grid.png and one folder per run go "
+                             "(default: %(default)s)")
     args = parser.parse_args(own)
     if any(a.startswith(("--lr", "--weight-decay", "--log-dir", "--checkpoint")) for a in passed):
         parser.error("--lr, --weight-decay and --log-dir belong before `--`: the grid sets them")
+    passed = with_validation(parser, passed)
 
     from cupycnn import distributed
     results = []
@@ -41,8 +55,9 @@ def main():
         if code:
             return code
         if distributed.context().rank == 0:
-            summary = json.loads((run_dir / "summary.json").read_text())
-            results.append((lr, wd, summary["best_val_accuracy"], summary["test_accuracy"]))
+            summary = json.loads((run_dir / "summary.json").read_text(encoding="utf-8"))
+            val = summary["best_val_accuracy"]          # null without a validation set
+            results.append((lr, wd, math.nan if val is None else val, summary["test_accuracy"]))
     if distributed.context().rank != 0:
         return 0
     best = max(results, key=lambda r: (np.nan_to_num(r[2], nan=-1), -r[0]))
@@ -58,6 +73,21 @@ def main():
     _heatmap(results, args.lr, args.weight_decay, out / "grid.png")
     print(f"wrote {out / 'grid.csv'} and {out / 'grid.png'}")
     return 0
+
+
+def with_validation(parser, passed):
+    """The training options with a validation split: the one they ask for, or 0.15 where the
+    dataset's recipe holds none out; a parser error if they ask for none."""
+    training = cli.parse_args(cli.build_parser("grid search run"), passed)
+    if training.val_fraction and training.val_fraction > 0:
+        return passed
+    if any(a.startswith("--val-fraction") for a in passed):
+        parser.error("--val-fraction 0 leaves no validation set, and the grid picks the best pair "
+                     "by validation accuracy (never by the test set): pass a fraction such as "
+                     "--val-fraction 0.15 after `--`")
+    print(f"grid_search.py: {training.dataset} trains on every training image by default; "
+          f"holding out --val-fraction 0.15 to compare the pairs on", flush=True)
+    return passed + ["--val-fraction", "0.15"]
 
 
 def _heatmap(results, lrs, wds, path):

@@ -1,7 +1,7 @@
 """A tour of the kernels: run each op on every device this machine has and compare with the
 NumPy reference, printing the error and the time.
 
-    python examples/kernels_tour.py [--sizes 256]
+    python examples/kernels_tour.py [--size 256]
 """
 import argparse
 import time

@@ -243,7 +243,7 @@ def main(argv=None):
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps({"args": vars(args), "results": results},
-                                              indent=2))
+                                              indent=2), encoding="utf-8")
     return results
 
 

@@ -12,4 +12,4 @@ cupycnn/cli.py (DATASET_DEFAULTS).
 from cupycnn.cli import main
 
 if __name__ == "__main__":
-    raise SystemExit(main(__doc__.split("\n\n")[0], default_dataset="cifar10"))
+    raise SystemExit(main(__doc__, default_dataset="cifar10"))

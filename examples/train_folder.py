@@ -1,4 +1,4 @@
-"""Train a classifier on a folder of images, one folder per class (e.g. a 15-class animal
+r"""Train a classifier on a folder of images, one folder per class (e.g. a 15-class animal
 dataset of 256x256 JPEGs, in the Kaggle layout or torchvision's):
 
     python examples/train_folder.py --dataset folder:animals/ --image-size 128 \
@@ -14,7 +14,9 @@ import sys
 from cupycnn.cli import main
 
 if __name__ == "__main__":
-    if not any(a.startswith("--dataset") for a in sys.argv[1:]):
+    wants_help = any(a in ("-h", "--help") for a in sys.argv[1:])
+    if not wants_help and not any(a.startswith(("--dataset", "--config"))
+                                  for a in sys.argv[1:]):
         print("error: give the image folder: --dataset folder:PATH", file=sys.stderr)
         raise SystemExit(2)
-    raise SystemExit(main(__doc__.split("\n\n")[0], default_dataset="folder:"))
+    raise SystemExit(main(__doc__, default_dataset="folder:"))

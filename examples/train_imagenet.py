@@ -283,7 +283,7 @@ def benchmark(args, ctx, trainer, loader, say):
                    for name, one, _ in rows}
         figures["pipeline / step"] = rows[0][1] / rows[1][1]
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(figures, indent=1))
+        Path(args.json).write_text(json.dumps(figures, indent=1), encoding="utf-8")
     return 0
 
 

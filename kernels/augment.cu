@@ -32,15 +32,17 @@
 // in the order reference/augment.py uses: every device picks the same source pixels and the same
 // interpolation weights, bit for bit. Only the final blend and normalisation round differently.
 //
-// Parallelisation: grid (ceil(H*W / AUGMENT_THREADS), B); a block covers AUGMENT_THREADS
-// consecutive output pixels of one image and a thread one pixel, all its channels. For each
-// channel a warp writes 32 consecutive floats of one output plane (coalesced); its reads are the
-// warp's 32 * C contiguous input bytes (the C channel loads of a pixel hit the same cache lines,
-// so DRAM reads each byte once). The geometric kernels gather: a warp reads neighbouring source
-// pixels, served from L1/L2; the sources are not staged in shared memory because a warp's
-// footprint depends on the random geometry and a whole image need not fit. Thread 0 of each block
-// draws the image's parameters into shared memory (a few hundred instructions per block of 256
-// pixels, overlapped by the other resident blocks) rather than every thread drawing them.
+// Parallelisation:
+// - Grid (ceil(H*W / AUGMENT_THREADS), B): a block covers AUGMENT_THREADS consecutive output
+//   pixels of one image, a thread one pixel with all its channels.
+// - Writes: for each channel a warp writes 32 consecutive floats of one output plane (coalesced).
+//   Reads: the warp's 32 * C contiguous input bytes (a pixel's C channel loads hit the same cache
+//   lines, so DRAM reads each byte once).
+// - The geometric kernels gather neighbouring source pixels from L1/L2. No shared-memory staging:
+//   a warp's footprint depends on the random geometry, and a whole image need not fit.
+// - Thread 0 of each block draws the image's parameters into shared memory (a few hundred
+//   instructions per 256 pixels, overlapped by the other resident blocks) instead of every
+//   thread drawing them.
 #include "common.cuh"
 
 #define AUGMENT_THREADS 256          // output pixels per block (one per thread)

@@ -5,6 +5,8 @@
 // device); SIMT_EMULATION is defined only in the latter. No standard headers: NVRTC has none.
 #ifndef CUPYCNN_COMMON_CUH
 #define CUPYCNN_COMMON_CUH
+// struct bf16 and its conversions, for kernels that store bfloat16:
+#include "bf16.cuh"
 
 #define WARP_SIZE 32
 #define FULL_WARP_MASK 0xffffffffu

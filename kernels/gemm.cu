@@ -10,15 +10,18 @@
 // is 0, C is only written, never read. A batch of independent products runs along gridDim.z:
 // product z uses A + z*stride_a, B + z*stride_b, C + z*stride_c (a stride of 0 shares a matrix).
 //
-// Parallelisation: a block of 256 threads computes a TILE_M x TILE_N = 64 x 64 tile of C. It walks
-// K in steps of TILE_K = 16; at each step the block stages a 64 x 16 slice of op(A) and a 16 x 64
-// slice of op(B) in shared memory (4 elements of each per thread, read along whichever axis is
-// contiguous in memory, so global reads are coalesced for every transpose), synchronises, and each
-// thread accumulates a 4 x 4 micro-tile of C in registers: 16 rank-1 updates, each 8 shared-memory
-// reads for 16 fused multiply-adds. Thread (tx, ty) owns rows ty + 16*i and columns tx + 16*j of
-// the tile, so a warp's shared reads are broadcasts or distinct banks and its writes of C are
-// coalesced. The tiles are stored k-major (As[k][m], Bs[k][n]) with one float of padding per row,
-// which keeps the transposed stores free of bank conflicts.
+// Parallelisation:
+// - A block of 256 threads computes a TILE_M x TILE_N = 64 x 64 tile of C, walking K in steps of
+//   TILE_K = 16.
+// - At each step it stages a 64 x 16 slice of op(A) and a 16 x 64 slice of op(B) in shared memory:
+//   4 elements of each per thread, read along whichever axis is contiguous in memory, so global
+//   reads are coalesced for every transpose.
+// - After a barrier each thread accumulates a 4 x 4 micro-tile of C in registers: 16 rank-1
+//   updates, each 8 shared-memory reads for 16 fused multiply-adds.
+// - Thread (tx, ty) owns rows ty + 16 i and columns tx + 16 j of the tile: a warp's shared reads
+//   are broadcasts or distinct banks, and its writes of C are coalesced.
+// - The tiles are stored k-major (As[k][m], Bs[k][n]) with one float of padding per row, which
+//   keeps the transposed stores free of bank conflicts.
 #include "common.cuh"
 
 #define TILE_M 64

@@ -22,19 +22,20 @@
 //   global_avg_pool2d_backward: dx[plane, h, w] = dy[plane] / (height * width).
 // A plane is one (n, c) pair; planes = N * C.
 //
-// Parallelisation. Forward: one thread per output element, in a grid-stride loop; consecutive
-// threads take consecutive ow, so a warp reads the same input rows at consecutive windows (stride
-// s floats apart) and writes y contiguously. Backward: one thread per INPUT element, which
-// gathers from the at most ceil(kh/sh) * ceil(kw/sw) windows covering it, in a fixed order
-// (oh, then ow, ascending): each dx element is written once by one thread, so overlapping windows
-// need no atomics and the sums are deterministic. Pooling does one comparison or addition per
-// element read: it is memory-bound, and the only reuse is the overlap of neighbouring windows
-// ((k/s)^2 reads per input element, 2.25 at most for the usual 3x3/2), which the L1 cache already
-// serves; staging tiles in shared memory would add a barrier and index arithmetic for no saving
-// in DRAM traffic, so these kernels read global memory directly.
-// Global average pooling: one warp per plane (POOL_THREADS / 32 planes per block): lanes stride
-// over the plane (coalesced), then warp_sum combines them in a fixed order. A warp, not a block,
-// because global pooling meets small planes (7x7 in ResNets) in large numbers (N * C).
+// Parallelisation:
+// - Forward: one thread per output element, in a grid-stride loop. Consecutive threads take
+//   consecutive ow: a warp reads the same input rows at consecutive windows (stride s floats
+//   apart) and writes y contiguously.
+// - Backward: one thread per INPUT element, gathering from the at most ceil(kh/sh) ceil(kw/sw)
+//   windows covering it in a fixed order (oh, then ow): each dx element is written once by one
+//   thread, so overlapping windows need no atomics and the sums are deterministic.
+// - No shared memory: pooling does one comparison or addition per element read, so it is
+//   memory-bound, and its only reuse, the overlap of neighbouring windows ((k/s)^2 reads per
+//   input element, 2.25 for the usual 3x3/2), is served by L1. Staging tiles would add a barrier
+//   and index arithmetic and save no DRAM traffic.
+// - Global average pooling: one warp per plane (POOL_THREADS / 32 planes per block), lanes
+//   striding over the plane (coalesced), warp_sum in a fixed order. A warp, not a block: global
+//   pooling meets small planes (7x7 in ResNets) in large numbers (N * C).
 //
 // Indices: a plane's elements fit in int (the wrapper checks it); offsets of planes and the
 // grid-stride index over all planes are long long, as N * C * H * W can pass 2^31.

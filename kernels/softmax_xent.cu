@@ -21,17 +21,18 @@
 // device-to-host copy every step. The sim and numpy devices check on the host first (the labels
 // live there) and raise a ValueError naming the first bad label.
 //
-// Parallelisation. Forward: one warp per row, XENT_ROWS_PER_BLOCK rows per block. A row is
-// read twice (its maximum, then the exponentials and gaps; the second read hits L1/L2), lane l
-// taking classes l, l + 32, ... so each warp-wide load is one coalesced 128-byte line; the row's
-// reductions are register shuffles (warp_max, warp_sum), with no shared memory and no
-// __syncthreads. A classifier has C = 10 to 1000 classes: a warp per row idles 22 of its lanes
-// at C = 10 and loops 32 times at C = 1000. N rows make N / 4 blocks: one per SM of an H100
-// (132) from N of about 512 up. Smaller batches leave SMs idle; for them, and for large C, a
-// block per row would spread the work wider (not measured yet: no GPU timing has been taken).
-// The mean over rows is a second launch, one block summing in a fixed order (block_sum), so the
-// loss has the same bits on every run. Backward: one thread per element in a grid-stride loop
-// (coalesced), from the saved row_max and row_sum: the softmax is recomputed, never stored.
+// Parallelisation:
+// - Forward: one warp per row, XENT_ROWS_PER_BLOCK rows per block. A row is read twice (its
+//   maximum, then the exponentials and gaps; the second read hits L1/L2), lane l taking classes
+//   l, l + 32, ..., so each warp-wide load is one coalesced 128-byte line. The row's reductions
+//   are register shuffles (warp_max, warp_sum): no shared memory, no __syncthreads.
+// - Sizes: a classifier has C = 10 to 1000 classes; a warp per row idles 22 lanes at C = 10 and
+//   loops 32 times at C = 1000. N rows make N / 4 blocks, one per SM of an H100 from N of about
+//   512 up; smaller batches, or large C, would spread wider with a block per row.
+// - The mean over rows is a second launch: one block summing in a fixed order (block_sum), so
+//   the loss has the same bits on every run.
+// - Backward: one thread per element in a grid-stride loop (coalesced), from the saved row_max
+//   and row_sum: the softmax is recomputed, never stored.
 #include "common.cuh"
 
 #define XENT_ROWS_PER_BLOCK 4                                  // warps per block, a row each

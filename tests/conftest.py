@@ -98,8 +98,9 @@ def numpy_device():
 # ------------------------------------------------------------------ kernel coverage summary
 
 def _all_kernels():
-    return [(f"{f}.cu", k) for f in runtime.kernel_files()
-            for k, _ in entry_points((runtime.kernel_dir() / f"{f}.cu").read_text())]
+    def source(f):
+        return (runtime.kernel_dir() / f"{f}.cu").read_text(encoding="utf-8")
+    return [(f"{f}.cu", k) for f in runtime.kernel_files() for k, _ in entry_points(source(f))]
 
 
 def _coverage_rows(stats):

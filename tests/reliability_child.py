@@ -107,7 +107,7 @@ def full_disk(folder):
         logger.on_epoch_end(999, {"loss": 0.1})
     except OSError as e:
         print(f"csv: {type(e).__name__}: {e}")
-    print("log", (folder / "log.csv").read_text().replace("\n", "|"))
+    print("log", (folder / "log.csv").read_text(encoding="utf-8").replace("\n", "|"))
     print("partials", sorted(p.name for p in folder.iterdir() if p.name.endswith(".partial")))
 
 

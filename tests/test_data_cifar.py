@@ -78,7 +78,7 @@ def test_pixel_order_is_red_green_blue_planes_row_major(tmp_path, monkeypatch):
     np.testing.assert_array_equal(hwc_to_rows(image)[0], row)  # the helper agrees with the spec
     folder = tmp_path / "cifar-10-batches-bin"
     folder.mkdir()
-    (folder / "batches.meta.txt").write_text("\n".join(CLASSES) + "\n")
+    (folder / "batches.meta.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")
     (folder / "test_batch.bin").write_bytes(bytes([7]) + row.tobytes())
     ds = CIFAR10(tmp_path, train=False, download=False)
     assert ds.labels.tolist() == [7]
@@ -264,7 +264,7 @@ def test_malformed_files_are_clear_errors(tmp_path, splits):
         CIFAR10(tmp_path, train=False, download=False)
     binary = tmp_path / "cifar-10-batches-bin"
     binary.mkdir()
-    (binary / "batches.meta.txt").write_text("a\nb\n")
+    (binary / "batches.meta.txt").write_text("a\nb\n", encoding="utf-8")
     (binary / "test_batch.bin").write_bytes(bytes(3073 + 5))
     with pytest.raises(ValueError, match="3078 bytes is not a whole number of 3073-byte"):
         CIFAR10(tmp_path, train=False, download=False, format="binary")

@@ -33,8 +33,9 @@ def test_array_dataset_checks_its_arrays(rng):
     with pytest.raises(ValueError, match=r"ArrayDataset: images must have shape "
                                          r"\(N, H, W, C\), got \(2, 3\)"):
         ArrayDataset(np.zeros((2, 3), np.uint8), [0, 1])
-    with pytest.raises(ValueError, match="ArrayDataset: images must be uint8, got float32"):
-        ArrayDataset(np.zeros((2, 3, 3, 1), np.float32), [0, 1])
+    with pytest.raises(ValueError, match=r"ArrayDataset: images must be uint8 \(0..255\) or "
+                                         r"float \(0..1\), got int32"):
+        ArrayDataset(np.zeros((2, 3, 3, 1), np.int32), [0, 1])
     with pytest.raises(ValueError, match=r"ArrayDataset: labels must have shape \(N=2,\), "
                                          r"got \(3,\)"):
         ArrayDataset(np.zeros((2, 3, 3, 1), np.uint8), [0, 1, 1])

@@ -52,7 +52,7 @@ def tree(tmp_path):
     put(root, "flower/nested/flower2.JPEG", "flower.jpg")
     for name in ("camera.png", "china.jpg", "coffee.png", "rocket.jpg"):
         put(root, f"scene/{name}", name)
-    (root / "scene" / "notes.txt").write_text("not an image")
+    (root / "scene" / "notes.txt").write_text("not an image", encoding="utf-8")
     (root / "scene" / ".DS_Store").write_bytes(b"\0\1")
     put(root, ".thumbnails/x.jpg", "china.jpg")            # a hidden folder is not a class
     return root

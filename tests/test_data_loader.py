@@ -59,8 +59,8 @@ def test_an_epoch_serves_every_example_once(rng, shuffle, n, batch_size):
 
 def test_the_order_depends_only_on_seed_and_epoch(rng):
     ds = _numbered(rng, 40)
-    a = Loader(ds, 6, seed=5)
-    b = Loader(ds, 16, seed=5, prefetch=False)          # other batching, same order
+    a = Loader(ds, 6, shuffle=True, seed=5)
+    b = Loader(ds, 16, shuffle=True, seed=5, prefetch=False)          # other batching, same order
     a.set_epoch(3)
     b.set_epoch(3)
     order = sum(_served(a), [])
@@ -68,9 +68,9 @@ def test_the_order_depends_only_on_seed_and_epoch(rng):
     assert order == np.random.default_rng([5, 3]).permutation(40).tolist()   # as documented
     a.set_epoch(4)
     assert sum(_served(a), []) != order
-    assert Loader(ds, 6, seed=6).indices(3).tolist() != order
+    assert Loader(ds, 6, shuffle=True, seed=6).indices(3).tolist() != order
     # Without set_epoch every pass is the next epoch; set_epoch goes back to any epoch.
-    fresh = Loader(ds, 8, seed=5)
+    fresh = Loader(ds, 8, shuffle=True, seed=5)
     first, second = sum(_served(fresh), []), sum(_served(fresh), [])
     assert first == fresh.indices(0).tolist() and second == fresh.indices(1).tolist()
     assert first != second and fresh.epoch == 2
@@ -96,11 +96,11 @@ def _distributed_sampler(order, num_replicas, rank):
 def test_sharding_follows_distributed_sampler(rng, n, world_size):
     ds = _numbered(rng, n)
     seed, epoch = int(rng.integers(1 << 30)), int(rng.integers(100))
-    whole = Loader(ds, 4, seed=seed)
+    whole = Loader(ds, 4, shuffle=True, seed=seed)
     order = whole.indices(epoch).tolist()                  # the one permutation of the epoch
     shards = []
     for rank in range(world_size):
-        loader = Loader(ds, 4, seed=seed, rank=rank, world_size=world_size)
+        loader = Loader(ds, 4, shuffle=True, seed=seed, rank=rank, world_size=world_size)
         loader.set_epoch(epoch)
         served = sum(_served(loader), [])
         assert served == _distributed_sampler(order, world_size, rank)
@@ -158,7 +158,7 @@ def test_transform_is_applied_to_every_batch(rng):
 def test_prefetch_serves_the_same_batches(rng, world_size):
     ds = _numbered(rng, 31)
     for rank in range(world_size):
-        kwargs = dict(batch_size=4, seed=9, rank=rank, world_size=world_size,
+        kwargs = dict(batch_size=4, shuffle=True, seed=9, rank=rank, world_size=world_size,
                       transform=_ToFloat())
         ahead, plain = Loader(ds, prefetch=True, **kwargs), Loader(ds, prefetch=False, **kwargs)
         for epoch in (0, 1):
@@ -255,7 +255,8 @@ def test_on_cuda_batches_are_cupy_arrays_equal_to_the_host_ones(rng, resident):
     ds = _numbered(rng, 37)
     cupycnn.use("cuda")
     for prefetch in (True, False):
-        loader = Loader(ds, 8, seed=2, prefetch=prefetch, device_resident=resident)
+        loader = Loader(ds, 8, shuffle=True, seed=2, prefetch=prefetch,
+                        device_resident=resident)
         assert loader.resident == resident
         served = []
         for images, labels in loader:
@@ -291,12 +292,14 @@ def test_state_dict_restores_epoch_and_transform_counter():
     cupycnn.use("numpy")
     ds = ArrayDataset(np.random.default_rng(0).integers(0, 255, (8, 6, 6, 3), dtype=np.uint8),
                       np.arange(8) % 2)
-    a = Loader(ds, batch_size=4, transform=RandomCropFlip(padding=2, seed=5), seed=1)
+    a = Loader(ds, batch_size=4, transform=RandomCropFlip(padding=2, seed=5), shuffle=True,
+               seed=1)
     for _ in a:
         pass
     state = a.state_dict()
     expected = [x.copy() for x, _ in a]
-    b = Loader(ds, batch_size=4, transform=RandomCropFlip(padding=2, seed=5), seed=1)
+    b = Loader(ds, batch_size=4, transform=RandomCropFlip(padding=2, seed=5), shuffle=True,
+               seed=1)
     b.load_state_dict(state)
     got = [x for x, _ in b]
     for e, g in zip(expected, got):

@@ -322,14 +322,14 @@ def test_csv_with_a_header_either_numbering(tmp_path, rng, first_pixel):
     names = ",".join(f"pixel{first_pixel + j}" for j in range(784))
     rows = "".join(f"{y}," + ",".join(map(str, x.reshape(-1))) + "\n"
                    for x, y in zip(images, labels))
-    (tmp_path / "train.csv").write_text(f"label,{names}\n{rows}")
+    (tmp_path / "train.csv").write_text(f"label,{names}\n{rows}", encoding="utf-8")
     ds = CSVImages(tmp_path / "train.csv", chunk_rows=4)
     np.testing.assert_array_equal(ds.images[..., 0], images)
     assert ds.labels.tolist() == labels.tolist() and ds.image_shape == (28, 28, 1)
     assert ds.columns[0] == "label" and ds.has_labels
     # The test file of the same competition: pixels only.
     (tmp_path / "test.csv").write_text(names + "\n" + "".join(
-        ",".join(map(str, x.reshape(-1))) + "\n" for x in images))
+        ",".join(map(str, x.reshape(-1))) + "\n" for x in images), encoding="utf-8")
     test = CSVImages(tmp_path / "test.csv")
     assert not test.has_labels
     np.testing.assert_array_equal(test.images[..., 0], images)
@@ -357,13 +357,13 @@ def test_csv_without_header_fer_style_and_rgb(tmp_path, rng):
 
 
 def test_csv_errors_are_one_sentence(tmp_path):
-    (tmp_path / "a.csv").write_text("label,p0,p1,p2,p3\n1,0,0,0,300\n")
+    (tmp_path / "a.csv").write_text("label,p0,p1,p2,p3\n1,0,0,0,300\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"pixel values must be whole numbers in 0..255"):
         CSVImages(tmp_path / "a.csv")
-    (tmp_path / "b.csv").write_text("label,p0,p1,p2,p3\n1,0,0,0,3\n2,0,0\n")
+    (tmp_path / "b.csv").write_text("label,p0,p1,p2,p3\n1,0,0,0,3\n2,0,0\n", encoding="utf-8")
     with pytest.raises(ValueError, match="row 3 has 3 values, the first row 5"):
         CSVImages(tmp_path / "b.csv")
-    (tmp_path / "c.csv").write_text("label,p0,p1,p2,p3,p4\n1,0,0,0,0,0\n")
+    (tmp_path / "c.csv").write_text("label,p0,p1,p2,p3,p4\n1,0,0,0,0,0\n", encoding="utf-8")
     with pytest.raises(ValueError, match="5 pixel values per row make neither a square"):
         CSVImages(tmp_path / "c.csv")
 

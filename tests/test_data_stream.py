@@ -283,7 +283,7 @@ def test_imagenet_layouts(tmp_path):
             f"{stem},{wnids[label]} 10 20 200 300 {wnids[label]} 1 2 3 4\n" for stem, label in val))
     (root / "LOC_synset_mapping.txt").write_text(
         "n01440764 tench, Tinca tinca\nn01443537 goldfish, Carassius auratus\n"
-        "n01484850 great white shark\n")
+        "n01484850 great white shark\n", encoding="utf-8")
     train = ImageNet(root, "train", ResizeCenterCrop(None, 16, downscale=False))
     assert train.classes == wnids and train.labels.tolist() == [0, 0, 1, 1, 2, 2]
     assert train.class_names[0] == "tench, Tinca tinca"
@@ -292,13 +292,13 @@ def test_imagenet_layouts(tmp_path):
     np.testing.assert_array_equal(v[1][0], train[0][0])         # the same photo, china.jpg
     # Caffe-style `FILE LABEL` lines, by index or by wnid, in a file given explicitly.
     (root / "LOC_val_solution.csv").unlink()
-    (tmp_path / "val.txt").write_text("".join(f"{s}.JPEG {k}\n" for s, k in val))
+    (tmp_path / "val.txt").write_text("".join(f"{s}.JPEG {k}\n" for s, k in val), encoding="utf-8")
     assert ImageNet(root, "val", labels_file=tmp_path / "val.txt").labels.tolist() == [2, 0, 1]
     (tmp_path / "val.txt").write_text("".join(f"{s}.JPEG {wnids[k]}\n" for s, k in val))
     assert ImageNet(root, "val", labels_file=tmp_path / "val.txt").labels.tolist() == [2, 0, 1]
     with pytest.raises(FileNotFoundError, match="no labels file was found"):
         ImageNet(root, "val")
-    (tmp_path / "val.txt").write_text(f"{val[0][0]}.JPEG 2\n")
+    (tmp_path / "val.txt").write_text(f"{val[0][0]}.JPEG 2\n", encoding="utf-8")
     with pytest.raises(ValueError, match="2 of the 3 images .* have no label"):
         ImageNet(root, "val", labels_file=tmp_path / "val.txt")
     # Kaggle's nesting: ILSVRC/Data/CLS-LOC/{train,val}; val in class folders works too.

@@ -6,7 +6,7 @@ DOC = Path(__file__).resolve().parent.parent / "docs" / "layers" / "loss_contain
 
 
 def _python_blocks():
-    return re.findall(r"```python\n(.*?)```", DOC.read_text(), re.S)
+    return re.findall(r"```python\n(.*?)```", DOC.read_text(encoding="utf-8"), re.S)
 
 
 def test_the_gradcheck_example_runs_and_passes(capsys):

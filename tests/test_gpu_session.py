@@ -14,7 +14,7 @@ SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
 
 
 def _steps():
-    text = SCRIPT.read_text()
+    text = SCRIPT.read_text(encoding="utf-8")
     table = text[text.index("STEPS=$(cat <<'EOF'\n"):].split("\n", 1)[1].split("\nEOF\n", 1)[0]
     return [line.split("|")[0].strip() for line in table.splitlines() if line.strip()]
 
@@ -29,7 +29,7 @@ def test_dry_run_runs_every_step_and_leaves_three_files(tmp_path):
     assert files == ["SUMMARY.txt", "figures.json", "logs.tar.gz"] and len(files) <= 8
     steps = _steps()
     assert steps[0] == "smoke" and len(steps) == len(set(steps)) >= 10
-    record = json.loads((out / "figures.json").read_text())
+    record = json.loads((out / "figures.json").read_text(encoding="utf-8"))
     assert record["dry_run"] is True
     verdicts = {s["step"]: s["verdict"] for s in record["steps"]}
     assert list(verdicts) == steps
@@ -41,7 +41,7 @@ def test_dry_run_runs_every_step_and_leaves_three_files(tmp_path):
     with tarfile.open(out / "logs.tar.gz") as tar:
         names = set(tar.getnames())
     assert {f"logs/{s}.log" for s in steps} <= names
-    summary = (out / "SUMMARY.txt").read_text()
+    summary = (out / "SUMMARY.txt").read_text(encoding="utf-8")
     for s in steps:
         assert re.search(rf"^{s} +\d+ s / +\d+ s  ok$", summary, re.M), summary
     # The compact table is the last thing printed: what the device tool's output tail keeps.

@@ -1,35 +1,50 @@
-"""conv2d.cu's kernels keep everything in registers: ptxas (nvcc -cubin -Xptxas -v, CuPy's -ftz=true)
-reports no local-memory spill for sm_80 or sm_90. conv2d_forward spilled 8 bytes on sm_90 until its
-__launch_bounds__ asked for CONV_FORWARD_MIN_BLOCKS resident blocks (see the comment there)."""
-import re
-import shutil
-import subprocess
+"""Every kernel keeps its values in registers: ptxas (nvcc -cubin -Xptxas -v with CuPy's options,
+cupycnn.machine_code) reports no stack frame and no local-memory spill for sm_80 or sm_90, in
+every variant a kernel file is built in (the tensor-core files: each tile configuration and
+precision of ops/tiles.py), except the kernels listed in SPILLS_ALLOWED, each with its reason
+and its exact figures (so that a larger spill, or a new one, fails).
 
+conv2d_forward spilled 8 bytes on sm_90 until its __launch_bounds__ asked for
+CONV_FORWARD_MIN_BLOCKS resident blocks (see the comment there)."""
 import pytest
 
-from cupycnn import runtime
+from cupycnn import machine_code, runtime
 
-NVCC = shutil.which("nvcc")
-pytestmark = pytest.mark.skipif(NVCC is None, reason="nvcc is not installed")
+_MISSING = machine_code.missing_tools()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"{_MISSING}")
 
-_FUNCTION = re.compile(r"Function properties for (\w+)\n\s*(\d+) bytes stack frame, "
-                       r"(\d+) bytes spill stores, (\d+) bytes spill loads")
+# kernel: ((stack, spill stores, spill loads) bytes on every architecture, why).
+SPILLS_ALLOWED = {
+    "adam_step": ((8, 4, 16), "IEEE division and square root (sqrtf(v), the two divisions of the "
+                  "update) have slow paths that are subroutine calls; ptxas saves one register "
+                  "across them on the stack: stored once before the element loop and reloaded "
+                  "once after its remainder iterations (one STL; four LDL, one in each copy of "
+                  "the loop ptxas specialises; none inside a loop)"),
+}
+
+CASES = [pytest.param(file, label, defines, arch, id=f"{file}-{label.replace(' ', '-')}-{arch}")
+         for file in runtime.kernel_files() for label, defines in machine_code.variants(file)
+         for arch in machine_code.ARCHS]
 
 
-def ptxas_resources(file, arch, tmp_path):
-    """{kernel: (stack, spill stores, spill loads)} in bytes, as ptxas reports them."""
-    source = tmp_path / f"{file}.cu"
-    source.write_text(runtime.kernel_source(file))   # the #include lines expanded, as CuPy sees it
-    result = subprocess.run([NVCC, "-cubin", f"-arch={arch}", "-std=c++17", "-ftz=true",
-                             "-Xptxas", "-v", str(source), "-o", str(tmp_path / f"{arch}.cubin")],
-                            capture_output=True, text=True)
-    assert result.returncode == 0, result.stderr
-    return {m[1]: tuple(int(v) for v in m.groups()[1:]) for m in _FUNCTION.finditer(result.stderr)}
+@pytest.mark.parametrize("file, label, defines, arch", CASES)
+def test_kernels_do_not_spill(file, label, defines, arch):
+    kernels = machine_code.inspect(file, arch, defines, label, sass=False)
+    assert [k.kernel for k in kernels] == machine_code.entry_points(file), "a kernel is missing"
+    spilled = {k.kernel: (k.stack, k.spill_stores, k.spill_loads) for k in kernels
+               if (k.stack, k.spill_stores, k.spill_loads) != SPILLS_ALLOWED.get(
+                   k.kernel, ((0, 0, 0),))[0]}
+    assert not spilled, (f"{file}.cu ({label}, {arch}): (stack, spill stores, spill loads) "
+                         f"bytes {spilled}; allowed only {SPILLS_ALLOWED}")
 
 
-@pytest.mark.parametrize("arch", ["sm_80", "sm_90"])
-def test_conv2d_kernels_do_not_spill(arch, tmp_path):
-    resources = ptxas_resources("conv2d", arch, tmp_path)
-    assert {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"} <= set(resources)
-    spilled = {k: r for k, r in resources.items() if any(r)}
-    assert not spilled, f"{arch}: (stack, spill stores, spill loads) bytes: {spilled}"
+def test_the_allowed_spill_is_outside_the_loop_and_the_report_sees_it():
+    """adam_step's spill is what SPILLS_ALLOWED says, and the parser reads spills at all."""
+    (adam,) = [k for k in machine_code.inspect("optim", "sm_90") if k.kernel == "adam_step"]
+    assert (adam.stack, adam.spill_stores, adam.spill_loads) == SPILLS_ALLOWED["adam_step"][0]
+    assert adam.count("STL") == 1 and adam.count("LDL") == 4, adam.opcodes
+
+
+def test_the_conv2d_kernels_are_all_inspected():
+    names = {k.kernel for k in machine_code.inspect("conv2d", "sm_90", sass=False)}
+    assert {"conv2d_forward", "conv2d_backward_input", "conv2d_backward_weight"} <= names

@@ -43,12 +43,12 @@ FORWARD_CASES = [(shape, groups, 0.0) for shape, groups in CASES] + \
 @pytest.mark.parametrize("shape, groups, offset", FORWARD_CASES, ids=str)
 def test_groupnorm_forward(kernel_device, rng, shape, groups, offset):
     x, weight, bias = _inputs(rng, shape, offset)
-    y, mean, rstd = gn.groupnorm_forward(*(cupycnn.asarray(a) for a in (x, weight, bias)), groups,
+    y, mean, invstd = gn.groupnorm_forward(*(cupycnn.asarray(a) for a in (x, weight, bias)), groups,
                                          1e-5)
-    ry, rmean, rrstd = ref.groupnorm_forward(*f64(x, weight, bias), groups, 1e-5)
-    assert mean.shape == rstd.shape == (shape[0], groups)
+    ry, rmean, rinvstd = ref.groupnorm_forward(*f64(x, weight, bias), groups, 1e-5)
+    assert mean.shape == invstd.shape == (shape[0], groups)
     assert_matches(mean, rmean, "mean")
-    assert_matches(rstd, rrstd, "rstd")
+    assert_matches(invstd, rinvstd, "invstd")
     assert_matches(y, ry, "y")
 
 
@@ -57,12 +57,12 @@ def test_groupnorm_backward(kernel_device, rng, shape, groups):
     x, weight, _ = _inputs(rng, shape)
     dy = randn(rng, *shape)
     mean = randn(rng, shape[0], groups)
-    rstd = rng.uniform(0.3, 1.0, (shape[0], groups)).astype(np.float32)
+    invstd = rng.uniform(0.3, 1.0, (shape[0], groups)).astype(np.float32)
     dbias = cupycnn.asarray(np.full(shape[1], np.nan, np.float32))
     dx, dweight, db = gn.groupnorm_backward(
-        *(cupycnn.asarray(a) for a in (x, dy, weight, mean, rstd)), groups, dbias=dbias)
+        *(cupycnn.asarray(a) for a in (x, dy, weight, mean, invstd)), groups, dbias=dbias)
     assert db is dbias
-    rdx, rdweight, rdbias = ref.groupnorm_backward(*f64(x, dy, weight, mean, rstd), groups)
+    rdx, rdweight, rdbias = ref.groupnorm_backward(*f64(x, dy, weight, mean, invstd), groups)
     assert_matches(dx, rdx, "dx")
     assert_matches(dweight, rdweight, "dweight")
     assert_matches(db, rdbias, "dbias")

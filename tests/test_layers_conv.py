@@ -117,21 +117,3 @@ def test_backward_before_forward_is_an_error(rng):
     with pytest.raises(RuntimeError, match=r"Conv2D\(2, 2, kernel_size=\(1, 1\), stride=\(1, 1\)\)"
                                            r": backward called before forward"):
         Conv2D(2, 2, 1).backward(randn(rng, 1, 2, 3, 3))
-
-
-def test_conv2d_benchmark_runs_on_sim():
-    """benchmarks/conv2d.py on the emulator, one small layer: a row per product, with a time,
-    GFLOP/s and the comparison with the NumPy reference."""
-    import re
-    import subprocess
-    import sys
-    from pathlib import Path
-    script = Path(__file__).resolve().parent.parent / "benchmarks" / "conv2d.py"
-    out = subprocess.run([sys.executable, str(script), "--device", "sim", "--batch", "1",
-                          "--layers", "1x1 64->128"], capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    number = r"\d+\.\d+"
-    for product in ("forward", "input grad", "weight grad"):
-        # layer, product, ms, GFLOP/s, numpy ms, speed relative to numpy
-        assert re.search(rf"^1x1 64->128 s2 +{product} +{number} +{number} +{number} +{number}$",
-                         out.stdout, re.M), out.stdout

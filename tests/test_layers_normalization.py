@@ -196,8 +196,8 @@ def test_groupnorm(kernel_device, rng, shape, groups):
     cshape = (1, -1) + (1,) * (len(shape) - 2)
     dxhat = (dy64 * w.reshape(cshape)).reshape(shape[0], groups, -1)
     xh = xhat.reshape(shape[0], groups, -1)
-    rstd = 1 / np.sqrt(g.var(axis=2, keepdims=True) + EPS)
-    dx = (rstd * (dxhat - dxhat.mean(axis=2, keepdims=True)
+    invstd = 1 / np.sqrt(g.var(axis=2, keepdims=True) + EPS)
+    dx = (invstd * (dxhat - dxhat.mean(axis=2, keepdims=True)
                   - xh * (dxhat * xh).mean(axis=2, keepdims=True))).reshape(shape)
     axes = (0,) + tuple(range(2, len(shape)))
     expected = (xhat * w.reshape(cshape) + b.reshape(cshape), dx, (dy64 * xhat).sum(axis=axes),

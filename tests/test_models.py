@@ -11,8 +11,10 @@ from cupycnn import models
 DATA = Path(__file__).parent / "data"
 # Recorded from torchvision's own models/resnet.py (built with PyTorch): every state_dict key with
 # its shape and dtype, and the logits of two ResNets for seeded weights and inputs.
-TORCHVISION_KEYS = json.loads((DATA / "torchvision_resnet_state_dicts.json").read_text())
-TORCHVISION_OUTPUTS = json.loads((DATA / "torchvision_resnet_outputs.json").read_text())
+TORCHVISION_KEYS = json.loads(
+    (DATA / "torchvision_resnet_state_dicts.json").read_text(encoding="utf-8"))
+TORCHVISION_OUTPUTS = json.loads(
+    (DATA / "torchvision_resnet_outputs.json").read_text(encoding="utf-8"))
 
 
 @pytest.fixture(autouse=True)

@@ -60,8 +60,8 @@ def train_and_save(path, dataset, model_kwargs, config, batch_size, epochs):
                       config=config, classes=dataset.classes,
                       normalization={"mean": mean, "std": std})
     with threadpoolctl.threadpool_limits(1):
-        trainer.fit(Loader(dataset, batch_size, seed=0, transform=Normalize(mean, std),
-                           prefetch=False), epochs)
+        trainer.fit(Loader(dataset, batch_size, shuffle=True, seed=0,
+                           transform=Normalize(mean, std), prefetch=False), epochs)
     trainer.save_checkpoint(path)
     return model, (mean, std)
 
@@ -341,7 +341,7 @@ def test_files_that_are_not_checkpoints(digits, tmp_path, capsys):
     assert "is an HDF5 file but not a cupycnn checkpoint" in error_of(image, "--checkpoint",
                                                                      other)
     text = tmp_path / "notes.png"
-    text.write_text("not an image")
+    text.write_text("not an image", encoding="utf-8")
     assert f"cannot read the image {text}" in error_of(image, text, "--checkpoint",
                                                        digits["checkpoint"])
     assert f"no image file at {tmp_path} (it is a folder)" in \

@@ -61,13 +61,19 @@ def test_ctrl_c_during_a_save_arrives_after_the_rename_every_time(tmp_path):
     for epoch in range(1, 41):
         timer = threading.Timer(rng.uniform(0.0, duration),
                                 lambda: os.kill(os.getpid(), signal.SIGINT))
-        timer.start()
+        entered = False
         try:
+            timer.start()                     # a timer of ~0 s fires before start() returns
+            entered = True
             save_checkpoint(path, model=model, optimizer=_Optimizer(), epoch=epoch)
             timer.join()
-            time.sleep(0.05)                  # a signal still in flight lands here
+            deadline = time.monotonic() + 2.0     # a signal still in flight lands here (on a
+            while time.monotonic() < deadline:    # loaded machine, not always within 50 ms)
+                time.sleep(0.01)
         except KeyboardInterrupt:
             timer.join()
+            if not entered:                   # before the save began: another epoch's case
+                continue
             if load_checkpoint(path).epoch != epoch:
                 early.append(epoch)
             continue
@@ -165,10 +171,10 @@ def test_kill_9_mid_save_loses_nothing_and_resumes_exactly(tmp_path, kills):
     for name in expected.files:
         np.testing.assert_array_equal(final[name], expected[name], err_msg=name)
     assert _partials(folder) == [], "killed saves left partial files behind"
-    rows = (folder / "log.csv").read_text().splitlines()
+    rows = (folder / "log.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "epoch,accuracy,images_per_second,loss,lr"
     assert [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3"], rows
-    loss = [[r.split(",")[3] for r in (f / "log.csv").read_text().splitlines()[1:]]
+    loss = [[r.split(",")[3] for r in (f / "log.csv").read_text(encoding="utf-8").splitlines()[1:]]
             for f in (folder, straight)]
     assert loss[0] == loss[1]
 

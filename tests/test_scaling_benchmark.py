@@ -17,7 +17,7 @@ def test_scaling_benchmark_runs_each_rank_count_and_reports(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     assert "| ranks | per-rank batch | global batch | images/s | speedup | efficiency |" \
         in out.stdout
-    results = json.loads((tmp_path / "r.json").read_text())["results"]
+    results = json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["results"]
     assert [(r["ranks"], r["per_rank_batch"], r["global_batch"]) for r in results] == \
         [(1, 2, 2), (2, 2, 4)]
     assert results[0]["speedup"] == 1.0 and results[0]["efficiency"] == 1.0

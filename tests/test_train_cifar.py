@@ -26,10 +26,10 @@ def assert_outputs(log_dir, epochs, validation=True):
                  "predictions.png", "summary.json") + (("best.h5",) if validation else ()):
         assert (log_dir / name).exists(), name
     assert list((log_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert len((log_dir / "log.csv").read_text().splitlines()) == epochs + 1
+    assert len((log_dir / "log.csv").read_text(encoding="utf-8").splitlines()) == epochs + 1
     for picture in ("curves.png", "confusion_matrix.png", "predictions.png"):
         assert (log_dir / picture).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    return json.loads((log_dir / "summary.json").read_text())
+    return json.loads((log_dir / "summary.json").read_text(encoding="utf-8"))
 
 
 @pytest.mark.parametrize("device, epochs, floor", [("numpy", 3, 0.9), ("sim", 3, 0.9)])
@@ -123,19 +123,31 @@ def test_train_folder_on_real_photos(tmp_path):
 
 
 def test_grid_search_picks_by_validation(tmp_path):
+    """Digits' recipe holds no validation set out: the grid holds one out by itself (before,
+    it printed a table of nan%, marked a "best" anyway and drew a blank heatmap)."""
     script = ROOT / "examples" / "grid_search.py"
     out = run(script, "--lr", "0.003", "0.0003", "--weight-decay", "0", "1e-4", "--log-dir",
-              "grid", "--", "--dataset", "digits", "--val-fraction", "0.15", "--epochs", "1",
-              "--batch-size", "256",
+              "grid", "--", "--dataset", "digits", "--epochs", "1", "--batch-size", "256",
               "--device", "numpy", "--no-progress", cwd=tmp_path)
     assert out.returncode == 0, out.stderr[-3000:]
-    rows = (tmp_path / "grid" / "grid.csv").read_text().splitlines()
+    assert "holding out --val-fraction 0.15 to compare the pairs on" in out.stdout
+    assert "nan" not in out.stdout.split("weight decay")[-1]
+    assert "1222 training, 216 validation" in out.stdout
+    rows = (tmp_path / "grid" / "grid.csv").read_text(encoding="utf-8").splitlines()
     assert rows[0] == "lr,weight_decay,best_val_accuracy,test_accuracy" and len(rows) == 5
     assert out.stdout.count("<- best by validation") == 1
     assert (tmp_path / "grid" / "grid.png").read_bytes()[:4] == b"\x89PNG"
     best_val = max(float(r.split(",")[2]) for r in rows[1:])
     marked = next(l for l in out.stdout.splitlines() if "<- best" in l)
     assert float(marked.split()[2].rstrip("%")) == pytest.approx(100 * best_val, abs=0.006)
+
+
+def test_grid_search_refuses_to_pick_without_validation(tmp_path):
+    out = run(ROOT / "examples" / "grid_search.py", "--lr", "0.1", "--weight-decay", "0", "--",
+              "--dataset", "digits", "--val-fraction", "0", cwd=tmp_path)
+    assert out.returncode == 2
+    assert "--val-fraction 0 leaves no validation set" in out.stderr
+    assert not (tmp_path / "runs").exists()
 
 
 def test_transfer_learning_from_torchvision_weights(tmp_path):

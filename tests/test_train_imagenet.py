@@ -116,7 +116,7 @@ def test_benchmark_on_synthetic_shards(tmp_path):
     for row in ("input pipeline alone", "model step alone", "pipeline + step (training)"):
         line = next(l for l in out.stdout.splitlines() if row in l)
         assert float(line.split("|")[2]) > 0
-    figures = json.loads((tmp_path / "figures.json").read_text())
+    figures = json.loads((tmp_path / "figures.json").read_text(encoding="utf-8"))
     assert figures["model step alone, images/s per rank"]["value"] > 0
     assert figures["pipeline / step"] > 0
     ds = TarShards(tmp_path / "syn" / "n12")

@@ -27,7 +27,7 @@ def make_run(device="numpy", seed=0, callbacks=(), flip=True):
     train = Synthetic(48, shape=(8, 8, 3), num_classes=4, seed=1)
     val = Synthetic(16, shape=(8, 8, 3), num_classes=4, seed=2)        # the same classes
     mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
-    train_loader = Loader(train, batch_size=16, seed=3,
+    train_loader = Loader(train, batch_size=16, shuffle=True, seed=3,
                           transform=RandomCropFlip(padding=1, mean=mean, std=std, seed=4,
                                                    flip=flip))
     val_loader = Loader(val, batch_size=16, shuffle=False, transform=Normalize(mean, std))
@@ -82,7 +82,11 @@ def test_checkpoint_carries_what_prediction_needs(tmp_path):
     path = trainer.save_checkpoint(tmp_path / "c.h5")
     from cupycnn.checkpoint import load_checkpoint
     c = load_checkpoint(path)
-    assert c.config == {"name": "small_cnn"} and c.classes == ["class_0", "class_1", "class_2", "class_3"]
+    from cupycnn.models.description import describe
+    # The trainer's config, completed with the model's architecture and input shape.
+    assert c.config == {"name": "small_cnn", "architecture": describe(trainer.model),
+                        "input_shape": [3, 8, 8], "resize": None, "crop": False}
+    assert c.classes == ["class_0", "class_1", "class_2", "class_3"]
     assert c.normalization == {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}
     assert c.optimizer_state["param_groups"][0]["lr"] == pytest.approx(0.05 * 0.7)   # StepLR ran
 
@@ -166,7 +170,7 @@ def test_csv_logger_writes_the_history_a_row_per_epoch(tmp_path):
     for epoch, logs in enumerate([{"loss": 0.9}, {"loss": 0.8, "val_loss": 0.7}]):
         trainer.history.append(epoch, logs)
         logger.on_epoch_end(epoch, logs)
-    lines = path.read_text().splitlines()
+    lines = path.read_text(encoding="utf-8").splitlines()
     assert lines == ["epoch,loss,val_loss", "1,0.9,", "2,0.8,0.7"]    # the header follows
 
 
@@ -206,7 +210,7 @@ def test_all_callbacks_in_a_real_run(tmp_path):
     trainer, tl, vl = make_run(callbacks=callbacks)
     trainer.fit(tl, epochs=2, val_loader=vl)
     assert (tmp_path / "best.h5").exists() and (tmp_path / "last.h5").exists()
-    assert len((tmp_path / "log.csv").read_text().splitlines()) == 3
+    assert len((tmp_path / "log.csv").read_text(encoding="utf-8").splitlines()) == 3
     tags = {t for t, _, _ in _tensorboard_scalars(tmp_path / "tb")}
     assert {"loss/train", "loss/val", "accuracy/val", "lr"} <= tags
 

@@ -8,7 +8,7 @@ turn them into the float32 NCHW batches a model eats.
 Every dataset: len(ds); ds[i] -> (uint8 [H, W, C] image, int label); ds.classes; ds.images
 uint8 [N, H, W, C]; ds.labels int64 [N]; ds.storage() for loaders (see `base`).
 """
-from .base import ArrayDataset, Dataset, Subset, train_val_split
+from .base import ArrayDataset, Dataset, Subset, TensorDataset, train_val_split
 from .csv_pixels import CSVImages
 from .cifar import CIFAR10, DatasetNotFoundError, UnsafePickleError
 from .decode import Decode, DecodeTransform, RandomResizedCrop, Resize, ResizeCenterCrop
@@ -26,10 +26,12 @@ from .transforms import (CIFAR10_MEAN, CIFAR10_STD, AffineTransform, Compose, Im
 from .workers import ShardError, WorkerError
 
 __all__ = ["AffineTransform", "ArrayDataset", "BadImageError", "CIFAR10", "CIFAR10_MEAN",
-           "CIFAR10_STD", "CSVImages", "CacheMismatchError", "Compose", "Dataset", "DatasetNotFoundError",
+           "CIFAR10_STD", "CSVImages", "CacheMismatchError", "Compose", "Dataset",
+           "DatasetNotFoundError",
            "Decode", "DecodeTransform", "Digits", "HDF5Dataset", "ImageDataGenerator",
            "ImageFolder", "ImageNet", "Loader", "Normalize", "RandomAffine", "RandomCropFlip",
            "RandomResizedCrop", "RandomTransform", "Resize", "ResizeCenterCrop", "ShardError",
            "ShardedDataset", "StreamingDataset", "StreamingImageFolder", "Subset", "Synthetic",
-           "TFRecordDataset", "TarShards", "Transform", "UnsafePickleError", "WorkerError",
+           "TFRecordDataset", "TarShards", "TensorDataset", "Transform", "UnsafePickleError",
+           "WorkerError",
            "channel_stats", "make_shards", "train_val_split", "write_shards", "write_tfrecords"]

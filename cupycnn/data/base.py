@@ -33,14 +33,19 @@ class Dataset:
         images, labels, index = self.storage()
         return len(labels) if index is None else len(index)
 
-    def __getitem__(self, i):
+    def _position(self, i):
+        """The example index i (negative counts from the end) as an int in [0, N): TypeError
+        or IndexError naming the dataset otherwise."""
         n = len(self)
         if not isinstance(i, (int, np.integer)):
             raise TypeError(f"{type(self).__name__} indices must be integers, got "
                             f"{type(i).__name__}")
         if not -n <= i < n:
             raise IndexError(f"{type(self).__name__} index {i} out of range for {n} examples")
-        i = int(i) % n
+        return int(i) % n
+
+    def __getitem__(self, i):
+        i = self._position(i)
         images, labels, index = self.storage()
         j = i if index is None else int(index[i])
         return images[j], int(labels[j])
@@ -70,14 +75,47 @@ class Dataset:
                 f"{len(self.classes)} classes)")
 
 
+FLOAT_IMAGE_TOLERANCE = 0.01    # in 0..255 units: float images further than this from 8-bit
+                                # values are said to be rounded
+
+
+def float_images_to_uint8(op, images):
+    """Float images with pixel values in [0, 1] (x / 255, as torchvision's ToTensor gives and
+    Keras scripts feed), rounded to uint8: what the loader's transforms and the augmentation
+    kernels read. Exact for images that came from 8-bit files; otherwise a warning says how far
+    the rounding moved a pixel. Values outside [0, 1] are a ValueError that says what to do."""
+    images = np.asarray(images)
+    if images.size and not np.isfinite(images).all():
+        raise ValueError(f"{op}: float images hold NaN or infinite values")
+    low, high = (float(images.min()), float(images.max())) if images.size else (0.0, 0.0)
+    if low < 0.0 or high > 1.0:
+        raise ValueError(f"{op}: float images must hold pixel values in [0, 1] (x / 255, as "
+                         f"torchvision's ToTensor gives); these range over [{low:.3g}, "
+                         f"{high:.3g}]. Pixel values in 0..255: give them as uint8 (or divide "
+                         f"by 255). Already normalised network input [N, C, H, W]: use "
+                         f"TensorDataset, or pass the array to Trainer.fit(x, y) as it is")
+    scaled = images.astype(np.float64) * 255.0
+    rounded = np.rint(scaled)
+    moved = float(np.abs(scaled - rounded).max()) if images.size else 0.0
+    if moved > FLOAT_IMAGE_TOLERANCE:
+        import warnings
+        warnings.warn(f"{op}: float images rounded to 8 bits (the loader's transforms read "
+                      f"uint8 images): a pixel moved by up to {moved:.2f}/255", stacklevel=3)
+    return rounded.astype(np.uint8)
+
+
 def as_image_batch(op, images, labels):
-    """Check and normalise the arrays of an in-memory dataset: images uint8 [N, H, W, C] (a
-    [N, H, W] array becomes [N, H, W, 1]), labels int64 [N]. ValueError naming `op` else."""
+    """Check and normalise the arrays of an in-memory dataset: images uint8 [N, H, W, C], or
+    float in [0, 1] (rounded to uint8, `float_images_to_uint8`); a [N, H, W] array becomes
+    [N, H, W, 1]; labels int64 [N]. ValueError naming `op` else."""
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
+    if images.dtype.kind == "f":
+        images = float_images_to_uint8(op, images)
     if images.dtype != np.uint8:
-        raise ValueError(f"{op}: images must be uint8, got {images.dtype}")
+        raise ValueError(f"{op}: images must be uint8 (0..255) or float (0..1), got "
+                         f"{images.dtype}")
     bound = check_shape(op, "images", images.shape, ("N", "H", "W", "C"), {})
     labels = np.asarray(labels)
     if labels.size == 0:
@@ -89,7 +127,8 @@ def as_image_batch(op, images, labels):
 
 
 class ArrayDataset(Dataset):
-    """A dataset held in two arrays: images uint8 [N, H, W, C] and labels int [N].
+    """A dataset held in two arrays: images [N, H, W, C] (or [N, H, W]), uint8 in 0..255 or
+    float in 0..1 (rounded to uint8: see `float_images_to_uint8`), and labels int [N].
 
     `classes` defaults to "0", "1", ... up to the largest label."""
 
@@ -112,17 +151,52 @@ class ArrayDataset(Dataset):
         return len(self._labels)
 
 
+class TensorDataset(Dataset):
+    """Network input as it is, PyTorch's `TensorDataset(x, y)`: float inputs [N, ...] (e.g.
+    already normalised [N, C, H, W], or features [N, F]) and int labels [N]. A Loader serves
+    `x[i]` batches as float32 arrays of the current device, no transform needed; unlike the
+    image datasets there is no `image_shape` (the inputs need not be images)."""
+
+    def __init__(self, inputs, labels, classes=None):
+        op = "TensorDataset"
+        inputs = np.asarray(inputs)
+        if inputs.dtype.kind not in "fiu" or inputs.ndim < 2:
+            raise ValueError(f"{op}: inputs must be a numeric array [N, ...], got "
+                             f"{inputs.dtype} of shape {inputs.shape}")
+        labels = np.asarray(labels)
+        if labels.dtype.kind not in "iu" or labels.shape != (len(inputs),):
+            raise ValueError(f"{op}: labels must be integers of shape ({len(inputs)},), got "
+                             f"{labels.dtype} of shape {labels.shape}")
+        self._inputs = np.ascontiguousarray(inputs, dtype=np.float32)
+        self._labels = np.ascontiguousarray(labels, dtype=np.int64)
+        top = int(self._labels.max()) + 1 if len(self._labels) else 0
+        self.classes = list(classes) if classes is not None else [str(k) for k in range(top)]
+        if len(self._labels) and (self._labels.min() < 0 or top > len(self.classes)):
+            raise ValueError(f"{op}: labels must lie in [0, {len(self.classes)}), got "
+                             f"[{self._labels.min()}, {top - 1}]")
+
+    def storage(self):
+        return self._inputs, self._labels, None
+
+    def __len__(self):
+        return len(self._labels)
+
+    @property
+    def image_shape(self):
+        raise AttributeError("TensorDataset holds network input, not images: no image_shape")
+
+    def __repr__(self):
+        return f"TensorDataset({len(self)} inputs of shape {self._inputs.shape[1:]})"
+
+
 class Subset(Dataset):
     """The examples of `dataset` at `indices`, in that order: a view that holds the indices, not
-    the images (PyTorch's `torch.utils.data.Subset`). Of a streamed dataset, a streamed view
-    (cupycnn.data.stream.StreamingSubset)."""
+    the images (PyTorch's `torch.utils.data.Subset`). Of a dataset that names its own kind of
+    view in `subset_class` (a streamed one: cupycnn.data.stream.StreamingSubset), that view."""
 
     def __new__(cls, dataset=None, indices=None):
-        if cls is Subset and getattr(dataset, "streaming", False) and \
-                not hasattr(dataset, "plan"):
-            from .stream import StreamingSubset
-            return super().__new__(StreamingSubset)
-        return super().__new__(cls)
+        view = getattr(dataset, "subset_class", None) if cls is Subset else None
+        return super().__new__(view or cls)
 
     def __init__(self, dataset, indices):
         n = len(dataset)

@@ -1,15 +1,16 @@
 """Batches of a dataset on the current device: seeded per-epoch shuffling, per-rank sharding,
 background prefetch, and the whole dataset kept on the GPU when it fits.
 
-    loader = Loader(CIFAR10("data"), batch_size=128, transform=RandomCropFlip(...))
+    loader = Loader(CIFAR10("data"), batch_size=128, shuffle=True, transform=RandomCropFlip(...))
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         for images, labels in loader:       # what `transform` returns, int32 labels [B]
             ...
 
-Order. An epoch's order is a permutation of the dataset drawn from
-`numpy.random.default_rng([seed, epoch])` (the identity with shuffle=False): it depends on the
-seed and the epoch alone, never on the rank, the device or what ran before. Each iteration uses
+Order. The dataset's order unless shuffle=True (the default is False, as PyTorch's DataLoader:
+training asks for shuffling, evaluation and prediction get the rows in order). Shuffled, an
+epoch's order is a permutation of the dataset drawn from `numpy.random.default_rng([seed,
+epoch])`: it depends on the seed and the epoch alone, never on the rank, the device or what ran before. Each iteration uses
 `loader.epoch` and then advances it by one, so a loop that never calls `set_epoch` still
 reshuffles every pass (as PyTorch's DataLoader does) and one that does (as DistributedSampler
 asks) gets exactly the epochs it names.
@@ -195,7 +196,7 @@ class Loader:
     with the `storage()` of `cupycnn.data` datasets) on the current device.
 
     batch_size      examples per batch (per rank)
-    shuffle         a new seeded permutation every epoch; False: dataset order
+    shuffle         a new seeded permutation every epoch; False (the default): dataset order
     drop_last       drop the rank's last batch when it is shorter than batch_size
     seed            the permutation of epoch e is default_rng([seed, e]).permutation(N)
     transform       called on each uint8 image batch on the device; the loop gets its result
@@ -212,7 +213,7 @@ class Loader:
     len(loader) is the number of batches of this rank in an epoch; `num_samples` the number of
     examples (ceil(N / world_size))."""
 
-    def __init__(self, dataset, batch_size, shuffle=True, drop_last=False, seed=0,
+    def __init__(self, dataset, batch_size, shuffle=False, drop_last=False, seed=0,
                  transform=None, prefetch=True, device_resident="auto", rank=0, world_size=1,
                  pad=True, num_workers=0, worker_start_method=None, worker_timeout=None,
                  skip_bad=False):
@@ -307,6 +308,16 @@ class Loader:
         self.epoch = int(state["epoch"])
         if "transform" in state and hasattr(self.transform, "set_random_state"):
             self.transform.set_random_state(state["transform"])
+
+    def in_order(self):
+        """A loader of the same examples, batches and transform in the dataset's order: no
+        shuffling, no dropped batch, no padding (this rank's exact share when sharded). What
+        evaluation and prediction iterate, whatever this loader does; it shares the dataset's
+        arrays (and their GPU copy) and leaves this loader's epoch alone."""
+        return Loader(self.dataset, self.batch_size, shuffle=False, drop_last=False,
+                      seed=self.seed, transform=self.transform, prefetch=self.prefetch,
+                      device_resident=self.device_resident, rank=self.rank,
+                      world_size=self.world_size, pad=False)
 
     def __len__(self):
         if hasattr(self.dataset, "plan"):

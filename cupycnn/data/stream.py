@@ -92,6 +92,12 @@ class StreamingDataset(Dataset):
                              f"go to the Loader's transform")
         self.transform = transform
 
+    @property
+    def subset_class(self):
+        """What Subset(self, indices) makes: a streamed view, except of a sharded dataset (read
+        in the order of its plan(), never by index)."""
+        return None if hasattr(self, "plan") else StreamingSubset
+
     def read(self, i):
         raise NotImplementedError
 
@@ -112,13 +118,7 @@ class StreamingDataset(Dataset):
         return tuple(self.transform.shape)
 
     def __getitem__(self, i):
-        n = len(self)
-        if not isinstance(i, (int, np.integer)):
-            raise TypeError(f"{type(self).__name__} indices must be integers, got "
-                            f"{type(i).__name__}")
-        if not -n <= i < n:
-            raise IndexError(f"{type(self).__name__} index {i} out of range for {n} examples")
-        i = int(i) % n
+        i = self._position(i)
         data, label, name = self.read(i)
         return self.transform(data, name, draw=i, epoch=0), label
 

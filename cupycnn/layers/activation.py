@@ -6,7 +6,7 @@ from .base import Layer
 class ReLU(Layer):
     """Rectified linear unit, any input shape. No parameters."""
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self.check_input(x, None)
         self.save_for_backward(x=x)
         return ops.relu_forward(x)

@@ -5,9 +5,21 @@ A layer keeps three dicts of device arrays:
     grads    one gradient per parameter, same shape; `backward` overwrites it
     buffers  state that is not trained (batchnorm's running statistics)
 
-`forward(x, training=True)` computes the output and keeps what backward needs; `backward(dy)`
+`forward(x, training=None)` computes the output and keeps what backward needs; `backward(dy)`
 fills `grads` and returns the gradient of the input. There is no autograd: each layer writes its
 own backward, and composites (`Sequential`, `Residual`) call their children's in reverse.
+
+Modes, as PyTorch's: every layer has a persistent `training` flag (True when built);
+`model.train()` and `model.eval()` set it on the layer and every sub-layer (`training_mode`
+does it for the length of a `with` block). `training=None` (the
+default, and what `model(x)` passes) makes each layer follow its own flag (batchnorm: batch or
+running statistics; dropout: on or off); an explicit True or False puts the whole call in that
+mode, whatever the flags say (the Trainer trains with True and evaluates with False).
+
+Sub-layers: a Layer assigned as an attribute (`self.conv1 = Conv2D(...)`) registers itself as a
+child, as `nn.Module.__setattr__` does: it appears in `named_children()` (in assignment order),
+so in `parameters()`, `state_dict()` (as "conv1.weight"), `train()`/`eval()` and the printed
+tree, with no method to override.
 
 Parameters are reached through `params[key]` every time, never kept elsewhere: an optimizer may
 move every parameter of a model into one flat buffer (each becoming a view of it), and the
@@ -122,21 +134,26 @@ class Layer:
     """Base class of every layer and composite; see the module docstring."""
 
     def __init__(self):
+        if "_modules" not in self.__dict__:        # sub-layers assigned before this call stay
+            object.__setattr__(self, "_modules", collections.OrderedDict())
         self.params = {}
         self.grads = {}
         self.buffers = {}
+        self.training = True
         self._saved = None
 
     # ---------------------------------------------------------------- what subclasses write
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def backward(self, dy):
         raise NotImplementedError(f"{type(self).__name__}.backward")
 
     def named_children(self):
-        """(name, layer) for each sub-layer; the names build the state_dict keys."""
-        return []
+        """(name, layer) for each sub-layer; the names build the state_dict keys. By default the
+        layers assigned as attributes, in assignment order (None-valued ones skipped)."""
+        return [(name, layer) for name, layer in self.__dict__.get("_modules", {}).items()
+                if layer is not None]
 
     def extra_repr(self):
         return ""
@@ -149,10 +166,82 @@ class Layer:
     def set_random_state(self, state):
         """Restore what random_state() returned."""
 
+    # ---------------------------------------------------------------- sub-layers as attributes
+    def __setattr__(self, name, value):
+        modules = self.__dict__.get("_modules")
+        if isinstance(value, Layer):
+            if modules is None:
+                modules = collections.OrderedDict()
+                object.__setattr__(self, "_modules", modules)
+            attribute = getattr(type(self), name, None)
+            if callable(attribute) or isinstance(attribute, property):
+                raise ValueError(f"{type(self).__name__}: a sub-layer cannot be named {name!r}, "
+                                 f"which is a method or property of every Layer "
+                                 f"({type(self).__name__}.{name}); choose another name")
+            self.__dict__.pop(name, None)
+            modules[name] = value
+        elif modules is not None and name in modules:
+            if value is not None:
+                raise TypeError(f"{type(self).__name__}: cannot assign a "
+                                f"{type(value).__name__} to {name!r}, a sub-layer (a Layer or "
+                                f"None expected); delete it first (del layer.{name})")
+            modules[name] = None
+        else:
+            object.__setattr__(self, name, value)
+
+    def __getattr__(self, name):
+        # Only reached when normal lookup fails: a registered sub-layer (kept in _modules only,
+        # so that registering and replacing one has a single home).
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name in modules:
+            return modules[name]
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    def __delattr__(self, name):
+        modules = self.__dict__.get("_modules")
+        if modules is not None and name in modules:
+            del modules[name]
+        else:
+            object.__delattr__(self, name)
+
+    # ----------------------------------------------------------------------------- modes
+    def train(self, mode=True):
+        """Put this layer and every sub-layer in training mode (mode=False: evaluation), as
+        PyTorch's Module.train. Returns the layer."""
+        mode = bool(mode)
+        for layer in self._every_layer():
+            layer.training = mode
+        return self
+
+    def eval(self):
+        """Evaluation mode for this layer and every sub-layer: batchnorm uses its running
+        statistics (and leaves them alone), dropout passes its input through."""
+        return self.train(False)
+
+    def is_training(self, training=None):
+        """The mode a forward runs in: `training` when given, else this layer's own flag."""
+        return self.training if training is None else bool(training)
+
+    def _every_layer(self):
+        """Every Layer object reachable from this one, each once: through named_children and
+        through the attributes registered as sub-layers (a composite may expose other names
+        than those of the objects it runs, as the ResNet blocks do)."""
+        seen, stack = set(), [self]
+        while stack:
+            layer = stack.pop()
+            if id(layer) in seen:
+                continue
+            seen.add(id(layer))
+            yield layer
+            children = [child for _, child in layer.named_children()]
+            children += [child for child in layer.__dict__.get("_modules", {}).values()
+                         if child is not None]
+            stack.extend(reversed(children))
+
     # ---------------------------------------------------------------------------- helpers
     _forward_hooks = ()          # an instance's own list once add_forward_hook is called
 
-    def __call__(self, x, training=True):
+    def __call__(self, x, training=None):
         """forward(x, training), then the forward hooks. Composites call their children this
         way, so a hook sees every forward through a model."""
         y = self.forward(x, training)
@@ -187,7 +276,7 @@ class Layer:
     def saved(self):
         """What forward kept; an error if backward comes before forward."""
         if self._saved is None:
-            who = repr(self) if "\n" not in repr(self) else type(self).__name__   # a composite
+            who = type(self).__name__ if self.named_children() else self.short_repr()
             raise RuntimeError(f"{who}: backward called before forward (or twice after one "
                                f"forward); call forward first")
         saved, self._saved = self._saved, None
@@ -195,12 +284,20 @@ class Layer:
 
     def check_input(self, x, pattern, bound=None):
         """Check the input's device, dtype and shape against a pattern (see ops._check); the
-        message names this layer."""
-        return check_arrays(repr(self), bound=bound, input=(x, pattern))
+        message names this layer. A uint8 batch (images straight from a Loader without a
+        transform) is told to add Normalize."""
+        if _device.is_device_array(x) and x.dtype == np.uint8:
+            raise ValueError(f"{self.short_repr()}: got a uint8 batch {tuple(x.shape)}: those are "
+                             f"raw images [N, H, W, C], not network input. Normalise them into "
+                             f"float32 [N, C, H, W] first: give the Loader "
+                             f"transform=cupycnn.data.Normalize(mean, std) (or an augmentation), "
+                             f"or pass the uint8 arrays to Trainer.fit(x, y) / predict(x), which "
+                             f"normalise them")
+        return check_arrays(self.short_repr(), bound=bound, input=(x, pattern))
 
     def check_grad_output(self, dy, shape):
         """dy must have the shape the forward output had."""
-        return check_arrays(repr(self) + ".backward", dy=(dy, tuple(shape)))
+        return check_arrays(self.short_repr() + ".backward", dy=(dy, tuple(shape)))
 
     # ------------------------------------------------------------------ parameters and state
     def layers(self):
@@ -298,8 +395,20 @@ class Layer:
             layer._saved = None
         return self
 
-    def __repr__(self):
+    def short_repr(self):
+        """One line, `Type(constructor arguments)`: how error messages name the layer."""
         return f"{type(self).__name__}({self.extra_repr()})"
+
+    def __repr__(self):
+        """PyTorch's tree: `Type(args)` for a leaf; a composite lists its children, one
+        `(name): child` line each, indented, after its own arguments."""
+        children = self.named_children()
+        if not children:
+            return self.short_repr()
+        lines = [f"  {self.extra_repr()}"] if self.extra_repr() else []
+        lines += [f"  ({name}): " + repr(child).replace("\n", "\n  ")
+                  for name, child in children]
+        return f"{type(self).__name__}(\n" + "\n".join(lines) + "\n)"
 
     def summary(self, input_shape, print_fn=print):
         """Print every layer with its output shape and parameter count, and the totals, from a
@@ -330,6 +439,21 @@ class Layer:
         total = self.num_parameters()
         print_fn(f"total parameters: {total:,} ({4 * total / 2**20:.2f} MiB in float32)")
         return rows
+
+
+@contextlib.contextmanager
+def training_mode(model, training):
+    """`with training_mode(model, False): ...`: the block runs with `model` and every sub-layer
+    in that mode (True: training, False: evaluation); each layer's own previous mode comes back
+    afterwards, even on an error. How Trainer.evaluate and predict leave a model as they found
+    it."""
+    before = [(layer, layer.training) for layer in model._every_layer()]
+    model.train(training)
+    try:
+        yield model
+    finally:
+        for layer, flag in before:
+            layer.training = flag
 
 
 def uniform_init(shape, fan_in, rng):

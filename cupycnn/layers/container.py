@@ -5,24 +5,15 @@ Both are Layers: their parameters are their children's, named as PyTorch names t
 through them. There is no autograd: a composite's backward calls its children's backwards, in
 reverse order for Sequential, and through both branches for Residual. Each child keeps what its
 own backward needs, so a layer object may appear only once in a model.
+
+`forward(x, training=None)` hands `training` to every child unchanged: None lets each child
+follow its own mode (`train()` / `eval()`), True or False puts them all in that mode.
 """
 import collections
 
 from ..ops import elementwise as elementwise_ops
 from ..ops._check import check_arrays
 from .base import Layer
-
-
-def _indent(text):
-    return text.replace("\n", "\n  ")
-
-
-def _children_repr(name, children):
-    """PyTorch's multi-line repr: Name(\n  (child): Child(...)\n)."""
-    if not children:
-        return f"{name}()"
-    lines = [f"  ({child_name}): {_indent(repr(child))}" for child_name, child in children]
-    return f"{name}(\n" + "\n".join(lines) + "\n)"
 
 
 def _check_layer(owner, name, layer):
@@ -52,7 +43,9 @@ class Sequential(Layer):
     Iterable, indexable (`model[0]`, `model[-1]`, `model["fc1"]`, and a slice gives a Sequential
     of the same layer objects), `len(model)`, `model.fc1` for a named child, `append(layer)`.
     `model.layers` is the list of children (a new list: use `append` to add one). The state_dict
-    keys are "<child name>.<parameter>", e.g. "0.weight" or "fc1.weight", as PyTorch's.
+    keys are "<child name>.<parameter>", e.g. "0.weight" or "fc1.weight", as PyTorch's. As in
+    PyTorch, a layer assigned as an attribute (`model.head = Dense(...)`) becomes the last
+    child, under that name.
 
     An empty Sequential passes its input through. Backward must follow a forward; it runs the
     children's backwards in reverse order.
@@ -60,7 +53,7 @@ class Sequential(Layer):
 
     def __init__(self, *layers):
         super().__init__()
-        self._children = collections.OrderedDict()
+        self._children = self._modules        # the registered sub-layers are the children
         if len(layers) == 1 and isinstance(layers[0], collections.OrderedDict):
             for name, layer in layers[0].items():
                 self._add(name, layer)
@@ -88,23 +81,20 @@ class Sequential(Layer):
     # ------------------------------------------------------------------ the container protocol
     @property
     def layers(self):
-        return _LayerList(self, self._children.values())
-
-    def named_children(self):
-        return list(self._children.items())
+        return _LayerList(self, [layer for _, layer in self.named_children()])
 
     def __len__(self):
-        return len(self._children)
+        return len(self.named_children())
 
     def __iter__(self):
-        return iter(list(self._children.values()))
+        return iter([layer for _, layer in self.named_children()])
 
     def __getitem__(self, index):
-        items = list(self._children.items())
+        items = self.named_children()
         if isinstance(index, slice):
             return Sequential(collections.OrderedDict(items[index]))
         if isinstance(index, str):
-            if index not in self._children:
+            if self._children.get(index) is None:
                 raise KeyError(f"Sequential has no child named {index!r}; its children: "
                                f"{', '.join(self._children)}")
             return self._children[index]
@@ -114,21 +104,11 @@ class Sequential(Layer):
             raise IndexError(f"Sequential index {index} is out of range for {len(items)} "
                              f"layers") from None
 
-    def __getattr__(self, name):
-        # Only reached when normal lookup fails: a named child, as `model.fc1` in PyTorch.
-        children = self.__dict__.get("_children")
-        if children is not None and name in children:
-            return children[name]
-        raise AttributeError(f"'Sequential' object has no attribute {name!r}")
-
-    def __repr__(self):
-        return _children_repr("Sequential", self.named_children())
-
     # ------------------------------------------------------------------ forward and backward
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self._saved = None                    # a failed forward leaves nothing to go back through
-        check_arrays("Sequential", input=(x, None))
-        for name, layer in self._children.items():
+        self.check_input(x, None)
+        for name, layer in self.named_children():
             try:
                 x = layer(x, training)
             except ValueError as e:
@@ -138,7 +118,7 @@ class Sequential(Layer):
 
     def backward(self, dy):
         check_arrays("Sequential.backward", dy=(dy, self.saved()["output_shape"]))
-        for name, layer in reversed(self._children.items()):
+        for name, layer in reversed(self.named_children()):
             try:
                 dy = layer.backward(dy)
             except ValueError as e:
@@ -163,16 +143,7 @@ class Residual(Layer):
         _check_layer("Residual", "main", main)
         if shortcut is not None:
             _check_layer("Residual", "shortcut", shortcut)
-        self.main, self.shortcut = main, shortcut
-
-    def named_children(self):
-        children = [("main", self.main)]
-        if self.shortcut is not None:
-            children.append(("shortcut", self.shortcut))
-        return children
-
-    def __repr__(self):
-        return _children_repr("Residual", self.named_children())
+        self.main, self.shortcut = main, shortcut      # registered: children "main", "shortcut"
 
     @staticmethod
     def _branch(name, method, *args):
@@ -181,9 +152,9 @@ class Residual(Layer):
         except ValueError as e:                 # say which branch the message is about
             raise ValueError(f"Residual {name}: {e}") from e
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self._saved = None
-        check_arrays("Residual", input=(x, None))
+        self.check_input(x, None)
         y_main = self._branch("main", self.main, x, training)
         y_shortcut = x if self.shortcut is None else \
             self._branch("shortcut", self.shortcut, x, training)

@@ -46,7 +46,7 @@ class Conv2D(Layer):
         return (n, self.out_channels) + conv_ops.checked_output_size(
             repr(self), h, w, self.kernel_size, self.stride, self.padding)
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self.check_input(x, ("N", self.in_channels, "H", "W"))
         self.output_shape(x.shape)
         self.save_for_backward(x=x)

@@ -30,7 +30,7 @@ class Dense(Layer):
         return (f"in_features={self.in_features}, out_features={self.out_features}, "
                 f"bias={'bias' in self.params}")
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self.check_input(x, ("N", self.in_features))
         self.save_for_backward(x=x)
         return gemm_ops.gemm(x, self.params["weight"], transpose_b=True,

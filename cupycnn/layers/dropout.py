@@ -21,7 +21,8 @@ from .base import Layer
 
 class Dropout(Layer):
     """Inverted dropout with probability p of zeroing each element (PyTorch's `nn.Dropout`,
-    without `inplace`); identity when `training=False`. Any input shape. No parameters.
+    without `inplace`); identity in evaluation mode (`layer.eval()`, or
+    forward(x, training=False)). Any input shape. No parameters.
 
     On the kernel devices the call counter lives in device memory (ops.dropout.StreamCounter) and
     a kernel advances it, so that a recorded step (cupycnn.graph) draws a new mask at every
@@ -68,9 +69,9 @@ class Dropout(Layer):
         self._counter.advance()
         return self._counter.stream
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self.check_input(x, None)
-        if not training:
+        if not self.is_training(training):
             self.save_for_backward(shape=tuple(x.shape), stream=None)
             return x
         stream = self._next_stream()

@@ -25,7 +25,7 @@ class Flatten(Layer):
         end = self.end_dim + ndim if self.end_dim < 0 else self.end_dim
         return (start, end) if 0 <= start <= end < ndim else None
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self.check_input(x, None)
         shape = tuple(x.shape)
         axes = self._axes(len(shape))

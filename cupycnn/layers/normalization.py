@@ -7,8 +7,9 @@ BatchNorm, training (per channel c, n elements: N * H * W, or N, or N * L):
     running_mean <- (1 - momentum) running_mean + momentum mean
     running_var  <- (1 - momentum) running_var  + momentum var * n / (n - 1)
     dx = weight / sqrt(var + eps) * (dy - mean(dy) - xhat * mean(dy * xhat))
-BatchNorm, evaluation: the running statistics in place of the batch's, and (for fine-tuning with
-frozen statistics) dx = weight / sqrt(running_var + eps) * dy.
+BatchNorm, evaluation (`layer.eval()`, or forward(x, training=False)): the running statistics in
+place of the batch's, left unchanged, and (for fine-tuning with frozen statistics)
+dx = weight / sqrt(running_var + eps) * dy.
 Both: dweight = sum dy * xhat, dbias = sum dy.
 
 Fused epilogue (BatchNorm1D/2D): `relu=True` applies a ReLU to the output in the same pass, and
@@ -74,10 +75,10 @@ class _BatchNorm(Layer):
     def _check_input_shape(self, x):
         raise NotImplementedError
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         return self._forward(x, training, None)
 
-    def forward_residual(self, x, residual, training=True):
+    def forward_residual(self, x, residual, training=None):
         """y = relu(bn(x) + residual) (without the ReLU when relu=False), one pass; the
         backward is backward_residual."""
         self._check_input_shape(x)
@@ -89,6 +90,7 @@ class _BatchNorm(Layer):
 
     def _forward(self, x, training, residual):
         self._check_input_shape(x)
+        training = self.is_training(training)
         p, b = self.params, self.buffers
         epilogue = dict(residual=residual, relu=self.relu)
         local_count = count = x.size // self.num_features
@@ -195,12 +197,12 @@ class GroupNorm(Layer):
     def extra_repr(self):
         return f"{self.num_groups}, {self.num_channels}, eps={self.eps}"
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         self.check_input(x, None)
         self.check_input(x, ("N", self.num_channels) + (None,) * max(x.ndim - 2, 0))
-        y, mean, rstd = gn_ops.groupnorm_forward(x, self.params["weight"], self.params["bias"],
+        y, mean, invstd = gn_ops.groupnorm_forward(x, self.params["weight"], self.params["bias"],
                                                  self.num_groups, self.eps)
-        self.save_for_backward(x=x, mean=mean, rstd=rstd)
+        self.save_for_backward(x=x, mean=mean, invstd=invstd)
         return y
 
     def backward(self, dy):
@@ -208,7 +210,7 @@ class GroupNorm(Layer):
         x = saved["x"]
         self.check_grad_output(dy, x.shape)
         dx, _, _ = gn_ops.groupnorm_backward(x, dy, self.params["weight"], saved["mean"],
-                                             saved["rstd"], self.num_groups,
+                                             saved["invstd"], self.num_groups,
                                              dweight=self.grads["weight"],
                                              dbias=self.grads["bias"])
         return dx

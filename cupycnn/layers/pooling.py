@@ -43,7 +43,7 @@ class MaxPool2D(_Pool2D):
     first maximum in window order (row-major), as PyTorch; the argmax (int32, flat index in the
     input plane) is kept for backward, which sends each output's gradient to it. No parameters."""
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         input_size, _ = self._output_shape(x)
         y, argmax = ops.max_pool2d_forward(x, *self._geometry)
         self.save_for_backward(argmax=argmax, input_size=input_size)
@@ -60,7 +60,7 @@ class AvgPool2D(_Pool2D):
     its defaults: count_include_pad=True (padding counts as zeros: every window divides by
     kh * kw), ceil_mode=False, no divisor_override. No parameters."""
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         input_size, out_shape = self._output_shape(x)
         self.save_for_backward(input_size=input_size, out_shape=out_shape)
         return ops.avg_pool2d_forward(x, *self._geometry)
@@ -76,7 +76,7 @@ class GlobalAvgPool2D(Layer):
     `nn.AdaptiveAvgPool2d(1)` followed by `torch.flatten(x, 1)` (as at the end of a ResNet).
     No parameters."""
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         sizes = self.check_input(x, _NCHW)
         self.save_for_backward(input_size=(sizes["H"], sizes["W"]),
                                out_shape=(sizes["N"], sizes["C"]))

@@ -44,7 +44,7 @@ class _Block(Layer):
     def named_children(self):
         return self._named
 
-    def forward(self, x, training=True):
+    def forward(self, x, training=None):
         if not self.fused:
             return self.relu(self.residual(x, training), training)
         h = self.body(x, training)
@@ -118,24 +118,26 @@ class Bottleneck(_Block):
 class ResNet(Sequential):
     """conv1, bn1, relu, [maxpool], layer1..layer4, avgpool, fc. fused (the default): the
     ReLUs run inside the batchnorms (bn1 has relu=True and there is no separate relu child; the
-    blocks' batchnorms likewise, see _Block); fused=False builds the separate layers."""
+    blocks' batchnorms likewise, see _Block); fused=False builds the separate layers. `width`:
+    the stem's and layer1's channels (64 in torchvision's ResNets; layer2..4 have 2, 4 and 8 times
+    as many)."""
 
     def __init__(self, block, layers, num_classes=1000, stem="imagenet", in_channels=3,
-                 fused=True):
+                 fused=True, width=64):
         if stem not in ("imagenet", "cifar"):
             raise ValueError(f"stem must be 'imagenet' or 'cifar', got {stem!r}")
         children = collections.OrderedDict()
         if stem == "imagenet":
-            children["conv1"] = Conv2D(in_channels, 64, 7, stride=2, padding=3, bias=False)
+            children["conv1"] = Conv2D(in_channels, width, 7, stride=2, padding=3, bias=False)
         else:
-            children["conv1"] = Conv2D(in_channels, 64, 3, stride=1, padding=1, bias=False)
-        children["bn1"] = BatchNorm2D(64, relu=fused)
+            children["conv1"] = Conv2D(in_channels, width, 3, stride=1, padding=1, bias=False)
+        children["bn1"] = BatchNorm2D(width, relu=fused)
         if not fused:
             children["relu"] = ReLU()
         if stem == "imagenet":
             children["maxpool"] = MaxPool2D(3, stride=2, padding=1)
-        in_planes = 64
-        for i, (planes, count) in enumerate(zip((64, 128, 256, 512), layers)):
+        in_planes = width
+        for i, (planes, count) in enumerate(zip((width, 2 * width, 4 * width, 8 * width), layers)):
             blocks = []
             for j in range(count):
                 stride = 2 if i > 0 and j == 0 else 1
@@ -143,19 +145,19 @@ class ResNet(Sequential):
                 in_planes = planes * block.expansion
             children[f"layer{i + 1}"] = Sequential(*blocks)
         children["avgpool"] = GlobalAvgPool2D()
-        children["fc"] = Dense(512 * block.expansion, num_classes)
+        children["fc"] = Dense(8 * width * block.expansion, num_classes)
         super().__init__(children)
         self.block_name, self.num_classes, self.stem = block.__name__, num_classes, stem
         self.fused = bool(fused)
 
 
-def resnet18(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
-    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels, fused)
+def resnet18(num_classes=1000, stem="imagenet", in_channels=3, fused=True, width=64):
+    return ResNet(BasicBlock, (2, 2, 2, 2), num_classes, stem, in_channels, fused, width)
 
 
-def resnet34(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
-    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels, fused)
+def resnet34(num_classes=1000, stem="imagenet", in_channels=3, fused=True, width=64):
+    return ResNet(BasicBlock, (3, 4, 6, 3), num_classes, stem, in_channels, fused, width)
 
 
-def resnet50(num_classes=1000, stem="imagenet", in_channels=3, fused=True):
-    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels, fused)
+def resnet50(num_classes=1000, stem="imagenet", in_channels=3, fused=True, width=64):
+    return ResNet(Bottleneck, (3, 4, 6, 3), num_classes, stem, in_channels, fused, width)

@@ -12,6 +12,7 @@ the argument, the expected and the received shape (or dtype, device, layout).
 import numpy as np
 
 from .. import devices as _device
+from ..limits import GRID_X_MAX, GRID_YZ_MAX, INT32_MAX
 
 FLOAT_DTYPES_KERNEL = (np.dtype(np.float32),)
 FLOAT_DTYPES_NUMPY = (np.dtype(np.float32), np.dtype(np.float64))
@@ -152,11 +153,8 @@ def into(out, result):
 
 
 # Kernel parameters that are sizes are 32-bit ints (and so is the index arithmetic inside the
-# kernels); a grid's y and z are at most 65535. np.int32() of a NumPy integer wraps silently
-# (and of a Python int, on NumPy 1.x), so each wrapper checks its sizes first.
-INT32_MAX = 2**31 - 1
-GRID_YZ_MAX = 65535
-GRID_X_MAX = 2**31 - 1
+# kernels); a grid's y and z are at most GRID_YZ_MAX. np.int32() of a NumPy integer wraps
+# silently (and of a Python int, on NumPy 1.x), so each wrapper checks its sizes first.
 
 
 def check_int32(op, headroom=0, **sizes):

@@ -1,8 +1,7 @@
-"""What the host wrappers share about launching kernels.
+"""What the host wrappers share about launching kernels (CUDA's limits: cupycnn.limits).
 
 - `kernel_constants(file)`: the integer `#define`s of kernels/<file>.cu (tile sizes, threads per
   block), read from the source, so that a launch constant is written once, in its kernel.
-- CUDA's limits that the wrappers check before a launch.
 - TARGET_BLOCKS: how many blocks a reduction is split into to fill a GPU.
 """
 import ast
@@ -12,8 +11,6 @@ import re
 
 from ..runtime import kernel_source
 
-INT32_MAX = 2**31 - 1      # the kernels index their arrays' sizes with int
-GRID_YZ_MAX = 65535        # CUDA's limit on gridDim.y and gridDim.z
 # Reductions that would run on too few blocks (a channel's statistics, a weight gradient's long
 # sum) are split into chunks for about this many blocks: 4 resident blocks on each of the
 # 132 SMs of an H100 SXM. A count from the shapes only keeps results the same bits on every run.

@@ -12,16 +12,19 @@ return the parameters those draws give, without touching any image.
 import numpy as np
 
 from .. import devices as _device
+from ..limits import GRID_YZ_MAX
 from ..reference import augment as reference
 from ..reference.augment import AffineRanges, FILL_MODES, INTERPOLATIONS  # noqa: F401
 from ..runtime import ceil_div, get_kernel
 from ._check import check_arrays, shown
+from ._launch import kernel_constants
 
-AUGMENT_THREADS = 256          # as in augment.cu: output pixels per block
-PARAMS_THREADS = 256           # as in augment.cu: images per block of the *_params kernels
-MAX_BATCH = 65535              # the batch runs along gridDim.y
-_INTERPOLATION = {"nearest": 0, "bilinear": 1}                          # INTERP_* in augment.cu
-_FILL_MODE = {"constant": 0, "nearest": 1, "reflect": 2, "wrap": 3}    # FILL_* in augment.cu
+_K = kernel_constants("augment")
+AUGMENT_THREADS = _K["AUGMENT_THREADS"]      # output pixels per block
+PARAMS_THREADS = _K["PARAMS_THREADS"]        # images per block of the *_params kernels
+MAX_BATCH = GRID_YZ_MAX                      # the batch runs along gridDim.y
+_INTERPOLATION = {"nearest": _K["INTERP_NEAREST"], "bilinear": _K["INTERP_BILINEAR"]}
+_FILL_MODE = {mode: _K[f"FILL_{mode.upper()}"] for mode in ("constant", "nearest", "reflect", "wrap")}
 _UINT64_LIMIT = 2 ** 64
 
 

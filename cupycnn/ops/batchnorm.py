@@ -25,10 +25,11 @@ import math
 import numpy as np
 
 from .. import devices as _device
+from ..limits import GRID_YZ_MAX
 from ..reference import batchnorm as reference
 from ..runtime import ceil_div, get_kernel
 from ._check import check_arrays, check_int32, check_positive, into
-from ._launch import GRID_YZ_MAX, TARGET_BLOCKS, kernel_constants
+from ._launch import TARGET_BLOCKS, kernel_constants
 
 _BN = kernel_constants("batchnorm")
 BN_THREADS, BN_RUNNING_THREADS = _BN["BN_THREADS"], _BN["BN_RUNNING_THREADS"]

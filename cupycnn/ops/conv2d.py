@@ -1,7 +1,14 @@
-"""2-D convolution, forward and both gradients: the host side of kernels/conv2d.cu (implicit
-GEMM; no cuDNN, no cuBLAS). The maths is cupycnn/reference/conv2d.py, function for function; the
-algorithm is the kernel file's header. Here: the input checks, the grids, the weight gradient's
-split count.
+"""2-D convolution, forward and both gradients, on kernels of our own (no cuDNN, no cuBLAS). The
+maths is cupycnn/reference/conv2d.py, function for function; the algorithm is each kernel file's
+header. Here: the input checks, the grids, the weight gradient's split count, the version.
+
+Each product exists as a progression of kernels (`version`; default: from the precision,
+cupycnn.set_precision):
+    "direct"       kernels/conv2d_direct.cu: one thread per output, the definition (fp32)
+    "tiled"        kernels/conv2d.cu: implicit GEMM, FP32 register tiles (fp32; the default)
+    "tensor_core"  kernels/conv2d_tc.cu: implicit GEMM on tensor cores, cp.async pipeline,
+                   ldmatrix, mma.sync (tf32 or bf16; the default at those precisions), with a
+                   tile configuration per shape from ops/tiles.py
 
 Arguments as torch.nn.functional.conv2d with dilation 1 and groups 1: x [N, C_in, H, W], weight
 [C_out, C_in, kh, kw], bias [C_out] or None, stride and padding an int or an (h, w) pair.
@@ -9,16 +16,18 @@ Arguments as torch.nn.functional.conv2d with dilation 1 and groups 1: x [N, C_in
 import numpy as np
 
 from .. import devices as _device
+from ..limits import GRID_YZ_MAX, INT32_MAX
+from ..precision import get_precision
 from ..reference import conv2d as reference
 from ..reference.conv2d import output_size, pair
-from ..runtime import ceil_div, get_kernel
+from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, elementwise_grid, get_kernel
+from . import tiles
 from ._check import check_arrays, check_integer, into
-from ._launch import GRID_YZ_MAX, INT32_MAX, TARGET_BLOCKS, kernel_constants
+from ._launch import TARGET_BLOCKS, kernel_constants
 
 _CONV = kernel_constants("conv2d")
 TILE_M, TILE_P, TILE_K = _CONV["CONV_TILE_M"], _CONV["CONV_TILE_P"], _CONV["CONV_TILE_K"]
 THREADS, REDUCE_THREADS = _CONV["CONV_THREADS"], _CONV["CONV_REDUCE_THREADS"]
-REDUCE_MAX_BLOCKS = 4096          # the split reduction's grid-stride loop covers any count
 # No weight-gradient chunk shorter than this many output pixels: each chunk costs a partial tile
 # written and read back.
 WEIGHT_GRAD_MIN_SPLIT_LEN = 128
@@ -73,9 +82,32 @@ def _scalars(geometry):
     return tuple(np.int32(v) for v in geometry)
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
+VERSIONS = ("direct", "tiled", "tensor_core")
+
+
+def resolve_version(op, version):
+    """The kernel version to run at the current precision: `version`, checked against it, or
+    the precision's default (fp32: "tiled"; tf32, bf16: "tensor_core")."""
+    precision = get_precision()
+    if version is None:
+        return "tiled" if precision == "fp32" else "tensor_core"
+    if version not in VERSIONS:
+        raise ValueError(f"{op}: version must be one of {', '.join(VERSIONS)}, got {version!r}")
+    if (version == "tensor_core") != (precision != "fp32"):
+        raise ValueError(f"{op}: the {version} kernels compute in "
+                         f"{'tf32 or bf16' if version == 'tensor_core' else 'fp32'}, but the "
+                         f"precision is {precision} (cupycnn.set_precision)")
+    return version
+
+
+def _direct(name, count, args):
+    grid, block = elementwise_grid(count)
+    get_kernel("conv2d_direct", name)(grid, block, args)
+
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None):
     """y = conv2d(x, weight) + bias: x [N, C_in, H, W], weight [C_out, C_in, kh, kw], bias
-    [C_out] or None; returns y [N, C_out, H_out, W_out]."""
+    [C_out] or None; returns y [N, C_out, H_out, W_out]. `version`: see the module's doc."""
     op = "conv2d_forward"
     sizes = check_arrays(op, x=(x, ("N", "C_in", "H", "W")),
                          weight=(weight, ("C_out", "C_in", "kh", "kw")))
@@ -85,16 +117,26 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0):
     geometry = _geometry(op, x.shape, weight.shape, stride, padding)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
     if not _device.runs_kernels():
-        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw))
+        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), get_precision())
+    version = resolve_version(op, version)
     y = _device.empty((n, o, ho, wo), x.dtype)
-    if n:
+    if not n:
+        return y
+    args = (x, weight, bias, y) + _scalars(geometry)
+    if version == "direct":
+        _direct("conv2d_direct_forward", n * o * ho * wo, args)
+    elif version == "tiled":
         grid = (ceil_div(n * ho * wo, TILE_P), ceil_div(o, TILE_M))
-        get_kernel("conv2d", "conv2d_forward")(grid, (THREADS,),
-                                               (x, weight, bias, y) + _scalars(geometry))
+        get_kernel("conv2d", "conv2d_forward")(grid, (THREADS,), args)
+    else:
+        tile = tiles.choose_tile(o, n * ho * wo)
+        grid = (ceil_div(n * ho * wo, tile.bn), ceil_div(o, tile.bm))
+        get_kernel("conv2d_tc", "conv2d_tc_forward", tile.defines(get_precision()))(
+            grid, (tile.threads,), args)
     return y
 
 
-def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0):
+def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, version=None):
     """dx [N, C_in, H, W] (input_shape) from dy [N, C_out, H_out, W_out] and weight."""
     op = "conv2d_backward_input"
     check_arrays(op, weight=(weight, ("C_out", "C_in", "kh", "kw")))
@@ -108,36 +150,49 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0):
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
     check_arrays(op, dy=(dy, (n, o, ho, wo)), weight=(weight, None))
     if not _device.runs_kernels():
-        return reference.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw))
+        return reference.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw),
+                                               get_precision())
     if sh * sw > GRID_YZ_MAX:
         raise ValueError(f"{op}: stride {(sh, sw)} has {sh * sw} phases, more than the "
                          f"{GRID_YZ_MAX} grid slices the kernel runs them on")
+    version = resolve_version(op, version)
     dx = _device.empty(input_shape, dy.dtype)
-    if n:
-        # One z-slice per stride phase; x covers the phase with the most pixels.
-        grid = (ceil_div(n * ceil_div(h, sh) * ceil_div(w, sw), TILE_P),
-                ceil_div(c, TILE_M), sh * sw)
-        get_kernel("conv2d", "conv2d_backward_input")(grid, (THREADS,),
-                                                      (dy, weight, dx) + _scalars(geometry))
+    if not n:
+        return dx
+    args = (dy, weight, dx) + _scalars(geometry)
+    phase_pixels = n * ceil_div(h, sh) * ceil_div(w, sw)   # the phase with the most pixels
+    if version == "direct":
+        _direct("conv2d_direct_backward_input", n * c * h * w, args)
+    elif version == "tiled":    # one z-slice per stride phase
+        grid = (ceil_div(phase_pixels, TILE_P), ceil_div(c, TILE_M), sh * sw)
+        get_kernel("conv2d", "conv2d_backward_input")(grid, (THREADS,), args)
+    else:
+        tile = tiles.choose_tile(c, phase_pixels, sh * sw)
+        grid = (ceil_div(phase_pixels, tile.bn), ceil_div(c, tile.bm), sh * sw)
+        get_kernel("conv2d_tc", "conv2d_tc_backward_input", tile.defines(get_precision()))(
+            grid, (tile.threads,), args)
     return dx
 
 
-def weight_grad_splits(out_channels, taps, pixels, splits=None):
+def weight_grad_splits(out_channels, taps, pixels, splits=None, tile=(TILE_M, TILE_P, TILE_K)):
     """(splits, split_len) for a weight gradient of C_out x (C_in kh kw) = out_channels x taps
-    reduced over `pixels` = N H_out W_out: chunks of split_len pixels, a multiple of the kernel's
-    16-pixel step. `splits` asks for a count; None chooses it from the shapes alone: enough
-    chunks for about TARGET_BLOCKS blocks, none shorter than WEIGHT_GRAD_MIN_SPLIT_LEN. Since
-    splits x tiles stays below 2 TARGET_BLOCKS tiles of 16 KB, the workspace stays under 17 MB."""
+    reduced over `pixels` = N H_out W_out by a kernel of (tile_m, tile_p, step) = `tile`
+    (default: conv2d.cu's): chunks of split_len pixels, a multiple of the kernel's step.
+    `splits` asks for a count; None chooses it from the shapes alone: enough chunks for about
+    TARGET_BLOCKS blocks, none shorter than WEIGHT_GRAD_MIN_SPLIT_LEN. Since splits x tiles stays
+    below 2 TARGET_BLOCKS tiles of 16 KB, the workspace stays under 17 MB."""
+    tile_m, tile_p, step = tile
     if splits is None:
-        tiles = ceil_div(out_channels, TILE_M) * ceil_div(taps, TILE_P)
-        splits = max(1, min(ceil_div(TARGET_BLOCKS, tiles),
+        blocks = ceil_div(out_channels, tile_m) * ceil_div(taps, tile_p)
+        splits = max(1, min(ceil_div(TARGET_BLOCKS, blocks),
                             ceil_div(pixels, WEIGHT_GRAD_MIN_SPLIT_LEN)))
     splits = min(int(splits), GRID_YZ_MAX)
-    split_len = max(TILE_K, ceil_div(ceil_div(pixels, splits), TILE_K) * TILE_K)
+    split_len = max(step, ceil_div(ceil_div(pixels, splits), step) * step)
     return max(1, ceil_div(pixels, split_len)), split_len
 
 
-def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, splits=None):
+def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, splits=None,
+                           version=None):
     """dw [C_out, C_in, kh, kw] (weight_shape) from dy [N, C_out, H_out, W_out] and x
     [N, C_in, H, W]. `out`, when given, receives the result (a layer's gradient buffer).
     `splits`: how many chunks the N H_out W_out reduction is cut into (None: chosen from the
@@ -156,18 +211,28 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
         raise ValueError(f"{op}: splits must be at least 1, got {splits}")
     if not _device.runs_kernels():
         return into(out, reference.conv2d_backward_weight(dy, x, weight_shape, (sh, sw),
-                                                          (ph, pw)))
+                                                          (ph, pw), get_precision()))
+    version = resolve_version(op, version)
     if out is None:
         out = _device.empty(weight_shape, x.dtype)
     taps = c * kh * kw
-    splits, split_len = weight_grad_splits(o, taps, n * ho * wo, splits)
-    grid = (ceil_div(taps, TILE_P), ceil_div(o, TILE_M), splits)
+    if version == "direct":
+        _direct("conv2d_direct_backward_weight", o * taps, (dy, x, out) + _scalars(geometry))
+        return out
+    if version == "tiled":
+        tile, threads = (TILE_M, TILE_P, TILE_K), THREADS
+        kernel = get_kernel("conv2d", "conv2d_backward_weight")
+    else:
+        tc = tiles.choose_tile(o, taps)
+        tile, threads = (tc.bm, tc.bn, tc.bk), tc.threads
+        kernel = get_kernel("conv2d_tc", "conv2d_tc_backward_weight", tc.defines(get_precision()))
+    splits, split_len = weight_grad_splits(o, taps, n * ho * wo, splits, tile)
+    grid = (ceil_div(taps, tile[1]), ceil_div(o, tile[0]), splits)
     partial = out if splits == 1 else _device.empty((splits,) + weight_shape, x.dtype)
-    get_kernel("conv2d", "conv2d_backward_weight")(
-        grid, (THREADS,), (dy, x, partial) + _scalars(geometry) + (np.int32(split_len),))
+    kernel(grid, (threads,), (dy, x, partial) + _scalars(geometry) + (np.int32(split_len),))
     if splits > 1:
         count = o * taps
-        blocks = max(1, min(ceil_div(count, REDUCE_THREADS), REDUCE_MAX_BLOCKS))
+        blocks = max(1, min(ceil_div(count, REDUCE_THREADS), ELEMENTWISE_MAX_BLOCKS))   # grid-stride
         get_kernel("conv2d", "conv2d_backward_weight_reduce")(
             (blocks,), (REDUCE_THREADS,), (partial, out, np.int32(splits), np.int32(count)))
     return out

@@ -12,16 +12,17 @@ import math
 import numpy as np
 
 from .. import devices as _device
+from ..limits import GRID_YZ_MAX
 from ..reference import groupnorm as reference
 from ..runtime import ceil_div, get_kernel
 from . import batchnorm as batchnorm_ops
 from ._check import check_arrays, into
+from ._launch import kernel_constants
 
-# As in groupnorm.cu.
-GN_THREADS = 256
-GN_ELEMENTS_PER_BLOCK = 4096
-GN_ROWS_PER_BLOCK = GN_THREADS // 32
-MAX_GROUP_ELEMENTS = 65535 * GN_ELEMENTS_PER_BLOCK   # chunks of a group on the grid's y axis
+_K = kernel_constants("groupnorm")
+GN_THREADS, GN_ROWS_PER_BLOCK = _K["GN_THREADS"], _K["GN_ROWS_PER_BLOCK"]
+GN_ELEMENTS_PER_BLOCK = _K["GN_ELEMENTS_PER_BLOCK"]
+MAX_GROUP_ELEMENTS = GRID_YZ_MAX * GN_ELEMENTS_PER_BLOCK   # chunks of a group on the grid's y axis
 
 
 def _layout(op, x, num_groups):
@@ -47,7 +48,7 @@ def _x_pattern(x):
 
 def groupnorm_forward(x, weight, bias, num_groups, eps):
     """y = (x - mean) / sqrt(var + eps) * weight[c] + bias[c], mean and biased var per (sample,
-    group). Returns (y, mean, rstd), mean and rstd [N, num_groups] for the backward."""
+    group). Returns (y, mean, invstd), mean and invstd [N, num_groups] for the backward."""
     op = "groupnorm_forward"
     batch, channels, inner = _layout(op, x, num_groups)
     check_arrays(op, x=(x, _x_pattern(x)), weight=(weight, ("C",)), bias=(bias, ("C",)))
@@ -57,15 +58,15 @@ def groupnorm_forward(x, weight, bias, num_groups, eps):
     sums = batchnorm_ops.batchnorm_stats(x.reshape(1, groups_total, count))
     y = _device.empty(x.shape, x.dtype)
     mean = _device.empty((batch, num_groups), x.dtype)
-    rstd = _device.empty((batch, num_groups), x.dtype)
+    invstd = _device.empty((batch, num_groups), x.dtype)
     get_kernel("groupnorm", "groupnorm_forward")(
         (groups_total, ceil_div(count, GN_ELEMENTS_PER_BLOCK)), (GN_THREADS,),
-        (x, sums, weight, bias, y, mean, rstd, np.int32(channels), np.int32(inner),
+        (x, sums, weight, bias, y, mean, invstd, np.int32(channels), np.int32(inner),
          np.int32(num_groups), np.float32(eps)))
-    return y, mean, rstd
+    return y, mean, invstd
 
 
-def groupnorm_backward(x, dy, weight, mean, rstd, num_groups, dweight=None, dbias=None):
+def groupnorm_backward(x, dy, weight, mean, invstd, num_groups, dweight=None, dbias=None):
     """Returns (dx, dweight, dbias): the full gradient through each group's mean and variance;
     dweight and dbias are written into the given arrays (a layer's gradient buffers) if any."""
     op = "groupnorm_backward"
@@ -74,16 +75,16 @@ def groupnorm_backward(x, dy, weight, mean, rstd, num_groups, dweight=None, dbia
     if dbias is not None:
         grads["dbias"] = (dbias, ("C",))
     check_arrays(op, x=(x, _x_pattern(x)), dy=(dy, tuple(x.shape)), weight=(weight, ("C",)),
-                 mean=(mean, (batch, num_groups)), rstd=(rstd, (batch, num_groups)), **grads)
+                 mean=(mean, (batch, num_groups)), invstd=(invstd, (batch, num_groups)), **grads)
     if not _device.runs_kernels():
-        dx, dw, db = reference.groupnorm_backward(x, dy, weight, mean, rstd, num_groups)
+        dx, dw, db = reference.groupnorm_backward(x, dy, weight, mean, invstd, num_groups)
         return dx, into(dweight, dw), into(dbias, db)
     rows, count = batch * channels, channels // num_groups * inner
     ints = (np.int32(channels), np.int32(inner), np.int32(num_groups))
     partial = _device.empty((batch, channels, 2), np.float64)
     get_kernel("groupnorm", "groupnorm_backward_reduce")(
         (ceil_div(rows, GN_ROWS_PER_BLOCK),), (GN_THREADS,),
-        (x, dy, mean, rstd, partial, np.int32(rows)) + ints)
+        (x, dy, mean, invstd, partial, np.int32(rows)) + ints)
     dweight = _device.empty((channels,), x.dtype) if dweight is None else dweight
     dbias = _device.empty((channels,), x.dtype) if dbias is None else dbias
     get_kernel("groupnorm", "groupnorm_backward_params")(
@@ -92,5 +93,5 @@ def groupnorm_backward(x, dy, weight, mean, rstd, num_groups, dweight=None, dbia
     dx = _device.empty(x.shape, x.dtype)
     get_kernel("groupnorm", "groupnorm_backward_input")(
         (batch * num_groups, ceil_div(count, GN_ELEMENTS_PER_BLOCK)), (GN_THREADS,),
-        (x, dy, weight, mean, rstd, partial, dx) + ints)
+        (x, dy, weight, mean, invstd, partial, dx) + ints)
     return dx, dweight, dbias

@@ -5,8 +5,9 @@ from .. import devices as _device
 from ..reference import metrics as reference
 from ..runtime import get_kernel
 from ._check import check_arrays, check_int_array
+from ._launch import kernel_constants
 
-METRICS_THREADS = 256   # as in metrics.cu
+METRICS_THREADS = kernel_constants("metrics")["METRICS_THREADS"]
 
 
 def new_sums():

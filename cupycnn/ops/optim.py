@@ -16,9 +16,11 @@ from .. import devices as _device
 from ..reference import optim as reference
 from ..runtime import get_kernel
 from ._check import check_arrays, check_int_array
+from ._launch import kernel_constants
 
-OPTIM_THREADS, ELEMENTS_PER_THREAD = 256, 8          # as in optim.cu
-CHUNK = OPTIM_THREADS * ELEMENTS_PER_THREAD          # elements per block
+_K = kernel_constants("optim")
+OPTIM_THREADS, ELEMENTS_PER_THREAD = _K["OPTIM_THREADS"], _K["ELEMENTS_PER_THREAD"]
+CHUNK = _K["CHUNK"]                                  # elements per block
 
 
 class SegmentTable:

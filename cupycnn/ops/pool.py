@@ -9,13 +9,15 @@ padding (count_include_pad=True). Input is NCHW, 4-D.
 import numpy as np
 
 from .. import devices as _device
+from ..limits import INT32_MAX
 from ..reference import pool as reference
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, get_kernel
 from ._check import check_arrays, shown
+from ._launch import kernel_constants
 
-POOL_THREADS = 256                                       # as in pool.cu
-GLOBAL_POOL_PLANES_PER_BLOCK = POOL_THREADS // 32        # as in pool.cu: one warp per plane
-INT32_MAX = 2**31 - 1
+_K = kernel_constants("pool")
+POOL_THREADS = _K["POOL_THREADS"]
+GLOBAL_POOL_PLANES_PER_BLOCK = _K["GLOBAL_POOL_PLANES_PER_BLOCK"]        # one warp per plane
 
 
 def _int_pair(op, name, value):

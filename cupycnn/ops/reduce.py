@@ -7,8 +7,9 @@ from .. import devices as _device
 from ..reference import reduce as reference
 from ._check import check_arrays, check_int32, into
 from ..runtime import get_kernel
+from ._launch import kernel_constants
 
-CHANNEL_SUM_THREADS = 256   # as in reduce.cu: whole warps
+CHANNEL_SUM_THREADS = kernel_constants("reduce")["CHANNEL_SUM_THREADS"]   # whole warps
 
 
 def channel_sum(x, out=None):

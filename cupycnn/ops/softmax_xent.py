@@ -18,9 +18,11 @@ from .. import devices as _device
 from ..reference import softmax_xent as reference
 from ..runtime import ceil_div, elementwise_grid, get_kernel
 from ._check import check_arrays, check_int32, check_int_array, check_integer, check_positive
+from ._launch import kernel_constants
 
-XENT_ROWS_PER_BLOCK, XENT_THREADS = 4, 128     # as in softmax_xent.cu: a warp per row
-MEAN_THREADS = 256                             # as in softmax_xent.cu: one block, whole warps
+_K = kernel_constants("softmax_xent")
+XENT_ROWS_PER_BLOCK, XENT_THREADS = _K["XENT_ROWS_PER_BLOCK"], _K["XENT_THREADS"]   # a warp per row
+MEAN_THREADS = _K["MEAN_THREADS"]              # one block, whole warps
 _INT32 = np.dtype(np.int32)
 
 

@@ -37,15 +37,10 @@ from .. import devices as _device
 from ..layers.base import Parameter
 from ..ops import optim as optim_ops
 from ..ops._check import float_dtypes, shown
+from .torch_compat import translate_group
 
 SEGMENT_ALIGN = 32   # elements: every parameter starts on a 128-byte line of the flat buffers
 
-# Keys of a torch.optim state dict's groups that choose PyTorch's implementation or a variant
-# cupycnn does not have; load_state_dict accepts them only at the values that mean "the plain
-# algorithm", and drops them.
-_TORCH_ONLY_KEYS = {"maximize": (False,), "foreach": (None, False, True),
-                    "fused": (None, False, True), "differentiable": (False,),
-                    "capturable": (False,), "amsgrad": (False,)}
 _METADATA_KEYS = ("name", "param_names")   # free labels a group may carry
 
 
@@ -305,18 +300,9 @@ class Optimizer:
                 problems.append(f"group {g}: {len(ids)} parameters in the state, "
                                 f"{len(group['params'])} in the optimizer")
             saved_ids += ids
-            new = {key: copy.deepcopy(value) for key, value in saved.items() if key != "params"}
-            for key, accepted in _TORCH_ONLY_KEYS.items():
-                if key in new and new.pop(key) not in accepted:
-                    problems.append(f"group {g}: {key}={saved[key]!r} is not supported")
-            decoupled = new.pop("decoupled_weight_decay", self._decoupled())
-            if bool(decoupled) != self._decoupled():
-                problems.append(f"group {g}: decoupled_weight_decay={decoupled!r} does not "
-                                f"match {self.name}")
+            new = translate_group(saved, g, self.name, self._decoupled(), problems)
             for key, value in self.defaults.items():
                 new.setdefault(key, copy.copy(value))
-            if isinstance(new.get("betas"), list):
-                new["betas"] = tuple(new["betas"])
             try:
                 self._validate(new, f" in saved group {g}")
             except ValueError as e:

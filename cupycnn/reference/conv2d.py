@@ -17,9 +17,15 @@ and the forward pass and its three gradients, dL/dx, dL/dw, dL/db from dy = dL/d
 
 dx is the adjoint of y in x: each output pixel's window gets back sum_o dy[n, o, i, j] w[o],
 overlapping windows add, and what lands on the padding is dropped.
+
+`precision` ("fp32", "tf32" or "bf16"; see cupycnn/precision.py) rounds the two operands of each
+product as the tensor cores do (rounding.round_operand) before the product, which is then exact
+in the inputs' dtype: the specification of the tensor-core kernels (kernels/conv2d_tc.cu).
 """
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
+
+from .rounding import round_operand
 
 
 def pair(value, name="value"):
@@ -54,8 +60,9 @@ def _windows(x, kernel_size, stride, padding):
     return sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-def conv2d_forward(x, weight, bias, stride=1, padding=0):
+def conv2d_forward(x, weight, bias, stride=1, padding=0, precision="fp32"):
     """y = conv2d(x, weight) + bias; bias [C_out] or None."""
+    x, weight = round_operand(x, precision), round_operand(weight, precision)
     win = _windows(x, weight.shape[2:], stride, padding)            # [N, C, Ho, Wo, kh, kw]
     y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))       # [N, Ho, Wo, C_out]
     if bias is not None:
@@ -63,9 +70,10 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0):
     return np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.result_type(x, weight))
 
 
-def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0):
+def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, precision="fp32"):
     """dx [N, C_in, H, W] = col2im(dy . weight): every output pixel's window gets back
     sum_o dy[n, o, i, j] w[o, :, :, :]; overlapping windows add."""
+    dy, weight = round_operand(dy, precision), round_operand(weight, precision)
     (sh, sw), (ph, pw) = pair(stride), pair(padding)
     n, c, h, w = input_shape
     kh, kw = weight.shape[2:]
@@ -80,8 +88,9 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0):
     return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
 
 
-def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0):
+def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, precision="fp32"):
     """dw [C_out, C_in, kh, kw] = sum over images and output pixels of dy times the window."""
+    dy, x = round_operand(dy, precision), round_operand(x, precision)
     win = _windows(x, tuple(weight_shape[2:]), stride, padding)       # [N, C, Ho, Wo, kh, kw]
     dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))           # [C_out, C, kh, kw]
     return np.ascontiguousarray(dw, dtype=np.result_type(dy, x))

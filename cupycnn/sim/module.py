@@ -33,6 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..limits import (DEFAULT_DYNAMIC_SHARED_BYTES, GRID_X_MAX, GRID_YZ_MAX,
+                      MAX_DYNAMIC_SHARED_BYTES, MAX_THREADS_PER_BLOCK)
+
 INCLUDE_DIR = Path(__file__).resolve().parent / "include"
 
 ORDERS = ("natural", "reversed", "random")
@@ -46,11 +49,6 @@ class SimLaunchError(SimError):
     """A launch a GPU would refuse: over a block, grid or shared-memory limit."""
 
 
-# A GPU's launch limits (CUDA programming guide, compute capability 8.0 and 9.0).
-MAX_THREADS_PER_BLOCK = 1024
-MAX_GRID_X = 2**31 - 1
-DEFAULT_DYNAMIC_SHARED_BYTES = 48 * 1024        # without cudaFuncSetAttribute
-MAX_DYNAMIC_SHARED_BYTES = 227 * 1024           # sm_90's opt-in ceiling (sm_80: 163 KB)
 
 
 class SimBuildError(RuntimeError):
@@ -231,7 +229,7 @@ class Module:
                               "simt_first_argument(T t, R...) { return (long)t; }")
         self._bounds = set(bounds)
         wrapper = "\n".join(wrapper) + "\n"
-        header = (INCLUDE_DIR / "simt.h").read_text()
+        header = (INCLUDE_DIR / "simt.h").read_text(encoding="utf-8")
         key = hashlib.sha256("\0".join([wrapper, header, " ".join(flags), _compiler_id()])
                              .encode()).hexdigest()[:20]
         stem = re.sub(r"[^\w.-]", "_", Path(label).name)[:40] or "code"
@@ -384,8 +382,8 @@ class Kernel:
         elif threads > self.max_threads_per_block:
             why = (f"block of {threads} threads, more than the kernel's "
                    f"__launch_bounds__({self.max_threads_per_block})")
-        elif grid[0] > MAX_GRID_X or grid[1] > 65535 or grid[2] > 65535:
-            why = (f"grid {grid}: CUDA allows x up to {MAX_GRID_X}, y and z up to 65535")
+        elif grid[0] > GRID_X_MAX or grid[1] > GRID_YZ_MAX or grid[2] > GRID_YZ_MAX:
+            why = (f"grid {grid}: CUDA allows x up to {GRID_X_MAX}, y and z up to {GRID_YZ_MAX}")
         elif int(shared_mem) > self.max_dynamic_shared_size_bytes:
             why = (f"{int(shared_mem)} bytes of dynamic shared memory, over the "
                    f"{self.max_dynamic_shared_size_bytes} allowed"

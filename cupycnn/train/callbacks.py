@@ -1,8 +1,10 @@
 """Callbacks: what happens around training without being training itself.
 
 Each callback may implement on_train_begin, on_epoch_begin, on_batch_end, on_epoch_end(epoch,
-logs) and on_train_end; `logs` holds the epoch's figures ("loss", "accuracy", "val_loss",
-"val_accuracy", "lr"). State that must survive a resume (an early-stopping counter, the best
+logs), on_train_end and on_test_end(logs); `logs` holds the epoch's figures ("loss",
+"accuracy", "val_loss", "val_accuracy" with a validation set, "lr": the learning rate of the
+epoch's last step, "images_per_second"), or for on_test_end the test set's ("test_loss",
+"test_accuracy", "test_count", after training: Trainer.record_test). State that must survive a resume (an early-stopping counter, the best
 value so far) goes through state_dict() / load_state_dict(), which the trainer puts in its
 checkpoints. In data-parallel training the trainer gives every rank the same logs (all-reduced)
 and only rank 0 writes files.
@@ -38,6 +40,9 @@ class Callback:
         pass
 
     def on_train_end(self, logs=None):
+        pass
+
+    def on_test_end(self, logs):
         pass
 
     def state_dict(self):
@@ -203,7 +208,9 @@ class CSVLogger(Callback):
     figure. The whole file is rewritten (atomically) at each epoch's end from the history,
     which checkpoints carry, so after a resume it holds exactly the checkpoint's epochs and
     those run since: no rows lost or repeated by a killed run, no row torn by a full disk, and
-    a header that follows the columns when they change."""
+    a header that follows the columns when they change. The test figures (on_test_end) become
+    columns test_loss, test_accuracy, test_count filled on the last epoch's row (empty above
+    it): every row stays one epoch."""
 
     def __init__(self, path):
         self.path = path
@@ -220,14 +227,28 @@ class CSVLogger(Callback):
         if rows is None:                      # a trainer without a history: this run's rows
             self._rows = getattr(self, "_rows", []) + [{"epoch": epoch + 1, **logs}]
             rows = self._rows
-        fields = ["epoch"] + sorted({k for row in rows for k in row} - {"epoch"})
+        self._written = [dict(row) for row in rows]
+        self._write(self._written)
+
+    def on_test_end(self, logs):
+        rows = getattr(self, "_written", None)
+        if not self.trainer.is_root or not rows:
+            return
+        rows[-1].update(logs)
+        self._write(rows)
+
+    def _write(self, rows):
+        """The whole file from `rows`, replaced atomically (never half-written)."""
+        names = {k for row in rows for k in row} - {"epoch"}
+        tests = {k for k in names if k.startswith("test_")}     # the last columns
+        fields = ["epoch"] + sorted(names - tests) + sorted(tests)
         text = io.StringIO()
         writer = csv.DictWriter(text, fieldnames=fields, restval="")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
         with atomic.replace(self.path, what="CSV log") as partial:
-            with open(partial, "w", newline="") as f:
+            with open(partial, "w", newline="", encoding="utf-8") as f:
                 f.write(text.getvalue())
 
 
@@ -242,8 +263,9 @@ def checkpoint_bytes(trainer):
 class TensorBoard(Callback):
     """Loss, accuracy and learning rate as TensorBoard event files (through tensorboardX):
     `tensorboard --logdir <log_dir>`. Scalars are tagged loss/train, loss/val, accuracy/train,
-    accuracy/val, lr, at the epoch number; the training loss also every `batch_interval`
-    optimizer steps when the trainer reports it."""
+    accuracy/val, lr, at the epoch number, and loss/test, accuracy/test at the last epoch
+    (on_test_end); the training loss also every `batch_interval` optimizer steps when the
+    trainer reports it."""
 
     def __init__(self, log_dir, batch_interval=None):
         self.log_dir, self.batch_interval = str(log_dir), batch_interval
@@ -287,6 +309,16 @@ class TensorBoard(Callback):
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+
+    def on_test_end(self, logs):
+        """loss/test and accuracy/test, at the last epoch (their own event file)."""
+        if not self.trainer.is_root:
+            return
+        from tensorboardX import SummaryWriter
+        with SummaryWriter(self.log_dir, filename_suffix=".test") as writer:
+            for key, tag in (("test_loss", "loss/test"), ("test_accuracy", "accuracy/test")):
+                if key in logs and math.isfinite(float(logs[key])):
+                    writer.add_scalar(tag, float(logs[key]), self.trainer.epoch)
 
 
 def history_arrays(history):

@@ -20,21 +20,38 @@ def confusion_matrix(labels, predictions, num_classes):
     return counts
 
 
+ACCURACY_CLIP = 1e-4        # the logit axis cannot show 0 or 1: values are kept this far inside
+
+
 def plot_history(history, path, title="training"):
-    """Loss and accuracy per epoch (training and validation), and the learning rate."""
+    """Loss and accuracy per epoch (training and validation), and the learning rate.
+
+    The accuracy axis is a logit scale (0.9, 0.99, 0.999 equally spaced, as error rates on a
+    log scale), so the late epochs, where a run goes from 98% to 99%, stay as readable as the
+    first ones instead of flattening against 100%. The loss and the learning rate are on log
+    scales when positive."""
     plt = _pyplot()
     epochs = history.get("epoch") or list(range(1, len(history.get("loss", [])) + 1))
-    panels = [("loss", "loss"), ("accuracy", "accuracy"), ("lr", "learning rate")]
+    panels = [("loss", "loss"), ("accuracy", "accuracy"), ("lr", "learning rate (last step)")]
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     for ax, (key, label) in zip(axes, panels):
-        if key in history:
-            ax.plot(epochs, history[key], "o-", label="train" if key != "lr" else "lr", ms=3)
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], "s-", label="validation", ms=3)
+        curves = [(history[k], style, name) for k, style, name in (
+            (key, "o-", "train" if key != "lr" else "lr"), (f"val_{key}", "s-", "validation"))
+            if k in history]
+        if key == "accuracy":
+            curves = [(np.clip(np.asarray(v, float), ACCURACY_CLIP, 1 - ACCURACY_CLIP), style,
+                       name) for v, style, name in curves]
+        for values, style, name in curves:
+            ax.plot(epochs, values, style, label=name, ms=3)
         ax.set_xlabel("epoch")
         ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        if key == "lr" and key in history and min(history[key]) > 0:
+        ax.grid(alpha=0.3, which="both")
+        values = [v for c in curves for v in np.asarray(c[0], float) if np.isfinite(v)]
+        if key == "accuracy" and values:
+            ax.set_yscale("logit")
+            ax.set_ylim(max(ACCURACY_CLIP, min(values) * 0.9),
+                        min(1 - ACCURACY_CLIP, 1 - (1 - max(values)) * 0.7))
+        elif values and min(values) > 0:
             ax.set_yscale("log")
         if ax.get_legend_handles_labels()[0]:
             ax.legend()
@@ -67,7 +84,12 @@ def plot_confusion_matrix(counts, classes, path, title="confusion matrix"):
                 ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=7,
                         color="white" if fractions[i, j] > 0.5 else "black")
     accuracy = np.trace(counts) / max(counts.sum(), 1)
-    ax.set_title(f"{title} (accuracy {100 * accuracy:.2f}%)")
+    # The accuracy on a line of its own, and a long title (a folder's path) wrapped: a title
+    # wider than the figure would be cut at both ends, the accuracy with it.
+    import textwrap
+    width = max(20, int(size * 9))             # characters that fit the figure's width
+    ax.set_title("\n".join(textwrap.wrap(title, width) + [f"accuracy {100 * accuracy:.2f}% "
+                                                          f"({int(counts.sum())} images)"]))
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of the true class")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -75,10 +97,19 @@ def plot_confusion_matrix(counts, classes, path, title="confusion matrix"):
     return path
 
 
+def worst_predictions(probabilities, labels, count=32):
+    """The positions of the `count` examples the model got most wrong: the lowest probability
+    given to the true class first (the confident mistakes), ties in dataset order."""
+    probabilities, labels = np.asarray(probabilities), np.asarray(labels, np.int64)
+    true_class = probabilities[np.arange(len(labels)), labels]
+    return np.argsort(true_class, kind="stable")[:count]
+
+
 def plot_predictions(images, labels, probabilities, classes, path, columns=8,
                      title="sample predictions"):
     """A grid of images (uint8 [N, H, W, C]) with the true and the predicted class and its
-    probability; wrong predictions in red."""
+    probability; wrong predictions in red. (The training command shows the worst ones:
+    worst_predictions.)"""
     plt = _pyplot()
     images = np.asarray(images)
     n = len(images)
@@ -96,7 +127,8 @@ def plot_predictions(images, labels, probabilities, classes, path, columns=8,
         else:
             ax.imshow(image)
         right = predicted[i] == labels[i]
-        ax.set_title(f"true {classes[labels[i]]}\npred {classes[predicted[i]]} "
+        ax.set_title(f"true {classes[labels[i]]} {100 * probabilities[i, labels[i]]:.0f}%\n"
+                     f"pred {classes[predicted[i]]} "
                      f"{100 * probabilities[i, predicted[i]]:.0f}%", fontsize=8,
                      color="black" if right else "red")
     fig.suptitle(title)

@@ -27,7 +27,7 @@ from ..checkpoint import CheckpointError
 
 POSITION_FIELDS = {"epoch", "batch", "batches", "sums", "lr", "seconds", "world_size"}
 TRAINER_FIELDS = {"history", "callbacks", "callback_types", "scheduler", "scheduler_type",
-                  "position"}
+                  "position", "array_seed"}
 
 
 def _world(trainer):
@@ -167,6 +167,12 @@ def _plan(trainer, checkpoint, strict):
     plan += _check_schedule(c, trainer, state)
     plan += _check_callbacks(c, trainer, state, strict)
     plan += _check_random_states(c, trainer, checkpoint.rng)
+    if "array_seed" in state:                  # fit(x, y) on arrays: the shuffling seed
+        seed = c.count(state["array_seed"], "its array shuffling seed")
+        plan.append(lambda: setattr(trainer, "_array_seed", seed))
+    if trainer.normalization is None and checkpoint.normalization is not None:
+        normalization = _check_normalization(c, checkpoint.normalization)
+        plan.append(lambda: setattr(trainer, "normalization", normalization))
     if state.get("position") is not None:
         position = _check_position(c, trainer, state["position"], epoch)
         plan.append(lambda: setattr(trainer, "_position", position))
@@ -175,10 +181,24 @@ def _plan(trainer, checkpoint, strict):
     return plan
 
 
+def _check_normalization(c, normalization):
+    """What fit(x, y) on images computed: {"mean": [...], "std": [...]}, finite, std > 0."""
+    ok = isinstance(normalization, dict) and set(normalization) == {"mean", "std"}
+    values = {}
+    for key in ("mean", "std") if ok else ():
+        v = normalization[key]
+        v = v if isinstance(v, list) else [v]
+        ok = ok and 0 < len(v) <= 4096 and all(_is_number(x) and math.isfinite(x) for x in v)
+        values[key] = [float(x) for x in v] if ok else None
+    if not ok or not all(x > 0 for x in values["std"]):
+        raise c.bad(f"its input normalization is {_kind(normalization)}, expected "
+                    f'{{"mean": [...], "std": [...]}} of finite numbers, std > 0')
+    return values
+
+
 def _set_counters(trainer, epoch, step, history):
-    from .trainer import History
     trainer.epoch, trainer.step = epoch, step
-    trainer.history = History({k: list(v) for k, v in history.items()})
+    trainer.history = type(trainer.history)({k: list(v) for k, v in history.items()})  # History
 
 
 def _check_history(c, history, epoch):
@@ -346,7 +366,8 @@ def _snapshot(trainer):
             "callbacks": [copy.deepcopy(cb.state_dict()) for cb in trainer.callbacks],
             "counters": (trainer.epoch, trainer.step, copy.deepcopy(dict(trainer.history))),
             "rng": copy.deepcopy(trainer.random_state()),
-            "pending": (copy.deepcopy(trainer._pending_loader_state), trainer._position)}
+            "pending": (copy.deepcopy(trainer._pending_loader_state), trainer._position),
+            "data": (trainer._array_seed, copy.deepcopy(trainer.normalization))}
 
 
 def _rollback(trainer, snapshot):
@@ -360,6 +381,7 @@ def _rollback(trainer, snapshot):
     _set_counters(trainer, epoch, step, history)
     trainer.set_random_state(snapshot["rng"])
     trainer._pending_loader_state, trainer._position = snapshot["pending"]
+    trainer._array_seed, trainer.normalization = snapshot["data"]
 
 
 def apply(trainer, checkpoint, strict=True):

@@ -3,6 +3,7 @@
     trainer = Trainer(model, optimizer, SoftmaxCrossEntropy(), scheduler=schedule,
                       callbacks=[EarlyStopping(patience=5), CSVLogger("log.csv")])
     history = trainer.fit(train_loader, epochs=30, val_loader=val_loader)
+    history = trainer.fit(x, y, epochs=30, batch_size=64, validation_data=(x_val, y_val))
 
 A training step is: forward, loss, backward through the loss and the model, (data-parallel: the
 gradient all-reduce), one fused optimizer step, and one kernel that adds the batch's loss and
@@ -24,13 +25,24 @@ import numpy as np
 from .. import devices as _device
 from .. import random as _random
 from ..checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from ..layers.base import training_mode
 from ..ops import metrics as metric_ops
 from ..ops._check import check_device_array, check_int_array
 from ..ops.softmax_xent import check_labels_on_host, labels_to_int32
 from ..progress import Progress
 from ..reference.softmax_xent import softmax
+from ..data.transforms import Transform
+from ..models.description import NotDescribable, describe
 from . import resume as _resume
+from .arrays import array_loader, is_array
 from .callbacks import Callback
+
+
+def _images_per_batch(loader):
+    """What one batch of this rank stands for in the progress bar's images/s: the batch of
+    every rank together (a sharded loader's batch times its world size), so the bar shows the
+    job's throughput, as the epoch line does."""
+    return getattr(loader, "batch_size", 1) * getattr(loader, "world_size", 1)
 
 
 class History(dict):
@@ -60,7 +72,9 @@ class Trainer:
     distributed: a cupycnn.distributed context (gradient all-reduce, metric sums, rank 0 only
     printing and writing); None trains on one process.
     config, classes, normalization: saved in checkpoints so that a model can be rebuilt and fed
-    (examples/predict.py).
+    (examples/predict.py). The config is completed with the model's architecture (any model of
+    library layers) and its input shape (checkpoint_config); the normalization, when not given,
+    comes from fit: the images' statistics for arrays, a loader's Normalize or augmentation.
     cuda_graph: record the training step once and replay it (a CUDA graph on cuda, the launch
     list on sim; train/graphed.py says when a step falls back to running eagerly, and says so).
     """
@@ -94,6 +108,8 @@ class Trainer:
         self._position = None       # from resume() of a mid-epoch checkpoint: where to start
         self._in_epoch = None       # during an epoch: its number, batches done, sums, lr
         self._classes_seen = None   # the model's outputs, known after the first step
+        self._array_seed = None     # the shuffling seed of fit(x, y) on arrays (checkpointed)
+        self.input_shape = None     # of one example, from the first training batch
         self.graphed = None
         if cuda_graph:
             from .graphed import GraphedTraining
@@ -139,6 +155,8 @@ class Trainer:
         """One optimizer step on a batch; adds its loss and hits to `sums` (on the device).
         The batch is checked first: a step that fails has changed nothing."""
         y = self._labels("Trainer.train_step", x, y)
+        if self.input_shape is None:            # for the checkpoint's config
+            self.input_shape = tuple(int(s) for s in x.shape[1:])
         if self.distributed is not None and hasattr(self.distributed, "set_step"):
             self.distributed.set_step(self.step + 1, self.epoch)   # what a watchdog names
         if self.graphed is not None:
@@ -161,10 +179,51 @@ class Trainer:
         self.optimizer.step()
         metric_ops.accumulate_metrics(logits, y, loss, sums)
 
-    def fit(self, train_loader, epochs, val_loader=None, stop_at=None):
+    def fit(self, x, y=None, epochs=1, *, batch_size=None, validation_data=None,
+            val_loader=None, shuffle=True, seed=None, stop_at=None):
         """Train until `epochs` epochs are complete (counting those before a resume), or a
         callback stops training, or (stop_at) that many epochs are complete: a run cut into
-        pieces, each resumed from the last checkpoint. Returns the history."""
+        pieces, each resumed from the last checkpoint. Returns the history.
+
+        The data, as Keras or PyTorch users hold it:
+            fit(x, y, epochs=10, batch_size=32, validation_data=(x_val, y_val))   NumPy arrays
+            fit(loader, epochs=10, val_loader=val_loader)         a Loader (or any iterable
+                                                                   of (x, y) batches)
+        Arrays (uint8 or float images, or network input: cupycnn/train/arrays.py) are served in
+        batches of `batch_size` (32 by default), reshuffled every epoch when `shuffle` (the
+        order from `seed`, drawn once from cupycnn.random when None, and kept in checkpoints).
+        `validation_data` is (x_val, y_val) arrays or a loader; `val_loader` is the same.
+        The model trains in training mode; each layer gets its own mode back at the end."""
+        if not is_array(x) and isinstance(y, (int, np.integer)) and not isinstance(y, bool):
+            epochs, y = int(y), None                      # fit(loader, epochs), positionally
+        if validation_data is not None and val_loader is not None:
+            raise ValueError("fit: give validation_data or val_loader, not both")
+        val = validation_data if validation_data is not None else val_loader
+        if is_array(x):
+            if y is None:
+                raise ValueError("fit: arrays need their labels: fit(x, y, ...)")
+            if seed is None:
+                if self._array_seed is None:
+                    self._array_seed = int(_random.next_seed())
+                seed = self._array_seed
+            train_loader = array_loader(self, x, y, 32 if batch_size is None else batch_size,
+                                        who="fit", shuffle=shuffle, seed=seed, train=True)
+        else:
+            if y is not None or batch_size is not None:
+                raise ValueError("fit: a loader brings its own labels and batch size; y and "
+                                 "batch_size are for arrays: fit(x, y, batch_size=...)")
+            train_loader = x
+        if isinstance(val, (tuple, list)):
+            if len(val) != 2 or not is_array(val[0]):
+                raise ValueError("fit: validation_data must be (x_val, y_val) arrays or a "
+                                 "loader")
+            val = array_loader(self, val[0], val[1], batch_size or 256,
+                               who="fit validation_data")
+        val_loader = val
+        transform = getattr(train_loader, "transform", None)
+        if self.normalization is None and isinstance(transform, Transform):
+            self.normalization = {"mean": np.atleast_1d(transform.mean).tolist(),
+                                  "std": np.atleast_1d(transform.std).tolist()}
         self.loaders = [train_loader] + ([val_loader] if val_loader is not None else [])
         if self._pending_loader_state:
             self.set_random_state({"loaders": self._pending_loader_state})
@@ -174,6 +233,8 @@ class Trainer:
         self._callbacks("on_train_begin", {})
         logs = {}
         last = epochs if stop_at is None else min(epochs, stop_at)
+        modes = training_mode(self.model, True)     # each layer's own mode comes back at the end
+        modes.__enter__()
         while self.epoch < last and not self.stop_training:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):
@@ -188,15 +249,17 @@ class Trainer:
             self._callbacks("on_epoch_begin", epoch, {})
             bar = Progress(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
                            unit="batch", enabled=self.progress and self.is_root,
-                           unit_scale=getattr(train_loader, "batch_size", 1))
+                           unit_scale=_images_per_batch(train_loader))
             bar.done = start
             started = time.perf_counter()
             self._in_epoch = {"epoch": epoch, "batch": start, "batches": len(train_loader),
                               "sums": sums, "lr": lr, "started": started,
                               "seconds_before": seconds_before}
             for x, y in train_loader:
+                lr = self.optimizer.param_groups[0]["lr"]     # the epoch logs its last step's
                 self.train_step(x, y, sums)
                 self._in_epoch["batch"] += 1
+                self._in_epoch["lr"] = lr
                 if bar.enabled and bar.due():       # the only host read inside an epoch
                     loss, accuracy, _ = metric_ops.read_sums(sums)
                     bar.set_metrics(loss=loss, acc=accuracy)
@@ -225,23 +288,36 @@ class Trainer:
             if self.is_root:
                 figures = "  ".join(f"{k}={v:.4g}" for k, v in logs.items())
                 print(f"epoch {epoch + 1}/{epochs}: {figures}", flush=True)
+        modes.__exit__(None, None, None)
         self._callbacks("on_train_end", logs)
         return self.history
 
     # ------------------------------------------------------------------------ evaluation
-    def evaluate(self, loader, desc="evaluate"):
-        """Mean loss and accuracy over the whole of `loader` (all ranks together):
-        {"loss", "accuracy", "count"}."""
+    def evaluate(self, loader, y=None, *, batch_size=256, desc="evaluate"):
+        """Mean loss and accuracy over the whole dataset of `loader` (all ranks together):
+        {"loss", "accuracy", "count"}; or over arrays, evaluate(x, y) (cupycnn/train/arrays.py).
+        A Loader is read in dataset order, every example once (Loader.in_order: no shuffling,
+        dropped batch or padding, whatever it was built with); the model runs in evaluation
+        mode and gets its previous modes back."""
+        if is_array(loader):
+            if y is None:
+                raise ValueError("evaluate: arrays need their labels: evaluate(x, y)")
+            loader = array_loader(self, loader, y, batch_size, who="evaluate")
+        elif y is not None:
+            raise ValueError("evaluate: a loader brings its own labels; y is for arrays")
+        if hasattr(loader, "in_order"):
+            loader = loader.in_order()
         sums = metric_ops.new_sums()
         bar = Progress(total=len(loader), desc=desc, unit="batch",
                        enabled=self.progress and self.is_root,
-                       unit_scale=getattr(loader, "batch_size", 1))
-        for x, y in loader:
-            y = self._labels("Trainer.evaluate", x, y)
-            logits = self.model.forward(x, training=False)
-            loss = self.loss.forward(logits, y)
-            metric_ops.accumulate_metrics(logits, y, loss, sums)
-            bar.update(1)
+                       unit_scale=_images_per_batch(loader))
+        with training_mode(self.model, False):
+            for x, y in loader:
+                y = self._labels("Trainer.evaluate", x, y)
+                logits = self.model.forward(x, training=False)
+                loss = self.loss.forward(logits, y)
+                metric_ops.accumulate_metrics(logits, y, loss, sums)
+                bar.update(1)
         self._allreduce_sums(sums)
         loss, accuracy, count = metric_ops.read_sums(sums)
         bar.set_metrics(loss=loss, acc=accuracy)
@@ -249,17 +325,46 @@ class Trainer:
         return {"loss": loss, "accuracy": accuracy, "count": count}
 
     def predict(self, inputs, batch_size=256):
-        """Class probabilities [N, classes] (NumPy) for model-ready inputs: an array [N, ...]
-        or a loader of (x, y) batches. The softmax is taken on the host, after the forward."""
+        """Class probabilities [N, classes] (NumPy), row i for example i: for arrays (images
+        or network input, cupycnn/train/arrays.py; on each rank alone) or a loader of (x, y)
+        batches. A Loader is read in dataset order (Loader.in_order), whatever its shuffling;
+        a Loader sharded over the ranks of the trainer's data-parallel context gives every rank
+        the whole dataset's rows (each rank predicts its share, then the shares are gathered:
+        every rank must call it). The model runs in evaluation mode and gets its previous modes
+        back; the softmax is taken on the host."""
         outputs = []
-        if hasattr(inputs, "__iter__") and not hasattr(inputs, "shape"):
-            batches = (x for x, _ in inputs)
-        else:
-            batches = (inputs[i:i + batch_size] for i in range(0, len(inputs), batch_size))
-        for x in batches:
-            logits = self.model.forward(_device.asarray(x), training=False)
-            outputs.append(_device.asnumpy(logits).astype(np.float64))
-        return softmax(np.concatenate(outputs) if outputs else np.zeros((0, 0)))
+        gather = None
+        if is_array(inputs):
+            inputs = array_loader(self, inputs, None, batch_size, who="predict", shard=False)
+        if hasattr(inputs, "in_order"):
+            inputs = inputs.in_order()
+            if inputs.world_size > 1:
+                if self.distributed is None or self.distributed.size != inputs.world_size:
+                    raise ValueError(f"predict: the loader is rank {inputs.rank} of "
+                                     f"{inputs.world_size} shards, but the trainer has no "
+                                     f"data-parallel context of {inputs.world_size} ranks to "
+                                     f"gather the other shards from")
+                gather = (len(inputs.dataset), inputs.world_size)
+        batches = (x for x, _ in inputs)
+        with training_mode(self.model, False):
+            for x in batches:
+                logits = self.model.forward(_device.asarray(x), training=False)
+                outputs.append(_device.asnumpy(logits).astype(np.float64))
+        logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
+        if gather is not None:                  # rank r predicted examples r, r + W, r + 2W, ...
+            n, world = gather
+            shares = self.distributed.allgather(logits)
+            logits = np.empty((n, max(s.shape[1] for s in shares)))
+            for rank, share in enumerate(shares):
+                logits[rank::world] = share
+        return softmax(logits)
+
+    def record_test(self, result):
+        """Hand the test set's figures (what evaluate returned) to the callbacks' on_test_end:
+        the CSV log and TensorBoard get them beside the epochs'."""
+        logs = {f"test_{k}": v for k, v in result.items()}
+        self._callbacks("on_test_end", logs)
+        return logs
 
     # ----------------------------------------------------------------------- checkpoints
     def random_state(self):
@@ -302,10 +407,29 @@ class Trainer:
             trainer_state["scheduler_type"] = type(self.scheduler).__name__
         if position is not None:
             trainer_state["position"] = position
+        if self._array_seed is not None:
+            trainer_state["array_seed"] = self._array_seed
         return save_checkpoint(path, model=self.model, optimizer=self.optimizer,
-                               epoch=self.epoch, step=self.step, config=self.config,
+                               epoch=self.epoch, step=self.step, config=self.checkpoint_config(),
                                classes=self.classes, normalization=self.normalization,
                                rng=self.random_state(), trainer=trainer_state)
+
+    def checkpoint_config(self):
+        """The config a checkpoint gets: the one given to the Trainer, completed with what
+        rebuilding and feeding the model needs (examples/predict.py, cupycnn.predict): the
+        model's architecture when it is made of library layers (or, when it is not, why not),
+        and the input shape of the training batches."""
+        config = dict(self.config or {})
+        if "architecture" not in config:
+            try:
+                config["architecture"] = describe(self.model)
+            except NotDescribable as e:
+                config["architecture_missing"] = str(e)
+        if "input_shape" not in config and self.input_shape is not None:
+            config["input_shape"] = list(self.input_shape)
+            config.setdefault("resize", None)
+            config.setdefault("crop", False)
+        return config
 
     def resume(self, path, strict=True):
         """Continue from a checkpoint: model, optimizer, scheduler, counters, history,

@@ -84,8 +84,8 @@ def train(kind, dtype, ctx, rank, world_size, sync_bn=True):
             assert ctx.synchronize_batchnorm(model) == (2 if kind == "bn" else 0)
     data = Synthetic(GLOBAL_BATCH * STEPS_PER_EPOCH, shape=(8, 8, 3), num_classes=CLASSES,
                      seed=5)
-    loader = Loader(data, batch_size=GLOBAL_BATCH // world_size, seed=7, prefetch=False,
-                    rank=rank, world_size=world_size, transform=to_input(dtype))
+    loader = Loader(data, batch_size=GLOBAL_BATCH // world_size, shuffle=True, seed=7,
+                    prefetch=False, rank=rank, world_size=world_size, transform=to_input(dtype))
     loss_fn = SoftmaxCrossEntropy()
     steps = 0
     for epoch in range(EPOCHS):

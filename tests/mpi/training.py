@@ -63,12 +63,21 @@ def metrics(ctx, devices):
             sharded = trainer_for(small_model(), ctx, progress=False).evaluate(shard)
             everyone = ctx.allgather(sharded)
             assert all(result == everyone[0] for result in everyone), "ranks disagree"
+            # A padded, shuffled training loader serves repeated examples; evaluate reads its
+            # dataset in order, every example once (Loader.in_order), so the figures are the
+            # same as the exact shards'.
             padded = loader(data, batch, ctx.rank, ctx.size, shuffle=True, seed=3, pad=True)
-            padded_count = trainer_for(small_model(), ctx, progress=False).evaluate(padded)
+            served = ctx.allgather(sum(len(y) for _, y in padded))
+            padded_result = trainer_for(small_model(), ctx, progress=False).evaluate(padded)
+            # predict on a sharded, shuffled loader: every rank gets every row, in dataset order.
+            probs = trainer_for(small_model(), ctx, progress=False).predict(padded)
+            alone = trainer_for(small_model(), progress=False).predict(loader(data, batch))
+            assert probs.shape == (n, CLASSES), probs.shape
+            np.testing.assert_allclose(probs, alone, rtol=1e-5, atol=1e-7)
             if ctx.rank != 0:
                 continue
-            # The control: padded shards repeat examples, so their sums are not the dataset's.
-            assert padded_count["count"] == -(-n // ctx.size) * ctx.size != n, padded_count
+            assert sum(served) == -(-n // ctx.size) * ctx.size != n, served
+            assert padded_result == sharded, (padded_result, sharded)
             single = trainer_for(small_model(), progress=False)
             reference = single.evaluate(loader(data, batch if batch == 1 else 5, shuffle=False))
             assert sharded["count"] == reference["count"] == n, (sharded, reference)
@@ -89,13 +98,14 @@ def metrics(ctx, devices):
         # batches, so they are the one-process figures for the global batch.
         train = Synthetic(16, shape=(8, 8, 3), num_classes=CLASSES, seed=12)
         global_batch = 8
-        shard = loader(train, ctx.per_rank_batch(global_batch), ctx.rank, ctx.size, seed=4)
+        shard = loader(train, ctx.per_rank_batch(global_batch), ctx.rank, ctx.size,
+                       shuffle=True, seed=4)
         history = trainer_for(small_model(), ctx, progress=False).fit(shard, epochs=1)
         everyone = ctx.allgather((history["loss"], history["accuracy"]))
         assert all(h == everyone[0] for h in everyone), "ranks report different figures"
         if ctx.rank == 0:
             single = trainer_for(small_model(), progress=False)
-            reference = single.fit(loader(train, global_batch, seed=4), epochs=1)
+            reference = single.fit(loader(train, global_batch, shuffle=True, seed=4), epochs=1)
             assert history["accuracy"] == reference["accuracy"], (history, reference)
             assert abs(history["loss"][0] - reference["loss"][0]) <= 1e-5 * reference["loss"][0]
             print(f"OK fit {device} ranks={ctx.size} loss={history['loss'][0]!r} one-process "
@@ -115,7 +125,7 @@ def rank0(ctx, directory):
                  TensorBoard(os.path.join(out, "tensorboard")),
                  EarlyStopping(monitor="val_loss", patience=1)]
     trainer = trainer_for(small_model(), ctx, callbacks=callbacks, progress=True)
-    history = trainer.fit(loader(train, 4, ctx.rank, ctx.size, seed=4), epochs=2,
+    history = trainer.fit(loader(train, 4, ctx.rank, ctx.size, shuffle=True, seed=4), epochs=2,
                           val_loader=loader(val, 4, ctx.rank, ctx.size, shuffle=False,
                                             pad=False))
     trainer.save_checkpoint(os.path.join(out, "final.h5"))
@@ -130,7 +140,7 @@ def die(ctx, how):
     model = small_model()
     trainer = trainer_for(model, ctx, progress=False)
     data = Synthetic(32, shape=(8, 8, 3), num_classes=CLASSES, seed=12)
-    batches = iter(loader(data, 4, ctx.rank, ctx.size, seed=4))
+    batches = iter(loader(data, 4, ctx.rank, ctx.size, shuffle=True, seed=4))
     with ctx.abort_on_error():
         for step in range(4):
             x, y = next(batches)

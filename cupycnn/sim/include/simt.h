@@ -167,6 +167,11 @@ __attribute__((format(printf, 1, 2))) inline void set_error(const char* fmt, ...
   va_end(ap);
 }
 
+// One cp.async in flight: the source bytes as read at issue (a snapshot), where they go, and
+// the commit group it belongs to (-1: not committed yet).
+struct CpAsync { void* dst; uint8_t data[16]; int size; int group; };
+enum { MATRIX_WORDS = 16 };        // 32-bit words one lane contributes to a matrix collective
+
 struct Block {
   int n = 0, nwarps = 0;
   dim3 bdim;
@@ -181,6 +186,10 @@ struct Block {
   std::vector<uint32_t> wlive, warrive, wmask;     // per warp / per thread masks
   std::vector<uint64_t> xbuf;      // per warp: 2 x 32 exchange slots
   std::vector<uint8_t> xpar;       // per thread shuffle parity
+  std::vector<uint32_t> mbuf;      // per warp: 2 x 32 lanes x MATRIX_WORDS, matrix collectives
+  std::vector<uint8_t> mpar;       // per thread matrix-collective parity
+  std::vector<std::vector<struct CpAsync>> cpq;   // per thread: cp.async copies in flight
+  std::vector<int> cpgroups;       // per thread: groups committed so far
   int bacc[2] = {0, 0}; unsigned bphase = 0;        // __syncthreads_count etc.
   std::vector<Fiber*> pool; size_t pool_next = 0;  // fibers, reused per block
   Fiber main;
@@ -418,6 +427,8 @@ __attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
       b.order.resize(b.n); b.fib.resize(b.n); b.st.resize(b.n); b.rq.resize(b.n);
       b.wlive.resize(b.nwarps); b.warrive.resize(b.nwarps); b.wmask.resize(b.n);
       b.xbuf.assign((size_t)b.nwarps * 64, 0); b.xpar.resize(b.n);
+      b.mbuf.assign((size_t)b.nwarps * 64 * MATRIX_WORDS, 0); b.mpar.resize(b.n);
+      b.cpq.resize(b.n); b.cpgroups.resize(b.n);
       b.bwait.reserve(b.n);
     }
     b.body = body_fn; b.ctx = body_ctx;
@@ -442,6 +453,9 @@ __attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
         b.wlive[w] = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1); b.warrive[w] = 0;
       }
       std::fill(b.xpar.begin(), b.xpar.end(), 0);
+      std::fill(b.mpar.begin(), b.mpar.end(), 0);
+      for (auto& q : b.cpq) q.clear();      // copies never waited for die with their thread
+      std::fill(b.cpgroups.begin(), b.cpgroups.end(), 0);
       if (g_cfg.poison) {
         if (shmem) for (auto fn : dyn_smem_registry()) memset(fn(), 0xff, shmem);
 #ifndef _OPENMP
@@ -614,3 +628,207 @@ SIMT_VEC(float, float2, float4) SIMT_VEC(int, int2, int4) SIMT_VEC(double, doubl
 SIMT_VEC(unsigned, uint2, uint4)
 inline uint3 make_uint3(unsigned x, unsigned y, unsigned z) { return uint3{x, y, z}; }
 inline dim3 make_dim3(unsigned x, unsigned y, unsigned z) { return dim3(x, y, z); }
+
+// ------------------------------------------------------------------ matrix instructions
+// The warp-level matrix and copy instructions of sm_80, with the PTX ISA's semantics, for the
+// wrappers in kernels/tensor_core.cuh (which use inline PTX on a GPU and these on the CPU):
+//
+//   simt_mma_m16n8k8_tf32   mma.sync.aligned.m16n8k8.row.col.f32.tf32.tf32.f32
+//   simt_mma_m16n8k16_bf16  mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32
+//   simt_ldmatrix           ldmatrix.sync.aligned.m8n8.{x1,x2,x4}{,.trans}.shared.b16
+//   simt_cp_async           cp.async.{ca,cg}.shared.global [dst], [src], size, src_size
+//   simt_cp_async_commit    cp.async.commit_group
+//   simt_cp_async_wait      cp.async.wait_group N
+//   simt_cvt_rna_tf32       cvt.rna.tf32.f32
+//   simt_cvt_rn_bf16        cvt.rn.bf16.f32
+//
+// Fragments (PTX ISA, "Matrix Fragments for mma.m16n8k8" / "mma.m16n8k16"): in lane l, with
+// g = l / 4 (the group) and t = l % 4 (the thread in the group),
+//   tf32 A 16x8, a[r] (r < 4):       A[g + 8 (r % 2)][t + 4 (r / 2)]
+//   tf32 B 8x8,  b[r] (r < 2):       B[t + 4 r][g]
+//   bf16 A 16x16, a[r] holds 2:      A[g + 8 (r % 2)][2 t + 8 (r / 2) + h]   h = 0 low half, 1 high
+//   bf16 B 16x8,  b[r] holds 2:      B[2 t + 8 r + h][g]
+//   C, D 16x8 (f32), c[r] (r < 4):   C[g + 8 (r / 2)][2 t + r % 2]
+// D = A B + C. The emulator forms each product exactly, adds them and C in double and rounds the
+// sum once to float (PTX leaves the order and internal precision of the accumulation to the
+// hardware, so a GPU may differ in the last bits). A tf32 operand's low 13 bits are ignored, as
+// the hardware ignores them; cvt.rna.tf32.f32 makes a proper tf32 first.
+//
+// A matrix collective is a barrier of the whole warp (all 32 lanes, converged, as `.aligned`
+// requires; a missing lane is an error): each lane publishes its fragment or address, then
+// computes its own part of the result from everyone's.
+//
+// cp.async is modelled so that what a real GPU leaves to timing is deterministic and visible:
+// at issue the source bytes are read (snapshotted) and the destination is filled with 0xFF
+// (NaN for floats); the bytes land only when the issuing thread's cp.async.wait_group releases
+// their group. A thread that reads the destination before its wait reads NaN; another thread
+// that reads it without a __syncthreads() after the wait reads NaN or stale data in some thread
+// order. Bytes past src_size are zero-filled (the out-of-bounds idiom). Copies still in flight
+// when a thread exits are dropped.
+namespace simt {
+
+inline void fault(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+inline void fault(const char* fmt, ...) {   // an error in a kernel: the launch fails with it
+  Block& b = *g_blk;
+  if (!b.error) {
+    char m[700]; va_list ap; va_start(ap, fmt); vsnprintf(m, sizeof m, fmt, ap); va_end(ap);
+    set_error("thread %d of block (%u,%u,%u): %s", g_tid, blockIdx.x, blockIdx.y, blockIdx.z, m);
+  }
+  b.error = 1;
+}
+
+// Is [p, p + bytes) in this block's shared memory? (Only known when blocks run on one OS thread.)
+// Static __shared__ arrays are in the section simt_shared, or, when g++ puts a function-local
+// static of a template elsewhere, in the module's own zero-initialised data (.bss): either
+// passes; NumPy arrays (the heap) and locals (a fiber's stack) do not.
+} // namespace simt
+extern "C" char __bss_start[] __attribute__((weak, visibility("hidden")));
+extern "C" char _end[] __attribute__((weak, visibility("hidden")));
+namespace simt {
+inline bool in_shared(const void* p, size_t bytes) {
+#ifdef _OPENMP
+  (void)p; (void)bytes; return true;
+#else
+  const char* c = (const char*)p;
+  if (__start_simt_shared && c >= __start_simt_shared && c + bytes <= __stop_simt_shared) return true;
+  if (__bss_start && c >= __bss_start && c + bytes <= _end) return true;
+  for (auto fn : dyn_smem_registry()) {
+    const char* d = (const char*)fn();
+    if (c >= d && c + bytes <= d + SIMT_MAX_DYN_SMEM) return true;
+  }
+  return false;
+#endif
+}
+
+// Publish `words` 32-bit words of this lane, wait for the whole warp, return the warp's table
+// (lane l's words at [l * MATRIX_WORDS]). Double-buffered like exchange().
+inline const uint32_t* warp_publish(const uint32_t* mine, int words, const char* what) {
+  Block& b = *g_blk; int me = g_tid, lane = me & 31, w = me >> 5;
+  uint32_t* table = &b.mbuf[(size_t)(w * 2 + (b.mpar[me] ^= 1)) * 32 * MATRIX_WORDS];
+  memcpy(&table[lane * MATRIX_WORDS], mine, words * sizeof(uint32_t));
+  if (b.wlive[w] != 0xffffffffu)
+    fault("%s needs all 32 lanes of warp %d, but lanes 0x%08x have exited or the warp is partial",
+          what, w, ~b.wlive[w]);
+  warp_barrier(0xffffffffu);
+  return table;
+}
+
+inline float bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+inline uint32_t float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+
+// cvt.rna.tf32.f32: round to 10 fraction bits, ties away from zero; the result is a float whose
+// low 13 bits are 0. NaN stays NaN; a value that rounds past FLT_MAX becomes infinity.
+inline float cvt_rna_tf32(float x) {
+  uint32_t u = float_bits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return x;            // NaN
+  return bits_float((u + 0x1000u) & 0xffffe000u);           // sign-magnitude: + half, truncate
+}
+// cvt.rn.bf16.f32: round to nearest, ties to even; NaN becomes the canonical 0x7fff.
+inline uint16_t cvt_rn_bf16(float x) {
+  uint32_t u = float_bits(x);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fffu;
+  return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+
+// D = A B + C for one warp; kind 0: m16n8k8 tf32, kind 1: m16n8k16 bf16.
+inline void mma_sync(int kind, float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  uint32_t mine[6] = {a[0], a[1], a[2], a[3], b[0], b[1]};
+  const uint32_t* tab = warp_publish(mine, 6, kind ? "mma.sync.m16n8k16.bf16" : "mma.sync.m16n8k8.tf32");
+  const int lane = g_tid & 31, g = lane / 4, t = lane % 4;
+  const int K = kind ? 16 : 8;
+  // A[row][k] and B[k][col] as doubles, read from the lane and register that hold them.
+  auto A = [&](int row, int k) -> double {
+    if (kind == 0) {
+      uint32_t u = tab[((row % 8) * 4 + k % 4) * MATRIX_WORDS + (row / 8) + 2 * (k / 4)];
+      return bits_float(u & 0xffffe000u);
+    }
+    uint32_t u = tab[((row % 8) * 4 + (k % 8) / 2) * MATRIX_WORDS + (row / 8) + 2 * (k / 8)];
+    return bits_float(((k & 1) ? u >> 16 : u & 0xffffu) << 16);
+  };
+  auto B = [&](int k, int col) -> double {
+    if (kind == 0) return bits_float(tab[(col * 4 + k % 4) * MATRIX_WORDS + 4 + k / 4] & 0xffffe000u);
+    uint32_t u = tab[(col * 4 + (k % 8) / 2) * MATRIX_WORDS + 4 + k / 8];
+    return bits_float(((k & 1) ? u >> 16 : u & 0xffffu) << 16);
+  };
+  float out[4];
+  for (int r = 0; r < 4; ++r) {
+    const int row = g + 8 * (r / 2), col = 2 * t + r % 2;
+    double sum = c[r];
+    for (int k = 0; k < K; ++k) sum += A(row, k) * B(k, col);   // exact products
+    out[r] = (float)sum;
+  }
+  for (int r = 0; r < 4; ++r) d[r] = out[r];
+}
+
+// ldmatrix.sync.aligned.m8n8.x{count}{.trans}.shared.b16: lanes 8 i .. 8 i + 7 give the row
+// addresses (16 bytes each, 16-byte aligned, in shared memory) of matrix i; lane l receives in
+// r[i] the two 16-bit elements (row l / 4, columns 2 (l % 4), +1) of matrix i, or with .trans
+// those of its transpose: (rows 2 (l % 4), +1, column l / 4).
+inline void ldmatrix(uint32_t* r, int count, bool trans, const void* row_address) {
+  uint64_t p = (uint64_t)(uintptr_t)row_address;
+  uint32_t mine[2] = {(uint32_t)p, (uint32_t)(p >> 32)};
+  const int lane = g_tid & 31;
+  if (lane < 8 * count) {
+    if (p % 16) fault("ldmatrix: row address %p (lane %d) is not 16-byte aligned", row_address, lane);
+    else if (!in_shared(row_address, 16))
+      fault("ldmatrix: row address %p (lane %d) is not in shared memory", row_address, lane);
+  }
+  const uint32_t* tab = warp_publish(mine, 2, "ldmatrix");
+  auto row_ptr = [&](int l) {
+    return (const uint16_t*)(uintptr_t)((uint64_t)tab[l * MATRIX_WORDS] | ((uint64_t)tab[l * MATRIX_WORDS + 1] << 32));
+  };
+  if (g_blk->error) { for (int i = 0; i < count; ++i) r[i] = 0; return; }
+  for (int i = 0; i < count; ++i) {
+    uint16_t e[2];
+    for (int h = 0; h < 2; ++h)
+      e[h] = trans ? row_ptr(8 * i + 2 * (lane % 4) + h)[lane / 4]
+                   : row_ptr(8 * i + lane / 4)[2 * (lane % 4) + h];
+    r[i] = (uint32_t)e[0] | ((uint32_t)e[1] << 16);
+  }
+}
+
+// cp.async.{ca,cg}.shared.global [dst], [src], size, src_size: size 4, 8 or 16 bytes (cg: 16
+// only), both addresses aligned to size, src_size <= size bytes read, the rest zero-filled.
+inline void cp_async(void* dst, const void* src, int size, int src_size, bool cg) {
+  if (!(size == 4 || size == 8 || size == 16) || (cg && size != 16)) {
+    fault("cp.async.%s: copy size %d (ca: 4, 8 or 16; cg: 16)", cg ? "cg" : "ca", size); return; }
+  if ((uintptr_t)dst % size || (uintptr_t)src % size) {
+    fault("cp.async: addresses %p <- %p are not aligned to the %d-byte copy", dst, src, size); return; }
+  if (src_size < 0 || src_size > size) { fault("cp.async: src_size %d of a %d-byte copy", src_size, size); return; }
+  if (!in_shared(dst, size)) { fault("cp.async: destination %p is not in shared memory", dst); return; }
+  CpAsync c; c.dst = dst; c.size = size; c.group = -1;
+  memset(c.data, 0, sizeof c.data);
+  if (src_size) memcpy(c.data, src, src_size);
+  memset(dst, 0xff, size);                      // the destination is undefined until the wait
+  g_blk->cpq[g_tid].push_back(c);
+}
+inline void cp_async_commit() {
+  int& groups = g_blk->cpgroups[g_tid];
+  for (auto& c : g_blk->cpq[g_tid]) if (c.group < 0) c.group = groups;
+  ++groups;                                     // an empty group is a group too, as in PTX
+}
+// cp.async.wait_group n: complete every committed group but the n most recent.
+inline void cp_async_wait(int n) {
+  auto& q = g_blk->cpq[g_tid];
+  const int oldest_kept = g_blk->cpgroups[g_tid] - n;
+  size_t kept = 0;
+  for (size_t i = 0; i < q.size(); ++i) {
+    if (q[i].group >= 0 && q[i].group < oldest_kept) memcpy(q[i].dst, q[i].data, q[i].size);
+    else q[kept++] = q[i];
+  }
+  q.resize(kept);
+}
+} // namespace simt
+
+inline void simt_mma_m16n8k8_tf32(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  simt::mma_sync(0, d, a, b, c); }
+inline void simt_mma_m16n8k16_bf16(float* d, const uint32_t* a, const uint32_t* b, const float* c) {
+  simt::mma_sync(1, d, a, b, c); }
+inline void simt_ldmatrix(uint32_t* r, int count, bool trans, const void* row_address) {
+  simt::ldmatrix(r, count, trans, row_address); }
+inline void simt_cp_async(void* dst, const void* src, int size, int src_size, bool cg) {
+  simt::cp_async(dst, src, size, src_size, cg); }
+inline void simt_cp_async_commit() { simt::cp_async_commit(); }
+inline void simt_cp_async_wait(int n) { simt::cp_async_wait(n); }
+inline float simt_cvt_rna_tf32(float x) { return simt::cvt_rna_tf32(x); }
+inline uint16_t simt_cvt_rn_bf16(float x) { return simt::cvt_rn_bf16(x); }

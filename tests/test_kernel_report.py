@@ -1,0 +1,57 @@
+"""The proof in the machine code that the tensor-core kernels run on tensor cores: every kernel of
+the tensor-core files, in every tile configuration and precision of ops/tiles.py, compiled by
+nvcc for sm_80 and sm_90 with CuPy's options (cupycnn.machine_code), has the mma of its
+precision in its SASS, HMMA.1688.F32.TF32 (tf32) or HMMA.16816.F32.BF16 (bf16) and no other
+kind, with ldmatrix (LDSM) and cp.async (LDGSTS), and spills nothing; the FP32 kernels of the
+same ops have no HMMA at all (so the check can tell the two apart)."""
+import pytest
+
+from cupycnn import machine_code
+from cupycnn.ops import tiles
+
+_MISSING = machine_code.missing_tools()
+pytestmark = pytest.mark.skipif(_MISSING is not None, reason=f"{_MISSING}")
+
+HMMA_OF = {"tf32": "HMMA.1688.F32.TF32", "bf16": "HMMA.16816.F32.BF16"}
+
+
+def _precision(defines):
+    return "bf16" if dict(defines)["TC_BF16"] else "tf32"
+
+
+TC_CASES = [pytest.param(file, label, defines, arch, id=f"{file}-{label.replace(' ', '-')}-{arch}")
+            for file in tiles.TC_FILES for label, defines in machine_code.variants(file)
+            for arch in machine_code.ARCHS]
+
+
+def test_every_tensor_core_file_and_variant_is_checked():
+    assert set(tiles.TC_FILES) == {"conv2d_tc", "gemm_tc"}
+    assert machine_code.entry_points("conv2d_tc") == [
+        "conv2d_tc_backward_input", "conv2d_tc_backward_weight", "conv2d_tc_forward"]
+    assert len(TC_CASES) == len(tiles.TC_FILES) * len(tiles.TILES) * 2 * len(machine_code.ARCHS)
+
+
+@pytest.mark.parametrize("file, label, defines, arch", TC_CASES)
+def test_tensor_core_kernels_run_hmma_of_their_precision_without_spills(file, label, defines,
+                                                                        arch):
+    kernels = machine_code.inspect(file, arch, defines, label)
+    assert [k.kernel for k in kernels] == machine_code.entry_points(file)
+    want = HMMA_OF[_precision(defines)]
+    for k in kernels:
+        where = f"{k.kernel} ({label}, {arch})"
+        assert k.hmma_kinds == (want,), f"{where}: HMMA kinds {k.hmma_kinds}, want {want}"
+        assert k.count("LDSM") > 0 and k.count("LDGSTS") > 0, f"{where}: {k.opcodes}"
+        assert (k.stack, k.spill_stores, k.spill_loads) == (0, 0, 0), (
+            f"{where}: stack {k.stack} B, spill stores {k.spill_stores} B, loads "
+            f"{k.spill_loads} B")
+        assert k.count("LDL") == k.count("STL") == 0, f"{where}: local memory in the SASS"
+        assert k.shared <= 48 * 1024, f"{where}: {k.shared} B of static shared memory"
+
+
+@pytest.mark.parametrize("file", ["conv2d", "gemm", "conv2d_direct", "gemm_direct"])
+def test_the_fp32_kernels_have_no_hmma(file):
+    kernels = machine_code.inspect(file, "sm_90")
+    assert kernels
+    for k in kernels:
+        assert k.count("HMMA") == 0 and k.count("LDSM") == 0, f"{k.kernel}: {k.opcodes}"
+    assert any(k.count("FFMA") > 0 for k in kernels)

@@ -1,0 +1,164 @@
+"""The kernel progressions of the convolution and the dense layer's GEMMs: the direct kernels
+(fp32), and the tensor-core kernels at tf32 and bf16, against the float64 reference, on sim in
+the three thread orders (and on cuda where there is a GPU), on awkward shapes: channels that are
+no multiple of 8 or 16, odd sizes, stride 2 and 3, 1x1 and 7x7 kernels, batch 1, several tiles.
+
+A tensor-core result must match the reference computed on the same rounded operands
+(reference(..., precision=p), exact in float64) to FP32 accumulation error (1e-5 relative), and
+the plain FP32 reference to the precision's own tolerance (tf32 1e-3, bf16 1e-2)."""
+import numpy as np
+import pytest
+
+import cupycnn
+from cupycnn.ops import conv2d as ops
+from cupycnn.ops import tiles
+from cupycnn.ops.gemm import gemm
+from cupycnn.reference import conv2d as reference
+from cupycnn.reference import gemm as reference_gemm
+from helpers import assert_matches, randn, rel_err
+
+PRECISION_TOL = {"fp32": 1e-5, "tf32": 1e-3, "bf16": 1e-2}
+# (version, precision) of every step of the progression but the tiled fp32 one, which
+# test_kernels_conv2d.py and test_kernels_gemm.py check.
+STEPS = [("direct", "fp32"), ("tensor_core", "tf32"), ("tensor_core", "bf16")]
+STEP_IDS = ["direct-fp32", "tc-tf32", "tc-bf16"]
+
+# (batch, C_in, H, W, C_out, kernel, stride, padding)
+CONV_CASES = [
+    (1, 3, 7, 7, 5, 3, 1, 1),                      # batch 1, 3 -> 5 channels
+    (2, 5, 9, 6, 17, 1, 1, 0),                     # 1x1
+    (2, 4, 7, 10, 6, (3, 5), (2, 1), (1, 2)),      # non-square kernel, unequal strides
+    (2, 3, 11, 9, 10, 7, 2, 3),                    # 7x7 stride 2 (an ImageNet stem)
+    (2, 20, 5, 5, 70, 3, 2, 1),                    # 70 output channels: two M tiles
+    (2, 17, 6, 6, 9, 1, 2, 0),                     # 1x1 stride 2 (a shortcut)
+    (1, 2, 8, 7, 3, (2, 3), (3, 3), (1, 2)),       # stride > kernel: phases without taps
+    (2, 3, 16, 12, 8, 3, 1, 1),                    # 384 output pixels: split weight gradient
+]
+CONV_IDS = ["b1-3x3", "1x1", "3x5-s21", "7x7-s2", "70ch-s2", "1x1-s2", "2x3-s3", "split-wgrad"]
+
+
+def _conv_operands(rng, case):
+    n, c, h, w, o, k, s, p = case
+    kh, kw = reference.pair(k)
+    ho, wo = reference.output_size(h, w, (kh, kw), s, p)
+    return (randn(rng, n, c, h, w), randn(rng, o, c, kh, kw), randn(rng, o),
+            randn(rng, n, o, ho, wo), s, p)
+
+
+def _f64(a):
+    return a.astype(np.float64)
+
+
+def _check(out, exact, plain, precision, name):
+    """out against the reference on the rounded operands (exact) and the plain fp32 one."""
+    assert_matches(out, exact, name)
+    err = rel_err(out, plain)
+    assert err < PRECISION_TOL[precision], f"{name}: {err:.2e} from the fp32 reference"
+
+
+def _conv_products(x, w, b, dy, s, p, version):
+    X, W, B, DY = (cupycnn.asarray(a) for a in (x, w, b, dy))
+    return (ops.conv2d_forward(X, W, B, s, p, version=version),
+            ops.conv2d_backward_input(DY, W, x.shape, s, p, version=version),
+            ops.conv2d_backward_weight(DY, X, w.shape, s, p, version=version))
+
+
+def _conv_references(x, w, b, dy, s, p, precision):
+    x, w, b, dy = (_f64(a) for a in (x, w, b, dy))
+    return (reference.conv2d_forward(x, w, b, s, p, precision),
+            reference.conv2d_backward_input(dy, w, x.shape, s, p, precision),
+            reference.conv2d_backward_weight(dy, x, w.shape, s, p, precision))
+
+
+@pytest.mark.parametrize("version, precision", STEPS, ids=STEP_IDS)
+@pytest.mark.parametrize("case", CONV_CASES, ids=CONV_IDS)
+def test_conv2d_version(kernel_device, rng, case, version, precision):
+    x, w, b, dy, s, p = _conv_operands(rng, case)
+    with cupycnn.set_precision(precision):
+        got = _conv_products(x, w, b, dy, s, p, version)
+    exact = _conv_references(x, w, b, dy, s, p, precision)
+    plain = _conv_references(x, w, b, dy, s, p, "fp32")
+    for out, e, q, name in zip(got, exact, plain, ("y", "dx", "dw")):
+        _check(out, e, q, precision, name)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_conv2d_tensor_core_with_the_large_tile(kernel_device, rng, precision):
+    """The 128 x 64 tile (chosen for large shapes) on a small awkward one: partial M and N
+    tiles, several reduction steps."""
+    x, w, b, dy, s, p = _conv_operands(rng, (2, 9, 9, 7, 130, 3, 1, 1))
+    with cupycnn.set_precision(precision), tiles.use_tile(tiles.LARGE):
+        got = _conv_products(x, w, b, dy, s, p, "tensor_core")
+    exact = _conv_references(x, w, b, dy, s, p, precision)
+    plain = _conv_references(x, w, b, dy, s, p, "fp32")
+    for out, e, q, name in zip(got, exact, plain, ("y", "dx", "dw")):
+        _check(out, e, q, precision, name)
+
+
+GEMM_SIZES = [(1, 1, 1), (17, 1, 3), (5, 33, 20), (65, 70, 33), (130, 9, 257)]
+TRANSPOSES = [(False, False), (False, True), (True, False)]
+
+
+@pytest.mark.parametrize("version, precision", STEPS, ids=STEP_IDS)
+@pytest.mark.parametrize("ta, tb", TRANSPOSES, ids=["nn", "nt", "tn"])
+@pytest.mark.parametrize("M, N, K", GEMM_SIZES, ids=lambda v: str(v))
+def test_gemm_version(kernel_device, rng, M, N, K, ta, tb, version, precision):
+    a = randn(rng, *((K, M) if ta else (M, K)))
+    b = randn(rng, *((N, K) if tb else (K, N)))
+    with cupycnn.set_precision(precision):
+        out = gemm(cupycnn.asarray(a), cupycnn.asarray(b), ta, tb, version=version)
+    exact = reference_gemm.gemm(_f64(a), _f64(b), ta, tb, precision=precision)
+    _check(out, exact, reference_gemm.gemm(_f64(a), _f64(b), ta, tb), precision, "C")
+
+
+@pytest.mark.parametrize("version, precision", STEPS, ids=STEP_IDS)
+@pytest.mark.parametrize("bias_per", ["row", "column"])
+def test_gemm_version_bias_alpha_beta_batch(kernel_device, rng, version, precision, bias_per):
+    batch, M, N, K = 2, 67, 45, 29
+    a, b = randn(rng, batch, M, K), randn(rng, N, K)       # b shared by the batch
+    bias = randn(rng, M if bias_per == "row" else N)
+    c = randn(rng, batch, M, N)
+    out = cupycnn.asarray(c.copy())
+    with cupycnn.set_precision(precision):
+        gemm(cupycnn.asarray(a), cupycnn.asarray(b), False, True, alpha=0.5, beta=-1.5,
+             out=out, bias=cupycnn.asarray(bias), bias_per=bias_per, version=version)
+    def ref(p):      # (the reference writes its result into `out`: a fresh copy each time)
+        return reference_gemm.gemm(_f64(a), _f64(b), False, True, alpha=0.5, beta=-1.5,
+                                   out=_f64(c), bias=_f64(bias), bias_per=bias_per, precision=p)
+    _check(out, ref(precision), ref("fp32"), precision, "C")
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_gemm_tensor_core_with_the_large_tile(kernel_device, rng, precision):
+    a, b = randn(rng, 150, 40), randn(rng, 40, 70)
+    with cupycnn.set_precision(precision), tiles.use_tile(tiles.LARGE):
+        out = gemm(cupycnn.asarray(a), cupycnn.asarray(b))
+    _check(out, reference_gemm.gemm(_f64(a), _f64(b), precision=precision),
+           reference_gemm.gemm(_f64(a), _f64(b)), precision, "C")
+
+
+# ------------------------------------------------------------------------ choosing and asking
+
+def test_the_version_must_fit_the_precision(rng):
+    cupycnn.use("sim")
+    x, w = randn(rng, 1, 2, 5, 5), randn(rng, 3, 2, 3, 3)
+    with pytest.raises(ValueError, match=r"conv2d_forward: the tensor_core kernels compute in "
+                                         r"tf32 or bf16, but the precision is fp32"):
+        ops.conv2d_forward(x, w, version="tensor_core")
+    with cupycnn.set_precision("tf32"):
+        with pytest.raises(ValueError, match=r"gemm: the direct kernels compute in fp32, but "
+                                             r"the precision is tf32"):
+            gemm(randn(rng, 2, 3), randn(rng, 3, 4), version="direct")
+    with pytest.raises(ValueError, match=r"version must be one of direct, tiled, tensor_core"):
+        ops.conv2d_forward(x, w, version="fast")
+
+
+def test_tile_choice_follows_the_shape():
+    assert tiles.choose_tile(512, 128 * 32 * 32) is tiles.LARGE      # many blocks: reuse
+    assert tiles.choose_tile(64, 27) is tiles.SMALL                  # the stem's weight grad
+    assert tiles.choose_tile(512, 256 * 4 * 4) is tiles.SMALL        # 4x4 layer: fill the SMs
+    for tile in tiles.TILES:
+        assert tile.shared_bytes <= 48 * 1024                        # static shared memory
+        assert dict(tile.defines("bf16"))["TC_BF16"] == 1
+    with pytest.raises(ValueError, match="tf32 or bf16, not fp32"):
+        tiles.LARGE.defines("fp32")
