@@ -50,6 +50,7 @@ def time_steps(step, sync, steps, warmup, repeats):
 def cupycnn_step_time(args, pool):
     import cupycnn
     from cupycnn import models, optim
+    from cupycnn.layers import without_input_grad
     from cupycnn.losses import SoftmaxCrossEntropy
     cupycnn.use(args.device)
     cupycnn.manual_seed(0)
@@ -65,21 +66,17 @@ def cupycnn_step_time(args, pool):
         counter[0] += 1
         logits = model.forward(images[k], training=True)
         loss.forward(logits, labels[k])
-        model.backward(loss.backward())
+        with without_input_grad(model):      # as Trainer: the images' gradient is not read
+            model.backward(loss.backward())
         optimizer.step()
 
     return time_steps(step, cupycnn.synchronize, args.steps, args.warmup, args.repeats)
 
 
-def torch_step_time(args, pool, tf32):
-    import torch
-    import torch.nn as nn
-    torch.set_num_threads(args.threads)
-    device = "cuda" if args.device == "cuda" else "cpu"
-    torch.backends.cuda.matmul.allow_tf32 = tf32
-    torch.backends.cudnn.allow_tf32 = tf32
-    torch.backends.cudnn.benchmark = True
-    torch.manual_seed(0)
+def torch_resnet18(torch, num_classes=10):
+    """ResNet-18 with the CIFAR stem in torch.nn: cupycnn.models.resnet18(stem="cifar")'s
+    layers, in the same order."""
+    nn = torch.nn
 
     def block(cin, cout, stride):
         class Block(nn.Module):
@@ -104,10 +101,21 @@ def torch_step_time(args, pool, tf32):
     for i, cout in enumerate((64, 128, 256, 512)):
         layers += [block(cin, cout, 1 if i == 0 else 2), block(cout, cout, 1)]
         cin = cout
-    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, 10)]
-    model = nn.Sequential(*layers).to(device)
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(512, num_classes)]
+    return nn.Sequential(*layers)
+
+
+def torch_step_time(args, pool, tf32):
+    import torch
+    torch.set_num_threads(args.threads)
+    device = "cuda" if args.device == "cuda" else "cpu"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    torch.backends.cudnn.benchmark = True
+    torch.manual_seed(0)
+    model = torch_resnet18(torch).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
-    criterion = nn.CrossEntropyLoss()
+    criterion = torch.nn.CrossEntropyLoss()
     images = [torch.from_numpy(x).to(device) for x, _ in pool]
     labels = [torch.from_numpy(y.astype("int64")).to(device) for _, y in pool]
     counter = [0]

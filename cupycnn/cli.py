@@ -34,6 +34,7 @@ import numpy as np
 
 from . import devices as _device
 from .distributed.watchdog import DEFAULT_TIMEOUT as COLLECTIVE_TIMEOUT
+from .help_formatter import DefaultsHelpFormatter
 
 # What every dataset's recipe starts from; RECIPES says where each differs.
 COMMON_DEFAULTS = dict(momentum=0.9, nesterov=False, weight_decay=0.0, onecycle_warmup=0.3,
@@ -72,22 +73,12 @@ def dataset_kind(spec):
     return "folder" if spec.startswith("folder:") else spec
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written (paragraphs and examples kept), and each option's default:
-    the dataset recipes' value per dataset where the recipe decides it (DATASET_DEFAULTS),
-    else the parser's."""
+class HelpFormatter(DefaultsHelpFormatter):
+    """Each option's default: the dataset recipes' value per dataset where the recipe decides
+    it (DATASET_DEFAULTS), else the parser's."""
 
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "%(default)" in text or action.default is argparse.SUPPRESS or \
-                not action.option_strings:
-            return text
-        per_dataset = _recipe_defaults(action.dest)
-        if per_dataset:
-            return f"{text} (default: {per_dataset})"
-        if action.default is None or action.default is False:
-            return text
-        return f"{text} (default: %(default)s)"
+    def default_for(self, action):
+        return _recipe_defaults(action.dest) or super().default_for(action)
 
 
 def _recipe_defaults(dest):
@@ -431,18 +422,29 @@ def build_schedule(optimizer, args, steps_per_epoch):
 
 # ------------------------------------------------------------------------------------- run
 
-def main(description, default_dataset="cifar10", argv=None, prog=None):
-    args = parse_args(build_parser(description, default_dataset, prog), argv)
+def start(args, prefix=""):
+    """Select --device and --precision (where the parser has it), then start the data-parallel
+    ranks with --bucket-mb: the context, or None after printing the one-sentence reason
+    (`prefix` first) why not (the caller exits with status 2)."""
     from . import distributed
+    from .precision import set_precision
     try:
         if args.device != "auto":
             _device.use(args.device)
-        from .precision import set_precision
-        set_precision(args.precision)
-        ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20),
-                               collective_timeout=args.collective_timeout)
+        if getattr(args, "precision", None) is not None:
+            set_precision(args.precision)
+        return distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20),
+                                collective_timeout=getattr(args, "collective_timeout",
+                                                           COLLECTIVE_TIMEOUT))
     except (_device.DeviceUnavailableError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prefix}error: {e}", file=sys.stderr)
+        return None
+
+
+def main(description, default_dataset="cifar10", argv=None, prog=None):
+    args = parse_args(build_parser(description, default_dataset, prog), argv)
+    ctx = start(args)
+    if ctx is None:
         return 2
     previous = _terminate_as_interrupt()
     try:

@@ -28,6 +28,11 @@ SIM_ORDERS = ("natural", "reversed", "random")
 def pytest_configure(config):
     # Chosen once in the controller; xdist workers inherit it through the environment.
     os.environ.setdefault("CUPYCNN_TEST_SEED", str(secrets.randbelow(2**31)))
+    # The emulator runs blocks on one OS thread in the tests: in the thread order each test
+    # chooses, with all shared memory poisoned, and one build per kernel file (the multi-core
+    # build is tested on its own in test_sim.py). Subprocesses inherit it.
+    os.environ["CUPYCNN_SIM_THREADS"] = "1"
+    sim.set_threads(None)                     # (read again, should anything have asked already)
 
 
 def pytest_report_header(config):
@@ -51,12 +56,14 @@ def _isolate_device_state(request):
     """Every test starts and ends with the same device, thread order and poison setting."""
     previous = dev._current
     order = sim.get_thread_order()
+    sim_threads = sim.module._config.threads
     request.node._kernel_launches = set()
     runtime.record_launches(request.node._kernel_launches)
     yield
     runtime.record_launches(None)
     dev._current = previous
     sim.set_thread_order(*order)
+    sim.set_threads(sim_threads)
     dev.set_poison(False)
 
 

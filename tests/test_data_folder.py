@@ -285,7 +285,8 @@ def test_split_folders_finds_a_datasets_own_train_and_test_splits(tmp_path):
     (tmp_path / "Training Data").mkdir()
     (tmp_path / "Testing Data").mkdir()
     (tmp_path / "notes").mkdir()
-    assert folder_module.split_folders(tmp_path) == (tmp_path / "Training Data", tmp_path / "Testing Data")
+    assert folder_module.split_folders(tmp_path) == (tmp_path / "Training Data",
+                                                     tmp_path / "Testing Data")
     other = tmp_path / "other"
     (other / "TRAIN").mkdir(parents=True)
     assert folder_module.split_folders(other) == (other / "TRAIN", None)            # no test split

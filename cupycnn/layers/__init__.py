@@ -1,6 +1,6 @@
 """Layers: each a forward and a hand-written backward over the ops in `cupycnn.ops`."""
 from .activation import ReLU
-from .base import Layer, Parameter
+from .base import Layer, Parameter, without_input_grad
 from .container import Residual, Sequential
 from .conv import Conv2D
 from .dense import Dense
@@ -11,4 +11,4 @@ from .pooling import AvgPool2D, GlobalAvgPool2D, MaxPool2D
 
 __all__ = ["AvgPool2D", "BatchNorm1D", "BatchNorm2D", "Conv2D", "Dense", "Dropout", "Flatten",
            "GlobalAvgPool2D", "GroupNorm", "Layer", "MaxPool2D", "Parameter", "ReLU", "Residual",
-           "Sequential"]
+           "Sequential", "without_input_grad"]

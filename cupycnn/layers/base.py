@@ -9,6 +9,11 @@ A layer keeps three dicts of device arrays:
 fills `grads` and returns the gradient of the input. There is no autograd: each layer writes its
 own backward, and composites (`Sequential`, `Residual`) call their children's in reverse.
 
+The input gradient nobody reads (that of the model's input, the images) need not be computed:
+`with without_input_grad(model): model.backward(dy)` marks the layers that see the model's
+input (`input_layers()`: a Sequential's first child, both branches of a Residual with a
+shortcut); those that can skip it (Conv2D, Dense) then return None instead of dx.
+
 Modes, as PyTorch's: every layer has a persistent `training` flag (True when built);
 `model.train()` and `model.eval()` set it on the layer and every sub-layer (`training_mode`
 does it for the length of a `with` block). `training=None` (the
@@ -35,6 +40,7 @@ import numpy as np
 
 from .. import devices as _device
 from ..ops._check import check_arrays
+from ..ops._storage import activation_dtypes
 
 
 class ModelTooLargeError(ValueError):
@@ -133,6 +139,10 @@ class Parameter:
 class Layer:
     """Base class of every layer and composite; see the module docstring."""
 
+    # False while the input gradient is not wanted (without_input_grad): backward may skip it
+    # and return None. A layer that does not look at it computes dx anyway, which is harmless.
+    input_grad = True
+
     def __init__(self):
         if "_modules" not in self.__dict__:        # sub-layers assigned before this call stay
             object.__setattr__(self, "_modules", collections.OrderedDict())
@@ -165,6 +175,11 @@ class Layer:
 
     def set_random_state(self, state):
         """Restore what random_state() returned."""
+
+    def input_layers(self):
+        """The layers that receive this layer's input as theirs: itself, for a layer that is not
+        a composite (composites say which of their children do)."""
+        return [self]
 
     # ---------------------------------------------------------------- sub-layers as attributes
     def __setattr__(self, name, value):
@@ -284,7 +299,8 @@ class Layer:
 
     def check_input(self, x, pattern, bound=None):
         """Check the input's device, dtype and shape against a pattern (see ops._check); the
-        message names this layer. A uint8 batch (images straight from a Loader without a
+        message names this layer. Activations may be float or BF16 storage (ops._storage).
+        A uint8 batch (images straight from a Loader without a
         transform) is told to add Normalize."""
         if _device.is_device_array(x) and x.dtype == np.uint8:
             raise ValueError(f"{self.short_repr()}: got a uint8 batch {tuple(x.shape)}: those are "
@@ -293,11 +309,13 @@ class Layer:
                              f"transform=cupycnn.data.Normalize(mean, std) (or an augmentation), "
                              f"or pass the uint8 arrays to Trainer.fit(x, y) / predict(x), which "
                              f"normalise them")
-        return check_arrays(self.short_repr(), bound=bound, input=(x, pattern))
+        return check_arrays(self.short_repr(), bound=bound, dtypes=activation_dtypes(),
+                            input=(x, pattern))
 
     def check_grad_output(self, dy, shape):
         """dy must have the shape the forward output had."""
-        return check_arrays(self.short_repr() + ".backward", dy=(dy, tuple(shape)))
+        return check_arrays(self.short_repr() + ".backward", dtypes=activation_dtypes(),
+                            dy=(dy, tuple(shape)))
 
     # ------------------------------------------------------------------ parameters and state
     def layers(self):
@@ -439,6 +457,22 @@ class Layer:
         total = self.num_parameters()
         print_fn(f"total parameters: {total:,} ({4 * total / 2**20:.2f} MiB in float32)")
         return rows
+
+
+@contextlib.contextmanager
+def without_input_grad(model):
+    """Within this block, the layers that see `model`'s input skip its gradient where they can
+    (model.backward then returns None): what a training step, which never reads it, wants. The
+    stem convolution of a ResNet saves its input gradient this way, a product as large as the
+    forward's."""
+    marked = [layer for layer in model.input_layers() if layer.input_grad]
+    for layer in marked:
+        layer.input_grad = False
+    try:
+        yield
+    finally:
+        for layer in marked:
+            layer.input_grad = True
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ import collections
 
 from ..ops import elementwise as elementwise_ops
 from ..ops._check import check_arrays
+from ..ops._storage import activation_dtypes
 from .base import Layer
 
 
@@ -104,6 +105,10 @@ class Sequential(Layer):
             raise IndexError(f"Sequential index {index} is out of range for {len(items)} "
                              f"layers") from None
 
+    def input_layers(self):
+        """The first child receives the Sequential's input."""
+        return self.layers[0].input_layers() if self._children else []
+
     # ------------------------------------------------------------------ forward and backward
     def forward(self, x, training=None):
         self._saved = None                    # a failed forward leaves nothing to go back through
@@ -117,7 +122,8 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy):
-        check_arrays("Sequential.backward", dy=(dy, self.saved()["output_shape"]))
+        check_arrays("Sequential.backward", dtypes=activation_dtypes(),
+                     dy=(dy, self.saved()["output_shape"]))
         for name, layer in reversed(self.named_children()):
             try:
                 dy = layer.backward(dy)
@@ -145,6 +151,13 @@ class Residual(Layer):
             _check_layer("Residual", "shortcut", shortcut)
         self.main, self.shortcut = main, shortcut      # registered: children "main", "shortcut"
 
+    def input_layers(self):
+        """Both branches receive the input; with the identity shortcut its gradient is dy
+        itself, so nothing can be skipped."""
+        if self.shortcut is None:
+            return []
+        return self.main.input_layers() + self.shortcut.input_layers()
+
     @staticmethod
     def _branch(name, method, *args):
         try:
@@ -168,10 +181,16 @@ class Residual(Layer):
         return elementwise_ops.add(y_main, y_shortcut)
 
     def backward(self, dy):
-        check_arrays("Residual.backward", dy=(dy, self.saved()["output_shape"]))
+        check_arrays("Residual.backward", dtypes=activation_dtypes(),
+                     dy=(dy, self.saved()["output_shape"]))
         dx_main = self._branch("main", self.main.backward, dy)
         dx_shortcut = dy if self.shortcut is None else \
             self._branch("shortcut", self.shortcut.backward, dy)
+        if dx_main is None and dx_shortcut is None:      # without_input_grad: not wanted
+            return None
+        if dx_main is None or dx_shortcut is None:
+            raise RuntimeError("Residual: one branch skipped its input gradient and the other "
+                               "did not; mark the layers with without_input_grad(model)")
         # A new array, not in place: either gradient may be dy itself (an identity branch),
         # which belongs to the caller.
         return elementwise_ops.add(dx_main, dx_shortcut)

@@ -7,10 +7,11 @@ reference: reference/dropout.py; wrappers: ops/dropout.py.
 Element i is kept when philox_uniform(seed, stream, i) >= p. The layer draws its seed from
 `cupycnn.random.next_seed()` when it is built (so `cupycnn.manual_seed` makes runs repeatable)
 and uses its count of training-mode forward calls as the stream: every call draws a fresh mask.
-Backward recomputes the mask from the (seed, stream) that forward used instead of keeping it: no
-mask memory is held between forward and backward (it would be a byte per element, a quarter of
-the activation, for every dropout layer of the network), at the price of a few dozen integer
-operations per element that the memory-bound kernel hides. `random_state()` /
+On a GPU, backward recomputes the mask from the (seed, stream) that forward used instead of
+keeping it: no mask memory is held between forward and backward (it would be a byte per
+element, a quarter of the activation, for every dropout layer of the network), at the price of
+a few dozen integer operations per element that the memory-bound kernel hides. On the numpy
+device the mask is kept instead (the Philox rounds are what costs there). `random_state()` /
 `set_random_state()` expose (seed, calls) so a gradient check can replay the same mask.
 """
 from .. import devices as _device
@@ -75,12 +76,14 @@ class Dropout(Layer):
             self.save_for_backward(shape=tuple(x.shape), stream=None)
             return x
         stream = self._next_stream()
-        self.save_for_backward(shape=tuple(x.shape), stream=stream)
-        return ops.dropout_forward(x, self.p, self.seed, stream)
+        cache = {}                                # the numpy path keeps its mask here
+        self.save_for_backward(shape=tuple(x.shape), stream=stream, cache=cache)
+        return ops.dropout_forward(x, self.p, self.seed, stream, cache=cache)
 
     def backward(self, dy):
         saved = self.saved()
         self.check_grad_output(dy, saved["shape"])
         if saved["stream"] is None:          # the forward ran in eval mode: identity
             return dy
-        return ops.dropout_backward(dy, self.p, self.seed, saved["stream"])
+        return ops.dropout_backward(dy, self.p, self.seed, saved["stream"],
+                                    cache=saved["cache"])

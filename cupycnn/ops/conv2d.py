@@ -12,10 +12,17 @@ cupycnn.set_precision):
 
 Arguments as torch.nn.functional.conv2d with dilation 1 and groups 1: x [N, C_in, H, W], weight
 [C_out, C_in, kh, kw], bias [C_out] or None, stride and padding an int or an (h, w) pair.
+
+On the numpy device float32 runs go to cupycnn/cpu/conv2d.py (the same maths, arranged for
+speed); `cache`, a dict a layer keeps from its training forward to its backward, lets that path
+reuse the forward's im2col columns for the weight gradient. The kernels ignore it.
 """
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import conv2d as cpu_conv
+from ..cpu import elementwise as cpu_elementwise
 from ..limits import GRID_YZ_MAX, INT32_MAX
 from ..precision import get_precision
 from ..reference import conv2d as reference
@@ -105,9 +112,14 @@ def _direct(name, count, args):
     get_kernel("conv2d_direct", name)(grid, block, args)
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None, residual=None,
+                   relu=False, cache=None):
     """y = conv2d(x, weight) + bias: x [N, C_in, H, W], weight [C_out, C_in, kh, kw], bias
-    [C_out] or None; returns y [N, C_out, H_out, W_out]. `version`: see the module's doc."""
+    [C_out] or None; returns y [N, C_out, H_out, W_out]. `version`: see the module's doc;
+    `cache`: what the numpy device's CPU path keeps for the backward (module docstring).
+    The epilogue, in the same pass: + residual (the shape of y), then max(y, 0) when relu:
+    conv + bias (+ residual) + ReLU, the inference path of a ResNet with its batchnorms folded
+    into the convolutions (models.fold_batchnorm)."""
     op = "conv2d_forward"
     sizes = check_arrays(op, x=(x, ("N", "C_in", "H", "W")),
                          weight=(weight, ("C_out", "C_in", "kh", "kw")))
@@ -116,13 +128,23 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None):
                      bias=(bias, ("C_out",)))
     geometry = _geometry(op, x.shape, weight.shape, stride, padding)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
+    if residual is not None:
+        check_arrays(op, x=(x, None), residual=(residual, (n, o, ho, wo)))
     if not _device.runs_kernels():
-        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), get_precision())
+        if cpu.fast(x, weight, bias, residual):
+            y = cpu_conv.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), cache,
+                                        get_precision())
+            # The epilogue as the kernels' order has it, in place: + residual, then ReLU.
+            if residual is not None:
+                cpu_elementwise.add(y, residual, out=y)
+            return cpu_elementwise.relu_forward(y) if relu else y
+        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), get_precision(),
+                                        residual=residual, relu=relu)
     version = resolve_version(op, version)
     y = _device.empty((n, o, ho, wo), x.dtype)
     if not n:
         return y
-    args = (x, weight, bias, y) + _scalars(geometry)
+    args = (x, weight, bias, residual, np.int32(bool(relu)), y) + _scalars(geometry)
     if version == "direct":
         _direct("conv2d_direct_forward", n * o * ho * wo, args)
     elif version == "tiled":
@@ -150,6 +172,9 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, version=
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
     check_arrays(op, dy=(dy, (n, o, ho, wo)), weight=(weight, None))
     if not _device.runs_kernels():
+        if cpu.fast(dy, weight):
+            return cpu_conv.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw),
+                                                  get_precision())
         return reference.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw),
                                                get_precision())
     if sh * sw > GRID_YZ_MAX:
@@ -192,9 +217,10 @@ def weight_grad_splits(out_channels, taps, pixels, splits=None, tile=(TILE_M, TI
 
 
 def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, splits=None,
-                           version=None):
+                           version=None, cache=None):
     """dw [C_out, C_in, kh, kw] (weight_shape) from dy [N, C_out, H_out, W_out] and x
     [N, C_in, H, W]. `out`, when given, receives the result (a layer's gradient buffer).
+    `cache`: what conv2d_forward kept (the module docstring).
     `splits`: how many chunks the N H_out W_out reduction is cut into (None: chosen from the
     shapes by weight_grad_splits); the chunks' partial sums are added in a fixed order."""
     op = "conv2d_backward_weight"
@@ -210,6 +236,9 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
     if splits is not None and int(splits) < 1:
         raise ValueError(f"{op}: splits must be at least 1, got {splits}")
     if not _device.runs_kernels():
+        if cpu.fast(dy, x):
+            return cpu_conv.conv2d_backward_weight(dy, x, weight_shape, (sh, sw), (ph, pw),
+                                                   cache, out, get_precision())
         return into(out, reference.conv2d_backward_weight(dy, x, weight_shape, (sh, sw),
                                                           (ph, pw), get_precision()))
     version = resolve_version(op, version)

@@ -7,7 +7,9 @@
 """
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import gemm as cpu_gemm
 from ..precision import get_precision
 from ..reference import gemm as reference
 from ..runtime import ceil_div, get_kernel
@@ -56,8 +58,9 @@ def gemm(a, b, transpose_a=False, transpose_b=False, *, alpha=1.0, beta=0.0, out
     elif beta != 0.0:
         raise ValueError(f"{op}: beta={beta} reads out, so out must be given")
     if not _device.runs_kernels():
-        return reference.gemm(a, b, transpose_a, transpose_b, alpha=alpha, beta=beta, out=out,
-                              bias=bias, bias_per=bias_per, precision=get_precision())
+        path = cpu_gemm if cpu.fast(a, b, bias, out) else reference
+        return path.gemm(a, b, transpose_a, transpose_b, alpha=alpha, beta=beta, out=out,
+                         bias=bias, bias_per=bias_per, precision=get_precision())
     version = resolve_version(op, version)
     if out is None:
         out = _device.empty(out_shape, a.dtype)

@@ -1,5 +1,6 @@
 """Fused optimizer steps over flat buffers: launches kernels/optim.cu (one launch per step, for
-every parameter and group), or runs reference/optim.py on numpy.
+every parameter and group), or on numpy runs cupycnn/cpu/optim.py (float32) or
+reference/optim.py (float64).
 
 Two small tables describe the flat buffers to the kernel:
     SegmentTable     where each parameter lies (offset, size) and its group; fixed once built.
@@ -12,7 +13,9 @@ import math
 
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import optim as cpu_optim
 from ..reference import optim as reference
 from ..runtime import get_kernel
 from ._check import check_arrays, check_int_array
@@ -145,8 +148,9 @@ def sgd_step(params, grads, momentum_buffer, segments, groups, grad_scale=1.0):
             (groups.host[:, reference.SGD_MOMENTUM_MODE] != reference.MOMENTUM_NONE).any():
         raise ValueError(f"{op}: a group uses momentum, so momentum_buffer must be given")
     if not _device.runs_kernels():
-        return reference.sgd_step(params, grads, momentum_buffer, segments.host, groups.host,
-                                  grad_scale)
+        path = cpu_optim if cpu.fast(params, grads, momentum_buffer) else reference
+        return path.sgd_step(params, grads, momentum_buffer, segments.host, groups.host,
+                             grad_scale)
     if segments.num_blocks:
         get_kernel("optim", "sgd_step")(
             (segments.num_blocks,), (OPTIM_THREADS,),
@@ -169,8 +173,9 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, segments, groups, grad_scale=1
     if int(step) < 1:
         raise ValueError(f"{op}: step counts from 1, got {step}")
     if not _device.runs_kernels():
-        return reference.adam_step(params, grads, exp_avg, exp_avg_sq, segments.host,
-                                   groups.host, grad_scale, int(step))
+        path = cpu_optim if cpu.fast(params, grads, exp_avg, exp_avg_sq) else reference
+        return path.adam_step(params, grads, exp_avg, exp_avg_sq, segments.host, groups.host,
+                              grad_scale, int(step))
     if step_buffer is None:
         step_buffer = _device.asarray(np.array([step], dtype=np.int64))
     check_arrays(op, dtypes=(np.int64,), step_buffer=(step_buffer, (1,)))

@@ -18,6 +18,17 @@ Thread order (see `set_thread_order`) decides in which order the emulated thread
 start and leave barriers, and in which order blocks run: "natural", "reversed" or "random"
 (seeded, and different for every launch). A kernel that depends on an order CUDA does not
 promise (a missing `__syncthreads()`) gives different results under different orders.
+
+Two ways to run (`set_threads`): blocks on every usable core (the default, for training and
+benchmarks: the library is built with OpenMP and blocks are handed to the cores as they free
+up), or on one OS thread (`set_threads(1)`, CUPYCNN_SIM_THREADS=1: blocks in the chosen order,
+static shared memory poisoned too; what the kernel tests run). Each way is its own build.
+Builds are optimised (-O3 and, where g++ takes it, -march=native: the host's vector
+extensions); CUPYCNN_SIM_OPT replaces those flags (CUPYCNN_SIM_OPT="-O0 -g" for gdb). The flags
+are read when a module is built, CUPYCNN_SIM_THREADS when first needed and by set_threads(None).
+The cache key holds the source, the header, every flag, the compiler and, for -march=native, the
+CPU features it resolves to, so a cache shared between machines never hands one a library
+built for another's instructions.
 """
 import contextlib
 import ctypes
@@ -29,6 +40,8 @@ import re
 import subprocess
 import tempfile
 import threading
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -65,6 +78,8 @@ class _Config:
         self.order = order
         self.seed = int(os.environ.get("CUPYCNN_SIM_SEED", "0"))
         self.poison_shared = True
+        self.bank_check = False
+        self.threads = None   # set_threads(n); None: CUPYCNN_SIM_THREADS, else every core
         self.version = 0      # bumped on every change; modules re-apply when it moves
         self.launches = 0     # random order: every launch gets its own seed
 
@@ -113,6 +128,59 @@ def set_shared_memory_poison(enabled):
         _config.version += 1
 
 
+@dataclass
+class BankCount:
+    """Shared-memory traffic of one kind of access (see bank_conflicts)."""
+    instructions: int = 0     # warp instructions
+    wavefronts: int = 0       # what they take on a GPU
+    ideal: int = 0            # the fewest they could take (one per 128-byte phase)
+    worst: int = 0            # the most wavefronts of any one phase: its n-way bank conflict
+
+    @property
+    def conflict_free(self):
+        return self.wavefronts == self.ideal
+
+
+@dataclass
+class BankCounts:
+    ldmatrix: BankCount = field(default_factory=BankCount)
+    cp_async: BankCount = field(default_factory=BankCount)
+
+
+_builds = weakref.WeakSet()       # every library loaded: bank_conflicts reads their counters
+
+
+@contextlib.contextmanager
+def bank_conflicts():
+    """Count the shared-memory bank conflicts of the tensor-core instructions the block of code
+    runs: `with bank_conflicts() as counts: ...`, then counts.ldmatrix and counts.cp_async (the
+    copies' shared-memory side) are BankCounts (instructions, wavefronts, ideal, worst). Every
+    ldmatrix, and every cp.async a warp's lanes issue as one instruction, is split into its
+    128-byte phases as a GPU serves them; a phase whose addresses put distinct words in one bank
+    takes one wavefront per such word (simt.h's "bank check")."""
+    counts = BankCounts()
+    with _lock:
+        _config.bank_check = True
+        _config.version += 1
+    for build in list(_builds):      # forget what came before
+        build.lib.simt_bank_counts(1, (ctypes.c_ulonglong * 8)())
+    try:
+        yield counts
+    finally:
+        with _lock:
+            _config.bank_check = False
+            _config.version += 1
+        for build in list(_builds):
+            raw = (ctypes.c_ulonglong * 8)()
+            build.lib.simt_bank_counts(0, raw)
+            for kind, count in ((0, counts.ldmatrix), (1, counts.cp_async)):
+                n, waves, ideal, worst = raw[4 * kind: 4 * kind + 4]
+                count.instructions += n
+                count.wavefronts += waves
+                count.ideal += ideal
+                count.worst = max(count.worst, worst)
+
+
 def cache_dir():
     """Where built kernels are kept: $CUPYCNN_CACHE_DIR, else $XDG_CACHE_HOME/cupycnn, else
     ~/.cache/cupycnn (each with a `sim` subfolder)."""
@@ -123,10 +191,82 @@ def cache_dir():
     return Path(root) / "sim"
 
 
-def _openmp_threads():
-    """CUPYCNN_SIM_THREADS=N runs blocks on N OS threads (OpenMP); unset or 1: one thread."""
-    n = int(os.environ.get("CUPYCNN_SIM_THREADS", "1") or "1")
-    return max(1, n)
+def set_threads(n):
+    """Run blocks on `n` OS threads from the next launch on (None: the default, which is
+    CUPYCNN_SIM_THREADS if set, else every usable core; the variable is read again here). 1: one
+    thread, blocks in the chosen order and all shared memory poisoned, as the kernel tests run."""
+    global _default_threads
+    if n is not None and int(n) < 1:
+        raise ValueError(f"cupycnn.sim.set_threads: n must be at least 1, got {n}")
+    with _lock:
+        _config.threads = None if n is None else int(n)
+        if n is None:
+            _default_threads = None
+        _config.version += 1
+
+
+_default_threads = None
+
+
+def get_threads():
+    """How many OS threads the next launch runs blocks on."""
+    global _default_threads
+    if _config.threads is not None:
+        return _config.threads
+    if _default_threads is None:
+        env = os.environ.get("CUPYCNN_SIM_THREADS", "").strip()
+        if env:
+            try:
+                _default_threads = max(1, int(env))
+            except ValueError:
+                raise ValueError(f"CUPYCNN_SIM_THREADS={env!r}: expected a positive integer") \
+                    from None
+        else:
+            _default_threads = len(os.sched_getaffinity(0)) \
+                if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return _default_threads
+
+
+@contextlib.contextmanager
+def threads(n):
+    """`with threads(1): ...` runs the block of code with blocks on n OS threads."""
+    previous = _config.threads
+    set_threads(n)
+    try:
+        yield
+    finally:
+        set_threads(previous)
+
+
+_native = None
+
+
+def _native_flags():
+    """(flags, the features they stand for): -march=native and what g++ resolves it to on this
+    CPU (its cc1plus options), or nothing where g++ does not take it."""
+    global _native
+    if _native is None:
+        _native = ((), "")
+        try:
+            out = subprocess.run(["g++", "-march=native", "-E", "-v", "-x", "c++", os.devnull],
+                                 capture_output=True, text=True, timeout=60,
+                                 env=dict(os.environ, LC_ALL="C"))
+            if out.returncode == 0:
+                cc1 = [line for line in out.stderr.splitlines() if "cc1plus" in line]
+                features = re.sub(r"\S*/dev/null\S*|-quiet|-E|-o \S+", "", cc1[0]) if cc1 \
+                    else out.stderr
+                _native = (("-march=native",), " ".join(features.split()[1:]))
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return _native
+
+
+def optimization_flags():
+    """CUPYCNN_SIM_OPT's flags if set, else -O3 and -march=native (where g++ takes it)."""
+    env = os.environ.get("CUPYCNN_SIM_OPT", "").strip()
+    if env:
+        return tuple(env.split())
+    return ("-O3",) + _native_flags()[0]
 
 
 def _use_ucontext():
@@ -158,6 +298,23 @@ _DYN_SMEM_RE = re.compile(
     r'extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_][\w:]*(?:\s+[A-Za-z_]\w*)*)'
     r'\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]')
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+# A static shared array declared on one line: `__shared__ [__align__(n)] T name[dims];`.
+_STATIC_SMEM_RE = re.compile(r"\b__shared__\b[^;{}]*?\b([A-Za-z_]\w*)\s*(?:\[[^\];]*\]\s*)*;")
+
+
+def register_static_shared(code):
+    """`code` with every one-line `__shared__ ... name[...];` (one variable per declaration,
+    outside // comments) followed by SIMT_SHARED_REGISTER(name): g++ ignores the section that
+    gathers static shared memory for statics in templates, so simt.h records each array
+    where its declaration runs, and poisons it at every block's start (see simt.h)."""
+    lines = code.split("\n")
+    for i, line in enumerate(lines):
+        head, mark, comment = line.partition("//")
+        if "__shared__" in head:
+            head = _STATIC_SMEM_RE.sub(lambda m: f"{m.group(0)} SIMT_SHARED_REGISTER({m.group(1)})",
+                                       head)
+            lines[i] = head + mark + comment
+    return "\n".join(lines)
 
 
 def entry_points(code):
@@ -193,7 +350,8 @@ class Module:
     g++ flags (for instance `-DTILE=32`).
     """
 
-    def __init__(self, code, name="<code>", name_expressions=(), options=()):
+    def __init__(self, code, name="<code>", name_expressions=(), options=(), opt=None,
+                 threads=None):
         self.name = name
         clean = _COMMENT_RE.sub("", code)
         entries = entry_points(code)
@@ -208,18 +366,18 @@ class Module:
             if dynamic_shared.setdefault(var, type_name) != type_name:
                 raise SimBuildError(f"{name}: extern __shared__ {var} is declared with two types, "
                                     f"{type_name} and {dynamic_shared[var]}")
-        self.openmp_threads = _openmp_threads()
-        flags = ["-std=c++17", "-O2", "-fPIC", "-shared", "-fvisibility=hidden",
-                 "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-I", str(INCLUDE_DIR), *options]
-        if self.openmp_threads > 1:   # TLS descriptors: faster thread_local from a dlopen'ed .so
-            flags += ["-fopenmp", "-mtls-dialect=gnu2"]
-        if _use_ucontext():
-            flags.append("-DSIMT_UCONTEXT")
+        # opt: the optimisation flags (None: optimization_flags() now); threads: this module's
+        # own OS threads (a benchmark comparing builds; None: the process-wide setting).
+        self._opt = optimization_flags() if opt is None else tuple(opt)
+        self._threads = None if threads is None else max(1, int(threads))
+        self._current_build = (None, None)        # (config version, build): the launch path
+        self._options = tuple(options)
         label = name.replace("\\", "/")
         wrapper = ['#include "simt.h"']
         wrapper += [f"SIMT_DYN_SMEM({t}, {v})" for v, t in dynamic_shared.items()]
         # Dynamic shared memory is defined by the wrapper (above); see simt.h.
         code = re.sub(r"\bextern(\s+)__shared__\b", r"extern\1SIMT_DYNAMIC_SHARED", code)
+        code = register_static_shared(code)
         wrapper += [f'#line 1 "{label}"', code, "SIMT_CONFIG_EXPORT"]
         wrapper += [f"SIMT_EXPORT({c}, {e})" for e, c in self._c_names.items()]
         wrapper += [f'extern "C" __attribute__((visibility("default"))) long simt_bounds_{k}() '
@@ -228,47 +386,36 @@ class Module:
             wrapper.insert(1, "template <class T, class... R> constexpr long "
                               "simt_first_argument(T t, R...) { return (long)t; }")
         self._bounds = set(bounds)
-        wrapper = "\n".join(wrapper) + "\n"
-        header = (INCLUDE_DIR / "simt.h").read_text(encoding="utf-8")
-        key = hashlib.sha256("\0".join([wrapper, header, " ".join(flags), _compiler_id()])
-                             .encode()).hexdigest()[:20]
-        stem = re.sub(r"[^\w.-]", "_", Path(label).name)[:40] or "code"
-        self.build_flags = flags
-        self.library_path = self._build(wrapper, flags, cache_dir() / f"{stem}-{key}.so")
-        self._lib = ctypes.CDLL(str(self.library_path))
-        self._lib.simt_set_config.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
-                                              ctypes.c_int, ctypes.c_int]
-        self._lib.simt_last_error.restype = ctypes.c_char_p
-        self._applied_version = -1
+        self._wrapper = "\n".join(wrapper) + "\n"
+        self._stem = re.sub(r"[^\w.-]", "_", Path(label).name)[:40] or "code"
+        self._builds = {}
         self._kernels = {}
+        self._current()          # build now: a compile error shows up here, not at a launch
 
-    def _build(self, wrapper, flags, library):
-        """Build once per content hash, safely when several processes (MPI ranks) ask at once:
-        one builds under an exclusive lock, the others wait and find the library there; the
-        library appears under its final name only when complete (written aside, then renamed)."""
-        if library.exists():
-            return library
-        library.parent.mkdir(parents=True, exist_ok=True)
-        with open(str(library) + ".lock", "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            if library.exists():
-                return library
-            source = library.with_suffix(".cpp")
-            _write_atomically(source, wrapper)
-            fd, partial = tempfile.mkstemp(dir=library.parent, prefix=library.name, suffix=".part")
-            os.close(fd)
-            try:
-                result = subprocess.run(["g++", *flags, str(source), "-o", partial],
-                                        capture_output=True, encoding="utf-8", errors="replace",
-                                        env=dict(os.environ, LC_ALL="C"))
-                if result.returncode != 0:
-                    raise SimBuildError(f"g++ could not build {self.name} for the sim device:\n"
-                                        + result.stderr[-6000:])
-                os.replace(partial, library)
-            finally:
-                if os.path.exists(partial):
-                    os.unlink(partial)
-        return library
+    def threads(self):
+        """OS threads the next launch of this module runs blocks on."""
+        return self._threads if self._threads is not None else get_threads()
+
+    def _current(self):
+        """The build for the current setting (one OS thread, or OpenMP), made on first use; at a
+        launch, one comparison unless a setting changed."""
+        version, build = self._current_build
+        if version == _config.version:
+            return build
+        openmp = self.threads() > 1
+        build = self._builds.get(openmp)
+        if build is None:
+            build = self._builds[openmp] = _Build(self, openmp, self._opt)
+        self._current_build = (_config.version, build)
+        return build
+
+    @property
+    def build_flags(self):
+        return self._current().flags
+
+    @property
+    def library_path(self):
+        return self._current().library_path
 
     def get_function(self, name):
         """The kernel `name` (an `extern "C" __global__` function or a name expression)."""
@@ -280,19 +427,89 @@ class Module:
             kernel = self._kernels[name] = Kernel(self, name, self._c_names[name])
         return kernel
 
-    def _apply_config(self):
+
+class _Build:
+    """One library built from a Module's source: for one OS thread or for OpenMP."""
+
+    def __init__(self, module, openmp, opt):
+        # -ffp-contract=off: a * b + c stays two roundings, as __fmul_rn / __fadd_rn promise
+        # (with FMA among the host's extensions g++ would otherwise fuse them).
+        flags = ["-std=c++17", *opt, "-ffp-contract=off", "-fPIC", "-shared",
+                 "-fvisibility=hidden", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-I",
+                 str(INCLUDE_DIR), *module._options]
+        if openmp:        # TLS descriptors: faster thread_local from a dlopen'ed .so
+            flags += ["-fopenmp", "-mtls-dialect=gnu2"]
+        if _use_ucontext():
+            flags.append("-DSIMT_UCONTEXT")
+        features = _native_flags()[1] if "-march=native" in flags else ""
+        header = (INCLUDE_DIR / "simt.h").read_text(encoding="utf-8")
+        key = hashlib.sha256("\0".join([module._wrapper, header, " ".join(flags), _compiler_id(),
+                                         features]).encode()).hexdigest()[:20]
+        self.module, self.openmp, self.flags = module, openmp, flags
+        self.library_path = _build(module.name, module._wrapper, flags,
+                                   cache_dir() / f"{module._stem}-{key}.so")
+        self.lib = ctypes.CDLL(str(self.library_path))
+        self.lib.simt_set_config.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
+                                             ctypes.c_int, ctypes.c_int]
+        self.lib.simt_last_error.restype = ctypes.c_char_p
+        self.lib.simt_bank_counts.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        _builds.add(self)
+        self._applied = None
+        self._launchers = {}
+
+    def launcher(self, c_name):
+        launch = self._launchers.get(c_name)
+        if launch is None:
+            launch = self._launchers[c_name] = getattr(self.lib, "simt_launch_" + c_name)
+            launch.restype = ctypes.c_int
+            launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
+                               ctypes.c_void_p]
+        return launch
+
+    def apply_config(self):
         # Random order: every launch its own permutation, the sequence fixed by the seed.
         if _config.order == "random":
             with _lock:
                 _config.launches += 1
                 seed = (_config.seed * 1000003 + _config.launches) & 0xFFFFFFFF
-        elif self._applied_version == _config.version:
+        elif self._applied == _config.version:
             return
         else:
             seed = _config.seed & 0xFFFFFFFF
-        self._lib.simt_set_config(ORDERS.index(_config.order), 1, seed, self.openmp_threads,
-                                  int(_config.poison_shared))
-        self._applied_version = _config.version
+        threads = self.module.threads() if self.openmp else 1
+        self.lib.simt_set_config(ORDERS.index(_config.order), 1, seed, threads,
+                                 int(_config.poison_shared))
+        self.lib.simt_bank_counts(int(_config.bank_check), None)
+        self._applied = _config.version
+
+
+def _build(name, wrapper, flags, library):
+    """Build once per content hash, safely when several processes (MPI ranks) ask at once:
+    one builds under an exclusive lock, the others wait and find the library there; the
+    library appears under its final name only when complete (written aside, then renamed)."""
+    if library.exists():
+        return library
+    library.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(library) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if library.exists():
+            return library
+        source = library.with_suffix(".cpp")
+        _write_atomically(source, wrapper)
+        fd, partial = tempfile.mkstemp(dir=library.parent, prefix=library.name, suffix=".part")
+        os.close(fd)
+        try:
+            result = subprocess.run(["g++", *flags, str(source), "-o", partial],
+                                    capture_output=True, encoding="utf-8", errors="replace",
+                                    env=dict(os.environ, LC_ALL="C"))
+            if result.returncode != 0:
+                raise SimBuildError(f"g++ could not build {name} for the sim device:\n"
+                                    + result.stderr[-6000:])
+            os.replace(partial, library)
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
+    return library
 
 
 def _write_atomically(path, text):
@@ -315,21 +532,18 @@ class Kernel:
     """One kernel of a `Module`: `kernel(grid, block, args, shared_mem=0)`."""
 
     def __init__(self, module, name, c_name):
-        self.module, self.name = module, name
-        self._launch = getattr(module._lib, "simt_launch_" + c_name)
-        self._launch.restype = ctypes.c_int
-        self._launch.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t,
-                                 ctypes.c_void_p]
+        self.module, self.name, self._c_name = module, name, c_name
+        lib = module._current().lib
         self.max_threads_per_block = MAX_THREADS_PER_BLOCK
         if c_name in module._bounds:
-            bound = getattr(module._lib, "simt_bounds_" + c_name)
+            bound = getattr(lib, "simt_bounds_" + c_name)
             bound.restype = ctypes.c_long
             self.max_threads_per_block = int(bound())
         self.launch_bounds = c_name in module._bounds
         # cudaFuncAttributeMaxDynamicSharedMemorySize, CuPy's
         # RawKernel.max_dynamic_shared_size_bytes: 48 KB unless the program opts in.
         self.max_dynamic_shared_size_bytes = DEFAULT_DYNAMIC_SHARED_BYTES
-        info = getattr(module._lib, "simt_params_" + c_name)
+        info = getattr(lib, "simt_params_" + c_name)
         info.argtypes = [ctypes.POINTER(_ParamInfo)]
         params = (_ParamInfo * 64)()
         count = info(params)
@@ -419,21 +633,26 @@ class Launch:
     pointers of the arrays it was given, which must stay alive). Calling it runs the kernel;
     nothing is allocated or checked again."""
 
-    __slots__ = ("kernel", "grid", "block", "shared_mem", "_boxes", "_argv", "_grid", "_block")
+    __slots__ = ("kernel", "grid", "block", "shared_mem", "_boxes", "_argv", "_grid", "_block",
+                 "_build", "_function")
 
     def __init__(self, kernel, grid, block, shared_mem, boxes):
         self.kernel, self.grid, self.block, self.shared_mem = kernel, grid, block, shared_mem
         self._boxes = boxes
         self._argv = (ctypes.c_void_p * max(1, len(boxes)))(*[b.ctypes.data for b in boxes])
         self._grid, self._block = (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block)
+        self._build = self._function = None
 
     def __call__(self):
         if _dry_run:
             return
         kernel = self.kernel
-        kernel.module._apply_config()
-        if kernel._launch(self._grid, self._block, self.shared_mem, self._argv):
-            message = kernel.module._lib.simt_last_error().decode(errors="replace")
+        build = kernel.module._current()       # the build of the current setting, at each run
+        if build is not self._build:
+            self._build, self._function = build, build.launcher(kernel._c_name)
+        build.apply_config()
+        if self._function(self._grid, self._block, self.shared_mem, self._argv):
+            message = build.lib.simt_last_error().decode(errors="replace")
             raise SimError(f"{kernel.name} (grid {self.grid}, block {self.block}): "
                            f"{message or 'failed'}")
 

@@ -1,0 +1,200 @@
+"""The emulator's speed: the build it had before (-O2, blocks on one OS thread) against its
+defaults (-O3 -march=native, blocks on every usable core), kernel by kernel, interleaved in
+one process; and what a barrier costs.
+
+    python benchmarks/sim_speed.py                     # conv2d and gemm kernels, barriers
+    python benchmarks/sim_speed.py --rounds 15 --batch 8
+
+Builds: the same kernels/*.cu source as three sim.Modules, "-O2, 1 thread" (the emulator
+before issue 14), "-O3 native, 1 thread" (the flags alone) and "-O3 native, N threads" (the
+default). The ops of cupycnn.ops launch them on the sim device exactly as in training, on a
+ResNet-18 layer2 convolution (batch --batch, 128 channels, 16x16, 3x3) and a 512^3 SGEMM
+(sgemm_nn, sgemm_nt, sgemm_tn: the dense layer's three products). Each round times every
+(kernel, build) once, builds in alternating order; the figures are medians over the rounds.
+
+Barriers: a kernel whose threads do nothing but pass R barriers (a shared-memory write, a
+__syncthreads, a read of a neighbour's value, a __syncthreads), timed at R and at 0; the
+difference over 2 R barriers, blocks and threads is the cost of one thread passing one barrier
+(two fiber switches, one out and one in). The same for a warp shuffle (__shfl_xor_sync).
+"""
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np  # noqa: E402
+
+import cupycnn  # noqa: E402
+from cupycnn import ops, runtime, sim  # noqa: E402
+
+BARRIER_PROBE = r"""
+extern "C" __global__ void barriers(float* out, int rounds) {
+  __shared__ float s[1024];
+  float v = (float)threadIdx.x;
+  for (int r = 0; r < rounds; ++r) {
+    s[threadIdx.x] = v;
+    __syncthreads();
+    v += s[(threadIdx.x + 1) % blockDim.x];
+    __syncthreads();
+  }
+  out[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+extern "C" __global__ void shuffles(float* out, int rounds) {
+  float v = (float)threadIdx.x;
+  for (int r = 0; r < rounds; ++r) v += __shfl_xor_sync(0xffffffffu, v, r & 31);
+  out[blockIdx.x * blockDim.x + threadIdx.x] = v;
+}
+"""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument("--batch", type=int, default=4, help="images in the convolution")
+    p.add_argument("--gemm", type=int, default=512, help="SGEMM size")
+    p.add_argument("--threads", type=int, default=sim.get_threads(),
+                   help="OS threads of the multi-core build")
+    return p.parse_args(argv)
+
+
+BUILDS = {"-O2, 1 thread": (("-O2",), 1), "-O3 native, 1 thread": (None, 1)}
+
+
+def builds(args):
+    out = dict(BUILDS)
+    if args.threads > 1:
+        out[f"-O3 native, {args.threads} threads"] = (None, args.threads)
+    return out
+
+
+def _runtime_module(file, opt, threads):
+    """A runtime.Module for kernels/<file>.cu built with these flags and threads."""
+    module = runtime.Module.__new__(runtime.Module)
+    module.device, module.name, module._kernels = "sim", f"{file}.cu", {}
+    module._raw = sim.Module(runtime.kernel_source(file), name=f"{file}.cu", opt=opt,
+                             threads=threads)
+    return module
+
+
+def workloads(args, rng):
+    n, c, h = args.batch, 128, 16
+    x = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    w = (rng.standard_normal((c, c, 3, 3)) / 30).astype(np.float32)
+    dy = rng.standard_normal((n, c, h, h)).astype(np.float32)
+    m = args.gemm
+    a = rng.standard_normal((m, m)).astype(np.float32)
+    b = rng.standard_normal((m, m)).astype(np.float32)
+    conv_flops = 2 * n * h * h * c * c * 9
+    return {
+        "conv2d_forward": ("conv2d", conv_flops,
+                           lambda: ops.conv2d.conv2d_forward(x, w, None, 1, 1)),
+        "conv2d_backward_input": ("conv2d", conv_flops,
+                                  lambda: ops.conv2d.conv2d_backward_input(dy, w, x.shape, 1, 1)),
+        "conv2d_backward_weight": ("conv2d", conv_flops,
+                                   lambda: ops.conv2d.conv2d_backward_weight(dy, x, w.shape, 1,
+                                                                             1)),
+        "sgemm_nn": ("gemm", 2 * m ** 3, lambda: ops.gemm.gemm(a, b)),
+        "sgemm_nt": ("gemm", 2 * m ** 3, lambda: ops.gemm.gemm(a, b, transpose_b=True)),
+        "sgemm_tn": ("gemm", 2 * m ** 3, lambda: ops.gemm.gemm(a, b, transpose_a=True)),
+    }
+
+
+def time_kernels(args):
+    rng = np.random.default_rng(0)
+    cupycnn.use("sim")
+    work = workloads(args, rng)
+    modules = {name: {file: _runtime_module(file, opt, threads) for file in ("conv2d", "gemm")}
+               for name, (opt, threads) in builds(args).items()}
+    results = {}
+    saved = dict(runtime._modules)
+    try:
+        for name in modules:                          # warm up every build once
+            runtime._modules.update({("sim", f): m for f, m in modules[name].items()})
+            for _, _, fn in work.values():
+                fn()
+        times = {(k, b): [] for k in work for b in modules}
+        order = list(modules)
+        for r in range(args.rounds):
+            for kernel, (_, _, fn) in work.items():
+                for name in (order if r % 2 == 0 else order[::-1]):
+                    runtime._modules.update({("sim", f): m for f, m in modules[name].items()})
+                    start = time.perf_counter()
+                    fn()
+                    times[(kernel, name)].append(time.perf_counter() - start)
+            print(f"  round {r + 1}/{args.rounds}, load {_load()}", file=sys.stderr, flush=True)
+        for key, values in times.items():
+            results[key] = statistics.median(values)
+    finally:
+        runtime._modules.clear()
+        runtime._modules.update(saved)
+    return work, list(modules), results
+
+
+def barrier_costs(args):
+    """ns per thread per barrier and per shuffle, for each build and block size."""
+    rows = []
+    for name, (opt, threads) in builds(args).items():
+        module = sim.Module(BARRIER_PROBE, name="barrier_probe.cu", opt=opt, threads=threads)
+        for kernel in ("barriers", "shuffles"):
+            for block in (32, 256):
+                grid = 8 * max(1, threads)
+                out = np.zeros(grid * block, np.float32)
+                rounds = 400 if kernel == "barriers" else 800
+
+                def run(r):
+                    start = time.perf_counter()
+                    module.get_function(kernel)((grid,), (block,), (out, np.int32(r)))
+                    return time.perf_counter() - start
+                run(rounds)
+                samples = []
+                for _ in range(args.rounds):
+                    samples.append(run(rounds) - run(0))
+                per = 2 * rounds if kernel == "barriers" else rounds
+                ns = statistics.median(samples) / (per * grid * block) * 1e9
+                rows.append((name, kernel, block, ns))
+    return rows
+
+
+def _load():
+    try:
+        return "/".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before = _load()
+    work, names, results = time_kernels(args)
+    barriers = barrier_costs(args)
+    print(f"`python benchmarks/sim_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
+          f", {started}; {len(os.sched_getaffinity(0))} usable CPUs; load average {load_before} "
+          f"before, {_load()} after; median of {args.rounds} rounds")
+    print(f"flags of the default build: {' '.join(sim.optimization_flags())}")
+    print()
+    base = names[0]
+    print("| kernel | " + " | ".join(f"{n} ms" for n in names) + " | " +
+          " | ".join(f"{n} speedup" for n in names[1:]) + " | GFLOP/s (fastest) |")
+    print("| --- " * (1 + 2 * len(names)) + "|")
+    for kernel, (_, flops, _) in work.items():
+        ms = [1e3 * results[(kernel, n)] for n in names]
+        speedups = [results[(kernel, base)] / results[(kernel, n)] for n in names[1:]]
+        print(f"| {kernel} | " + " | ".join(f"{v:.1f}" for v in ms) + " | " +
+              " | ".join(f"{v:.2f}x" for v in speedups) +
+              f" | {flops / min(ms) / 1e6:.2f} |")
+    print()
+    print("| build | primitive | block | ns per thread per barrier |")
+    print("| --- | --- | --- | --- |")
+    for name, kernel, block, ns in barriers:
+        primitive = "__syncthreads" if kernel == "barriers" else "__shfl_xor_sync"
+        print(f"| {name} | {primitive} | {block} | {ns:.1f} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,192 @@
+"""Batch normalisation on the CPU, fast: reference/batchnorm.py's stages (same names, same
+results to float32 rounding), computed in the input's dtype with out= into reused buffers,
+chunk by chunk of the batch on the threads of cupycnn.cpu.parallel.
+
+What changes from the reference, and why it stays accurate:
+- Sums. The reference converts x to float64 and sums. Here each image's plane of a channel is
+  summed in float32 by NumPy's pairwise summation (error ~ log2(H W) ulp), and the planes are
+  added up in float64. The sum of squares is taken about the batch mean (a second pass over
+  x - mean, as a two-pass variance), then shifted back: sum x^2 = sum (x - m)^2 + 2 m sum x -
+  n m^2, in float64. So the [C, 2] sums are what the reference returns, and a channel whose mean
+  is large against its spread loses nothing to E[x^2] - E[x]^2 (the kernels sum in double for
+  the same reason).
+- No temporaries of the whole tensor: each chunk's intermediate (x - mean, its products) lives
+  in a buffer of this thread that fits in the L2 cache.
+Results do not depend on the thread count: per-plane sums, added over the batch in order.
+
+The fused epilogue of the reference (y = relu(bn(x) + residual); its backward masks dy by y > 0)
+is the same steps, in the same chunk pass.
+"""
+import numpy as np
+
+from . import parallel
+
+CHUNK_BYTES = 256 * 2**10       # one chunk's intermediate fits in L2
+
+
+def _layout(x):
+    n, c = x.shape[:2]
+    inner = int(np.prod(x.shape[2:], dtype=np.int64))
+    return n, c, inner
+
+
+def _parts(n, c, inner, itemsize):
+    return parallel.chunks(n, max(1, CHUNK_BYTES // max(1, c * inner * itemsize)))
+
+
+def _plane_sums(x3, parts, fn=None):
+    """[N, C] float32: sum over each plane x3[n, c, :] (of fn(chunk) when given)."""
+    n, c, inner = x3.shape
+    out = np.empty((n, c), x3.dtype)
+
+    def task(k):
+        start, stop = parts[k]
+        chunk = x3[start:stop] if fn is None else fn(start, stop)
+        np.sum(chunk, axis=2, out=out[start:stop])
+
+    parallel.parallel_for(len(parts), task)
+    return out
+
+
+def _mean_var(sums, count):
+    mean = sums[:, 0] / count
+    return mean, np.maximum(sums[:, 1] / count - mean * mean, 0.0)
+
+
+def batchnorm_stats(x):
+    """[C, 2] float64: (sum of x, sum of x^2) per channel, as reference.batchnorm_stats."""
+    n, c, inner = _layout(x)
+    x3 = x.reshape(n, c, inner)
+    parts = _parts(n, c, inner, x.itemsize)
+    sum_x = _plane_sums(x3, parts).sum(axis=0, dtype=np.float64)
+    shift = (sum_x / (n * inner)).astype(x.dtype)          # the batch mean, rounded
+    shift3 = shift.reshape(1, c, 1)
+
+    def centred_squares(start, stop):
+        d = parallel.scratch("bn.d", (stop - start, c, inner), x.dtype)
+        np.subtract(x3[start:stop], shift3, out=d)
+        return np.square(d, out=d)
+
+    squares = _plane_sums(x3, parts, centred_squares).sum(axis=0, dtype=np.float64)
+    m = shift.astype(np.float64)
+    return np.stack([sum_x, squares + 2.0 * m * sum_x - (n * inner) * m * m], axis=1)
+
+
+def _normalize(x, mean, invstd, weight, bias, residual=None, relu=False):
+    """(x - mean) * (invstd * weight) + bias [+ residual] [then max(., 0)], as the reference's
+    _normalize (x - mean first, so that it is exact-ish however large the mean), chunk by chunk
+    (in L2) on the threads."""
+    n, c, inner = _layout(x)
+    y = np.empty(x.shape, x.dtype)
+    x3, y3 = x.reshape(n, c, inner), y.reshape(n, c, inner)
+    r3 = None if residual is None else residual.reshape(n, c, inner)
+    mean3, scale3, bias3 = (np.asarray(v, x.dtype).reshape(1, c, 1)
+                            for v in (mean, invstd * weight, bias))
+    parts = _parts(n, c, inner, x.itemsize)
+
+    def task(k):
+        start, stop = parts[k]
+        out = y3[start:stop]
+        np.subtract(x3[start:stop], mean3, out=out)
+        np.multiply(out, scale3, out=out)
+        np.add(out, bias3, out=out)
+        if r3 is not None:
+            np.add(out, r3[start:stop], out=out)
+        if relu:
+            np.maximum(out, 0, out=out)
+
+    parallel.parallel_for(len(parts), task)
+    return y
+
+
+def batchnorm_normalize(x, sums, count, weight, bias, eps, residual=None, relu=False):
+    """y, mean, invstd from the batch statistics, as reference.batchnorm_normalize."""
+    mean, var = _mean_var(sums, count)
+    mean, invstd = mean.astype(x.dtype), (1.0 / np.sqrt(var + eps)).astype(x.dtype)
+    return _normalize(x, mean, invstd, weight.astype(x.dtype, copy=False),
+                      bias.astype(x.dtype, copy=False), residual, relu), mean, invstd
+
+
+def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps, residual=None,
+                                relu=False):
+    """The evaluation map with the running statistics, as the reference."""
+    mean = running_mean.astype(x.dtype)
+    invstd = (1.0 / np.sqrt(running_var.astype(np.float64) + eps)).astype(x.dtype)
+    return _normalize(x, mean, invstd, weight.astype(x.dtype, copy=False),
+                      bias.astype(x.dtype, copy=False), residual, relu), mean, invstd
+
+
+_BITS = {4: np.int32, 8: np.int64}
+
+
+def _masked(dy, y, start, stop, name):
+    """dy[start:stop], or where a fused ReLU's output y > 0 (+0 elsewhere, exactly the
+    reference's masked_grad), in this thread's buffer `name`."""
+    if y is None:
+        return dy[start:stop]
+    g = parallel.scratch(name, dy[start:stop].shape, dy.dtype)
+    bits = parallel.scratch(name + ".bits", g.shape, _BITS[dy.itemsize])
+    np.greater(y[start:stop], 0, out=g)                  # 1.0 or 0.0
+    np.copyto(bits, g, casting="unsafe")
+    np.negative(bits, out=bits)                          # all ones or all zeros
+    np.bitwise_and(dy[start:stop].view(bits.dtype), bits, out=g.view(bits.dtype))
+    return g
+
+
+def batchnorm_backward_reduce(x, dy, mean, invstd, y=None):
+    """[C, 2] float64: (sum g, sum g * xhat), g = dy (masked by y), as
+    reference.batchnorm_backward_reduce."""
+    n, c, inner = _layout(x)
+    x3, dy3 = x.reshape(n, c, inner), dy.reshape(n, c, inner)
+    y3 = None if y is None else y.reshape(n, c, inner)
+    parts = _parts(n, c, inner, x.itemsize)
+    mean3 = mean.astype(x.dtype).reshape(1, c, 1)
+    sum_dy = _plane_sums(dy3, parts, None if y is None else
+                         lambda start, stop: _masked(dy3, y3, start, stop, "bn.g"))
+    sum_dy = sum_dy.sum(axis=0, dtype=np.float64)
+
+    def dy_times_centred(start, stop):
+        d = parallel.scratch("bn.d", (stop - start, c, inner), x.dtype)
+        np.subtract(x3[start:stop], mean3, out=d)
+        return np.multiply(d, _masked(dy3, y3, start, stop, "bn.g"), out=d)
+
+    sum_dy_xmu = _plane_sums(x3, parts, dy_times_centred).sum(axis=0, dtype=np.float64)
+    return np.stack([sum_dy, sum_dy_xmu * invstd.astype(np.float64)], axis=1)
+
+
+def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_statistics=True,
+                             param_sums=None, y=None):
+    """dx, dweight, dbias, as reference.batchnorm_backward_apply:
+    dx = weight invstd (g - mean(g) - xhat mean(g xhat)), or weight invstd g (frozen), with
+    g = dy masked by a fused ReLU's output y."""
+    dtype = x.dtype
+    param_sums = sums if param_sums is None else param_sums
+    scale = (weight * invstd).astype(dtype)
+    dx = np.empty(x.shape, dtype)
+    n, c, inner = _layout(x)
+    x3, dy3, dx3 = x.reshape(n, c, inner), dy.reshape(n, c, inner), dx.reshape(n, c, inner)
+    y3 = None if y is None else y.reshape(n, c, inner)
+    scale3 = scale.reshape(1, c, 1)
+    parts = _parts(n, c, inner, x.itemsize)
+    if batch_statistics:
+        mean_dy = (sums[:, 0] / count).astype(dtype).reshape(1, c, 1)
+        # xhat * mean(g xhat) = (x - mean) * (invstd * mean(g xhat))
+        k = (invstd * (sums[:, 1] / count).astype(dtype)).astype(dtype).reshape(1, c, 1)
+        mean3 = mean.astype(dtype).reshape(1, c, 1)
+
+    def task(j):
+        start, stop = parts[j]
+        out = dx3[start:stop]
+        g = _masked(dy3, y3, start, stop, "bn.g")
+        if not batch_statistics:
+            np.multiply(g, scale3, out=out)
+            return
+        d = parallel.scratch("bn.d", (stop - start, c, inner), dtype)
+        np.subtract(x3[start:stop], mean3, out=d)
+        np.multiply(d, k, out=d)
+        np.subtract(g, mean_dy, out=out)
+        np.subtract(out, d, out=out)
+        np.multiply(out, scale3, out=out)
+
+    parallel.parallel_for(len(parts), task)
+    return dx, param_sums[:, 1].astype(dtype), param_sums[:, 0].astype(dtype)

@@ -1,0 +1,239 @@
+"""Threads and scratch buffers for the CPU path.
+
+Threads. NumPy's copies, ufuncs and BLAS calls release the GIL, so a few Python threads that each
+take a slice of the batch run on separate cores. `parallel_for(count, task)` runs task(0) ...
+task(count - 1) on `num_threads()` threads (this one included; the others are started once and
+kept), each thread taking the next index as it becomes free. While they run, BLAS is held to one
+thread (also when num_threads() is 1): its own threads would compete with ours for the cores,
+and OpenBLAS's results change with its thread count. Outside `parallel_for` BLAS keeps its own
+setting.
+
+How many threads: `set_num_threads(n)`, else $CUPYCNN_CPU_THREADS, else as many as BLAS is allowed
+at the moment of the call (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, or a threadpoolctl limit), so
+that one setting governs NumPy, BLAS and this path alike.
+
+What the threads compute never depends on how many there are: work is cut into pieces by the
+shapes alone (OpenBLAS's bits depend on how a product is cut, too), each piece's result goes to
+its own place, and nothing is summed across pieces in an order that depends on which thread ran
+them. A training run gives the same bits on 1 core and on 16.
+
+Scratch buffers. `scratch(name, shape, dtype)` returns this thread's buffer of that name and
+shape, allocated on first use and kept (least recently used first out past SCRATCH_BYTES per
+thread), so a layer's temporaries are not allocated and page-faulted again at every step.
+"""
+import collections
+import itertools
+import os
+import queue
+import threading
+
+import numpy as np
+
+# Per thread; a step of ResNet-18 at batch 32 cycles through about 60 MB of them.
+SCRATCH_BYTES = 512 * 2**20
+
+_requested = None            # set_num_threads(n); None: the environment or BLAS decides
+_local = threading.local()   # .inside: this thread runs a task of parallel_for; .scratch
+
+
+def set_num_threads(n):
+    """Use `n` threads from now on (None: back to the default, the BLAS thread count)."""
+    global _requested
+    if n is not None and int(n) < 1:
+        raise ValueError(f"cupycnn.cpu.set_num_threads: n must be at least 1, got {n}")
+    _requested = None if n is None else int(n)
+
+
+def num_threads():
+    """The threads parallel_for uses now."""
+    if _requested is not None:
+        return _requested
+    env = os.environ.get("CUPYCNN_CPU_THREADS", "").strip()
+    if env:
+        try:
+            value = int(env)
+        except ValueError:
+            raise ValueError(f"CUPYCNN_CPU_THREADS={env!r}: expected a positive integer") from None
+        if value < 1:
+            raise ValueError(f"CUPYCNN_CPU_THREADS={env!r}: expected a positive integer")
+        return value
+    return _Blas.get().threads()
+
+
+class _Blas:
+    """NumPy's BLAS thread count, read and set through threadpoolctl (found once)."""
+
+    _instance = None
+
+    @classmethod
+    def get(cls):
+        if cls._instance is None:
+            cls._instance = cls()
+        return cls._instance
+
+    def __init__(self):
+        self._controllers = []
+        try:
+            from threadpoolctl import ThreadpoolController
+            self._controllers = ThreadpoolController().select(user_api="blas").lib_controllers
+        except Exception:      # no threadpoolctl, or no BLAS it knows: one thread, untouched
+            self._controllers = []
+        self._default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
+            else (os.cpu_count() or 1)
+
+    def threads(self):
+        if not self._controllers:
+            return 1
+        return max(1, int(self._controllers[0].get_num_threads()))
+
+    def set(self, n):
+        for c in self._controllers:
+            c.set_num_threads(n)
+
+
+class _Pool:
+    """Worker threads, each waiting on its own queue for a job (a callable)."""
+
+    def __init__(self):
+        self.pid = os.getpid()
+        self.workers = []
+        self.done = queue.SimpleQueue()
+
+    def ensure(self, count):
+        while len(self.workers) < count:
+            tasks = queue.SimpleQueue()
+            thread = threading.Thread(target=self._work, args=(tasks,), daemon=True,
+                                      name=f"cupycnn-cpu-{len(self.workers) + 1}")
+            thread.start()
+            self.workers.append(tasks)
+
+    def _work(self, tasks):
+        _local.inside = True
+        while True:
+            job = tasks.get()
+            self.done.put(job())
+
+
+_pool = None
+_pool_lock = threading.Lock()
+
+
+def _get_pool():
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool.pid != os.getpid():     # a forked child has no threads
+            _pool = _Pool()
+        return _pool
+
+
+def parallel_for(count, task):
+    """task(i) for every i in range(count), on up to num_threads() threads; returns when all are
+    done. An exception in any task is raised here (the first one, after the others finished).
+    Called from inside a task, it runs serially."""
+    count = int(count)
+    if count <= 0:
+        return
+    if getattr(_local, "inside", False):
+        for i in range(count):
+            task(i)
+        return
+    threads = min(num_threads(), count)
+    blas = _Blas.get()
+    previous = blas.threads()
+    if previous != 1:
+        blas.set(1)
+    try:
+        if threads == 1:
+            _local.inside = True
+            try:
+                for i in range(count):
+                    task(i)
+            finally:
+                _local.inside = False
+        else:
+            _run(threads, count, task)
+    finally:
+        if previous != 1:
+            blas.set(previous)
+
+
+def _run(threads, count, task):
+    indices = itertools.count()          # next() is atomic under the GIL
+
+    def job():
+        try:
+            while True:
+                i = next(indices)
+                if i >= count:
+                    return None
+                task(i)
+        except BaseException as e:       # handed to the caller
+            return e
+
+    pool = _get_pool()
+    pool.ensure(threads - 1)
+    for tasks in pool.workers[:threads - 1]:
+        tasks.put(job)
+    _local.inside = True
+    try:
+        errors = [job()]
+    finally:
+        _local.inside = False
+    errors += [pool.done.get() for _ in range(threads - 1)]
+    for e in errors:
+        if e is not None:
+            raise e
+
+
+def chunks(total, size):
+    """[(start, stop), ...] covering range(total) in pieces of `size` (the last may be shorter)."""
+    size = max(1, int(size))
+    return [(start, min(total, start + size)) for start in range(0, total, size)]
+
+
+def split(total, pieces, align=1):
+    """About `pieces` (start, stop) ranges covering range(total), each a multiple of `align`
+    long but the last."""
+    pieces = max(1, min(int(pieces), -(-total // align)))
+    size = -(-total // pieces)
+    size = -(-size // align) * align
+    return chunks(total, size)
+
+
+# Elementwise work is cut into pieces of at least this many elements (smaller arrays stay on
+# one thread: waking another costs more than it saves) and at most PIECE_MAX (they stay in L2).
+PIECE_MIN, PIECE_MAX = 2**15, 2**16
+
+
+def flat_pieces(size):
+    """(start, stop) pieces of range(size) for elementwise work on the threads."""
+    if size <= PIECE_MIN:
+        return [(0, size)]
+    return split(size, max(num_threads(), -(-size // PIECE_MAX)), align=16)
+
+
+def scratch(name, shape, dtype, zero=False):
+    """This thread's reusable buffer `name` of this shape and dtype (uninitialised, or zeros on
+    first allocation when `zero`: a caller that writes only the interior keeps a zero border)."""
+    cache = getattr(_local, "scratch", None)
+    if cache is None:
+        cache = _local.scratch = collections.OrderedDict()
+        _local.scratch_bytes = 0
+    key = (name, tuple(shape), np.dtype(dtype).str, zero)
+    buffer = cache.get(key)
+    if buffer is not None:
+        cache.move_to_end(key)
+        return buffer
+    buffer = np.zeros(shape, dtype) if zero else np.empty(shape, dtype)
+    cache[key] = buffer
+    _local.scratch_bytes += buffer.nbytes
+    while _local.scratch_bytes > SCRATCH_BYTES and len(cache) > 1:
+        _, old = cache.popitem(last=False)
+        _local.scratch_bytes -= old.nbytes
+    return buffer
+
+
+def release_scratch():
+    """Drop this thread's scratch buffers (they are made again on demand)."""
+    _local.scratch = collections.OrderedDict()
+    _local.scratch_bytes = 0
