@@ -36,12 +36,70 @@ layer then reads and writes the views without knowing.
 import collections
 import contextlib
 import math
+import os
+import threading
 
 import numpy as np
 
 from .. import devices as _device
 from ..ops._check import check_arrays
 from ..ops._storage import activation_dtypes
+
+
+class ModelTooLargeError(ValueError):
+    """Building a model needed more memory than `allocation_limit` allows."""
+
+
+_limit = threading.local()
+
+
+@contextlib.contextmanager
+def allocation_limit(nbytes, what="the model"):
+    """Layers built inside the block may allocate at most `nbytes` of parameters, gradients and
+    buffers in all; the layer that would exceed it raises ModelTooLargeError before allocating.
+    For models built from data (a checkpoint's config): the data cannot ask for terabytes."""
+    previous = getattr(_limit, "state", None)
+    _limit.state = [int(nbytes), 0, what]
+    try:
+        yield
+    finally:
+        _limit.state = previous
+
+
+def check_allocation(shape, itemsize=4, count=1):
+    """Before a layer makes `count` arrays of `shape` on the host: refuse what cannot fit (the
+    machine's memory, or the allocation_limit in force) with ModelTooLargeError."""
+    _reserve(tuple(shape[:-1]) + (int(shape[-1]) * count,) if shape else (count,), itemsize,
+             commit=False)
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):      # not on this system: no bound
+        return float("inf")
+
+
+def _reserve(shape, itemsize, commit=True):
+    """Account for an allocation of `shape` under the allocation_limit in force, if any."""
+    count = 1
+    for s in shape:
+        count *= max(int(s), 0)
+    size = count * int(itemsize)
+    state = getattr(_limit, "state", None)
+    if state is None:
+        if size > _physical_memory():
+            raise ModelTooLargeError(
+                f"a tensor of shape {tuple(int(s) for s in shape)} needs {size / 2**30:,.1f} GiB, "
+                f"more than this machine's {_physical_memory() / 2**30:.0f} "
+                f"GiB of memory")
+        return
+    if state[1] + size > state[0]:
+        raise ModelTooLargeError(
+            f"building {state[2]} needs more than {state[0]:,} bytes (a tensor of shape "
+            f"{tuple(int(s) for s in shape)} alone is {size:,} bytes)")
+    if commit:
+        state[1] += size
 
 
 class Parameter:
@@ -229,11 +287,14 @@ class Layer:
     def add_param(self, key, value):
         """Register a parameter from a host array (float32 on the current device) with a zero
         gradient."""
+        _reserve(np.shape(value), 2 * 4)             # the value and its gradient, float32
         self.params[key] = _device.asarray(np.asarray(value, dtype=np.float32))
         self.grads[key] = _device.zeros(self.params[key].shape, self.params[key].dtype)
 
     def add_buffer(self, key, value):
-        self.buffers[key] = _device.asarray(np.asarray(value))
+        value = np.asarray(value)
+        _reserve(value.shape, value.itemsize)
+        self.buffers[key] = _device.asarray(value)
 
     def save_for_backward(self, **arrays):
         """Keep what backward needs (replacing what the previous forward kept)."""
@@ -481,5 +542,6 @@ def training_mode(model, training):
 def uniform_init(shape, fan_in, rng):
     """PyTorch's default for Linear and Conv weights and biases: kaiming_uniform with a=sqrt(5),
     which is U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    _reserve(shape, 2 * 4, commit=False)             # checked before drawing (add_param counts)
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)
