@@ -53,7 +53,7 @@ def main(argv=None):
 
 
 def _version():
-    from . import __version__
+    from .version import __version__
     return f"{PROG} {__version__}"
 
 
