@@ -1,5 +1,5 @@
 """The `cupycnn` command: one entry point for training, evaluation, prediction, the gradient
-checks, a throughput benchmark and what this machine offers.
+checks, a throughput benchmark, what this machine offers and the dataset tools.
 
     cupycnn train --dataset digits --device numpy       # = python examples/train_cifar.py ...
     cupycnn evaluate --checkpoint runs/digits-simple_cnn/last.h5
@@ -7,12 +7,13 @@ checks, a throughput benchmark and what this machine offers.
     cupycnn gradcheck --device sim --layer Conv2D       # = python -m cupycnn.gradcheck_suite
     cupycnn bench --model resnet18 --batch-size 32 --device numpy
     cupycnn info                                        # devices, versions, GPU, NCCL, MPI
+    cupycnn data make-shards photos/train shards/train  # = python -m cupycnn.data ...
     mpirun -n 4 cupycnn train                           # data-parallel, as train_cifar.py
 
 `train` and `bench` take the training options (cupycnn/cli.py's build_parser: one table, so an
 option added there is in both, in examples/train_cifar.py and in --config files); `evaluate`
-takes its data options. Every subcommand but `info` and `gradcheck` reads `--config FILE.toml`,
-whose values the flags override. `python -m cupycnn` is the same command.
+takes its data options. train, evaluate and bench read `--config FILE.toml`, whose values
+the flags override; `data` is cupycnn/data/tools.py. `python -m cupycnn` is the same command.
 """
 import argparse
 import sys
@@ -24,6 +25,7 @@ COMMANDS = {
     "gradcheck": "check every layer's backward against finite differences",
     "bench": "training-step throughput of a model on this machine",
     "info": "devices, versions, GPU, NCCL and MPI: what is usable here, and why not",
+    "data": "dataset tools: a folder of images into tar shards (make-shards), inspect",
 }
 PROG = "cupycnn"
 
@@ -47,11 +49,11 @@ def main(argv=None):
         return 2
     command, rest = argv[0], argv[1:]
     return {"train": train, "evaluate": evaluate, "predict": predict, "gradcheck": gradcheck,
-            "bench": bench, "info": info}[command](rest)
+            "bench": bench, "info": info, "data": data_tools}[command](rest)
 
 
 def _version():
-    from . import __version__
+    from .version import __version__
     return f"{PROG} {__version__}"
 
 
@@ -78,25 +80,17 @@ def train(argv):
 
 # --------------------------------------------------------------------------- evaluate
 
-class _CheckpointDefaults(argparse.RawDescriptionHelpFormatter):
-    """Help with the parser's defaults only: evaluate's come from the checkpoint, not from the
-    training recipes."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 TRAINING_ONLY = ("val_fraction", "augment", "augment_style")
 
 
 def _parser_with(parser, titles, prog, description):
     """A parser with `parser`'s option groups named `titles`, less the options that only shape
-    training (the same option objects: one added to the training options appears here too)."""
+    training (the same option objects: one added to the training options appears here too).
+    Its help shows the parser's defaults, not the recipes': evaluate's come from the
+    checkpoint."""
+    from .help_formatter import DefaultsHelpFormatter
     out = argparse.ArgumentParser(prog=prog, description=description,
-                                  formatter_class=_CheckpointDefaults)
+                                  formatter_class=DefaultsHelpFormatter)
     for group in parser._action_groups:
         if group.title in titles:
             mine = out.add_argument_group(group.title)
@@ -216,7 +210,7 @@ def bench(argv):
 
     from . import cli
     from . import devices as _device
-    from . import distributed, random
+    from . import random
     from .ops import metrics as metric_ops
 
     parser = cli.build_parser(BENCH_DESCRIPTION, default_dataset="synthetic",
@@ -228,12 +222,8 @@ def bench(argv):
     args = cli.parse_args(parser, argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be at least 1 and --warmup at least 0")
-    try:
-        if args.device != "auto":
-            _device.use(args.device)
-        ctx = distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20))
-    except (_device.DeviceUnavailableError, ValueError) as e:
-        print(f"{PROG} bench: error: {e}", file=sys.stderr)
+    ctx = cli.start(args, prefix=f"{PROG} bench: ")
+    if ctx is None:
         return 2
     with ctx.abort_on_error():
         try:
@@ -274,6 +264,13 @@ def bench(argv):
                   + (" (busy: other work shares the cores, and these figures)"
                      if load > 0.5 * cores else ""))
     return 0
+
+
+# ------------------------------------------------------------------------------- data
+
+def data_tools(argv):
+    from .data import tools
+    return tools.main(argv, prog=f"{PROG} data")
 
 
 # ------------------------------------------------------------------------------- info

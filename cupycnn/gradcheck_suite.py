@@ -4,9 +4,9 @@ and its command:
     python -m cupycnn.gradcheck_suite [--device numpy|sim|cuda] [--layer NAME] [--seed S]
 
 Each case builds a layer (or composite) and an input kept off kinks, at sizes small enough that
-every element of every tensor is checked. `run()` checks them all; the command prints the table; `tests/test_gradcheck_suite.py` asserts every case passes on numpy (float64,
-below 1e-6) and on sim (the kernels' float32 gradients against the float64 derivative, below
-1e-5).
+every element of every tensor is checked. `run()` checks them all; the command prints the table;
+`tests/test_gradcheck_suite.py` asserts every case passes on numpy (float64, below 1e-6) and on
+sim (the kernels' float32 gradients against the float64 derivative, below 1e-5).
 
 To add a case: a function taking a NumPy Generator and returning a dict of `gradcheck`
 arguments (at least `layer` and `x`), decorated with `@case("LayerName")`: here for the

@@ -1,7 +1,8 @@
-"""Comparisons shared by the kernel tests."""
+"""Comparisons shared by the kernel tests, and a layer with a known wrong backward."""
 import numpy as np
 
 import cupycnn
+from cupycnn.layers import Layer
 
 # Kernel against float64 reference, float32 arithmetic: relative error of the whole tensor, and
 # every element within ATOL_SCALE * rms(ref) + RTOL * |ref|.
@@ -42,3 +43,22 @@ def randn(rng, *shape, dtype=np.float32):
 
 def to_device(*arrays):
     return tuple(cupycnn.asarray(a) for a in arrays)
+
+
+def assert_all_match(outs, refs, names):
+    """assert_matches for each (out, ref, name) of three parallel sequences."""
+    assert len(outs) == len(refs) == len(names)
+    for out, ref, name in zip(outs, refs, names):
+        assert_matches(out, ref, name)
+
+
+class WrongScale(Layer):
+    """y = 2x with a backward that forgets the 2: a bug a gradient check must catch."""
+
+    def forward(self, x, training=True):
+        self.save_for_backward()
+        return 2 * x
+
+    def backward(self, dy):
+        self.saved()
+        return dy

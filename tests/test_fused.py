@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 import cupycnn
-from conftest import _kernel_device_params, _test_seed
-from cupycnn import models, sim
+from cupycnn import models
 from cupycnn.layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, ReLU,
                             Sequential)
 from cupycnn.models.resnet import BasicBlock, Bottleneck
@@ -28,18 +27,6 @@ from cupycnn.ops import elementwise as ew
 from helpers import randn
 
 SHAPES = [(2, 3, 5, 7), (4, 17, 3, 3), (3, 70, 1, 3), (5, 6), (2, 3, 48, 49)]
-
-
-@pytest.fixture(params=[pytest.param(("numpy", None), id="numpy")] + _kernel_device_params())
-def any_device(request):
-    """numpy, then the kernel devices as the kernel_device fixture has them (sim in three thread
-    orders, cuda where usable), outputs poisoned."""
-    name, order = request.param
-    cupycnn.use(name)
-    if name == "sim":
-        sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
-    cupycnn.devices.set_poison(name != "numpy")
-    return name
 
 
 def _same(a, b, what):
@@ -167,14 +154,13 @@ def _mini_resnet(fused):
     return Sequential(collections.OrderedDict(layers))
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
-def test_fused_resnet_blocks_are_the_unfused_ones(rng, device):
-    cupycnn.use(device)
-    x = cupycnn.asarray(randn(rng, 2, 3, 8, 8))
+def _fused_and_plain(build, x, rng):
+    """One training forward and backward of build(True) (fused) and build(False) from the same
+    seed, x and dy: each run's logits, dx, parameter gradients and state."""
     runs = []
     for fused in (True, False):
         cupycnn.manual_seed(0)
-        model = _mini_resnet(fused)
+        model = build(fused)
         y = model.forward(x, training=True)
         dy = runs[0]["dy"] if runs else cupycnn.asarray(randn(rng, *y.shape))
         dx = model.backward(dy)
@@ -185,8 +171,16 @@ def test_fused_resnet_blocks_are_the_unfused_ones(rng, device):
     fused, plain = runs
     _same(fused["y"], plain["y"], "logits")
     _same(fused["dx"], plain["dx"], "dx")
+    assert list(fused["grads"]) == list(plain["grads"])
     for name in plain["grads"]:
         _same(fused["grads"][name], plain["grads"][name], f"grad {name}")
+    return fused, plain
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_fused_resnet_blocks_are_the_unfused_ones(rng, device):
+    cupycnn.use(device)
+    fused, plain = _fused_and_plain(_mini_resnet, cupycnn.asarray(randn(rng, 2, 3, 8, 8)), rng)
     for name in plain["state"]:
         _same(fused["state"][name], plain["state"][name], name)
 
@@ -206,20 +200,80 @@ def test_resnet_keeps_torchvision_names_fused_or_not():
 def test_fused_simple_cnn_is_the_unfused_one(rng, device):
     """The digits network (BatchNorm2D and BatchNorm1D with their ReLUs fused, dropout)."""
     cupycnn.use(device)
-    x = cupycnn.asarray(randn(rng, 4, 1, 8, 8))
-    runs = []
-    for fused in (True, False):
-        cupycnn.manual_seed(0)
-        model = models.simple_cnn(num_classes=10, in_channels=1, input_size=8, widths=(8, 16),
-                                  block_dropout=(0.2, 0.3), hidden=16, fused=fused)
-        y = model.forward(x, training=True)
-        dy = runs[0][2] if runs else cupycnn.asarray(randn(rng, *y.shape))
-        dx = model.backward(dy)
-        runs.append((np.array(cupycnn.asnumpy(y)), np.array(cupycnn.asnumpy(dx)), dy,
-                     {n: np.array(cupycnn.asnumpy(p.grad)) for n, p in model.named_parameters()}))
-    (y_f, dx_f, _, g_f), (y_p, dx_p, _, g_p) = runs
-    _same(y_f, y_p, "logits")
-    _same(dx_f, dx_p, "dx")
-    assert list(g_f) == list(g_p)
-    for name in g_p:
-        _same(g_f[name], g_p[name], f"grad {name}")
+    _fused_and_plain(lambda fused: models.simple_cnn(
+        num_classes=10, in_channels=1, input_size=8, widths=(8, 16), block_dropout=(0.2, 0.3),
+        hidden=16, fused=fused), cupycnn.asarray(randn(rng, 4, 1, 8, 8)), rng)
+
+
+@pytest.mark.parametrize("version, precision", [("direct", "fp32"), ("tiled", "fp32"),
+                                                ("tensor_core", "tf32"),
+                                                ("tensor_core", "bf16")])
+@pytest.mark.parametrize("shape, kernel, stride, padding", [((2, 5, 9, 7), 3, 1, 1),
+                                                             ((3, 8, 8, 8), 1, 2, 0)], ids=str)
+def test_conv_bias_residual_relu_epilogue_is_the_composition(any_device, rng, version, precision,
+                                                            shape, kernel, stride, padding):
+    """The inference epilogue in every conv2d forward kernel (direct, tiled FP32, tensor cores):
+    conv + bias (+ residual) + ReLU in one pass == conv2d_forward, add, relu_forward."""
+    from cupycnn.ops import conv2d as conv
+    if any_device == "numpy" and version != "tiled":
+        pytest.skip("the numpy device has one convolution (the reference)")
+    out_channels = 6
+    x = cupycnn.asarray(randn(rng, *shape))
+    w = cupycnn.asarray(randn(rng, out_channels, shape[1], kernel, kernel) * 0.3)
+    b = cupycnn.asarray(randn(rng, out_channels))
+    kw = {} if any_device == "numpy" else {"version": version}
+    with cupycnn.set_precision(precision):
+        plain = conv.conv2d_forward(x, w, b, stride, padding, **kw)
+        r = cupycnn.asarray(randn(rng, *plain.shape))
+        _same(conv.conv2d_forward(x, w, b, stride, padding, residual=r, relu=True, **kw),
+              ew.relu_forward(ew.add(plain, r)), "conv + bias + residual + relu")
+        _same(conv.conv2d_forward(x, w, None, stride, padding, relu=True, **kw),
+              ew.relu_forward(conv.conv2d_forward(x, w, None, stride, padding, **kw)),
+              "conv + relu")
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, device, fused):
+    """models.fold_batchnorm: each conv + batchnorm (+ shortcut) + ReLU one convolution with its
+    epilogue; the same logits as the model's evaluation forward, to float32 rounding."""
+    from cupycnn import runtime
+    cupycnn.use(device)
+    cupycnn.manual_seed(0)
+    model = models.resnet18(num_classes=10, stem="cifar", width=4, fused=fused)
+    for layer in model.layers():                       # statistics that are not the defaults
+        if isinstance(layer, BatchNorm2D):
+            c = layer.num_features
+            layer.buffers["running_mean"][...] = cupycnn.asarray(randn(rng, c) * 0.1)
+            layer.buffers["running_var"][...] = cupycnn.asarray(
+                rng.uniform(0.5, 2.0, c).astype(np.float32))
+            layer.params["bias"][...] = cupycnn.asarray(randn(rng, c) * 0.1)
+    x = cupycnn.asarray(randn(rng, 2, 3, 8, 8))
+    served = models.fold_batchnorm(model)
+    launches = {}
+    outputs = {}
+    for name, net in (("model", model), ("folded", served)):
+        log = []
+        runtime.record_launches(_ListLog(log))
+        try:
+            outputs[name] = np.asarray(cupycnn.asnumpy(net.forward(x, training=False)))
+        finally:
+            runtime.record_launches(None)
+        launches[name] = len(log)
+    err = np.abs(outputs["folded"] - outputs["model"]).max() / np.abs(outputs["model"]).max()
+    assert err < 1e-5, err
+    assert list(served.state_dict())[:2] == ["conv1.weight", "conv1.bias"]
+    if device == "sim":                  # 20 batchnorms (and the unfused ReLUs, adds) are gone
+        assert launches["folded"] <= launches["model"] - 20, launches
+    with pytest.raises(RuntimeError, match="a folded model is for inference"):
+        served.forward(x, training=True)
+
+
+class _ListLog:
+    """runtime.record_launches takes a set; this one keeps every launch, in order."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def add(self, item):
+        self.log.append(item)

@@ -3,19 +3,8 @@ import numpy as np
 import pytest
 
 import cupycnn
-from cupycnn.layers import Dense, Layer, ReLU
-
-
-class WrongScale(Layer):
-    """y = 2x with a backward that forgets the 2: a bug the check must catch."""
-
-    def forward(self, x, training=True):
-        self.save_for_backward()
-        return 2 * x
-
-    def backward(self, dy):
-        self.saved()
-        return dy
+from cupycnn.layers import Dense, ReLU
+from helpers import WrongScale
 
 
 def test_right_backward_passes(rng):

@@ -4,6 +4,7 @@ And `python -m cupycnn.gradcheck_suite`: its table, its exit status, its message
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,19 +79,11 @@ def test_command_line_loss_and_network_on_sim():
 
 
 def test_command_line_exit_status_1_when_a_case_fails():
-    code = textwrap.dedent("""
+    code = textwrap.dedent(f"""
         import sys
-        import numpy as np
+        sys.path.insert(0, {str(Path(__file__).parent)!r})
         from cupycnn import gradcheck_suite
-        from cupycnn.layers import Layer
-
-        class WrongScale(Layer):      # y = 2x, with a backward that forgets the 2
-            def forward(self, x, training=True):
-                self.save_for_backward()
-                return 2 * x
-            def backward(self, dy):
-                self.saved()
-                return dy
+        from helpers import WrongScale      # y = 2x, with a backward that forgets the 2
 
         gradcheck_suite.case("WrongScale")(lambda rng: dict(layer=WrongScale(),
                                                             x=rng.standard_normal((2, 3))))

@@ -78,7 +78,7 @@ def cycles(graph):
 
 def test_the_package_has_no_import_cycle():
     graph = import_graph(PACKAGE)
-    assert "cupycnn.ops.conv2d" in graph and "cupycnn.reference.conv2d" in graph["cupycnn.ops.conv2d"]
+    assert "cupycnn.reference.conv2d" in graph["cupycnn.ops.conv2d"]      # the walk sees imports
     knots = cycles(graph)
     assert not knots, "import cycles: " + "; ".join(" <-> ".join(c) for c in knots)
 

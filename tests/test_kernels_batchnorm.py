@@ -8,7 +8,7 @@ import pytest
 import cupycnn
 from cupycnn import reference, runtime, sim
 from cupycnn.ops import batchnorm as bn
-from helpers import assert_matches, randn
+from helpers import assert_all_match, assert_matches, randn
 
 ref = reference.batchnorm
 
@@ -147,11 +147,9 @@ def test_backward_apply(kernel_device, rng, shape, batch_statistics):
         batch_statistics=batch_statistics, param_sums=cupycnn.asarray(param_sums),
         dweight=dweight)
     assert dw is dweight
-    rdx, rdw, rdb = ref.batchnorm_backward_apply(*f64(x, dy, weight, mean, invstd), sums, count,
-                                                 batch_statistics, param_sums)
-    assert_matches(dx, rdx, "dx")
-    assert_matches(dw, rdw, "dweight")
-    assert_matches(db, rdb, "dbias")
+    assert_all_match((dx, dw, db), ref.batchnorm_backward_apply(
+        *f64(x, dy, weight, mean, invstd), sums, count, batch_statistics, param_sums),
+        ("dx", "dweight", "dbias"))
 
 
 def test_bad_arguments_name_the_op(rng):

@@ -6,7 +6,7 @@ import pytest
 import cupycnn
 from cupycnn import reference
 from cupycnn.ops import groupnorm as gn
-from helpers import assert_matches, randn
+from helpers import assert_all_match, assert_matches, randn
 
 ref = reference.groupnorm
 
@@ -62,10 +62,9 @@ def test_groupnorm_backward(kernel_device, rng, shape, groups):
     dx, dweight, db = gn.groupnorm_backward(
         *(cupycnn.asarray(a) for a in (x, dy, weight, mean, invstd)), groups, dbias=dbias)
     assert db is dbias
-    rdx, rdweight, rdbias = ref.groupnorm_backward(*f64(x, dy, weight, mean, invstd), groups)
-    assert_matches(dx, rdx, "dx")
-    assert_matches(dweight, rdweight, "dweight")
-    assert_matches(db, rdbias, "dbias")
+    assert_all_match((dx, dweight, db),
+                     ref.groupnorm_backward(*f64(x, dy, weight, mean, invstd), groups),
+                     ("dx", "dweight", "dbias"))
 
 
 def test_bad_arguments_name_the_op(rng):

@@ -148,6 +148,32 @@ def test_static_shared_memory_is_poisoned_at_every_block(probes):
     assert np.isnan(out).all()
 
 
+def test_static_shared_memory_in_templates_is_poisoned_at_every_block(probes):
+    """g++ ignores the section attribute of statics in templates (a function template, a class
+    template's member); the emulator records those arrays where they are declared, so a read
+    of one before any thread of the block wrote it still reads NaN."""
+    kernel = probes.get_function("read_uninitialised_template_shared")
+    out = np.zeros(256, f32)
+    kernel((2,), (64,), (out, i32(1)))
+    expected = np.tile(np.roll(np.arange(64.0), -1), 2)
+    np.testing.assert_array_equal(out, np.repeat(expected, 2))
+    kernel((2,), (64,), (out, i32(0)))      # the previous launch's values must not leak through
+    assert np.isnan(out).all()
+
+
+def test_every_one_line_static_shared_declaration_is_registered():
+    code = ("__shared__ float a[4][TILE + 1];  // a comment: __shared__ b;\n"
+            "  __shared__ __align__(16) Stage stages[STAGES]; int x;\n"
+            "// __shared__ float commented_out[3];\n"
+            "extern SIMT_DYNAMIC_SHARED float dyn[];")
+    out = sim.module.register_static_shared(code).split("\n")
+    assert out[0] == ("__shared__ float a[4][TILE + 1]; SIMT_SHARED_REGISTER(a)  // a comment: "
+                      "__shared__ b;")
+    assert out[1] == ("  __shared__ __align__(16) Stage stages[STAGES]; "
+                      "SIMT_SHARED_REGISTER(stages) int x;")
+    assert out[2:] == code.split("\n")[2:]
+
+
 def test_kernel_printf_reaches_stdout(probes, capfd):
     probes.get_function("hello")((3,), (32,), (i32(7),))
     printed = capfd.readouterr().out

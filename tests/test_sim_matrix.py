@@ -284,6 +284,34 @@ def test_cp_async_lands_at_its_wait_group_with_zero_fill(rng, order):
     np.testing.assert_array_equal(out[:, 12:15], src[:, 4:7])
 
 
+def test_the_bank_check_counts_wavefronts_as_a_gpu_serves_them(rng):
+    """sim.bank_conflicts: ldmatrix's 8 rows of one matrix in 8 different 16-byte bank groups
+    take one wavefront; 8 rows 128 bytes apart, all in the same banks, take 8. cp_async_check's
+    copies land 32 bytes apart per thread: its 16-byte copies 2-way (8 lanes per phase span 256
+    bytes), its 8-byte ones 4-way (16 lanes over 512 bytes), its 4-byte ones 8-way (32 lanes
+    over 1 KiB, 4 banks)."""
+    cupycnn.use("sim")
+    tile = cupycnn.asarray(rng.integers(0, 2**16, (64, 8), dtype=np.uint16))
+    out = cupycnn.asarray(np.zeros((32, 4), np.uint32))
+    for rows, waves in ((np.arange(32), 1), ((np.arange(32) * 8) % 64, 8)):
+        with sim.bank_conflicts() as counts:
+            _kernel("ldmatrix_check")((1,), (32,), (tile, cupycnn.asarray(rows.astype(np.int32)),
+                                                    out, np.int32(4), np.int32(0)))
+        assert (counts.ldmatrix.instructions, counts.ldmatrix.ideal,
+                counts.ldmatrix.wavefronts, counts.ldmatrix.worst) == (1, 4, 4 * waves, waves)
+        assert counts.ldmatrix.conflict_free == (waves == 1)
+    src = rng.standard_normal((64, 8)).astype(np.float32)
+    with sim.bank_conflicts() as counts:
+        _kernel("cp_async_check")((1,), (32,), (src, np.full(64, 16, np.int32),
+                                                np.zeros((64, 16), np.float32)))
+    c = counts.cp_async
+    assert (c.instructions, c.ideal, c.wavefronts, c.worst) == (3, 4 + 2 + 1, 4 * 2 + 2 * 4 + 8, 8)
+    assert counts.ldmatrix.instructions == 0
+    with sim.bank_conflicts() as counts:                 # counting is off outside the block
+        pass
+    assert counts.cp_async.instructions == 0
+
+
 @pytest.mark.parametrize("order", sim.ORDERS)
 def test_pipeline_with_wait_and_barrier_is_right(rng, order):
     cupycnn.use("sim")

@@ -25,7 +25,7 @@ stays in step; for evaluation (pad=False) every sample comes once.
     write_shards(samples, "shards/train", classes=classes)     # (key, bytes, ext, label)
     make_shards("photos/train", "shards/train")               # a class-folder tree
     ds = TarShards("shards/train", RandomResizedCrop(224))
-    python -m cupycnn.data make-shards photos/train shards/train --shard-size 1000
+    cupycnn data make-shards photos/train shards/train --shard-size 1000
 """
 import io
 import json
@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .decode import Decode, image_size
+from .decode import Decode
 from .stream import StreamingDataset, read_file
 from .workers import ShardError
 
@@ -74,13 +74,8 @@ class ShardedDataset(StreamingDataset):
         raise TypeError(f"{type(self).__name__} has no label array; its labels are read with "
                         f"its samples")
 
-    @property
-    def image_shape(self):
-        if self.transform.shape is None:              # Decode(): the first image's size
-            data, _, name = next(iter(self.read_shard(0)))
-            h, w = image_size(data, name)
-            self.transform.size, self.transform.shape = (h, w), (h, w, 3)
-        return tuple(self.transform.shape)
+    def first_example(self):
+        return next(iter(self.read_shard(0)))
 
     def samples(self):
         """Every (encoded bytes, label, name), shard after shard, in file order."""

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .base import Dataset, Subset
-from .decode import Decode, DecodeTransform
+from .decode import Decode, DecodeTransform, image_size
 from .folder import BadImageError, scan
 
 MAX_FILE_BYTES = 256 * 2 ** 20      # an image file larger than this is refused, not read
@@ -110,11 +110,16 @@ class StreamingDataset(Dataset):
         raise TypeError(f"{type(self).__name__} is streamed and has no `images` array; "
                         f"iterate a Loader over it (or index it: ds[i] decodes one image)")
 
+    def first_example(self):
+        """(encoded bytes, label, name) of the first example."""
+        return self.read(0)
+
     @property
     def image_shape(self):
-        if self.transform.shape is None:         # Decode(): the first image's size
-            image, _ = self[0]
-            self.transform.size, self.transform.shape = image.shape[:2], image.shape
+        if self.transform.shape is None:         # Decode(): the first image's size, from its header
+            data, _, name = self.first_example()
+            h, w = image_size(data, name)
+            self.transform.size, self.transform.shape = (h, w), (h, w, 3)
         return tuple(self.transform.shape)
 
     def __getitem__(self, i):

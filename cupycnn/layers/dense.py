@@ -8,6 +8,8 @@
 from .. import random as _random
 from ..ops import gemm as gemm_ops
 from ..ops import reduce as reduce_ops
+from ..ops._check import check_integer
+from ..ops._storage import is_bf16, to_bf16, to_float32
 from .base import Layer, uniform_init
 
 
@@ -17,9 +19,8 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"Dense: in_features and out_features must be at least 1, got "
-                             f"{in_features} and {out_features}")
+        in_features = check_integer("Dense", "in_features", in_features, 1)
+        out_features = check_integer("Dense", "out_features", out_features, 1)
         self.in_features, self.out_features = int(in_features), int(out_features)
         rng = _random.generator()
         self.add_param("weight", uniform_init((out_features, in_features), in_features, rng))
@@ -33,15 +34,19 @@ class Dense(Layer):
     def forward(self, x, training=None):
         self.check_input(x, ("N", self.in_features))
         self.save_for_backward(x=x)
-        return gemm_ops.gemm(x, self.params["weight"], transpose_b=True,
-                             bias=self.params.get("bias"), bias_per="column")
+        y = gemm_ops.gemm(to_float32(x), self.params["weight"], transpose_b=True,
+                          bias=self.params.get("bias"), bias_per="column")
+        return to_bf16(y) if is_bf16(x) else y
 
     def backward(self, dy):
+        # BF16 activations go through the FP32 GEMM kernels as float32 copies (as Conv2D).
         x = self.saved()["x"]
         self.check_grad_output(dy, (x.shape[0], self.out_features))
+        bf16, x, dy = is_bf16(dy), to_float32(x), to_float32(dy)
         gemm_ops.gemm(dy, x, transpose_a=True, out=self.grads["weight"])
         if "bias" in self.params:
             reduce_ops.channel_sum(dy, out=self.grads["bias"])
         if not self.input_grad:              # nobody reads it (the model's input): skipped
             return None
-        return gemm_ops.gemm(dy, self.params["weight"])
+        dx = gemm_ops.gemm(dy, self.params["weight"])
+        return to_bf16(dx) if bf16 else dx

@@ -24,8 +24,9 @@ class _Block(Layer):
     forward and backward. fused=False composes the separate layers: Residual(main, shortcut)
     then ReLU, with a ReLU layer after every batchnorm but the last. Both compute the same."""
 
-    def __init__(self, names, downsample, fused=True):
+    def __init__(self, in_planes, planes, stride, names, downsample, fused=True):
         super().__init__()
+        self.in_planes, self.planes, self.stride = in_planes, planes, stride
         self._named = list(names.items()) + ([("downsample", downsample)] if downsample else [])
         self.fused = bool(fused)
         if self.fused:
@@ -43,6 +44,9 @@ class _Block(Layer):
 
     def named_children(self):
         return self._named
+
+    def extra_repr(self):
+        return f"{self.in_planes}, {self.planes}, stride={self.stride}"
 
     def input_layers(self):
         if not self.fused:
@@ -98,11 +102,8 @@ class BasicBlock(_Block):
             bn1=BatchNorm2D(planes),
             conv2=Conv2D(planes, planes, 3, stride=1, padding=1, bias=False),
             bn2=BatchNorm2D(planes))
-        super().__init__(names, _downsample(in_planes, planes, stride), fused)
-        self.in_planes, self.planes, self.stride = in_planes, planes, stride
-
-    def extra_repr(self):
-        return f"{self.in_planes}, {self.planes}, stride={self.stride}"
+        super().__init__(in_planes, planes, stride, names, _downsample(in_planes, planes, stride),
+                         fused)
 
 
 class Bottleneck(_Block):
@@ -117,11 +118,8 @@ class Bottleneck(_Block):
             bn2=BatchNorm2D(planes),
             conv3=Conv2D(planes, out, 1, bias=False),
             bn3=BatchNorm2D(out))
-        super().__init__(names, _downsample(in_planes, out, stride), fused)
-        self.in_planes, self.planes, self.stride = in_planes, planes, stride
-
-    def extra_repr(self):
-        return f"{self.in_planes}, {self.planes}, stride={self.stride}"
+        super().__init__(in_planes, planes, stride, names, _downsample(in_planes, out, stride),
+                         fused)
 
 
 class ResNet(Sequential):

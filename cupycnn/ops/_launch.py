@@ -16,8 +16,8 @@ from ..runtime import kernel_source
 # 132 SMs of an H100 SXM. A count from the shapes only keeps results the same bits on every run.
 TARGET_BLOCKS = 4 * 132
 
-_DEFINE_RE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+([^\n]*?)[ \t]*(?://[^\n]*)?$",
-                        re.M)
+_DEFINE_RE = re.compile(
+    r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+([^\n]*?)[ \t]*(?://[^\n]*)?$", re.M)
 _OPERATORS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
               ast.Div: lambda a, b: int(a / b), ast.Mod: operator.mod,      # C's int division
               ast.LShift: operator.lshift, ast.RShift: operator.rshift}

@@ -40,6 +40,8 @@ import re
 import subprocess
 import tempfile
 import threading
+import weakref
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -76,6 +78,7 @@ class _Config:
         self.order = order
         self.seed = int(os.environ.get("CUPYCNN_SIM_SEED", "0"))
         self.poison_shared = True
+        self.bank_check = False
         self.threads = None   # set_threads(n); None: CUPYCNN_SIM_THREADS, else every core
         self.version = 0      # bumped on every change; modules re-apply when it moves
         self.launches = 0     # random order: every launch gets its own seed
@@ -123,6 +126,59 @@ def set_shared_memory_poison(enabled):
     with _lock:
         _config.poison_shared = bool(enabled)
         _config.version += 1
+
+
+@dataclass
+class BankCount:
+    """Shared-memory traffic of one kind of access (see bank_conflicts)."""
+    instructions: int = 0     # warp instructions
+    wavefronts: int = 0       # what they take on a GPU
+    ideal: int = 0            # the fewest they could take (one per 128-byte phase)
+    worst: int = 0            # the most wavefronts of any one phase: its n-way bank conflict
+
+    @property
+    def conflict_free(self):
+        return self.wavefronts == self.ideal
+
+
+@dataclass
+class BankCounts:
+    ldmatrix: BankCount = field(default_factory=BankCount)
+    cp_async: BankCount = field(default_factory=BankCount)
+
+
+_builds = weakref.WeakSet()       # every library loaded: bank_conflicts reads their counters
+
+
+@contextlib.contextmanager
+def bank_conflicts():
+    """Count the shared-memory bank conflicts of the tensor-core instructions the block of code
+    runs: `with bank_conflicts() as counts: ...`, then counts.ldmatrix and counts.cp_async (the
+    copies' shared-memory side) are BankCounts (instructions, wavefronts, ideal, worst). Every
+    ldmatrix, and every cp.async a warp's lanes issue as one instruction, is split into its
+    128-byte phases as a GPU serves them; a phase whose addresses put distinct words in one bank
+    takes one wavefront per such word (simt.h's "bank check")."""
+    counts = BankCounts()
+    with _lock:
+        _config.bank_check = True
+        _config.version += 1
+    for build in list(_builds):      # forget what came before
+        build.lib.simt_bank_counts(1, (ctypes.c_ulonglong * 8)())
+    try:
+        yield counts
+    finally:
+        with _lock:
+            _config.bank_check = False
+            _config.version += 1
+        for build in list(_builds):
+            raw = (ctypes.c_ulonglong * 8)()
+            build.lib.simt_bank_counts(0, raw)
+            for kind, count in ((0, counts.ldmatrix), (1, counts.cp_async)):
+                n, waves, ideal, worst = raw[4 * kind: 4 * kind + 4]
+                count.instructions += n
+                count.wavefronts += waves
+                count.ideal += ideal
+                count.worst = max(count.worst, worst)
 
 
 def cache_dir():
@@ -242,6 +298,23 @@ _DYN_SMEM_RE = re.compile(
     r'extern\s+__shared__\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?([A-Za-z_][\w:]*(?:\s+[A-Za-z_]\w*)*)'
     r'\s+(?:__align__\s*\(\s*\d+\s*\)\s*)?(\w+)\s*\[\s*\]')
 _COMMENT_RE = re.compile(r"//[^\n]*|/\*.*?\*/", re.S)
+# A static shared array declared on one line: `__shared__ [__align__(n)] T name[dims];`.
+_STATIC_SMEM_RE = re.compile(r"\b__shared__\b[^;{}]*?\b([A-Za-z_]\w*)\s*(?:\[[^\];]*\]\s*)*;")
+
+
+def register_static_shared(code):
+    """`code` with every one-line `__shared__ ... name[...];` (one variable per declaration,
+    outside // comments) followed by SIMT_SHARED_REGISTER(name): g++ ignores the section that
+    gathers static shared memory for statics in templates, so simt.h records each array
+    where its declaration runs, and poisons it at every block's start (see simt.h)."""
+    lines = code.split("\n")
+    for i, line in enumerate(lines):
+        head, mark, comment = line.partition("//")
+        if "__shared__" in head:
+            head = _STATIC_SMEM_RE.sub(lambda m: f"{m.group(0)} SIMT_SHARED_REGISTER({m.group(1)})",
+                                       head)
+            lines[i] = head + mark + comment
+    return "\n".join(lines)
 
 
 def entry_points(code):
@@ -304,6 +377,7 @@ class Module:
         wrapper += [f"SIMT_DYN_SMEM({t}, {v})" for v, t in dynamic_shared.items()]
         # Dynamic shared memory is defined by the wrapper (above); see simt.h.
         code = re.sub(r"\bextern(\s+)__shared__\b", r"extern\1SIMT_DYNAMIC_SHARED", code)
+        code = register_static_shared(code)
         wrapper += [f'#line 1 "{label}"', code, "SIMT_CONFIG_EXPORT"]
         wrapper += [f"SIMT_EXPORT({c}, {e})" for e, c in self._c_names.items()]
         wrapper += [f'extern "C" __attribute__((visibility("default"))) long simt_bounds_{k}() '
@@ -378,6 +452,8 @@ class _Build:
         self.lib.simt_set_config.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_uint,
                                              ctypes.c_int, ctypes.c_int]
         self.lib.simt_last_error.restype = ctypes.c_char_p
+        self.lib.simt_bank_counts.argtypes = [ctypes.c_int, ctypes.c_void_p]
+        _builds.add(self)
         self._applied = None
         self._launchers = {}
 
@@ -403,6 +479,7 @@ class _Build:
         threads = self.module.threads() if self.openmp else 1
         self.lib.simt_set_config(ORDERS.index(_config.order), 1, seed, threads,
                                  int(_config.poison_shared))
+        self.lib.simt_bank_counts(int(_config.bank_check), None)
         self._applied = _config.version
 
 

@@ -122,6 +122,33 @@ extern "C" __global__ void read_uninitialised_static_shared(float* out, int writ
   out[blockIdx.x * blockDim.x + threadIdx.x] = tile[(threadIdx.x + 1) % blockDim.x];
 }
 
+// The same read in a function template and in a class template's member: g++ puts such
+// statics outside the shared-memory section, so the emulator records them where they are
+// declared (simt.h); they must be poisoned all the same.
+template <int N>
+__device__ float read_shared_in_template(int write_first) {
+  __shared__ float tile[N];
+  if (write_first) tile[threadIdx.x] = (float)threadIdx.x;
+  __syncthreads();
+  return tile[(threadIdx.x + 1) % blockDim.x];
+}
+
+template <class T>
+struct SharedReader {
+  __device__ static T read(int write_first) {
+    __shared__ __align__(16) T tile[64];
+    if (write_first) tile[threadIdx.x] = (T)threadIdx.x;
+    __syncthreads();
+    return tile[(threadIdx.x + 1) % blockDim.x];
+  }
+};
+
+extern "C" __global__ void read_uninitialised_template_shared(float* out, int write_first) {
+  const int i = 2 * (blockIdx.x * blockDim.x + threadIdx.x);
+  out[i] = read_shared_in_template<64>(write_first);
+  out[i + 1] = SharedReader<float>::read(write_first);
+}
+
 // The Philox generator of common.cuh, for comparison with reference/philox.py.
 extern "C" __global__ void philox_probe(unsigned long long seed, unsigned long long stream,
                                         unsigned long long first, unsigned* words, float* uniforms,

@@ -23,6 +23,7 @@
 #include <math.h>
 #include <cassert>
 #include <cstdarg>
+#include <map>
 #include <vector>
 #include <tuple>
 #include <utility>
@@ -59,6 +60,11 @@
 // that no thread of the block wrote shows up instead of silently seeing the previous block's
 // values. Under OpenMP they are thread_local and not poisoned. module.py rewrites
 // `extern __shared__` (dynamic shared memory) to `extern SIMT_DYNAMIC_SHARED`.
+// g++ ignores the section of a static local in a template (a function template's, or any
+// function's in a class template: it must go to its instantiation's own comdat .bss section),
+// so module.py also follows every one-line `__shared__ T name[...];` with
+// `SIMT_SHARED_REGISTER(name)`, which records the array's address and size the first time its
+// declaration runs (and poisons it then): the launcher poisons every recorded array too.
 #ifdef _OPENMP
 #  define __shared__ thread_local
 #  define SIMT_DYNAMIC_SHARED thread_local
@@ -170,6 +176,9 @@ __attribute__((format(printf, 1, 2))) inline void set_error(const char* fmt, ...
 // One cp.async in flight: the source bytes as read at issue (a snapshot), where they go, and
 // the commit group it belongs to (-1: not committed yet).
 struct CpAsync { void* dst; uint8_t data[16]; int size; int group; };
+// One warp-wide shared-memory access being gathered for the bank check: each lane's address and
+// size (0: the lane did not take part).
+struct BankAccess { uintptr_t addr[32]; uint8_t size[32]; uint32_t lanes; };
 enum { MATRIX_WORDS = 16 };        // 32-bit words one lane contributes to a matrix collective
 
 struct Block {
@@ -190,6 +199,8 @@ struct Block {
   std::vector<uint8_t> mpar;       // per thread matrix-collective parity
   std::vector<std::vector<struct CpAsync>> cpq;   // per thread: cp.async copies in flight
   std::vector<int> cpgroups;       // per thread: groups committed so far
+  std::vector<uint32_t> cpseq;     // per thread: cp.async issued so far (bank check)
+  std::vector<std::map<uint32_t, struct BankAccess>> cppend;   // per warp: by cp.async number
   int bacc[2] = {0, 0}; unsigned bphase = 0;        // __syncthreads_count etc.
   std::vector<Fiber*> pool; size_t pool_next = 0;  // fibers, reused per block
   Fiber main;
@@ -201,6 +212,75 @@ struct Block {
 static SIMT_TLS Block* g_blk = nullptr;
 static SIMT_TLS int g_tid = 0;      // linear id of the emulated thread now running
 inline std::vector<void*(*)()>& dyn_smem_registry() { static std::vector<void*(*)()> r; return r; }
+// Static __shared__ arrays (address, bytes) recorded by SIMT_SHARED_REGISTER.
+inline std::vector<std::pair<char*, size_t>>& static_smem_registry() {
+  static std::vector<std::pair<char*, size_t>> r; return r; }
+
+// ------------------------------------------------------------------ shared-memory bank check
+// Off unless Python asks (sim.bank_conflicts()): for every warp-wide ldmatrix, and every
+// cp.async its lanes issue as one instruction (the n-th copy of each lane of the warp), the
+// number of shared-memory wavefronts the access needs on a GPU against the fewest it could need.
+// Shared memory has 32 banks of 4 bytes; a warp's access is served in phases of 128 bytes (4-byte
+// accesses: the 32 lanes at once; 8-byte: 16 lanes at a time; 16-byte, and each 8 x 16-byte
+// matrix of an ldmatrix: 8 at a time); a phase takes as many wavefronts as the most distinct
+// 4-byte words any one bank holds among its addresses. Counts: [kind][instructions, wavefronts,
+// ideal wavefronts, worst phase], kind 0 ldmatrix, 1 cp.async (its shared-memory destination).
+inline int g_bank_check = 0;
+inline unsigned long long g_bank[2][4] = {};
+
+// Blocks may run on several OS threads (CUPYCNN_SIM_THREADS): the counts are atomic.
+inline void bank_add(unsigned long long& c, unsigned long long n) { __atomic_fetch_add(&c, n, __ATOMIC_RELAXED); }
+
+inline void bank_phase(int kind, const uintptr_t* addr, const uint8_t* size, int first, int count) {
+  uintptr_t words[32][32]; int used[32] = {0}; int worst = 0, any = 0;
+  for (int i = first; i < first + count; ++i) {
+    if (!size[i]) continue;
+    any = 1;
+    for (uintptr_t w = addr[i] / 4; w < (addr[i] + size[i] + 3) / 4; ++w) {
+      const int bank = (int)(w % 32);
+      bool seen = false;
+      for (int j = 0; j < used[bank]; ++j) seen |= words[bank][j] == w;
+      if (!seen && used[bank] < 32) words[bank][used[bank]++] = w;
+      worst = std::max(worst, used[bank]);
+    }
+  }
+  if (!any) return;
+  bank_add(g_bank[kind][1], worst); bank_add(g_bank[kind][2], 1);
+  unsigned long long seen = __atomic_load_n(&g_bank[kind][3], __ATOMIC_RELAXED);
+  while (seen < (unsigned long long)worst &&
+         !__atomic_compare_exchange_n(&g_bank[kind][3], &seen, (unsigned long long)worst, false,
+                                      __ATOMIC_RELAXED, __ATOMIC_RELAXED)) {}
+}
+
+// The phases of one warp instruction's accesses, by access size.
+inline void bank_phases(int kind, const BankAccess& a) {
+  for (int bytes = 4; bytes <= 16; bytes *= 2) {
+    BankAccess part = a;
+    for (int l = 0; l < 32; ++l) if (part.size[l] != bytes) part.size[l] = 0;
+    const int per_phase = 128 / bytes;
+    for (int first = 0; first < 32; first += per_phase)
+      bank_phase(kind, part.addr, part.size, first, per_phase);
+  }
+}
+
+// A lane's cp.async: counted once every live lane of its warp has issued its copy of that number.
+inline void bank_record_copy(void* dst, int size) {
+  Block& b = *g_blk; const int lane = g_tid & 31, w = g_tid >> 5;
+  BankAccess& a = b.cppend[w][b.cpseq[g_tid]++];
+  if (!a.lanes) memset(a.size, 0, sizeof a.size);
+  a.addr[lane] = (uintptr_t)dst; a.size[lane] = (uint8_t)size; a.lanes |= 1u << lane;
+  if ((a.lanes & b.wlive[w]) == b.wlive[w]) {
+    bank_add(g_bank[1][0], 1); bank_phases(1, a);
+    b.cppend[w].erase(b.cpseq[g_tid] - 1);
+  }
+}
+
+inline void bank_flush(Block& b) {
+  for (auto& pending : b.cppend) {
+    for (auto& kv : pending) { bank_add(g_bank[1][0], 1); bank_phases(1, kv.second); }
+    pending.clear();
+  }
+}
 
 [[noreturn]] inline void die(const char* m) { fprintf(stderr, "simt: %s\n", m); abort(); }
 
@@ -428,7 +508,7 @@ __attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
       b.wlive.resize(b.nwarps); b.warrive.resize(b.nwarps); b.wmask.resize(b.n);
       b.xbuf.assign((size_t)b.nwarps * 64, 0); b.xpar.resize(b.n);
       b.mbuf.assign((size_t)b.nwarps * 64 * MATRIX_WORDS, 0); b.mpar.resize(b.n);
-      b.cpq.resize(b.n); b.cpgroups.resize(b.n);
+      b.cpq.resize(b.n); b.cpgroups.resize(b.n); b.cpseq.resize(b.n); b.cppend.resize(b.nwarps);
       b.bwait.reserve(b.n);
     }
     b.body = body_fn; b.ctx = body_ctx;
@@ -456,14 +536,17 @@ __attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
       std::fill(b.mpar.begin(), b.mpar.end(), 0);
       for (auto& q : b.cpq) q.clear();      // copies never waited for die with their thread
       std::fill(b.cpgroups.begin(), b.cpgroups.end(), 0);
+      std::fill(b.cpseq.begin(), b.cpseq.end(), 0);
       if (g_cfg.poison) {
         if (shmem) for (auto fn : dyn_smem_registry()) memset(fn(), 0xff, shmem);
 #ifndef _OPENMP
         if (__start_simt_shared) memset(__start_simt_shared, 0xff, __stop_simt_shared - __start_simt_shared);
+        for (auto& a : static_smem_registry()) memset(a.first, 0xff, a.second);
 #endif
       }
       switch_fiber(&b.main, pick_next());
       err |= b.error;
+      bank_flush(b);             // copies of warps whose lanes did not all issue them
     }
   }
   fflush(stdout);   // kernel printf appears before Python prints anything after the launch
@@ -509,6 +592,13 @@ template <class... A> int param_info(void (*)(A...), ParamInfo* out) {
   return (int)sizeof...(A);
 }
 struct DynSmemReg { DynSmemReg(void* (*f)()) { dyn_smem_registry().push_back(f); } };
+// The first run of a static __shared__ array's declaration (in the block then running, before
+// any thread of it can have written the array): record it, and poison it like the others.
+inline bool register_static_shared(void* p, size_t bytes) {
+  static_smem_registry().emplace_back((char*)p, bytes);
+  if (g_cfg.poison) memset(p, 0xff, bytes);
+  return true;
+}
 } // namespace simt
 
 // Wrapper-side macros
@@ -518,6 +608,15 @@ struct DynSmemReg { DynSmemReg(void* (*f)()) { dyn_smem_registry().push_back(f);
     return simt::launch_kernel(&__VA_ARGS__, g, b, shmem, args); }                           \
   extern "C" __attribute__((visibility("default"))) int simt_params_##cname(simt::ParamInfo* p) { \
     return simt::param_info(&__VA_ARGS__, p); }
+#define SIMT_CAT_(a, b) a##b
+#define SIMT_CAT(a, b) SIMT_CAT_(a, b)
+#ifdef _OPENMP
+#  define SIMT_SHARED_REGISTER(name)
+#else
+#  define SIMT_SHARED_REGISTER(name)                                                         \
+  static const bool SIMT_CAT(simt_shared_registered_, __COUNTER__) =                         \
+      simt::register_static_shared((void*)&(name), sizeof(name));
+#endif
 // Define storage for `extern __shared__ T name[];` (all such arrays alias in CUDA; here
 // each name gets its own buffer, per OS thread).
 #define SIMT_DYN_SMEM(T, name)                                                               \
@@ -528,7 +627,12 @@ struct DynSmemReg { DynSmemReg(void* (*f)()) { dyn_smem_registry().push_back(f);
       int sched, int fast, unsigned seed, int nthreads, int poison) {                        \
     simt::g_cfg = simt::Config{sched, fast, seed, nthreads, poison}; }                       \
   extern "C" __attribute__((visibility("default"))) const char* simt_last_error() {         \
-    return simt::g_errmsg; }
+    return simt::g_errmsg; }                                                                 \
+  extern "C" __attribute__((visibility("default"))) void simt_bank_counts(                  \
+      int enable, unsigned long long* out) {                                                 \
+    simt::g_bank_check = enable;                                                             \
+    if (out) { memcpy(out, simt::g_bank, sizeof simt::g_bank);                                \
+               memset(simt::g_bank, 0, sizeof simt::g_bank); } }
 
 // ----------------------------------------------------------------- intrinsics
 inline void __syncthreads() { simt::block_barrier(); }
@@ -678,20 +782,17 @@ inline void fault(const char* fmt, ...) {   // an error in a kernel: the launch 
 }
 
 // Is [p, p + bytes) in this block's shared memory? (Only known when blocks run on one OS thread.)
-// Static __shared__ arrays are in the section simt_shared, or, when g++ puts a function-local
-// static of a template elsewhere, in the module's own zero-initialised data (.bss): either
-// passes; NumPy arrays (the heap) and locals (a fiber's stack) do not.
-} // namespace simt
-extern "C" char __bss_start[] __attribute__((weak, visibility("hidden")));
-extern "C" char _end[] __attribute__((weak, visibility("hidden")));
-namespace simt {
+// Static __shared__ arrays are in the section simt_shared or recorded by SIMT_SHARED_REGISTER
+// (those of templates), dynamic ones in their registered buffers; NumPy arrays (the heap),
+// __device__ globals and locals (a fiber's stack) are not.
 inline bool in_shared(const void* p, size_t bytes) {
 #ifdef _OPENMP
   (void)p; (void)bytes; return true;
 #else
   const char* c = (const char*)p;
   if (__start_simt_shared && c >= __start_simt_shared && c + bytes <= __stop_simt_shared) return true;
-  if (__bss_start && c >= __bss_start && c + bytes <= _end) return true;
+  for (auto& a : static_smem_registry())
+    if (c >= a.first && c + bytes <= a.first + a.second) return true;
   for (auto fn : dyn_smem_registry()) {
     const char* d = (const char*)fn();
     if (c >= d && c + bytes <= d + SIMT_MAX_DYN_SMEM) return true;
@@ -778,6 +879,14 @@ inline void ldmatrix(uint32_t* r, int count, bool trans, const void* row_address
     return (const uint16_t*)(uintptr_t)((uint64_t)tab[l * MATRIX_WORDS] | ((uint64_t)tab[l * MATRIX_WORDS + 1] << 32));
   };
   if (g_blk->error) { for (int i = 0; i < count; ++i) r[i] = 0; return; }
+  if (g_bank_check && lane == 0) {        // one lane counts the warp's instruction
+    bank_add(g_bank[0][0], 1);
+    for (int i = 0; i < count; ++i) {      // each matrix's 8 rows are one phase
+      BankAccess a; memset(a.size, 0, sizeof a.size); a.lanes = 0xffu;
+      for (int l = 0; l < 8; ++l) { a.addr[l] = (uintptr_t)row_ptr(8 * i + l); a.size[l] = 16; }
+      bank_phases(0, a);
+    }
+  }
   for (int i = 0; i < count; ++i) {
     uint16_t e[2];
     for (int h = 0; h < 2; ++h)
@@ -801,6 +910,7 @@ inline void cp_async(void* dst, const void* src, int size, int src_size, bool cg
   if (src_size) memcpy(c.data, src, src_size);
   memset(dst, 0xff, size);                      // the destination is undefined until the wait
   g_blk->cpq[g_tid].push_back(c);
+  if (g_bank_check) bank_record_copy(dst, size);
 }
 inline void cp_async_commit() {
   int& groups = g_blk->cpgroups[g_tid];
