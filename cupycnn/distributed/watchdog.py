@@ -42,6 +42,8 @@ import time
 DEFAULT_TIMEOUT = 600.0
 ABORT_STATUS = 124            # as timeout(1) exits
 MAX_LINE = 1 << 16
+FORWARD_SECONDS = 1.0         # for mpiexec to forward the report before the abort (without it
+                              # the line was lost in about 1 of 5 runs under load)
 
 
 class _Table:
@@ -264,6 +266,7 @@ class Watchdog:
                              f"{waited:.0f} s in {where}; "
                              f"{self._absent(number, rows)}; aborting the job\n")
             sys.stderr.flush()
+            time.sleep(FORWARD_SECONDS)   # MPI_Abort kills the launcher's forwarding too
         _abort(self.mpi)
 
     def _absent(self, number, rows):
