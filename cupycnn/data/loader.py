@@ -312,12 +312,50 @@ class Loader:
     def in_order(self):
         """A loader of the same examples, batches and transform in the dataset's order: no
         shuffling, no dropped batch, no padding (this rank's exact share when sharded). What
-        evaluation and prediction iterate, whatever this loader does; it shares the dataset's
-        arrays (and their GPU copy) and leaves this loader's epoch alone."""
+        evaluation and prediction iterate, whatever this loader does: this loader itself when
+        it is in order already (its decoding workers reused), else one that shares the
+        dataset's arrays (and their GPU copy) and its workers' settings, and leaves this
+        loader's epoch alone."""
+        if not self.shuffle and not self.drop_last and not self.pad:
+            return self
+        streamed = getattr(self.dataset, "streaming", False)        # self._host: StreamSource
         return Loader(self.dataset, self.batch_size, shuffle=False, drop_last=False,
                       seed=self.seed, transform=self.transform, prefetch=self.prefetch,
                       device_resident=self.device_resident, rank=self.rank,
-                      world_size=self.world_size, pad=False)
+                      world_size=self.world_size, pad=False,
+                      num_workers=self._host.num_workers if streamed else 0,
+                      worker_start_method=self._host.start_method if streamed else None,
+                      worker_timeout=self._host.timeout if streamed else None,
+                      skip_bad=self._host.skip_bad if streamed else False)
+
+    def positions(self, epoch=None):
+        """int64 [this rank's examples]: the dataset position of each example, in the order
+        this loader serves them (`indices()`; for a sharded dataset, position k is the k-th
+        sample of its files in order, and the order is the plan's: each worker's shards, its
+        batches taken round-robin as the workers' pool does). A shuffled sharded loader's order
+        is drawn by its shuffle buffer: use in_order().positions()."""
+        if not hasattr(self.dataset, "plan"):
+            return self.indices(epoch)
+        if self.shuffle:
+            raise TypeError("Loader.positions: a shuffled sharded loader's order is drawn by "
+                            "its shuffle buffer; in_order() gives one whose positions are known")
+        epoch = self.epoch if epoch is None else int(epoch)
+        workers = max(1, self._host.num_workers)
+        plans, count = self.dataset.plan(epoch, self.rank, self.world_size, workers, False,
+                                         self.seed, self.batch_size, self.drop_last)
+        offsets, size = self.dataset.offsets, self.batch_size
+        per_worker = []
+        for plan in plans:
+            mine = [np.arange(offsets[k], offsets[k + 1]) for k in plan["shards"]]
+            samples = np.concatenate(mine) if mine else np.zeros(0, np.int64)
+            batches = [samples[i:i + size] for i in range(0, len(samples), size)]
+            if self.drop_last and batches and len(batches[-1]) < size:
+                batches.pop()
+            per_worker.append(batches)
+        served = [batch for turn in range(max(map(len, per_worker), default=0))
+                  for batches in per_worker if turn < len(batches) for batch in [batches[turn]]]
+        served = served[:count]                  # pad=True: the fewest batches any rank has
+        return (np.concatenate(served) if served else np.zeros(0)).astype(np.int64)
 
     def __len__(self):
         if hasattr(self.dataset, "plan"):

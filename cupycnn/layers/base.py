@@ -24,7 +24,10 @@ mode, whatever the flags say (the Trainer trains with True and evaluates with Fa
 Sub-layers: a Layer assigned as an attribute (`self.conv1 = Conv2D(...)`) registers itself as a
 child, as `nn.Module.__setattr__` does: it appears in `named_children()` (in assignment order),
 so in `parameters()`, `state_dict()` (as "conv1.weight"), `train()`/`eval()` and the printed
-tree, with no method to override.
+tree, with no method to override. A list, tuple or dict of layers is not registered (nor is it
+in PyTorch, where it needs nn.ModuleList): assigning one that holds layers which are not
+sub-layers is refused, with the fix (a Sequential iterates, indexes and appends as ModuleList
+does), and so is a Trainer for a model with such layers (see `unregistered_layers`).
 
 Parameters are reached through `params[key]` every time, never kept elsewhere: an optimizer may
 move every parameter of a model into one flat buffer (each becoming a view of it), and the
@@ -202,6 +205,15 @@ class Layer:
                                 f"None expected); delete it first (del layer.{name})")
             modules[name] = None
         else:
+            # A class with its own named_children() may list the layers it keeps this way.
+            held = _layers_in(value) if type(self).named_children is Layer.named_children else ()
+            if held:
+                reachable = {id(layer) for layer in self._every_layer()}
+                loose = [(index, layer) for index, layer in held if id(layer) not in reachable]
+                if loose:
+                    raise ValueError(_unregistered_message(
+                        [f"{type(self).__name__}.{name}{index} ({type(layer).__name__})"
+                         for index, layer in loose], name))
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
@@ -473,6 +485,43 @@ def without_input_grad(model):
     finally:
         for layer in marked:
             layer.input_grad = True
+
+
+def _layers_in(value):
+    """(index, Layer) for each layer a list, tuple or dict holds (one level deep)."""
+    if isinstance(value, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(value) if isinstance(v, Layer)]
+    if isinstance(value, dict):
+        return [(f"[{k!r}]", v) for k, v in value.items() if isinstance(v, Layer)]
+    return []
+
+
+def unregistered_layers(model):
+    """'Net.blocks[0] (Conv2D)' for every layer held in a list, tuple or dict attribute of a
+    layer of `model` without being one of the model's sub-layers: its parameters would be
+    neither trained nor saved (a list filled after its assignment, `self.blocks.append(...)`,
+    is found here, not at the assignment)."""
+    reachable = {id(layer) for layer in model._every_layer()}
+    return [f"{type(layer).__name__}.{name}{index} ({type(held).__name__})"
+            for layer in model._every_layer() for name, value in vars(layer).items()
+            for index, held in _layers_in(value) if id(held) not in reachable]
+
+
+def _unregistered_message(where, name):
+    return (f"{', '.join(where[:3])}{' and more' if len(where) > 3 else ''}: a layer in a "
+            f"plain list, tuple or dict is not a sub-layer: its parameters would be neither "
+            f"trained nor saved, nor its mode set by train() and eval(); hold the layers in a Sequential (self.{name} = "
+            f"Sequential(...): it iterates, indexes and appends as PyTorch's nn.ModuleList, "
+            f"its state_dict names are '{name}.0.weight', ...), or assign each one as an "
+            f"attribute")
+
+
+def check_registered(model, who):
+    """Raise the one-sentence error when `model` holds layers that are not sub-layers."""
+    where = unregistered_layers(model)
+    if where:
+        name = where[0].split(".", 1)[1].split("[", 1)[0]
+        raise ValueError(f"{who}: " + _unregistered_message(where, name))
 
 
 @contextlib.contextmanager

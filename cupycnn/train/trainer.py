@@ -27,7 +27,7 @@ from .. import devices as _device
 from .. import random as _random
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..layers import without_input_grad
-from ..layers.base import training_mode
+from ..layers.base import check_registered, training_mode
 from ..ops import metrics as metric_ops
 from ..ops._check import check_device_array, check_int_array
 from ..ops._storage import as_activation, decode
@@ -96,6 +96,7 @@ class Trainer:
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got "
                              f"{scheduler_interval!r}")
+        check_registered(model, "Trainer")       # layers in a list would train unseen
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         self.callbacks = list(callbacks)
@@ -372,8 +373,10 @@ class Trainer:
         or network input, cupycnn/train/arrays.py; on each rank alone) or a loader of (x, y)
         batches. A Loader is read in dataset order (Loader.in_order), whatever its shuffling;
         a Loader sharded over the ranks of the trainer's data-parallel context gives every rank
-        the whole dataset's rows (each rank predicts its share, then the shares are gathered:
-        every rank must call it). The model runs in evaluation mode and gets its previous modes
+        the whole dataset's rows (each rank predicts its share, then the shares are gathered
+        and put in place by Loader.positions(): every rank must call it). Tar shards and
+        TFRecords: row k is the k-th sample of the files in order, with any number of
+        decoding workers. The model runs in evaluation mode and gets its previous modes
         back; the softmax is taken on the host."""
         outputs = []
         gather = None
@@ -382,13 +385,13 @@ class Trainer:
             inputs = array_loader(self, inputs, None, batch_size, who="predict", shard=False)
         if hasattr(inputs, "in_order"):
             inputs = inputs.in_order()
-            if inputs.world_size > 1:
-                if self.distributed is None or self.distributed.size != inputs.world_size:
-                    raise ValueError(f"predict: the loader is rank {inputs.rank} of "
-                                     f"{inputs.world_size} shards, but the trainer has no "
-                                     f"data-parallel context of {inputs.world_size} ranks to "
-                                     f"gather the other shards from")
-                gather = (len(inputs.dataset), inputs.world_size)
+            if inputs.world_size > 1 and (self.distributed is None
+                                          or self.distributed.size != inputs.world_size):
+                raise ValueError(f"predict: the loader is rank {inputs.rank} of "
+                                 f"{inputs.world_size} shards, but the trainer has no "
+                                 f"data-parallel context of {inputs.world_size} ranks to "
+                                 f"gather the other shards from")
+            gather = (len(inputs.dataset), inputs.positions())
         batches = (x for x, _ in inputs)
         with training_mode(self.model, False):
             for x in batches:
@@ -396,12 +399,23 @@ class Trainer:
                                             training=False)
                 outputs.append(decode(_device.asnumpy(logits)).astype(np.float64))
         logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
-        if gather is not None:                  # rank r predicted examples r, r + W, r + 2W, ...
-            n, world = gather
-            shares = self.distributed.allgather(logits)
-            logits = np.empty((n, max(s.shape[1] for s in shares)))
-            for rank, share in enumerate(shares):
-                logits[rank::world] = share
+        if gather is not None:        # each row to its dataset position, every rank's rows
+            n, positions = gather
+            if len(positions) != len(logits):
+                raise ValueError(f"predict: the loader served {len(logits)} examples where its "
+                                 f"plan has {len(positions)} (unreadable images skipped?): "
+                                 f"their dataset positions are unknown")
+            if inputs.world_size > 1:
+                shares = self.distributed.allgather((positions, logits))
+                positions = np.concatenate([share[0] for share in shares])
+                logits = np.concatenate([share[1] for share in shares])
+            if len(positions) != n or not np.array_equal(np.sort(positions), np.arange(n)):
+                raise ValueError(f"predict: the loaders of the {inputs.world_size} rank(s) "
+                                 f"served {len(positions)} examples, not each of the "
+                                 f"dataset's {n} once")
+            ordered = np.empty_like(logits)
+            ordered[positions] = logits
+            logits = ordered
         return softmax(logits)
 
     def record_test(self, result):
