@@ -7,7 +7,11 @@
 // This file only says where each element of the two operand tiles is in memory: the loaders
 // below are called once per reduction step, in order, so each keeps its (channel, row, column)
 // coordinates and advances them by TC_BK with carries instead of dividing every step. Elements
-// outside the image (the zero padding) or past the matrix are zero-filled by cp.async.
+// outside the image (the zero padding) or past the matrix are zero-filled by cp.async. The
+// weights of the forward product are read along k in 16-byte copies when K = C_in kh kw is a
+// multiple of 4; the other operands are gathered (taps, stride phases, padding) one float per
+// copy, each in tc_tile.cuh's bank-conflict-free thread pattern for the axis it is contiguous
+// along (TcKMajor: k, TcRowMajor: the tile's rows, i.e. pixels).
 //
 //   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)          (+ bias)
 //   conv2d_tc_backward_input   dx = w^T @ im2col^T(dy), per stride phase (blockIdx.z)
@@ -40,34 +44,29 @@ __device__ __forceinline__ void coords_advance(Coords& c, const Coords& step, in
 }
 
 // ------------------------------------------------------------------------------------ forward
-// A[o][k] = w[o * K + k] (k-contiguous: threads along k). B[k][p] = x at tap k = (c, r, s) of
-// output pixel p: threads along p (consecutive pixels are consecutive floats for stride 1); each
-// thread keeps one pixel and TC_B_LOADS taps, 16 rows apart... advanced by TC_BK per step.
+// A[o][k] = w[o * K + k] (k-contiguous). B[k][p] = x at tap k = (c, r, s) of output pixel p
+// (consecutive pixels are consecutive floats for stride 1): each thread keeps one pixel,
+// TcRowMajor<TC_BN>::row(), and its TcRowMajor<TC_BN>::LOADS taps, advanced by TC_BK per step.
+typedef TcRowMajor<TC_BN> PixelCopies;
+
 struct ForwardLoader {
   const float* w;
   const float* x_image;   // this thread's image
   int M, K, m0, height, width, kernel_h, kernel_w, top, left;
-  bool pixel_valid;
-  Coords tap[TC_B_LOADS];
+  bool pixel_valid, vectors;
+  Coords tap[PixelCopies::LOADS];
   Coords tap_step;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int k0 = step * TC_BK, tid = threadIdx.x;
-    const int a_k = tid % TC_BK;
+    const int k0 = step * TC_BK, n = PixelCopies::row();
+    tc_load_k_major<TC_BM>(s.a, w, M, K, m0, k0, vectors);
 #pragma unroll
-    for (int i = 0; i < TC_A_LOADS; ++i) {
-      const int m = tid / TC_BK + i * (TC_THREADS / TC_BK), gm = m0 + m, gk = k0 + a_k;
-      const bool ok = gm < M && gk < K;
-      tc_copy(s.a + m * TC_LD, a_k, ok ? w + (long long)gm * K + gk : w, ok);
-    }
-    const int n = tid % TC_BN;
-#pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i) {
-      const int k = tid / TC_BN + i * (TC_THREADS / TC_BN);
+    for (int i = 0; i < PixelCopies::LOADS; ++i) {
+      const int k = PixelCopies::k(i);
       const int h = top + tap[i].middle, v = left + tap[i].inner;
       const bool ok = pixel_valid && k0 + k < K && h >= 0 && h < height && v >= 0 && v < width;
-      tc_copy(s.b + n * TC_LD, k,
-              ok ? x_image + ((long long)tap[i].outer * height + h) * width + v : w, ok);
+      tc_copy(s.b, n, k, ok ? x_image + ((long long)tap[i].outer * height + h) * width + v : w,
+              ok);
       coords_advance(tap[i], tap_step, kernel_h, kernel_w);
     }
   }
@@ -86,15 +85,16 @@ conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
   ForwardLoader ld;
   ld.w = weight; ld.M = M; ld.K = K; ld.m0 = m0; ld.height = height; ld.width = width;
   ld.kernel_h = kernel_h; ld.kernel_w = kernel_w;
-  const int pixel = n0 + threadIdx.x % TC_BN;
+  ld.vectors = K % 4 == 0 && ((size_t)weight & 15) == 0;
+  const int pixel = n0 + PixelCopies::row();
   ld.pixel_valid = pixel < N;
   const Coords p = coords_of(ld.pixel_valid ? pixel : 0, out_height, out_width);
   ld.top = p.middle * stride_h - pad_h;
   ld.left = p.inner * stride_w - pad_w;
   ld.x_image = x + (long long)p.outer * in_channels * height * width;
 #pragma unroll
-  for (int i = 0; i < TC_B_LOADS; ++i)
-    ld.tap[i] = coords_of(threadIdx.x / TC_BN + i * (TC_THREADS / TC_BN), kernel_h, kernel_w);
+  for (int i = 0; i < PixelCopies::LOADS; ++i)
+    ld.tap[i] = coords_of(PixelCopies::k(i), kernel_h, kernel_w);
   ld.tap_step = coords_of(TC_BK, kernel_h, kernel_w);
   TcAcc acc;
   tc_mainloop(ld, stages, (K + TC_BK - 1) / TC_BK, acc);
@@ -112,38 +112,39 @@ conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
 // ----------------------------------------------------------------------------- input gradient
 // Stride phase (phase_h, phase_w) = blockIdx.z, as in conv2d.cu: its input pixels meet the taps
 // r = phase_h + stride_h rr, s = phase_w + stride_w ss, and the reduction runs over k = (o, rr, ss).
-// A[c][k] = w[o, c, r, s]: threads along k (one tap column each, advanced per step). B[k][p] =
-// dy[image, o, base_i - rr, base_j - ss] for input pixel p of the phase: threads along p.
+// A[c][k] = w[o, c, r, s]: threads along k (TcKMajor: one tap column each, advanced per step).
+// B[k][p] = dy[image, o, base_i - rr, base_j - ss] for input pixel p of the phase: one pixel per
+// thread (TcRowMajor, PixelCopies).
 struct InputGradLoader {
   const float* w;
   const float* dy_image;
   int M, K, m0, in_channels, taps, kernel_w, phase_h, phase_w, stride_h, stride_w, taps_h,
       taps_w, out_height, out_width, base_i, base_j;
   bool pixel_valid;
-  Coords a_tap, b_tap[TC_B_LOADS], tap_step;
+  Coords a_tap, b_tap[PixelCopies::LOADS], tap_step;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int k0 = step * TC_BK, tid = threadIdx.x;
-    const int a_k = tid % TC_BK;
+    const int k0 = step * TC_BK;
+    const int a_k = TcKMajor<TC_BM>::k();
     const bool a_valid = k0 + a_k < K;
     const long long a_offset = (long long)a_tap.outer * in_channels * taps +
                                (phase_h + a_tap.middle * stride_h) * kernel_w + phase_w +
                                a_tap.inner * stride_w;
 #pragma unroll
-    for (int i = 0; i < TC_A_LOADS; ++i) {
-      const int m = tid / TC_BK + i * (TC_THREADS / TC_BK), c = m0 + m;
+    for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
+      const int m = TcKMajor<TC_BM>::row(i), c = m0 + m;
       const bool ok = a_valid && c < M;
-      tc_copy(s.a + m * TC_LD, a_k, ok ? w + a_offset + (long long)c * taps : w, ok);
+      tc_copy(s.a, m, a_k, ok ? w + a_offset + (long long)c * taps : w, ok);
     }
     coords_advance(a_tap, tap_step, taps_h, taps_w);
-    const int n = tid % TC_BN;
+    const int n = PixelCopies::row();
 #pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i) {
-      const int k = tid / TC_BN + i * (TC_THREADS / TC_BN);
+    for (int i = 0; i < PixelCopies::LOADS; ++i) {
+      const int k = PixelCopies::k(i);
       const int oi = base_i - b_tap[i].middle, oj = base_j - b_tap[i].inner;
       const bool ok = pixel_valid && k0 + k < K && oi >= 0 && oi < out_height && oj >= 0 &&
                       oj < out_width;
-      tc_copy(s.b + n * TC_LD, k,
+      tc_copy(s.b, n, k,
               ok ? dy_image + ((long long)b_tap[i].outer * out_height + oi) * out_width + oj : w,
               ok);
       coords_advance(b_tap[i], tap_step, taps_h, taps_w);
@@ -172,7 +173,7 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
   ld.taps = kernel_h * kernel_w; ld.kernel_w = kernel_w; ld.phase_h = phase_h;
   ld.phase_w = phase_w; ld.stride_h = stride_h; ld.stride_w = stride_w; ld.taps_h = taps_h;
   ld.taps_w = taps_w; ld.out_height = out_height; ld.out_width = out_width;
-  const int pixel = n0 + threadIdx.x % TC_BN;
+  const int pixel = n0 + PixelCopies::row();
   ld.pixel_valid = pixel < N;
   ld.base_i = ld.base_j = 0;
   ld.dy_image = dy;
@@ -184,10 +185,10 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
   }
   TcAcc acc;
   if (K > 0) {
-    ld.a_tap = coords_of(threadIdx.x % TC_BK, taps_h, taps_w);
+    ld.a_tap = coords_of(TcKMajor<TC_BM>::k(), taps_h, taps_w);
 #pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i)
-      ld.b_tap[i] = coords_of(threadIdx.x / TC_BN + i * (TC_THREADS / TC_BN), taps_h, taps_w);
+    for (int i = 0; i < PixelCopies::LOADS; ++i)
+      ld.b_tap[i] = coords_of(PixelCopies::k(i), taps_h, taps_w);
     ld.tap_step = coords_of(TC_BK, taps_h, taps_w);
     tc_mainloop(ld, stages, (K + TC_BK - 1) / TC_BK, acc);
   } else {
@@ -206,8 +207,8 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
 // ---------------------------------------------------------------------------- weight gradient
 // Over the pixels l in [split * split_len, (split + 1) * split_len): A[o][l] = dy[image, o, i, j]
 // and B[l][tap] = x at tap (c, r, s) of output pixel l, with l = (image, i, j). Both are read
-// along l (threads along k, the pixel decoded once and advanced by TC_BK per step); each thread
-// keeps TC_B_LOADS taps for the whole loop.
+// along l (TcKMajor: threads along k, the pixel decoded once and advanced by TC_BK per step);
+// each thread keeps TcKMajor<TC_BN>::LOADS taps for the whole loop.
 struct WeightGradLoader {
   const float* dy;
   const float* x;
@@ -215,27 +216,27 @@ struct WeightGradLoader {
       pad_w, out_pixels;
   long long image_stride_x, image_stride_dy;
   Coords pos, pos_step;               // (image, i, j) of this thread's pixel at this step
-  Coords tap[TC_B_LOADS];
-  bool tap_valid[TC_B_LOADS];
+  Coords tap[TcKMajor<TC_BN>::LOADS];
+  bool tap_valid[TcKMajor<TC_BN>::LOADS];
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int tid = threadIdx.x, l_local = tid % TC_BK;
+    const int l_local = TcKMajor<TC_BM>::k();
     const bool l_valid = step * TC_BK + l_local < l_end;
     const float* dy_pixel = dy + pos.outer * image_stride_dy + pos.middle * out_width + pos.inner;
     const float* x_image = x + pos.outer * image_stride_x;
     const int top = pos.middle * stride_h - pad_h, left = pos.inner * stride_w - pad_w;
 #pragma unroll
-    for (int i = 0; i < TC_A_LOADS; ++i) {
-      const int m = tid / TC_BK + i * (TC_THREADS / TC_BK), o = m0 + m;
+    for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
+      const int m = TcKMajor<TC_BM>::row(i), o = m0 + m;
       const bool ok = l_valid && o < M;
-      tc_copy(s.a + m * TC_LD, l_local, ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
+      tc_copy(s.a, m, l_local, ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
     }
 #pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i) {
-      const int n = tid / TC_BK + i * (TC_THREADS / TC_BK);
+    for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
+      const int n = TcKMajor<TC_BN>::row(i);
       const int h = top + tap[i].middle, v = left + tap[i].inner;
       const bool ok = l_valid && tap_valid[i] && h >= 0 && h < height && v >= 0 && v < width;
-      tc_copy(s.b + n * TC_LD, l_local,
+      tc_copy(s.b, n, l_local,
               ok ? x_image + ((long long)tap[i].outer * height + h) * width + v : dy, ok);
     }
     coords_advance(pos, pos_step, out_height, out_width);
@@ -262,12 +263,12 @@ conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict_
   ld.image_stride_x = (long long)in_channels * height * width;
   ld.image_stride_dy = (long long)out_channels * out_pixels;
 #pragma unroll
-  for (int i = 0; i < TC_B_LOADS; ++i) {
-    const int n = n0 + threadIdx.x / TC_BK + i * (TC_THREADS / TC_BK);
+  for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
+    const int n = n0 + TcKMajor<TC_BN>::row(i);
     ld.tap_valid[i] = n < N;
     ld.tap[i] = coords_of(ld.tap_valid[i] ? n : 0, kernel_h, kernel_w);
   }
-  ld.pos = coords_of(l_begin + threadIdx.x % TC_BK, out_height, out_width);
+  ld.pos = coords_of(l_begin + TcKMajor<TC_BM>::k(), out_height, out_width);
   ld.pos_step = coords_of(TC_BK, out_height, out_width);
   TcAcc acc;
   tc_mainloop(ld, stages, (l_end - l_begin + TC_BK - 1) / TC_BK, acc);
