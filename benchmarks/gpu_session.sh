@@ -32,7 +32,7 @@ DRY=0
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 OUT=${OUT:-gpu-results}
-TOTAL_SECONDS=${TOTAL_SECONDS:-535}          # about 9 minutes, smoke step included
+TOTAL_SECONDS=${TOTAL_SECONDS:-550}          # about 9 minutes, smoke step included
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
 WORK=$(mktemp -d)
@@ -47,7 +47,7 @@ ceilings         |  25 | $PY benchmarks/gpu_ceilings.py --json $STEP_DIR/figures
 conv2d           |  35 | $PY benchmarks/conv2d.py --device cuda --versions tiled,tensor_core --repeats 5 --budget 26 --json $STEP_DIR/figures.json | $PY benchmarks/conv2d.py --dry-run --json $STEP_DIR/figures.json
 augment          |  20 | $PY benchmarks/augment.py --device cuda                      | $PY benchmarks/augment.py --device sim --batch 4 --iterations 1 --repeats 1
 resnet18_step    |  40 | $PY benchmarks/resnet18_step.py --device cuda --batch 128 --json $STEP_DIR/figures.json | $PY benchmarks/resnet18_step.py --device numpy --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --json $STEP_DIR/figures.json
-step_graph       |  45 | $PY benchmarks/step_graph.py --device cuda --batch 256 512 --steps 5 --repeats 3 --json $STEP_DIR/figures.json | $PY benchmarks/step_graph.py --device sim --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --launch-only --json $STEP_DIR/figures.json
+step_graph       |  60 | $PY benchmarks/step_graph.py --device cuda --batch 256 512 --precision bf16 fp32 --steps 5 --repeats 3 --json $STEP_DIR/figures.json | $PY benchmarks/step_graph.py --device sim --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --launch-only --precision bf16 fp32 --json $STEP_DIR/figures.json
 digits_cuda      |  30 | $PY benchmarks/digits.py --device cuda --quiet               | $PY benchmarks/digits.py --device numpy --epochs 1 --no-torch --quiet
 train_synthetic  |  35 | $PY examples/train_cifar.py --dataset synthetic --device cuda --epochs 2 --log-dir $STEP_DIR/run --no-progress | $PY examples/train_cifar.py --dataset synthetic --synthetic-size 64 --model simple_cnn --batch-size 16 --device numpy --epochs 1 --log-dir $STEP_DIR/run --no-progress
 distributed      |  30 | needs_mpi && $PY benchmarks/distributed_gpu_check.py         | needs_mpi && $PY benchmarks/distributed_gpu_check.py --device sim --model small --batch 4

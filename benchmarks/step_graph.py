@@ -41,7 +41,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda", choices=["cuda", "sim"])
     p.add_argument("--batch", type=int, nargs="+", default=[256, 512])
-    p.add_argument("--precision", default="fp32", choices=["fp32", "tf32", "bf16"])
+    p.add_argument("--precision", nargs="+", default=["fp32"], choices=["fp32", "tf32", "bf16"],
+                   help="one or more; each is measured on its own (both sides at it)")
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=5)
@@ -89,7 +90,8 @@ class CupycnnVariant:
         self.step_fn = GraphedStep(lambda: self._body(self.x, self.y)) if graphed else None
 
     def _body(self, x, y):
-        logits = self.model.forward(x, training=True)
+        from cupycnn.ops._storage import as_activation
+        logits = self.model.forward(as_activation(x), training=True)   # bf16: BF16 storage
         loss = self.loss.forward(logits, y)
         self.model.backward(self.loss.backward())
         self.optimizer.launch_step()
@@ -272,45 +274,46 @@ def run_batch(args, batch):
 
 def main():
     args = parse_args()
+    import contextlib
     import cupycnn
     cupycnn.use(args.device)
-    import contextlib
-    results = {}
-    dry = contextlib.nullcontext()
-    if args.launch_only:
-        if args.device != "sim":
-            raise SystemExit("--launch-only is for --device sim")
-        dry = cupycnn.sim.dry_run()
-    with _precision_context(args.precision), dry:
-        for batch in args.batch:
-            results[batch] = run_batch(args, batch)
-    mib = 2.0 ** 20
+    if args.launch_only and args.device != "sim":
+        raise SystemExit("--launch-only is for --device sim")
     device = "a GPU" if args.device == "cuda" else "sim (the emulator: a test of the script)"
     if args.device == "cuda":
         import cupy
         device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    print(f"ResNet-18 (CIFAR stem) training step on {device}, precision {args.precision}, "
-          f"median of {args.repeats} interleaved rounds of {args.steps} steps")
-    figures = {"precision": args.precision}
-    for batch, rows in results.items():
-        print(f"\nbatch {batch}")
-        print(f"{'variant':<15} {'ms/step':>9} {'images/s':>10} {'peak MiB':>9} {'plan MiB':>9} "
-              f"{'vs pytorch eager':>17} {'vs pytorch graph':>17}")
-        by_name = {r["name"]: r for r in rows}
-        for r in rows:
-            ratios = []
-            for base in ("pytorch eager", "pytorch graph"):
-                b = by_name.get(base)
-                ratios.append(f"{r['images_per_second'] / b['images_per_second']:.2f}x"
-                              if b else "-")
-            peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / mib:.0f}"
-            plan = "-" if r["plan_bytes"] is None else f"{r['plan_bytes'] / mib:.0f}"
-            print(f"{r['name']:<15} {r['ms_per_step']:>9.2f} {r['images_per_second']:>10.0f} "
-                  f"{peak:>9} {plan:>9} {ratios[0]:>17} {ratios[1]:>17}")
-            key = r["name"].replace(" ", "_")
-            figures[f"b{batch}.{key}.images_per_second"] = round(r["images_per_second"], 1)
-            if r["peak_bytes"] is not None:
-                figures[f"b{batch}.{key}.peak_mib"] = round(r["peak_bytes"] / mib, 1)
+    mib = 2.0 ** 20
+    figures = {}
+    for precision in args.precision:
+        args_p = argparse.Namespace(**{**vars(args), "precision": precision})
+        results = {}
+        dry = cupycnn.sim.dry_run() if args.launch_only else contextlib.nullcontext()
+        with _precision_context(precision), dry:
+            for batch in args.batch:
+                results[batch] = run_batch(args_p, batch)
+        print(f"ResNet-18 (CIFAR stem) training step on {device}, precision {precision}, "
+              f"median of {args.repeats} interleaved rounds of {args.steps} steps")
+        for batch, rows in results.items():
+            print(f"\nbatch {batch}")
+            print(f"{'variant':<15} {'ms/step':>9} {'images/s':>10} {'peak MiB':>9} "
+                  f"{'plan MiB':>9} {'vs pytorch eager':>17} {'vs pytorch graph':>17}")
+            by_name = {r["name"]: r for r in rows}
+            for r in rows:
+                ratios = []
+                for base in ("pytorch eager", "pytorch graph"):
+                    b = by_name.get(base)
+                    ratios.append(f"{r['images_per_second'] / b['images_per_second']:.2f}x"
+                                  if b else "-")
+                peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / mib:.0f}"
+                plan = "-" if r["plan_bytes"] is None else f"{r['plan_bytes'] / mib:.0f}"
+                print(f"{r['name']:<15} {r['ms_per_step']:>9.2f} {r['images_per_second']:>10.0f} "
+                      f"{peak:>9} {plan:>9} {ratios[0]:>17} {ratios[1]:>17}")
+                key = f"{precision}.b{batch}.{r['name'].replace(' ', '_')}"
+                figures[f"{key}.images_per_second"] = round(r["images_per_second"], 1)
+                if r["peak_bytes"] is not None:
+                    figures[f"{key}.peak_mib"] = round(r["peak_bytes"] / mib, 1)
+        print()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(figures, f)

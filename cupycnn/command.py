@@ -1,5 +1,5 @@
 """The `cupycnn` command: one entry point for training, evaluation, prediction, the gradient
-checks, a throughput benchmark and what this machine offers.
+checks, a throughput benchmark, what this machine offers and the dataset tools.
 
     cupycnn train --dataset digits --device numpy       # = python examples/train_cifar.py ...
     cupycnn evaluate --checkpoint runs/digits-simple_cnn/last.h5
@@ -7,12 +7,13 @@ checks, a throughput benchmark and what this machine offers.
     cupycnn gradcheck --device sim --layer Conv2D       # = python -m cupycnn.gradcheck_suite
     cupycnn bench --model resnet18 --batch-size 32 --device numpy
     cupycnn info                                        # devices, versions, GPU, NCCL, MPI
+    cupycnn data make-shards photos/train shards/train  # = python -m cupycnn.data ...
     mpirun -n 4 cupycnn train                           # data-parallel, as train_cifar.py
 
 `train` and `bench` take the training options (cupycnn/cli.py's build_parser: one table, so an
 option added there is in both, in examples/train_cifar.py and in --config files); `evaluate`
-takes its data options. Every subcommand but `info` and `gradcheck` reads `--config FILE.toml`,
-whose values the flags override. `python -m cupycnn` is the same command.
+takes its data options. train, evaluate and bench read `--config FILE.toml`, whose values
+the flags override; `data` is cupycnn/data/tools.py. `python -m cupycnn` is the same command.
 """
 import argparse
 import sys
@@ -24,6 +25,7 @@ COMMANDS = {
     "gradcheck": "check every layer's backward against finite differences",
     "bench": "training-step throughput of a model on this machine",
     "info": "devices, versions, GPU, NCCL and MPI: what is usable here, and why not",
+    "data": "dataset tools: a folder of images into tar shards (make-shards), inspect",
 }
 PROG = "cupycnn"
 
@@ -47,7 +49,7 @@ def main(argv=None):
         return 2
     command, rest = argv[0], argv[1:]
     return {"train": train, "evaluate": evaluate, "predict": predict, "gradcheck": gradcheck,
-            "bench": bench, "info": info}[command](rest)
+            "bench": bench, "info": info, "data": data_tools}[command](rest)
 
 
 def _version():
@@ -84,7 +86,8 @@ class _CheckpointDefaults(argparse.RawDescriptionHelpFormatter):
 
     def _get_help_string(self, action):
         text = action.help or ""
-        if action.default in (None, False, argparse.SUPPRESS) or "%(default)" in text:
+        if action.default is None or action.default is False or "%(default)" in text \
+                or action.default == argparse.SUPPRESS:      # `in` would take a default 0 as False
             return text
         return f"{text} (default: %(default)s)"
 
@@ -270,6 +273,13 @@ def bench(argv):
                   + (" (busy: other work shares the cores, and these figures)"
                      if load > 0.5 * cores else ""))
     return 0
+
+
+# ------------------------------------------------------------------------------- data
+
+def data_tools(argv):
+    from .data import tools
+    return tools.main(argv, prog=f"{PROG} data")
 
 
 # ------------------------------------------------------------------------------- info

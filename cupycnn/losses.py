@@ -9,6 +9,7 @@ The maths, forward and backward, is in reference/softmax_xent.py.
 """
 from .ops import softmax_xent as ops
 from .ops._check import check_arrays, check_int_array, check_positive
+from .ops._storage import activation_dtypes
 
 
 class SoftmaxCrossEntropy:
@@ -46,7 +47,7 @@ class SoftmaxCrossEntropy:
         """The mean loss (a 0-d array on the current device) of logits [N, C] for labels [N]."""
         op = repr(self)
         self._saved = None
-        sizes = check_arrays(op, logits=(logits, ("N", "C")))
+        sizes = check_arrays(op, dtypes=activation_dtypes(), logits=(logits, ("N", "C")))
         check_int_array(op, "labels", labels, ("N",), sizes)
         check_positive(op, N=sizes["N"], C=sizes["C"])
         labels32 = ops.labels_to_int32(labels, sizes["C"], op)     # checks them (numpy, sim)

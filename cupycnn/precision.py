@@ -12,10 +12,15 @@
 | `bf16` | tensor cores: operands rounded to BF16 (nearest even), FP32 accumulation | operands rounded the same way | `torch.autocast(dtype=torch.bfloat16)` |
 
 Only the two operands of each product are rounded (x and w forward; dy and w for the input
-gradient; dy and x for the weight gradient; likewise for the dense layer's three GEMMs). Results,
-master weights, gradients, optimizer state and every other layer stay FP32, so the three devices
-agree to accumulation-order rounding at every precision. The rounding itself is
+gradient; dy and x for the weight gradient; likewise for the dense layer's three GEMMs). Master
+weights, their gradients and optimizer state stay FP32, so the three devices agree to
+accumulation-order rounding at every precision. The rounding itself is
 `cupycnn.reference.rounding.round_operand`; CUPYCNN_PRECISION sets the initial value.
+
+Activation storage: under `bf16` the training step also stores the activations and their
+gradients in BF16 (the augmentation kernels write the batch so, the trainer casts a float32
+batch, and every op keeps its input's storage: ops/_storage.py, docs/STEP.md); at `fp32` and
+`tf32`, and for float32 input outside the trainer, they are float32.
 """
 import os
 

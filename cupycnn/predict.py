@@ -43,6 +43,7 @@ from .checkpoint import CheckpointError, load_checkpoint
 from .data.folder import BadImageError, resize
 from .data.transforms import Normalize
 from .layers.base import training_mode
+from .ops._storage import decode
 from .reference.softmax_xent import softmax
 
 CONFIG_FORMAT = ('{"model": "<name in cupycnn.models.REGISTRY>", "model_kwargs": {...}, '
@@ -138,9 +139,10 @@ def _check_normalization(normalization, channels, where):
 
 def load_model(checkpoint_path):
     """(model, checkpoint): the model the checkpoint's config describes, built on the current
-    device with the checkpoint's weights and buffers, and the checkpoint (its `config`,
-    `classes` and `normalization` feed `prepare_images` and `predict`). Any problem is a
-    CheckpointError saying what is wrong."""
+    device with the checkpoint's weights and buffers, in evaluation mode (so that `model(x)`
+    predicts: batchnorm's running statistics, no dropout; `model.train()` to fine-tune), and
+    the checkpoint (its `config`, `classes` and `normalization` feed `prepare_images` and
+    `predict`). Any problem is a CheckpointError saying what is wrong."""
     checkpoint = load_checkpoint(checkpoint_path)
     where = str(checkpoint.path)
     name, kwargs, shape, _, _ = check_config(checkpoint.config, where)
@@ -162,7 +164,7 @@ def load_model(checkpoint_path):
     classes = checkpoint.classes
     if classes is not None and (not isinstance(classes, list) or not classes):
         raise CheckpointError(f"{where}: classes must be a list of names, got {classes!r}")
-    return model, checkpoint
+    return model.eval(), checkpoint
 
 
 def load_images(paths, config):
@@ -211,7 +213,7 @@ def probabilities(model, inputs, batch_size=BATCH):
     with training_mode(model, False):
         for start in range(0, inputs.shape[0], batch_size):
             logits = model.forward(inputs[start:start + batch_size], training=False)
-            outputs.append(_device.asnumpy(logits).astype(np.float64))
+            outputs.append(decode(_device.asnumpy(logits)).astype(np.float64))   # BF16 too
     return softmax(np.concatenate(outputs))
 
 

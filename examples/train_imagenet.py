@@ -1,6 +1,6 @@
 """Train ResNet-50 on ImageNet, data-parallel across GPUs, the standard recipe:
 
-    python -m cupycnn.data make-shards imagenet/train shards/train --resize 256   # once
+    cupycnn data make-shards imagenet/train shards/train --resize 256   # once
     mpirun -n 8 python examples/train_imagenet.py --train shards/train --val imagenet
     python examples/train_imagenet.py --train imagenet --val imagenet              # folders
 
@@ -15,8 +15,8 @@ RandomResizedCrop(224) + horizontal flip, evaluated on Resize(256) + CenterCrop(
 normalised with ImageNet's channel mean and std.
 
 Data: --train and --val each name an ImageNet root (train/, val/ with class folders or a labels
-file: cupycnn.data.ImageNet), a folder of tar shards (made by `python -m cupycnn.data
-make-shards`), or a folder of TFRecord files. Each rank reads its own part: its shards, or
+file: cupycnn.data.ImageNet), a folder of tar shards (made by `cupycnn data make-shards`),
+or a folder of TFRecord files. Each rank reads its own part: its shards, or
 its DistributedSampler share of the files; --workers processes per rank decode and crop the
 JPEGs into shared memory (simplejpeg where installed), the device normalises. --synthetic N
 writes N random ImageNet-sized JPEGs (500 x 375, 1000 classes) as shards once and trains on

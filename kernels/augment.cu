@@ -82,8 +82,9 @@ __device__ __forceinline__ float philox_range(unsigned long long seed, unsigned 
 
 // ------------------------------------------------------------------------------- normalize
 
-extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
-normalize(const unsigned char* __restrict__ images, float* __restrict__ out,
+template <class T>
+__device__ __forceinline__ void normalize_body(const unsigned char* __restrict__ images,
+    T* __restrict__ out,
           const float* __restrict__ scale, const float* __restrict__ shift, int height,
           int width, int channels) {
   const int b = blockIdx.y;
@@ -91,9 +92,23 @@ normalize(const unsigned char* __restrict__ images, float* __restrict__ out,
   const int plane = height * width;
   if (pixel >= plane) return;
   const unsigned char* source = images + ((long long)b * plane + pixel) * channels;
-  float* target = out + (long long)b * channels * plane + pixel;
+  T* target = out + (long long)b * channels * plane + pixel;
   for (int c = 0; c < channels; ++c)
-    target[(long long)c * plane] = fmaf((float)source[c], scale[c], shift[c]);
+    target[(long long)c * plane] = from_float<T>(fmaf((float)source[c], scale[c], shift[c]));
+}
+
+extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
+normalize(const unsigned char* __restrict__ images, float* __restrict__ out,
+          const float* __restrict__ scale, const float* __restrict__ shift, int height,
+          int width, int channels) {
+  normalize_body(images, out, scale, shift, height, width, channels);
+}
+
+extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
+normalize_bf16(const unsigned char* __restrict__ images, bf16* __restrict__ out,
+          const float* __restrict__ scale, const float* __restrict__ shift, int height,
+          int width, int channels) {
+  normalize_body(images, out, scale, shift, height, width, channels);
 }
 
 // ------------------------------------------------------------------------ random crop, flip
@@ -125,8 +140,9 @@ random_crop_flip_params(unsigned long long seed, unsigned long long stream, int 
   params[b * CROP_PARAMS + 2] = p.flip;
 }
 
-extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
-random_crop_flip(const unsigned char* __restrict__ images, float* __restrict__ out,
+template <class T>
+__device__ __forceinline__ void random_crop_flip_body(const unsigned char* __restrict__ images,
+    T* __restrict__ out,
                  const float* __restrict__ scale, const float* __restrict__ shift, int height,
                  int width, int channels, int padding, float flip_probability,
                  unsigned long long seed, unsigned long long stream) {
@@ -143,11 +159,29 @@ random_crop_flip(const unsigned char* __restrict__ images, float* __restrict__ o
   const bool inside = ys >= 0 && ys < height && xs >= 0 && xs < width;
   const unsigned char* source =
       images + (inside ? (((long long)b * height + ys) * width + xs) * channels : 0);
-  float* target = out + (long long)b * channels * plane + pixel;
+  T* target = out + (long long)b * channels * plane + pixel;
   for (int c = 0; c < channels; ++c) {
     const float v = inside ? (float)source[c] : 0.0f;       // padding is pixel value 0
-    target[(long long)c * plane] = fmaf(v, scale[c], shift[c]);
+    target[(long long)c * plane] = from_float<T>(fmaf(v, scale[c], shift[c]));
   }
+}
+
+extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
+random_crop_flip(const unsigned char* __restrict__ images, float* __restrict__ out,
+                 const float* __restrict__ scale, const float* __restrict__ shift, int height,
+                 int width, int channels, int padding, float flip_probability,
+                 unsigned long long seed, unsigned long long stream) {
+  random_crop_flip_body(images, out, scale, shift, height, width, channels, padding,
+    flip_probability, seed, stream);
+}
+
+extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
+random_crop_flip_bf16(const unsigned char* __restrict__ images, bf16* __restrict__ out,
+                 const float* __restrict__ scale, const float* __restrict__ shift, int height,
+                 int width, int channels, int padding, float flip_probability,
+                 unsigned long long seed, unsigned long long stream) {
+  random_crop_flip_body(images, out, scale, shift, height, width, channels, padding,
+    flip_probability, seed, stream);
 }
 
 // ------------------------------------------------------------------------------ affine warp
@@ -275,8 +309,9 @@ __device__ __forceinline__ int fill_index(int i, int n, int fill_mode) {
   return -1;                                        // FILL_CONSTANT
 }
 
-extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
-affine_warp(const unsigned char* __restrict__ images, float* __restrict__ out,
+template <class T>
+__device__ __forceinline__ void affine_warp_body(const unsigned char* __restrict__ images,
+    T* __restrict__ out,
             const float* __restrict__ scale, const float* __restrict__ shift, int height,
             int width, int channels, float rotation_low, float rotation_high, float zoom_x_low,
             float zoom_x_high, float zoom_y_low, float zoom_y_high, float shift_x_low,
@@ -326,7 +361,7 @@ affine_warp(const unsigned char* __restrict__ images, float* __restrict__ out,
     taps = 2;
   }
   const unsigned char* image = images + (long long)b * plane * channels;
-  float* target = out + (long long)b * channels * plane + pixel;
+  T* target = out + (long long)b * channels * plane + pixel;
   for (int c = 0; c < channels; ++c) {
     float value = 0.0f;
     for (int j = 0; j < taps; ++j)
@@ -335,6 +370,34 @@ affine_warp(const unsigned char* __restrict__ images, float* __restrict__ out,
             ? cval : (float)image[((long long)tap_y[j] * width + tap_x[i]) * channels + c];
         value += mul_rn(weight_y[j], weight_x[i]) * tap;
       }
-    target[(long long)c * plane] = fmaf(value, scale[c], shift[c]);
+    target[(long long)c * plane] = from_float<T>(fmaf(value, scale[c], shift[c]));
   }
+}
+
+extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
+affine_warp(const unsigned char* __restrict__ images, float* __restrict__ out,
+            const float* __restrict__ scale, const float* __restrict__ shift, int height,
+            int width, int channels, float rotation_low, float rotation_high, float zoom_x_low,
+            float zoom_x_high, float zoom_y_low, float zoom_y_high, float shift_x_low,
+            float shift_x_high, float shift_y_low, float shift_y_high, float flip_probability,
+            int same_zoom, int zoom_is_magnification, int interpolation, int fill_mode,
+            float cval, unsigned long long seed, unsigned long long stream) {
+  affine_warp_body(images, out, scale, shift, height, width, channels, rotation_low, rotation_high,
+    zoom_x_low, zoom_x_high, zoom_y_low, zoom_y_high, shift_x_low, shift_x_high, shift_y_low,
+    shift_y_high, flip_probability, same_zoom, zoom_is_magnification, interpolation, fill_mode,
+    cval, seed, stream);
+}
+
+extern "C" __global__ void __launch_bounds__(AUGMENT_THREADS)
+affine_warp_bf16(const unsigned char* __restrict__ images, bf16* __restrict__ out,
+            const float* __restrict__ scale, const float* __restrict__ shift, int height,
+            int width, int channels, float rotation_low, float rotation_high, float zoom_x_low,
+            float zoom_x_high, float zoom_y_low, float zoom_y_high, float shift_x_low,
+            float shift_x_high, float shift_y_low, float shift_y_high, float flip_probability,
+            int same_zoom, int zoom_is_magnification, int interpolation, int fill_mode,
+            float cval, unsigned long long seed, unsigned long long stream) {
+  affine_warp_body(images, out, scale, shift, height, width, channels, rotation_low, rotation_high,
+    zoom_x_low, zoom_x_high, zoom_y_low, zoom_y_high, shift_x_low, shift_x_high, shift_y_low,
+    shift_y_high, flip_probability, same_zoom, zoom_is_magnification, interpolation, fill_mode,
+    cval, seed, stream);
 }

@@ -36,6 +36,11 @@
 // dresidual = g (NULL: no residual). No extra memory is kept for the ReLU: y is the next
 // layer's input, which that layer keeps anyway; unfused, the ReLU would keep its own input.
 //
+// Storage: x, y, dy, dx and the residual are float or BF16 (bf16.cuh); each kernel that touches
+// them is a template over that storage type T with two entry points, NAME (float) and NAME_bf16.
+// Everything else is the same in both: FP32 arithmetic, the double sums, the float mean, invstd,
+// weight, bias and their gradients, one rounding when an activation is stored.
+//
 // Parallelisation. Reductions, (1) and (3): grid (channels, splits). Block (c, s) reduces the s-th
 // of `splits` equal ranges of channel c's elements, taken in their flat order e = o * inner + i,
 // so consecutive threads read consecutive addresses along H*W (coalesced; strided by C*inner
@@ -79,9 +84,9 @@ __device__ __forceinline__ void write_partial(double* partial, double a, double 
 
 // (1) Grid: (channels, splits); block: BN_THREADS. partial: [channels, splits, 2] float64 (with
 // one split, the [channels, 2] sums themselves).
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-batchnorm_stats(const float* __restrict__ x, double* __restrict__ partial, int outer,
-                int channels, int inner) {
+template <class T>
+__device__ __forceinline__ void stats_body(const T* __restrict__ x, double* __restrict__ partial,
+                                           int outer, int channels, int inner) {
   __shared__ double scratch[2 * WARP_SIZE];
   const int c = blockIdx.x, count = outer * inner;
   int begin, end;
@@ -89,7 +94,7 @@ batchnorm_stats(const float* __restrict__ x, double* __restrict__ partial, int o
   double sum = 0.0, sum_sq = 0.0;
   RowColCursor at(begin + threadIdx.x, blockDim.x, inner);
   for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
-    const double v = x[bn_offset(at.row, c, at.col, channels, inner)];
+    const double v = to_float(x[bn_offset(at.row, c, at.col, channels, inner)]);
     sum += v;
     sum_sq += v * v;
   }
@@ -111,11 +116,12 @@ batchnorm_combine_partials(const double* __restrict__ partial, double* __restric
 
 // y = (x - mean) * (invstd * weight) + bias [+ residual] [then max(., 0)] over this block's
 // range of channel c; block (c, 0) also records mean and invstd for the backward.
+template <class T>
 __device__ __forceinline__ void normalize_channel_range(
-    const float* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
-    const float* __restrict__ residual, int relu, float* __restrict__ y,
-    float* __restrict__ mean_out, float* __restrict__ invstd_out, float mean, float invstd,
-    int outer, int channels, int inner) {
+    const T* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
+    const T* __restrict__ residual, int relu, T* __restrict__ y, float* __restrict__ mean_out,
+    float* __restrict__ invstd_out, float mean, float invstd, int outer, int channels,
+    int inner) {
   const int c = blockIdx.x, count = outer * inner;
   if (blockIdx.y == 0 && threadIdx.x == 0) {
     mean_out[c] = mean;
@@ -127,20 +133,21 @@ __device__ __forceinline__ void normalize_channel_range(
   RowColCursor at(begin + threadIdx.x, blockDim.x, inner);
   for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
     const long long k = bn_offset(at.row, c, at.col, channels, inner);
-    float v = (x[k] - mean) * scale + shift;   // x - mean first: no cancellation of large terms
-    if (residual) v += residual[k];
-    y[k] = relu ? fmaxf(v, 0.0f) : v;
+    // x - mean first: no cancellation of large terms
+    float v = (to_float(x[k]) - mean) * scale + shift;
+    if (residual) v += to_float(residual[k]);
+    y[k] = from_float<T>(relu ? fmaxf(v, 0.0f) : v);
   }
 }
 
 // (2) Grid: (channels, ceil(outer * inner / BN_ELEMENTS_PER_BLOCK)); block: BN_THREADS.
 // sums: [channels, 2] (sum x, sum x^2) over `count` elements per channel (all ranks).
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-batchnorm_normalize(const float* __restrict__ x, const double* __restrict__ sums, long long count,
-                    const float* __restrict__ weight, const float* __restrict__ bias,
-                    const float* __restrict__ residual, int relu, float* __restrict__ y,
-                    float* __restrict__ mean_out, float* __restrict__ invstd_out, int outer,
-                    int channels, int inner, float eps) {
+template <class T>
+__device__ __forceinline__ void normalize_body(
+    const T* __restrict__ x, const double* __restrict__ sums, long long count,
+    const float* __restrict__ weight, const float* __restrict__ bias,
+    const T* __restrict__ residual, int relu, T* __restrict__ y, float* __restrict__ mean_out,
+    float* __restrict__ invstd_out, int outer, int channels, int inner, float eps) {
   const int c = blockIdx.x;
   const double mean = sums[2 * c] / (double)count;
   const double var = fmax(sums[2 * c + 1] / (double)count - mean * mean, 0.0);   // biased
@@ -149,14 +156,13 @@ batchnorm_normalize(const float* __restrict__ x, const double* __restrict__ sums
 }
 
 // (2, evaluation) Same grid; the statistics are the running ones.
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-batchnorm_normalize_running(const float* __restrict__ x, const float* __restrict__ running_mean,
-                            const float* __restrict__ running_var,
-                            const float* __restrict__ weight, const float* __restrict__ bias,
-                            const float* __restrict__ residual, int relu,
-                            float* __restrict__ y, float* __restrict__ mean_out,
-                            float* __restrict__ invstd_out, int outer, int channels, int inner,
-                            float eps) {
+template <class T>
+__device__ __forceinline__ void normalize_running_body(
+    const T* __restrict__ x, const float* __restrict__ running_mean,
+    const float* __restrict__ running_var, const float* __restrict__ weight,
+    const float* __restrict__ bias, const T* __restrict__ residual, int relu,
+    T* __restrict__ y, float* __restrict__ mean_out, float* __restrict__ invstd_out, int outer,
+    int channels, int inner, float eps) {
   const int c = blockIdx.x;
   normalize_channel_range(x, weight, bias, residual, relu, y, mean_out, invstd_out,
                           running_mean[c], (float)rsqrt((double)running_var[c] + (double)eps),
@@ -185,19 +191,20 @@ batchnorm_update_running_stats(const double* __restrict__ sums, long long count,
 }
 
 // The gradient at the normalised value: dy, or (fused ReLU) dy where the output y is positive.
-__device__ __forceinline__ float masked_grad(const float* __restrict__ dy,
-                                             const float* __restrict__ y, long long k) {
-  return y == nullptr || y[k] > 0.0f ? dy[k] : 0.0f;
+template <class T>
+__device__ __forceinline__ float masked_grad(const T* __restrict__ dy, const T* __restrict__ y,
+                                             long long k) {
+  return y == nullptr || to_float(y[k]) > 0.0f ? to_float(dy[k]) : 0.0f;
 }
 
 // (3) Grid: (channels, splits); block: BN_THREADS. partial as in batchnorm_stats. mean, invstd:
 // what the forward recorded; y: the fused forward's output (NULL: no ReLU). sum g * (x - mean)
 // is accumulated, then scaled by invstd once.
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__ dy,
-                          const float* __restrict__ y, const float* __restrict__ mean,
-                          const float* __restrict__ invstd, double* __restrict__ partial,
-                          int outer, int channels, int inner) {
+template <class T>
+__device__ __forceinline__ void backward_reduce_body(
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ y,
+    const float* __restrict__ mean, const float* __restrict__ invstd,
+    double* __restrict__ partial, int outer, int channels, int inner) {
   __shared__ double scratch[2 * WARP_SIZE];
   const int c = blockIdx.x, count = outer * inner;
   const double channel_mean = mean[c];
@@ -209,7 +216,8 @@ batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__
     const long long k = bn_offset(at.row, c, at.col, channels, inner);
     const double g = masked_grad(dy, y, k);
     sum_dy += g;
-    sum_dy_xmu += g * ((double)x[k] - channel_mean);    // exact difference: the sum may cancel
+    // exact difference: the sum may cancel
+    sum_dy_xmu += g * ((double)to_float(x[k]) - channel_mean);
   }
   block_sum_pair_double(sum_dy, sum_dy_xmu, scratch);
   write_partial(partial, sum_dy, sum_dy_xmu * (double)invstd[c]);
@@ -222,15 +230,14 @@ batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__
 // them once per rank). batch_statistics = 0: frozen statistics, sums and count are not read.
 // y: the fused forward's output (NULL: no ReLU); dresidual (NULL: none) receives the gradient
 // of the fused residual, g itself.
-extern "C" __global__ void __launch_bounds__(BN_THREADS)
-batchnorm_backward_apply(const float* __restrict__ x, const float* __restrict__ dy,
-                         const float* __restrict__ y, const float* __restrict__ weight,
-                         const float* __restrict__ mean, const float* __restrict__ invstd,
-                         const double* __restrict__ sums, long long count,
-                         const double* __restrict__ param_sums, float* __restrict__ dx,
-                         float* __restrict__ dresidual, float* __restrict__ dweight,
-                         float* __restrict__ dbias, int outer, int channels, int inner,
-                         int batch_statistics) {
+template <class T>
+__device__ __forceinline__ void backward_apply_body(
+    const T* __restrict__ x, const T* __restrict__ dy, const T* __restrict__ y,
+    const float* __restrict__ weight, const float* __restrict__ mean,
+    const float* __restrict__ invstd, const double* __restrict__ sums, long long count,
+    const double* __restrict__ param_sums, T* __restrict__ dx, T* __restrict__ dresidual,
+    float* __restrict__ dweight, float* __restrict__ dbias, int outer, int channels, int inner,
+    int batch_statistics) {
   const int c = blockIdx.x, elements = outer * inner;
   if (blockIdx.y == 0 && threadIdx.x == 0) {
     dweight[c] = (float)param_sums[2 * c + 1];
@@ -248,16 +255,118 @@ batchnorm_backward_apply(const float* __restrict__ x, const float* __restrict__ 
     for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
       const long long k = bn_offset(at.row, c, at.col, channels, inner);
       const float g = masked_grad(dy, y, k);
-      const float xhat = (x[k] - channel_mean) * channel_invstd;
-      dx[k] = scale * (g - mean_dy - xhat * mean_dy_xhat);
-      if (dresidual) dresidual[k] = g;
+      const float xhat = (to_float(x[k]) - channel_mean) * channel_invstd;
+      dx[k] = from_float<T>(scale * (g - mean_dy - xhat * mean_dy_xhat));
+      if (dresidual) dresidual[k] = from_float<T>(g);
     }
   } else {
     for (int e = begin + threadIdx.x; e < end; e += blockDim.x, at.advance()) {
       const long long k = bn_offset(at.row, c, at.col, channels, inner);
       const float g = masked_grad(dy, y, k);
-      dx[k] = scale * g;            // frozen statistics: an affine map per channel
-      if (dresidual) dresidual[k] = g;
+      dx[k] = from_float<T>(scale * g);    // frozen statistics: an affine map per channel
+      if (dresidual) dresidual[k] = from_float<T>(g);
     }
   }
+}
+
+// ------------------------------------------------------------- entry points: float, then bf16
+// (written out: the emulator and the coverage table find kernels by their declarations)
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_stats(const float* __restrict__ x, double* __restrict__ partial, int outer,
+                int channels, int inner) {
+  stats_body(x, partial, outer, channels, inner);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_normalize(const float* __restrict__ x, const double* __restrict__ sums,
+                    long long count, const float* __restrict__ weight,
+                    const float* __restrict__ bias, const float* __restrict__ residual, int relu,
+                    float* __restrict__ y, float* __restrict__ mean_out,
+                    float* __restrict__ invstd_out, int outer, int channels, int inner,
+                    float eps) {
+  normalize_body(x, sums, count, weight, bias, residual, relu, y, mean_out, invstd_out, outer,
+                 channels, inner, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_normalize_running(const float* __restrict__ x,
+                            const float* __restrict__ running_mean,
+                            const float* __restrict__ running_var,
+                            const float* __restrict__ weight, const float* __restrict__ bias,
+                            const float* __restrict__ residual, int relu, float* __restrict__ y,
+                            float* __restrict__ mean_out, float* __restrict__ invstd_out,
+                            int outer, int channels, int inner, float eps) {
+  normalize_running_body(x, running_mean, running_var, weight, bias, residual, relu, y,
+                         mean_out, invstd_out, outer, channels, inner, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_backward_reduce(const float* __restrict__ x, const float* __restrict__ dy,
+                          const float* __restrict__ y, const float* __restrict__ mean,
+                          const float* __restrict__ invstd, double* __restrict__ partial,
+                          int outer, int channels, int inner) {
+  backward_reduce_body(x, dy, y, mean, invstd, partial, outer, channels, inner);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_backward_apply(const float* __restrict__ x, const float* __restrict__ dy,
+                         const float* __restrict__ y, const float* __restrict__ weight,
+                         const float* __restrict__ mean, const float* __restrict__ invstd,
+                         const double* __restrict__ sums, long long count,
+                         const double* __restrict__ param_sums, float* __restrict__ dx,
+                         float* __restrict__ dresidual, float* __restrict__ dweight,
+                         float* __restrict__ dbias, int outer, int channels, int inner,
+                         int batch_statistics) {
+  backward_apply_body(x, dy, y, weight, mean, invstd, sums, count, param_sums, dx, dresidual,
+                      dweight, dbias, outer, channels, inner, batch_statistics);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_stats_bf16(const bf16* __restrict__ x, double* __restrict__ partial, int outer,
+                int channels, int inner) {
+  stats_body(x, partial, outer, channels, inner);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_normalize_bf16(const bf16* __restrict__ x, const double* __restrict__ sums,
+                    long long count, const float* __restrict__ weight,
+                    const float* __restrict__ bias, const bf16* __restrict__ residual, int relu,
+                    bf16* __restrict__ y, float* __restrict__ mean_out,
+                    float* __restrict__ invstd_out, int outer, int channels, int inner,
+                    float eps) {
+  normalize_body(x, sums, count, weight, bias, residual, relu, y, mean_out, invstd_out, outer,
+                 channels, inner, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_normalize_running_bf16(const bf16* __restrict__ x,
+                            const float* __restrict__ running_mean,
+                            const float* __restrict__ running_var,
+                            const float* __restrict__ weight, const float* __restrict__ bias,
+                            const bf16* __restrict__ residual, int relu, bf16* __restrict__ y,
+                            float* __restrict__ mean_out, float* __restrict__ invstd_out,
+                            int outer, int channels, int inner, float eps) {
+  normalize_running_body(x, running_mean, running_var, weight, bias, residual, relu, y,
+                         mean_out, invstd_out, outer, channels, inner, eps);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_backward_reduce_bf16(const bf16* __restrict__ x, const bf16* __restrict__ dy,
+                          const bf16* __restrict__ y, const float* __restrict__ mean,
+                          const float* __restrict__ invstd, double* __restrict__ partial,
+                          int outer, int channels, int inner) {
+  backward_reduce_body(x, dy, y, mean, invstd, partial, outer, channels, inner);
+}
+
+extern "C" __global__ void __launch_bounds__(BN_THREADS)
+batchnorm_backward_apply_bf16(const bf16* __restrict__ x, const bf16* __restrict__ dy,
+                         const bf16* __restrict__ y, const float* __restrict__ weight,
+                         const float* __restrict__ mean, const float* __restrict__ invstd,
+                         const double* __restrict__ sums, long long count,
+                         const double* __restrict__ param_sums, bf16* __restrict__ dx,
+                         bf16* __restrict__ dresidual, float* __restrict__ dweight,
+                         float* __restrict__ dbias, int outer, int channels, int inner,
+                         int batch_statistics) {
+  backward_apply_body(x, dy, y, weight, mean, invstd, sums, count, param_sums, dx, dresidual,
+                      dweight, dbias, outer, channels, inner, batch_statistics);
 }

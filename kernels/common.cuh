@@ -14,6 +14,17 @@
 
 __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; }
 
+// A convolution's output epilogue, the same in every conv2d forward kernel (direct, tiled,
+// tensor-core): y = acc + bias[o] (bias may be NULL), + residual[index] (may be NULL), then
+// max(., 0) when relu. The inference epilogue of conv + bias (+ residual) + ReLU in one pass.
+__device__ __forceinline__ float conv_epilogue(float acc, const float* __restrict__ bias,
+                                               const float* __restrict__ residual, int relu,
+                                               int o, long long index) {
+  float v = acc + (bias != NULL ? bias[o] : 0.0f);
+  if (residual != NULL) v += residual[index];
+  return relu ? fmaxf(v, 0.0f) : v;
+}
+
 // Sum of v over the 32 lanes of a warp; every lane gets the total. All lanes must be active.
 __device__ __forceinline__ float warp_sum(float v) {
   for (int offset = WARP_SIZE / 2; offset > 0; offset >>= 1)

@@ -27,14 +27,15 @@
 //   64 times from shared memory. A direct sliding-window kernel reuses x only over one output's
 //   kh kw taps, not over the 64 output channels of a tile.
 // - Index arithmetic: a thread loads the same tile column at every step, so it decodes that column
-//   once; its rows move by 16 per step, so their coordinates (Tap, PhaseTap, Pixel below) advance
-//   with carries instead of two integer divisions per element.
+//   once; its rows move by 16 per step, so their coordinates (Tap, PhaseTap, Pixel, in
+//   conv2d_coords.cuh) advance with carries instead of two integer divisions per element.
 // - Deterministic: no atomics, every output element is written once by the thread that owns it,
 //   and the weight gradient's split count depends on the shapes only.
 // - Indices: GEMM sizes in int (the wrapper checks they fit), element offsets in long long.
-// - Plain FP32, so that the emulator runs the kernels unchanged. Their cost on an H100 against the
-//   roofline: docs/BENCHMARKS.md.
+// - Plain FP32: the fp32 precision's kernels (tf32 and bf16 run conv2d_tc.cu). Their floors per
+//   ResNet-18 layer on an H200 (the roofline) and what they mean for this tile: docs/BENCHMARKS.md.
 #include "common.cuh"
+#include "conv2d_coords.cuh"
 
 // Launch constants: cupycnn/ops/conv2d.py reads these lines, so they are written only here.
 #define CONV_TILE_M 64                                    // rows of the result per block
@@ -47,40 +48,6 @@
 #define CONV_ROWS_PER_PASS (CONV_THREADS / CONV_TILE_P)   // 4 rows of a B tile per thread pass
 #define CONV_REDUCE_THREADS 256                           // block of the split reduction
 #define CONV_FORWARD_MIN_BLOCKS 4                         // resident blocks per SM (forward)
-
-// ------------------------------------------------------------------------------ coordinates
-
-// A GEMM row or column index stands for three coordinates, one struct per meaning:
-struct Tap { int c, r, s; };         // im2col row: input channel c, kernel row r, kernel column s
-struct PhaseTap { int o, rr, ss; };  // input-gradient row: output channel o, the phase's rr-th
-                                     // kernel row and ss-th kernel column
-struct Pixel { int n, i, j; };       // image n, row i, column j (of y, or of a phase's grid)
-
-// The coordinates {a, b, c} of `index` = (a * size_b + b) * size_c + c, with b < size_b and
-// c < size_c (a unbounded), as any of the structs above.
-template <class T>
-__device__ __forceinline__ T split3(int index, int size_b, int size_c) {
-  T t;
-  auto& [a, b, c] = t;
-  c = index % size_c;
-  index /= size_c;
-  b = index % size_b;
-  a = index / size_b;
-  return t;
-}
-
-// t += step, both split by split3 with the same sizes: each coordinate of `step` is below its
-// size, so one carry per coordinate suffices.
-template <class T>
-__device__ __forceinline__ void advance3(T& t, const T& step, int size_b, int size_c) {
-  auto& [a, b, c] = t;
-  const auto& [step_a, step_b, step_c] = step;
-  c += step_c;
-  if (c >= size_c) { c -= size_c; ++b; }
-  b += step_b;
-  if (b >= size_b) { b -= size_b; ++a; }
-  a += step_a;
-}
 
 // ------------------------------------------------------------------------ the register tile
 
@@ -113,14 +80,16 @@ __device__ __forceinline__ void zero_tile(float (&acc)[CONV_MICRO][CONV_MICRO]) 
 
 // ------------------------------------------------------------------------------------ forward
 
-// y = weight [C_out x C_in kh kw] @ im2col(x) [C_in kh kw x N H_out W_out] + bias (per row).
+// y = weight [C_out x C_in kh kw] @ im2col(x) [C_in kh kw x N H_out W_out] + bias (per row),
+// then the epilogue (common.cuh conv_epilogue: + residual, ReLU; both optional).
 // Grid: (ceil(N H_out W_out / 64), ceil(C_out / 64)); block: CONV_THREADS. bias may be NULL.
 // CONV_FORWARD_MIN_BLOCKS: without a minimum, ptxas (CUDA 13, sm_90) settles on 63 registers and
 // spills 8 bytes to local memory; asking for 4 resident blocks grants 64 registers, no spill,
 // and the same occupancy (4 blocks of 256 threads per SM either way).
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_FORWARD_MIN_BLOCKS)
 conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
-               const float* __restrict__ bias, float* __restrict__ y, int batch,
+               const float* __restrict__ bias, const float* __restrict__ residual, int relu,
+               float* __restrict__ y, int batch,
                int in_channels, int height, int width, int out_channels, int kernel_h,
                int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
                int out_width) {
@@ -188,7 +157,8 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
     for (int i = 0; i < CONV_MICRO; ++i) {
       const int o = m0 + ty + i * (CONV_TILE_M / CONV_MICRO);
       if (o >= M) continue;
-      y[((long long)img * M + o) * out_pixels + q] = acc[i][j] + (bias != NULL ? bias[o] : 0.0f);
+      const long long index = ((long long)img * M + o) * out_pixels + q;
+      y[index] = conv_epilogue(acc[i][j], bias, residual, relu, o, index);
     }
   }
 }

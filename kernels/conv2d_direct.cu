@@ -3,10 +3,12 @@
 // conv2d_tc.cu on tensor cores). Same arguments, shapes and formulas as conv2d.cu's header; each
 // thread walks the whole sum of its element, reading every operand from global memory.
 // Grid: ceil(elements / 256) blocks of 256 threads (a grid-stride loop covers any count).
+#include "common.cuh"
 
 extern "C" __global__ void conv2d_direct_forward(
     const float* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
-    float* __restrict__ y, int batch, int in_channels, int height, int width, int out_channels,
+    const float* __restrict__ residual, int relu, float* __restrict__ y, int batch,
+    int in_channels, int height, int width, int out_channels,
     int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
     int out_width) {
   const long long count = (long long)batch * out_channels * out_height * out_width;
@@ -24,7 +26,7 @@ extern "C" __global__ void conv2d_direct_forward(
             sum += weight[((o * in_channels + c) * kernel_h + r) * kernel_w + s] *
                    x[((n * in_channels + c) * height + h) * width + w];
         }
-    y[e] = sum;
+    y[e] = conv_epilogue(sum, NULL, residual, relu, o, e);      // the bias is in the sum
   }
 }
 

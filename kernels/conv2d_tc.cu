@@ -1,52 +1,31 @@
 // conv2d_tc.cu -- the convolution's three products on tensor cores (precision tf32 or bf16):
 // conv2d.cu's implicit GEMMs (same arguments, grids and stride-phase / split-K structure; its
-// header has the formulas and the table of M, N, K per product), with tc_tile.cuh's block tile
+// header has the formulas and the table of M, P, K per product), with tc_tile.cuh's block tile
 // in place of the FP32 register tile. Both operands of every product are rounded to TF32 or BF16
 // as they enter the mma (reference/conv2d.py with precision=...); accumulation is FP32.
 //
 // This file only says where each element of the two operand tiles is in memory: the loaders
-// below are called once per reduction step, in order, so each keeps its (channel, row, column)
-// coordinates and advances them by TC_BK with carries instead of dividing every step. Elements
-// outside the image (the zero padding) or past the matrix are zero-filled by cp.async. The
-// weights of the forward product are read along k in 16-byte copies when K = C_in kh kw is a
+// below are called once per reduction step, in order, so each keeps its coordinates (Tap,
+// PhaseTap, Pixel) and advances them by TC_BK with carries instead of dividing every step.
+// Elements outside the image (the zero padding) or past the matrix are zero-filled by cp.async.
+// The weights of the forward product are read along k in 16-byte copies when K = C_in kh kw is a
 // multiple of 4; the other operands are gathered (taps, stride phases, padding) one float per
 // copy, each in tc_tile.cuh's bank-conflict-free thread pattern for the axis it is contiguous
-// along (TcKMajor: k, TcRowMajor: the tile's rows, i.e. pixels).
+// along (TcKMajor: k; TcRowMajor: the tile's rows, i.e. pixels).
 //
-//   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)          (+ bias)
+//   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)   (+ bias, + residual,
+//                              ReLU: common.cuh's conv_epilogue, each optional)
 //   conv2d_tc_backward_input   dx = w^T @ im2col^T(dy), per stride phase (blockIdx.z)
 //   conv2d_tc_backward_weight  dw_partial[split] = dy @ im2col(x)^T over one chunk of pixels;
 //                              conv2d.cu's conv2d_backward_weight_reduce adds the chunks
 #include "common.cuh"
 #include "tc_tile.cuh"
-
-// (outer, middle, inner) coordinates of an index, advanced by a fixed step with carries.
-struct Coords {
-  int outer, middle, inner;
-};
-
-__device__ __forceinline__ Coords coords_of(int index, int middle_size, int inner_size) {
-  Coords c;
-  c.inner = index % inner_size;
-  index /= inner_size;
-  c.middle = index % middle_size;
-  c.outer = index / middle_size;
-  return c;
-}
-
-__device__ __forceinline__ void coords_advance(Coords& c, const Coords& step, int middle_size,
-                                               int inner_size) {
-  c.inner += step.inner;
-  if (c.inner >= inner_size) { c.inner -= inner_size; ++c.middle; }
-  c.middle += step.middle;
-  if (c.middle >= middle_size) { c.middle -= middle_size; ++c.outer; }
-  c.outer += step.outer;
-}
+#include "conv2d_coords.cuh"
 
 // ------------------------------------------------------------------------------------ forward
 // A[o][k] = w[o * K + k] (k-contiguous). B[k][p] = x at tap k = (c, r, s) of output pixel p
 // (consecutive pixels are consecutive floats for stride 1): each thread keeps one pixel,
-// TcRowMajor<TC_BN>::row(), and its TcRowMajor<TC_BN>::LOADS taps, advanced by TC_BK per step.
+// PixelCopies::row(), and its PixelCopies::LOADS taps, advanced by TC_BK per step.
 typedef TcRowMajor<TC_BN> PixelCopies;
 
 struct ForwardLoader {
@@ -54,57 +33,57 @@ struct ForwardLoader {
   const float* x_image;   // this thread's image
   int M, K, m0, height, width, kernel_h, kernel_w, top, left;
   bool pixel_valid, vectors;
-  Coords tap[PixelCopies::LOADS];
-  Coords tap_step;
+  Tap tap[PixelCopies::LOADS];
+  Tap tap_step;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int k0 = step * TC_BK, n = PixelCopies::row();
+    const int k0 = step * TC_BK, p = PixelCopies::row();
     tc_load_k_major<TC_BM>(s.a, w, M, K, m0, k0, vectors);
 #pragma unroll
     for (int i = 0; i < PixelCopies::LOADS; ++i) {
       const int k = PixelCopies::k(i);
-      const int h = top + tap[i].middle, v = left + tap[i].inner;
+      const int h = top + tap[i].r, v = left + tap[i].s;
       const bool ok = pixel_valid && k0 + k < K && h >= 0 && h < height && v >= 0 && v < width;
-      tc_copy(s.b, n, k, ok ? x_image + ((long long)tap[i].outer * height + h) * width + v : w,
-              ok);
-      coords_advance(tap[i], tap_step, kernel_h, kernel_w);
+      tc_copy(s.b, p, k, ok ? x_image + ((long long)tap[i].c * height + h) * width + v : w, ok);
+      advance3(tap[i], tap_step, kernel_h, kernel_w);
     }
   }
 };
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS)
 conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
-                  const float* __restrict__ bias, float* __restrict__ y, int batch,
+                  const float* __restrict__ bias, const float* __restrict__ residual, int relu,
+                  float* __restrict__ y, int batch,
                   int in_channels, int height, int width, int out_channels, int kernel_h,
                   int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
                   int out_height, int out_width) {
   __shared__ __align__(16) TcStage stages[TC_STAGES];
   const int out_pixels = out_height * out_width;
-  const int M = out_channels, N = batch * out_pixels, K = in_channels * kernel_h * kernel_w;
-  const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+  const int M = out_channels, P = batch * out_pixels, K = in_channels * kernel_h * kernel_w;
+  const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;
   ForwardLoader ld;
   ld.w = weight; ld.M = M; ld.K = K; ld.m0 = m0; ld.height = height; ld.width = width;
   ld.kernel_h = kernel_h; ld.kernel_w = kernel_w;
   ld.vectors = K % 4 == 0 && ((size_t)weight & 15) == 0;
-  const int pixel = n0 + PixelCopies::row();
-  ld.pixel_valid = pixel < N;
-  const Coords p = coords_of(ld.pixel_valid ? pixel : 0, out_height, out_width);
-  ld.top = p.middle * stride_h - pad_h;
-  ld.left = p.inner * stride_w - pad_w;
-  ld.x_image = x + (long long)p.outer * in_channels * height * width;
+  const int pixel = p0 + PixelCopies::row();
+  ld.pixel_valid = pixel < P;
+  const Pixel q = split3<Pixel>(ld.pixel_valid ? pixel : 0, out_height, out_width);
+  ld.top = q.i * stride_h - pad_h;
+  ld.left = q.j * stride_w - pad_w;
+  ld.x_image = x + (long long)q.n * in_channels * height * width;
 #pragma unroll
   for (int i = 0; i < PixelCopies::LOADS; ++i)
-    ld.tap[i] = coords_of(PixelCopies::k(i), kernel_h, kernel_w);
-  ld.tap_step = coords_of(TC_BK, kernel_h, kernel_w);
+    ld.tap[i] = split3<Tap>(PixelCopies::k(i), kernel_h, kernel_w);
+  ld.tap_step = split3<Tap>(TC_BK, kernel_h, kernel_w);
   TcAcc acc;
   tc_mainloop(ld, stages, (K + TC_BK - 1) / TC_BK, acc);
   // Column p of the result is output pixel p: y[image, o, q].
   auto store = [&](int r, int c, float v) {
-    const int o = m0 + r, q = n0 + c;
-    if (o >= M || q >= N) return;
+    const int o = m0 + r, q = p0 + c;
+    if (o >= M || q >= P) return;
     const int image = q / out_pixels;
-    y[((long long)image * M + o) * out_pixels + (q - image * out_pixels)] =
-        v + (bias != NULL ? bias[o] : 0.0f);
+    const long long index = ((long long)image * M + o) * out_pixels + (q - image * out_pixels);
+    y[index] = conv_epilogue(v, bias, residual, relu, o, index);
   };
   tc_epilogue(acc, store);
 }
@@ -114,40 +93,40 @@ conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
 // r = phase_h + stride_h rr, s = phase_w + stride_w ss, and the reduction runs over k = (o, rr, ss).
 // A[c][k] = w[o, c, r, s]: threads along k (TcKMajor: one tap column each, advanced per step).
 // B[k][p] = dy[image, o, base_i - rr, base_j - ss] for input pixel p of the phase: one pixel per
-// thread (TcRowMajor, PixelCopies).
+// thread (PixelCopies).
 struct InputGradLoader {
   const float* w;
   const float* dy_image;
   int M, K, m0, in_channels, taps, kernel_w, phase_h, phase_w, stride_h, stride_w, taps_h,
       taps_w, out_height, out_width, base_i, base_j;
   bool pixel_valid;
-  Coords a_tap, b_tap[PixelCopies::LOADS], tap_step;
+  PhaseTap a_tap, b_tap[PixelCopies::LOADS], tap_step;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
     const int k0 = step * TC_BK;
     const int a_k = TcKMajor<TC_BM>::k();
     const bool a_valid = k0 + a_k < K;
-    const long long a_offset = (long long)a_tap.outer * in_channels * taps +
-                               (phase_h + a_tap.middle * stride_h) * kernel_w + phase_w +
-                               a_tap.inner * stride_w;
+    const long long a_offset = (long long)a_tap.o * in_channels * taps +
+                               (phase_h + a_tap.rr * stride_h) * kernel_w + phase_w +
+                               a_tap.ss * stride_w;
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
       const int m = TcKMajor<TC_BM>::row(i), c = m0 + m;
       const bool ok = a_valid && c < M;
       tc_copy(s.a, m, a_k, ok ? w + a_offset + (long long)c * taps : w, ok);
     }
-    coords_advance(a_tap, tap_step, taps_h, taps_w);
-    const int n = PixelCopies::row();
+    advance3(a_tap, tap_step, taps_h, taps_w);
+    const int p = PixelCopies::row();
 #pragma unroll
     for (int i = 0; i < PixelCopies::LOADS; ++i) {
       const int k = PixelCopies::k(i);
-      const int oi = base_i - b_tap[i].middle, oj = base_j - b_tap[i].inner;
+      const int oi = base_i - b_tap[i].rr, oj = base_j - b_tap[i].ss;
       const bool ok = pixel_valid && k0 + k < K && oi >= 0 && oi < out_height && oj >= 0 &&
                       oj < out_width;
-      tc_copy(s.b, n, k,
-              ok ? dy_image + ((long long)b_tap[i].outer * out_height + oi) * out_width + oj : w,
+      tc_copy(s.b, p, k,
+              ok ? dy_image + ((long long)b_tap[i].o * out_height + oi) * out_width + oj : w,
               ok);
-      coords_advance(b_tap[i], tap_step, taps_h, taps_w);
+      advance3(b_tap[i], tap_step, taps_h, taps_w);
     }
   }
 };
@@ -163,83 +142,84 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
   const int taps_w = phase_w < kernel_w ? (kernel_w - 1 - phase_w) / stride_w + 1 : 0;
   const int first_h = ((phase_h - pad_h) % stride_h + stride_h) % stride_h;
   const int first_w = ((phase_w - pad_w) % stride_w + stride_w) % stride_w;
-  const int rows = first_h < height ? (height - 1 - first_h) / stride_h + 1 : 0;
-  const int cols = first_w < width ? (width - 1 - first_w) / stride_w + 1 : 0;
-  const int M = in_channels, N = batch * rows * cols, K = out_channels * taps_h * taps_w;
-  const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
-  if (n0 >= N) return;                        // the grid is sized for the largest phase
+  const int phase_rows = first_h < height ? (height - 1 - first_h) / stride_h + 1 : 0;
+  const int phase_cols = first_w < width ? (width - 1 - first_w) / stride_w + 1 : 0;
+  const int M = in_channels, P = batch * phase_rows * phase_cols;
+  const int K = out_channels * taps_h * taps_w;
+  const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;
+  if (p0 >= P) return;                        // the grid is sized for the largest phase
   InputGradLoader ld;
   ld.w = weight; ld.M = M; ld.K = K; ld.m0 = m0; ld.in_channels = in_channels;
   ld.taps = kernel_h * kernel_w; ld.kernel_w = kernel_w; ld.phase_h = phase_h;
   ld.phase_w = phase_w; ld.stride_h = stride_h; ld.stride_w = stride_w; ld.taps_h = taps_h;
   ld.taps_w = taps_w; ld.out_height = out_height; ld.out_width = out_width;
-  const int pixel = n0 + PixelCopies::row();
-  ld.pixel_valid = pixel < N;
+  const int pixel = p0 + PixelCopies::row();
+  ld.pixel_valid = pixel < P;
   ld.base_i = ld.base_j = 0;
   ld.dy_image = dy;
   if (ld.pixel_valid) {
-    const Coords p = coords_of(pixel, rows, cols);
-    ld.base_i = (first_h + p.middle * stride_h + pad_h - phase_h) / stride_h;   // exact
-    ld.base_j = (first_w + p.inner * stride_w + pad_w - phase_w) / stride_w;
-    ld.dy_image = dy + (long long)p.outer * out_channels * out_height * out_width;
+    const Pixel q = split3<Pixel>(pixel, phase_rows, phase_cols);
+    ld.base_i = (first_h + q.i * stride_h + pad_h - phase_h) / stride_h;   // exact
+    ld.base_j = (first_w + q.j * stride_w + pad_w - phase_w) / stride_w;
+    ld.dy_image = dy + (long long)q.n * out_channels * out_height * out_width;
   }
   TcAcc acc;
   if (K > 0) {
-    ld.a_tap = coords_of(TcKMajor<TC_BM>::k(), taps_h, taps_w);
+    ld.a_tap = split3<PhaseTap>(TcKMajor<TC_BM>::k(), taps_h, taps_w);
 #pragma unroll
     for (int i = 0; i < PixelCopies::LOADS; ++i)
-      ld.b_tap[i] = coords_of(PixelCopies::k(i), taps_h, taps_w);
-    ld.tap_step = coords_of(TC_BK, taps_h, taps_w);
+      ld.b_tap[i] = split3<PhaseTap>(PixelCopies::k(i), taps_h, taps_w);
+    ld.tap_step = split3<PhaseTap>(TC_BK, taps_h, taps_w);
     tc_mainloop(ld, stages, (K + TC_BK - 1) / TC_BK, acc);
   } else {
     tc_zero(acc);                             // a phase no tap reaches: dx = 0
   }
   auto store = [&](int r, int c, float v) {
-    const int ch = m0 + r, q = n0 + c;
-    if (ch >= M || q >= N) return;
-    const Coords p = coords_of(q, rows, cols);
-    const int h = first_h + p.middle * stride_h, wc = first_w + p.inner * stride_w;
-    dx[(((long long)p.outer * M + ch) * height + h) * width + wc] = v;
+    const int ch = m0 + r, p = p0 + c;
+    if (ch >= M || p >= P) return;
+    const Pixel q = split3<Pixel>(p, phase_rows, phase_cols);
+    const int h = first_h + q.i * stride_h, wc = first_w + q.j * stride_w;
+    dx[(((long long)q.n * M + ch) * height + h) * width + wc] = v;
   };
   tc_epilogue(acc, store);
 }
 
 // ---------------------------------------------------------------------------- weight gradient
-// Over the pixels l in [split * split_len, (split + 1) * split_len): A[o][l] = dy[image, o, i, j]
-// and B[l][tap] = x at tap (c, r, s) of output pixel l, with l = (image, i, j). Both are read
-// along l (TcKMajor: threads along k, the pixel decoded once and advanced by TC_BK per step);
-// each thread keeps TcKMajor<TC_BN>::LOADS taps for the whole loop.
+// Over the output pixels k in [split * split_len, (split + 1) * split_len): A[o][k] =
+// dy[n, o, i, j] and B[k][p] = x at tap p = (c, r, s) of output pixel k = (n, i, j). Both are
+// read along k (TcKMajor: the pixel decoded once and advanced by TC_BK per step); each thread
+// keeps TcKMajor<TC_BN>::LOADS taps for the whole loop.
 struct WeightGradLoader {
   const float* dy;
   const float* x;
-  int M, N, m0, n0, l_end, height, width, out_height, out_width, stride_h, stride_w, pad_h,
+  int M, P, m0, p0, k_end, height, width, out_height, out_width, stride_h, stride_w, pad_h,
       pad_w, out_pixels;
   long long image_stride_x, image_stride_dy;
-  Coords pos, pos_step;               // (image, i, j) of this thread's pixel at this step
-  Coords tap[TcKMajor<TC_BN>::LOADS];
+  Pixel pos, pos_step;                // the output pixel of this thread's row at this step
+  Tap tap[TcKMajor<TC_BN>::LOADS];
   bool tap_valid[TcKMajor<TC_BN>::LOADS];
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int l_local = TcKMajor<TC_BM>::k();
-    const bool l_valid = step * TC_BK + l_local < l_end;
-    const float* dy_pixel = dy + pos.outer * image_stride_dy + pos.middle * out_width + pos.inner;
-    const float* x_image = x + pos.outer * image_stride_x;
-    const int top = pos.middle * stride_h - pad_h, left = pos.inner * stride_w - pad_w;
+    const int k_local = TcKMajor<TC_BM>::k();
+    const bool k_valid = step * TC_BK + k_local < k_end;
+    const float* dy_pixel = dy + pos.n * image_stride_dy + pos.i * out_width + pos.j;
+    const float* x_image = x + pos.n * image_stride_x;
+    const int top = pos.i * stride_h - pad_h, left = pos.j * stride_w - pad_w;
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
       const int m = TcKMajor<TC_BM>::row(i), o = m0 + m;
-      const bool ok = l_valid && o < M;
-      tc_copy(s.a, m, l_local, ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
+      const bool ok = k_valid && o < M;
+      tc_copy(s.a, m, k_local, ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
     }
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
-      const int n = TcKMajor<TC_BN>::row(i);
-      const int h = top + tap[i].middle, v = left + tap[i].inner;
-      const bool ok = l_valid && tap_valid[i] && h >= 0 && h < height && v >= 0 && v < width;
-      tc_copy(s.b, n, l_local,
-              ok ? x_image + ((long long)tap[i].outer * height + h) * width + v : dy, ok);
+      const int p = TcKMajor<TC_BN>::row(i);
+      const int h = top + tap[i].r, v = left + tap[i].s;
+      const bool ok = k_valid && tap_valid[i] && h >= 0 && h < height && v >= 0 && v < width;
+      tc_copy(s.b, p, k_local,
+              ok ? x_image + ((long long)tap[i].c * height + h) * width + v : dy, ok);
     }
-    coords_advance(pos, pos_step, out_height, out_width);
+    advance3(pos, pos_step, out_height, out_width);
   }
 };
 
@@ -251,12 +231,12 @@ conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict_
                           int out_width, int split_len) {
   __shared__ __align__(16) TcStage stages[TC_STAGES];
   const int out_pixels = out_height * out_width;
-  const int M = out_channels, N = in_channels * kernel_h * kernel_w, L = batch * out_pixels;
-  const int l_begin = blockIdx.z * split_len;
-  const int l_end = min(L, l_begin + split_len);
-  const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
+  const int M = out_channels, P = in_channels * kernel_h * kernel_w, K = batch * out_pixels;
+  const int k_begin = blockIdx.z * split_len;
+  const int k_end = min(K, k_begin + split_len);
+  const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;
   WeightGradLoader ld;
-  ld.dy = dy; ld.x = x; ld.M = M; ld.N = N; ld.m0 = m0; ld.n0 = n0; ld.l_end = l_end - l_begin;
+  ld.dy = dy; ld.x = x; ld.M = M; ld.P = P; ld.m0 = m0; ld.p0 = p0; ld.k_end = k_end - k_begin;
   ld.height = height; ld.width = width; ld.out_height = out_height; ld.out_width = out_width;
   ld.stride_h = stride_h; ld.stride_w = stride_w; ld.pad_h = pad_h; ld.pad_w = pad_w;
   ld.out_pixels = out_pixels;
@@ -264,18 +244,18 @@ conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict_
   ld.image_stride_dy = (long long)out_channels * out_pixels;
 #pragma unroll
   for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
-    const int n = n0 + TcKMajor<TC_BN>::row(i);
-    ld.tap_valid[i] = n < N;
-    ld.tap[i] = coords_of(ld.tap_valid[i] ? n : 0, kernel_h, kernel_w);
+    const int p = p0 + TcKMajor<TC_BN>::row(i);
+    ld.tap_valid[i] = p < P;
+    ld.tap[i] = split3<Tap>(ld.tap_valid[i] ? p : 0, kernel_h, kernel_w);
   }
-  ld.pos = coords_of(l_begin + TcKMajor<TC_BM>::k(), out_height, out_width);
-  ld.pos_step = coords_of(TC_BK, out_height, out_width);
+  ld.pos = split3<Pixel>(k_begin + TcKMajor<TC_BM>::k(), out_height, out_width);
+  ld.pos_step = split3<Pixel>(TC_BK, out_height, out_width);
   TcAcc acc;
-  tc_mainloop(ld, stages, (l_end - l_begin + TC_BK - 1) / TC_BK, acc);
-  float* out = dw_partial + (long long)blockIdx.z * M * N;
+  tc_mainloop(ld, stages, (k_end - k_begin + TC_BK - 1) / TC_BK, acc);
+  float* out = dw_partial + (long long)blockIdx.z * M * P;
   auto store = [&](int r, int c, float v) {
-    const int o = m0 + r, n = n0 + c;
-    if (o < M && n < N) out[(long long)o * N + n] = v;
+    const int o = m0 + r, p = p0 + c;
+    if (o < M && p < P) out[(long long)o * P + p] = v;
   };
   tc_epilogue(acc, store);
 }

@@ -22,24 +22,47 @@
 // element's true flat index even past 2^31.
 #include "common.cuh"
 
+// Forward and backward are one map, out = keep ? in * scale : 0, templated over the storage T
+// (float or bf16, bf16.cuh; FP32 arithmetic, one rounding when stored); the entry points
+// without a suffix store float, the _bf16 ones BF16.
+template <class T>
+__device__ __forceinline__ void dropout_body(const T* __restrict__ in, T* __restrict__ out,
+                                             long long n, float p, float scale,
+                                             unsigned long long seed,
+                                             const unsigned long long* __restrict__ stream) {
+  const unsigned long long s = *stream;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
+       i += (long long)blockDim.x * gridDim.x)
+    out[i] = from_float<T>(philox_uniform(seed, s, (unsigned long long)i) >= p
+                               ? to_float(in[i]) * scale : 0.0f);
+}
+
 extern "C" __global__ void dropout_forward(const float* __restrict__ x, float* __restrict__ y,
                                            long long n, float p, float scale,
                                            unsigned long long seed,
                                            const unsigned long long* __restrict__ stream) {
-  const unsigned long long s = *stream;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (long long)blockDim.x * gridDim.x)
-    y[i] = philox_uniform(seed, s, (unsigned long long)i) >= p ? x[i] * scale : 0.0f;
+  dropout_body(x, y, n, p, scale, seed, stream);
 }
 
 extern "C" __global__ void dropout_backward(const float* __restrict__ dy, float* __restrict__ dx,
                                             long long n, float p, float scale,
                                             unsigned long long seed,
                                             const unsigned long long* __restrict__ stream) {
-  const unsigned long long s = *stream;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < n;
-       i += (long long)blockDim.x * gridDim.x)
-    dx[i] = philox_uniform(seed, s, (unsigned long long)i) >= p ? dy[i] * scale : 0.0f;
+  dropout_body(dy, dx, n, p, scale, seed, stream);
+}
+
+extern "C" __global__ void dropout_forward_bf16(const bf16* __restrict__ x, bf16* __restrict__ y,
+                                                long long n, float p, float scale,
+                                                unsigned long long seed,
+                                                const unsigned long long* __restrict__ stream) {
+  dropout_body(x, y, n, p, scale, seed, stream);
+}
+
+extern "C" __global__ void dropout_backward_bf16(const bf16* __restrict__ dy,
+                                                 bf16* __restrict__ dx, long long n, float p,
+                                                 float scale, unsigned long long seed,
+                                                 const unsigned long long* __restrict__ stream) {
+  dropout_body(dy, dx, n, p, scale, seed, stream);
 }
 
 // One thread: state = [calls, stream]. The stream of the forward about to run, then the count.

@@ -14,18 +14,22 @@
 
 #define METRICS_THREADS 256
 
-extern "C" __global__ void accumulate_metrics(const float* __restrict__ logits,
-                                              const int* __restrict__ labels,
-                                              const float* __restrict__ loss,
-                                              double* __restrict__ sums, int N, int C) {
+// logits in storage T (float or bf16; one template, two entry points); loss and sums as they
+// are.
+template <class T>
+__device__ __forceinline__ void accumulate_metrics_body(const T* __restrict__ logits,
+                                                        const int* __restrict__ labels,
+                                                        const float* __restrict__ loss,
+                                                        double* __restrict__ sums, int N, int C) {
   __shared__ float scratch[WARP_SIZE];
   float hits = 0.0f;
   for (int n = threadIdx.x; n < N; n += blockDim.x) {
-    const float* row = logits + (long long)n * C;
+    const T* row = logits + (long long)n * C;
     int best = 0;
-    float best_value = row[0];
+    float best_value = to_float(row[0]);
     for (int c = 1; c < C; ++c) {
-      if (row[c] > best_value) { best_value = row[c]; best = c; }
+      const float v = to_float(row[c]);
+      if (v > best_value) { best_value = v; best = c; }
     }
     hits += best == labels[n] ? 1.0f : 0.0f;
   }
@@ -35,4 +39,18 @@ extern "C" __global__ void accumulate_metrics(const float* __restrict__ logits,
     sums[1] += (double)hits;
     sums[2] += (double)N;
   }
+}
+
+extern "C" __global__ void accumulate_metrics(const float* __restrict__ logits,
+                                              const int* __restrict__ labels,
+                                              const float* __restrict__ loss,
+                                              double* __restrict__ sums, int N, int C) {
+  accumulate_metrics_body(logits, labels, loss, sums, N, C);
+}
+
+extern "C" __global__ void accumulate_metrics_bf16(const bf16* __restrict__ logits,
+                                                   const int* __restrict__ labels,
+                                                   const float* __restrict__ loss,
+                                                   double* __restrict__ sums, int N, int C) {
+  accumulate_metrics_body(logits, labels, loss, sums, N, C);
 }

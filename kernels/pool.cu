@@ -1,4 +1,5 @@
-// pool.cu -- max, average and global average pooling, forward and backward (NCHW, float32).
+// pool.cu -- max, average and global average pooling, forward and backward (NCHW; float32 or
+// BF16 storage).
 //
 // Geometry, per axis (height shown; width alike): kernel k, stride s, padding p,
 //   out_height = (height + 2p - k) / s + 1            (floor: PyTorch's ceil_mode=False)
@@ -36,6 +37,11 @@
 // - Global average pooling: one warp per plane (POOL_THREADS / 32 planes per block), lanes
 //   striding over the plane (coalesced), warp_sum in a fixed order. A warp, not a block: global
 //   pooling meets small planes (7x7 in ResNets) in large numbers (N * C).
+//
+// Storage: each kernel is a template over the storage type T of x, y, dy and dx (float or bf16,
+// bf16.cuh); the entry points without a suffix store float, the _bf16 ones BF16. Arithmetic is
+// float: the window sums and the maxima of decoded values, rounded once when stored. argmax stays
+// int.
 //
 // Indices: a plane's elements fit in int (the wrapper checks it); offsets of planes and the
 // grid-stride index over all planes are long long, as N * C * H * W can pass 2^31.
@@ -96,23 +102,21 @@ __device__ __forceinline__ Covering covering_of(long long i, const PoolShape& s)
   return cov;
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS)
-max_pool2d_forward(const float* __restrict__ x, float* __restrict__ y, int* __restrict__ argmax,
-                   int planes, int height, int width, int out_height, int out_width,
-                   int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w) {
-  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
-                    stride_h, stride_w, pad_h, pad_w};
-  const long long total = (long long)planes * (out_height * out_width);
+template <class T>
+__device__ __forceinline__ void max_pool2d_forward_body(const T* __restrict__ x, T* __restrict__ y,
+                                                        int* __restrict__ argmax, int planes,
+                                                        const PoolShape& s) {
+  const long long total = (long long)planes * (s.out_height * s.out_width);
   for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < total;
        o += (long long)blockDim.x * gridDim.x) {
     const Window win = window_of(o, s);
-    const float* xp = x + win.plane * height * width;
-    int best_index = win.h_begin * width + win.w_begin;
-    float best = xp[best_index];
+    const T* xp = x + win.plane * s.height * s.width;
+    int best_index = win.h_begin * s.width + win.w_begin;
+    float best = to_float(xp[best_index]);
     for (int h = win.h_begin; h < win.h_end; ++h) {
       for (int w = win.w_begin; w < win.w_end; ++w) {
-        const int index = h * width + w;
-        const float v = xp[index];
+        const int index = h * s.width + w;
+        const float v = to_float(xp[index]);
         // Strictly greater: ties keep the first maximum. A NaN replaces a number, not a NaN.
         if (v > best || (isnan(v) && !isnan(best))) {
           best = v;
@@ -120,93 +124,188 @@ max_pool2d_forward(const float* __restrict__ x, float* __restrict__ y, int* __re
         }
       }
     }
-    y[o] = best;
+    y[o] = xp[best_index];                 // the element itself: exact in either storage
     argmax[o] = best_index;
   }
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS)
-max_pool2d_backward(const float* __restrict__ dy, const int* __restrict__ argmax,
-                    float* __restrict__ dx, int planes, int height, int width, int out_height,
-                    int out_width, int kernel_h, int kernel_w, int stride_h, int stride_w,
-                    int pad_h, int pad_w) {
-  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
-                    stride_h, stride_w, pad_h, pad_w};
-  const int out_plane = out_height * out_width;
-  const long long total = (long long)planes * (height * width);
+template <class T>
+__device__ __forceinline__ void max_pool2d_backward_body(const T* __restrict__ dy,
+                                                         const int* __restrict__ argmax,
+                                                         T* __restrict__ dx, int planes,
+                                                         const PoolShape& s) {
+  const int out_plane = s.out_height * s.out_width;
+  const long long total = (long long)planes * (s.height * s.width);
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (long long)blockDim.x * gridDim.x) {
     const Covering cov = covering_of(i, s);
-    const float* dyp = dy + cov.plane * out_plane;
+    const T* dyp = dy + cov.plane * out_plane;
     const int* argp = argmax + cov.plane * out_plane;
     float acc = 0.0f;
     for (int oh = cov.oh_begin; oh < cov.oh_end; ++oh)
       for (int ow = cov.ow_begin; ow < cov.ow_end; ++ow)
-        if (argp[oh * out_width + ow] == cov.r) acc += dyp[oh * out_width + ow];
-    dx[i] = acc;
+        if (argp[oh * s.out_width + ow] == cov.r) acc += to_float(dyp[oh * s.out_width + ow]);
+    dx[i] = from_float<T>(acc);
   }
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS)
-avg_pool2d_forward(const float* __restrict__ x, float* __restrict__ y, int planes, int height,
-                   int width, int out_height, int out_width, int kernel_h, int kernel_w,
-                   int stride_h, int stride_w, int pad_h, int pad_w) {
-  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
-                    stride_h, stride_w, pad_h, pad_w};
-  const float window_size = (float)(kernel_h * kernel_w);   // padding included in the count
-  const long long total = (long long)planes * (out_height * out_width);
+template <class T>
+__device__ __forceinline__ void avg_pool2d_forward_body(const T* __restrict__ x, T* __restrict__ y,
+                                                        int planes, const PoolShape& s) {
+  const float window_size = (float)(s.kernel_h * s.kernel_w);  // padding counted
+  const long long total = (long long)planes * (s.out_height * s.out_width);
   for (long long o = (long long)blockIdx.x * blockDim.x + threadIdx.x; o < total;
        o += (long long)blockDim.x * gridDim.x) {
     const Window win = window_of(o, s);
-    const float* xp = x + win.plane * height * width;
+    const T* xp = x + win.plane * s.height * s.width;
     float acc = 0.0f;                                  // padded elements add zero: skipped
     for (int h = win.h_begin; h < win.h_end; ++h)
-      for (int w = win.w_begin; w < win.w_end; ++w) acc += xp[h * width + w];
-    y[o] = acc / window_size;
+      for (int w = win.w_begin; w < win.w_end; ++w) acc += to_float(xp[h * s.width + w]);
+    y[o] = from_float<T>(acc / window_size);
   }
 }
 
-extern "C" __global__ void __launch_bounds__(POOL_THREADS)
-avg_pool2d_backward(const float* __restrict__ dy, float* __restrict__ dx, int planes, int height,
-                    int width, int out_height, int out_width, int kernel_h, int kernel_w,
-                    int stride_h, int stride_w, int pad_h, int pad_w) {
-  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
-                    stride_h, stride_w, pad_h, pad_w};
-  const int out_plane = out_height * out_width;
-  const float window_size = (float)(kernel_h * kernel_w);
-  const long long total = (long long)planes * (height * width);
+template <class T>
+__device__ __forceinline__ void avg_pool2d_backward_body(const T* __restrict__ dy,
+                                                         T* __restrict__ dx, int planes,
+                                                         const PoolShape& s) {
+  const int out_plane = s.out_height * s.out_width;
+  const float window_size = (float)(s.kernel_h * s.kernel_w);
+  const long long total = (long long)planes * (s.height * s.width);
   for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
        i += (long long)blockDim.x * gridDim.x) {
     const Covering cov = covering_of(i, s);
-    const float* dyp = dy + cov.plane * out_plane;
+    const T* dyp = dy + cov.plane * out_plane;
     float acc = 0.0f;
     for (int oh = cov.oh_begin; oh < cov.oh_end; ++oh)
-      for (int ow = cov.ow_begin; ow < cov.ow_end; ++ow) acc += dyp[oh * out_width + ow];
-    dx[i] = acc / window_size;
+      for (int ow = cov.ow_begin; ow < cov.ow_end; ++ow)
+        acc += to_float(dyp[oh * s.out_width + ow]);
+    dx[i] = from_float<T>(acc / window_size);
   }
 }
 
 // Grid: ceil(planes / GLOBAL_POOL_PLANES_PER_BLOCK) blocks of POOL_THREADS.
-extern "C" __global__ void __launch_bounds__(POOL_THREADS)
-global_avg_pool2d_forward(const float* __restrict__ x, float* __restrict__ y, int planes,
-                          int plane_size) {
+template <class T>
+__device__ __forceinline__ void global_avg_pool2d_forward_body(const T* __restrict__ x,
+                                                               T* __restrict__ y, int planes,
+                                                               int plane_size) {
   const int lane = threadIdx.x % WARP_SIZE;
   const long long plane = (long long)blockIdx.x * GLOBAL_POOL_PLANES_PER_BLOCK
                           + threadIdx.x / WARP_SIZE;
   if (plane >= planes) return;          // the whole warp leaves together: warp_sum stays full
-  const float* xp = x + plane * plane_size;
+  const T* xp = x + plane * plane_size;
   float acc = 0.0f;
-  for (int e = lane; e < plane_size; e += WARP_SIZE) acc += xp[e];
+  for (int e = lane; e < plane_size; e += WARP_SIZE) acc += to_float(xp[e]);
   acc = warp_sum(acc);
-  if (lane == 0) y[plane] = acc / (float)plane_size;
+  if (lane == 0) y[plane] = from_float<T>(acc / (float)plane_size);
+}
+
+template <class T>
+__device__ __forceinline__ void global_avg_pool2d_backward_body(const T* __restrict__ dy,
+                                                                T* __restrict__ dx, int planes,
+                                                                int plane_size) {
+  const long long total = (long long)planes * plane_size;
+  const float size = (float)plane_size;
+  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
+       i += (long long)blockDim.x * gridDim.x)
+    dx[i] = from_float<T>(to_float(dy[i / plane_size]) / size);
+}
+
+// ------------------------------------------------------------- entry points: float, then bf16
+// (written out: the emulator and the coverage table find kernels by their declarations)
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+max_pool2d_forward(const float* __restrict__ x, float* __restrict__ y, int* __restrict__ argmax,
+    int planes, int height, int width, int out_height, int out_width, int kernel_h, int kernel_w,
+    int stride_h, int stride_w, int pad_h, int pad_w) {
+  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
+                    stride_h, stride_w, pad_h, pad_w};
+  max_pool2d_forward_body(x, y, argmax, planes, s);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+max_pool2d_backward(const float* __restrict__ dy, const int* __restrict__ argmax,
+    float* __restrict__ dx, int planes, int height, int width, int out_height, int out_width,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w) {
+  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
+                    stride_h, stride_w, pad_h, pad_w};
+  max_pool2d_backward_body(dy, argmax, dx, planes, s);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+avg_pool2d_forward(const float* __restrict__ x, float* __restrict__ y, int planes,
+    int height, int width, int out_height, int out_width, int kernel_h, int kernel_w,
+    int stride_h, int stride_w, int pad_h, int pad_w) {
+  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
+                    stride_h, stride_w, pad_h, pad_w};
+  avg_pool2d_forward_body(x, y, planes, s);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+avg_pool2d_backward(const float* __restrict__ dy, float* __restrict__ dx, int planes,
+    int height, int width, int out_height, int out_width, int kernel_h, int kernel_w,
+    int stride_h, int stride_w, int pad_h, int pad_w) {
+  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
+                    stride_h, stride_w, pad_h, pad_w};
+  avg_pool2d_backward_body(dy, dx, planes, s);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+global_avg_pool2d_forward(const float* __restrict__ x, float* __restrict__ y, int planes,
+                          int plane_size) {
+  global_avg_pool2d_forward_body(x, y, planes, plane_size);
 }
 
 extern "C" __global__ void __launch_bounds__(POOL_THREADS)
 global_avg_pool2d_backward(const float* __restrict__ dy, float* __restrict__ dx, int planes,
                            int plane_size) {
-  const long long total = (long long)planes * plane_size;
-  const float size = (float)plane_size;
-  for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < total;
-       i += (long long)blockDim.x * gridDim.x)
-    dx[i] = dy[i / plane_size] / size;
+  global_avg_pool2d_backward_body(dy, dx, planes, plane_size);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+max_pool2d_forward_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, int* __restrict__ argmax,
+    int planes, int height, int width, int out_height, int out_width, int kernel_h, int kernel_w,
+    int stride_h, int stride_w, int pad_h, int pad_w) {
+  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
+                    stride_h, stride_w, pad_h, pad_w};
+  max_pool2d_forward_body(x, y, argmax, planes, s);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+max_pool2d_backward_bf16(const bf16* __restrict__ dy, const int* __restrict__ argmax,
+    bf16* __restrict__ dx, int planes, int height, int width, int out_height, int out_width,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w) {
+  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
+                    stride_h, stride_w, pad_h, pad_w};
+  max_pool2d_backward_body(dy, argmax, dx, planes, s);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+avg_pool2d_forward_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, int planes,
+    int height, int width, int out_height, int out_width, int kernel_h, int kernel_w,
+    int stride_h, int stride_w, int pad_h, int pad_w) {
+  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
+                    stride_h, stride_w, pad_h, pad_w};
+  avg_pool2d_forward_body(x, y, planes, s);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+avg_pool2d_backward_bf16(const bf16* __restrict__ dy, bf16* __restrict__ dx, int planes,
+    int height, int width, int out_height, int out_width, int kernel_h, int kernel_w,
+    int stride_h, int stride_w, int pad_h, int pad_w) {
+  const PoolShape s{height, width, out_height, out_width, kernel_h, kernel_w,
+                    stride_h, stride_w, pad_h, pad_w};
+  avg_pool2d_backward_body(dy, dx, planes, s);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+global_avg_pool2d_forward_bf16(const bf16* __restrict__ x, bf16* __restrict__ y, int planes,
+                          int plane_size) {
+  global_avg_pool2d_forward_body(x, y, planes, plane_size);
+}
+
+extern "C" __global__ void __launch_bounds__(POOL_THREADS)
+global_avg_pool2d_backward_bf16(const bf16* __restrict__ dy, bf16* __restrict__ dx, int planes,
+                           int plane_size) {
+  global_avg_pool2d_backward_body(dy, dx, planes, plane_size);
 }

@@ -50,23 +50,25 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
-// Grid: ceil(rows / XENT_ROWS_PER_BLOCK) blocks of XENT_THREADS.
-extern "C" __global__ void __launch_bounds__(XENT_THREADS)
-softmax_xent_forward(const float* __restrict__ logits, const int* __restrict__ labels,
-                     float* __restrict__ row_loss, float* __restrict__ row_max,
-                     float* __restrict__ row_sum, int rows, int classes, float smoothing) {
+// Grid: ceil(rows / XENT_ROWS_PER_BLOCK) blocks of XENT_THREADS. The logits' storage T is
+// float or bf16 (one template, two entry points); the loss and the row statistics are float.
+template <class T>
+__device__ __forceinline__ void softmax_xent_forward_body(
+    const T* __restrict__ logits, const int* __restrict__ labels, float* __restrict__ row_loss,
+    float* __restrict__ row_max, float* __restrict__ row_sum, int rows, int classes,
+    float smoothing) {
   const int lane = threadIdx.x % WARP_SIZE;
   const int row = blockIdx.x * XENT_ROWS_PER_BLOCK + threadIdx.x / WARP_SIZE;
   if (row >= rows) return;              // the same for all lanes: a whole warp leaves
-  const float* z = logits + (long long)row * classes;
+  const T* z = logits + (long long)row * classes;
 
   float m = FLOAT_LOWEST;
-  for (int c = lane; c < classes; c += WARP_SIZE) m = fmaxf(m, z[c]);
+  for (int c = lane; c < classes; c += WARP_SIZE) m = fmaxf(m, to_float(z[c]));
   m = warp_max(m);
 
   float sum_exp = 0.0f, sum_gap = 0.0f;  // sum of exp(z - m) and of (m - z): all terms >= 0
   for (int c = lane; c < classes; c += WARP_SIZE) {
-    const float v = z[c];
+    const float v = to_float(z[c]);
     sum_exp += expf(v - m);
     sum_gap += m - v;
   }
@@ -79,13 +81,27 @@ softmax_xent_forward(const float* __restrict__ logits, const int* __restrict__ l
     if (y < 0 || y >= classes) {
       loss = quiet_nan();
     } else {
-      loss = logf(sum_exp) + (1.0f - smoothing) * (m - z[y]);
+      loss = logf(sum_exp) + (1.0f - smoothing) * (m - to_float(z[y]));
       if (smoothing != 0.0f) loss += smoothing / (float)classes * sum_gap;
     }
     row_loss[row] = loss;
     row_max[row] = m;
     row_sum[row] = sum_exp;
   }
+}
+
+extern "C" __global__ void __launch_bounds__(XENT_THREADS)
+softmax_xent_forward(const float* __restrict__ logits, const int* __restrict__ labels,
+                     float* __restrict__ row_loss, float* __restrict__ row_max,
+                     float* __restrict__ row_sum, int rows, int classes, float smoothing) {
+  softmax_xent_forward_body(logits, labels, row_loss, row_max, row_sum, rows, classes, smoothing);
+}
+
+extern "C" __global__ void __launch_bounds__(XENT_THREADS)
+softmax_xent_forward_bf16(const bf16* __restrict__ logits, const int* __restrict__ labels,
+                          float* __restrict__ row_loss, float* __restrict__ row_max,
+                          float* __restrict__ row_sum, int rows, int classes, float smoothing) {
+  softmax_xent_forward_body(logits, labels, row_loss, row_max, row_sum, rows, classes, smoothing);
 }
 
 // Grid: 1 block of MEAN_THREADS. A batch has at most a few thousand rows: one block is enough,
@@ -99,13 +115,12 @@ batch_mean(const float* __restrict__ values, float* __restrict__ out, int n) {
   if (threadIdx.x == 0) out[0] = acc / (float)n;
 }
 
-// Grid-stride over rows * classes elements (any grid).
-extern "C" __global__ void softmax_xent_backward(const float* __restrict__ logits,
-                                                 const int* __restrict__ labels,
-                                                 const float* __restrict__ row_max,
-                                                 const float* __restrict__ row_sum,
-                                                 float* __restrict__ dlogits, int rows,
-                                                 int classes, float smoothing, float scale) {
+// Grid-stride over rows * classes elements (any grid). Logits and their gradient in storage T.
+template <class T>
+__device__ __forceinline__ void softmax_xent_backward_body(
+    const T* __restrict__ logits, const int* __restrict__ labels,
+    const float* __restrict__ row_max, const float* __restrict__ row_sum,
+    T* __restrict__ dlogits, int rows, int classes, float smoothing, float scale) {
   const long long total = (long long)rows * classes;
   const float off_target = smoothing / (float)classes;     // e / C, every class's share
   for (long long e = (long long)blockIdx.x * blockDim.x + threadIdx.x; e < total;
@@ -117,12 +132,33 @@ extern "C" __global__ void softmax_xent_backward(const float* __restrict__ logit
     if (y < 0 || y >= classes) {
       grad = quiet_nan();
     } else {
-      const float p = expf(logits[e] - row_max[row]) / row_sum[row];
+      const float p = expf(to_float(logits[e]) - row_max[row]) / row_sum[row];
       const float target = (c == y ? 1.0f - smoothing : 0.0f) + off_target;
       grad = (p - target) * scale;
     }
-    dlogits[e] = grad;
+    dlogits[e] = from_float<T>(grad);
   }
+}
+
+extern "C" __global__ void softmax_xent_backward(const float* __restrict__ logits,
+                                                 const int* __restrict__ labels,
+                                                 const float* __restrict__ row_max,
+                                                 const float* __restrict__ row_sum,
+                                                 float* __restrict__ dlogits, int rows,
+                                                 int classes, float smoothing, float scale) {
+  softmax_xent_backward_body(logits, labels, row_max, row_sum, dlogits, rows, classes, smoothing,
+                             scale);
+}
+
+extern "C" __global__ void softmax_xent_backward_bf16(const bf16* __restrict__ logits,
+                                                      const int* __restrict__ labels,
+                                                      const float* __restrict__ row_max,
+                                                      const float* __restrict__ row_sum,
+                                                      bf16* __restrict__ dlogits, int rows,
+                                                      int classes, float smoothing,
+                                                      float scale) {
+  softmax_xent_backward_body(logits, labels, row_max, row_sum, dlogits, rows, classes, smoothing,
+                             scale);
 }
 
 // Grid-stride over n labels. Labels of a dtype wider than int32 (int64, uint32, uint64) arrive

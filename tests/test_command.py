@@ -186,3 +186,99 @@ def test_info_on_a_gpu_lists_each_gpu(monkeypatch):
         "CUDA driver 13.0, runtime 12.8",
         "GPU 0: NVIDIA H200, 143.0 GiB, compute capability 9.0, 132 SMs",
         "GPU 1: NVIDIA H200, 143.0 GiB, compute capability 9.0, 132 SMs"]
+
+
+# ------------------------------------------------------------------------------- data
+
+def _numbered_folder(root, classes=("cat", "dog", "owl"), per_class=3):
+    """root/<class>/<n>.png, 6 x 5 PNGs whose first pixel spells their number n (lossless, so
+    the shards' bytes decode to exactly these pixels)."""
+    from PIL import Image
+    pixels, n = {}, 0
+    for label, name in enumerate(classes):
+        (root / name).mkdir(parents=True)
+        for _ in range(per_class):
+            image = np.full((5, 6, 3), 40 * label, np.uint8)
+            image[0, 0] = (n, 255 - n, label)
+            Image.fromarray(image).save(root / name / f"{n:02d}.png")
+            pixels[n] = (image, label)
+            n += 1
+    return pixels
+
+
+def _read_back(out):
+    """Every sample of the shards under out: (number, decoded pixels, label), in file order."""
+    import io
+
+    from PIL import Image
+
+    from cupycnn.data import TarShards
+    shards = TarShards(out)
+    rows = []
+    for data, label, _ in shards.samples():
+        image = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+        rows.append((int(image[0, 0, 0]), image, int(label)))
+    return shards, rows
+
+
+def test_data_make_shards_through_the_command(tmp_path, capsys):
+    """`cupycnn data make-shards FOLDER OUT` writes shards that read back as the folder: every
+    image once, its pixels and its class; shuffled by the seed, or in the folder's order."""
+    pixels = _numbered_folder(tmp_path / "animals")
+    out = tmp_path / "shards"
+    assert command.main(["data", "make-shards", str(tmp_path / "animals"), str(out),
+                         "--shard-size", "4", "--seed", "1"]) == 0
+    assert "wrote 3 shards and index.json to" in capsys.readouterr().out
+    shards, rows = _read_back(out)
+    assert shards.classes == ["cat", "dog", "owl"] and shards.counts.tolist() == [4, 4, 1]
+    numbers = [n for n, _, _ in rows]
+    assert sorted(numbers) == list(range(9)) and numbers != list(range(9))      # shuffled
+    for n, image, label in rows:
+        np.testing.assert_array_equal(image, pixels[n][0])
+        assert label == pixels[n][1]
+    assert command.main(["data", "make-shards", str(tmp_path / "animals"),
+                         str(tmp_path / "ordered"), "--no-shuffle"]) == 0
+    assert "wrote 1 shard and index.json" in capsys.readouterr().out
+    assert [n for n, _, _ in _read_back(tmp_path / "ordered")[1]] == list(range(9))
+    assert command.main(["data", "inspect", str(out)]) == 0
+    assert "TarShards(9 samples in 3 shards, 3 classes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--shard-size", "0"], "--shard-size must be at least 1 sample, not 0"),
+    (["--resize", "0"], "--resize must be at least 1 pixel, not 0"),
+    (["--quality", "101"], "--quality must be from 1 to 100, not 101"),
+])
+def test_data_make_shards_refuses_bad_options_in_one_sentence(tmp_path, capsys, args, message):
+    _numbered_folder(tmp_path / "animals", per_class=1)
+    assert command.main(["data", "make-shards", str(tmp_path / "animals"), str(tmp_path / "o"),
+                         *args]) == 2
+    assert capsys.readouterr().err == f"cupycnn data make-shards: error: {message}\n"
+    assert not (tmp_path / "o").exists()
+
+
+def test_data_make_shards_problems_with_the_folders(tmp_path, capsys):
+    _numbered_folder(tmp_path / "animals", per_class=1)
+    assert command.main(["data", "make-shards", str(tmp_path / "animals"),
+                         str(tmp_path / "animals" / "shards")]) == 2
+    assert "is inside FOLDER" in capsys.readouterr().err
+    assert not (tmp_path / "animals" / "shards").exists()
+    assert command.main(["data", "make-shards", str(tmp_path / "nowhere"), str(tmp_path / "o")]) \
+        == 2
+    err = capsys.readouterr().err
+    assert err.startswith("cupycnn data make-shards: error: ") and "is not a folder" in err
+
+
+def test_the_console_script_runs_the_data_tools(tmp_path):
+    """The installed path end to end: `python -m cupycnn data make-shards` in a fresh process,
+    and `python -m cupycnn.data` is the same tool."""
+    _numbered_folder(tmp_path / "animals", per_class=2)
+    for module, out in (("cupycnn", "a"), ("cupycnn.data", "b")):
+        argv = [sys.executable, "-m", module] + (["data"] if module == "cupycnn" else [])
+        run = subprocess.run(argv + ["make-shards", str(tmp_path / "animals"),
+                                     str(tmp_path / out)],
+                             capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        assert "6/6 images" in run.stderr
+    a, b = _read_back(tmp_path / "a")[1], _read_back(tmp_path / "b")[1]
+    assert [(n, label) for n, _, label in a] == [(n, label) for n, _, label in b]

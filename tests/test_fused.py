@@ -216,3 +216,77 @@ def test_fused_simple_cnn_is_the_unfused_one(rng, device):
     _fused_and_plain(lambda fused: models.simple_cnn(
         num_classes=10, in_channels=1, input_size=8, widths=(8, 16), block_dropout=(0.2, 0.3),
         hidden=16, fused=fused), cupycnn.asarray(randn(rng, 4, 1, 8, 8)), rng)
+
+
+@pytest.mark.parametrize("version, precision", [("direct", "fp32"), ("tiled", "fp32"),
+                                                ("tensor_core", "tf32"),
+                                                ("tensor_core", "bf16")])
+@pytest.mark.parametrize("shape, kernel, stride, padding", [((2, 5, 9, 7), 3, 1, 1),
+                                                             ((3, 8, 8, 8), 1, 2, 0)], ids=str)
+def test_conv_bias_residual_relu_epilogue_is_the_composition(any_device, rng, version, precision,
+                                                            shape, kernel, stride, padding):
+    """The inference epilogue in every conv2d forward kernel (direct, tiled FP32, tensor cores):
+    conv + bias (+ residual) + ReLU in one pass == conv2d_forward, add, relu_forward."""
+    from cupycnn.ops import conv2d as conv
+    if any_device == "numpy" and version != "tiled":
+        pytest.skip("the numpy device has one convolution (the reference)")
+    out_channels = 6
+    x = cupycnn.asarray(randn(rng, *shape))
+    w = cupycnn.asarray(randn(rng, out_channels, shape[1], kernel, kernel) * 0.3)
+    b = cupycnn.asarray(randn(rng, out_channels))
+    kw = {} if any_device == "numpy" else {"version": version}
+    with cupycnn.set_precision(precision):
+        plain = conv.conv2d_forward(x, w, b, stride, padding, **kw)
+        r = cupycnn.asarray(randn(rng, *plain.shape))
+        _same(conv.conv2d_forward(x, w, b, stride, padding, residual=r, relu=True, **kw),
+              ew.relu_forward(ew.add(plain, r)), "conv + bias + residual + relu")
+        _same(conv.conv2d_forward(x, w, None, stride, padding, relu=True, **kw),
+              ew.relu_forward(conv.conv2d_forward(x, w, None, stride, padding, **kw)),
+              "conv + relu")
+
+
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("fused", [True, False])
+def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, device, fused):
+    """models.fold_batchnorm: each conv + batchnorm (+ shortcut) + ReLU one convolution with its
+    epilogue; the same logits as the model's evaluation forward, to float32 rounding."""
+    from cupycnn import runtime
+    cupycnn.use(device)
+    cupycnn.manual_seed(0)
+    model = models.resnet18(num_classes=10, stem="cifar", width=4, fused=fused)
+    for layer in model.layers():                       # statistics that are not the defaults
+        if isinstance(layer, BatchNorm2D):
+            c = layer.num_features
+            layer.buffers["running_mean"][...] = cupycnn.asarray(randn(rng, c) * 0.1)
+            layer.buffers["running_var"][...] = cupycnn.asarray(
+                rng.uniform(0.5, 2.0, c).astype(np.float32))
+            layer.params["bias"][...] = cupycnn.asarray(randn(rng, c) * 0.1)
+    x = cupycnn.asarray(randn(rng, 2, 3, 8, 8))
+    served = models.fold_batchnorm(model)
+    launches = {}
+    outputs = {}
+    for name, net in (("model", model), ("folded", served)):
+        log = []
+        runtime.record_launches(_ListLog(log))
+        try:
+            outputs[name] = np.asarray(cupycnn.asnumpy(net.forward(x, training=False)))
+        finally:
+            runtime.record_launches(None)
+        launches[name] = len(log)
+    err = np.abs(outputs["folded"] - outputs["model"]).max() / np.abs(outputs["model"]).max()
+    assert err < 1e-5, err
+    assert list(served.state_dict())[:2] == ["conv1.weight", "conv1.bias"]
+    if device == "sim":                  # 20 batchnorms (and the unfused ReLUs, adds) are gone
+        assert launches["folded"] <= launches["model"] - 20, launches
+    with pytest.raises(RuntimeError, match="a folded model is for inference"):
+        served.forward(x, training=True)
+
+
+class _ListLog:
+    """runtime.record_launches takes a set; this one keeps every launch, in order."""
+
+    def __init__(self, log):
+        self.log = log
+
+    def add(self, item):
+        self.log.append(item)

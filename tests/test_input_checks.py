@@ -33,11 +33,11 @@ def test_mismatched_shapes_of_an_elementwise_op(cpu_device, rng):
 
 def test_wrong_dtype(rng):
     cupycnn.use("sim")
-    with pytest.raises(ValueError, match="relu_forward: x must be float32 on the sim device, "
-                                         "got float64"):
+    with pytest.raises(ValueError, match=r"relu_forward: x must be float32 or bf16 \(uint16\) "
+                                         r"on the sim device, got float64"):
         elementwise.relu_forward(randn(rng, 3, dtype=np.float64))
-    with pytest.raises(ValueError, match="relu_forward: x must be float32 or float64 on the "
-                                         "numpy device, got int64"):
+    with pytest.raises(ValueError, match=r"relu_forward: x must be float32 or float64 or bf16 "
+                                         r"\(uint16\) on the numpy device, got int64"):
         cupycnn.use("numpy")
         elementwise.relu_forward(np.arange(3))
 

@@ -357,8 +357,8 @@ def test_bad_input_names_the_op_and_the_shapes(rng, name):
 
 def test_kernel_devices_take_float32_outputs_and_batches_the_grid_holds(rng):
     cupycnn.use("sim")
-    with pytest.raises(ValueError, match="normalize: dtype must be float32 on the sim device, "
-                                         "got float64"):
+    with pytest.raises(ValueError, match=r"normalize: dtype must be float32 or bf16 \(uint16\) "
+                                         r"on the sim device, got float64"):
         ops.normalize(_images(rng, (1, 2, 2, 1)), 0.5, 0.2, dtype=np.float64)
     with pytest.raises(ValueError, match="normalize: batches of at most 65535 images on the "
                                          "sim device .* got 65536"):

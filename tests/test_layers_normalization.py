@@ -275,8 +275,8 @@ def test_wrong_input_shapes_name_the_layer(rng):
     with pytest.raises(ValueError, match=r"GroupNorm\(2, 4, eps=1e-05\): input must have shape "
                                          r"\(N, 4, \*\), got \(2, 6, 3\)"):
         GroupNorm(2, 4).forward(cupycnn.asarray(randn(rng, 2, 6, 3)))
-    with pytest.raises(ValueError, match=r"BatchNorm2D.*: input must be float32 on the sim "
-                                         r"device, got float64"):
+    with pytest.raises(ValueError, match=r"BatchNorm2D.*: input must be float32 or bf16 "
+                                         r"\(uint16\) on the sim device, got float64"):
         BatchNorm2D(3).forward(randn(rng, 2, 3, 4, 4, dtype=np.float64))
     layer = GroupNorm(2, 4)
     layer.forward(cupycnn.asarray(randn(rng, 2, 4, 3)))

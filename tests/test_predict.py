@@ -25,7 +25,9 @@ from cupycnn.checkpoint import CheckpointError
 from cupycnn.data import (BadImageError, Digits, ImageFolder, Loader, Normalize,
                           channel_stats)
 from cupycnn.data.folder import load_image
-from cupycnn.predict import load_images, load_model, predict, prepare_images
+from cupycnn.predict import (load_images, load_model, predict, prepare_images,
+                             probabilities)
+from cupycnn.reference.softmax_xent import softmax
 from cupycnn.train import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -257,6 +259,29 @@ def test_sim_device_agrees_with_numpy(digits):
     for a, b in zip(on_numpy, on_sim):
         assert [n for n, _ in a][:3] == [n for n, _ in b][:3]
         np.testing.assert_allclose(sorted(p for _, p in a), sorted(p for _, p in b), atol=1e-5)
+
+
+def test_a_loaded_model_predicts_in_eval_mode_and_predict_restores_the_modes(digits):
+    """load_model gives the model in evaluation mode, so model(x) predicts (batchnorm's running
+    statistics, no dropout) and leaves the statistics alone; predict() runs any model in
+    evaluation mode and gives it its modes back."""
+    cupycnn.use("numpy")
+    model, checkpoint = load_model(digits["checkpoint"])
+    assert not any(layer.training for layer in model.layers())
+    x = prepare_images(digits["files"], checkpoint.config, checkpoint.normalization)
+    stats = {k: v.copy() for k, v in model.state_dict().items()}
+    expected = probabilities(model, x)
+    np.testing.assert_allclose(softmax(np.float64(model(x))), expected, rtol=1e-6)
+    np.testing.assert_array_equal(model(x), model(x))                  # no dropout
+    model.train()                                   # a user fine-tuning, then predicting
+    model[1].eval()
+    modes = [layer.training for layer in model.layers()]
+    assert [[n for n, _ in top] for top in predict(model, x, checkpoint.classes, top_k=2)] == \
+        [[checkpoint.classes[i] for i in np.argsort(-p, kind="stable")[:2]] for p in expected]
+    np.testing.assert_array_equal(probabilities(model, x), expected)
+    assert [layer.training for layer in model.layers()] == modes
+    for k, v in model.state_dict().items():        # no running statistic moved
+        np.testing.assert_array_equal(v, stats[k], err_msg=k)
 
 
 # -------------------------------------------------------------------------------- the errors

@@ -11,7 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
-COMMANDS = ["", "train", "evaluate", "predict", "gradcheck", "bench", "info"]
+COMMANDS = ["", "train", "evaluate", "predict", "gradcheck", "bench", "info", "data",
+            "data make-shards", "data inspect"]
 _BLOCK = re.compile(r"(<!-- help: (cupycnn[^>]*?) -->\n```text\n)(.*?)(```)", re.S)
 
 

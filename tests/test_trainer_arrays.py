@@ -146,3 +146,76 @@ def test_array_dataset_takes_float_images():
     inputs = TensorDataset(rng.standard_normal((5, 3, 4, 4)), np.arange(5) % 2)
     x, labels = next(iter(Loader(inputs, 5)))
     assert x.dtype == np.float32 and x.shape == (5, 3, 4, 4) and labels.tolist() == [0, 1, 0, 1, 0]
+
+
+def test_keras_habits_validation_split_history_and_a_second_fit(arrays):
+    """fit(x, y, validation_split=0.25) holds out the last quarter before shuffling (Keras);
+    history.history reads as Keras's; a second fit with the same epochs says it trains none."""
+    cupycnn.use("numpy")
+    x, y, _, _ = arrays
+    split = trainer_for(cnn())
+    history = split.fit(x, y, epochs=2, batch_size=16, validation_split=0.25)
+    assert history.history is history and len(history.history["val_accuracy"]) == 2
+    mean, std = channel_stats(x[:72])          # the normalisation of the training rows alone
+    assert split.normalization == {"mean": list(mean), "std": list(std)}
+    given = trainer_for(cnn())                 # the same as giving the last 24 rows by hand
+    expected = given.fit(x[:72], y[:72], epochs=2, batch_size=16,
+                         validation_data=(x[72:], y[72:]))
+    assert history["val_loss"] == expected["val_loss"] and history["loss"] == expected["loss"]
+    assert split.evaluate(x[72:], y[72:])["accuracy"] == history["val_accuracy"][-1]
+
+    with pytest.warns(UserWarning, match=r"nothing to train: 2 epoch\(s\) are already done "
+                                         r"and epochs=2 counts them .* epochs=2 \+ n"):
+        again = split.fit(x, y, epochs=2, batch_size=16)
+    assert again["epoch"] == [1, 2]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert split.fit(x, y, epochs=3, batch_size=16)["epoch"] == [1, 2, 3]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"validation_split": 1.0}, r"validation_split must be a fraction between 0 and 1, got 1\.0"),
+    ({"validation_split": 0.999}, r"validation_split=0\.999 of 96 rows leaves 0 for training "
+                                  r"and 96 for validation; both need at least one"),
+    ({"validation_split": 0.2, "validation_data": "x"}, "validation_split or validation_data"),
+])
+def test_validation_split_problems_are_one_sentence(arrays, kwargs, message):
+    cupycnn.use("numpy")
+    x, y, _, _ = arrays
+    with pytest.raises(ValueError, match=message):
+        trainer_for(cnn()).fit(x, y, epochs=1, **kwargs)
+    loader = Loader(ArrayDataset(x, y), 8)
+    with pytest.raises(ValueError, match="validation_split splits arrays"):
+        trainer_for(cnn()).fit(loader, epochs=1, validation_split=0.2)
+
+
+def test_a_list_of_images_is_told_to_become_one_array(arrays):
+    cupycnn.use("numpy")
+    x, y, xt, yt = arrays
+    trainer = trainer_for(cnn())
+    trainer.fit(x, y, epochs=1, batch_size=32)
+    for call in (lambda: trainer.predict(list(xt)), lambda: trainer.evaluate(list(xt), yt),
+                 lambda: trainer.fit(list(x), y, epochs=2)):
+        with pytest.raises(ValueError, match=r"got a list of \d+ arrays; give one array "
+                                             r"\[N, \.\.\.\] \(np\.stack of the images\)"):
+            call()
+    np.testing.assert_array_equal(trainer.predict(np.stack(list(xt))), trainer.predict(xt))
+
+
+def test_fit_gives_the_modes_back_when_training_stops_on_an_error(arrays):
+    from cupycnn.train import Callback
+
+    class Boom(Callback):
+        def on_epoch_end(self, epoch, logs):
+            raise RuntimeError("boom")
+
+    cupycnn.use("numpy")
+    x, y, _, _ = arrays
+    model = cnn()
+    model.eval()
+    trainer = Trainer(model, Adam(model.parameters()), progress=False, callbacks=[Boom()])
+    with pytest.raises(RuntimeError, match="boom") as error:
+        trainer.fit(x, y, epochs=1, batch_size=32)
+    # While the traceback lives (as in an interactive session after Ctrl-C), not only once the
+    # garbage collector closes the context manager.
+    assert error.traceback and not any(layer.training for layer in model.layers())

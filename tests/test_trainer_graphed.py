@@ -108,3 +108,20 @@ def test_data_parallel_graphed_training_is_the_eager_one_on_every_rank():
     # 3 batches of 8 per rank per epoch: 2 epochs, 6 steps, 2 traced and recorded, 4 replayed.
     assert "OK graphed=True replayed=4 ranks_agree=True ranks=2" in out.stdout, \
         out.stdout + out.stderr
+
+
+def test_graphed_training_at_bf16_is_the_eager_one(capsys):
+    """precision bf16: the batch written in BF16 by the augmentation, BF16 activations through
+    the whole step (the convolutions on the tensor-core kernels), recorded and replayed."""
+    histories = []
+    with cupycnn.set_precision("bf16"):
+        for cuda_graph in (False, True):
+            trainer, tl, vl = make_run("sim", cuda_graph=cuda_graph, examples=32)
+            trainer.fit(tl, epochs=2, val_loader=vl)
+            histories.append((trainer.model.state_dict(), dict(trainer.history)))
+            x, _ = next(iter(tl))
+            assert x.dtype == np.uint16                       # BF16 storage from the loader
+    (eager_state, eager_history), (state, history) = histories
+    for name in eager_state:
+        np.testing.assert_array_equal(state[name], eager_state[name], err_msg=name)
+    assert history["loss"] == eager_history["loss"]

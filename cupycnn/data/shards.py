@@ -25,7 +25,7 @@ stays in step; for evaluation (pad=False) every sample comes once.
     write_shards(samples, "shards/train", classes=classes)     # (key, bytes, ext, label)
     make_shards("photos/train", "shards/train")               # a class-folder tree
     ds = TarShards("shards/train", RandomResizedCrop(224))
-    python -m cupycnn.data make-shards photos/train shards/train --shard-size 1000
+    cupycnn data make-shards photos/train shards/train --shard-size 1000
 """
 import io
 import json

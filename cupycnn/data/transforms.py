@@ -1,5 +1,6 @@
 """Transforms the loader applies to each batch on the device: uint8 [B, H, W, C] images in,
-float32 [B, C, H, W] normalised network input out, in one kernel launch (kernels/augment.cu).
+float32 [B, C, H, W] normalised network input out, in one kernel launch (kernels/augment.cu);
+under precision "bf16" the output is BF16 storage (ops._storage), the activations' storage.
 
     from cupycnn.data.transforms import RandomCropFlip, CIFAR10_MEAN, CIFAR10_STD
     train_transform = RandomCropFlip(padding=4, mean=CIFAR10_MEAN, std=CIFAR10_STD)
@@ -29,6 +30,7 @@ import numpy as np
 from .. import devices as _device
 from .. import random as _random
 from ..ops import augment as _ops
+from ..ops._storage import precision_storage
 from ..ops.augment import AffineRanges
 
 # CIFAR-10's per-channel mean and standard deviation (RGB, in [0, 1] units) over the 50,000
@@ -123,7 +125,7 @@ class Normalize(Transform):
         self.mean, self.std = mean, std
 
     def __call__(self, images):
-        return _ops.normalize(images, self.mean, self.std)
+        return _ops.normalize(images, self.mean, self.std, dtype=precision_storage())
 
     def eval(self):
         return self
@@ -172,7 +174,9 @@ class RandomCropFlip(RandomTransform):
 
     def __call__(self, images):
         out = _ops.random_crop_flip(images, self.mean, self.std, self.padding, seed=self.seed,
-                                    stream=_random.stream(self.step), flip_probability=self.flip_probability)
+                                    stream=_random.stream(self.step),
+                                    flip_probability=self.flip_probability,
+                                    dtype=precision_storage())
         self.step += 1                        # only once the batch was accepted
         return out
 
@@ -227,7 +231,7 @@ class AffineTransform(RandomTransform):
         out = _ops.affine_warp(images, self.mean, self.std, self.ranges_for(height, width),
                                seed=self.seed, stream=_random.stream(self.step),
                                interpolation=self.interpolation, fill_mode=self.fill_mode,
-                               cval=self.cval)
+                               cval=self.cval, dtype=precision_storage())
         self.step += 1                        # only once the batch was accepted
         return out
 

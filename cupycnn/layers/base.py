@@ -38,6 +38,7 @@ import numpy as np
 
 from .. import devices as _device
 from ..ops._check import check_arrays
+from ..ops._storage import activation_dtypes
 
 
 class Parameter:
@@ -237,7 +238,8 @@ class Layer:
 
     def check_input(self, x, pattern, bound=None):
         """Check the input's device, dtype and shape against a pattern (see ops._check); the
-        message names this layer. A uint8 batch (images straight from a Loader without a
+        message names this layer. Activations may be float or BF16 storage (ops._storage).
+        A uint8 batch (images straight from a Loader without a
         transform) is told to add Normalize."""
         if _device.is_device_array(x) and x.dtype == np.uint8:
             raise ValueError(f"{self.short_repr()}: got a uint8 batch {tuple(x.shape)}: those are "
@@ -246,11 +248,13 @@ class Layer:
                              f"transform=cupycnn.data.Normalize(mean, std) (or an augmentation), "
                              f"or pass the uint8 arrays to Trainer.fit(x, y) / predict(x), which "
                              f"normalise them")
-        return check_arrays(self.short_repr(), bound=bound, input=(x, pattern))
+        return check_arrays(self.short_repr(), bound=bound, dtypes=activation_dtypes(),
+                            input=(x, pattern))
 
     def check_grad_output(self, dy, shape):
         """dy must have the shape the forward output had."""
-        return check_arrays(self.short_repr() + ".backward", dy=(dy, tuple(shape)))
+        return check_arrays(self.short_repr() + ".backward", dtypes=activation_dtypes(),
+                            dy=(dy, tuple(shape)))
 
     # ------------------------------------------------------------------ parameters and state
     def layers(self):

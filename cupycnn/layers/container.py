@@ -13,6 +13,7 @@ import collections
 
 from ..ops import elementwise as elementwise_ops
 from ..ops._check import check_arrays
+from ..ops._storage import activation_dtypes
 from .base import Layer
 
 
@@ -121,7 +122,8 @@ class Sequential(Layer):
         return x
 
     def backward(self, dy):
-        check_arrays("Sequential.backward", dy=(dy, self.saved()["output_shape"]))
+        check_arrays("Sequential.backward", dtypes=activation_dtypes(),
+                     dy=(dy, self.saved()["output_shape"]))
         for name, layer in reversed(self.named_children()):
             try:
                 dy = layer.backward(dy)
@@ -179,7 +181,8 @@ class Residual(Layer):
         return elementwise_ops.add(y_main, y_shortcut)
 
     def backward(self, dy):
-        check_arrays("Residual.backward", dy=(dy, self.saved()["output_shape"]))
+        check_arrays("Residual.backward", dtypes=activation_dtypes(),
+                     dy=(dy, self.saved()["output_shape"]))
         dx_main = self._branch("main", self.main.backward, dy)
         dx_shortcut = dy if self.shortcut is None else \
             self._branch("shortcut", self.shortcut.backward, dy)

@@ -34,6 +34,7 @@ from .. import devices as _device
 from ..ops import batchnorm as bn_ops
 from ..ops import groupnorm as gn_ops
 from ..ops._check import check_arrays
+from ..ops._storage import activation_dtypes
 from .base import Layer
 
 
@@ -77,7 +78,8 @@ class _BatchNorm(Layer):
         """y = relu(bn(x) + residual) (without the ReLU when relu=False), one pass; the
         backward is backward_residual."""
         self._check_input_shape(x)
-        check_arrays(repr(self), input=(x, None), residual=(residual, tuple(x.shape)))
+        check_arrays(repr(self), dtypes=activation_dtypes(), input=(x, None),
+                     residual=(residual, tuple(x.shape)))
         y = self._forward(x, training, residual)
         for hook in self._forward_hooks or ():         # as __call__ runs them
             hook(self, x, y)

@@ -3,6 +3,7 @@
     model = cupycnn.models.build("resnet18", num_classes=10, stem="cifar")
     model.summary((3, 32, 32))
 """
+from .inference import fold_batchnorm
 from .resnet import BasicBlock, Bottleneck, ResNet, resnet18, resnet34, resnet50
 from .simple_cnn import simple_cnn
 
@@ -18,5 +19,5 @@ def build(name, **kwargs):
     return REGISTRY[name](**kwargs)
 
 
-__all__ = ["BasicBlock", "Bottleneck", "REGISTRY", "ResNet", "build", "resnet18", "resnet34",
-           "resnet50", "simple_cnn"]
+__all__ = ["BasicBlock", "Bottleneck", "REGISTRY", "ResNet", "build", "fold_batchnorm",
+           "resnet18", "resnet34", "resnet50", "simple_cnn"]

@@ -66,7 +66,7 @@ def check_arrays(op, bound=None, dtypes=None, **specs):
     for name, (a, pattern) in specs.items():
         check_device_array(op, name, a)
         if a.dtype not in allowed:
-            names = " or ".join(str(d) for d in allowed)
+            names = " or ".join("bf16 (uint16)" if d == np.uint16 else str(d) for d in allowed)
             raise ValueError(f"{op}: {name} must be {names} on the {_device.device()} device, "
                              f"got {a.dtype}")
         if first_dtype is None:

@@ -16,6 +16,7 @@ from ..limits import GRID_YZ_MAX
 from ..reference import augment as reference
 from ..reference.augment import AffineRanges, FILL_MODES, INTERPOLATIONS  # noqa: F401
 from ..runtime import ceil_div, get_kernel
+from ._storage import BF16, encode
 from ._check import check_arrays
 from ._launch import kernel_constants
 
@@ -66,13 +67,26 @@ def _check_normalisation(op, mean, std, channels):
 
 
 def _check_dtype(op, dtype):
+    """The output dtype: float32 (float64 too on numpy), or BF16 storage (ops._storage.BF16)."""
     dtype = np.dtype(dtype)
-    allowed = (np.float32,) if _device.runs_kernels() else (np.float32, np.float64)
+    allowed = ((np.float32,) if _device.runs_kernels() else (np.float32, np.float64)) + (BF16,)
     if dtype not in [np.dtype(a) for a in allowed]:
-        names = " or ".join(np.dtype(a).name for a in allowed)
+        names = " or ".join("bf16 (uint16)" if np.dtype(a) == BF16 else np.dtype(a).name
+                            for a in allowed)
         raise ValueError(f"{op}: dtype must be {names} on the {_device.device()} device, got "
                          f"{dtype}")
     return dtype
+
+
+def _on_numpy(fn, *args, dtype, **kwargs):
+    """The reference, in float32 then rounded when the output is BF16."""
+    if dtype == BF16:
+        return encode(fn(*args, dtype=np.float32, **kwargs))
+    return fn(*args, dtype=dtype, **kwargs)
+
+
+def _kernel(name, dtype):
+    return name + ("_bf16" if dtype == BF16 else "")
 
 
 def _check_key(op, seed, stream):
@@ -107,13 +121,14 @@ def _scale_shift(mean, std):
     return pair
 
 
-def _launch_image_kernel(name, images, mean, std, sizes, *args):
-    """The float32 [B, C, H, W] output of augment.cu's kernel `name`, launched over every output
-    pixel with (images, out, scale, shift, H, W, C) and then `args`."""
-    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), np.float32)
+def _launch_image_kernel(name, images, mean, std, sizes, dtype, *args):
+    """The [B, C, H, W] output (float32 or BF16: `dtype`) of augment.cu's kernel `name` (its
+    _bf16 entry point for BF16), launched over every output pixel with (images, out, scale,
+    shift, H, W, C) and then `args`."""
+    out = _device.empty((sizes["B"], sizes["C"], sizes["H"], sizes["W"]), dtype)
     if sizes["B"]:
         scale, shift = _scale_shift(mean, std)
-        get_kernel("augment", name)(
+        get_kernel("augment", _kernel(name, dtype))(
             (ceil_div(sizes["H"] * sizes["W"], AUGMENT_THREADS), sizes["B"]), (AUGMENT_THREADS,),
             (images, out, scale, shift, np.int32(sizes["H"]), np.int32(sizes["W"]),
              np.int32(sizes["C"])) + args)
@@ -128,8 +143,8 @@ def normalize(images, mean, std, dtype=np.float32):
     mean, std = _check_normalisation(op, mean, std, sizes["C"])
     dtype = _check_dtype(op, dtype)
     if not _device.runs_kernels():
-        return reference.normalize(images, mean, std, dtype=dtype)
-    return _launch_image_kernel("normalize", images, mean, std, sizes)
+        return _on_numpy(reference.normalize, images, mean, std, dtype=dtype)
+    return _launch_image_kernel("normalize", images, mean, std, sizes, dtype)
 
 
 def random_crop_flip_params(batch, padding, *, seed, stream, flip_probability=0.5):
@@ -168,10 +183,10 @@ def random_crop_flip(images, mean, std, padding, *, seed, stream, flip_probabili
     _check_probability(op, "flip_probability", flip_probability)
     seed64, stream64 = _check_key(op, seed, stream)
     if not _device.runs_kernels():
-        return reference.random_crop_flip(images, mean, std, padding, seed=seed, stream=stream,
-                                          flip_probability=flip_probability, dtype=dtype)
-    return _launch_image_kernel("random_crop_flip", images, mean, std, sizes, np.int32(padding),
-                                np.float32(flip_probability), seed64, stream64)
+        return _on_numpy(reference.random_crop_flip, images, mean, std, padding, seed=seed,
+                         stream=stream, flip_probability=flip_probability, dtype=dtype)
+    return _launch_image_kernel("random_crop_flip", images, mean, std, sizes, dtype,
+                                np.int32(padding), np.float32(flip_probability), seed64, stream64)
 
 
 def _check_ranges(op, ranges):
@@ -223,10 +238,10 @@ def affine_warp(images, mean, std, ranges, *, seed, stream, interpolation="bilin
         raise ValueError(f"{op}: cval must be finite, got {cval!r}")
     seed64, stream64 = _check_key(op, seed, stream)
     if not _device.runs_kernels():
-        return reference.affine_warp(images, mean, std, ranges, seed=seed, stream=stream,
-                                     interpolation=interpolation, fill_mode=fill_mode,
-                                     cval=cval, dtype=dtype)
-    return _launch_image_kernel("affine_warp", images, mean, std, sizes, *ranges.kernel_args(),
-                                np.int32(_INTERPOLATION[interpolation]),
+        return _on_numpy(reference.affine_warp, images, mean, std, ranges, seed=seed,
+                         stream=stream, interpolation=interpolation, fill_mode=fill_mode,
+                         cval=cval, dtype=dtype)
+    return _launch_image_kernel("affine_warp", images, mean, std, sizes, dtype,
+                                *ranges.kernel_args(), np.int32(_INTERPOLATION[interpolation]),
                                 np.int32(_FILL_MODE[fill_mode]), np.float32(cval), seed64,
                                 stream64)

@@ -33,6 +33,7 @@ from ..limits import GRID_YZ_MAX
 from ..reference import batchnorm as reference
 from ..runtime import ceil_div, get_kernel
 from ._check import check_arrays, check_int32, check_positive, into
+from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 from ._launch import TARGET_BLOCKS, kernel_constants
 
 _BN = kernel_constants("batchnorm")
@@ -49,7 +50,7 @@ MAX_CHANNEL_ELEMENTS = GRID_YZ_MAX * BN_ELEMENTS_PER_BLOCK
 
 def _layout(op, x, name="x"):
     """(outer, channels, inner) of x viewed as [N, C, prod(*)], after checking it."""
-    check_arrays(op, **{name: (x, None)})
+    check_arrays(op, dtypes=activation_dtypes(), **{name: (x, None)})
     if x.ndim < 2:
         raise ValueError(f"{op}: {name} must have shape (N, C, ...), got {tuple(x.shape)}")
     outer, channels, inner = int(x.shape[0]), int(x.shape[1]), math.prod(x.shape[2:])
@@ -60,6 +61,22 @@ def _layout(op, x, name="x"):
                          f"y axis), got {outer * inner} for shape {tuple(x.shape)}")
     check_int32(op, elements=outer * channels * inner)
     return outer, channels, inner
+
+
+def _vector_dtype(x):
+    """The dtype of per-channel vectors (mean, invstd, parameter gradients) for activations x:
+    float32 for BF16 storage, else x's."""
+    return np.dtype(np.float32) if is_bf16(x) else x.dtype
+
+
+def _check(op, x, activations=(), vectors=()):
+    """x and the other activations (name -> (array, pattern)) share one storage; the
+    per-channel vectors (name -> array, [C]) are float, of one dtype. Returns the bound sizes."""
+    bound = check_arrays(op, dtypes=activation_dtypes(), x=(x, _x_pattern(x)),
+                         **{k: v for k, v in activations if v[0] is not None})
+    if vectors:
+        check_arrays(op, bound=bound, **{k: (v, ("C",)) for k, v in vectors})
+    return bound
 
 
 def _x_pattern(x):
@@ -110,13 +127,10 @@ def batchnorm_stats(x, splits=None):
     op = "batchnorm_stats"
     outer, channels, inner = _layout(op, x)
     if not _device.runs_kernels():
-        return (cpu_bn if cpu.fast(x) else reference).batchnorm_stats(x)
-    return _reduce(op, "batchnorm_stats", (x,), outer, channels, inner, splits)
-
-
-def _check_residual(op, x, residual):
-    if residual is not None:
-        check_arrays(op, x=(x, None), residual=(residual, tuple(x.shape)))
+        path = cpu_bn if cpu.fast(x) else reference
+        return reference_bf16(path.batchnorm_stats, x, outputs=0) if is_bf16(x) else \
+            path.batchnorm_stats(x)
+    return _reduce(op, "batchnorm_stats" + suffix(x), (x,), outer, channels, inner, splits)
 
 
 def batchnorm_normalize(x, sums, count, weight, bias, eps, residual=None, relu=False):
@@ -126,17 +140,20 @@ def batchnorm_normalize(x, sums, count, weight, bias, eps, residual=None, relu=F
     [C] are what the backward needs."""
     op = "batchnorm_normalize"
     outer, channels, inner = _layout(op, x)
-    bound = check_arrays(op, x=(x, _x_pattern(x)), weight=(weight, ("C",)), bias=(bias, ("C",)))
+    bound = _check(op, x, [("residual", (residual, tuple(x.shape)))],
+                   [("weight", weight), ("bias", bias)])
     _check_sums(op, sums, bound)
     _check_count(op, count)
-    _check_residual(op, x, residual)
     if not _device.runs_kernels():
         path = cpu_bn if cpu.fast(x, weight, bias, residual) else reference
-        return path.batchnorm_normalize(x, sums, count, weight, bias, eps, residual, relu)
+        return reference_bf16(path.batchnorm_normalize, x, sums, count, weight, bias, eps,
+                              residual, relu) if is_bf16(x) else \
+            path.batchnorm_normalize(x, sums, count, weight, bias, eps, residual, relu)
     y = _device.empty(x.shape, x.dtype)
-    mean, invstd = _device.empty((channels,), x.dtype), _device.empty((channels,), x.dtype)
+    mean = _device.empty((channels,), _vector_dtype(x))
+    invstd = _device.empty((channels,), _vector_dtype(x))
     grid, block = _elementwise_grid(channels, outer, inner)
-    get_kernel("batchnorm", "batchnorm_normalize")(
+    get_kernel("batchnorm", "batchnorm_normalize" + suffix(x))(
         grid, block, (x, sums, np.int64(count), weight, bias, residual, np.int32(bool(relu)), y,
                       mean, invstd, np.int32(outer), np.int32(channels), np.int32(inner),
                       np.float32(eps)))
@@ -148,18 +165,20 @@ def batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps,
     """(2, evaluation) The same map with the running statistics. Returns (y, mean, invstd)."""
     op = "batchnorm_normalize_running"
     outer, channels, inner = _layout(op, x)
-    check_arrays(op, x=(x, _x_pattern(x)), running_mean=(running_mean, ("C",)),
-                 running_var=(running_var, ("C",)), weight=(weight, ("C",)),
-                 bias=(bias, ("C",)))
-    _check_residual(op, x, residual)
+    _check(op, x, [("residual", (residual, tuple(x.shape)))],
+           [("running_mean", running_mean), ("running_var", running_var), ("weight", weight),
+            ("bias", bias)])
     if not _device.runs_kernels():
         path = cpu_bn if cpu.fast(x, weight, bias, residual) else reference
-        return path.batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps,
-                                                residual, relu)
+        return reference_bf16(path.batchnorm_normalize_running, x, running_mean, running_var,
+                              weight, bias, eps, residual, relu) if is_bf16(x) else \
+            path.batchnorm_normalize_running(x, running_mean, running_var, weight, bias, eps,
+                                             residual, relu)
     y = _device.empty(x.shape, x.dtype)
-    mean, invstd = _device.empty((channels,), x.dtype), _device.empty((channels,), x.dtype)
+    mean = _device.empty((channels,), _vector_dtype(x))
+    invstd = _device.empty((channels,), _vector_dtype(x))
     grid, block = _elementwise_grid(channels, outer, inner)
-    get_kernel("batchnorm", "batchnorm_normalize_running")(
+    get_kernel("batchnorm", "batchnorm_normalize_running" + suffix(x))(
         grid, block, (x, running_mean, running_var, weight, bias, residual,
                       np.int32(bool(relu)), y, mean, invstd, np.int32(outer), np.int32(channels),
                       np.int32(inner), np.float32(eps)))
@@ -195,13 +214,15 @@ def batchnorm_backward_reduce(x, dy, mean, invstd, splits=None, y=None):
     the mean and invstd the forward returned. y: a fused forward's output (its ReLU masks dy)."""
     op = "batchnorm_backward_reduce"
     outer, channels, inner = _layout(op, x)
-    check_arrays(op, x=(x, _x_pattern(x)), dy=(dy, tuple(x.shape)), mean=(mean, ("C",)),
-                 invstd=(invstd, ("C",)), **({} if y is None else {"y": (y, tuple(x.shape))}))
+    _check(op, x, [("dy", (dy, tuple(x.shape))), ("y", (y, tuple(x.shape)))],
+           [("mean", mean), ("invstd", invstd)])
     if not _device.runs_kernels():
         path = cpu_bn if cpu.fast(x, dy, y) else reference
-        return path.batchnorm_backward_reduce(x, dy, mean, invstd, y)
-    return _reduce(op, "batchnorm_backward_reduce", (x, dy, y, mean, invstd), outer, channels,
-                   inner, splits)
+        return reference_bf16(path.batchnorm_backward_reduce, x, dy, mean, invstd, y,
+                              outputs=0) if is_bf16(x) else \
+            path.batchnorm_backward_reduce(x, dy, mean, invstd, y)
+    return _reduce(op, "batchnorm_backward_reduce" + suffix(x), (x, dy, y, mean, invstd), outer,
+                   channels, inner, splits)
 
 
 def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_statistics=True,
@@ -218,15 +239,10 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     """
     op = "batchnorm_backward_apply"
     outer, channels, inner = _layout(op, x)
-    grads = {} if dweight is None else {"dweight": (dweight, ("C",))}
-    if dbias is not None:
-        grads["dbias"] = (dbias, ("C",))
-    for name, a in (("y", y), ("dresidual", dresidual)):
-        if a is not None:
-            grads[name] = (a, tuple(x.shape))
-    bound = check_arrays(op, x=(x, _x_pattern(x)), dy=(dy, tuple(x.shape)),
-                         weight=(weight, ("C",)), mean=(mean, ("C",)), invstd=(invstd, ("C",)),
-                         **grads)
+    vectors = [("weight", weight), ("mean", mean), ("invstd", invstd)]
+    vectors += [(name, a) for name, a in (("dweight", dweight), ("dbias", dbias)) if a is not None]
+    bound = _check(op, x, [("dy", (dy, tuple(x.shape))), ("y", (y, tuple(x.shape))),
+                           ("dresidual", (dresidual, tuple(x.shape)))], vectors)
     param_sums = sums if param_sums is None else param_sums
     _check_sums(op, sums, bound)
     _check_sums(op, param_sums, bound, "param_sums")
@@ -234,17 +250,18 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     if not _device.runs_kernels():
         fast = cpu.fast(x, dy, weight, y)
         path = cpu_bn if fast else reference
-        dx, dw, db = path.batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count,
-                                                   batch_statistics, param_sums, y)
+        store = reference_bf16 if is_bf16(x) else (lambda fn, *args: fn(*args))
+        dx, dw, db = store(path.batchnorm_backward_apply, x, dy, weight, mean, invstd, sums,
+                           count, batch_statistics, param_sums, y)
         if dresidual is not None:
-            dresidual[...] = cpu_elementwise.relu_backward(y, dy) if fast and y is not None \
-                else reference.masked_grad(dy, y)
+            dresidual[...] = store(cpu_elementwise.relu_backward, y, dy) if fast and \
+                y is not None else store(reference.masked_grad, dy, y)
         return dx, into(dweight, dw), into(dbias, db)
     dx = _device.empty(x.shape, x.dtype)
-    dweight = _device.empty((channels,), x.dtype) if dweight is None else dweight
-    dbias = _device.empty((channels,), x.dtype) if dbias is None else dbias
+    dweight = _device.empty((channels,), _vector_dtype(x)) if dweight is None else dweight
+    dbias = _device.empty((channels,), _vector_dtype(x)) if dbias is None else dbias
     grid, block = _elementwise_grid(channels, outer, inner)
-    get_kernel("batchnorm", "batchnorm_backward_apply")(
+    get_kernel("batchnorm", "batchnorm_backward_apply" + suffix(x))(
         grid, block, (x, dy, y, weight, mean, invstd, sums, np.int64(count), param_sums, dx,
                       dresidual, dweight, dbias, np.int32(outer), np.int32(channels),
                       np.int32(inner), np.int32(bool(batch_statistics))))

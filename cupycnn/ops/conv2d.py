@@ -22,6 +22,7 @@ import numpy as np
 from .. import cpu
 from .. import devices as _device
 from ..cpu import conv2d as cpu_conv
+from ..cpu import elementwise as cpu_elementwise
 from ..limits import GRID_YZ_MAX, INT32_MAX
 from ..precision import get_precision
 from ..reference import conv2d as reference
@@ -109,10 +110,14 @@ def _direct(name, count, args):
     get_kernel("conv2d_direct", name)(grid, block, args)
 
 
-def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None, cache=None):
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None, residual=None,
+                   relu=False, cache=None):
     """y = conv2d(x, weight) + bias: x [N, C_in, H, W], weight [C_out, C_in, kh, kw], bias
     [C_out] or None; returns y [N, C_out, H_out, W_out]. `version`: see the module's doc;
-    `cache`: what the numpy device's CPU path keeps for the backward (module docstring)."""
+    `cache`: what the numpy device's CPU path keeps for the backward (module docstring).
+    The epilogue, in the same pass: + residual (the shape of y), then max(y, 0) when relu:
+    conv + bias (+ residual) + ReLU, the inference path of a ResNet with its batchnorms folded
+    into the convolutions (models.fold_batchnorm)."""
     op = "conv2d_forward"
     sizes = check_arrays(op, x=(x, ("N", "C_in", "H", "W")),
                          weight=(weight, ("C_out", "C_in", "kh", "kw")))
@@ -121,16 +126,23 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None, cach
                      bias=(bias, ("C_out",)))
     geometry = _geometry(op, x.shape, weight.shape, stride, padding)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
+    if residual is not None:
+        check_arrays(op, x=(x, None), residual=(residual, (n, o, ho, wo)))
     if not _device.runs_kernels():
-        if cpu.fast(x, weight, bias):
-            return cpu_conv.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), cache,
-                                           get_precision())
-        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), get_precision())
+        if cpu.fast(x, weight, bias, residual):
+            y = cpu_conv.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), cache,
+                                        get_precision())
+            # The epilogue as the kernels' order has it, in place: + residual, then ReLU.
+            if residual is not None:
+                cpu_elementwise.add(y, residual, out=y)
+            return cpu_elementwise.relu_forward(y) if relu else y
+        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), get_precision(),
+                                        residual=residual, relu=relu)
     version = resolve_version(op, version)
     y = _device.empty((n, o, ho, wo), x.dtype)
     if not n:
         return y
-    args = (x, weight, bias, y) + _scalars(geometry)
+    args = (x, weight, bias, residual, np.int32(bool(relu)), y) + _scalars(geometry)
     if version == "direct":
         _direct("conv2d_direct_forward", n * o * ho * wo, args)
     elif version == "tiled":

@@ -14,6 +14,7 @@ from ..cpu import dropout as cpu_dropout
 from ..reference import dropout as reference
 from ..runtime import elementwise_grid, get_kernel
 from ._check import check_arrays
+from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
 UINT64_MAX = 2**64 - 1
 
@@ -48,12 +49,15 @@ def _launch(op, name, a, p, seed, stream, cache):
     if not _device.runs_kernels():
         stream = _check_counter(op, "stream", stream)
         if cpu.fast(a):
-            return getattr(cpu_dropout, name)(a, p, seed, stream, cache)
-        return getattr(reference, name)(a, p, seed, stream)
+            fn = getattr(cpu_dropout, name)
+            return reference_bf16(fn, a, p, seed, stream, cache) if is_bf16(a) else \
+                fn(a, p, seed, stream, cache)
+        fn = getattr(reference, name)
+        return reference_bf16(fn, a, p, seed, stream) if is_bf16(a) else fn(a, p, seed, stream)
     stream = _stream_pointer(op, stream)
     out = _device.empty(a.shape, a.dtype)
     if a.size:
-        get_kernel("dropout", name)(*elementwise_grid(a.size), (
+        get_kernel("dropout", name + suffix(a))(*elementwise_grid(a.size), (
             a, out, np.int64(a.size), np.float32(p), np.float32(reference.scale(p)),
             np.uint64(seed), stream))
     return out
@@ -63,13 +67,13 @@ def dropout_forward(x, p, seed, stream, cache=None):
     """y = x * mask / (1 - p), any shape; mask from (seed, stream). On the kernel devices the
     stream may be a uint64 [1] device array holding it (StreamCounter.stream), which the kernel
     reads when it runs. `cache`: see the module docstring."""
-    check_arrays("dropout_forward", x=(x, None))
+    check_arrays("dropout_forward", dtypes=activation_dtypes(), x=(x, None))
     return _launch("dropout_forward", "dropout_forward", x, p, seed, stream, cache)
 
 
 def dropout_backward(dy, p, seed, stream, cache=None):
     """dx = dy * mask / (1 - p) with the forward's (seed, stream): the same mask."""
-    check_arrays("dropout_backward", dy=(dy, None))
+    check_arrays("dropout_backward", dtypes=activation_dtypes(), dy=(dy, None))
     return _launch("dropout_backward", "dropout_backward", dy, p, seed, stream, cache)
 
 

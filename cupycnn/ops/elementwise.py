@@ -8,7 +8,8 @@ from ..cpu import elementwise as cpu_elementwise
 from ..reference import elementwise as reference
 from ..runtime import elementwise_grid, get_kernel
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ELEMENTWISE_THREADS
-from ._check import check_arrays, check_int32, check_same_shape, into
+from ._check import check_arrays, check_int32, into
+from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
 
 def _launch(name, n, args):
@@ -19,33 +20,43 @@ def _launch(name, n, args):
 
 
 def relu_forward(x):
-    """y = max(x, 0), any shape."""
-    check_arrays("relu_forward", x=(x, None))
+    """y = max(x, 0), any shape; float32 or BF16 storage (ops._storage)."""
+    check_arrays("relu_forward", dtypes=activation_dtypes(), x=(x, None))
     if not _device.runs_kernels():
-        return (cpu_elementwise if cpu.fast(x) else reference).relu_forward(x)
+        path = cpu_elementwise if cpu.fast(x) else reference
+        return reference_bf16(path.relu_forward, x) if is_bf16(x) else path.relu_forward(x)
     y = _device.empty(x.shape, x.dtype)
-    _launch("relu_forward", x.size, (x, y))
+    _launch("relu_forward" + suffix(x), x.size, (x, y))
     return y
 
 
 def relu_backward(x, dy):
     """dx = dy where the forward input x > 0, else 0."""
-    check_same_shape("relu_backward", "x", x, dy=dy)
+    check_arrays("relu_backward", dtypes=activation_dtypes(), x=(x, None))
+    check_arrays("relu_backward", dtypes=activation_dtypes(), x=(x, None),
+                 dy=(dy, tuple(x.shape)))
     if not _device.runs_kernels():
-        return (cpu_elementwise if cpu.fast(x, dy) else reference).relu_backward(x, dy)
+        path = cpu_elementwise if cpu.fast(x, dy) else reference
+        return reference_bf16(path.relu_backward, x, dy) if is_bf16(x) else \
+            path.relu_backward(x, dy)
     dx = _device.empty(x.shape, x.dtype)
-    _launch("relu_backward", x.size, (x, dy, dx))
+    _launch("relu_backward" + suffix(x), x.size, (x, dy, dx))
     return dx
 
 
 def add(a, b, out=None):
     """out = a + b, same shapes; `out` may be a or b (in place)."""
-    check_same_shape("add", "a", a, b=b, **({} if out is None else {"out": out}))
+    check_arrays("add", dtypes=activation_dtypes(), a=(a, None))
+    check_arrays("add", dtypes=activation_dtypes(), a=(a, None), b=(b, tuple(a.shape)),
+                 **({} if out is None else {"out": (out, tuple(a.shape))}))
     if not _device.runs_kernels():
+        if is_bf16(a):
+            path = cpu_elementwise if cpu.fast(a, b) else reference
+            return into(out, reference_bf16(path.add, a, b))
         if cpu.fast(a, b):
             return cpu_elementwise.add(a, b, out)
         return into(out, reference.add(a, b))
     if out is None:
         out = _device.empty(a.shape, a.dtype)
-    _launch("add", a.size, (a, b, out))
+    _launch("add" + suffix(a), a.size, (a, b, out))
     return out

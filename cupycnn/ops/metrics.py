@@ -6,6 +6,7 @@ from ..reference import metrics as reference
 from ..runtime import get_kernel
 from ._check import check_arrays, check_int_array
 from ._launch import kernel_constants
+from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
 METRICS_THREADS = kernel_constants("metrics")["METRICS_THREADS"]
 
@@ -20,18 +21,21 @@ def accumulate_metrics(logits, labels, loss, sums):
 
     logits [N, C], labels [N] int32, loss a 0-d array (the batch mean), sums from new_sums()."""
     op = "accumulate_metrics"
-    sizes = check_arrays(op, logits=(logits, ("N", "C")))
+    sizes = check_arrays(op, dtypes=activation_dtypes(), logits=(logits, ("N", "C")))
     check_int_array(op, "labels", labels, ("N",), sizes)
     check_arrays(op, loss=(loss, ()))
     check_arrays(op, dtypes=(np.float64,), sums=(sums, (3,)))
     if not _device.runs_kernels():
+        if is_bf16(logits):
+            return reference_bf16(reference.accumulate_metrics, logits, labels, loss, sums,
+                                  outputs=0)
         return reference.accumulate_metrics(logits, labels, loss, sums)
     if labels.dtype != np.int32:
         raise ValueError(f"{op}: labels must be int32 on the {_device.device()} device, got "
                          f"{labels.dtype}")
     if sizes["N"] == 0:
         return sums
-    get_kernel("metrics", "accumulate_metrics")((1,), (METRICS_THREADS,),
+    get_kernel("metrics", "accumulate_metrics" + suffix(logits))((1,), (METRICS_THREADS,),
                                                 (logits, labels, loss, sums,
                                                  np.int32(sizes["N"]), np.int32(sizes["C"])))
     return sums

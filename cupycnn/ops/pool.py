@@ -16,6 +16,7 @@ from ..reference import pool as reference
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, get_kernel
 from ._check import check_arrays
 from ._launch import kernel_constants
+from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
 _K = kernel_constants("pool")
 POOL_THREADS = _K["POOL_THREADS"]
@@ -73,7 +74,7 @@ def _geometry_args(planes, input_size, out, kernel, stride, padding):
 
 def _setup(op, x, kernel_size, stride, padding):
     kernel, stride, padding = pool_arguments(op, kernel_size, stride, padding)
-    sizes = check_arrays(op, x=(x, ("N", "C", "H", "W")))
+    sizes = check_arrays(op, dtypes=activation_dtypes(), x=(x, ("N", "C", "H", "W")))
     input_size = (sizes["H"], sizes["W"])
     out = pool_output_size(op, input_size, kernel, stride, padding)
     planes = sizes["N"] * sizes["C"]
@@ -85,7 +86,7 @@ def _setup_backward(op, dy, input_size, kernel_size, stride, padding):
     kernel, stride, padding = pool_arguments(op, kernel_size, stride, padding)
     input_size = _int_pair(op, "input_size", input_size)
     out = pool_output_size(op, input_size, kernel, stride, padding)
-    sizes = check_arrays(op, dy=(dy, ("N", "C") + tuple(out)))
+    sizes = check_arrays(op, dtypes=activation_dtypes(), dy=(dy, ("N", "C") + tuple(out)))
     planes = sizes["N"] * sizes["C"]
     _check_int_sizes(op, planes, input_size[0] * input_size[1], out[0] * out[1])
     return (kernel, stride, padding), input_size, out, sizes
@@ -97,14 +98,13 @@ def max_pool2d_forward(x, kernel_size, stride=None, padding=0):
     op = "max_pool2d_forward"
     geometry, input_size, out, planes = _setup(op, x, kernel_size, stride, padding)
     if not _device.runs_kernels():
-        if cpu.fast(x):
-            return cpu_pool.max_pool2d_forward(x, *geometry)
-        return reference.max_pool2d_forward(x, *geometry)
+        fn = cpu_pool.max_pool2d_forward if cpu.fast(x) else reference.max_pool2d_forward
+        return reference_bf16(fn, x, *geometry) if is_bf16(x) else fn(x, *geometry)
     n, c = x.shape[:2]
     y = _device.empty((n, c) + out, x.dtype)
     argmax = _device.empty((n, c) + out, np.int32)
     if y.size:
-        get_kernel("pool", "max_pool2d_forward")(
+        get_kernel("pool", "max_pool2d_forward" + suffix(x))(
             _grid(y.size), (POOL_THREADS,),
             (x, y, argmax) + _geometry_args(planes, input_size, out, *geometry))
     return y, argmax
@@ -119,12 +119,14 @@ def max_pool2d_backward(dy, argmax, input_size, kernel_size, stride=None, paddin
     check_arrays(op, bound=sizes, dtypes=(np.int32,), argmax=(argmax, ("N", "C") + tuple(out)))
     if not _device.runs_kernels():
         if cpu.fast(dy):
-            return cpu_pool.max_pool2d_backward(dy, argmax, input_size, *geometry)
-        return reference.max_pool2d_backward(dy, argmax, input_size)
+            fn, args = cpu_pool.max_pool2d_backward, (dy, argmax, input_size, *geometry)
+        else:
+            fn, args = reference.max_pool2d_backward, (dy, argmax, input_size)
+        return reference_bf16(fn, *args) if is_bf16(dy) else fn(*args)
     n, c = sizes["N"], sizes["C"]
     dx = _device.empty((n, c) + input_size, dy.dtype)
     if dx.size:
-        get_kernel("pool", "max_pool2d_backward")(
+        get_kernel("pool", "max_pool2d_backward" + suffix(dy))(
             _grid(dx.size), (POOL_THREADS,),
             (dy, argmax, dx) + _geometry_args(n * c, input_size, out, *geometry))
     return dx
@@ -136,10 +138,12 @@ def avg_pool2d_forward(x, kernel_size, stride=None, padding=0):
     op = "avg_pool2d_forward"
     geometry, input_size, out, planes = _setup(op, x, kernel_size, stride, padding)
     if not _device.runs_kernels():
+        if is_bf16(x):
+            return reference_bf16(reference.avg_pool2d_forward, x, *geometry)
         return reference.avg_pool2d_forward(x, *geometry)
     y = _device.empty(x.shape[:2] + out, x.dtype)
     if y.size:
-        get_kernel("pool", "avg_pool2d_forward")(
+        get_kernel("pool", "avg_pool2d_forward" + suffix(x))(
             _grid(y.size), (POOL_THREADS,),
             (x, y) + _geometry_args(planes, input_size, out, *geometry))
     return y
@@ -152,11 +156,13 @@ def avg_pool2d_backward(dy, input_size, kernel_size, stride=None, padding=0):
     geometry, input_size, out, sizes = _setup_backward(op, dy, input_size, kernel_size, stride,
                                                        padding)
     if not _device.runs_kernels():
+        if is_bf16(dy):
+            return reference_bf16(reference.avg_pool2d_backward, dy, input_size, *geometry)
         return reference.avg_pool2d_backward(dy, input_size, *geometry)
     n, c = sizes["N"], sizes["C"]
     dx = _device.empty((n, c) + input_size, dy.dtype)
     if dx.size:
-        get_kernel("pool", "avg_pool2d_backward")(
+        get_kernel("pool", "avg_pool2d_backward" + suffix(dy))(
             _grid(dx.size), (POOL_THREADS,),
             (dy, dx) + _geometry_args(n * c, input_size, out, *geometry))
     return dx
@@ -165,16 +171,18 @@ def avg_pool2d_backward(dy, input_size, kernel_size, stride=None, padding=0):
 def global_avg_pool2d_forward(x):
     """x [N, C, H, W] -> y [N, C], the mean of every plane."""
     op = "global_avg_pool2d_forward"
-    sizes = check_arrays(op, x=(x, ("N", "C", "H", "W")))
+    sizes = check_arrays(op, dtypes=activation_dtypes(), x=(x, ("N", "C", "H", "W")))
     planes, plane_size = sizes["N"] * sizes["C"], sizes["H"] * sizes["W"]
     if plane_size < 1:
         raise ValueError(f"{op}: x must have a non-empty plane, got shape {tuple(x.shape)}")
     _check_int_sizes(op, planes, plane_size)
     if not _device.runs_kernels():
+        if is_bf16(x):
+            return reference_bf16(reference.global_avg_pool2d_forward, x)
         return reference.global_avg_pool2d_forward(x)
     y = _device.empty(x.shape[:2], x.dtype)
     if planes:
-        get_kernel("pool", "global_avg_pool2d_forward")(
+        get_kernel("pool", "global_avg_pool2d_forward" + suffix(x))(
             (ceil_div(planes, GLOBAL_POOL_PLANES_PER_BLOCK),), (POOL_THREADS,),
             (x, y, np.int32(planes), np.int32(plane_size)))
     return y
@@ -186,13 +194,15 @@ def global_avg_pool2d_backward(dy, input_size):
     input_size = _int_pair(op, "input_size", input_size)
     if min(input_size) < 1:
         raise ValueError(f"{op}: input_size must be positive, got {input_size}")
-    sizes = check_arrays(op, dy=(dy, ("N", "C")))
+    sizes = check_arrays(op, dtypes=activation_dtypes(), dy=(dy, ("N", "C")))
     planes, plane_size = sizes["N"] * sizes["C"], input_size[0] * input_size[1]
     _check_int_sizes(op, planes, plane_size)
     if not _device.runs_kernels():
+        if is_bf16(dy):
+            return reference_bf16(reference.global_avg_pool2d_backward, dy, input_size)
         return reference.global_avg_pool2d_backward(dy, input_size)
     dx = _device.empty(tuple(dy.shape) + input_size, dy.dtype)
     if dx.size:
-        get_kernel("pool", "global_avg_pool2d_backward")(
+        get_kernel("pool", "global_avg_pool2d_backward" + suffix(dy))(
             _grid(dx.size), (POOL_THREADS,), (dy, dx, np.int32(planes), np.int32(plane_size)))
     return dx

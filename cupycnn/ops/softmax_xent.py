@@ -19,6 +19,7 @@ from ..reference import softmax_xent as reference
 from ..runtime import ceil_div, elementwise_grid, get_kernel
 from ._check import check_arrays, check_int32, check_int_array, check_positive
 from ._launch import kernel_constants
+from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
 _K = kernel_constants("softmax_xent")
 XENT_ROWS_PER_BLOCK, XENT_THREADS = _K["XENT_ROWS_PER_BLOCK"], _K["XENT_THREADS"]   # a warp per row
@@ -85,16 +86,19 @@ def softmax_xent_forward(logits, labels, label_smoothing=0.0, check_labels=True)
     the sum of exp(logit - maximum), which softmax_xent_backward takes. check_labels: see
     labels_to_int32 (False lets a bad label reach the kernel, which makes it NaN)."""
     op = "softmax_xent_forward"
-    sizes = check_arrays(op, logits=(logits, ("N", "C")))
+    sizes = check_arrays(op, dtypes=activation_dtypes(), logits=(logits, ("N", "C")))
     labels = _checked_labels(op, sizes, labels, label_smoothing, check_labels)
     rows, classes = sizes["N"], sizes["C"]
     check_int32("softmax_xent", rows=rows, classes=classes, elements=rows * classes)
     if not _device.runs_kernels():
+        if is_bf16(logits):
+            return reference_bf16(reference.softmax_xent_forward, logits, labels,
+                                  label_smoothing, outputs=0)
         return reference.softmax_xent_forward(logits, labels, label_smoothing)
     row_loss = _device.empty((rows,), np.float32)
     row_max = _device.empty((rows,), np.float32)
     row_sum = _device.empty((rows,), np.float32)
-    get_kernel("softmax_xent", "softmax_xent_forward")(
+    get_kernel("softmax_xent", "softmax_xent_forward" + suffix(logits))(
         (ceil_div(rows, XENT_ROWS_PER_BLOCK),), (XENT_THREADS,),
         (logits, labels, row_loss, row_max, row_sum, np.int32(rows), np.int32(classes),
          np.float32(label_smoothing)))
@@ -120,15 +124,18 @@ def softmax_xent_backward(logits, labels, row_max, row_sum, label_smoothing=0.0,
     """dloss/dlogits [N, C] = (softmax - target) / N, for the loss softmax_xent_forward gave
     from the same logits, labels and label_smoothing (row_max and row_sum are its outputs)."""
     op = "softmax_xent_backward"
-    sizes = check_arrays(op, logits=(logits, ("N", "C")), row_max=(row_max, ("N",)),
-                         row_sum=(row_sum, ("N",)))
+    sizes = check_arrays(op, dtypes=activation_dtypes(), logits=(logits, ("N", "C")))
+    check_arrays(op, bound=sizes, row_max=(row_max, ("N",)), row_sum=(row_sum, ("N",)))
     labels = _checked_labels(op, sizes, labels, label_smoothing, check_labels)
     rows, classes = sizes["N"], sizes["C"]
     if not _device.runs_kernels():
+        if is_bf16(logits):
+            return reference_bf16(reference.softmax_xent_backward, logits, labels, row_max,
+                                  row_sum, label_smoothing)
         return reference.softmax_xent_backward(logits, labels, row_max, row_sum, label_smoothing)
-    dlogits = _device.empty((rows, classes), np.float32)
+    dlogits = _device.empty((rows, classes), logits.dtype)
     grid, block = elementwise_grid(rows * classes)
-    get_kernel("softmax_xent", "softmax_xent_backward")(
+    get_kernel("softmax_xent", "softmax_xent_backward" + suffix(logits))(
         grid, block, (logits, labels, row_max, row_sum, dlogits, np.int32(rows),
                       np.int32(classes), np.float32(label_smoothing), np.float32(1.0 / rows)))
     return dlogits

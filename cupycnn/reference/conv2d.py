@@ -56,14 +56,19 @@ def _windows(x, kernel_size, stride, padding):
     return sliding_window_view(xp, (kh, kw), axis=(2, 3))[:, :, ::sh, ::sw]
 
 
-def conv2d_forward(x, weight, bias, stride=1, padding=0, precision="fp32"):
-    """y = conv2d(x, weight) + bias; bias [C_out] or None."""
+def conv2d_forward(x, weight, bias, stride=1, padding=0, precision="fp32", residual=None,
+                   relu=False):
+    """y = conv2d(x, weight) + bias; bias [C_out] or None; then + residual and max(y, 0)
+    (the epilogue), when given."""
     x, weight = round_operand(x, precision), round_operand(weight, precision)
     win = _windows(x, weight.shape[2:], stride, padding)            # [N, C, Ho, Wo, kh, kw]
     y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))       # [N, Ho, Wo, C_out]
     if bias is not None:
         y = y + bias
-    return np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.result_type(x, weight))
+    y = np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.result_type(x, weight))
+    if residual is not None:
+        y = y + residual
+    return np.maximum(y, 0) if relu else y
 
 
 def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, precision="fp32"):

@@ -33,6 +33,14 @@ def is_array(x):
     return hasattr(x, "shape") and hasattr(x, "dtype")
 
 
+def refuse_a_list_of_arrays(x, who):
+    """A list of images (or of batches) is neither one array nor a loader of (x, y) batches:
+    say so, instead of failing inside the loop on unpacking an image."""
+    if isinstance(x, (list, tuple)) and len(x) and is_array(x[0]):
+        raise ValueError(f"{who}: got a {type(x).__name__} of {len(x)} arrays; give one array "
+                         f"[N, ...] (np.stack of the images) or a loader of (x, y) batches")
+
+
 def input_channels(model):
     """The channel count the model's first layer with parameters takes (a Conv2D's
     in_channels), or None when it takes something else (a Dense layer: features)."""

@@ -28,6 +28,7 @@ from .. import devices as _device
 from ..graph import GraphedStep
 from ..ops import metrics as metric_ops
 from ..ops import softmax_xent as xent_ops
+from ..ops._storage import as_activation
 
 
 class _Recording:
@@ -86,7 +87,7 @@ class GraphedTraining:
     # ------------------------------------------------------------------ the step's halves
     def forward_backward(self, x, y):
         t = self.trainer
-        logits = t.model.forward(x, training=True)
+        logits = t.model.forward(as_activation(x), training=True)
         loss = t.loss.forward(logits, y)
         t.model.backward(t.loss.backward())        # data-parallel: the all-reduce comes after
         return logits, loss

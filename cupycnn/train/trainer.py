@@ -18,6 +18,7 @@ epochs end with the same parameters as 4 epochs in one go (on numpy and sim, whe
 deterministic; tested).
 """
 import time
+import warnings
 
 import numpy as np
 
@@ -27,11 +28,12 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..layers import without_input_grad
 from ..layers.base import training_mode
 from ..ops import metrics as metric_ops
+from ..ops._storage import as_activation, decode
 from ..progress import Progress
 from ..reference.softmax_xent import softmax
 from ..data.transforms import Transform
 from ..models.description import NotDescribable, describe
-from .arrays import array_loader, is_array
+from .arrays import array_loader, is_array, refuse_a_list_of_arrays
 from .callbacks import Callback
 
 
@@ -43,7 +45,12 @@ def _images_per_batch(loader):
 
 
 class History(dict):
-    """{figure name: [one value per epoch]}; `epochs` lists the epoch numbers (from 1)."""
+    """{figure name: [one value per epoch]}; "epoch" lists the epoch numbers (from 1). Keras's
+    `history.history["val_accuracy"]` reads it too."""
+
+    @property
+    def history(self):
+        return self
 
     def append(self, epoch, logs):
         self.setdefault("epoch", []).append(epoch + 1)
@@ -131,7 +138,7 @@ class Trainer:
             self.scheduler.step()
 
     def _eager_step(self, x, y, sums):
-        logits = self.model.forward(x, training=True)
+        logits = self.model.forward(as_activation(x), training=True)
         loss = self.loss.forward(logits, y)
         dy = self.loss.backward()
         with without_input_grad(self.model):           # the images' gradient: never read
@@ -143,7 +150,7 @@ class Trainer:
         metric_ops.accumulate_metrics(logits, y, loss, sums)
 
     def fit(self, x, y=None, epochs=1, *, batch_size=None, validation_data=None,
-            val_loader=None, shuffle=True, seed=None, stop_at=None):
+            validation_split=None, val_loader=None, shuffle=True, seed=None, stop_at=None):
         """Train until `epochs` epochs are complete (counting those before a resume), or a
         callback stops training, or (stop_at) that many epochs are complete: a run cut into
         pieces, each resumed from the last checkpoint. Returns the history.
@@ -155,13 +162,20 @@ class Trainer:
         Arrays (uint8 or float images, or network input: cupycnn/train/arrays.py) are served in
         batches of `batch_size` (32 by default), reshuffled every epoch when `shuffle` (the
         order from `seed`, drawn once from cupycnn.random when None, and kept in checkpoints).
-        `validation_data` is (x_val, y_val) arrays or a loader; `val_loader` is the same.
-        The model trains in training mode; each layer gets its own mode back at the end."""
+        `validation_data` is (x_val, y_val) arrays or a loader; `val_loader` is the same;
+        `validation_split=f` (arrays) holds out the last fraction f of x and y, before any
+        shuffling, as Keras does. `epochs` counts the epochs already trained (Keras's `epochs`
+        with `initial_epoch`): a second fit(..., epochs=3) after 3 epochs trains none, and
+        says so. The model trains in training mode; each layer gets its own mode back at the
+        end, also when training stops on an error."""
         if not is_array(x) and isinstance(y, (int, np.integer)) and not isinstance(y, bool):
             epochs, y = int(y), None                      # fit(loader, epochs), positionally
         if validation_data is not None and val_loader is not None:
             raise ValueError("fit: give validation_data or val_loader, not both")
         val = validation_data if validation_data is not None else val_loader
+        refuse_a_list_of_arrays(x, "fit")
+        if validation_split is not None:
+            x, y, val = self._split_off_validation(x, y, val, validation_split)
         if is_array(x):
             if y is None:
                 raise ValueError("fit: arrays need their labels: fit(x, y, ...)")
@@ -195,8 +209,35 @@ class Trainer:
         self._callbacks("on_train_begin", {})
         logs = {}
         last = epochs if stop_at is None else min(epochs, stop_at)
-        modes = training_mode(self.model, True)     # each layer's own mode comes back at the end
-        modes.__enter__()
+        if self.epoch >= epochs and self.is_root:
+            warnings.warn(f"fit: nothing to train: {self.epoch} epoch(s) are already done and "
+                          f"epochs={epochs} counts them (as Keras's epochs with initial_epoch); "
+                          f"for n more, fit(..., epochs={self.epoch} + n)", stacklevel=2)
+        with training_mode(self.model, True):       # each layer's own mode comes back at the end
+            logs = self._fit_epochs(train_loader, val_loader, epochs, last, logs)
+        self._callbacks("on_train_end", logs)
+        return self.history
+
+    def _split_off_validation(self, x, y, val, fraction):
+        """(x, y, (x_val, y_val)): Keras's validation_split, the last `fraction` of the rows."""
+        if not is_array(x):
+            raise ValueError("fit: validation_split splits arrays; a loader's validation set "
+                             "is a loader: fit(loader, val_loader=...)")
+        if val is not None:
+            raise ValueError("fit: give validation_split or validation_data, not both")
+        if not isinstance(fraction, (float, int, np.floating)) or not 0 < fraction < 1:
+            raise ValueError(f"fit: validation_split must be a fraction between 0 and 1, got "
+                             f"{fraction!r}")
+        if y is None or not hasattr(y, "__len__") or len(y) != len(x):
+            return x, y, None               # the labels' own check says what is wrong
+        split = int(np.floor(len(x) * (1.0 - fraction)))
+        if split < 1 or split == len(x):
+            raise ValueError(f"fit: validation_split={fraction} of {len(x)} rows leaves "
+                             f"{split} for training and {len(x) - split} for validation; "
+                             f"both need at least one")
+        return x[:split], y[:split], (x[split:], y[split:])
+
+    def _fit_epochs(self, train_loader, val_loader, epochs, last, logs):
         while self.epoch < last and not self.stop_training:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):
@@ -238,9 +279,7 @@ class Trainer:
             if self.is_root:
                 figures = "  ".join(f"{k}={v:.4g}" for k, v in logs.items())
                 print(f"epoch {epoch + 1}/{epochs}: {figures}", flush=True)
-        modes.__exit__(None, None, None)
-        self._callbacks("on_train_end", logs)
-        return self.history
+        return logs
 
     # ------------------------------------------------------------------------ evaluation
     def evaluate(self, loader, y=None, *, batch_size=256, desc="evaluate"):
@@ -249,6 +288,7 @@ class Trainer:
         A Loader is read in dataset order, every example once (Loader.in_order: no shuffling,
         dropped batch or padding, whatever it was built with); the model runs in evaluation
         mode and gets its previous modes back."""
+        refuse_a_list_of_arrays(loader, "evaluate")
         if is_array(loader):
             if y is None:
                 raise ValueError("evaluate: arrays need their labels: evaluate(x, y)")
@@ -263,7 +303,7 @@ class Trainer:
                        unit_scale=_images_per_batch(loader))
         with training_mode(self.model, False):
             for x, y in loader:
-                logits = self.model.forward(x, training=False)
+                logits = self.model.forward(as_activation(x), training=False)
                 loss = self.loss.forward(logits, y)
                 metric_ops.accumulate_metrics(logits, y, loss, sums)
                 bar.update(1)
@@ -283,6 +323,7 @@ class Trainer:
         back; the softmax is taken on the host."""
         outputs = []
         gather = None
+        refuse_a_list_of_arrays(inputs, "predict")
         if is_array(inputs):
             inputs = array_loader(self, inputs, None, batch_size, who="predict", shard=False)
         if hasattr(inputs, "in_order"):
@@ -297,8 +338,9 @@ class Trainer:
         batches = (x for x, _ in inputs)
         with training_mode(self.model, False):
             for x in batches:
-                logits = self.model.forward(_device.asarray(x), training=False)
-                outputs.append(_device.asnumpy(logits).astype(np.float64))
+                logits = self.model.forward(as_activation(_device.asarray(x)),
+                                            training=False)
+                outputs.append(decode(_device.asnumpy(logits)).astype(np.float64))
         logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
         if gather is not None:                  # rank r predicted examples r, r + W, r + 2W, ...
             n, world = gather
