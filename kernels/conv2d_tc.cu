@@ -50,7 +50,7 @@ struct ForwardLoader {
   }
 };
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
                   const float* __restrict__ bias, const float* __restrict__ residual, int relu,
                   float* __restrict__ y, int batch,
@@ -131,7 +131,7 @@ struct InputGradLoader {
   }
 };
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
 conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__ weight,
                          float* __restrict__ dx, int batch, int in_channels, int height,
                          int width, int out_channels, int kernel_h, int kernel_w, int stride_h,
@@ -223,7 +223,7 @@ struct WeightGradLoader {
   }
 };
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
 conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict__ x,
                           float* __restrict__ dw_partial, int batch, int in_channels,
                           int height, int width, int out_channels, int kernel_h, int kernel_w,

@@ -67,7 +67,7 @@ __device__ __forceinline__ void gemm_tc(TcStage* stages, const float* A, const f
   tc_epilogue(acc, store);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 gemm_tc_nn(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
            const float* __restrict__ bias, int M, int N, int K, float alpha, float beta,
            int bias_mode, long long stride_a, long long stride_b, long long stride_c) {
@@ -76,7 +76,7 @@ gemm_tc_nn(const float* __restrict__ A, const float* __restrict__ B, float* __re
                        stride_c);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 gemm_tc_nt(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
            const float* __restrict__ bias, int M, int N, int K, float alpha, float beta,
            int bias_mode, long long stride_a, long long stride_b, long long stride_c) {
@@ -85,7 +85,7 @@ gemm_tc_nt(const float* __restrict__ A, const float* __restrict__ B, float* __re
                        stride_c);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 gemm_tc_tn(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
            const float* __restrict__ bias, int M, int N, int K, float alpha, float beta,
            int bias_mode, long long stride_a, long long stride_b, long long stride_c) {

@@ -32,14 +32,16 @@
 // for A and for B: a reordering of the terms of the reduction, the same sum. Accumulation is
 // FP32 in both.
 //
-// The configuration (TC_BM, TC_BN, TC_BK, TC_WARPS_M, TC_WARPS_N, TC_STAGES, TC_BF16) is chosen
-// per shape by cupycnn/ops/tiles.py and passed as -D defines; nothing here repeats it.
+// The configuration (TC_BM, TC_BN, TC_BK, TC_WARPS_M, TC_WARPS_N, TC_STAGES, TC_BF16, and the
+// kernels' __launch_bounds__ minimum blocks TC_MIN_BLOCKS, TC_MIN_BLOCKS_BACKWARD) is chosen per
+// shape by cupycnn/ops/tiles.py and passed as -D defines; nothing here repeats it.
 #ifndef CUPYCNN_TC_TILE_CUH
 #define CUPYCNN_TC_TILE_CUH
 #include "tensor_core.cuh"
 
 #if !defined(TC_BM) || !defined(TC_BN) || !defined(TC_BK) || !defined(TC_WARPS_M) || \
-    !defined(TC_WARPS_N) || !defined(TC_STAGES) || !defined(TC_BF16)
+    !defined(TC_WARPS_N) || !defined(TC_STAGES) || !defined(TC_BF16) || \
+    !defined(TC_MIN_BLOCKS) || !defined(TC_MIN_BLOCKS_BACKWARD)
 #error "tc_tile.cuh: compile with the TC_* defines of a configuration from cupycnn/ops/tiles.py"
 #endif
 
