@@ -55,6 +55,18 @@ def test_tensor_core_kernels_run_hmma_of_their_precision_without_spills(file, la
             f"per SM, the tile asks for {want_blocks}")
 
 
+# The kernels with an operand contiguous along k (16-byte cp.async where K % 4 == 0).
+WIDE_COPIES = {"gemm_tc_nn", "gemm_tc_nt", "conv2d_tc_forward"}
+
+
+@pytest.mark.parametrize("file, label, defines, arch", TC_CASES)
+def test_16_byte_copies_are_in_the_sass_where_an_operand_allows(file, label, defines, arch):
+    for k in machine_code.inspect(file, arch, defines, label):
+        wide = sum(n for op, n in k.opcodes.items()
+                   if op.startswith("LDGSTS") and "128" in op.split("."))
+        assert (wide > 0) == (k.kernel in WIDE_COPIES), f"{k.kernel} ({label}, {arch}): {wide}"
+
+
 def test_occupancy_follows_the_sm_limits():
     # Registers: 168 per thread of 128 threads (21504 per block, in 256-register units per warp)
     assert machine_code.occupancy(168, 32768, 128, "sm_90") == 3
