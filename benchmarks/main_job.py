@@ -5,6 +5,11 @@ both alike.
 
     python benchmarks/main_job.py                    # 3 rounds: baseline, one thread, ... x 3
     python benchmarks/main_job.py --rounds 5 --epochs 5
+    python benchmarks/main_job.py --compare cpu-path # the references against the CPU path
+
+--compare cpu-path times the same command with CUPYCNN_CPU_PATH=reference (the numpy device as
+it was before cupycnn/cpu: every op its NumPy reference) against the default (cupycnn/cpu, the
+numpy device's training path), both with the recipe's BLAS threads.
 
 Each run is the README's command (read from README.md, as .ci/run reads it) in a fresh process,
 in its own log folder, with --no-progress; the figures: wall time of the process, its CPU time
@@ -41,8 +46,8 @@ def readme_main_job():
     return tokens[1:]
 
 
-def run_once(arguments, log_dir):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def run_once(arguments, log_dir, environment=None):
+    env = dict(os.environ, PYTHONUNBUFFERED="1", **(environment or {}))
     load_before = os.getloadavg()[0]
     started = time.perf_counter()
     process = subprocess.Popen([sys.executable, *arguments, "--log-dir", str(log_dir),
@@ -64,31 +69,39 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3, help="runs of each (default: 3)")
     parser.add_argument("--epochs", type=int, help="override the recipe's 15 epochs")
+    parser.add_argument("--compare", choices=["blas-threads", "cpu-path"], default="blas-threads",
+                        help="BLAS's own threads against one; or the references against the "
+                             "CPU path (cupycnn/cpu)")
     args = parser.parse_args()
     job = readme_main_job() + (["--epochs", str(args.epochs)] if args.epochs else [])
-    variants = {"baseline (BLAS's own threads)": ["--blas-threads", "0"],
-                "one BLAS thread": ["--blas-threads", "1"]}
+    # name: (extra arguments, environment); the first is the baseline
+    if args.compare == "blas-threads":
+        variants = {"baseline (BLAS's own threads)": (["--blas-threads", "0"], {}),
+                    "one BLAS thread": (["--blas-threads", "1"], {})}
+    else:
+        variants = {"before (the references)": ([], {"CUPYCNN_CPU_PATH": "reference"}),
+                    "after (the CPU path)": ([], {"CUPYCNN_CPU_PATH": "fast"})}
     print(f"the main job: python {' '.join(job)}")
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the start "
           f"(a shared machine: other work's load falls on both variants, interleaved)")
     results = {name: [] for name in variants}
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
-            for name, extra in variants.items():
-                r = run_once(job + extra, Path(tmp) / f"{round_}-{extra[-1]}")
+            for index, (name, (extra, environment)) in enumerate(variants.items()):
+                r = run_once(job + extra, Path(tmp) / f"{round_}-{index}", environment)
                 results[name].append(r)
                 print(f"round {round_ + 1} {name:<30} wall {r['wall']:6.1f} s  cpu "
                       f"{r['cpu']:6.1f} s  training {r['train']:6.1f} s  test "
                       f"{r['accuracy']:.2f}%  load {r['load']:.2f}", flush=True)
     medians = {name: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
                for name, runs in results.items()}
-    base, one = medians.values()
+    (base_name, base), (name, other) = medians.items()
     print(f"\nmedians over {args.rounds} rounds:")
     for name, m in medians.items():
         print(f"  {name:<30} wall {m['wall']:6.1f} s  cpu {m['cpu']:6.1f} s  training "
               f"{m['train']:6.1f} s  test {m['accuracy']:.2f}%  load {m['load']:.2f}")
-    print(f"  one thread / baseline: wall x{one['wall'] / base['wall']:.2f}, cpu "
-          f"x{one['cpu'] / base['cpu']:.2f}, training x{one['train'] / base['train']:.2f}")
+    print(f"  {name} / {base_name}: wall x{other['wall'] / base['wall']:.2f}, cpu "
+          f"x{other['cpu'] / base['cpu']:.2f}, training x{other['train'] / base['train']:.2f}")
 
 
 if __name__ == "__main__":

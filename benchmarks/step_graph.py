@@ -58,15 +58,8 @@ def parse_args():
 # --------------------------------------------------------------------------------- cupycnn
 
 def _precision_context(precision):
-    import contextlib
     import cupycnn
-    setter = getattr(cupycnn, "set_precision", None)
-    if setter is None:
-        if precision != "fp32":
-            raise SystemExit(f"--precision {precision}: this cupycnn has no set_precision (the "
-                             f"tensor-core kernels are not in it)")
-        return contextlib.nullcontext()
-    return setter(precision)
+    return cupycnn.set_precision(precision)
 
 
 class CupycnnVariant:
@@ -283,41 +276,45 @@ def main():
     if args.device == "cuda":
         import cupy
         device = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    mib = 2.0 ** 20
     figures = {}
     for precision in args.precision:
         args_p = argparse.Namespace(**{**vars(args), "precision": precision})
-        results = {}
-        dry = cupycnn.sim.dry_run() if args.launch_only else contextlib.nullcontext()
-        with _precision_context(precision), dry:
-            for batch in args.batch:
-                results[batch] = run_batch(args_p, batch)
         print(f"ResNet-18 (CIFAR stem) training step on {device}, precision {precision}, "
               f"median of {args.repeats} interleaved rounds of {args.steps} steps")
-        for batch, rows in results.items():
-            print(f"\nbatch {batch}")
-            print(f"{'variant':<15} {'ms/step':>9} {'images/s':>10} {'peak MiB':>9} "
-                  f"{'plan MiB':>9} {'vs pytorch eager':>17} {'vs pytorch graph':>17}")
-            by_name = {r["name"]: r for r in rows}
-            for r in rows:
-                ratios = []
-                for base in ("pytorch eager", "pytorch graph"):
-                    b = by_name.get(base)
-                    ratios.append(f"{r['images_per_second'] / b['images_per_second']:.2f}x"
-                                  if b else "-")
-                peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / mib:.0f}"
-                plan = "-" if r["plan_bytes"] is None else f"{r['plan_bytes'] / mib:.0f}"
-                print(f"{r['name']:<15} {r['ms_per_step']:>9.2f} {r['images_per_second']:>10.0f} "
-                      f"{peak:>9} {plan:>9} {ratios[0]:>17} {ratios[1]:>17}")
-                key = f"{precision}.b{batch}.{r['name'].replace(' ', '_')}"
-                figures[f"{key}.images_per_second"] = round(r["images_per_second"], 1)
-                if r["peak_bytes"] is not None:
-                    figures[f"{key}.peak_mib"] = round(r["peak_bytes"] / mib, 1)
+        for batch in args.batch:
+            dry = cupycnn.sim.dry_run() if args.launch_only else contextlib.nullcontext()
+            with _precision_context(precision), dry:
+                rows = run_batch(args_p, batch)
+            figures.update(report(precision, batch, rows))
+            if args.json:       # after each batch: a session cut short keeps what it measured
+                with open(args.json, "w") as f:
+                    json.dump(figures, f)
         print()
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(figures, f)
 
+
+def report(precision, batch, rows):
+    """Print one batch's table; return its figures."""
+    mib = 2.0 ** 20
+    figures = {}
+    print(f"\nbatch {batch}")
+    print(f"{'variant':<15} {'ms/step':>9} {'images/s':>10} {'peak MiB':>9} "
+          f"{'plan MiB':>9} {'vs pytorch eager':>17} {'vs pytorch graph':>17}")
+    by_name = {r["name"]: r for r in rows}
+    for r in rows:
+        ratios = []
+        for base in ("pytorch eager", "pytorch graph"):
+            b = by_name.get(base)
+            ratios.append(f"{r['images_per_second'] / b['images_per_second']:.2f}x"
+                          if b else "-")
+        peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / mib:.0f}"
+        plan = "-" if r["plan_bytes"] is None else f"{r['plan_bytes'] / mib:.0f}"
+        print(f"{r['name']:<15} {r['ms_per_step']:>9.2f} {r['images_per_second']:>10.0f} "
+              f"{peak:>9} {plan:>9} {ratios[0]:>17} {ratios[1]:>17}", flush=True)
+        key = f"{precision}.b{batch}.{r['name'].replace(' ', '_')}"
+        figures[f"{key}.images_per_second"] = round(r["images_per_second"], 1)
+        if r["peak_bytes"] is not None:
+            figures[f"{key}.peak_mib"] = round(r["peak_bytes"] / mib, 1)
+    return figures
 
 if __name__ == "__main__":
     main()

@@ -26,7 +26,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'cupycnn' has no attribute {name!r}")
 
 
-__version__ = "0.1.0"
+from .version import __version__  # noqa: E402,F401
 
 __all__ = ["DEVICES", "PRECISIONS", "get_precision", "set_precision", "DeviceUnavailableError", "asarray", "asnumpy", "checkpoint",
            "cuda_available", "data", "device", "distributed", "gradcheck", "layers", "losses",

@@ -25,6 +25,7 @@ import dataclasses
 import json
 import math
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from . import devices as _device
+from .distributed.watchdog import DEFAULT_TIMEOUT as COLLECTIVE_TIMEOUT
+from .help_formatter import DefaultsHelpFormatter
 
 # What every dataset's recipe starts from; RECIPES says where each differs.
 COMMON_DEFAULTS = dict(momentum=0.9, nesterov=False, weight_decay=0.0, onecycle_warmup=0.3,
@@ -70,22 +73,12 @@ def dataset_kind(spec):
     return "folder" if spec.startswith("folder:") else spec
 
 
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """The description as written (paragraphs and examples kept), and each option's default:
-    the dataset recipes' value per dataset where the recipe decides it (DATASET_DEFAULTS),
-    else the parser's."""
+class HelpFormatter(DefaultsHelpFormatter):
+    """Each option's default: the dataset recipes' value per dataset where the recipe decides
+    it (DATASET_DEFAULTS), else the parser's."""
 
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if "%(default)" in text or action.default is argparse.SUPPRESS or \
-                not action.option_strings:
-            return text
-        per_dataset = _recipe_defaults(action.dest)
-        if per_dataset:
-            return f"{text} (default: {per_dataset})"
-        if action.default is None or action.default is False:
-            return text
-        return f"{text} (default: %(default)s)"
+    def default_for(self, action):
+        return _recipe_defaults(action.dest) or super().default_for(action)
 
 
 def _recipe_defaults(dest):
@@ -176,6 +169,11 @@ def build_parser(description, default_dataset="cifar10", prog=None):
                         "tensors of another shape, such as the head, keep their init)")
     m.add_argument("--freeze-backbone", action="store_true",
                    help="train only the final dense layer (transfer learning)")
+    m.add_argument("--collective-timeout", type=float, default=COLLECTIVE_TIMEOUT,
+                   metavar="SECONDS",
+                   help="data-parallel: a rank that waits this long in one collective names the "
+                        "ranks that have not arrived (with the step and the collective) and "
+                        "aborts the job; 0: wait forever")
     m.add_argument("--bucket-mb", type=float, default=25.0,
                    help="data-parallel: gradient all-reduce bucket size in MB (smaller buckets "
                         "start earlier during backward: more overlap, more messages)")
@@ -323,7 +321,7 @@ def load_datasets(args, ctx):
 
     if ctx.rank == 0:
         train, test = load()
-    ctx.barrier()
+    ctx.barrier(watched=False)     # rank 0 may download for long (the download has a deadline)
     if ctx.rank != 0:
         train, test = load()
     val = None
@@ -435,7 +433,9 @@ def start(args, prefix=""):
             _device.use(args.device)
         if getattr(args, "precision", None) is not None:
             set_precision(args.precision)
-        return distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20))
+        return distributed.init(_device.device(), bucket_bytes=int(args.bucket_mb * 2**20),
+                                collective_timeout=getattr(args, "collective_timeout",
+                                                           COLLECTIVE_TIMEOUT))
     except (_device.DeviceUnavailableError, ValueError) as e:
         print(f"{prefix}error: {e}", file=sys.stderr)
         return None
@@ -446,14 +446,56 @@ def main(description, default_dataset="cifar10", argv=None, prog=None):
     ctx = start(args)
     if ctx is None:
         return 2
-    with ctx.abort_on_error(), blas_threads(args.blas_threads):
+    previous = _terminate_as_interrupt()
+    try:
+        with ctx.abort_on_error(), blas_threads(args.blas_threads):
+            try:
+                return run(args, ctx)
+            except KeyboardInterrupt as e:
+                return _interrupted(args, ctx, e)
+            except _user_errors() as e:
+                if ctx.size > 1:
+                    raise                  # abort_on_error prints the rank and stops the job
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler ending the job, `kill`), raised like Ctrl-C: a checkpoint being
+    written completes first (cupycnn.atomic), then the run ends with one line."""
+
+
+def _terminate_as_interrupt():
+    """SIGTERM raises Terminated in the main thread (the previous handler, or None)."""
+    def handler(signum, frame):
+        raise Terminated()
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:                   # not the main thread
+        return None
+
+
+def _interrupted(args, ctx, error):
+    """Ctrl-C or SIGTERM: one line saying where the last checkpoint is; exit status 130/143."""
+    from .checkpoint import CheckpointError, load_checkpoint
+    status, what = (143, "terminated (SIGTERM)") if isinstance(error, Terminated) else \
+        (130, "interrupted (Ctrl-C)")
+    if ctx.rank == 0:
+        trainer = getattr(args, "trainer", None)
+        where = f" during epoch {trainer.epoch + 1}" if trainer is not None else ""
         try:
-            return run(args, ctx)
-        except _user_errors() as e:
-            if ctx.size > 1:
-                raise                      # abort_on_error prints the rank and stops the job
-            print(f"error: {e}", file=sys.stderr)
-            return 2
+            saved = load_checkpoint(args.checkpoint)
+            last = (f"the last checkpoint is {args.checkpoint} (after epoch {saved.epoch}, "
+                    f"step {saved.step}); continue with --resume")
+        except CheckpointError:
+            last = f"no checkpoint was written yet ({args.checkpoint})"
+        print(f"cupycnn: {what}{where}; {last}", file=sys.stderr, flush=True)
+    if ctx.size > 1 and ctx.mpi is not None:
+        ctx.mpi.Abort(status)             # the other ranks may be waiting in a collective
+    return status
 
 
 def blas_threads(count):
@@ -468,8 +510,9 @@ def blas_threads(count):
 def _user_errors():
     from .checkpoint import CheckpointError
     from .data import BadImageError, CacheMismatchError, DatasetNotFoundError
+    from .atomic import WriteError
     return (DatasetNotFoundError, BadImageError, CacheMismatchError, CheckpointError,
-            FileNotFoundError, ValueError)
+            FileNotFoundError, ValueError, WriteError)
 
 
 def _say(ctx, message):
@@ -482,6 +525,10 @@ def run(args, ctx):
     from . import random
     started = time.perf_counter()
     random.manual_seed(args.seed)
+    if ctx.rank == 0:                 # before the data: a read-only or missing folder now
+        from .atomic import check_writable
+        check_writable(args.log_dir, "logs and checkpoints")
+        check_writable(Path(os.path.abspath(args.checkpoint)).parent, "checkpoints")
     loaded = load_data(args, ctx)
     trainer = build_training(args, ctx, loaded)
     trained_at = time.perf_counter()
@@ -603,6 +650,7 @@ def build_training(args, ctx, loaded):
                       progress=not args.no_progress, config=config, classes=loaded.classes,
                       normalization={"mean": loaded.mean, "std": loaded.std},
                       cuda_graph=args.cuda_graph)
+    args.trainer = trainer                 # for the line an interrupt prints
     if args.resume:
         if not os.path.exists(args.checkpoint):
             raise FileNotFoundError(f"--resume: no checkpoint at {args.checkpoint}")
@@ -674,7 +722,8 @@ def report(args, ctx, trainer, loaded, history, train_seconds, started):
                "train_seconds": train_seconds,
                "seconds_total": time.perf_counter() - started,
                "best_val_accuracy": max(val_accuracy) if val_accuracy else None,
-               "arguments": vars(args), "history": dict(history)}
+               "arguments": {k: v for k, v in vars(args).items() if k != "trainer"},
+               "history": dict(history)}
     (log_dir / "summary.json").write_text(json_text(summary), encoding="utf-8")
     print(f"wrote {args.checkpoint}, {log_dir / 'log.csv'}, {log_dir / 'tensorboard'}, "
           f"curves.png, confusion_matrix.png, predictions.png, summary.json in {log_dir}")

@@ -53,7 +53,7 @@ def main(argv=None):
 
 
 def _version():
-    from . import __version__
+    from .version import __version__
     return f"{PROG} {__version__}"
 
 
@@ -80,26 +80,17 @@ def train(argv):
 
 # --------------------------------------------------------------------------- evaluate
 
-class _CheckpointDefaults(argparse.RawDescriptionHelpFormatter):
-    """Help with the parser's defaults only: evaluate's come from the checkpoint, not from the
-    training recipes."""
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default is None or action.default is False or "%(default)" in text \
-                or action.default == argparse.SUPPRESS:      # `in` would take a default 0 as False
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 TRAINING_ONLY = ("val_fraction", "augment", "augment_style")
 
 
 def _parser_with(parser, titles, prog, description):
     """A parser with `parser`'s option groups named `titles`, less the options that only shape
-    training (the same option objects: one added to the training options appears here too)."""
+    training (the same option objects: one added to the training options appears here too).
+    Its help shows the parser's defaults, not the recipes': evaluate's come from the
+    checkpoint."""
+    from .help_formatter import DefaultsHelpFormatter
     out = argparse.ArgumentParser(prog=prog, description=description,
-                                  formatter_class=_CheckpointDefaults)
+                                  formatter_class=DefaultsHelpFormatter)
     for group in parser._action_groups:
         if group.title in titles:
             mine = out.add_argument_group(group.title)

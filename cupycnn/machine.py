@@ -134,7 +134,7 @@ def blas_lines():
 
 
 def report():
-    from . import __version__
+    from .version import __version__
     from . import devices as _device
     lines = [f"cupycnn {__version__} ({os.path.dirname(os.path.abspath(__file__))})",
              f"Python {platform.python_version()} ({sys.executable}), {platform.system()} "

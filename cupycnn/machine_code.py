@@ -37,6 +37,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from . import runtime
+from .sim import module as sim_module
 from .nvrtc import CUPY_OPTIONS
 
 ARCHS = ("sm_80", "sm_90")
@@ -57,8 +58,6 @@ _PTXAS_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (
                           r"loads")
 _PTXAS_USED = re.compile(r"Used (\d+) registers")
 _PTXAS_SMEM = re.compile(r"(\d+) bytes smem")
-_ENTRY = re.compile(r'extern\s+"C"\s+__global__\s+void\s+(?:__launch_bounds__\s*\([^)]*\)\s*)?'
-                    r'(\w+)\s*\(')
 _SASS_FUNCTION = re.compile(r"^\s*Function : (\w+)\s*$", re.M)
 # "/*0070*/   @!P0 BRA 0x170 ;": an address, an optional predicate, the opcode with its modifiers.
 _SASS_INSTRUCTION = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P(?:T|\d+)\s+)?"
@@ -203,7 +202,7 @@ def tool_versions():
 # ----------------------------------------------------------------------------------- parsing
 def entry_points(file):
     """The kernels kernels/<file>.cu defines (its extern "C" __global__ functions), sorted."""
-    return sorted(set(_ENTRY.findall(runtime.kernel_source(file))))
+    return sorted({name for name, _ in sim_module.entry_points(runtime.kernel_source(file))})
 
 
 def parse_ptxas(log):

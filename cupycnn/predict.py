@@ -147,24 +147,57 @@ def load_model(checkpoint_path):
     where = str(checkpoint.path)
     name, kwargs, shape, _, _ = check_config(checkpoint.config, where)
     _check_normalization(checkpoint.normalization, shape[0], where)
-    if name is None:                        # a model of library layers, described as data
-        from .models.description import build_from_description
-        try:
-            model = build_from_description(checkpoint.config["architecture"],
-                                           f"{where}: its architecture")
-        except ValueError as e:
-            raise CheckpointError(str(e)) from None
-    else:
-        try:
-            model = _models.build(name, **kwargs)
-        except (TypeError, ValueError) as e:
-            raise CheckpointError(f"{where}: cannot build {name}(**{kwargs}) from its config: "
-                                  f"{e}") from None
+    model = build_from_config(name, kwargs, checkpoint.model_state, where,
+                              checkpoint.config.get("architecture"))
     checkpoint.restore(model)               # CheckpointError on a state that does not match
     classes = checkpoint.classes
     if classes is not None and (not isinstance(classes, list) or not classes):
         raise CheckpointError(f"{where}: classes must be a list of names, got {classes!r}")
     return model.eval(), checkpoint
+
+
+MAX_MODEL_ARGUMENT = 1 << 20      # no model argument of a checkpoint's config is larger
+
+
+def build_from_config(name, kwargs, model_state, where, architecture=None):
+    """The model `name`(**kwargs) of a checkpoint's config (or, when `name` is None, the model
+    its `architecture` describes), built under an allocation limit of what the checkpoint's own
+    tensors hold (twice, for the gradients, plus 1 MiB): a config cannot make the loader
+    allocate more than the file it came with. CheckpointError naming what is wrong."""
+    from .layers.base import allocation_limit
+
+    def check(value, at):
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return
+        if isinstance(value, (int, float)):
+            if abs(value) > MAX_MODEL_ARGUMENT:
+                raise CheckpointError(f"{where}: model_kwargs {at}={value!r} is larger than "
+                                      f"any model argument may be ({MAX_MODEL_ARGUMENT})")
+            return
+        if isinstance(value, (list, tuple)) and len(value) <= 1024:
+            for i, item in enumerate(value):
+                check(item, f"{at}[{i}]")
+            return
+        raise CheckpointError(f"{where}: model_kwargs {at} is {type(value).__name__} "
+                              f"{str(value)[:60]!r}, not a number, a string or a short list")
+
+    for key, value in kwargs.items():
+        check(value, key)
+    stored = sum(int(np.asarray(v).nbytes) for v in model_state.values())
+    limit = 2 * stored + (1 << 20)
+    if name is None:                        # a model of library layers, described as data
+        from .models.description import build_from_description
+        try:
+            with allocation_limit(limit, f"the architecture of {where}"):
+                return build_from_description(architecture, f"{where}: its architecture")
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+    try:
+        with allocation_limit(limit, f"{name} from the config of {where}"):
+            return _models.build(name, **kwargs)
+    except (TypeError, ValueError) as e:
+        raise CheckpointError(f"{where}: cannot build {name}(**{kwargs}) from its config: "
+                              f"{e}") from None
 
 
 def load_images(paths, config):

@@ -41,38 +41,60 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def build_parser():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    from cupycnn import cli
+    from cupycnn.help_formatter import DefaultsHelpFormatter
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--train", help="ImageNet root, shard folder or TFRecord folder")
-    d.add_argument("--val", help="the same for evaluation (an ImageNet root: its val/)")
+    d.add_argument("--train", metavar="PATH",
+                   help="the training set: an ImageNet root (train/ with a folder per class), "
+                        "a folder of tar shards (cupycnn data make-shards) or of TFRecord files")
+    d.add_argument("--val", metavar="PATH",
+                   help="the evaluation set: an ImageNet root (its val/: class folders or a "
+                        "labels file), shards or TFRecords; none: no evaluation")
     d.add_argument("--synthetic", type=int, metavar="N",
-                   help="train on N synthetic ImageNet-sized JPEGs (written once as shards)")
-    d.add_argument("--synthetic-dir", default="data/synthetic-imagenet")
-    d.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="decoding processes per rank")
-    d.add_argument("--image-size", type=int, default=224, help="training crop size")
-    d.add_argument("--eval-resize", type=int, help="evaluation resize (default size * 8/7)")
-    m = p.add_argument_group("model and optimisation")
-    m.add_argument("--model", default="resnet50", help="resnet50 (or resnet18, resnet34)")
-    m.add_argument("--epochs", type=int, default=90)
-    m.add_argument("--batch-size", type=int, default=1024, help="global batch")
-    m.add_argument("--lr", type=float, help="peak learning rate (default 0.1 x batch / 256)")
-    m.add_argument("--momentum", type=float, default=0.9)
-    m.add_argument("--weight-decay", type=float, default=1e-4)
-    m.add_argument("--label-smoothing", type=float, default=0.1)
-    m.add_argument("--warmup-epochs", type=float, default=5.0)
-    m.add_argument("--bucket-mb", type=float, default=25.0)
-    m.add_argument("--sync-bn", action="store_true")
+                   help="instead of --train: N synthetic ImageNet-sized JPEGs (500 x 375, 1000 "
+                        "classes), written once as shards")
+    d.add_argument("--synthetic-dir", default="data/synthetic-imagenet", metavar="DIR",
+                   help="where --synthetic's shards are written (a folder per N) and reused")
+    d.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), metavar="N",
+                   help="decoding processes per rank (default: the CPU count, at most 8: "
+                        "%(default)s here)")
+    d.add_argument("--image-size", type=int, default=224, metavar="SIZE",
+                   help="the RandomResizedCrop of training and the centre crop of evaluation")
+    d.add_argument("--eval-resize", type=int, metavar="SHORT",
+                   help="evaluation: the short side is resized to SHORT, then centre-cropped "
+                        "(default: SIZE x 8/7: 256 for 224)")
+    m = p.add_argument_group("model and optimisation (the recipe above)")
+    m.add_argument("--model", default="resnet50", choices=["resnet18", "resnet34", "resnet50"],
+                   help="a torchvision-layout ResNet with the ImageNet stem")
+    m.add_argument("--epochs", type=int, default=90, help="passes over the training set")
+    m.add_argument("--batch-size", type=int, default=1024, metavar="N",
+                   help="the global batch: images per step over all ranks, split evenly")
+    m.add_argument("--lr", type=float, help="the peak learning rate, reached after the warm-up "
+                   "(default: 0.1 x batch / 256: 0.4 at 1024)")
+    m.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
+    m.add_argument("--weight-decay", type=float, default=1e-4,
+                   help="L2 penalty on convolution and dense weights (not batchnorm, biases)")
+    m.add_argument("--label-smoothing", type=float, default=0.1,
+                   help="cross-entropy against (1 - e) one-hot + e / classes")
+    m.add_argument("--warmup-epochs", type=float, default=5.0,
+                   help="linear learning-rate warm-up before the cosine decay")
     r = p.add_argument_group("run")
-    r.add_argument("--device", default="auto", choices=["auto", "cuda", "sim", "numpy"])
-    r.add_argument("--seed", type=int, default=0)
-    r.add_argument("--log-dir", default="runs/imagenet-resnet50")
+    shared = {a.dest: a for a in cli.build_parser("", default_dataset=None)._actions}
+    for dest in ("bucket_mb", "sync_bn"):          # the training command's own options
+        m._add_action(shared[dest])
+    r._add_action(shared["device"])
+    r.add_argument("--seed", type=int, default=0,
+                   help="initialisation, the shard order and shuffling, and the augmentation")
+    r.add_argument("--log-dir", default="runs/imagenet-resnet50", metavar="DIR",
+                   help="where the checkpoints (last.h5; best.h5 with --val) and log.csv go")
     r.add_argument("--resume", action="store_true", help="continue from <log-dir>/last.h5")
-    r.add_argument("--no-progress", action="store_true")
+    r._add_action(shared["no_progress"])
     r.add_argument("--benchmark", action="store_true",
-                   help="measure pipeline, step and both (images/s) instead of training")
-    r.add_argument("--benchmark-steps", type=int, default=20)
+                   help="measure instead of training: images/s of the input pipeline, of the "
+                        "training step, and of both together")
+    r.add_argument("--benchmark-steps", type=int, default=20, metavar="N",
+                   help="--benchmark: steps timed for each figure")
     r.add_argument("--json", metavar="FILE", help="--benchmark: also write the figures here "
                    "(name -> images/s; benchmarks/gpu_session.sh collects them)")
     return p

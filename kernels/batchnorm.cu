@@ -27,34 +27,31 @@
 //       batchnorm_combine_partials the reductions (1) and (3) split over several blocks per
 //                                  channel: adds the blocks' partial sums in a fixed order.
 //
-// Fused epilogue (training and evaluation): (2) also adds a residual and applies a ReLU,
-//                                  y = max((x - mean) * invstd * weight + bias + residual, 0),
-// when given one (residual != NULL) or asked (relu != 0): ResNet's bn -> relu and
-// bn -> (+ shortcut) -> relu in one pass over memory instead of two or three. Their backward
-// reads that y: g = y > 0 ? dy : 0 is the gradient at the normalised value (and at the
-// residual), so (3) and (4) take y (NULL: no ReLU, g = dy) and (4) also writes
-// dresidual = g (NULL: no residual). No extra memory is kept for the ReLU: y is the next
-// layer's input, which that layer keeps anyway; unfused, the ReLU would keep its own input.
+// Fused epilogue: ResNet's bn -> relu and bn -> (+ shortcut) -> relu in one pass over memory
+// instead of two or three, in training and evaluation.
+// - Forward, (2): y = max((x - mean) * invstd * weight + bias + residual, 0), with the residual
+//   when given one (residual != NULL) and the ReLU when asked (relu != 0).
+// - Backward: g = y > 0 ? dy : 0 is the gradient at the normalised value (and at the residual),
+//   so (3) and (4) take y (NULL: no ReLU, g = dy) and (4) also writes dresidual = g (NULL: no
+//   residual).
+// - No memory is kept for the ReLU: y is the next layer's input, which that layer keeps anyway
+//   (unfused, the ReLU would keep its own input).
 //
-// Storage: x, y, dy, dx and the residual are float or BF16 (bf16.cuh); each kernel that touches
-// them is a template over that storage type T with two entry points, NAME (float) and NAME_bf16.
-// Everything else is the same in both: FP32 arithmetic, the double sums, the float mean, invstd,
-// weight, bias and their gradients, one rounding when an activation is stored.
-//
-// Parallelisation. Reductions, (1) and (3): grid (channels, splits). Block (c, s) reduces the s-th
-// of `splits` equal ranges of channel c's elements, taken in their flat order e = o * inner + i,
-// so consecutive threads read consecutive addresses along H*W (coalesced; strided by C*inner
-// only when inner is small, as for BatchNorm1D on [N, C]). Each thread accumulates in double,
-// block_sum_pair_double adds the threads up in a fixed order, and thread 0 writes the block's
-// pair. With one split that pair is the channel's sums; with more (the wrapper splits a channel
-// when channels alone would not fill the GPU), batchnorm_combine_partials adds the splits in
-// order. No atomics: the result is the same bits on every run.
-// Elementwise stages, (2) and (4): grid (channels, chunks); block (c, k) handles the k-th range of
-// BN_ELEMENTS_PER_BLOCK elements of channel c. Every thread derives the channel's mean and
-// invstd (or coefficients) from the tiny per-channel arrays once, then streams its elements;
-// block (c, 0) thread 0 writes the per-channel outputs. batchnorm_update_running_stats is one block
-// looping over the channels (a few hundred values; one block also makes the counter increment
-// race-free).
+// Parallelisation:
+// - Reductions, (1) and (3): grid (channels, splits). Block (c, s) reduces the s-th of `splits`
+//   equal ranges of channel c's elements in their flat order e = o * inner + i: consecutive
+//   threads read consecutive addresses along H*W (coalesced; strided by C*inner only when inner
+//   is small, as for BatchNorm1D on [N, C]).
+// - Each thread accumulates in double, block_sum_pair_double adds the threads up in a fixed
+//   order, and thread 0 writes the block's pair: with one split, the channel's sums. The wrapper
+//   splits a channel when the channels alone would not fill the GPU; batchnorm_combine_partials
+//   then adds the splits in order. No atomics: the same bits on every run.
+// - Elementwise stages, (2) and (4): grid (channels, chunks). Block (c, k) handles the k-th range
+//   of BN_ELEMENTS_PER_BLOCK elements of channel c; every thread derives the channel's mean and
+//   invstd (or coefficients) once from the per-channel arrays, then streams its elements; block
+//   (c, 0) thread 0 writes the per-channel outputs.
+// - batchnorm_update_running_stats: one block looping over the channels (a few hundred values;
+//   one block also makes the counter increment race-free).
 #include "common.cuh"
 
 #define BN_THREADS 256                  // reductions and elementwise stages

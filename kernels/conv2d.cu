@@ -179,7 +179,7 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
 // With columns alike, the four phases reduce over 2x2, 2x1, 1x2 and 1x1 taps: each input pixel
 // over 9/4 taps on average instead of 9.
 //
-// The phase's rows, derived (columns likewise):
+// The phase's rows, derived (columns likewise; phase_axis in conv2d_coords.cuh computes them):
 //   taps_h  = how many r < kh have r = phase_h (mod sh) = (kh - 1 - phase_h) / sh + 1 (0 when
 //             phase_h >= kh).
 //   first_h = the smallest h >= 0 with h + ph = phase_h (mod sh), i.e. (phase_h - ph) mod sh,
@@ -196,13 +196,10 @@ conv2d_backward_input(const float* __restrict__ dy, const float* __restrict__ we
                       int pad_h, int pad_w, int out_height, int out_width) {
   __shared__ float As[CONV_TILE_K][CONV_TILE_M + 1];
   __shared__ float Bs[CONV_TILE_K][CONV_TILE_P + 1];
-  const int phase_h = blockIdx.z / stride_w, phase_w = blockIdx.z % stride_w;
-  const int taps_h = phase_h < kernel_h ? (kernel_h - 1 - phase_h) / stride_h + 1 : 0;
-  const int taps_w = phase_w < kernel_w ? (kernel_w - 1 - phase_w) / stride_w + 1 : 0;
-  const int first_h = ((phase_h - pad_h) % stride_h + stride_h) % stride_h;
-  const int first_w = ((phase_w - pad_w) % stride_w + stride_w) % stride_w;
-  const int phase_rows = first_h < height ? (height - 1 - first_h) / stride_h + 1 : 0;
-  const int phase_cols = first_w < width ? (width - 1 - first_w) / stride_w + 1 : 0;
+  const PhaseAxis rows = phase_axis(blockIdx.z / stride_w, height, kernel_h, stride_h, pad_h);
+  const PhaseAxis cols = phase_axis(blockIdx.z % stride_w, width, kernel_w, stride_w, pad_w);
+  const int phase_h = rows.phase, taps_h = rows.taps, first_h = rows.first, phase_rows = rows.count;
+  const int phase_w = cols.phase, taps_w = cols.taps, first_w = cols.first, phase_cols = cols.count;
   const int M = in_channels, P = batch * phase_rows * phase_cols;
   const int K = out_channels * taps_h * taps_w;
   const int m0 = blockIdx.y * CONV_TILE_M, p0 = blockIdx.x * CONV_TILE_P;

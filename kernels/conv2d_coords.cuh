@@ -1,6 +1,7 @@
 // conv2d_coords.cuh -- what a convolution's GEMM row or column index stands for, decoded once
-// (split3) and advanced by the reduction step with carries (advance3); shared by conv2d.cu and
-// conv2d_tc.cu. Why: conv2d.cu's header, "Index arithmetic".
+// (split3) and advanced by the reduction step with carries (advance3), and the input gradient's
+// stride phases (phase_axis); shared by conv2d.cu and conv2d_tc.cu. Why: conv2d.cu's header,
+// "Index arithmetic", and the comment above its conv2d_backward_input.
 
 // A GEMM row or column index stands for three coordinates, one struct per meaning:
 struct Tap { int c, r, s; };         // im2col row: input channel c, kernel row r, kernel column s
@@ -32,4 +33,19 @@ __device__ __forceinline__ void advance3(T& t, const T& step, int size_b, int si
   b += step_b;
   if (b >= size_b) { b -= size_b; ++a; }
   a += step_a;
+}
+
+// One axis (rows, or columns) of a stride phase of the input gradient, as derived above
+// conv2d_backward_input in conv2d.cu: the phase meets the kernel rows r = phase + stride rr for
+// rr < taps, and holds the input rows first + stride a for a < count.
+struct PhaseAxis { int phase, taps, first, count; };
+
+__device__ __forceinline__ PhaseAxis phase_axis(int phase, int size, int kernel, int stride,
+                                                int pad) {
+  PhaseAxis a;
+  a.phase = phase;
+  a.taps = phase < kernel ? (kernel - 1 - phase) / stride + 1 : 0;
+  a.first = ((phase - pad) % stride + stride) % stride;
+  a.count = a.first < size ? (size - 1 - a.first) / stride + 1 : 0;
+  return a;
 }

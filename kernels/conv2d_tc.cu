@@ -137,13 +137,10 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
                          int width, int out_channels, int kernel_h, int kernel_w, int stride_h,
                          int stride_w, int pad_h, int pad_w, int out_height, int out_width) {
   __shared__ __align__(16) TcStage stages[TC_STAGES];
-  const int phase_h = blockIdx.z / stride_w, phase_w = blockIdx.z % stride_w;
-  const int taps_h = phase_h < kernel_h ? (kernel_h - 1 - phase_h) / stride_h + 1 : 0;
-  const int taps_w = phase_w < kernel_w ? (kernel_w - 1 - phase_w) / stride_w + 1 : 0;
-  const int first_h = ((phase_h - pad_h) % stride_h + stride_h) % stride_h;
-  const int first_w = ((phase_w - pad_w) % stride_w + stride_w) % stride_w;
-  const int phase_rows = first_h < height ? (height - 1 - first_h) / stride_h + 1 : 0;
-  const int phase_cols = first_w < width ? (width - 1 - first_w) / stride_w + 1 : 0;
+  const PhaseAxis rows = phase_axis(blockIdx.z / stride_w, height, kernel_h, stride_h, pad_h);
+  const PhaseAxis cols = phase_axis(blockIdx.z % stride_w, width, kernel_w, stride_w, pad_w);
+  const int phase_h = rows.phase, taps_h = rows.taps, first_h = rows.first, phase_rows = rows.count;
+  const int phase_w = cols.phase, taps_w = cols.taps, first_w = cols.first, phase_cols = cols.count;
   const int M = in_channels, P = batch * phase_rows * phase_cols;
   const int K = out_channels * taps_h * taps_w;
   const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;

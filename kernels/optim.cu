@@ -29,17 +29,18 @@
 //            memory, not passed by value, so that a replayed step (a CUDA graph) reads the value
 //            the host wrote before the replay.
 //
-// Parallelisation: a segment is cut into chunks of CHUNK = OPTIM_THREADS * ELEMENTS_PER_THREAD
-// elements and each block updates one chunk, so the launch has enough blocks to fill any GPU
-// whatever the mix of large and small tensors, and a block never straddles two segments (one
-// group, one set of hyperparameters, held in registers). A block finds its segment by a binary
-// search over the segments' first blocks (the same few addresses for every thread: broadcast
-// reads, cached). Within the chunk consecutive threads update consecutive elements, so every
-// read and write of the four buffers is coalesced; each element is read and written by exactly
-// one thread, so there are no atomics and no barriers, and the result is deterministic. The
-// kernel is memory-bound (SGD with momentum moves 20 bytes per element, Adam 28); the padding
-// the host leaves between segments (each starts at a multiple of 32 elements, a 128-byte line)
-// keeps every warp's accesses aligned, and is never touched.
+// Parallelisation:
+// - A segment is cut into chunks of CHUNK = OPTIM_THREADS * ELEMENTS_PER_THREAD elements, one
+//   block a chunk: enough blocks to fill any GPU whatever the mix of large and small tensors,
+//   and no block straddles two segments (one group, its hyperparameters held in registers).
+// - A block finds its segment by a binary search over the segments' first blocks (the same few
+//   addresses for every thread: broadcast reads, cached).
+// - Within a chunk consecutive threads update consecutive elements (every read and write of the
+//   four buffers coalesced), each element by exactly one thread: no atomics, no barriers, the
+//   same bits on every run.
+// - Memory-bound: SGD with momentum moves 20 bytes per element, Adam 28. Each segment starts at
+//   a multiple of 32 elements (a 128-byte line), so every warp's accesses are aligned; the
+//   padding between segments is never touched.
 #include "common.cuh"
 
 #define OPTIM_THREADS 256

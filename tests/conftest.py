@@ -96,6 +96,18 @@ def kernel_device(request):
     return name
 
 
+@pytest.fixture(params=[pytest.param(("numpy", None), id="numpy")] + _kernel_device_params())
+def any_device(request):
+    """numpy, then the kernel devices as the kernel_device fixture has them (sim in three thread
+    orders, cuda where usable), outputs poisoned."""
+    name, order = request.param
+    cupycnn.use(name)
+    if name == "sim":
+        sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
+    dev.set_poison(name != "numpy")
+    return name
+
+
 @pytest.fixture
 def numpy_device():
     cupycnn.use("numpy")

@@ -12,24 +12,12 @@ import numpy as np
 import pytest
 
 import cupycnn
-from conftest import _kernel_device_params, _test_seed
-from cupycnn import sim
 from cupycnn.ops import _storage
 from cupycnn.ops import elementwise as ew
 from cupycnn.reference import rounding
 from helpers import randn
 
 BF16 = _storage.BF16
-
-
-@pytest.fixture(params=[pytest.param(("numpy", None), id="numpy")] + _kernel_device_params())
-def any_device(request):
-    name, order = request.param
-    cupycnn.use(name)
-    if name == "sim":
-        sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
-    cupycnn.devices.set_poison(name != "numpy")
-    return name
 
 
 def bf16_pair(host):

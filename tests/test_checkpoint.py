@@ -8,6 +8,8 @@ from cupycnn import checkpoint
 from cupycnn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from cupycnn.layers import Dense
 
+from hostile_files import reseal
+
 
 class FakeOptimizer:
     def __init__(self):
@@ -62,7 +64,7 @@ def test_interrupted_save_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     def crash(*args, **kwargs):
         raise KeyboardInterrupt("killed mid-save")
 
-    monkeypatch.setattr(checkpoint, "_write_tree", crash)
+    monkeypatch.setattr(h5py.Group, "create_dataset", crash)
     with pytest.raises(KeyboardInterrupt):
         _save(path, Dense(3, 2), epoch=2)
     assert load_checkpoint(path).epoch == 1
@@ -81,8 +83,7 @@ def test_missing_truncated_and_foreign_files(tmp_path):
         f["x"] = np.ones(3)
     with pytest.raises(CheckpointError, match="HDF5 file but not a cupycnn checkpoint"):
         load_checkpoint(tmp_path / "other.h5")
-    with h5py.File(good, "a") as f:
-        f.attrs["version"] = 99
+    reseal(good, version=99)
     with pytest.raises(CheckpointError, match="newer cupycnn"):
         load_checkpoint(good)
 
@@ -98,3 +99,31 @@ def test_mismatched_model_names_the_difference(tmp_path):
     c.optimizer_state["param_groups"][0]["params"] = [0]
     with pytest.raises(CheckpointError, match="optimizer state does not match: group layout"):
         c.restore(Dense(3, 2), opt)
+
+
+def test_values_of_every_kind_round_trip(tmp_path):
+    """What trainers and callbacks store: NaN and infinite figures, int and str keys, nested
+    lists holding arrays, booleans, None, 128-bit generator states, 0-d and empty arrays."""
+    tree = {"history": {"loss": [1.5, float("nan"), float("inf")], "lr": [0.1, 0.01]},
+            "keys": {0: "int key", "0": "str key", 7: [np.arange(3), {"deep": np.ones((0, 2))}]},
+            "flags": [True, None, "x"], "big": 2 ** 127 + 5, "scalar": np.array(3.5),
+            "bools": np.array([True, False])}
+    _save(tmp_path / "c.h5", Dense(3, 2), trainer=tree, optimizer=None)
+    back = load_checkpoint(tmp_path / "c.h5").trainer
+    assert back["history"]["lr"] == [0.1, 0.01]
+    loss = back["history"]["loss"]
+    assert loss[0] == 1.5 and np.isnan(loss[1]) and loss[2] == float("inf")
+    assert back["keys"][0] == "int key" and back["keys"]["0"] == "str key"
+    np.testing.assert_array_equal(back["keys"][7][0], np.arange(3))
+    assert back["keys"][7][1]["deep"].shape == (0, 2)
+    assert back["flags"] == [True, None, "x"] and back["big"] == 2 ** 127 + 5
+    assert back["scalar"].shape == () and back["scalar"] == 3.5
+    assert back["bools"].dtype == np.bool_
+
+
+def test_what_cannot_be_stored_is_refused_at_save(tmp_path):
+    with pytest.raises(CheckpointError, match="cannot store it in a checkpoint: trainer.x holds a object"):
+        _save(tmp_path / "c.h5", Dense(3, 2), trainer={"x": object()})
+    with pytest.raises(CheckpointError, match="config.lr holds the number nan"):
+        _save(tmp_path / "c.h5", Dense(3, 2), config={"lr": float("nan")})
+    assert not (tmp_path / "c.h5").exists()

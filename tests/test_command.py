@@ -1,6 +1,7 @@
 """The `cupycnn` command: subcommands, TOML configs under the flags, evaluate, bench, and
 `cupycnn info` saying why each unusable piece is unusable."""
 import builtins
+import os
 import re
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from cupycnn.data import Digits, Loader, Normalize, channel_stats
 from cupycnn.models import simple_cnn
 from cupycnn.optim import Adam
 from cupycnn.train import Trainer
+from test_readme_help import unexplained_options
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,12 +86,19 @@ def test_help_explains_every_option_with_its_real_default():
 
 @pytest.mark.parametrize("script, needle", [("train_folder.py", "Kaggle layout"),
                                              ("train_cifar.py", "mpirun -n 4"),
-                                             ("grid_search.py", "Everything after `--`")])
+                                             ("grid_search.py", "Everything after `--`"),
+                                             ("train_imagenet.py", "Goyal et al. 2017"),
+                                             ("predict.py", "docs/predict.md")])
 def test_example_scripts_help_in_full(script, needle):
+    """The whole description (paragraphs and examples), every option explained, no default
+    shown as None."""
     out = subprocess.run([sys.executable, str(ROOT / "examples" / script), "--help"],
-                         capture_output=True, text=True, timeout=120)
+                         capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "COLUMNS": "100"})
     assert out.returncode == 0, out.stderr
     assert needle in out.stdout
+    assert "(default: None)" not in out.stdout and "(default: False)" not in out.stdout
+    assert unexplained_options(out.stdout) == []
 
 
 @pytest.fixture(scope="module")

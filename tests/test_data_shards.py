@@ -121,6 +121,23 @@ def test_training_ranks_take_equal_steps(tmp_path):
     assert lengths == [(4, 4), (5, 5), (4, 4), (5, 5)]
 
 
+@pytest.mark.parametrize("world, workers, batch, drop_last, pad", [
+    (1, 0, 4, False, False), (1, 2, 4, False, False), (1, 3, 5, False, False),
+    (2, 2, 4, False, False), (3, 2, 3, True, False), (2, 2, 4, False, True)])
+def test_positions_name_each_served_sample(numbered, world, workers, batch, drop_last, pad):
+    """Loader.positions() is where each example it serves sits in the files (what predict puts
+    rows back by): each worker's shards in turn, batches taken round-robin."""
+    ds = TarShards(numbered, Decode())
+    for rank in range(world):
+        loader = Loader(ds, batch, shuffle=False, drop_last=drop_last, pad=pad, rank=rank,
+                        world_size=world, num_workers=workers)
+        served = _ids(np.concatenate([x for x, _ in loader]))
+        loader.close()
+        assert loader.positions().tolist() == served
+    with pytest.raises(TypeError, match=r"in_order\(\) gives one whose positions are known"):
+        Loader(ds, 4, shuffle=True).positions()
+
+
 def test_shuffling_is_seeded_per_epoch_and_off_means_file_order(numbered):
     ds = TarShards(numbered, Decode(), shuffle_buffer=8)
 

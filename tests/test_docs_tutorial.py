@@ -3,11 +3,14 @@ TOML config, its pictures, evaluate, predict, Keras-style fit from Python on a P
 model, a layer of one's own checked on sim, gradcheck, a 2-process run under mpiexec, bench."""
 import re
 
+import pytest
+
 from doc_runner import ROOT, blocks, run_page
 
 PAGE = ROOT / "docs" / "TUTORIAL.md"
 
 
+@pytest.mark.slow                      # minutes: the page's trainings and builds
 def test_every_command_of_the_tutorial_runs(tmp_path):
     done, skipped = run_page(PAGE, tmp_path, timeout=1500)
     out = done.stdout

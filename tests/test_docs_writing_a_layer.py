@@ -2,11 +2,14 @@
 outside the tree (runtime.load_module, the gradient-check command's --cases) and inside it
 (kernels/, reference/, ops/, layers/, the suite's case and a kernel test), in a copy of the
 repository."""
+import pytest
+
 from doc_runner import ROOT, blocks, run_page
 
 PAGE = ROOT / "docs" / "WRITING_A_LAYER.md"
 
 
+@pytest.mark.slow                      # minutes: the page's builds and checks
 def test_every_block_of_the_page_runs(tmp_path):
     done, skipped = run_page(PAGE, tmp_path, timeout=900)
     assert done.returncode == 0, done.stdout[-6000:]

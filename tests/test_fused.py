@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 
 import cupycnn
-from conftest import _kernel_device_params, _test_seed
-from cupycnn import models, sim
+from cupycnn import models
 from cupycnn.layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPool2D, ReLU,
                             Sequential)
 from cupycnn.models.resnet import BasicBlock, Bottleneck
@@ -28,18 +27,6 @@ from cupycnn.ops import elementwise as ew
 from helpers import randn
 
 SHAPES = [(2, 3, 5, 7), (4, 17, 3, 3), (3, 70, 1, 3), (5, 6), (2, 3, 48, 49)]
-
-
-@pytest.fixture(params=[pytest.param(("numpy", None), id="numpy")] + _kernel_device_params())
-def any_device(request):
-    """numpy, then the kernel devices as the kernel_device fixture has them (sim in three thread
-    orders, cuda where usable), outputs poisoned."""
-    name, order = request.param
-    cupycnn.use(name)
-    if name == "sim":
-        sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
-    cupycnn.devices.set_poison(name != "numpy")
-    return name
 
 
 def _same(a, b, what):

@@ -13,10 +13,35 @@ ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "benchmarks" / "gpu_session.sh"
 
 
-def _steps():
+def _table():
     text = SCRIPT.read_text(encoding="utf-8")
     table = text[text.index("STEPS=$(cat <<'EOF'\n"):].split("\n", 1)[1].split("\nEOF\n", 1)[0]
-    return [line.split("|")[0].strip() for line in table.splitlines() if line.strip()]
+    return [[cell.strip() for cell in line.split("|")] for line in table.splitlines()
+            if line.strip()]
+
+
+def _steps():
+    return [row[0] for row in _table()]
+
+
+# The lease: 15 minutes of device time, a machine start of 1-2 minutes in it, and room left for
+# a second run when the first one fails.
+MOST_SECONDS = 420
+
+
+def test_the_session_fits_the_lease_twice():
+    """The steps' limits add up to at most TOTAL_SECONDS, and that is at most 420 s: run under
+    its limits, the whole script leaves room for a rerun within one lease."""
+    text = SCRIPT.read_text(encoding="utf-8")
+    total = int(re.search(r"^TOTAL_SECONDS=\$\{TOTAL_SECONDS:-(\d+)\}", text, re.M).group(1))
+    limits = {row[0]: int(row[1]) for row in _table()}
+    assert all(len(row) == 4 for row in _table())
+    assert sum(limits.values()) <= total <= MOST_SECONDS, (sum(limits.values()), total, limits)
+    # What the session is for stays in it.
+    assert {"smoke", "ceilings", "conv2d", "resnet18_step", "step_graph", "imagenet_pipeline",
+            "distributed"} <= set(limits)
+    docs = (ROOT / "docs" / "BENCHMARKS.md").read_text(encoding="utf-8")
+    assert f"all under {total} s" in docs
 
 
 def test_dry_run_runs_every_step_and_leaves_three_files(tmp_path):

@@ -13,7 +13,7 @@ from helpers import assert_matches, randn
 # ones, padding 0, 1, 2 (stride 3 with padding 1 and 2 tells the input gradient's phases
 # apart), channel counts that are no multiple of a tile (3, 5, 17, 70 > 64), an output of 1x1,
 # more output pixels than a 64-wide tile, a reduction long enough to be split for the weight
-# gradient, and several tiles along both M and N at once.
+# gradient, and several tiles along both M and P (rows and columns of the result) at once.
 SPLIT_CASE = (2, 3, 16, 12, 8, 3, 1, 1)     # 384 output pixels: the weight gradient splits in 3
 CASES = [
     (1, 3, 7, 7, 5, 3, 1, 1),

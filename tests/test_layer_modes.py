@@ -188,3 +188,57 @@ def test_a_uint8_batch_is_told_to_add_normalize():
     for model in (bn_net(), Net(), Dense(3, 2)):
         with pytest.raises(ValueError, match=r"got a uint8 batch \(2, 6, 6, 3\).*Normalize"):
             model(images)
+
+
+def test_layers_in_a_plain_list_are_refused_with_the_fix(rng):
+    """PyTorch's silent trap (a list of modules instead of nn.ModuleList trains nothing of
+    them): refused at the assignment, or by the Trainer when the list was filled later; a
+    Sequential is the ModuleList, and a list of layers that are sub-layers already is fine."""
+    from cupycnn.train import Trainer
+
+    class Listed(Layer):
+        def __init__(self):
+            super().__init__()
+            self.blocks = [Conv2D(3, 4, 3, padding=1), ReLU()]
+
+    with pytest.raises(ValueError, match=r"Listed\.blocks\[0\] \(Conv2D\), Listed\.blocks\[1\] "
+                                         r"\(ReLU\): a layer in a plain list.*neither trained "
+                                         r"nor saved.*self\.blocks = Sequential\(\.\.\.\)"):
+        Listed()
+
+    class FilledLater(Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = Dense(3, 2)
+            self.extra = {}
+            self.extra["head"] = Dense(2, 2)          # after the assignment: unseen there
+
+    model = Sequential(FilledLater())
+    with pytest.raises(ValueError, match=r"Trainer: FilledLater\.extra\['head'\] \(Dense\): a "
+                                         r"layer in a plain list"):
+        Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)
+
+    class AsModuleList(Layer):
+        def __init__(self):
+            super().__init__()
+            self.blocks = Sequential(Conv2D(3, 4, 3, padding=1), ReLU())
+            self.blocks.append(Conv2D(4, 2, 1))
+            self.order = [self.blocks[0], self.blocks[2]]     # already sub-layers: fine
+
+        def forward(self, x, training=None):
+            for block in self.blocks:
+                x = block(x, training)
+            return x
+
+    cupycnn.use("numpy")
+    net = AsModuleList()
+    assert list(net.state_dict()) == ["blocks.0.weight", "blocks.0.bias", "blocks.2.weight",
+                                      "blocks.2.bias"]
+    assert net(batch(rng)).shape == (4, 2, 6, 6)
+    net.eval()
+    assert not any(layer.training for layer in net.blocks)
+    for model in (bn_net(), Net(), models.resnet18(num_classes=3, stem="cifar"),
+                  models.resnet18(num_classes=3, stem="cifar", fused=False),
+                  models.resnet50(num_classes=3), models.simple_cnn(),
+                  models.fold_batchnorm(models.resnet18(num_classes=3, stem="cifar").eval())):
+        Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)   # the library's own

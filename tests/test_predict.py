@@ -30,6 +30,8 @@ from cupycnn.predict import (load_images, load_model, predict, prepare_images,
 from cupycnn.reference.softmax_xent import softmax
 from cupycnn.train import Trainer
 
+from hostile_files import reseal
+
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPT = ROOT / "examples" / "predict.py"
 DIGIT_KWARGS = dict(num_classes=10, in_channels=1, input_size=8, widths=(16, 32),
@@ -286,13 +288,11 @@ def test_a_loaded_model_predicts_in_eval_mode_and_predict_restores_the_modes(dig
 
 # -------------------------------------------------------------------------------- the errors
 
-def rewrite(source, target, **attrs):
-    """A copy of checkpoint `source` at `target` with some attributes replaced (JSON)."""
+def rewrite(source, target, **fields):
+    """A copy of checkpoint `source` at `target` with some fields of its manifest replaced
+    and its digests recomputed: a well-formed checkpoint with other contents."""
     shutil.copyfile(source, target)
-    with h5py.File(target, "r+") as f:
-        for key, value in attrs.items():
-            f.attrs[key] = json.dumps(value)
-    return target
+    return reseal(target, edit=lambda header: header["document"].update(fields))
 
 
 def good_config(digits):
@@ -358,7 +358,7 @@ def test_files_that_are_not_checkpoints(digits, tmp_path, capsys):
 
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(digits["checkpoint"].read_bytes()[:3000])
-    assert "not a readable HDF5 file (truncated or corrupt?)" in \
+    assert "the checkpoint is damaged: the file is truncated" in \
         error_of(image, "--checkpoint", truncated)
     other = tmp_path / "other.h5"
     with h5py.File(other, "w") as f:

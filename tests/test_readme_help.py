@@ -26,6 +26,19 @@ def help_text(command):
     return out.stdout.replace("python -m cupycnn", "cupycnn")
 
 
+def unexplained_options(text):
+    """The options a --help text lists without a word of help: an option line with no text
+    after it, and none on the next line either."""
+    lines = text.splitlines() + [""]
+    bare = []
+    for line, following in zip(lines, lines[1:]):
+        entry = re.match(r"^  (-\S.*?)(?:\s{2,}\S.*)?$", line)
+        if entry and re.match(r"^  \S.*?\s{2,}\S", line) is None and (
+                not following.startswith("     ") or following.lstrip().startswith("-")):
+            bare.append(entry.group(1))
+    return bare
+
+
 def test_the_readme_shows_every_commands_help():
     text = README.read_text(encoding="utf-8")
     shown = {match.group(2): match.group(3) for match in _BLOCK.finditer(text)}
@@ -34,6 +47,14 @@ def test_the_readme_shows_every_commands_help():
         assert block == help_text(command), (
             f"README.md's `{command}` is out of date: run python tests/test_readme_help.py "
             f"--write")
+        assert unexplained_options(block) == [], command            # every option explained
+        assert "(default: None)" not in block and "(default: False)" not in block, command
+
+
+def test_the_bare_option_finder_finds_bare_options():
+    text = ("options:\n  -h, --help            show this help\n  --epochs EPOCHS\n"
+            "  --batch-size BATCH_SIZE\n                        global batch\n  --seed SEED\n")
+    assert unexplained_options(text) == ["--epochs EPOCHS", "--seed SEED"]
 
 
 def write():

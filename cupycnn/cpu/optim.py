@@ -50,8 +50,10 @@ def _gradient(w, grad, grad_scale, weight_decay, l1, g, t):
     return g
 
 
-def sgd_step(params, grads, momentum_buffer, segments, groups, grad_scale=1.0):
-    """As reference.sgd_step, in place."""
+def _update_pieces(params, grads, segments, groups, grad_scale, decay, l1, update):
+    """Run update(start, stop, hp, w, g, t) on the threads for every piece: hp the piece's group
+    row of hyperparameters, w its parameters, g its gradient term (_gradient, with the group's
+    columns `decay` and `l1`), t a temporary. Returns params."""
     pieces = _pieces(segments)
     rows = [[float(v) for v in row] for row in np.asarray(groups)]
     grad_scale = float(grad_scale)
@@ -59,11 +61,20 @@ def sgd_step(params, grads, momentum_buffer, segments, groups, grad_scale=1.0):
     def task(k):
         start, stop, group = pieces[k]
         hp = rows[group]
-        w, grad = params[start:stop], grads[start:stop]
+        w = params[start:stop]
         g = parallel.scratch("optim.g", (stop - start,), params.dtype)
         t = parallel.scratch("optim.t", (stop - start,), params.dtype)
-        g = _gradient(w, grad, grad_scale, hp[reference.SGD_WEIGHT_DECAY],
-                      hp[reference.SGD_L1], g, t)
+        g = _gradient(w, grads[start:stop], grad_scale, hp[decay], hp[l1], g, t)
+        update(start, stop, hp, w, g, t)
+
+    parallel.parallel_for(len(pieces), task)
+    return params
+
+
+def sgd_step(params, grads, momentum_buffer, segments, groups, grad_scale=1.0):
+    """As reference.sgd_step, in place."""
+
+    def update(start, stop, hp, w, g, t):
         mode = int(hp[reference.SGD_MOMENTUM_MODE])
         if mode != reference.MOMENTUM_NONE:
             buf = momentum_buffer[start:stop]
@@ -81,25 +92,15 @@ def sgd_step(params, grads, momentum_buffer, segments, groups, grad_scale=1.0):
         np.multiply(g, hp[reference.SGD_LR], out=t)
         np.subtract(w, t, out=w)
 
-    parallel.parallel_for(len(pieces), task)
-    return params
+    return _update_pieces(params, grads, segments, groups, grad_scale,
+                          reference.SGD_WEIGHT_DECAY, reference.SGD_L1, update)
 
 
 def adam_step(params, grads, exp_avg, exp_avg_sq, segments, groups, grad_scale=1.0, step=1):
     """As reference.adam_step, in place."""
-    pieces = _pieces(segments)
-    rows = [[float(v) for v in row] for row in np.asarray(groups)]
-    grad_scale = float(grad_scale)
 
-    def task(k):
-        start, stop, group = pieces[k]
-        hp = rows[group]
-        w, grad = params[start:stop], grads[start:stop]
+    def update(start, stop, hp, w, g, t):
         m, v = exp_avg[start:stop], exp_avg_sq[start:stop]
-        g = parallel.scratch("optim.g", (stop - start,), params.dtype)
-        t = parallel.scratch("optim.t", (stop - start,), params.dtype)
-        g = _gradient(w, grad, grad_scale, hp[reference.ADAM_WEIGHT_DECAY],
-                      hp[reference.ADAM_L1], g, t)
         if hp[reference.ADAM_DECAY_FACTOR] != 1.0:
             np.multiply(w, hp[reference.ADAM_DECAY_FACTOR], out=w)
         np.multiply(m, hp[reference.ADAM_BETA1], out=m)
@@ -120,5 +121,5 @@ def adam_step(params, grads, exp_avg, exp_avg_sq, segments, groups, grad_scale=1
         np.divide(u, t, out=u)
         np.subtract(w, u, out=w)
 
-    parallel.parallel_for(len(pieces), task)
-    return params
+    return _update_pieces(params, grads, segments, groups, grad_scale,
+                          reference.ADAM_WEIGHT_DECAY, reference.ADAM_L1, update)

@@ -17,7 +17,7 @@ examples into a new array (a copy); loaders never ask for it.
 """
 import numpy as np
 
-from ..ops._check import check_shape
+from ..ops._check import check_integer, check_shape, shown
 
 
 class Dataset:
@@ -200,7 +200,14 @@ class Subset(Dataset):
 
     def __init__(self, dataset, indices):
         n = len(dataset)
-        indices = np.asarray(indices, dtype=np.int64).reshape(-1)
+        try:
+            given = np.asarray(indices)
+        except (ValueError, TypeError) as e:
+            raise TypeError(f"Subset: indices must be integers, got {type(indices).__name__} "
+                            f"({e})") from None
+        if given.size and given.dtype.kind not in "iu":       # 3.7 is not an index
+            raise TypeError(f"Subset: indices must be integers, got {given.dtype} values")
+        indices = given.astype(np.int64).reshape(-1)
         if len(indices) and (indices.min() < 0 or indices.max() >= n):
             raise IndexError(f"Subset: indices must lie in [0, {n}) for a dataset of {n} "
                              f"examples, got [{indices.min()}, {indices.max()}]")
@@ -236,16 +243,18 @@ def train_val_split(dataset, val_fraction, seed, stratified=True):
     chosen by a generator seeded with `seed`, so a seed always gives the same split; each half
     lists its examples in the dataset's order."""
     op = "train_val_split"
-    if not 0.0 < float(val_fraction) < 1.0:
+    if isinstance(val_fraction, bool) or not isinstance(
+            val_fraction, (int, float, np.integer, np.floating)) or \
+            not 0.0 < float(val_fraction) < 1.0:
         raise ValueError(f"{op}: val_fraction must lie strictly between 0 and 1, got "
-                         f"{val_fraction}")
+                         f"{shown(val_fraction)}")
     n = len(dataset)
     n_val = int(round(float(val_fraction) * n))
     if not 0 < n_val < n:
         raise ValueError(f"{op}: val_fraction={val_fraction} of {n} examples leaves "
                          f"{n_val} for validation and {n - n_val} for training; both need "
                          f"at least one")
-    rng = np.random.default_rng(int(seed))
+    rng = np.random.default_rng(check_integer(op, "seed", seed, 0))
     labels = np.asarray(dataset.labels)
     if stratified:
         classes = np.unique(labels)

@@ -55,8 +55,9 @@ class DatasetNotFoundError(FileNotFoundError):
     file to put where, and how to run on a dataset that needs no download."""
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """A pickle named a global that the official CIFAR-10 files never reference."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """A pickle named a global that the official CIFAR-10 files never reference (a ValueError
+    too: like every damaged or foreign file, one line from the command)."""
 
 
 def _numpy_reconstruct():
@@ -65,6 +66,12 @@ def _numpy_reconstruct():
     except ImportError:                    # pragma: no cover - NumPy 1
         from numpy.core.multiarray import _reconstruct
     return _reconstruct
+
+
+def _printable(text, limit=80):
+    """A name read from a file, safe for a one-line message."""
+    text = text if text.isprintable() else ascii(text)[1:-1]
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 class RestrictedUnpickler(pickle.Unpickler):
@@ -79,31 +86,102 @@ class RestrictedUnpickler(pickle.Unpickler):
         ("numpy", "dtype"): np.dtype,
     }
 
+    DTYPES = {"u1", "i1", "u2", "i2", "u4", "i4", "u8", "i8", "f4", "f8"}
+
     def __init__(self, file, source="<pickle>"):
         super().__init__(file, encoding="bytes")
         self.source = source
 
     def find_class(self, module, name):
         try:
-            return self.ALLOWED[(module, name)]
+            found = self.ALLOWED[(module, name)]
         except KeyError:
             allowed = ", ".join(f"{m}.{n}" for m, n in self.ALLOWED)
             raise UnsafePickleError(
-                f"{self.source}: refused to load the global {module}.{name}: the official "
+                f"{self.source}: refused to load the global {_printable(module)}."
+                f"{_printable(name)}: the official "
                 f"CIFAR-10 files reference only {allowed}, so this file is not one of them "
                 f"(tampered or damaged); nothing in it was run") from None
+        # Even the allowed ones only with the arguments NumPy's pickles give them: an empty
+        # array that the pickle then fills with bytes it holds (_reconstruct(ndarray, (0,),
+        # b"b") could otherwise allocate any shape), and the plain dtypes CIFAR-10 uses.
+        if found is np.ndarray:
+            return found
+        if found is np.dtype:
+            return self._dtype
+        return self._reconstruct
+
+    def _reconstruct(self, subtype, shape, dtype_code):
+        if subtype is not np.ndarray or tuple(shape) != (0,) or dtype_code != b"b":
+            raise UnsafePickleError(
+                f"{self.source}: refused numpy's _reconstruct{(subtype, shape, dtype_code)!r}: "
+                f"NumPy's pickles make an empty array (ndarray, (0,), b'b') and fill it with "
+                f"bytes the file holds")
+        return self.ALLOWED[("numpy.core.multiarray", "_reconstruct")](subtype, shape,
+                                                                       dtype_code)
+
+    def _dtype(self, code, align=False, copy=True):
+        code = code.decode("ascii", "replace") if isinstance(code, bytes) else code
+        if code not in self.DTYPES:
+            raise UnsafePickleError(f"{self.source}: refused the dtype {code!r}: CIFAR-10 "
+                                    f"holds only {', '.join(sorted(self.DTYPES))}")
+        return np.dtype(code, bool(align), bool(copy))
+
+
+MAX_FILE_BYTES = 64 << 20      # an official batch is 31 MB (the pickle) or 30.7 MB (binary)
+
+
+def _read_bounded(path):
+    """The bytes of the regular file `path`, at most MAX_FILE_BYTES (read in one go, so that a
+    length a pickle declares never allocates more than the file holds)."""
+    from .. import safe_hdf5
+    info = safe_hdf5.check_regular_file(path, ValueError, "CIFAR-10 file")
+    if info.st_size > MAX_FILE_BYTES:
+        raise ValueError(f"{path}: {info.st_size:,} bytes; a CIFAR-10 batch file has at most "
+                         f"{MAX_FILE_BYTES:,}")
+    with open(path, "rb") as f:
+        data = f.read(info.st_size + 1)
+    if len(data) > MAX_FILE_BYTES:                  # it grew since
+        raise ValueError(f"{path}: more than {MAX_FILE_BYTES:,} bytes; a CIFAR-10 batch file "
+                         f"has at most that")
+    return data
+
+
+def _check_opcodes(data, source):
+    """Walk the pickle's opcodes without building anything (pickletools): every length it
+    declares must be present in the file, and memo indices must count up from 0, before the
+    unpickler runs (it allocates a BINBYTES's declared length, and a memo up to the largest
+    index, before reading a byte of them)."""
+    import pickletools
+    puts = 0
+    try:
+        for opcode, arg, _ in pickletools.genops(data):
+            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                if not isinstance(arg, int) or arg > puts:
+                    raise ValueError(f"memo index {arg} after {puts} entries")
+                puts += arg == puts
+            elif opcode.name == "MEMOIZE":
+                puts += 1
+    except UnsafePickleError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{source}: not a readable CIFAR-10 pickle ({type(e).__name__}: "
+                         f"{e})") from None
 
 
 def load_pickle(path):
-    """The object pickled in `path`, read by `RestrictedUnpickler`."""
-    with open(path, "rb") as f:
-        try:
-            return RestrictedUnpickler(f, source=str(path)).load()
-        except UnsafePickleError:
-            raise
-        except Exception as e:
-            raise ValueError(f"{path}: not a readable CIFAR-10 pickle ({type(e).__name__}: "
-                             f"{e})") from None
+    """The object pickled in `path`, read by `RestrictedUnpickler` from the file's bytes
+    (at most MAX_FILE_BYTES, every declared length checked first)."""
+    import io
+    data = _read_bounded(path)
+    _check_opcodes(data, path)
+    try:
+        return RestrictedUnpickler(io.BytesIO(data), source=str(path)).load()
+    except UnsafePickleError:
+        raise
+    except Exception as e:
+        raise ValueError(f"{path}: not a readable CIFAR-10 pickle ({type(e).__name__}: "
+                         f"{e})") from None
 
 
 def planes_to_hwc(rows):
@@ -116,20 +194,33 @@ def _read_python_batch(path):
     if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
         keys = sorted(batch) if isinstance(batch, dict) else type(batch).__name__
         raise ValueError(f"{path}: expected a dict with keys b'data' and b'labels', got {keys}")
-    data, labels = batch[b"data"], np.asarray(batch[b"labels"])
+    data, labels = batch[b"data"], batch[b"labels"]
     if not (isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 2
             and data.shape[1] == RECORD_BYTES - 1):
         shape = getattr(data, "shape", None)
         raise ValueError(f"{path}: b'data' must be a uint8 array [N, {RECORD_BYTES - 1}], got "
                          f"{type(data).__name__} of shape {shape}")
+    if not isinstance(labels, (list, np.ndarray)) or len(labels) != len(data):
+        raise ValueError(f"{path}: b'labels' must be {len(data)} integers, got "
+                         f"{type(labels).__name__} of length {_length(labels)}")
+    if isinstance(labels, list) and not all(type(v) is int for v in labels):
+        raise ValueError(f"{path}: b'labels' must be {len(data)} integers")
+    labels = np.asarray(labels)
     if labels.shape != (len(data),) or labels.dtype.kind not in "iu":
         raise ValueError(f"{path}: b'labels' must be {len(data)} integers, got shape "
                          f"{labels.shape} of {labels.dtype}")
     return data, labels, [f.decode("utf-8", "replace") for f in batch.get(b"filenames", [])]
 
 
+def _length(value):
+    try:
+        return len(value)
+    except TypeError:
+        return None
+
+
 def _read_binary_batch(path):
-    raw = np.fromfile(path, dtype=np.uint8)
+    raw = np.frombuffer(_read_bounded(path), dtype=np.uint8)
     if raw.size == 0 or raw.size % RECORD_BYTES:
         raise ValueError(f"{path}: {raw.size} bytes is not a whole number of "
                          f"{RECORD_BYTES}-byte CIFAR-10 records (1 label + 3072 pixels)")
@@ -139,7 +230,11 @@ def _read_binary_batch(path):
 
 def _read_meta(fmt, path):
     if fmt == "binary":
-        names = [line.strip() for line in Path(path).read_text("utf-8").splitlines()]
+        try:
+            text = _read_bounded(path).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e})") from None
+        names = [line.strip() for line in text.splitlines()]
         names = [n for n in names if n]
     else:
         meta = load_pickle(path)

@@ -13,10 +13,18 @@ import tempfile
 import time
 from pathlib import Path
 
+from .. import atomic
+
 CHUNK = 1 << 16
 PROGRESS_INTERVAL = 0.1           # seconds between redraws on a terminal
 PROGRESS_INTERVAL_FILE = 10.0     # seconds between lines when stderr is a file or a pipe
 TIMEOUT = 30.0                    # seconds without data before a download is given up
+DEADLINE = 3 * 3600.0             # seconds for a whole download, however the data trickles
+
+
+class DownloadTooSlowError(OSError):
+    """A download did not finish within its deadline (a server that sends a byte now and then
+    never trips the per-read timeout)."""
 
 
 def md5sum(path):
@@ -86,26 +94,36 @@ class Progress:
             self.stream.flush()
 
 
-def download(url, path, md5=None, timeout=TIMEOUT):
+def download(url, path, md5=None, timeout=TIMEOUT, deadline=DEADLINE):
     """Download `url` to `path` with a progress bar on stderr, then check its md5.
 
     The data goes to a temporary file beside `path`, renamed into place only once complete and
-    verified: an interrupted or corrupt download never leaves a file at `path`. Raises
+    verified: an interrupted or corrupt download never leaves a file at `path`. `timeout`
+    bounds each wait for data, `deadline` the whole download (DownloadTooSlowError). Raises
     `urllib.error.URLError` / `OSError` when the server cannot be reached and `ValueError` when
     the md5 differs (the download is deleted)."""
     import urllib.request
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".part")
+    os.fchmod(fd, 0o666 & ~atomic.umask())
     progress = None
+    started = time.monotonic()
     try:
         with os.fdopen(fd, "wb") as out:
             with urllib.request.urlopen(url, timeout=timeout) as response:
                 length = response.headers.get("Content-Length")
                 progress = Progress(path.name, int(length) if length else None)
-                for block in iter(lambda: response.read(CHUNK), b""):
+                # read1: whatever has arrived (read(n) would wait for all n bytes, a byte at a
+                # time from a slow server, past any deadline)
+                for block in iter(lambda: response.read1(CHUNK), b""):
                     out.write(block)
                     progress.update(len(block))
+                    if time.monotonic() - started > deadline:
+                        raise DownloadTooSlowError(
+                            f"gave up on {url} after {deadline:g} s: {progress.done:,} bytes "
+                            f"of {int(length) if length else 'unknown'} arrived; try again, or "
+                            f"download it yourself and put it at {path}")
                 progress.close()
         if md5 is not None:
             got = md5sum(tmp)

@@ -20,30 +20,46 @@ images once to an HDF5 file that `HDF5Dataset(path)` loads in a single read.
 `ImageFolder.cached(root, path, ...)` does both: it loads the cache when it matches what is
 asked (image size, crop, the folder's classes and files) and rebuilds it, saying why, when not.
 
-HDF5 layout (format "cupycnn.data.hdf5/1"):
+HDF5 layout (format "cupycnn.data.hdf5/2"): a verified file (cupycnn.safe_hdf5, as
+checkpoints are): a header in the HDF5 userblock, with the SHA-256 of the whole file, then
     images   uint8 [N, H, W, C]
     labels   int64 [N]
-    classes  [K] UTF-8 strings, class k's name at position k
-    files    [N] UTF-8 strings, the source of each image relative to the root (may be absent)
-    attrs    format, size ([h, w], or [] for the images' own size), crop, source, fingerprint
-Files are written to a temporary file beside the target and renamed into place, so a reader
-never sees a half-written cache and a failed write leaves the old one as it was.
+and the header's document: {"format", "classes" (the class names, label k's at position k),
+"files" (each image's source relative to the root, or null), "attrs" (size: [h, w] or [] for
+the images' own size, crop, source, fingerprint)}. Names that are not valid UTF-8 are kept
+exactly (as Python's os.fsdecode gives them). Loading checks the digests before HDF5 parses a
+byte, then audits the file (no links to other files, no external storage, nothing declared
+and not stored), then checks every name, shape and dtype before reading the images. A cache
+that is damaged, of another version or hostile is a ValueError saying so; ImageFolder.cached
+rebuilds it.
+
+Files are written to a temporary file beside the target and renamed into place
+(cupycnn.atomic), so a reader never sees a half-written cache and a failed write leaves the
+old one as it was.
+
+Only regular files are images (a FIFO named x.jpg would block the decoder forever; a dangling
+symlink cannot be read): anything else is an unreadable image, an error naming it (or skipped
+with skip_bad). Folders reached again through a symbolic link (a loop back to a parent) are
+not walked twice: a warning names them.
 """
 import hashlib
 import os
+import stat
 import sys
-import tempfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
+from .. import atomic, safe_hdf5
 from ._optional import require
 from .base import ArrayDataset
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
-HDF5_FORMAT = "cupycnn.data.hdf5/1"
+HDF5_FORMAT = "cupycnn.data.hdf5/2"
+CACHE_MAGIC, CACHE_VERSION = "cupycnn-cache", 2
+MAX_CLASSES = 1_000_000
 DECODE_THREADS = min(8, os.cpu_count() or 1)     # Pillow decodes with the GIL released
 
 
@@ -123,8 +139,20 @@ def scan(root):
                                 f"{root}/<class name>/<image>.jpg (or .jpeg, .png)")
     samples, empty = [], []
     for label, name in enumerate(classes):
-        found = []
+        found, walked = [], {}
         for folder, subfolders, files in os.walk(root / name, followlinks=True):
+            try:
+                info = os.stat(folder)
+            except OSError:
+                subfolders[:] = []
+                continue
+            key = (info.st_dev, info.st_ino)
+            if key in walked:                 # a symlink back to a folder already walked
+                warnings.warn(f"ImageFolder: skipping {folder}: it is {walked[key]} again "
+                              f"(through a symbolic link), already read", stacklevel=3)
+                subfolders[:] = []
+                continue
+            walked[key] = folder
             subfolders[:] = sorted(d for d in subfolders if not _hidden(d))
             found += [Path(folder) / f for f in sorted(files) if _is_image(f) and not _hidden(f)]
         if not found:
@@ -141,7 +169,11 @@ def fingerprint(root, samples):
     removed, renamed, moved to another class or rewritten with another length."""
     digest = hashlib.sha1()
     for path, label in samples:
-        digest.update(f"{path.relative_to(root).as_posix()}\0{path.stat().st_size}\0{label}\n"
+        try:
+            size = os.stat(path).st_size
+        except OSError:                      # a dangling symlink: unreadable, still counted
+            size = -1
+        digest.update(f"{path.relative_to(root).as_posix()}\0{size}\0{label}\n"
                       .encode("utf-8", "surrogateescape"))
     return digest.hexdigest()
 
@@ -168,7 +200,12 @@ def load_image(path, size=None, crop=False):
     naming the file when Pillow cannot read it."""
     Image = _pillow()
     try:
-        with Image.open(path) as image:
+        source = open_regular(path)
+    except OSError as e:
+        raise BadImageError(f"ImageFolder: cannot read the image {path}: "
+                            f"{e.strerror or e}") from None
+    try:
+        with source, Image.open(source) as image:
             image = image.convert("RGB")            # decodes the whole file
             if size is not None:
                 image = resize(image, size, crop)
@@ -178,33 +215,109 @@ def load_image(path, size=None, crop=False):
                             f"{type(e).__name__}: {e}") from None
 
 
-def write_hdf5(path, images, labels, classes, files=None, **attrs):
-    """Write a cache atomically: to a temporary file beside `path`, renamed into place."""
-    h5py = require("h5py", "h5py", "cupycnn.data HDF5 caches")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".tmp")
-    os.close(fd)
+def open_regular(path):
+    """The file at `path`, opened for reading, if it is a regular file; OSError saying what it
+    is otherwise. Opened without blocking and checked on the open file, so a FIFO (which an
+    ordinary open would wait on forever) or a device swapped in is refused too."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
     try:
-        text = h5py.string_dtype("utf-8")
-        with h5py.File(tmp, "w") as f:
-            f.create_dataset("images", data=np.ascontiguousarray(images, dtype=np.uint8))
-            f.create_dataset("labels", data=np.asarray(labels, dtype=np.int64))
-            f.create_dataset("classes", data=np.array(list(classes), dtype=object), dtype=text)
-            if files is not None:
-                f.create_dataset("files", data=np.array(list(files), dtype=object), dtype=text)
-            f.attrs["format"] = HDF5_FORMAT
-            for key, value in attrs.items():
-                f.attrs[key] = value
-        os.replace(tmp, path)
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = safe_hdf5.kind_of(mode)
+            raise OSError(0, f"it is {kind}, not a regular file")
+        return os.fdopen(fd, "rb")
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        os.close(fd)
         raise
+
+
+def write_hdf5(path, images, labels, classes, files=None, **attrs):
+    """Write a cache atomically (to a temporary file beside `path`, renamed into place): uint8
+    images [N, H, W, C], integer labels [N], the class names, each image's file (or None) and
+    JSON attributes. A failure to write is an OSError in one sentence (cupycnn.atomic)."""
+    require("h5py", "h5py", "cupycnn.data HDF5 caches")
+    from ..checkpoint import _digest, check_data
+    images, labels = np.asarray(images), np.asarray(labels)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"write_hdf5: images must be uint8 [N, H, W, C], got {images.dtype} "
+                         f"{images.shape}")
+    if labels.dtype.kind not in "iu" or labels.shape != images.shape[:1]:
+        raise ValueError(f"write_hdf5: labels must be {len(images)} integers, got "
+                         f"{labels.dtype} {labels.shape}")
+    images = np.ascontiguousarray(images)
+    labels = np.ascontiguousarray(labels, dtype=np.int64)
+    files = None if files is None else [str(f) for f in files]
+    if files is not None and len(files) != len(images):
+        raise ValueError(f"write_hdf5: {len(files)} file names for {len(images)} images")
+    document = {"format": HDF5_FORMAT, "classes": [str(c) for c in classes], "files": files,
+                "attrs": check_data({k: (list(v) if isinstance(v, tuple) else v)
+                                     for k, v in attrs.items()}, "the cache's attributes")}
+    arrays = [("images", images), ("labels", labels)]
+    path = Path(path)
+    with atomic.replace(path, what="image cache") as tmp:
+        safe_hdf5.write_verified(tmp, arrays, document, CACHE_MAGIC, CACHE_VERSION,
+                                 {name: _digest(a) for name, a in arrays},
+                                 attrs={"format": np.bytes_(HDF5_FORMAT)})
     return path
 
 
-def _strings(dataset):
-    return [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in dataset[...]]
+def _cache_error(message):
+    return ValueError(f"HDF5Dataset: {message}")
+
+
+def read_hdf5(path):
+    """(images, labels, classes, files, attrs) of the cache at `path`, every part checked
+    before the images are read (see the module docstring); ValueError saying what is wrong."""
+    require("h5py", "h5py", "cupycnn.data.HDF5Dataset")
+    path = Path(path)
+    where = str(path)
+    try:
+        info = safe_hdf5.check_regular_file(path, _cache_error, "cache")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"HDF5Dataset: no cache at {path.absolute()}") from None
+    try:
+        header = safe_hdf5.read_verified_header(path, info, CACHE_MAGIC, CACHE_VERSION,
+                                                _cache_error, "cache")
+    except OSError as e:
+        raise _cache_error(f"cannot read {path}: {e.strerror or e}") from None
+    if header is None:
+        raise _cache_error(f"{path} is not a cupycnn.data cache of format {HDF5_FORMAT} (an "
+                           f"older cache, or another file); delete it, or rebuild it with "
+                           f"ImageFolder(root).to_hdf5(path) (ImageFolder.cached does so "
+                           f"itself)")
+    document, offsets, _ = header
+    if not (isinstance(document, dict) and set(document) == {"format", "classes", "files",
+                                                             "attrs"}
+            and document["format"] == HDF5_FORMAT):
+        raise _cache_error(f"{where}: the cache is damaged: its header's document has the "
+                           f"wrong fields")
+    classes, files, attrs = document["classes"], document["files"], document["attrs"]
+    if not (isinstance(classes, list) and len(classes) <= MAX_CLASSES and
+            all(isinstance(c, str) for c in classes)):
+        raise _cache_error(f"{where}: the cache is damaged: its class names are not a list "
+                           f"of names")
+    if not isinstance(attrs, dict):
+        raise _cache_error(f"{where}: the cache is damaged: its attributes are not a dict")
+    f = safe_hdf5.open_file(path, _cache_error, "cache")
+    with f:
+        found = safe_hdf5.audit(f, _cache_error, where)
+        if set(found) != {"images", "labels"}:
+            raise _cache_error(f"{where}: the cache holds the datasets {sorted(found)}, "
+                               f"expected images and labels")
+        safe_hdf5.check_offsets(f, found, offsets, _cache_error, where)
+        images, labels = found["images"], found["labels"]
+        if images.dtype != np.uint8 or len(images.shape) != 4:
+            raise _cache_error(f"{where}: its images are {images.dtype} {images.shape}, "
+                               f"expected uint8 [N, H, W, C]")
+        if labels.dtype.kind not in "iu" or labels.shape != images.shape[:1]:
+            raise _cache_error(f"{where}: its labels are {labels.dtype} {labels.shape}, "
+                               f"expected {images.shape[0]} integers")
+        if files is not None and not (isinstance(files, list) and len(files) == images.shape[0]
+                                      and all(isinstance(x, str) for x in files)):
+            raise _cache_error(f"{where}: the cache is damaged: its file names are not "
+                               f"{images.shape[0]} names")
+        return (safe_hdf5.read(f, "images", _cache_error, where),
+                safe_hdf5.read(f, "labels", _cache_error, where), classes, files, attrs)
 
 
 class HDF5Dataset(ArrayDataset):
@@ -217,25 +330,8 @@ class HDF5Dataset(ArrayDataset):
     file of each image when recorded."""
 
     def __init__(self, path, size=None, classes=None):
-        h5py = require("h5py", "h5py", "cupycnn.data.HDF5Dataset")
         self.path = Path(path)
-        if not self.path.is_file():
-            raise FileNotFoundError(f"HDF5Dataset: no cache at {self.path.absolute()}")
-        try:
-            with h5py.File(self.path, "r") as f:
-                if f.attrs.get("format") != HDF5_FORMAT or not {"images", "labels",
-                                                                "classes"} <= set(f):
-                    raise ValueError(f"HDF5Dataset: {self.path} is not a cupycnn.data cache "
-                                     f"(format {f.attrs.get('format')!r}, datasets "
-                                     f"{sorted(f)}, expected format {HDF5_FORMAT!r} with "
-                                     f"images, labels, classes)")
-                images, labels = f["images"][...], f["labels"][...]
-                stored_classes = _strings(f["classes"])
-                self.files = _strings(f["files"]) if "files" in f else None
-                self.attrs = {k: (v.tolist() if isinstance(v, np.ndarray) else v)
-                              for k, v in f.attrs.items()}
-        except OSError as e:
-            raise ValueError(f"HDF5Dataset: cannot read {self.path}: {e}") from None
+        images, labels, stored_classes, self.files, self.attrs = read_hdf5(self.path)
         super().__init__(images, labels, stored_classes)
         wanted = _size_pair(size)
         if wanted is not None and self.image_shape[:2] != wanted:

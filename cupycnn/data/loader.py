@@ -65,7 +65,9 @@ import weakref
 import numpy as np
 
 from .. import devices as _device
+from ..ops._check import check_flag, check_integer, shown
 
+MAX_WORLD_SIZE = 1 << 20     # ranks: more would only pad each rank's share to one example
 RESIDENT_FRACTION = 0.5       # "auto": keep the dataset on the GPU if it needs at most this
                               # fraction of the free memory
 
@@ -87,6 +89,41 @@ class _HostSource:
                 np.take(self.labels, rows, axis=0, out=out_labels))
 
 
+def _item_image(i, image):
+    """dataset[i]'s image as uint8, converted only when exact: integers in 0..255. Floats (an
+    image scaled to [0, 1] would become zeros) and other values are refused, saying so."""
+    try:
+        array = np.asarray(image)
+    except (ValueError, TypeError) as e:          # ragged nested lists, say
+        raise ValueError(f"Loader: dataset[{i}] gave an image that is not an array "
+                         f"({type(image).__name__}: {e})") from None
+    if array.dtype == np.uint8 and array.ndim in (2, 3):
+        return array
+    if array.ndim not in (2, 3):
+        raise ValueError(f"Loader: dataset[{i}] gave an image of shape {array.shape}; images "
+                         f"are [H, W, C] (or [H, W])")
+    if array.dtype.kind in "iub" and array.size:
+        low, high = int(array.min()), int(array.max())
+        if 0 <= low and high <= 255:
+            return array.astype(np.uint8)
+    what = (f"{array.dtype} values in [{array.min()}, {array.max()}]" if array.size and
+            array.dtype.kind in "iufb" else f"a {array.dtype} array of shape {array.shape}")
+    raise ValueError(f"Loader: dataset[{i}] gave an image of {what}; images must be uint8 "
+                     f"(0..255), HWC: convert them yourself (floats in [0, 1]: "
+                     f"(image * 255).round().astype(np.uint8))")
+
+
+def _item_label(i, label):
+    """dataset[i]'s label as an int: integers, or floats that are whole (3.0); never 1.7, '3',
+    True or None."""
+    if isinstance(label, (bool, np.bool_)) or not isinstance(label, (int, float, np.integer,
+                                                                      np.floating)) or \
+            isinstance(label, (float, np.floating)) and not float(label).is_integer():
+        raise ValueError(f"Loader: dataset[{i}] gave the label {label!r} "
+                         f"({type(label).__name__}); labels are integer class indices")
+    return int(label)
+
+
 class _ItemSource:
     """Batches gathered one `dataset[i]` at a time, for datasets without `storage()`."""
 
@@ -96,11 +133,17 @@ class _ItemSource:
         self.dataset = dataset
 
     def gather(self, positions, out_images=None, out_labels=None):
-        items = [self.dataset[int(i)] for i in positions]
-        images = np.stack([np.asarray(image, dtype=np.uint8) for image, _ in items])
+        items = [(int(i), self.dataset[int(i)]) for i in positions]
+        arrays = [_item_image(i, image) for i, (image, _) in items]
+        for (i, _), a in zip(items, arrays):
+            if a.shape != arrays[0].shape:
+                raise ValueError(f"Loader: dataset[{items[0][0]}] gave an image of shape "
+                                 f"{arrays[0].shape}, dataset[{i}] one of {a.shape}; a batch's "
+                                 f"images must have one shape")
+        images = np.stack(arrays)
         if images.ndim == 3:
             images = images[..., None]
-        labels = np.array([int(label) for _, label in items], dtype=np.int32)
+        labels = np.array([_item_label(i, label) for i, (_, label) in items], dtype=np.int32)
         if out_images is not None:
             out_images[...] = images
             out_labels[...] = labels
@@ -177,11 +220,17 @@ class Loader:
         op = "Loader"
         for name, value, low in (("batch_size", batch_size, 1), ("world_size", world_size, 1),
                                  ("seed", seed, 0)):
-            if not isinstance(value, (int, np.integer)) or value < low:
-                raise ValueError(f"{op}: {name} must be an integer of at least {low}, got "
-                                 f"{value!r}")
-        if not isinstance(rank, (int, np.integer)) or not 0 <= rank < world_size:
-            raise ValueError(f"{op}: rank must lie in [0, world_size={world_size}), got {rank!r}")
+            check_integer(op, name, value, low)            # True is not 1, 2.0 is not 2
+        if world_size > MAX_WORLD_SIZE:
+            raise ValueError(f"{op}: world_size {world_size} is more ranks than a job has "
+                             f"(at most {MAX_WORLD_SIZE})")
+        for name, value in (("shuffle", shuffle), ("drop_last", drop_last),
+                            ("prefetch", prefetch), ("pad", pad), ("skip_bad", skip_bad)):
+            check_flag(op, name, value)                    # 'no' is true
+        if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or \
+                not 0 <= rank < world_size:
+            raise ValueError(f"{op}: rank must lie in [0, world_size={world_size}), got "
+                             f"{shown(rank)}")
         if device_resident not in (True, False, "auto"):
             raise ValueError(f"{op}: device_resident must be True, False or 'auto', got "
                              f"{device_resident!r}")
@@ -263,12 +312,50 @@ class Loader:
     def in_order(self):
         """A loader of the same examples, batches and transform in the dataset's order: no
         shuffling, no dropped batch, no padding (this rank's exact share when sharded). What
-        evaluation and prediction iterate, whatever this loader does; it shares the dataset's
-        arrays (and their GPU copy) and leaves this loader's epoch alone."""
+        evaluation and prediction iterate, whatever this loader does: this loader itself when
+        it is in order already (its decoding workers reused), else one that shares the
+        dataset's arrays (and their GPU copy) and its workers' settings, and leaves this
+        loader's epoch alone."""
+        if not self.shuffle and not self.drop_last and not self.pad:
+            return self
+        streamed = getattr(self.dataset, "streaming", False)        # self._host: StreamSource
         return Loader(self.dataset, self.batch_size, shuffle=False, drop_last=False,
                       seed=self.seed, transform=self.transform, prefetch=self.prefetch,
                       device_resident=self.device_resident, rank=self.rank,
-                      world_size=self.world_size, pad=False)
+                      world_size=self.world_size, pad=False,
+                      num_workers=self._host.num_workers if streamed else 0,
+                      worker_start_method=self._host.start_method if streamed else None,
+                      worker_timeout=self._host.timeout if streamed else None,
+                      skip_bad=self._host.skip_bad if streamed else False)
+
+    def positions(self, epoch=None):
+        """int64 [this rank's examples]: the dataset position of each example, in the order
+        this loader serves them (`indices()`; for a sharded dataset, position k is the k-th
+        sample of its files in order, and the order is the plan's: each worker's shards, its
+        batches taken round-robin as the workers' pool does). A shuffled sharded loader's order
+        is drawn by its shuffle buffer: use in_order().positions()."""
+        if not hasattr(self.dataset, "plan"):
+            return self.indices(epoch)
+        if self.shuffle:
+            raise TypeError("Loader.positions: a shuffled sharded loader's order is drawn by "
+                            "its shuffle buffer; in_order() gives one whose positions are known")
+        epoch = self.epoch if epoch is None else int(epoch)
+        workers = max(1, self._host.num_workers)
+        plans, count = self.dataset.plan(epoch, self.rank, self.world_size, workers, False,
+                                         self.seed, self.batch_size, self.drop_last)
+        offsets, size = self.dataset.offsets, self.batch_size
+        per_worker = []
+        for plan in plans:
+            mine = [np.arange(offsets[k], offsets[k + 1]) for k in plan["shards"]]
+            samples = np.concatenate(mine) if mine else np.zeros(0, np.int64)
+            batches = [samples[i:i + size] for i in range(0, len(samples), size)]
+            if self.drop_last and batches and len(batches[-1]) < size:
+                batches.pop()
+            per_worker.append(batches)
+        served = [batch for turn in range(max(map(len, per_worker), default=0))
+                  for batches in per_worker if turn < len(batches) for batch in [batches[turn]]]
+        served = served[:count]                  # pad=True: the fewest batches any rank has
+        return (np.concatenate(served) if served else np.zeros(0)).astype(np.int64)
 
     def __len__(self):
         if hasattr(self.dataset, "plan"):

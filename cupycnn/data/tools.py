@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+from ..help_formatter import DefaultsHelpFormatter as Help
+
 
 COMMANDS = {
     "make-shards": "convert a class-folder tree into tar shards (and index.json)",
@@ -31,28 +33,14 @@ and how ranks and workers share the shards.
     cupycnn data make-shards animals/ shards/animals --shard-size 500 --no-shuffle"""
 
 
-class _Help(argparse.RawDescriptionHelpFormatter):
-    """The examples kept as written; each default shown where there is one."""
-
-    def __init__(self, prog):
-        super().__init__(prog, max_help_position=30)
-
-    def _get_help_string(self, action):
-        text = action.help or ""
-        if action.default is None or action.default is False or "%(default)" in text \
-                or action.default == argparse.SUPPRESS:
-            return text
-        return f"{text} (default: %(default)s)"
-
-
 def build_parser(prog="python -m cupycnn.data"):
-    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=_Help)
+    p = argparse.ArgumentParser(prog=prog, description=DESCRIPTION, formatter_class=Help)
     p.epilog = f"`{prog} COMMAND --help` gives a command's options."
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND",
                            help=", ".join(COMMANDS))
     # The subparsers take no help=: the commands are listed in the description, not twice.
     m = sub.add_parser("make-shards",
-                       description=MAKE_SHARDS_DESCRIPTION, formatter_class=_Help)
+                       description=MAKE_SHARDS_DESCRIPTION, formatter_class=Help)
     m.add_argument("folder", metavar="FOLDER",
                    help="FOLDER/<class>/<image> (StreamingImageFolder's layout)")
     m.add_argument("out", metavar="OUT", help="the folder the shards and index.json go to")
@@ -69,7 +57,7 @@ def build_parser(prog="python -m cupycnn.data"):
                        description="What a dataset source holds: its kind, its number of "
                        "samples (and shards) and of classes.\nSOURCE is a class-folder tree, a "
                        "folder of tar shards, or a TFRecord file or a folder of them.",
-                       formatter_class=_Help)
+                       formatter_class=Help)
     i.add_argument("source", metavar="SOURCE", help="a folder or TFRecord file")
     return p
 

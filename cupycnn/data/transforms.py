@@ -30,6 +30,7 @@ import numpy as np
 from .. import devices as _device
 from .. import random as _random
 from ..ops import augment as _ops
+from ..ops._check import shown
 from ..ops._storage import precision_storage
 from ..ops.augment import AffineRanges
 
@@ -71,12 +72,12 @@ def _pair(name, value, symmetric_about, owner):
         v = float(value)
         if v < 0:
             raise ValueError(f"{owner}: {name} must be non-negative when a single number, got "
-                             f"{value!r}")
+                             f"{shown(value)}")
         return (symmetric_about - v, symmetric_about + v)
     values = tuple(float(v) for v in value)
     if len(values) != 2 or values[0] > values[1]:
         raise ValueError(f"{owner}: {name} must be a number or a pair (low, high) with "
-                         f"low <= high, got {value!r}")
+                         f"low <= high, got {shown(value)}")
     return values
 
 
@@ -308,7 +309,7 @@ class ImageDataGenerator(AffineTransform):
                             ("width_shift_range", width_shift_range),
                             ("height_shift_range", height_shift_range)):
             if np.ndim(value) != 0 or float(value) < 0:
-                raise ValueError(f"{owner}: {name} must be a non-negative number, got {value!r}")
+                raise ValueError(f"{owner}: {name} must be a non-negative number, got {shown(value)}")
         rotation = _pair("rotation_range", rotation_range, 0.0, owner)
         zoom = _pair("zoom_range", zoom_range, 1.0, owner)
         if zoom[0] <= 0:

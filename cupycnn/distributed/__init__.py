@@ -34,6 +34,8 @@ from .. import random as _random
 from .buckets import DEFAULT_BUCKET_BYTES, GradientBuckets
 from .comm import MpiCommunicator, NcclCommunicator, SingleProcess
 from .sync_bn import AllReduceStatistics, local_batchnorm, sync_batchnorm
+from .watchdog import DEFAULT_TIMEOUT as DEFAULT_COLLECTIVE_TIMEOUT
+from .watchdog import WatchedCommunicator, Watchdog
 
 
 ABORT_GRACE_SECONDS = 0.5
@@ -77,7 +79,8 @@ def _mpi_world():
 class Context:
     """One rank's view of the job: rank, size, local_rank, device, and the collectives."""
 
-    def __init__(self, mpi_comm, device, bucket_bytes=DEFAULT_BUCKET_BYTES, backend=None):
+    def __init__(self, mpi_comm, device, bucket_bytes=DEFAULT_BUCKET_BYTES, backend=None,
+                 collective_timeout=DEFAULT_COLLECTIVE_TIMEOUT):
         if backend not in (None, "none", "mpi", "nccl"):
             raise ValueError(f"backend must be None (chosen by device and size), 'none', 'mpi' "
                              f"or 'nccl', got {backend!r}")
@@ -114,6 +117,23 @@ class Context:
             self.communicator = MpiCommunicator(mpi_comm)
         self.bucket_bytes = bucket_bytes
         self._buckets = None
+        # A stalled rank ends the job, named, within the timeout (watchdog.py).
+        self.watchdog = None
+        if collective_timeout and self.size > 1:
+            self.watchdog = Watchdog(mpi_comm, collective_timeout,
+                                     single_host=self.local_size == self.size)
+            self.communicator = WatchedCommunicator(self.communicator, self.watchdog)
+
+    def set_step(self, step, epoch=None):
+        """The training step now running (named by the watchdog if a collective stalls)."""
+        if self.watchdog is not None:
+            self.watchdog.set_step(step, epoch)
+
+    def _watched(self, name, timeout=True):
+        """enter/leave of the watchdog around a host MPI call (timeout=False: not watched)."""
+        if self.watchdog is None or not timeout:
+            return contextlib.nullcontext()
+        return self.watchdog.watching(name)
 
     @property
     def backend(self):
@@ -131,10 +151,13 @@ class Context:
     def broadcast_(self, array, root=0):
         return self.communicator.broadcast_(array, root)
 
-    def barrier(self):
+    def barrier(self, watched=True):
+        """Wait for every rank. watched=False: however long it takes (data preparation: rank
+        0 downloading a dataset while the others wait), outside the watchdog."""
         if self.mpi is not None:
             self.communicator.synchronize()
-            self.mpi.Barrier()
+            with self._watched("barrier", watched):
+                self.mpi.Barrier()
 
     def broadcast_parameters(self, model):
         """Rank 0's parameters and buffers to every rank (call once, after building)."""
@@ -157,7 +180,10 @@ class Context:
 
     def allgather(self, obj):
         """Gather a small Python object from every rank (over MPI)."""
-        return [obj] if self.mpi is None else self.mpi.allgather(obj)
+        if self.mpi is None:
+            return [obj]
+        with self._watched("allgather"):
+            return self.mpi.allgather(obj)
 
     # ------------------------------------------------------------------------- checks
     def check_consistency(self, model, optimizer, global_batch, **extra):
@@ -263,11 +289,14 @@ def fingerprint(model, optimizer, global_batch, **extra):
 _context = None
 
 
-def init(device=None, bucket_bytes=DEFAULT_BUCKET_BYTES, backend=None):
+def init(device=None, bucket_bytes=DEFAULT_BUCKET_BYTES, backend=None,
+         collective_timeout=DEFAULT_COLLECTIVE_TIMEOUT):
     """Set up this rank (once per process): MPI world, local rank, GPU, communicator.
     `device` defaults to the current cupycnn device. `backend` None chooses: NCCL on cuda and
     MPI elsewhere when there are several ranks, none for one process (which needs neither MPI
-    nor NCCL); "nccl" or "mpi" forces one even for a single rank (the GPU checks use that)."""
+    nor NCCL); "nccl" or "mpi" forces one even for a single rank (the GPU checks use that).
+    `collective_timeout`: seconds a rank may wait in one collective before the watchdog names
+    the ranks that have not arrived and aborts the job (0 or None: never)."""
     global _context
     if _context is not None:
         return _context
@@ -275,7 +304,7 @@ def init(device=None, bucket_bytes=DEFAULT_BUCKET_BYTES, backend=None):
     if backend != "none":
         world = _mpi_world()      # a single process started without mpirun has size 1
     dev = device or _device.device()
-    _context = Context(world, dev, bucket_bytes, backend)
+    _context = Context(world, dev, bucket_bytes, backend, collective_timeout)
     _random.set_process_rank(_context.rank)
     return _context
 

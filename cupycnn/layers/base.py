@@ -24,7 +24,10 @@ mode, whatever the flags say (the Trainer trains with True and evaluates with Fa
 Sub-layers: a Layer assigned as an attribute (`self.conv1 = Conv2D(...)`) registers itself as a
 child, as `nn.Module.__setattr__` does: it appears in `named_children()` (in assignment order),
 so in `parameters()`, `state_dict()` (as "conv1.weight"), `train()`/`eval()` and the printed
-tree, with no method to override.
+tree, with no method to override. A list, tuple or dict of layers is not registered (nor is it
+in PyTorch, where it needs nn.ModuleList): assigning one that holds layers which are not
+sub-layers is refused, with the fix (a Sequential iterates, indexes and appends as ModuleList
+does), and so is a Trainer for a model with such layers (see `unregistered_layers`).
 
 Parameters are reached through `params[key]` every time, never kept elsewhere: an optimizer may
 move every parameter of a model into one flat buffer (each becoming a view of it), and the
@@ -33,12 +36,70 @@ layer then reads and writes the views without knowing.
 import collections
 import contextlib
 import math
+import os
+import threading
 
 import numpy as np
 
 from .. import devices as _device
 from ..ops._check import check_arrays
 from ..ops._storage import activation_dtypes
+
+
+class ModelTooLargeError(ValueError):
+    """Building a model needed more memory than `allocation_limit` allows."""
+
+
+_limit = threading.local()
+
+
+@contextlib.contextmanager
+def allocation_limit(nbytes, what="the model"):
+    """Layers built inside the block may allocate at most `nbytes` of parameters, gradients and
+    buffers in all; the layer that would exceed it raises ModelTooLargeError before allocating.
+    For models built from data (a checkpoint's config): the data cannot ask for terabytes."""
+    previous = getattr(_limit, "state", None)
+    _limit.state = [int(nbytes), 0, what]
+    try:
+        yield
+    finally:
+        _limit.state = previous
+
+
+def check_allocation(shape, itemsize=4, count=1):
+    """Before a layer makes `count` arrays of `shape` on the host: refuse what cannot fit (the
+    machine's memory, or the allocation_limit in force) with ModelTooLargeError."""
+    _reserve(tuple(shape[:-1]) + (int(shape[-1]) * count,) if shape else (count,), itemsize,
+             commit=False)
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):      # not on this system: no bound
+        return float("inf")
+
+
+def _reserve(shape, itemsize, commit=True):
+    """Account for an allocation of `shape` under the allocation_limit in force, if any."""
+    count = 1
+    for s in shape:
+        count *= max(int(s), 0)
+    size = count * int(itemsize)
+    state = getattr(_limit, "state", None)
+    if state is None:
+        if size > _physical_memory():
+            raise ModelTooLargeError(
+                f"a tensor of shape {tuple(int(s) for s in shape)} needs {size / 2**30:,.1f} GiB, "
+                f"more than this machine's {_physical_memory() / 2**30:.0f} "
+                f"GiB of memory")
+        return
+    if state[1] + size > state[0]:
+        raise ModelTooLargeError(
+            f"building {state[2]} needs more than {state[0]:,} bytes (a tensor of shape "
+            f"{tuple(int(s) for s in shape)} alone is {size:,} bytes)")
+    if commit:
+        state[1] += size
 
 
 class Parameter:
@@ -144,6 +205,15 @@ class Layer:
                                 f"None expected); delete it first (del layer.{name})")
             modules[name] = None
         else:
+            # A class with its own named_children() may list the layers it keeps this way.
+            held = _layers_in(value) if type(self).named_children is Layer.named_children else ()
+            if held:
+                reachable = {id(layer) for layer in self._every_layer()}
+                loose = [(index, layer) for index, layer in held if id(layer) not in reachable]
+                if loose:
+                    raise ValueError(_unregistered_message(
+                        [f"{type(self).__name__}.{name}{index} ({type(layer).__name__})"
+                         for index, layer in loose], name))
             object.__setattr__(self, name, value)
 
     def __getattr__(self, name):
@@ -217,11 +287,14 @@ class Layer:
     def add_param(self, key, value):
         """Register a parameter from a host array (float32 on the current device) with a zero
         gradient."""
+        _reserve(np.shape(value), 2 * 4)             # the value and its gradient, float32
         self.params[key] = _device.asarray(np.asarray(value, dtype=np.float32))
         self.grads[key] = _device.zeros(self.params[key].shape, self.params[key].dtype)
 
     def add_buffer(self, key, value):
-        self.buffers[key] = _device.asarray(np.asarray(value))
+        value = np.asarray(value)
+        _reserve(value.shape, value.itemsize)
+        self.buffers[key] = _device.asarray(value)
 
     def save_for_backward(self, **arrays):
         """Keep what backward needs (replacing what the previous forward kept)."""
@@ -414,6 +487,43 @@ def without_input_grad(model):
             layer.input_grad = True
 
 
+def _layers_in(value):
+    """(index, Layer) for each layer a list, tuple or dict holds (one level deep)."""
+    if isinstance(value, (list, tuple)):
+        return [(f"[{i}]", v) for i, v in enumerate(value) if isinstance(v, Layer)]
+    if isinstance(value, dict):
+        return [(f"[{k!r}]", v) for k, v in value.items() if isinstance(v, Layer)]
+    return []
+
+
+def unregistered_layers(model):
+    """'Net.blocks[0] (Conv2D)' for every layer held in a list, tuple or dict attribute of a
+    layer of `model` without being one of the model's sub-layers: its parameters would be
+    neither trained nor saved (a list filled after its assignment, `self.blocks.append(...)`,
+    is found here, not at the assignment)."""
+    reachable = {id(layer) for layer in model._every_layer()}
+    return [f"{type(layer).__name__}.{name}{index} ({type(held).__name__})"
+            for layer in model._every_layer() for name, value in vars(layer).items()
+            for index, held in _layers_in(value) if id(held) not in reachable]
+
+
+def _unregistered_message(where, name):
+    return (f"{', '.join(where[:3])}{' and more' if len(where) > 3 else ''}: a layer in a "
+            f"plain list, tuple or dict is not a sub-layer: its parameters would be neither "
+            f"trained nor saved, nor its mode set by train() and eval(); hold the layers in a Sequential (self.{name} = "
+            f"Sequential(...): it iterates, indexes and appends as PyTorch's nn.ModuleList, "
+            f"its state_dict names are '{name}.0.weight', ...), or assign each one as an "
+            f"attribute")
+
+
+def check_registered(model, who):
+    """Raise the one-sentence error when `model` holds layers that are not sub-layers."""
+    where = unregistered_layers(model)
+    if where:
+        name = where[0].split(".", 1)[1].split("[", 1)[0]
+        raise ValueError(f"{who}: " + _unregistered_message(where, name))
+
+
 @contextlib.contextmanager
 def training_mode(model, training):
     """`with training_mode(model, False): ...`: the block runs with `model` and every sub-layer
@@ -432,5 +542,6 @@ def training_mode(model, training):
 def uniform_init(shape, fan_in, rng):
     """PyTorch's default for Linear and Conv weights and biases: kaiming_uniform with a=sqrt(5),
     which is U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    _reserve(shape, 2 * 4, commit=False)             # checked before drawing (add_param counts)
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
     return rng.uniform(-bound, bound, size=shape).astype(np.float32)

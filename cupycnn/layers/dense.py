@@ -8,6 +8,7 @@
 from .. import random as _random
 from ..ops import gemm as gemm_ops
 from ..ops import reduce as reduce_ops
+from ..ops._check import check_integer
 from ..ops._storage import is_bf16, to_bf16, to_float32
 from .base import Layer, uniform_init
 
@@ -18,9 +19,8 @@ class Dense(Layer):
 
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        if in_features < 1 or out_features < 1:
-            raise ValueError(f"Dense: in_features and out_features must be at least 1, got "
-                             f"{in_features} and {out_features}")
+        in_features = check_integer("Dense", "in_features", in_features, 1)
+        out_features = check_integer("Dense", "out_features", out_features, 1)
         self.in_features, self.out_features = int(in_features), int(out_features)
         rng = _random.generator()
         self.add_param("weight", uniform_init((out_features, in_features), in_features, rng))

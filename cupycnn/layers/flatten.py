@@ -3,6 +3,7 @@ default. No kernel: the input is C-contiguous, so merging axes is a reshape (a v
 every device; backward reshapes dy back to the input's shape."""
 import math
 
+from ..ops._check import check_integer
 from .base import Layer
 
 
@@ -12,7 +13,8 @@ class Flatten(Layer):
 
     def __init__(self, start_dim=1, end_dim=-1):
         super().__init__()
-        self.start_dim, self.end_dim = int(start_dim), int(end_dim)
+        self.start_dim = check_integer("Flatten", "start_dim", start_dim)
+        self.end_dim = check_integer("Flatten", "end_dim", end_dim)
 
     def extra_repr(self):
         return f"start_dim={self.start_dim}, end_dim={self.end_dim}"

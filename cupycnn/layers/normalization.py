@@ -33,9 +33,9 @@ import numpy as np
 from .. import devices as _device
 from ..ops import batchnorm as bn_ops
 from ..ops import groupnorm as gn_ops
-from ..ops._check import check_arrays
+from ..ops._check import check_arrays, check_integer, shown
 from ..ops._storage import activation_dtypes
-from .base import Layer
+from .base import Layer, check_allocation
 
 
 def local_statistics(sums, count):
@@ -52,10 +52,15 @@ class _BatchNorm(Layer):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, relu=False):
         super().__init__()
-        if int(num_features) < 1:
-            raise ValueError(f"{type(self).__name__}: num_features must be at least 1, got "
-                             f"{num_features}")
-        self.num_features, self.eps, self.momentum = int(num_features), float(eps), momentum
+        who = type(self).__name__
+        num_features = check_integer(who, "num_features", num_features, 1)
+        eps = _positive(who, "eps", eps)
+        if momentum is not None and (isinstance(momentum, bool) or not isinstance(
+                momentum, (int, float, np.integer, np.floating)) or not 0 <= momentum <= 1):
+            raise ValueError(f"{who}: momentum must be None or a number in [0, 1], got "
+                             f"{shown(momentum)}")
+        check_allocation((num_features,), 4, count=6)    # params, gradients, statistics
+        self.num_features, self.eps, self.momentum = num_features, eps, momentum
         self.relu = bool(relu)
         self.stats_reducer = local_statistics
         self.add_param("weight", np.ones(self.num_features, np.float32))
@@ -143,6 +148,13 @@ class _BatchNorm(Layer):
         return dx, dresidual
 
 
+def _positive(who, name, value):
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not value > 0 or not np.isfinite(value):
+        raise ValueError(f"{who}: {name} must be a positive number, got {shown(value)}")
+    return float(value)
+
+
 class BatchNorm1D(_BatchNorm):
     """PyTorch's BatchNorm1d(num_features, eps=1e-5, momentum=0.1): input [N, C] or [N, C, L],
     statistics per channel over N (and L). Training needs more than one value per channel.
@@ -173,10 +185,13 @@ class GroupNorm(Layer):
 
     def __init__(self, num_groups, num_channels, eps=1e-5):
         super().__init__()
-        num_groups, num_channels = int(num_groups), int(num_channels)
+        num_groups = check_integer("GroupNorm", "num_groups", num_groups, 1)
+        num_channels = check_integer("GroupNorm", "num_channels", num_channels, 1)
+        eps = _positive("GroupNorm", "eps", eps)
         if num_groups < 1 or num_channels < 1 or num_channels % num_groups:
             raise ValueError(f"GroupNorm: num_channels must be divisible by num_groups, got "
                              f"num_groups={num_groups}, num_channels={num_channels}")
+        check_allocation((num_channels,), 4, count=4)
         self.num_groups, self.num_channels, self.eps = num_groups, num_channels, float(eps)
         self.add_param("weight", np.ones(num_channels, np.float32))
         self.add_param("bias", np.zeros(num_channels, np.float32))

@@ -109,6 +109,33 @@ def check_int_array(op, name, a, pattern, bound=None):
     return check_shape(op, name, a.shape, pattern, bound)
 
 
+def shown(value, limit=60):
+    """`value` for a one-line message: its repr on one line, cut at `limit` characters (an
+    array is its dtype and shape)."""
+    if hasattr(value, "shape") and hasattr(value, "dtype") and getattr(value, "ndim", 0):
+        return f"an array of {value.dtype} {tuple(value.shape)}"
+    text = " ".join(repr(value).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def check_integer(op, name, value, low=None):
+    """`value` must be an integer (an int or a NumPy integer, not a bool, not a float that
+    would be truncated) of at least `low`; returns it as an int."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) or \
+            low is not None and value < low:
+        bound = f" of at least {low}" if low is not None else ""
+        raise ValueError(f"{op}: {name} must be an integer{bound}, got {shown(value)}")
+    return int(value)
+
+
+def check_flag(op, name, value):
+    """`value` must be True or False (not 'no', which is true, nor 1)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{op}: {name} must be True or False, got {type(value).__name__} "
+                         f"{shown(value)}")
+    return bool(value)
+
+
 def check_positive(op, **values):
     for name, v in values.items():
         if int(v) < 1:

@@ -17,7 +17,7 @@ from ..reference import augment as reference
 from ..reference.augment import AffineRanges, FILL_MODES, INTERPOLATIONS  # noqa: F401
 from ..runtime import ceil_div, get_kernel
 from ._storage import BF16, encode
-from ._check import check_arrays
+from ._check import check_arrays, shown
 from ._launch import kernel_constants
 
 _K = kernel_constants("augment")
@@ -92,13 +92,13 @@ def _kernel(name, dtype):
 def _check_key(op, seed, stream):
     for name, value in (("seed", seed), ("stream", stream)):
         if not isinstance(value, (int, np.integer)) or not 0 <= int(value) < _UINT64_LIMIT:
-            raise ValueError(f"{op}: {name} must be an integer in [0, 2^64), got {value!r}")
+            raise ValueError(f"{op}: {name} must be an integer in [0, 2^64), got {shown(value)}")
     return np.uint64(seed), np.uint64(stream)
 
 
 def _check_probability(op, name, p):
     if not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"{op}: {name} must be in [0, 1], got {p!r}")
+        raise ValueError(f"{op}: {name} must be in [0, 1], got {shown(p)}")
 
 
 def _check_padding(op, padding):

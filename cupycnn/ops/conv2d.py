@@ -29,7 +29,7 @@ from ..reference import conv2d as reference
 from ..reference.conv2d import output_size, pair
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, elementwise_grid, get_kernel
 from . import tiles
-from ._check import check_arrays, into
+from ._check import check_arrays, check_integer, into
 from ._launch import TARGET_BLOCKS, kernel_constants
 
 _CONV = kernel_constants("conv2d")
@@ -44,6 +44,8 @@ def check_hyper_parameters(who, in_channels, out_channels, kernel_size, stride, 
     """The one check of a convolution's hyper-parameters (Conv2D's and the ops'): returns
     kernel_size, stride and padding as (h, w) pairs of ints, or raises a ValueError naming
     `who`."""
+    in_channels = check_integer(who, "in_channels", in_channels)      # 3.7 is not 3
+    out_channels = check_integer(who, "out_channels", out_channels)
     kernel_size, stride, padding = (pair(value, f"{who}: {name}") for name, value in
                                     (("kernel_size", kernel_size), ("stride", stride),
                                      ("padding", padding)))

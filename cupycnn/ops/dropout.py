@@ -13,7 +13,7 @@ from .. import devices as _device
 from ..cpu import dropout as cpu_dropout
 from ..reference import dropout as reference
 from ..runtime import elementwise_grid, get_kernel
-from ._check import check_arrays
+from ._check import check_arrays, shown
 from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
 UINT64_MAX = 2**64 - 1
@@ -23,14 +23,14 @@ def check_probability(op, p):
     """p must be a number in [0, 1] (PyTorch's message)."""
     if isinstance(p, bool) or not isinstance(p, (int, float, np.integer, np.floating)) \
             or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"{op}: dropout probability has to be between 0 and 1, but got {p!r}")
+        raise ValueError(f"{op}: dropout probability has to be between 0 and 1, but got {shown(p)}")
     return float(p)
 
 
 def _check_counter(op, name, value):
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) \
             or not 0 <= int(value) <= UINT64_MAX:
-        raise ValueError(f"{op}: {name} must be an int in [0, 2^64), got {value!r}")
+        raise ValueError(f"{op}: {name} must be an int in [0, 2^64), got {shown(value)}")
     return int(value)
 
 

@@ -14,7 +14,7 @@ from ..cpu import pool as cpu_pool
 from ..limits import INT32_MAX
 from ..reference import pool as reference
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, get_kernel
-from ._check import check_arrays
+from ._check import check_arrays, shown
 from ._launch import kernel_constants
 from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
@@ -28,7 +28,7 @@ def _int_pair(op, name, value):
     if len(values) != 2 or not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool)
                                    for v in values):
         raise ValueError(f"{op}: {name} must be an int or a pair of ints (height, width), got "
-                         f"{value!r}")
+                         f"{shown(value)}")
     return int(values[0]), int(values[1])
 
 

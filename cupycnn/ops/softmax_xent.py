@@ -17,7 +17,7 @@ import numpy as np
 from .. import devices as _device
 from ..reference import softmax_xent as reference
 from ..runtime import ceil_div, elementwise_grid, get_kernel
-from ._check import check_arrays, check_int32, check_int_array, check_positive
+from ._check import check_arrays, check_int32, check_int_array, check_integer, check_positive
 from ._launch import kernel_constants
 from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
@@ -46,6 +46,7 @@ def labels_to_int32(labels, classes, op="labels_to_int32", check=True):
     int32 fit int32 and are cast; int64, uint32 and uint64 go through the narrow_labels kernel,
     which maps every value outside [0, classes) to -1 rather than letting 2^32 + 3 wrap to 3.
     """
+    classes = check_integer(op, "classes", classes, 0)
     check_int_array(op, "labels", labels, ("N",))
     if check and _device.device() != "cuda":
         check_labels_on_host(op, labels, classes)

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..ops import optim as optim_ops
 from ..reference import optim as ref
+from ..ops._check import shown
 from .optimizer import Optimizer
 
 
@@ -54,7 +55,7 @@ class Adam(Optimizer):
         betas = group["betas"]
         if not isinstance(betas, (tuple, list)) or len(betas) != 2:
             raise ValueError(f"{self.name}: betas must be a pair (beta1, beta2){where}, got "
-                             f"{betas!r}")
+                             f"{shown(betas)}")
         pair = {"betas[0]": betas[0], "betas[1]": betas[1]}
         for key in pair:
             self._number(pair, key, where, "beta", low=0.0, high=1.0, high_open=True)

@@ -36,7 +36,7 @@ import numpy as np
 from .. import devices as _device
 from ..layers.base import Parameter
 from ..ops import optim as optim_ops
-from ..ops._check import float_dtypes
+from ..ops._check import float_dtypes, shown
 from .torch_compat import translate_group
 
 SEGMENT_ALIGN = 32   # elements: every parameter starts on a 128-byte line of the flat buffers
@@ -181,7 +181,7 @@ class Optimizer:
         if not ok:
             bound = f">= {low:g}" if high is None else \
                 f"in [{low:g}, {high:g}{')' if high_open else ']'}"
-            raise ValueError(f"{self.name}: invalid {what} {key}={value!r}{where}: must be a "
+            raise ValueError(f"{self.name}: invalid {what} {key}={shown(value)}{where}: must be a "
                              f"finite number {bound}")
         return float(value)
 

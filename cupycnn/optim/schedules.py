@@ -33,6 +33,7 @@ import math
 from bisect import bisect_right
 from collections import Counter
 
+from ..ops._check import shown
 from .optimizer import Optimizer
 
 __all__ = ["LRScheduler", "StepLR", "MultiStepLR", "CosineAnnealingLR", "LinearLR",
@@ -47,7 +48,7 @@ def _check_optimizer(schedule, optimizer):
 
 def _positive_int(schedule, name, value):
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{schedule}: {name} must be a positive integer, got {value!r}")
+        raise ValueError(f"{schedule}: {name} must be a positive integer, got {shown(value)}")
     return value
 
 
@@ -434,7 +435,7 @@ class ReduceLROnPlateau(LRScheduler):
                              f"{threshold_mode!r}")
         for what, value in (("patience", patience), ("cooldown", cooldown)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name}: {what} must be an integer >= 0, got {value!r}")
+                raise ValueError(f"{name}: {what} must be an integer >= 0, got {shown(value)}")
         self.optimizer = optimizer
         self.factor, self.patience, self.cooldown, self.eps = factor, patience, cooldown, eps
         self.mode, self.threshold, self.threshold_mode = mode, threshold, threshold_mode

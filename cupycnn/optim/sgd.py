@@ -17,6 +17,7 @@ import numpy as np
 
 from ..ops import optim as optim_ops
 from ..reference import optim as ref
+from ..ops._check import shown
 from .optimizer import Optimizer
 
 
@@ -50,7 +51,7 @@ class SGD(Optimizer):
         self._number(group, "l1", where, "L1 coefficient")
         if not isinstance(group["nesterov"], (bool, np.bool_)):
             raise ValueError(f"{self.name}: nesterov must be True or False{where}, got "
-                             f"{group['nesterov']!r}")
+                             f"{shown(group['nesterov'])}")
         if group["nesterov"] and (momentum <= 0 or dampening != 0):
             raise ValueError(f"{self.name}: Nesterov momentum requires a momentum > 0 and zero "
                              f"dampening{where}, got momentum={group['momentum']!r}, "

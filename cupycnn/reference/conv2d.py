@@ -31,15 +31,19 @@ from .rounding import round_operand
 def pair(value, name="value"):
     """(h, w) from an int or a pair of ints, as PyTorch's Conv2d reads kernel_size, stride and
     padding."""
-    if isinstance(value, (int, np.integer)):
+    def whole(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    if whole(value):
         return int(value), int(value)
     try:
         h, w = value
-        if isinstance(h, (int, np.integer)) and isinstance(w, (int, np.integer)):
+        if whole(h) and whole(w):
             return int(h), int(w)
     except (TypeError, ValueError):
         pass
-    raise ValueError(f"{name} must be an int or a pair of ints (h, w), got {value!r}")
+    shown = " ".join(repr(value).split())
+    raise ValueError(f"{name} must be an int or a pair of ints (h, w), got "
+                     f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
 
 
 def output_size(height, width, kernel_size, stride, padding):

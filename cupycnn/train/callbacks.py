@@ -10,11 +10,15 @@ checkpoints. In data-parallel training the trainer gives every rank the same log
 and only rank 0 writes files.
 """
 import csv
+import io
 import math
 import os
 import sys
+from pathlib import Path
 
 import numpy as np
+
+from .. import atomic
 
 
 class Callback:
@@ -153,7 +157,9 @@ class ReduceLROnPlateau(Callback):
             (self._pending_state or {})
 
     def load_state_dict(self, state):
-        if self.schedule is not None:
+        if not state:                      # the state of one that never started
+            self._pending_state = None
+        elif self.schedule is not None:
             self.schedule.load_state_dict(state)
         else:
             self._pending_state = state
@@ -169,6 +175,17 @@ class ModelCheckpoint(Callback):
         self.best_path, self.last_path = best, last
         self.monitor, self.mode = monitor, _mode_for(monitor, mode)
         self.best = None
+
+    def on_train_begin(self, logs=None):
+        """Before the first epoch: the folders must be writable and hold a checkpoint (one
+        sentence now rather than a traceback after the first epoch)."""
+        if self.trainer is None or not self.trainer.is_root:
+            return
+        size = checkpoint_bytes(self.trainer)
+        for path in {p for p in (self.best_path, self.last_path) if p is not None}:
+            folder = Path(path).parent
+            atomic.check_writable(folder, "checkpoints")
+            atomic.check_free_space(folder, size + (1 << 20), f"the checkpoint {path}")
 
     def on_epoch_end(self, epoch, logs):
         if self.best_path is not None:
@@ -187,41 +204,60 @@ class ModelCheckpoint(Callback):
 
 
 class CSVLogger(Callback):
-    """One row per epoch: epoch and every figure in the logs. Appends when resuming. The test
-    figures (on_test_end) become columns test_loss, test_accuracy, test_count filled on the
-    last epoch's row (empty above it): every row stays one epoch."""
+    """log.csv: a header and one row per epoch, the trainer's history: "epoch" and every
+    figure. The whole file is rewritten (atomically) at each epoch's end from the history,
+    which checkpoints carry, so after a resume it holds exactly the checkpoint's epochs and
+    those run since: no rows lost or repeated by a killed run, no row torn by a full disk, and
+    a header that follows the columns when they change. The test figures (on_test_end) become
+    columns test_loss, test_accuracy, test_count filled on the last epoch's row (empty above
+    it): every row stays one epoch."""
 
     def __init__(self, path):
         self.path = path
 
+    def on_train_begin(self, logs=None):
+        if self.trainer is not None and self.trainer.is_root:
+            atomic.check_writable(Path(os.path.abspath(self.path)).parent, "the CSV log")
+
     def on_epoch_end(self, epoch, logs):
         if not self.trainer.is_root:
             return
-        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-        fields = ["epoch"] + sorted(logs)
-        new = not os.path.exists(self.path) or os.path.getsize(self.path) == 0
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=fields)
-            if new:
-                writer.writeheader()
-            writer.writerow({"epoch": epoch + 1, **{k: logs[k] for k in sorted(logs)}})
+        history = getattr(self.trainer, "history", None)
+        rows = history.rows() if hasattr(history, "rows") else None
+        if rows is None:                      # a trainer without a history: this run's rows
+            self._rows = getattr(self, "_rows", []) + [{"epoch": epoch + 1, **logs}]
+            rows = self._rows
+        self._written = [dict(row) for row in rows]
+        self._write(self._written)
 
     def on_test_end(self, logs):
-        if not self.trainer.is_root or not os.path.exists(self.path):
+        rows = getattr(self, "_written", None)
+        if not self.trainer.is_root or not rows:
             return
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        if not rows:
-            return
-        fields = list(rows[0].keys())
-        fields += [k for k in logs if k not in fields]
         rows[-1].update(logs)
-        partial = self.path + ".partial"
-        with open(partial, "w", newline="") as f:       # replaced whole, never half-written
-            writer = csv.DictWriter(f, fieldnames=fields, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(partial, self.path)
+        self._write(rows)
+
+    def _write(self, rows):
+        """The whole file from `rows`, replaced atomically (never half-written)."""
+        names = {k for row in rows for k in row} - {"epoch"}
+        tests = {k for k in names if k.startswith("test_")}     # the last columns
+        fields = ["epoch"] + sorted(names - tests) + sorted(tests)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=fields, restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: ("" if v is None else v) for k, v in row.items()})
+        with atomic.replace(self.path, what="CSV log") as partial:
+            with open(partial, "w", newline="", encoding="utf-8") as f:
+                f.write(text.getvalue())
+
+
+def checkpoint_bytes(trainer):
+    """About how many bytes a checkpoint of `trainer` takes: the model's tensors, the
+    optimizer's state buffers (made at its first step), 1 MiB for the rest."""
+    model = sum(int(np.prod(np.shape(v))) * 4 for v in trainer.model.state_dict().values())
+    states = len(getattr(trainer.optimizer, "state_names", ()) or ())
+    return model * (1 + states) + (1 << 20)
 
 
 class TensorBoard(Callback):
@@ -243,7 +279,12 @@ class TensorBoard(Callback):
         except ImportError:
             raise ImportError("the TensorBoard callback needs tensorboardX: pip install "
                               "tensorboardX") from None
-        self.writer = SummaryWriter(self.log_dir)
+        atomic.check_writable(self.log_dir, "TensorBoard logs")
+        try:
+            self.writer = SummaryWriter(self.log_dir)
+        except OSError as e:
+            raise atomic.write_error("TensorBoard log in", self.log_dir, e, kept=False) \
+                from None
 
     def on_batch_end(self, step, logs=None):
         if self.writer is not None and self.batch_interval and logs and "loss" in logs \
@@ -255,10 +296,14 @@ class TensorBoard(Callback):
             return
         tags = {"loss": "loss/train", "accuracy": "accuracy/train", "val_loss": "loss/val",
                 "val_accuracy": "accuracy/val", "lr": "lr"}
-        for key, value in logs.items():
-            if isinstance(value, (int, float)) and math.isfinite(value):
-                self.writer.add_scalar(tags.get(key, key), value, epoch + 1)
-        self.writer.flush()
+        try:
+            for key, value in logs.items():
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    self.writer.add_scalar(tags.get(key, key), value, epoch + 1)
+            self.writer.flush()
+        except OSError as e:
+            raise atomic.write_error("TensorBoard log in", self.log_dir, e, kept=False) \
+                from None
 
     def on_train_end(self, logs=None):
         if self.writer is not None:

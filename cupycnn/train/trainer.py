@@ -17,6 +17,7 @@ each layer's dropout counter, the loaders' transforms), so 2 epochs, a save, a r
 epochs end with the same parameters as 4 epochs in one go (on numpy and sim, where runs are
 deterministic; tested).
 """
+import copy
 import time
 import warnings
 
@@ -26,13 +27,16 @@ from .. import devices as _device
 from .. import random as _random
 from ..checkpoint import load_checkpoint, save_checkpoint
 from ..layers import without_input_grad
-from ..layers.base import training_mode
+from ..layers.base import check_registered, training_mode
 from ..ops import metrics as metric_ops
+from ..ops._check import check_device_array, check_int_array
 from ..ops._storage import as_activation, decode
+from ..ops.softmax_xent import check_labels_on_host, labels_to_int32
 from ..progress import Progress
 from ..reference.softmax_xent import softmax
 from ..data.transforms import Transform
 from ..models.description import NotDescribable, describe
+from . import resume as _resume
 from .arrays import array_loader, is_array, refuse_a_list_of_arrays
 from .callbacks import Callback
 
@@ -45,7 +49,8 @@ def _images_per_batch(loader):
 
 
 class History(dict):
-    """{figure name: [one value per epoch]}; "epoch" lists the epoch numbers (from 1). Keras's
+    """{figure name: [one value per epoch]}; "epoch" lists the epoch numbers (from 1). Every
+    list has one entry per epoch: a figure an epoch did not report is None there. Keras's
     `history.history["val_accuracy"]` reads it too."""
 
     @property
@@ -53,9 +58,18 @@ class History(dict):
         return self
 
     def append(self, epoch, logs):
+        done = len(self.get("epoch", []))
         self.setdefault("epoch", []).append(epoch + 1)
         for key, value in logs.items():
-            self.setdefault(key, []).append(value)
+            self.setdefault(key, [None] * done).append(value)
+        for key, values in self.items():
+            if len(values) == done:
+                values.append(None)
+
+    def rows(self):
+        """One {name: value} per epoch (what CSVLogger writes)."""
+        names = list(self)
+        return [dict(zip(names, values)) for values in zip(*(self[n] for n in names))]
 
 
 class Trainer:
@@ -82,6 +96,7 @@ class Trainer:
         if scheduler_interval not in ("epoch", "step"):
             raise ValueError(f"scheduler_interval must be 'epoch' or 'step', got "
                              f"{scheduler_interval!r}")
+        check_registered(model, "Trainer")       # layers in a list would train unseen
         self.model, self.optimizer, self.loss = model, optimizer, loss
         self.scheduler, self.scheduler_interval = scheduler, scheduler_interval
         self.callbacks = list(callbacks)
@@ -99,6 +114,9 @@ class Trainer:
         self.stop_training = False
         self.loaders = []           # whose random state goes into checkpoints (set by fit)
         self._pending_loader_state = None   # from resume(), applied when fit gets the loaders
+        self._position = None       # from resume() of a mid-epoch checkpoint: where to start
+        self._in_epoch = None       # during an epoch: its number, batches done, sums, lr
+        self._classes_seen = None   # the model's outputs, known after the first step
         self._array_seed = None     # the shuffling seed of fit(x, y) on arrays (checkpointed)
         self.input_shape = None     # of one example, from the first training batch
         self.graphed = None
@@ -121,14 +139,35 @@ class Trainer:
             getattr(cb, hook)(*args)
 
     # -------------------------------------------------------------------------- training
+    def _labels(self, op, x, y):
+        """Check a batch before anything changes (a failing step must not have stepped): x a
+        device array with y's batch size, y integer class labels [N] on the device; labels of
+        another integer dtype become int32 explicitly, a label out of range is refused where
+        the labels are on the host (numpy, sim; on cuda the loss turns NaN instead)."""
+        check_device_array(op, "the inputs x", x)
+        check_int_array(op, "the labels y", y, ("N",))
+        if len(x.shape) < 1 or x.shape[0] != y.shape[0]:
+            raise ValueError(f"{op}: {y.shape[0]} labels for inputs of shape {tuple(x.shape)}; "
+                             f"one label per example")
+        classes = len(self.classes) if self.classes else self._classes_seen
+        if _device.device() != "cuda" and classes:
+            check_labels_on_host(op, y, classes)
+        if y.dtype != np.int32:
+            y = labels_to_int32(y, classes or np.iinfo(np.int32).max, op)
+        return y
+
     def new_sums(self):
         """A zeroed accumulator for an epoch's loss and hits (the graphed step's own one)."""
         return self.graphed.epoch_sums() if self.graphed is not None else metric_ops.new_sums()
 
     def train_step(self, x, y, sums):
-        """One optimizer step on a batch; adds its loss and hits to `sums` (on the device)."""
+        """One optimizer step on a batch; adds its loss and hits to `sums` (on the device).
+        The batch is checked first: a step that fails has changed nothing."""
+        y = self._labels("Trainer.train_step", x, y)
         if self.input_shape is None:            # for the checkpoint's config
             self.input_shape = tuple(int(s) for s in x.shape[1:])
+        if self.distributed is not None and hasattr(self.distributed, "set_step"):
+            self.distributed.set_step(self.step + 1, self.epoch)   # what a watchdog names
         if self.graphed is not None:
             self.graphed.step(x, y, sums)
         else:
@@ -139,6 +178,7 @@ class Trainer:
 
     def _eager_step(self, x, y, sums):
         logits = self.model.forward(as_activation(x), training=True)
+        self._classes_seen = int(logits.shape[1]) if len(logits.shape) == 2 else None
         loss = self.loss.forward(logits, y)
         dy = self.loss.backward()
         with without_input_grad(self.model):           # the images' gradient: never read
@@ -206,6 +246,7 @@ class Trainer:
             self.set_random_state({"loaders": self._pending_loader_state})
             self._pending_loader_state = None
         self.stop_training = False
+        position, self._position = self._position, None
         self._callbacks("on_train_begin", {})
         logs = {}
         last = epochs if stop_at is None else min(epochs, stop_at)
@@ -214,7 +255,7 @@ class Trainer:
                           f"epochs={epochs} counts them (as Keras's epochs with initial_epoch); "
                           f"for n more, fit(..., epochs={self.epoch} + n)", stacklevel=2)
         with training_mode(self.model, True):       # each layer's own mode comes back at the end
-            logs = self._fit_epochs(train_loader, val_loader, epochs, last, logs)
+            logs = self._fit_epochs(train_loader, val_loader, epochs, last, logs, position)
         self._callbacks("on_train_end", logs)
         return self.history
 
@@ -237,21 +278,33 @@ class Trainer:
                              f"both need at least one")
         return x[:split], y[:split], (x[split:], y[split:])
 
-    def _fit_epochs(self, train_loader, val_loader, epochs, last, logs):
+    def _fit_epochs(self, train_loader, val_loader, epochs, last, logs, position=None):
+        """The epochs of fit; `position`: a mid-epoch checkpoint's, where the first starts."""
         while self.epoch < last and not self.stop_training:
             epoch = self.epoch
             if hasattr(train_loader, "set_epoch"):
                 train_loader.set_epoch(epoch)
-            self._callbacks("on_epoch_begin", epoch, {})
-            lr = self.optimizer.param_groups[0]["lr"]
             sums = self.new_sums()
+            lr = self.optimizer.param_groups[0]["lr"]
+            start, seconds_before = 0, 0.0
+            if position is not None:                 # a mid-epoch checkpoint: go on from it
+                start, lr, seconds_before = _resume.start_mid_epoch(self, position, train_loader,
+                                                                    epoch, sums)
+                position = None
+            self._callbacks("on_epoch_begin", epoch, {})
             bar = Progress(total=len(train_loader), desc=f"epoch {epoch + 1}/{epochs}",
                            unit="batch", enabled=self.progress and self.is_root,
                            unit_scale=_images_per_batch(train_loader))
+            bar.done = start
             started = time.perf_counter()
+            self._in_epoch = {"epoch": epoch, "batch": start, "batches": len(train_loader),
+                              "sums": sums, "lr": lr, "started": started,
+                              "seconds_before": seconds_before}
             for x, y in train_loader:
                 lr = self.optimizer.param_groups[0]["lr"]     # the epoch logs its last step's
                 self.train_step(x, y, sums)
+                self._in_epoch["batch"] += 1
+                self._in_epoch["lr"] = lr
                 if bar.enabled and bar.due():       # the only host read inside an epoch
                     loss, accuracy, _ = metric_ops.read_sums(sums)
                     bar.set_metrics(loss=loss, acc=accuracy)
@@ -259,11 +312,12 @@ class Trainer:
                 if any(type(cb).on_batch_end is not Callback.on_batch_end
                        for cb in self.callbacks):
                     self._callbacks("on_batch_end", self.step, {})
+            self._in_epoch = None
             self._allreduce_sums(sums)
             if self.distributed is not None:
                 self.distributed.broadcast_buffers(self.model)   # one model to evaluate and save
             loss, accuracy, count = metric_ops.read_sums(sums)
-            seconds = time.perf_counter() - started
+            seconds = time.perf_counter() - started + seconds_before
             logs = {"loss": loss, "accuracy": accuracy, "lr": lr,
                     "images_per_second": count / seconds if seconds > 0 else float("nan")}
             bar.set_metrics(loss=loss, acc=accuracy)
@@ -303,6 +357,7 @@ class Trainer:
                        unit_scale=_images_per_batch(loader))
         with training_mode(self.model, False):
             for x, y in loader:
+                y = self._labels("Trainer.evaluate", x, y)
                 logits = self.model.forward(as_activation(x), training=False)
                 loss = self.loss.forward(logits, y)
                 metric_ops.accumulate_metrics(logits, y, loss, sums)
@@ -318,8 +373,10 @@ class Trainer:
         or network input, cupycnn/train/arrays.py; on each rank alone) or a loader of (x, y)
         batches. A Loader is read in dataset order (Loader.in_order), whatever its shuffling;
         a Loader sharded over the ranks of the trainer's data-parallel context gives every rank
-        the whole dataset's rows (each rank predicts its share, then the shares are gathered:
-        every rank must call it). The model runs in evaluation mode and gets its previous modes
+        the whole dataset's rows (each rank predicts its share, then the shares are gathered
+        and put in place by Loader.positions(): every rank must call it). Tar shards and
+        TFRecords: row k is the k-th sample of the files in order, with any number of
+        decoding workers. The model runs in evaluation mode and gets its previous modes
         back; the softmax is taken on the host."""
         outputs = []
         gather = None
@@ -328,13 +385,13 @@ class Trainer:
             inputs = array_loader(self, inputs, None, batch_size, who="predict", shard=False)
         if hasattr(inputs, "in_order"):
             inputs = inputs.in_order()
-            if inputs.world_size > 1:
-                if self.distributed is None or self.distributed.size != inputs.world_size:
-                    raise ValueError(f"predict: the loader is rank {inputs.rank} of "
-                                     f"{inputs.world_size} shards, but the trainer has no "
-                                     f"data-parallel context of {inputs.world_size} ranks to "
-                                     f"gather the other shards from")
-                gather = (len(inputs.dataset), inputs.world_size)
+            if inputs.world_size > 1 and (self.distributed is None
+                                          or self.distributed.size != inputs.world_size):
+                raise ValueError(f"predict: the loader is rank {inputs.rank} of "
+                                 f"{inputs.world_size} shards, but the trainer has no "
+                                 f"data-parallel context of {inputs.world_size} ranks to "
+                                 f"gather the other shards from")
+            gather = (len(inputs.dataset), inputs.positions())
         batches = (x for x, _ in inputs)
         with training_mode(self.model, False):
             for x in batches:
@@ -342,12 +399,23 @@ class Trainer:
                                             training=False)
                 outputs.append(decode(_device.asnumpy(logits)).astype(np.float64))
         logits = np.concatenate(outputs) if outputs else np.zeros((0, 0))
-        if gather is not None:                  # rank r predicted examples r, r + W, r + 2W, ...
-            n, world = gather
-            shares = self.distributed.allgather(logits)
-            logits = np.empty((n, max(s.shape[1] for s in shares)))
-            for rank, share in enumerate(shares):
-                logits[rank::world] = share
+        if gather is not None:        # each row to its dataset position, every rank's rows
+            n, positions = gather
+            if len(positions) != len(logits):
+                raise ValueError(f"predict: the loader served {len(logits)} examples where its "
+                                 f"plan has {len(positions)} (unreadable images skipped?): "
+                                 f"their dataset positions are unknown")
+            if inputs.world_size > 1:
+                shares = self.distributed.allgather((positions, logits))
+                positions = np.concatenate([share[0] for share in shares])
+                logits = np.concatenate([share[1] for share in shares])
+            if len(positions) != n or not np.array_equal(np.sort(positions), np.arange(n)):
+                raise ValueError(f"predict: the loaders of the {inputs.world_size} rank(s) "
+                                 f"served {len(positions)} examples, not each of the "
+                                 f"dataset's {n} once")
+            ordered = np.empty_like(logits)
+            ordered[positions] = logits
+            logits = ordered
         return softmax(logits)
 
     def record_test(self, result):
@@ -381,14 +449,23 @@ class Trainer:
                 loader.load_state_dict(loader_states[str(i)])
 
     def save_checkpoint(self, path):
-        """Everything needed to resume or to predict, written atomically (rank 0 only)."""
+        """Everything needed to resume or to predict, written atomically (rank 0 writes; in
+        data-parallel training call it on every rank). Saved from a batch callback, in the
+        middle of an epoch, it holds the position within the epoch, and resume() continues
+        from the next batch, exactly as if never interrupted."""
+        position = _resume.position(self) if self._in_epoch is not None else None
         if not self.is_root:
             return None
         trainer_state = {"history": dict(self.history),
                          "callbacks": {str(i): cb.state_dict()
-                                       for i, cb in enumerate(self.callbacks)}}
+                                       for i, cb in enumerate(self.callbacks)},
+                         "callback_types": {str(i): type(cb).__name__
+                                            for i, cb in enumerate(self.callbacks)}}
         if self.scheduler is not None:
             trainer_state["scheduler"] = self.scheduler.state_dict()
+            trainer_state["scheduler_type"] = type(self.scheduler).__name__
+        if position is not None:
+            trainer_state["position"] = position
         if self._array_seed is not None:
             trainer_state["array_seed"] = self._array_seed
         return save_checkpoint(path, model=self.model, optimizer=self.optimizer,
@@ -413,24 +490,16 @@ class Trainer:
             config.setdefault("crop", False)
         return config
 
-    def resume(self, path):
+    def resume(self, path, strict=True):
         """Continue from a checkpoint: model, optimizer, scheduler, counters, history,
         callbacks and random states (the loaders' states are applied when fit() receives the
-        loaders). Then call fit() with the same total number of epochs."""
-        checkpoint = load_checkpoint(path)
-        checkpoint.restore(self.model, self.optimizer)
-        self.epoch, self.step = checkpoint.epoch, checkpoint.step
-        state = checkpoint.trainer
-        self.history = History({k: list(v) for k, v in state.get("history", {}).items()})
-        if self.scheduler is not None and "scheduler" in state:
-            self.scheduler.load_state_dict(state["scheduler"])
-        if "array_seed" in state:
-            self._array_seed = int(state["array_seed"])
-        if self.normalization is None:                 # fit(x, y) on images computed one
-            self.normalization = checkpoint.normalization
-        for i, cb in enumerate(self.callbacks):
-            if str(i) in state.get("callbacks", {}):
-                cb.load_state_dict(state["callbacks"][str(i)])
-        self.set_random_state(checkpoint.rng)
-        return checkpoint
+        loaders; a mid-epoch checkpoint's position too). Then call fit() with the same total
+        number of epochs.
 
+        Everything in the checkpoint is checked before anything is changed: a damaged or
+        mismatched checkpoint is one CheckpointError saying what is wrong, and the trainer is
+        left exactly as it was. strict=False lets the checkpoint hold the state of callbacks
+        this trainer no longer has (it is ignored)."""
+        checkpoint = load_checkpoint(path, model=self.model)
+        _resume.apply(self, checkpoint, strict)
+        return checkpoint
