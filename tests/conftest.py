@@ -77,12 +77,23 @@ def pytest_runtest_makereport(item, call):
             item.user_properties.append(("kernel_launch", f"{source}|{kernel}|{where}"))
 
 
+def _cuda_param(value):
+    reason = dev._probe_cuda()
+    return pytest.param(value, id="cuda", marks=[
+        pytest.mark.cuda, pytest.mark.skipif(bool(reason), reason=f"no usable GPU: {reason}")])
+
+
 def _kernel_device_params():
     params = [pytest.param(("sim", order), id=f"sim-{order}") for order in SIM_ORDERS]
-    reason = dev._probe_cuda()
-    params.append(pytest.param(("cuda", None), id="cuda", marks=[
-        pytest.mark.cuda, pytest.mark.skipif(bool(reason), reason=f"no usable GPU: {reason}")]))
-    return params
+    return params + [_cuda_param(("cuda", None))]
+
+
+@pytest.fixture(params=["sim", _cuda_param("cuda")])
+def step_device(request):
+    """sim (its natural thread order), then cuda where usable: for the training step's tests
+    (plan, recorded step, graphed trainer), a few seconds each on sim, whose point on cuda is
+    that a real CUDA graph replays what the eager step computes. The test calls cupycnn.use."""
+    return request.param
 
 
 @pytest.fixture(params=_kernel_device_params())

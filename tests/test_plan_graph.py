@@ -1,4 +1,5 @@
-"""The static memory plan (cupycnn.plan) and the recorded step (cupycnn.graph) on sim.
+"""The static memory plan (cupycnn.plan) and the recorded step (cupycnn.graph) on sim (the
+planned and the replayed step also on cuda, where usable: a real CUDA graph).
 
 - A traced step's plan never lets two buffers alive at the same time share a byte, and it is
   smaller than the sum of the step's allocations.
@@ -107,8 +108,8 @@ def test_plan_keeps_live_buffers_apart_and_reuses_the_rest(rng):
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "sgd"])
-def test_planned_step_allocates_nothing_and_matches_eager(rng, optimizer):
-    cupycnn.use("sim")
+def test_planned_step_allocates_nothing_and_matches_eager(rng, optimizer, step_device):
+    cupycnn.use(step_device)
     eager, planned = Run(optimizer), Run(optimizer)
     arena = None
     for k, (x, y) in enumerate(batches(rng, 4)):
@@ -140,7 +141,7 @@ def _replay_vs_eager(rng, optimizer, steps):
         eager.x, eager.y = cupycnn.asarray(x), cupycnn.asarray(y)
         eager.host_half()
         loss_eager = float(cupycnn.asnumpy(eager.body()))
-        replayed.x[...], replayed.y[...] = x, y
+        replayed.x[...], replayed.y[...] = cupycnn.asarray(x), cupycnn.asarray(y)
         replayed.host_half()
         loss_replayed = float(cupycnn.asnumpy(step()))
         phases.append(step.phase)
@@ -160,8 +161,9 @@ def test_replayed_launch_list_is_bitwise_the_eager_step(rng, order):
     assert step.graph.num_launches > 40
 
 
-def test_replayed_sgd_with_a_schedule_and_dropout_draws_new_masks(rng):
-    cupycnn.use("sim")
+def test_replayed_sgd_with_a_schedule_and_dropout_draws_new_masks(rng, step_device):
+    """On cuda: a CUDA graph captured through CuPy's stream capture, replayed."""
+    cupycnn.use(step_device)
     phases, step, run = _replay_vs_eager(rng, "sgd", 4)
     assert phases[-1] == "replayed"
     dropout, = [layer for layer in run.model.layers() if isinstance(layer, Dropout)]

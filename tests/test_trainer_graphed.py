@@ -1,4 +1,4 @@
-"""Trainer(cuda_graph=True) on sim: the recorded and replayed step trains exactly as the eager
+"""Trainer(cuda_graph=True) on sim (and cuda, where usable): the recorded and replayed step trains exactly as the eager
 one (parameters, buffers, history), falls back to an eager step for a short last batch and
 records anew for a shape that persists, saying so; numpy runs eagerly and says why."""
 import numpy as np
@@ -34,10 +34,10 @@ def make_run(device, cuda_graph, examples=40, batch_size=16):
     return trainer, train_loader, val_loader
 
 
-def test_graphed_training_is_the_eager_training_bit_for_bit(capsys):
-    eager, tl, vl = make_run("sim", cuda_graph=False)
+def test_graphed_training_is_the_eager_training_bit_for_bit(capsys, step_device):
+    eager, tl, vl = make_run(step_device, cuda_graph=False)
     eager.fit(tl, epochs=3, val_loader=vl)
-    graphed, tl, vl = make_run("sim", cuda_graph=True)
+    graphed, tl, vl = make_run(step_device, cuda_graph=True)
     graphed.fit(tl, epochs=3, val_loader=vl)
     for (name, a), (_, b) in zip(eager.model.state_dict().items(),
                                  graphed.model.state_dict().items()):
@@ -81,8 +81,8 @@ def test_numpy_runs_eagerly_and_says_why(capsys):
     assert capsys.readouterr().err.count("cuda graph: the numpy device runs no kernels") == 1
 
 
-def test_replayed_steps_allocate_nothing():
-    trainer, tl, vl = make_run("sim", cuda_graph=True, examples=64)
+def test_replayed_steps_allocate_nothing(step_device):
+    trainer, tl, vl = make_run(step_device, cuda_graph=True, examples=64)
     sums = trainer.new_sums()
     batches = list(tl)
     for x, y in batches[:2]:
@@ -110,13 +110,13 @@ def test_data_parallel_graphed_training_is_the_eager_one_on_every_rank():
         out.stdout + out.stderr
 
 
-def test_graphed_training_at_bf16_is_the_eager_one(capsys):
+def test_graphed_training_at_bf16_is_the_eager_one(capsys, step_device):
     """precision bf16: the batch written in BF16 by the augmentation, BF16 activations through
     the whole step (the convolutions on the tensor-core kernels), recorded and replayed."""
     histories = []
     with cupycnn.set_precision("bf16"):
         for cuda_graph in (False, True):
-            trainer, tl, vl = make_run("sim", cuda_graph=cuda_graph, examples=32)
+            trainer, tl, vl = make_run(step_device, cuda_graph=cuda_graph, examples=32)
             trainer.fit(tl, epochs=2, val_loader=vl)
             histories.append((trainer.model.state_dict(), dict(trainer.history)))
             x, _ = next(iter(tl))
