@@ -7,6 +7,8 @@ Philox, dropout, the optimizers). Then the dispatch (float32 takes the path, flo
 set_enabled(False) the reference), the thread count (results independent of it), the column
 cache, and whole training steps of both paths.
 """
+import threading
+
 import numpy as np
 import pytest
 
@@ -420,6 +422,31 @@ def test_parallel_for_runs_every_task_and_raises_the_first_error(threads):
     assert sorted(nested) == [(i, j) for i in range(2) for j in range(3)]
     with pytest.raises(ValueError, match="at least 1"):
         cpu.set_num_threads(0)
+
+
+def test_thread_count_comes_from_the_call_the_environment_or_blas(monkeypatch):
+    from threadpoolctl import threadpool_limits
+    monkeypatch.delenv("CUPYCNN_CPU_THREADS", raising=False)
+    cpu.set_num_threads(None)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            assert cpu.num_threads() == 1
+            seen = set()
+            parallel.parallel_for(4, lambda i: seen.add(threading.current_thread().name))
+            assert len(seen) == 1                  # BLAS's one thread: no worker joined in
+        monkeypatch.setenv("CUPYCNN_CPU_THREADS", "3")
+        cpu.set_num_threads(None)                  # the variable is read again
+        with threadpool_limits(limits=1, user_api="blas"):
+            assert cpu.num_threads() == 3
+        cpu.set_num_threads(2)
+        assert cpu.num_threads() == 2
+        monkeypatch.setenv("CUPYCNN_CPU_THREADS", "none")
+        cpu.set_num_threads(None)
+        with pytest.raises(ValueError, match="CUPYCNN_CPU_THREADS='none'"):
+            cpu.num_threads()
+    finally:
+        monkeypatch.delenv("CUPYCNN_CPU_THREADS", raising=False)
+        cpu.set_num_threads(None)
 
 
 def _train_steps(model_fn, optimizer_fn, shape, steps, seed=0):
