@@ -385,3 +385,65 @@ def test_non_utf8_file_names_fifos_and_symlink_loops_in_an_image_folder(tmp_path
     cache = HDF5Dataset(ds.to_hdf5(tmp_path / "cache.h5"))
     assert f"cat/{odd}" in cache.files
     np.testing.assert_array_equal(cache.images, ds.images)
+
+
+def _readers_of_streamed_data():
+    from cupycnn.data import CSVImages, TarShards, TFRecordDataset
+    from cupycnn.data.shards import count_tar_samples, read_tar_samples
+    from cupycnn.data.stream import read_file
+    from cupycnn.data.tfrecord import count_records, read_records
+    return {"read_file": read_file, "read_tar_samples": lambda p: list(read_tar_samples(p)),
+            "count_tar_samples": count_tar_samples, "TarShards": lambda p: TarShards([p]),
+            "read_records": lambda p: list(read_records(p)), "count_records": count_records,
+            "TFRecordDataset": TFRecordDataset, "CSVImages": CSVImages}
+
+
+@pytest.mark.parametrize("reader", sorted(_readers_of_streamed_data()))
+def test_a_fifo_given_to_a_streamed_data_reader_is_refused_not_waited_on(tmp_path, reader):
+    fifo = tmp_path / "data"
+    os.mkfifo(fifo)
+    blocked, result = _blocks(lambda: _readers_of_streamed_data()[reader](fifo), seconds=5)
+    if blocked:
+        with open(fifo, "wb"):          # unblock the reader so the test process can end
+            pass
+        pytest.fail(f"{reader} blocked on a FIFO")
+    error = result.get("error")
+    assert isinstance(error, (OSError, ValueError)), result
+    assert "FIFO" in str(error) and "\n" not in str(error), str(error)
+
+
+def _shards(folder):
+    import io
+
+    from PIL import Image
+
+    from cupycnn.data import write_shards
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(out, format="PNG")
+    write_shards([(f"s{k}", out.getvalue(), "png", k % 2) for k in range(4)], folder,
+                 classes=["a", "b"])
+    return folder / "index.json"
+
+
+@pytest.mark.parametrize("index, match", [
+    ('{"format": "cupycnn.shards/1", "classes": [], "shards": '
+     '[{"file": "shard-000000.tar", "samples": 1000000000000}]}',
+     r"says the shard .* holds 1000000000000 samples; its \d+ bytes hold at most \d+"),
+    ('[1, 2]', r"is not a cupycnn shard index \(format 'list'"),
+    ('{"format": "cupycnn.shards/1", "shards": [{"file": "shard-000000.tar"}]}',
+     r"shard 'shard-000000.tar' has 'None' samples, not a count"),
+    ('{"format": "cupycnn.shards/1", "shards": [{"file": "shard-000000.tar", "samples": "4"}]}',
+     r"has '4' samples, not a count"),
+    ('{"format": "cupycnn.shards/1", "shards": [{"file": "../x.tar", "samples": 1}]}',
+     r"names the shard '../x.tar', which is not a file in its folder"),
+    ('{"format": "cupycnn.shards/1", "shards": [7]}', r"shard 0 is not"),
+    ('{"format": "cupycnn.shards/1", "classes": [1], "shards": []}', r"classes are not"),
+    ('{"format": ', r"not JSON"),
+])
+def test_a_shard_index_is_checked_as_data_before_planning(tmp_path, index, match):
+    from cupycnn.data import ShardError, TarShards
+    path = _shards(tmp_path / "shards")
+    path.write_text(index, encoding="utf-8")
+    with pytest.raises(ShardError, match=match) as info:
+        TarShards(tmp_path / "shards")
+    assert "\n" not in str(info.value)
