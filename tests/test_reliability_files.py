@@ -63,12 +63,18 @@ def _load_or_refuse(path, match):
 
 # ------------------------------------------------------------------ item 1: other files
 
-def test_external_storage_pointing_at_another_file_is_refused(tmp_path):
+def _weight_stored_in_a_secret(tmp_path):
+    """A checkpoint whose model/weight is HDF5 external storage on another file (passwd)."""
     secret = tmp_path / "passwd"
     secret.write_bytes(SECRET * 2)
     path = tmp_path / "evil.h5"
     _checkpoint(path)
     _replace(path, "model/weight", external=[(str(secret), 0, 16 * 8 * 4)])
+    return path
+
+
+def test_external_storage_pointing_at_another_file_is_refused(tmp_path):
+    path = _weight_stored_in_a_secret(tmp_path)
     message = _load_or_refuse(path, r"external storage.*passwd")
     assert "model/weight" in message
 
@@ -109,11 +115,7 @@ def test_soft_and_external_links_are_refused(tmp_path, kind):
 
 def test_a_resume_and_save_never_copies_another_files_bytes(tmp_path):
     """The issue's chain: an external dataset loaded, then saved into the next checkpoint."""
-    secret = tmp_path / "passwd"
-    secret.write_bytes(SECRET * 2)
-    path = tmp_path / "evil.h5"
-    _checkpoint(path)
-    _replace(path, "model/weight", external=[(str(secret), 0, 16 * 8 * 4)])
+    path = _weight_stored_in_a_secret(tmp_path)
     try:
         checkpoint = load_checkpoint(path)
     except CheckpointError:
