@@ -9,9 +9,10 @@
 // PhaseTap, Pixel) and advances them by TC_BK with carries instead of dividing every step.
 // Elements outside the image (the zero padding) or past the matrix are zero-filled by cp.async.
 // The weights of the forward product are read along k in 16-byte copies when K = C_in kh kw is a
-// multiple of 4; the other operands are gathered (taps, stride phases, padding) one float per
-// copy, each in tc_tile.cuh's bank-conflict-free thread pattern for the axis it is contiguous
-// along (TcKMajor: k; TcRowMajor: the tile's rows, i.e. pixels).
+// multiple of 4; the other operands one float per copy (gathered through taps, stride phases and
+// padding; the weight gradient's dy is contiguous along k only within an image), each in
+// tc_tile.cuh's bank-conflict-free thread pattern for the axis it is contiguous along
+// (TcKMajor: k; TcRowMajor: the tile's rows, i.e. pixels).
 //
 //   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)   (+ bias, + residual,
 //                              ReLU: common.cuh's conv_epilogue, each optional)
