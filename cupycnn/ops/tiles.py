@@ -17,16 +17,17 @@ per configuration on both devices; benchmarks/kernel_report.py compiles every on
         tile's forward convolution 157 to 160 (1 block of 256): see docs/BENCHMARKS.md.
 
 Per shape (choose_tile): the big tile (fewer blocks, more reuse of each loaded element: 2 bm bn /
-(bm + bn) FLOP per copied float) when it still gives at least MIN_WAVES waves of blocks over an
-H100/H200's 132 SMs, else the small one, so a small product still fills the GPU.
+(bm + bn) FLOP per copied float) when it still gives at least MIN_WAVES waves of blocks over the
+SM_COUNT SMs of an H100/H200 (ops/_launch.py), else the small one, so a small product still
+fills the GPU.
 """
 import contextlib
 from dataclasses import dataclass
 
 from ..reference.rounding import check_precision
 from ..runtime import ceil_div
+from ._launch import SM_COUNT
 
-SM_COUNT = 132          # H100 / H200 SXM
 MIN_WAVES = 2
 
 
