@@ -181,6 +181,19 @@ def test_a_config_asking_for_terabytes_is_refused_before_building(tmp_path):
     _refused(lambda: load_model(path), CheckpointError, 64 << 20)
 
 
+def test_an_architecture_asking_for_terabytes_is_refused_before_building(tmp_path):
+    from cupycnn.layers import Sequential
+    from cupycnn.predict import load_model
+    path = tmp_path / "evil.h5"
+    big = {"type": "Dense", "args": {"in_features": 20000, "out_features": 20000,   # 3.2 GB
+                                     "bias": True}}
+    save_checkpoint(path, model=Sequential(Dense(4, 3)), config={
+        "input_shape": [1, 2, 2], "architecture": {"type": "Sequential", "children": [
+            ["0", big]]}},
+        normalization={"mean": [0.5], "std": [0.25]}, classes=["a", "b", "c"])
+    _refused(lambda: load_model(path), CheckpointError, 64 << 20)
+
+
 # ----------------------------------------------------------------- item 3: integrity
 
 def _flip_byte_of(path, name, index=5):
