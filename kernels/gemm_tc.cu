@@ -43,6 +43,7 @@ struct GemmLoader {
       tc_copy(s.b + n * TC_LD, k, ok ? src : B, ok);
     }
   }
+  __device__ __forceinline__ void flush(TcStage&) const {}    // every copy is a cp.async
 };
 
 struct GemmStore {
