@@ -11,7 +11,9 @@ reads the results (the tests use the same). Per kernel: registers per thread, st
 memory per block, stack frame, spill stores / loads (bytes), and the number of HMMA (tensor-core
 mma, with its shape and types), FFMA (FP32 fused multiply-add), LDSM (ldmatrix), LDGSTS
 (cp.async) and LDL/STL (local memory) instructions in the SASS: static counts, what the compiler
-emitted, not how often it runs.
+emitted, not how often it runs. For the tensor-core tiles, whose block size the configuration
+fixes, also the blocks (and warps) one SM holds at once by registers, shared memory and threads
+(machine_code.occupancy).
 """
 import argparse
 import os
@@ -22,13 +24,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a s
 
 from cupycnn import machine_code, runtime  # noqa: E402
 
-HEAD = ["kernel", "variant", "arch", "regs", "smem B", "stack B", "spill st/ld B", "HMMA",
-        "FFMA", "LDSM", "LDGSTS", "LDL/STL", "HMMA kind"]
+HEAD = ["kernel", "variant", "arch", "regs", "smem B", "stack B", "spill st/ld B", "blocks/SM",
+        "HMMA", "FFMA", "LDSM", "LDGSTS", "LDL/STL", "HMMA kind"]
+
+
+def occupancy(k):
+    """'blocks (warps)' per SM where the block size is known (the tensor-core tiles)."""
+    blocks = k.blocks_per_sm
+    return "-" if blocks is None else f"{blocks} ({blocks * k.threads // 32} warps)"
 
 
 def rows(kernels):
     return [[k.kernel, k.variant, k.arch, str(k.registers), str(k.shared), str(k.stack),
-             f"{k.spill_stores}/{k.spill_loads}", *(str(k.count(c)) for c in
+             f"{k.spill_stores}/{k.spill_loads}", occupancy(k), *(str(k.count(c)) for c in
                                                     ("HMMA", "FFMA", "LDSM", "LDGSTS")),
              f"{k.count('LDL')}/{k.count('STL')}",
              ", ".join(kind[len("HMMA."):] for kind in k.hmma_kinds) or "-"] for k in kernels]

@@ -85,6 +85,7 @@ class KernelCode:
     spill_stores: int = 0           # bytes
     spill_loads: int = 0            # bytes
     opcodes: Counter = None         # "HMMA.16816.F32.BF16" -> count; None: not disassembled
+    threads: int = 0                # per block, where the defines fix it (tensor-core tiles)
 
     def count(self, op):
         """Instructions whose opcode is `op` ("HMMA"), whatever their modifiers."""
@@ -100,6 +101,32 @@ class KernelCode:
     @property
     def spills(self):
         return self.spill_stores + self.spill_loads
+
+    @property
+    def blocks_per_sm(self):
+        """Resident blocks per SM (occupancy(); None where the block size is not known)."""
+        return occupancy(self.registers, self.shared, self.threads, self.arch) \
+            if self.threads else None
+
+
+# Per SM on sm_80 (A100) and sm_90 (H100, H200): registers, shared memory at the largest
+# carveout, threads, blocks; registers are allocated per warp in units of 256, and each block
+# reserves 1 KiB of shared memory (CUDA C++ Programming Guide, compute capabilities table).
+SM_LIMITS = {"sm_80": {"registers": 65536, "shared": 164 * 1024, "threads": 2048, "blocks": 32},
+             "sm_90": {"registers": 65536, "shared": 228 * 1024, "threads": 2048, "blocks": 32}}
+
+
+def occupancy(registers, shared, threads, arch):
+    """Blocks of `threads` threads using `registers` per thread and `shared` bytes of shared
+    memory that one SM of `arch` holds at once (what cudaOccupancyMaxActiveBlocksPerMultiprocessor
+    would say, from the limits above)."""
+    limits = SM_LIMITS[arch]
+    warps = -(-threads // 32)
+    warp_registers = -(-registers * 32 // 256) * 256
+    by_registers = ((limits["registers"] // warp_registers) // warps if registers
+                    else limits["blocks"])
+    return min(limits["blocks"], limits["threads"] // threads, by_registers,
+               limits["shared"] // (shared + 1024))
 
 
 def variants(file):
@@ -305,8 +332,11 @@ def inspect(file, arch, defines=(), variant=None, cache=True, sass=True):
     opcodes = parse_sass(entry["sass"]) if sass else {}
     variant = variant or (" ".join(f"{k}={v}" for k, v in defines) or "-")
     names = sorted(set(resources) | set(opcodes))
+    d = dict(defines)
+    threads = 32 * int(d["TC_WARPS_M"]) * int(d["TC_WARPS_N"]) if "TC_WARPS_M" in d else 0
     return [KernelCode(file, variant, arch, name, **resources.get(name, {}),
-                       opcodes=opcodes.get(name, Counter()) if sass else None) for name in names]
+                       opcodes=opcodes.get(name, Counter()) if sass else None, threads=threads)
+            for name in names]
 
 
 def inspect_all(files=None, archs=ARCHS, jobs=2, cache=True):

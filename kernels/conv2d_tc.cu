@@ -6,10 +6,14 @@
 //
 // This file only says where each element of the two operand tiles is in memory: the loaders
 // below are called once per reduction step, in order, so each keeps its coordinates (Tap,
-// PhaseTap, Pixel) and advances them by TC_BK with carries instead of dividing every step. Elements
-// outside the image (the zero padding) or past the matrix are zero-filled by cp.async.
+// PhaseTap, Pixel) and advances them by TC_BK with carries instead of dividing every step.
+// Elements outside the image (the zero padding) or past the matrix are zero-filled by cp.async.
+// The weights of the forward product are read along k in 16-byte copies when K = C_in kh kw is a
+// multiple of 4; the other operands are gathered (taps, stride phases, padding) one float per
+// copy, each in tc_tile.cuh's bank-conflict-free thread pattern for the axis it is contiguous
+// along (TcKMajor: k; TcRowMajor: the tile's rows, i.e. pixels).
 //
-//   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)          (+ bias, + residual,
+//   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)   (+ bias, + residual,
 //                              ReLU: common.cuh's conv_epilogue, each optional)
 //   conv2d_tc_backward_input   dx = w^T @ im2col^T(dy), per stride phase (blockIdx.z)
 //   conv2d_tc_backward_weight  dw_partial[split] = dy @ im2col(x)^T over one chunk of pixels;
@@ -18,44 +22,39 @@
 // Storage: each product is a template over the storage type T of the activations (x, y, the
 // residual, dy, dx): float, or bf16 in the _bf16 entry points (precision bf16 keeps activations
 // in BF16: cupycnn/ops/_storage.py). The weight, its gradient and the bias stay float32. A bf16
-// operand reaches the stage through registers (tc_tile.cuh, TcCopies); the products, the FP32
-// accumulation and the epilogue are the float ones, and y / dx are rounded to BF16 once when
-// stored: the result is the float32 kernel's on the decoded inputs, rounded.
+// operand reaches the stage through registers, one element per copy in the same thread pattern
+// (tc_tile.cuh, TcCopies); the products, the FP32 accumulation and the epilogue are the float
+// ones, and y / dx are rounded to BF16 once when stored: the result is the float32 kernel's on
+// the decoded inputs, rounded.
 #include "common.cuh"
 #include "tc_tile.cuh"
 #include "conv2d_coords.cuh"
 
 // ------------------------------------------------------------------------------------ forward
-// A[o][k] = w[o * K + k] (k-contiguous: threads along k). B[k][p] = x at tap k = (c, r, s) of
-// output pixel p: threads along p (consecutive pixels are consecutive floats for stride 1); each
-// thread keeps one pixel and TC_B_LOADS taps, TC_THREADS / TC_BN rows apart, advanced by
-// TC_BK per step.
+// A[o][k] = w[o * K + k] (k-contiguous). B[k][p] = x at tap k = (c, r, s) of output pixel p
+// (consecutive pixels are consecutive floats for stride 1): each thread keeps one pixel,
+// PixelCopies::row(), and its PixelCopies::LOADS taps, advanced by TC_BK per step.
+typedef TcRowMajor<TC_BN> PixelCopies;
+
 template <class T>
 struct ForwardLoader {
   const float* w;
   const T* x_image;       // this thread's image
   int M, K, m0, height, width, kernel_h, kernel_w, top, left;
-  bool pixel_valid;
-  Tap tap[TC_B_LOADS];
+  bool pixel_valid, vectors;
+  Tap tap[PixelCopies::LOADS];
   Tap tap_step;
-  TcCopies<T, TC_B_LOADS> b_copies;
+  TcCopies<T, PixelCopies::LOADS> b_copies;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int k0 = step * TC_BK, tid = threadIdx.x;
-    const int a_k = tid % TC_BK;
+    const int k0 = step * TC_BK, p = PixelCopies::row();
+    tc_load_k_major<TC_BM>(s.a, w, M, K, m0, k0, vectors);
 #pragma unroll
-    for (int i = 0; i < TC_A_LOADS; ++i) {
-      const int m = tid / TC_BK + i * (TC_THREADS / TC_BK), gm = m0 + m, gk = k0 + a_k;
-      const bool ok = gm < M && gk < K;
-      tc_copy(s.a + m * TC_LD, a_k, ok ? w + (long long)gm * K + gk : w, ok);
-    }
-    const int p = tid % TC_BN;
-#pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i) {
-      const int k = tid / TC_BN + i * (TC_THREADS / TC_BN);
+    for (int i = 0; i < PixelCopies::LOADS; ++i) {
+      const int k = PixelCopies::k(i);
       const int h = top + tap[i].r, v = left + tap[i].s;
       const bool ok = pixel_valid && k0 + k < K && h >= 0 && h < height && v >= 0 && v < width;
-      b_copies.copy(i, s, s.b + p * TC_LD, k,
+      b_copies.copy(i, s, s.b, p, k,
                     ok ? x_image + ((long long)tap[i].c * height + h) * width + v : x_image, ok);
       advance3(tap[i], tap_step, kernel_h, kernel_w);
     }
@@ -76,15 +75,16 @@ __device__ __forceinline__ void conv2d_tc_forward_body(
   ForwardLoader<T> ld;
   ld.w = weight; ld.M = M; ld.K = K; ld.m0 = m0; ld.height = height; ld.width = width;
   ld.kernel_h = kernel_h; ld.kernel_w = kernel_w;
-  const int pixel = p0 + threadIdx.x % TC_BN;
+  ld.vectors = K % 4 == 0 && ((size_t)weight & 15) == 0;
+  const int pixel = p0 + PixelCopies::row();
   ld.pixel_valid = pixel < P;
   const Pixel q = split3<Pixel>(ld.pixel_valid ? pixel : 0, out_height, out_width);
   ld.top = q.i * stride_h - pad_h;
   ld.left = q.j * stride_w - pad_w;
   ld.x_image = x + (long long)q.n * in_channels * height * width;
 #pragma unroll
-  for (int i = 0; i < TC_B_LOADS; ++i)
-    ld.tap[i] = split3<Tap>(threadIdx.x / TC_BN + i * (TC_THREADS / TC_BN), kernel_h, kernel_w);
+  for (int i = 0; i < PixelCopies::LOADS; ++i)
+    ld.tap[i] = split3<Tap>(PixelCopies::k(i), kernel_h, kernel_w);
   ld.tap_step = split3<Tap>(TC_BK, kernel_h, kernel_w);
   TcAcc acc;
   tc_mainloop(ld, stages, (K + TC_BK - 1) / TC_BK, acc);
@@ -102,8 +102,9 @@ __device__ __forceinline__ void conv2d_tc_forward_body(
 // ----------------------------------------------------------------------------- input gradient
 // Stride phase (phase_h, phase_w) = blockIdx.z, as in conv2d.cu: its input pixels meet the taps
 // r = phase_h + stride_h rr, s = phase_w + stride_w ss, and the reduction runs over k = (o, rr, ss).
-// A[c][k] = w[o, c, r, s]: threads along k (one tap column each, advanced per step). B[k][p] =
-// dy[image, o, base_i - rr, base_j - ss] for input pixel p of the phase: threads along p.
+// A[c][k] = w[o, c, r, s]: threads along k (TcKMajor: one tap column each, advanced per step).
+// B[k][p] = dy[image, o, base_i - rr, base_j - ss] for input pixel p of the phase: one pixel per
+// thread (PixelCopies).
 template <class T>
 struct InputGradLoader {
   const float* w;
@@ -111,31 +112,31 @@ struct InputGradLoader {
   int M, K, m0, in_channels, taps, kernel_w, phase_h, phase_w, stride_h, stride_w, taps_h,
       taps_w, out_height, out_width, base_i, base_j;
   bool pixel_valid;
-  PhaseTap a_tap, b_tap[TC_B_LOADS], tap_step;
-  TcCopies<T, TC_B_LOADS> b_copies;
+  PhaseTap a_tap, b_tap[PixelCopies::LOADS], tap_step;
+  TcCopies<T, PixelCopies::LOADS> b_copies;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int k0 = step * TC_BK, tid = threadIdx.x;
-    const int a_k = tid % TC_BK;
+    const int k0 = step * TC_BK;
+    const int a_k = TcKMajor<TC_BM>::k();
     const bool a_valid = k0 + a_k < K;
     const long long a_offset = (long long)a_tap.o * in_channels * taps +
                                (phase_h + a_tap.rr * stride_h) * kernel_w + phase_w +
                                a_tap.ss * stride_w;
 #pragma unroll
-    for (int i = 0; i < TC_A_LOADS; ++i) {
-      const int m = tid / TC_BK + i * (TC_THREADS / TC_BK), c = m0 + m;
+    for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
+      const int m = TcKMajor<TC_BM>::row(i), c = m0 + m;
       const bool ok = a_valid && c < M;
-      tc_copy(s.a + m * TC_LD, a_k, ok ? w + a_offset + (long long)c * taps : w, ok);
+      tc_copy(s.a, m, a_k, ok ? w + a_offset + (long long)c * taps : w, ok);
     }
     advance3(a_tap, tap_step, taps_h, taps_w);
-    const int p = tid % TC_BN;
+    const int p = PixelCopies::row();
 #pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i) {
-      const int k = tid / TC_BN + i * (TC_THREADS / TC_BN);
+    for (int i = 0; i < PixelCopies::LOADS; ++i) {
+      const int k = PixelCopies::k(i);
       const int oi = base_i - b_tap[i].rr, oj = base_j - b_tap[i].ss;
       const bool ok = pixel_valid && k0 + k < K && oi >= 0 && oi < out_height && oj >= 0 &&
                       oj < out_width;
-      b_copies.copy(i, s, s.b + p * TC_LD, k,
+      b_copies.copy(i, s, s.b, p, k,
                     ok ? dy_image + ((long long)b_tap[i].o * out_height + oi) * out_width + oj
                        : dy_image,
                     ok);
@@ -164,7 +165,7 @@ __device__ __forceinline__ void conv2d_tc_backward_input_body(
   ld.taps = kernel_h * kernel_w; ld.kernel_w = kernel_w; ld.phase_h = phase_h;
   ld.phase_w = phase_w; ld.stride_h = stride_h; ld.stride_w = stride_w; ld.taps_h = taps_h;
   ld.taps_w = taps_w; ld.out_height = out_height; ld.out_width = out_width;
-  const int pixel = p0 + threadIdx.x % TC_BN;
+  const int pixel = p0 + PixelCopies::row();
   ld.pixel_valid = pixel < P;
   ld.base_i = ld.base_j = 0;
   ld.dy_image = dy;
@@ -176,11 +177,10 @@ __device__ __forceinline__ void conv2d_tc_backward_input_body(
   }
   TcAcc acc;
   if (K > 0) {
-    ld.a_tap = split3<PhaseTap>(threadIdx.x % TC_BK, taps_h, taps_w);
+    ld.a_tap = split3<PhaseTap>(TcKMajor<TC_BM>::k(), taps_h, taps_w);
 #pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i)
-      ld.b_tap[i] = split3<PhaseTap>(threadIdx.x / TC_BN + i * (TC_THREADS / TC_BN), taps_h,
-                                     taps_w);
+    for (int i = 0; i < PixelCopies::LOADS; ++i)
+      ld.b_tap[i] = split3<PhaseTap>(PixelCopies::k(i), taps_h, taps_w);
     ld.tap_step = split3<PhaseTap>(TC_BK, taps_h, taps_w);
     tc_mainloop(ld, stages, (K + TC_BK - 1) / TC_BK, acc);
   } else {
@@ -199,8 +199,8 @@ __device__ __forceinline__ void conv2d_tc_backward_input_body(
 // ---------------------------------------------------------------------------- weight gradient
 // Over the output pixels k in [split * split_len, (split + 1) * split_len): A[o][k] =
 // dy[n, o, i, j] and B[k][p] = x at tap p = (c, r, s) of output pixel k = (n, i, j). Both are
-// read along k (the pixel decoded once and advanced by TC_BK per step); each thread keeps
-// TC_B_LOADS taps for the whole loop.
+// read along k (TcKMajor: the pixel decoded once and advanced by TC_BK per step); each thread
+// keeps TcKMajor<TC_BN>::LOADS taps for the whole loop.
 template <class T>
 struct WeightGradLoader {
   const T* dy;
@@ -209,30 +209,29 @@ struct WeightGradLoader {
       pad_w, out_pixels;
   long long image_stride_x, image_stride_dy;
   Pixel pos, pos_step;                // the output pixel of this thread's row at this step
-  Tap tap[TC_B_LOADS];
-  bool tap_valid[TC_B_LOADS];
-  TcCopies<T, TC_A_LOADS> a_copies;
-  TcCopies<T, TC_B_LOADS> b_copies;
+  Tap tap[TcKMajor<TC_BN>::LOADS];
+  bool tap_valid[TcKMajor<TC_BN>::LOADS];
+  TcCopies<T, TcKMajor<TC_BM>::LOADS> a_copies;
+  TcCopies<T, TcKMajor<TC_BN>::LOADS> b_copies;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int tid = threadIdx.x, k_local = tid % TC_BK;
+    const int k_local = TcKMajor<TC_BM>::k();
     const bool k_valid = step * TC_BK + k_local < k_end;
     const T* dy_pixel = dy + pos.n * image_stride_dy + pos.i * out_width + pos.j;
     const T* x_image = x + pos.n * image_stride_x;
     const int top = pos.i * stride_h - pad_h, left = pos.j * stride_w - pad_w;
 #pragma unroll
-    for (int i = 0; i < TC_A_LOADS; ++i) {
-      const int m = tid / TC_BK + i * (TC_THREADS / TC_BK), o = m0 + m;
+    for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
+      const int m = TcKMajor<TC_BM>::row(i), o = m0 + m;
       const bool ok = k_valid && o < M;
-      a_copies.copy(i, s, s.a + m * TC_LD, k_local,
-                    ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
+      a_copies.copy(i, s, s.a, m, k_local, ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
     }
 #pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i) {
-      const int p = tid / TC_BK + i * (TC_THREADS / TC_BK);
+    for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
+      const int p = TcKMajor<TC_BN>::row(i);
       const int h = top + tap[i].r, v = left + tap[i].s;
       const bool ok = k_valid && tap_valid[i] && h >= 0 && h < height && v >= 0 && v < width;
-      b_copies.copy(i, s, s.b + p * TC_LD, k_local,
+      b_copies.copy(i, s, s.b, p, k_local,
                     ok ? x_image + ((long long)tap[i].c * height + h) * width + v : x, ok);
     }
     advance3(pos, pos_step, out_height, out_width);
@@ -262,12 +261,12 @@ __device__ __forceinline__ void conv2d_tc_backward_weight_body(
   ld.image_stride_x = (long long)in_channels * height * width;
   ld.image_stride_dy = (long long)out_channels * out_pixels;
 #pragma unroll
-  for (int i = 0; i < TC_B_LOADS; ++i) {
-    const int p = p0 + threadIdx.x / TC_BK + i * (TC_THREADS / TC_BK);
+  for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
+    const int p = p0 + TcKMajor<TC_BN>::row(i);
     ld.tap_valid[i] = p < P;
     ld.tap[i] = split3<Tap>(ld.tap_valid[i] ? p : 0, kernel_h, kernel_w);
   }
-  ld.pos = split3<Pixel>(k_begin + threadIdx.x % TC_BK, out_height, out_width);
+  ld.pos = split3<Pixel>(k_begin + TcKMajor<TC_BM>::k(), out_height, out_width);
   ld.pos_step = split3<Pixel>(TC_BK, out_height, out_width);
   TcAcc acc;
   tc_mainloop(ld, stages, (k_end - k_begin + TC_BK - 1) / TC_BK, acc);
@@ -282,7 +281,7 @@ __device__ __forceinline__ void conv2d_tc_backward_weight_body(
 // ------------------------------------------------------------- entry points: float, then bf16
 // (written out: the emulator and the coverage table find kernels by their declarations)
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
     const float* __restrict__ bias, const float* __restrict__ residual, int relu,
     float* __restrict__ y, int batch, int in_channels, int height, int width, int out_channels,
@@ -294,7 +293,7 @@ conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
       out_width);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
 conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__ weight,
     float* __restrict__ dx, int batch, int in_channels, int height, int width, int out_channels,
     int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
@@ -304,7 +303,7 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
       out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height, out_width);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
 conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict__ x,
     float* __restrict__ dw_partial, int batch, int in_channels, int height, int width,
     int out_channels, int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h,
@@ -315,7 +314,7 @@ conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict_
       split_len);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 conv2d_tc_forward_bf16(const bf16* __restrict__ x, const float* __restrict__ weight,
     const float* __restrict__ bias, const bf16* __restrict__ residual, int relu,
     bf16* __restrict__ y, int batch, int in_channels, int height, int width, int out_channels,
@@ -327,7 +326,7 @@ conv2d_tc_forward_bf16(const bf16* __restrict__ x, const float* __restrict__ wei
       out_width);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
 conv2d_tc_backward_input_bf16(const bf16* __restrict__ dy, const float* __restrict__ weight,
     bf16* __restrict__ dx, int batch, int in_channels, int height, int width, int out_channels,
     int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
@@ -337,7 +336,7 @@ conv2d_tc_backward_input_bf16(const bf16* __restrict__ dy, const float* __restri
       out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height, out_width);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
 conv2d_tc_backward_weight_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
     float* __restrict__ dw_partial, int batch, int in_channels, int height, int width,
     int out_channels, int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h,

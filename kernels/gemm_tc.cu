@@ -9,7 +9,9 @@
 // (reference/gemm.py with precision=...). The block tile, pipeline and fragments are
 // tc_tile.cuh's; this file only says where each element of op(A) and op(B) is in memory.
 // Each operand is copied with consecutive threads along its contiguous axis (k for A and for
-// B^T, m for A^T, n for B), so the global reads of a warp are coalesced for every transpose.
+// B^T, m for A^T, n for B), so the global reads of a warp are coalesced for every transpose;
+// along k in 16-byte copies when K is a multiple of 4 and both of the block's matrices are
+// 16-byte aligned, else one float at a time (tc_tile.cuh's TcKMajor16, TcKMajor, TcRowMajor).
 // Grid: (ceil(N / TC_BN), ceil(M / TC_BM), batch); block: TC_THREADS.
 #include "common.cuh"
 #include "tc_tile.cuh"
@@ -19,29 +21,14 @@ struct GemmLoader {
   const float* A;
   const float* B;
   int M, N, K, m0, n0;
+  bool vectors;       // 16-byte copies along k (K % 4 == 0, operands 16-byte aligned)
 
   __device__ __forceinline__ void load(int step, TcStage& s) const {
-    const int k0 = step * TC_BK, tid = threadIdx.x;
-#pragma unroll
-    for (int i = 0; i < TC_A_LOADS; ++i) {
-      int m, k;
-      if (TRANS_A) { m = tid % TC_BM; k = tid / TC_BM + i * (TC_THREADS / TC_BM); }
-      else         { k = tid % TC_BK; m = tid / TC_BK + i * (TC_THREADS / TC_BK); }
-      const int gm = m0 + m, gk = k0 + k;
-      const bool ok = gm < M && gk < K;
-      const float* src = TRANS_A ? A + (long long)gk * M + gm : A + (long long)gm * K + gk;
-      tc_copy(s.a + m * TC_LD, k, ok ? src : A, ok);
-    }
-#pragma unroll
-    for (int i = 0; i < TC_B_LOADS; ++i) {
-      int n, k;
-      if (TRANS_B) { k = tid % TC_BK; n = tid / TC_BK + i * (TC_THREADS / TC_BK); }
-      else         { n = tid % TC_BN; k = tid / TC_BN + i * (TC_THREADS / TC_BN); }
-      const int gn = n0 + n, gk = k0 + k;
-      const bool ok = gn < N && gk < K;
-      const float* src = TRANS_B ? B + (long long)gn * K + gk : B + (long long)gk * N + gn;
-      tc_copy(s.b + n * TC_LD, k, ok ? src : B, ok);
-    }
+    const int k0 = step * TC_BK;
+    if (TRANS_A) tc_load_row_major<TC_BM>(s.a, A, M, K, m0, k0);
+    else         tc_load_k_major<TC_BM>(s.a, A, M, K, m0, k0, vectors);
+    if (TRANS_B) tc_load_k_major<TC_BN>(s.b, B, N, K, n0, k0, vectors);
+    else         tc_load_row_major<TC_BN>(s.b, B, N, K, n0, k0);
   }
   __device__ __forceinline__ void flush(TcStage&) const {}    // every copy is a cp.async
 };
@@ -73,14 +60,15 @@ __device__ __forceinline__ void gemm_tc(TcStage* stages, const float* A, const f
   B += blockIdx.z * stride_b;
   C += blockIdx.z * stride_c;
   const int m0 = blockIdx.y * TC_BM, n0 = blockIdx.x * TC_BN;
-  GemmLoader<TRANS_A, TRANS_B> loader{A, B, M, N, K, m0, n0};
+  const bool vectors = K % 4 == 0 && (((size_t)A | (size_t)B) & 15) == 0;  // this block's
+  GemmLoader<TRANS_A, TRANS_B> loader{A, B, M, N, K, m0, n0, vectors};
   TcAcc acc;
   tc_mainloop(loader, stages, (K + TC_BK - 1) / TC_BK, acc);
   GemmStore store{C, bias, M, N, m0, n0, bias_mode, alpha, beta};
   tc_epilogue(acc, store);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 gemm_tc_nn(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
            const float* __restrict__ bias, int M, int N, int K, float alpha, float beta,
            int bias_mode, long long stride_a, long long stride_b, long long stride_c) {
@@ -89,7 +77,7 @@ gemm_tc_nn(const float* __restrict__ A, const float* __restrict__ B, float* __re
                        stride_c);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 gemm_tc_nt(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
            const float* __restrict__ bias, int M, int N, int K, float alpha, float beta,
            int bias_mode, long long stride_a, long long stride_b, long long stride_c) {
@@ -98,7 +86,7 @@ gemm_tc_nt(const float* __restrict__ A, const float* __restrict__ B, float* __re
                        stride_c);
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS)
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
 gemm_tc_tn(const float* __restrict__ A, const float* __restrict__ B, float* __restrict__ C,
            const float* __restrict__ bias, int M, int N, int K, float alpha, float beta,
            int bias_mode, long long stride_a, long long stride_b, long long stride_c) {

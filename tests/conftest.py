@@ -69,10 +69,10 @@ def _isolate_device_state(request):
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_makereport(item, call):
-    """Attach the kernels a kernel test (one that takes `kernel_device` and compares with the
-    reference) launched to its call report, which xdist sends to the controller, for the
-    coverage table."""
-    if call.when == "call" and "kernel_device" in item.fixturenames:
+    """Attach the kernels a kernel test (one that takes `kernel_device` or `any_device` and
+    compares with the reference) launched to its call report, which xdist sends to the
+    controller, for the coverage table."""
+    if call.when == "call" and {"kernel_device", "any_device"} & set(item.fixturenames):
         for source, kernel, where in sorted(getattr(item, "_kernel_launches", ())):
             item.user_properties.append(("kernel_launch", f"{source}|{kernel}|{where}"))
 

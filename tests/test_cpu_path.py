@@ -7,6 +7,8 @@ Philox, dropout, the optimizers). Then the dispatch (float32 takes the path, flo
 set_enabled(False) the reference), the thread count (results independent of it), the column
 cache, and whole training steps of both paths.
 """
+import threading
+
 import numpy as np
 import pytest
 
@@ -96,6 +98,28 @@ def test_conv2d_matches_the_reference(case, dtype, threads, rng):
           dw_expected, dtype)
 
 
+@pytest.mark.parametrize("limit", [-1, 10**9], ids=["narrow", "wide"])
+@pytest.mark.parametrize("case", [c for c in CONV_CASES if c[7] == (1, 1)] +
+                         [(2, 3, 6, 6, 4, 1, 1, (1, 1), (0, 0))],
+                         ids=["3x3", "5x5", "1x1"])
+def test_conv2d_stride_one_wide_and_narrow_columns(case, limit, monkeypatch, rng):
+    """Both ways of gathering stride-1 columns (see conv2d.py's docstring), whichever the
+    shapes would choose, in float64 to its rounding."""
+    monkeypatch.setattr(fast_conv, "WIDE_LIMIT", limit)
+    n, c, h, w, o, kh, kw, stride, padding = case
+    assert fast_conv._wide(stride, w, w + 2 * padding[1], o) == (limit > 0)
+    test_conv2d_matches_the_reference(case, np.float64, 2, rng)
+    x = rng.standard_normal((n, c, h, w))
+    x[0, 0, 0, :] = np.inf                             # in a junk column's reach: y stays right
+    weight = rng.standard_normal((o, c, kh, kw))
+    with np.errstate(invalid="ignore"):
+        y = fast_conv.conv2d_forward(x, weight, None, stride, padding)
+        expected = ref_conv.conv2d_forward(x, weight, None, stride, padding)
+    assert np.array_equal(np.isfinite(y), np.isfinite(expected))
+    finite = np.isfinite(expected)
+    close(y[finite], expected[finite], np.float64)
+
+
 @pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 1, 4)], ids=["3x3", "stride2", "5x5"])
 def test_conv2d_one_image_per_chunk(case, monkeypatch, rng):
     """Large images take a chunk each, and their products write y and dx in place."""
@@ -135,7 +159,8 @@ def test_conv2d_column_cache_has_a_budget_and_reuses_its_buffers(monkeypatch, rn
     dropped cache's buffer serves the next forward of that shape."""
     x = rng.standard_normal((2, 3, 8, 8)).astype(np.float32)
     weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
-    nbytes = 27 * 2 * 64 * 4
+    nbytes = 27 * 2 * 8 * 10 * 4            # wide columns: rows as long as the bordered rows
+    assert fast_conv._wide((1, 1), 8, 10, 4)
     store = fast_conv._store
     store.clear()
     before = store.in_use
@@ -420,6 +445,31 @@ def test_parallel_for_runs_every_task_and_raises_the_first_error(threads):
     assert sorted(nested) == [(i, j) for i in range(2) for j in range(3)]
     with pytest.raises(ValueError, match="at least 1"):
         cpu.set_num_threads(0)
+
+
+def test_thread_count_comes_from_the_call_the_environment_or_blas(monkeypatch):
+    from threadpoolctl import threadpool_limits
+    monkeypatch.delenv("CUPYCNN_CPU_THREADS", raising=False)
+    cpu.set_num_threads(None)
+    try:
+        with threadpool_limits(limits=1, user_api="blas"):
+            assert cpu.num_threads() == 1
+            seen = set()
+            parallel.parallel_for(4, lambda i: seen.add(threading.current_thread().name))
+            assert len(seen) == 1                  # BLAS's one thread: no worker joined in
+        monkeypatch.setenv("CUPYCNN_CPU_THREADS", "3")
+        cpu.set_num_threads(None)                  # the variable is read again
+        with threadpool_limits(limits=1, user_api="blas"):
+            assert cpu.num_threads() == 3
+        cpu.set_num_threads(2)
+        assert cpu.num_threads() == 2
+        monkeypatch.setenv("CUPYCNN_CPU_THREADS", "none")
+        cpu.set_num_threads(None)
+        with pytest.raises(ValueError, match="CUPYCNN_CPU_THREADS='none'"):
+            cpu.num_threads()
+    finally:
+        monkeypatch.delenv("CUPYCNN_CPU_THREADS", raising=False)
+        cpu.set_num_threads(None)
 
 
 def _train_steps(model_fn, optimizer_fn, shape, steps, seed=0):

@@ -194,8 +194,23 @@ def _good_files(tmp):
     from cupycnn.layers import BatchNorm1D, Dense, Sequential
     from cupycnn.optim import SGD
     paths = {"checkpoint": tmp / "c.h5", "cache": tmp / "cache.h5", "pickle": tmp / "batch",
-             "binary": tmp / "batch.bin"}
+             "binary": tmp / "batch.bin", "tfrecord": tmp / "records" / "data-00000-of-00001.tfrec",
+             "shard": tmp / "shards" / "shard-000000.tar", "csv": tmp / "pixels.csv",
+             "index": tmp / "shards" / "index.json"}
     if not paths["checkpoint"].exists():
+        import io
+        from PIL import Image
+        from cupycnn.data import write_shards, write_tfrecords
+        pngs = []
+        for k in range(3):
+            out = io.BytesIO()
+            Image.fromarray(np.full((4, 4, 3), 40 * k, np.uint8)).save(out, format="PNG")
+            pngs.append(out.getvalue())
+        write_tfrecords([(png, k) for k, png in enumerate(pngs)], tmp / "records")
+        write_shards([(f"s{k}", png, "png", k) for k, png in enumerate(pngs)], tmp / "shards",
+                     classes=["a", "b", "c"])
+        paths["csv"].write_text("label,p0,p1,p2,p3\n1,0,255,3,4\n0,5,6,7,8\n2,1,1,1,1\n",
+                                encoding="utf-8")
         model = Sequential(Dense(4, 3), BatchNorm1D(3))
         optimizer = SGD(model.parameters(), lr=0.1, momentum=0.9)
         save_checkpoint(paths["checkpoint"], model=model, optimizer=optimizer, epoch=1, step=4,
@@ -233,7 +248,24 @@ def _case_file(rng, tmp):
     kind = str(rng.choice(list(paths)))
     bad = tmp / f"bad-{kind}"
     bad.write_bytes(_mutate(rng, paths[kind].read_bytes()))
-    if kind == "checkpoint":
+    if kind == "index":                                 # a damaged index beside its shard
+        import shutil
+        folder = tmp / "bad-index-folder"
+        folder.mkdir(exist_ok=True)
+        shutil.copyfile(paths["shard"], folder / paths["shard"].name)
+        bad.replace(folder / "index.json")
+        from cupycnn.data import Loader, TarShards
+        for _ in Loader(TarShards(folder), batch_size=2, prefetch=False):
+            pass
+    elif kind in ("tfrecord", "shard"):
+        from cupycnn.data import Loader, TarShards, TFRecordDataset
+        dataset = TFRecordDataset(bad) if kind == "tfrecord" else TarShards([bad])
+        for _ in Loader(dataset, batch_size=2, prefetch=False):
+            pass
+    elif kind == "csv":
+        from cupycnn.data import CSVImages
+        CSVImages(bad)
+    elif kind == "checkpoint":
         c = load_checkpoint(bad)
         from cupycnn.layers import BatchNorm1D, Dense, Sequential
         c.restore(Sequential(Dense(4, 3), BatchNorm1D(3)))
@@ -381,3 +413,12 @@ def test_found_cases_are_one_line(case):
     assert _from_the_library(info.value), traceback.format_exception(info.value)
     message = str(info.value)
     assert message and "\n" not in message and len(message) < 400, message
+
+
+def test_a_csv_of_pixels_that_is_not_utf8_is_one_line(tmp_path):
+    from cupycnn.data import CSVImages
+    path = tmp_path / "pixels.csv"
+    path.write_bytes(b"label,p0,p1,p2,p3\n1,0,255,3,4\n0,5,\xf6,7,8\n")
+    with pytest.raises(ValueError, match=r"pixels.csv is not UTF-8 text \(byte 0xf6") as info:
+        CSVImages(path)
+    assert _from_the_library(info.value) and "\n" not in str(info.value)

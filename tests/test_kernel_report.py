@@ -56,6 +56,39 @@ def test_tensor_core_kernels_run_hmma_of_their_precision_without_spills(file, la
             f"{k.spill_loads} B")
         assert k.count("LDL") == k.count("STL") == 0, f"{where}: local memory in the SASS"
         assert k.shared <= 48 * 1024, f"{where}: {k.shared} B of static shared memory"
+        # The occupancy the tile asks for (__launch_bounds__) is what the SM gets.
+        tile = next(t for t in tiles.TILES if t.defines(_precision(defines)) == tuple(defines))
+        backward = k.kernel.startswith("conv2d_tc_backward")
+        want_blocks = tile.min_blocks_backward if backward else tile.min_blocks
+        assert k.blocks_per_sm >= want_blocks, (
+            f"{where}: {k.registers} registers, {k.blocks_per_sm} blocks of {k.threads} threads "
+            f"per SM, the tile asks for {want_blocks}")
+
+
+# The kernels with a float operand contiguous along k (16-byte cp.async where K % 4 == 0; the
+# _bf16 forward convolution too: its weights are float32).
+WIDE_COPIES = {"gemm_tc_nn", "gemm_tc_nt", "conv2d_tc_forward", "conv2d_tc_forward_bf16"}
+
+
+@pytest.mark.parametrize("file, label, defines, arch", TC_CASES)
+def test_16_byte_copies_are_in_the_sass_where_an_operand_allows(file, label, defines, arch):
+    for k in machine_code.inspect(file, arch, defines, label):
+        wide = sum(n for op, n in k.opcodes.items()
+                   if op.startswith("LDGSTS") and "128" in op.split("."))
+        assert (wide > 0) == (k.kernel in WIDE_COPIES), f"{k.kernel} ({label}, {arch}): {wide}"
+
+
+def test_occupancy_follows_the_sm_limits():
+    # Registers: 168 per thread of 128 threads (21504 per block, in 256-register units per warp)
+    assert machine_code.occupancy(168, 32768, 128, "sm_90") == 3
+    assert machine_code.occupancy(128, 32768, 128, "sm_90") == 4
+    assert machine_code.occupancy(157, 0, 256, "sm_90") == 1      # 160 x 256 = 40960
+    # Shared memory: 48 KiB blocks (+ 1 KiB each) in 228 KiB (sm_90) or 164 KiB (sm_80)
+    assert machine_code.occupancy(32, 49152, 128, "sm_90") == 4
+    assert machine_code.occupancy(32, 49152, 128, "sm_80") == 3
+    # Threads, then the 32-block limit
+    assert machine_code.occupancy(32, 0, 1024, "sm_90") == 2
+    assert machine_code.occupancy(16, 0, 32, "sm_90") == 32
 
 
 @pytest.mark.parametrize("file", ["conv2d", "gemm", "conv2d_direct", "gemm_direct"])

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import cupycnn
+from cupycnn import sim
 from cupycnn.ops import conv2d as ops
 from cupycnn.ops import tiles
 from cupycnn.ops.gemm import gemm
@@ -162,3 +163,79 @@ def test_tile_choice_follows_the_shape():
         assert dict(tile.defines("bf16"))["TC_BF16"] == 1
     with pytest.raises(ValueError, match="tf32 or bf16, not fp32"):
         tiles.LARGE.defines("fp32")
+
+
+# ------------------------------------------------------------------- shared memory and copies
+
+def _tc_products(rng, K=32):
+    """Every tensor-core kernel once, on shapes of several blocks and reduction steps."""
+    x, w, dy = randn(rng, 2, 8, 9, 8), randn(rng, 24, 8, 3, 3), randn(rng, 2, 24, 9, 8)
+    X, W, DY = (cupycnn.asarray(a) for a in (x, w, dy))
+    return {
+        "conv2d_tc_forward": lambda: ops.conv2d_forward(X, W, None, 1, 1, version="tensor_core"),
+        "conv2d_tc_backward_input": lambda: ops.conv2d_backward_input(
+            DY, W, x.shape, 1, 1, version="tensor_core"),
+        "conv2d_tc_backward_weight": lambda: ops.conv2d_backward_weight(
+            DY, X, w.shape, 1, 1, version="tensor_core"),
+        "gemm_tc_nn": lambda: gemm(cupycnn.asarray(randn(rng, 70, K)),
+                                   cupycnn.asarray(randn(rng, K, 66)), False, False),
+        "gemm_tc_nt": lambda: gemm(cupycnn.asarray(randn(rng, 70, K)),
+                                   cupycnn.asarray(randn(rng, 66, K)), False, True),
+        "gemm_tc_tn": lambda: gemm(cupycnn.asarray(randn(rng, K, 70)),
+                                   cupycnn.asarray(randn(rng, K, 66)), True, False),
+    }
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("tile", tiles.TILES, ids=lambda t: t.name)
+def test_tensor_core_shared_memory_is_free_of_bank_conflicts(rng, tile, precision):
+    """The emulator counts, for every warp-wide ldmatrix and cp.async of each tensor-core kernel,
+    the wavefronts a GPU's 32 banks need (sim.bank_conflicts): each takes the fewest possible,
+    for the fragment loads and for the copies into shared memory (tc_tile.cuh's swizzle and
+    thread patterns)."""
+    cupycnn.use("sim")
+    with cupycnn.set_precision(precision), tiles.use_tile(tile):
+        for name, run in _tc_products(rng).items():
+            with sim.bank_conflicts() as counts:
+                run()
+            for kind in ("ldmatrix", "cp_async"):
+                c = getattr(counts, kind)
+                assert c.instructions > 0 and c.conflict_free, f"{name} {kind}: {c}"
+
+
+def _blocks_and_steps(m, n, k, tile):
+    return -(-m // tile.bm) * -(-n // tile.bn), -(-k // tile.bk)
+
+
+@pytest.mark.parametrize("tile", tiles.TILES, ids=lambda t: t.name)
+def test_operands_contiguous_along_k_are_copied_16_bytes_at_a_time(rng, tile):
+    """Where an operand is contiguous along the reduction and K % 4 == 0, its tiles arrive in
+    16-byte cp.async copies: both operands of A B^T, A of A B and the forward convolution's
+    weights; one float at a time for the others, and for everything when K % 4 != 0."""
+    cupycnn.use("sim")
+    M, N = 70, 66
+    with cupycnn.set_precision("tf32"), tiles.use_tile(tile):
+        for K in (32, 30):
+            runs = _tc_products(rng, K)
+            blocks, steps = _blocks_and_steps(M, N, K, tile)
+            a, b = blocks * steps * tile.bm * tile.bk, blocks * steps * tile.bn * tile.bk
+            vec = K % 4 == 0
+            for name, (sixteen, four) in {
+                    "gemm_tc_nt": ((a + b) // 4, 0) if vec else (0, a + b),
+                    "gemm_tc_nn": (a // 4, b) if vec else (0, a + b),
+                    "gemm_tc_tn": (0, a + b)}.items():
+                with sim.bank_conflicts() as counts:
+                    runs[name]()
+                assert counts.copies == {4: four, 8: 0, 16: sixteen}, (name, K)
+        # The convolution's weights: K = C_in kh kw = 72 (16-byte copies), then 7 x 3 x 3 = 63.
+        for c_in in (8, 7):
+            x, w = randn(rng, 2, c_in, 9, 8), randn(rng, 24, c_in, 3, 3)
+            K = c_in * 9
+            blocks, steps = _blocks_and_steps(24, 2 * 9 * 8, K, tile)
+            with sim.bank_conflicts() as counts:
+                ops.conv2d_forward(cupycnn.asarray(x), cupycnn.asarray(w), None, 1, 1,
+                                   version="tensor_core")
+            weight_floats = blocks * steps * tile.bm * tile.bk
+            assert counts.copies[16] == (weight_floats // 4 if K % 4 == 0 else 0), c_in
+            assert counts.copies[4] == blocks * steps * tile.bn * tile.bk + (
+                0 if K % 4 == 0 else weight_floats), c_in

@@ -242,3 +242,59 @@ def test_layers_in_a_plain_list_are_refused_with_the_fix(rng):
                   models.resnet50(num_classes=3), models.simple_cnn(),
                   models.fold_batchnorm(models.resnet18(num_classes=3, stem="cifar").eval())):
         Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)   # the library's own
+
+
+def test_a_forward_written_as_in_pytorch_takes_the_mode(rng):
+    """forward(self, x), without `training`, as PyTorch users write it: model(x) follows the
+    modes; an explicit flag (the Trainer's) puts the layer's tree in that mode for the call and
+    gives each layer its own back; fit, evaluate and predict run it. Without a backward, the
+    error says why one is needed."""
+    from cupycnn.train import Trainer
+
+    class TorchStyle(Layer):
+        def __init__(self):
+            super().__init__()
+            self.conv = Conv2D(3, 4, 3, padding=1)
+            self.bn = BatchNorm2D(4)
+            self.flatten = Flatten()
+            self.fc = Dense(4 * 6 * 6, 3)
+
+        def forward(self, x):
+            return self.fc(self.flatten(self.bn(self.conv(x))))
+
+        def backward(self, dy):
+            return self.conv.backward(self.bn.backward(self.flatten.backward(
+                self.fc.backward(dy))))
+
+    cupycnn.use("numpy")
+    net, x = TorchStyle(), batch(rng)
+    before = running_stats(net)
+    net.eval()
+    first = net(x)
+    np.testing.assert_array_equal(running_stats(net)["bn.running_mean"], before["bn.running_mean"])
+    net.forward(x, training=True)                       # explicit: batch statistics, moved
+    assert not np.array_equal(running_stats(net)["bn.running_mean"], before["bn.running_mean"])
+    assert not any(layer.training for layer in net.layers())        # eval, as it was
+    np.testing.assert_array_equal(net.forward(x, training=False), net(x))
+    assert not np.array_equal(net(x), first)            # the statistics it moved are used
+    trainer = Trainer(net, SGD(net.parameters(), lr=0.1), progress=False)
+    labels = np.arange(4) % 3
+    trainer.fit(cupycnn.asnumpy(x), labels, epochs=2, batch_size=2)
+    assert trainer.predict(cupycnn.asnumpy(x)).shape == (4, 3)
+    assert trainer.evaluate(cupycnn.asnumpy(x), labels)["count"] == 4
+
+    class NoBackward(Layer):
+        def __init__(self):
+            super().__init__()
+            self.fc = Dense(3, 2)
+
+        def forward(self, x):
+            return self.fc(x)
+
+    with pytest.raises(NotImplementedError, match="NoBackward.backward is not written: cupycnn "
+                                                  "has no autograd"):
+        model = NoBackward()
+        Trainer(model, SGD(model.parameters(), lr=0.1), progress=False).fit(
+            np.ones((2, 3), np.float32), np.zeros(2, int), batch_size=2)
+    with pytest.raises(ValueError, match=r"fit: the trainer has no optimizer"):
+        Trainer(model, None, progress=False).fit(np.ones((2, 3), np.float32), np.zeros(2, int))

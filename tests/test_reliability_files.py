@@ -63,12 +63,18 @@ def _load_or_refuse(path, match):
 
 # ------------------------------------------------------------------ item 1: other files
 
-def test_external_storage_pointing_at_another_file_is_refused(tmp_path):
+def _weight_stored_in_a_secret(tmp_path):
+    """A checkpoint whose model/weight is HDF5 external storage on another file (passwd)."""
     secret = tmp_path / "passwd"
     secret.write_bytes(SECRET * 2)
     path = tmp_path / "evil.h5"
     _checkpoint(path)
     _replace(path, "model/weight", external=[(str(secret), 0, 16 * 8 * 4)])
+    return path
+
+
+def test_external_storage_pointing_at_another_file_is_refused(tmp_path):
+    path = _weight_stored_in_a_secret(tmp_path)
     message = _load_or_refuse(path, r"external storage.*passwd")
     assert "model/weight" in message
 
@@ -109,11 +115,7 @@ def test_soft_and_external_links_are_refused(tmp_path, kind):
 
 def test_a_resume_and_save_never_copies_another_files_bytes(tmp_path):
     """The issue's chain: an external dataset loaded, then saved into the next checkpoint."""
-    secret = tmp_path / "passwd"
-    secret.write_bytes(SECRET * 2)
-    path = tmp_path / "evil.h5"
-    _checkpoint(path)
-    _replace(path, "model/weight", external=[(str(secret), 0, 16 * 8 * 4)])
+    path = _weight_stored_in_a_secret(tmp_path)
     try:
         checkpoint = load_checkpoint(path)
     except CheckpointError:
@@ -127,17 +129,22 @@ def test_a_resume_and_save_never_copies_another_files_bytes(tmp_path):
 
 # ------------------------------------------------------------ item 2: declared sizes
 
-def _peak_bytes(fn):
+def _refused(fn, kind, limit):
+    """The error of kind `kind` that fn() raised, having allocated less than `limit` bytes to
+    refuse (tracemalloc's peak)."""
     tracemalloc.start()
     try:
         fn()
-    except Exception as e:            # what was refused, and how much was allocated to refuse
+    except Exception as e:
         error = e
     else:
         error = None
-    peak = tracemalloc.get_traced_memory()[1]
-    tracemalloc.stop()
-    return peak, error
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert isinstance(error, kind), error
+    assert peak < limit, f"allocated {peak / 2**20:.0f} MiB to refuse it"
+    return error
 
 
 def test_a_declared_gigabyte_is_refused_without_allocating_it(tmp_path):
@@ -147,19 +154,15 @@ def test_a_declared_gigabyte_is_refused_without_allocating_it(tmp_path):
         f.create_dataset("model/unexpected", shape=(2 ** 28,), dtype=np.float32, chunks=(4096,))
     reseal(path)
     assert path.stat().st_size < 200_000
-    peak, error = _peak_bytes(lambda: load_checkpoint(path))
-    assert isinstance(error, CheckpointError), error
+    error = _refused(lambda: load_checkpoint(path), CheckpointError, 16 << 20)
     assert "model/unexpected" in str(error)
-    assert peak < 16 << 20, f"allocated {peak / 2**20:.0f} MiB to refuse an 80 kB file"
 
 
 def test_a_huge_declared_weight_of_the_right_name_is_refused(tmp_path):
     path = tmp_path / "evil.h5"
     _checkpoint(path)
     _replace(path, "model/weight", shape=(2 ** 27, 2), chunks=(4096, 2))
-    peak, error = _peak_bytes(lambda: load_checkpoint(path))
-    assert isinstance(error, CheckpointError), error
-    assert peak < 16 << 20, f"allocated {peak / 2**20:.0f} MiB"
+    _refused(lambda: load_checkpoint(path), CheckpointError, 16 << 20)
 
 
 def test_a_config_asking_for_terabytes_is_refused_before_building(tmp_path):
@@ -175,9 +178,7 @@ def test_a_config_asking_for_terabytes_is_refused_before_building(tmp_path):
                          "widths": [200000, 200000], "block_dropout": [0.1, 0.1],
                          "hidden": 8}},
         normalization={"mean": [0.5], "std": [0.25]}, classes=["a", "b", "c"])
-    peak, error = _peak_bytes(lambda: load_model(path))
-    assert isinstance(error, CheckpointError), error
-    assert peak < 64 << 20, f"allocated {peak / 2**20:.0f} MiB for the config"
+    _refused(lambda: load_model(path), CheckpointError, 64 << 20)
 
 
 # ----------------------------------------------------------------- item 3: integrity
@@ -290,10 +291,8 @@ def test_a_12_kB_cifar_pickle_cannot_make_10_million_labels(tmp_path):
     path = tmp_path / "data_batch_1"
     path.write_bytes(buffer.getvalue())
     assert path.stat().st_size < 13_000
-    peak, error = _peak_bytes(lambda: load_pickle(path))
-    assert isinstance(error, UnsafePickleError), error
+    error = _refused(lambda: load_pickle(path), UnsafePickleError, 8 << 20)
     assert "_reconstruct" in str(error)
-    assert peak < 8 << 20, f"allocated {peak / 2**20:.0f} MiB for a 12 kB pickle"
 
 
 def test_a_pickle_declaring_gigabytes_of_bytes_is_refused_without_allocating(tmp_path):
@@ -303,9 +302,8 @@ def test_a_pickle_declaring_gigabytes_of_bytes_is_refused_without_allocating(tmp
     from cupycnn.data.cifar import load_pickle
     path = tmp_path / "data_batch_1"      # BINBYTES of 2 GB declared, 10 bytes present
     path.write_bytes(b"\x80\x03B" + struct.pack("<I", 2 ** 31) + b"0123456789" + pickle.STOP)
-    peak, error = _peak_bytes(lambda: load_pickle(path))
-    assert isinstance(error, ValueError) and "not a readable CIFAR-10 pickle" in str(error)
-    assert peak < 8 << 20, f"allocated {peak / 2**20:.0f} MiB"
+    error = _refused(lambda: load_pickle(path), ValueError, 8 << 20)
+    assert "not a readable CIFAR-10 pickle" in str(error)
 
 
 def test_cifar_files_that_are_fifos_or_huge_are_refused(tmp_path):
@@ -387,3 +385,65 @@ def test_non_utf8_file_names_fifos_and_symlink_loops_in_an_image_folder(tmp_path
     cache = HDF5Dataset(ds.to_hdf5(tmp_path / "cache.h5"))
     assert f"cat/{odd}" in cache.files
     np.testing.assert_array_equal(cache.images, ds.images)
+
+
+def _readers_of_streamed_data():
+    from cupycnn.data import CSVImages, TarShards, TFRecordDataset
+    from cupycnn.data.shards import count_tar_samples, read_tar_samples
+    from cupycnn.data.stream import read_file
+    from cupycnn.data.tfrecord import count_records, read_records
+    return {"read_file": read_file, "read_tar_samples": lambda p: list(read_tar_samples(p)),
+            "count_tar_samples": count_tar_samples, "TarShards": lambda p: TarShards([p]),
+            "read_records": lambda p: list(read_records(p)), "count_records": count_records,
+            "TFRecordDataset": TFRecordDataset, "CSVImages": CSVImages}
+
+
+@pytest.mark.parametrize("reader", sorted(_readers_of_streamed_data()))
+def test_a_fifo_given_to_a_streamed_data_reader_is_refused_not_waited_on(tmp_path, reader):
+    fifo = tmp_path / "data"
+    os.mkfifo(fifo)
+    blocked, result = _blocks(lambda: _readers_of_streamed_data()[reader](fifo), seconds=5)
+    if blocked:
+        with open(fifo, "wb"):          # unblock the reader so the test process can end
+            pass
+        pytest.fail(f"{reader} blocked on a FIFO")
+    error = result.get("error")
+    assert isinstance(error, (OSError, ValueError)), result
+    assert "FIFO" in str(error) and "\n" not in str(error), str(error)
+
+
+def _shards(folder):
+    import io
+
+    from PIL import Image
+
+    from cupycnn.data import write_shards
+    out = io.BytesIO()
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(out, format="PNG")
+    write_shards([(f"s{k}", out.getvalue(), "png", k % 2) for k in range(4)], folder,
+                 classes=["a", "b"])
+    return folder / "index.json"
+
+
+@pytest.mark.parametrize("index, match", [
+    ('{"format": "cupycnn.shards/1", "classes": [], "shards": '
+     '[{"file": "shard-000000.tar", "samples": 1000000000000}]}',
+     r"says the shard .* holds 1000000000000 samples; its \d+ bytes hold at most \d+"),
+    ('[1, 2]', r"is not a cupycnn shard index \(format 'list'"),
+    ('{"format": "cupycnn.shards/1", "shards": [{"file": "shard-000000.tar"}]}',
+     r"shard 'shard-000000.tar' has 'None' samples, not a count"),
+    ('{"format": "cupycnn.shards/1", "shards": [{"file": "shard-000000.tar", "samples": "4"}]}',
+     r"has '4' samples, not a count"),
+    ('{"format": "cupycnn.shards/1", "shards": [{"file": "../x.tar", "samples": 1}]}',
+     r"names the shard '../x.tar', which is not a file in its folder"),
+    ('{"format": "cupycnn.shards/1", "shards": [7]}', r"shard 0 is not"),
+    ('{"format": "cupycnn.shards/1", "classes": [1], "shards": []}', r"classes are not"),
+    ('{"format": ', r"not JSON"),
+])
+def test_a_shard_index_is_checked_as_data_before_planning(tmp_path, index, match):
+    from cupycnn.data import ShardError, TarShards
+    path = _shards(tmp_path / "shards")
+    path.write_text(index, encoding="utf-8")
+    with pytest.raises(ShardError, match=match) as info:
+        TarShards(tmp_path / "shards")
+    assert "\n" not in str(info.value)

@@ -306,6 +306,7 @@ def test_the_bank_check_counts_wavefronts_as_a_gpu_serves_them(rng):
                                                 np.zeros((64, 16), np.float32)))
     c = counts.cp_async
     assert (c.instructions, c.ideal, c.wavefronts, c.worst) == (3, 4 + 2 + 1, 4 * 2 + 2 * 4 + 8, 8)
+    assert counts.copies == {4: 32, 8: 32, 16: 32}
     assert counts.ldmatrix.instructions == 0
     with sim.bank_conflicts() as counts:                 # counting is off outside the block
         pass

@@ -8,9 +8,10 @@ thread (also when num_threads() is 1): its own threads would compete with ours f
 and OpenBLAS's results change with its thread count. Outside `parallel_for` BLAS keeps its own
 setting.
 
-How many threads: `set_num_threads(n)`, else $CUPYCNN_CPU_THREADS, else as many as BLAS is allowed
-at the moment of the call (OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, or a threadpoolctl limit), so
-that one setting governs NumPy, BLAS and this path alike.
+How many threads: `set_num_threads(n)`, else $CUPYCNN_CPU_THREADS (read when first needed and by
+set_num_threads(None)), else as many as BLAS is allowed at the moment of the call
+(OMP_NUM_THREADS / OPENBLAS_NUM_THREADS, or a threadpoolctl limit), so that one setting governs
+NumPy, BLAS and this path alike.
 
 What the threads compute never depends on how many there are: work is cut into pieces by the
 shapes alone (OpenBLAS's bits depend on how a product is cut, too), each piece's result goes to
@@ -22,6 +23,7 @@ shape, allocated on first use and kept (least recently used first out past SCRAT
 thread), so a layer's temporaries are not allocated and page-faulted again at every step.
 """
 import collections
+import ctypes
 import itertools
 import os
 import queue
@@ -33,31 +35,44 @@ import numpy as np
 SCRATCH_BYTES = 512 * 2**20
 
 _requested = None            # set_num_threads(n); None: the environment or BLAS decides
+_UNREAD = object()
+_env_threads = _UNREAD       # CUPYCNN_CPU_THREADS, read when first needed (None: unset)
 _local = threading.local()   # .inside: this thread runs a task of parallel_for; .scratch
 
 
 def set_num_threads(n):
-    """Use `n` threads from now on (None: back to the default, the BLAS thread count)."""
-    global _requested
+    """Use `n` threads from now on (None: back to the default: CUPYCNN_CPU_THREADS, read again
+    here, else the BLAS thread count)."""
+    global _requested, _env_threads
     if n is not None and int(n) < 1:
         raise ValueError(f"cupycnn.cpu.set_num_threads: n must be at least 1, got {n}")
     _requested = None if n is None else int(n)
+    if n is None:
+        _env_threads = _UNREAD
 
 
 def num_threads():
     """The threads parallel_for uses now."""
+    return _chosen_threads() or _Blas.get().threads()
+
+
+def _chosen_threads():
+    """set_num_threads' or CUPYCNN_CPU_THREADS' count; None when BLAS's count decides."""
+    global _env_threads
     if _requested is not None:
         return _requested
-    env = os.environ.get("CUPYCNN_CPU_THREADS", "").strip()
-    if env:
-        try:
-            value = int(env)
-        except ValueError:
-            raise ValueError(f"CUPYCNN_CPU_THREADS={env!r}: expected a positive integer") from None
-        if value < 1:
-            raise ValueError(f"CUPYCNN_CPU_THREADS={env!r}: expected a positive integer")
-        return value
-    return _Blas.get().threads()
+    if _env_threads is _UNREAD:      # os.environ costs microseconds: read once, not per call
+        env = os.environ.get("CUPYCNN_CPU_THREADS", "").strip()
+        value = None
+        if env:
+            try:
+                value = int(env)
+            except ValueError:
+                value = 0
+            if value < 1:
+                raise ValueError(f"CUPYCNN_CPU_THREADS={env!r}: expected a positive integer")
+        _env_threads = value
+    return _env_threads
 
 
 class _Blas:
@@ -78,12 +93,27 @@ class _Blas:
             self._controllers = ThreadpoolController().select(user_api="blas").lib_controllers
         except Exception:      # no threadpoolctl, or no BLAS it knows: one thread, untouched
             self._controllers = []
+        # OpenBLAS's own getter, called directly: parallel_for asks at every call, and through
+        # threadpoolctl's wrapper that is a few microseconds of a small op's time.
+        self._get = None
+        controller = self._controllers[0] if self._controllers else None
+        if type(controller).__name__ == "OpenBLASController" and \
+                getattr(controller, "threading_layer", None) != "openmp":
+            try:          # the symbol's name carries the build's prefix and suffix
+                self._get = controller._get_symbol("openblas_get_num_threads")
+            except Exception:
+                self._get = None
+            if self._get is not None:
+                self._get.restype = ctypes.c_int
+                self._get.argtypes = []
         self._default = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") \
             else (os.cpu_count() or 1)
 
     def threads(self):
         if not self._controllers:
             return 1
+        if self._get is not None:
+            return max(1, self._get())
         return max(1, int(self._controllers[0].get_num_threads()))
 
     def set(self, n):
@@ -137,9 +167,9 @@ def parallel_for(count, task):
         for i in range(count):
             task(i)
         return
-    threads = min(num_threads(), count)
     blas = _Blas.get()
     previous = blas.threads()
+    threads = min(_chosen_threads() or previous, count)
     if previous != 1:
         blas.set(1)
     try:

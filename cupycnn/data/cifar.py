@@ -147,26 +147,20 @@ def _read_bounded(path):
     return data
 
 
-def _check_opcodes(data, source):
+def _check_opcodes(data):
     """Walk the pickle's opcodes without building anything (pickletools): every length it
     declares must be present in the file, and memo indices must count up from 0, before the
     unpickler runs (it allocates a BINBYTES's declared length, and a memo up to the largest
     index, before reading a byte of them)."""
     import pickletools
     puts = 0
-    try:
-        for opcode, arg, _ in pickletools.genops(data):
-            if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
-                if not isinstance(arg, int) or arg > puts:
-                    raise ValueError(f"memo index {arg} after {puts} entries")
-                puts += arg == puts
-            elif opcode.name == "MEMOIZE":
-                puts += 1
-    except UnsafePickleError:
-        raise
-    except Exception as e:
-        raise ValueError(f"{source}: not a readable CIFAR-10 pickle ({type(e).__name__}: "
-                         f"{e})") from None
+    for opcode, arg, _ in pickletools.genops(data):
+        if opcode.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            if not isinstance(arg, int) or arg > puts:
+                raise ValueError(f"memo index {arg} after {puts} entries")
+            puts += arg == puts
+        elif opcode.name == "MEMOIZE":
+            puts += 1
 
 
 def load_pickle(path):
@@ -174,8 +168,8 @@ def load_pickle(path):
     (at most MAX_FILE_BYTES, every declared length checked first)."""
     import io
     data = _read_bounded(path)
-    _check_opcodes(data, path)
     try:
+        _check_opcodes(data)
         return RestrictedUnpickler(io.BytesIO(data), source=str(path)).load()
     except UnsafePickleError:
         raise

@@ -20,6 +20,7 @@ The file is parsed in chunks of `chunk_rows` rows into a preallocated uint8 arra
 decoded images (a quarter of the text's size or less) and one chunk, never the whole text.
 """
 import csv
+import io
 import math
 
 import numpy as np
@@ -27,6 +28,16 @@ import numpy as np
 from .base import ArrayDataset
 
 LABEL_NAMES = ("label", "labels", "class", "target", "emotion", "y")
+
+
+def _open_text(path):
+    """The CSV file at `path` as UTF-8 text, if it is a regular file (a FIFO is refused, not
+    waited on: ValueError saying what it is)."""
+    from .folder import open_regular
+    try:
+        return io.TextIOWrapper(open_regular(path), encoding="utf-8", newline="")
+    except OSError as e:
+        raise ValueError(f"CSVImages: cannot read {path}: {e.strerror or e}") from None
 
 
 def _is_number(token):
@@ -63,8 +74,17 @@ class CSVImages(ArrayDataset):
     `columns` holds the header (None without one); `has_labels` whether labels were read."""
 
     def __init__(self, path, shape=None, label_column=None, chunk_rows=4096):
+        try:
+            self._read(path, shape, label_column, chunk_rows)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"CSVImages: {path} is not UTF-8 text (byte {e.object[e.start]:#04x} "
+                             f"at {e.start} of a chunk): a CSV of pixels holds numbers") from None
+        except csv.Error as e:
+            raise ValueError(f"CSVImages: {path} is not a readable CSV file: {e}") from None
+
+    def _read(self, path, shape, label_column, chunk_rows):
         self.path = path
-        with open(path, newline="", encoding="utf-8") as f:
+        with _open_text(path) as f:
             reader = csv.reader(f)
             first = next(reader, None)
             if first is None:
@@ -78,7 +98,7 @@ class CSVImages(ArrayDataset):
         h, w, c = self._shape(shape, count)
         images = np.empty((rows, h, w, c), dtype=np.uint8)
         labels = []
-        with open(path, newline="", encoding="utf-8") as f:
+        with _open_text(path) as f:
             reader = csv.reader(f)
             if header is not None:
                 next(reader)
@@ -141,7 +161,7 @@ class CSVImages(ArrayDataset):
 
     @staticmethod
     def _peek_spaced(path, header, column):
-        with open(path, newline="", encoding="utf-8") as f:
+        with _open_text(path) as f:
             reader = csv.reader(f)
             if header is not None:
                 next(reader)
@@ -167,7 +187,7 @@ class CSVImages(ArrayDataset):
                 label_at = header.index(label_column)
             if "pixels" in lower:
                 return label_at, [], lower.index("pixels")
-            with open(path, newline="", encoding="utf-8") as f:
+            with _open_text(path) as f:
                 reader = csv.reader(f)
                 next(reader)
                 sample = next(reader, None)

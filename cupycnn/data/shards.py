@@ -30,6 +30,7 @@ stays in step; for evaluation (pad=False) every sample comes once.
 import io
 import json
 import os
+import stat
 import tarfile
 import tempfile
 from pathlib import Path
@@ -37,6 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from .decode import Decode
+from .folder import open_regular
 from .stream import StreamingDataset, read_file
 from .workers import ShardError
 
@@ -193,8 +195,9 @@ def read_tar_samples(path, expect=None):
                              f"an integer") from None
         return image[1], value, f"{path}:{key}.{image[0]}"
 
+    f = open_shard(path)
     try:
-        with open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|") as tar:
+        with f, tarfile.open(fileobj=f, mode="r|") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -232,11 +235,37 @@ def read_tar_samples(path, expect=None):
                          f"it was cut short or replaced; write the shards again")
 
 
+def open_shard(path):
+    """The shard or record file at `path` opened for reading if it is a regular file (a FIFO
+    would block an ordinary open forever); ShardError saying what it is otherwise."""
+    try:
+        return open_regular(path)
+    except OSError as e:
+        raise ShardError(f"cannot read the shard {path}: {e.strerror or e}") from None
+
+
+def not_regular_files(paths):
+    """The paths that are not regular files, each said as what it is (missing, a folder, a
+    FIFO, ...)."""
+    from ..safe_hdf5 import kind_of
+    said = []
+    for p in paths:
+        try:
+            mode = os.stat(p).st_mode
+        except OSError as e:
+            said.append(f"{p} ({e.strerror or 'missing'})")
+            continue
+        if not stat.S_ISREG(mode):
+            said.append(f"{p} ({kind_of(mode)}, not a regular file)")
+    return said
+
+
 def count_tar_samples(path):
     """Samples in a tar shard, from its headers (the data is skipped, not read)."""
     keys, last = 0, None
+    f = open_shard(path)
     try:
-        with tarfile.open(path, mode="r:") as tar:
+        with f, tarfile.open(fileobj=f, mode="r:") as tar:
             for member in tar:
                 if member.isfile():
                     k, _ = _split_key(member.name)
@@ -246,6 +275,58 @@ def count_tar_samples(path):
         raise ShardError(f"the shard {path} is truncated or corrupt: {type(e).__name__}: "
                          f"{e}") from None
     return keys
+
+
+MAX_INDEX_BYTES = 64 * 2 ** 20       # an index of a million shards is about 60 MB
+MIN_SAMPLE_BYTES = 1024              # a sample is two tar members: at least their two headers
+
+
+def read_index(path):
+    """The shard index at `path`, checked as data before anything is read from the shards:
+    {"format": INDEX_FORMAT, "classes": [str], "shards": [{"file": name in the folder,
+    "samples": count}]}. ShardError naming what is wrong."""
+    def bad(what):
+        return ShardError(f"TarShards: {path} is not a usable shard index: {what}")
+    try:
+        with open_regular(path) as f:
+            data = f.read(MAX_INDEX_BYTES + 1)
+    except OSError as e:
+        raise ShardError(f"TarShards: cannot read {path}: {e.strerror or e}") from None
+    if len(data) > MAX_INDEX_BYTES:
+        raise bad(f"over {MAX_INDEX_BYTES} bytes")
+    try:
+        index = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise bad(f"not JSON ({type(e).__name__}: {str(e)[:80]})") from None
+    if not isinstance(index, dict) or index.get("format") != INDEX_FORMAT:
+        got = index.get("format") if isinstance(index, dict) else type(index).__name__
+        raise ShardError(f"TarShards: {path} is not a cupycnn shard index (format "
+                         f"{str(got)[:40]!r}, expected {INDEX_FORMAT!r})")
+    classes, shards = index.get("classes", []), index.get("shards")
+    if not isinstance(classes, list) or not all(isinstance(c, str) for c in classes):
+        raise bad("its classes are not a list of names")
+    if not isinstance(shards, list) or not shards:
+        raise bad("it lists no shards")
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict) or not isinstance(shard.get("file"), str):
+            raise bad(f"shard {i} is not {{\"file\": name, \"samples\": count}}")
+        name = shard["file"]
+        if Path(name).name != name or name.startswith(".") or not name:
+            raise ShardError(f"TarShards: {path} names the shard {name[:60]!r}, which is not "
+                             f"a file in its folder")
+        count = shard.get("samples")
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise bad(f"shard {name!r} has {str(count)[:20]!r} samples, not a count")
+    return index
+
+
+def _check_count(count, path):
+    """A count of samples an index declares for a shard must fit in the shard's bytes (it
+    plans every epoch: 10**12 would allocate terabytes)."""
+    size = os.stat(path).st_size
+    if count > size // MIN_SAMPLE_BYTES:
+        raise ShardError(f"TarShards: the index says the shard {path} holds {count} samples; "
+                         f"its {size} bytes hold at most {size // MIN_SAMPLE_BYTES}")
 
 
 class TarShards(ShardedDataset):
@@ -264,17 +345,8 @@ class TarShards(ShardedDataset):
         if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
             folder = Path(source)
             if (folder / INDEX).is_file():
-                index = json.loads((folder / INDEX).read_text(encoding="utf-8"))
-                if index.get("format") != INDEX_FORMAT:
-                    raise ShardError(f"TarShards: {folder / INDEX} is not a cupycnn shard "
-                                     f"index (format {index.get('format')!r}, expected "
-                                     f"{INDEX_FORMAT!r})")
-                names = [str(s["file"]) for s in index["shards"]]
-                for name in names:            # a shard is a plain file name in this folder
-                    if Path(name).name != name or name.startswith("."):
-                        raise ShardError(f"TarShards: {folder / INDEX} names the shard "
-                                         f"{name!r}, which is not a file in its folder")
-                paths = [folder / name for name in names]
+                index = read_index(folder / INDEX)
+                paths = [folder / s["file"] for s in index["shards"]]
             else:
                 paths = sorted(folder.glob("*.tar"))
         else:
@@ -282,11 +354,13 @@ class TarShards(ShardedDataset):
                                        else source)]
         if not paths:
             raise FileNotFoundError(f"TarShards: no .tar shards in {source}")
-        missing = [str(p) for p in paths if not p.is_file()]
+        missing = not_regular_files(paths)
         if missing:
-            raise FileNotFoundError(f"TarShards: missing shard(s) {', '.join(missing[:3])}")
+            raise FileNotFoundError(f"TarShards: cannot read the shard(s) {', '.join(missing[:3])}")
         self.shards = paths
         if index is not None:
+            for shard, path in zip(index["shards"], paths):
+                _check_count(shard["samples"], path)
             self._set_counts([s["samples"] for s in index["shards"]])
             self._expect = list(self.counts)
             self.classes = list(classes if classes is not None else index.get("classes", []))

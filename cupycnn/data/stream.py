@@ -21,14 +21,13 @@ present, gives the classes' readable names (`class_names`).
 """
 import csv
 import os
-import stat
 from pathlib import Path
 
 import numpy as np
 
 from .base import Dataset, Subset
 from .decode import Decode, DecodeTransform, image_size
-from .folder import BadImageError, scan
+from .folder import BadImageError, open_regular, scan
 
 MAX_FILE_BYTES = 256 * 2 ** 20      # an image file larger than this is refused, not read
 
@@ -38,15 +37,13 @@ def read_file(path, name=None):
     regular file, unreadable, or over MAX_FILE_BYTES)."""
     name = name or os.fsdecode(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:            # a FIFO is refused, not waited on
             info = os.fstat(f.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise OSError("not a regular file")
             if info.st_size > MAX_FILE_BYTES:
                 raise OSError(f"{info.st_size} bytes, over the limit of {MAX_FILE_BYTES}")
             return f.read()
     except OSError as e:
-        raise BadImageError(f"cannot read the image {name}: {e}") from None
+        raise BadImageError(f"cannot read the image {name}: {e.strerror or e}") from None
 
 
 class PathTable:

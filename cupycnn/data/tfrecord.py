@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import ShardedDataset
+from .shards import ShardedDataset, not_regular_files, open_shard
 from .workers import ShardError
 
 IMAGE_KEYS = ("image", "image/encoded", "image_raw", "img", "jpeg")
@@ -84,7 +84,7 @@ def read_records(path, check_crc=True):
     """The data of every record in the TFRecord file at `path`, in order; ShardError naming
     the file and the record's number and offset when it is truncated or a checksum fails."""
     path = Path(path)
-    with open(path, "rb") as f:
+    with open_shard(path) as f:
         number = 0
         while True:
             offset = f.tell()
@@ -117,9 +117,9 @@ def read_records(path, check_crc=True):
 def count_records(path):
     """Records in a TFRecord file, from their headers (length CRCs checked, data skipped)."""
     path = Path(path)
-    size = path.stat().st_size
     count = 0
-    with open(path, "rb") as f:
+    with open_shard(path) as f:
+        size = os.fstat(f.fileno()).st_size
         offset = 0
         while offset < size:
             head = f.read(12)
@@ -318,9 +318,9 @@ class TFRecordDataset(ShardedDataset):
         else:
             paths = [Path(p) for p in ([source] if isinstance(source, (str, os.PathLike))
                                        else source)]
-            missing = [str(p) for p in paths if not p.is_file()]
+            missing = not_regular_files(paths)
             if missing:
-                raise FileNotFoundError(f"TFRecordDataset: no such file {missing[0]}")
+                raise FileNotFoundError(f"TFRecordDataset: cannot read {missing[0]}")
         self.shards, self.check_crc = paths, bool(check_crc)
         self._set_counts([count_records(p) for p in paths])
         self.label_offset = int(label_offset)

@@ -42,6 +42,9 @@ import time
 DEFAULT_TIMEOUT = 600.0
 ABORT_STATUS = 124            # as timeout(1) exits
 MAX_LINE = 1 << 16
+UNCLAIMED_SECONDS = 5.0       # rank 0 not answering: how long ranks > 1 leave the report to rank 1
+FORWARD_SECONDS = 1.0         # for mpiexec to forward the report before the abort (without it
+                              # the line was lost in about 1 of 5 runs under load)
 
 
 class _Table:
@@ -257,6 +260,8 @@ class Watchdog:
             rows = self._send({"kind": "table"}, reply=True)["rows"]
         except (OSError, ValueError, KeyError, TypeError):
             first, rows = True, None
+            if self.rank > 1:             # no table to claim the report: rank 1 makes it,
+                time.sleep(UNCLAIMED_SECONDS)   # the others only if the job outlives it
         if not first:                     # another rank is reporting; the abort follows
             time.sleep(10)
         else:
@@ -264,6 +269,7 @@ class Watchdog:
                              f"{waited:.0f} s in {where}; "
                              f"{self._absent(number, rows)}; aborting the job\n")
             sys.stderr.flush()
+            time.sleep(FORWARD_SECONDS)   # MPI_Abort kills the launcher's forwarding too
         _abort(self.mpi)
 
     def _absent(self, number, rows):

@@ -19,7 +19,9 @@ Modes, as PyTorch's: every layer has a persistent `training` flag (True when bui
 does it for the length of a `with` block). `training=None` (the
 default, and what `model(x)` passes) makes each layer follow its own flag (batchnorm: batch or
 running statistics; dropout: on or off); an explicit True or False puts the whole call in that
-mode, whatever the flags say (the Trainer trains with True and evaluates with False).
+mode, whatever the flags say (the Trainer trains with True and evaluates with False). A
+subclass's `forward(self, x)` written without `training`, as in PyTorch, is given one
+(`Layer.__init_subclass__`): an explicit flag then sets the modes of its tree for the call.
 
 Sub-layers: a Layer assigned as an attribute (`self.conv1 = Conv2D(...)`) registers itself as a
 child, as `nn.Module.__setattr__` does: it appears in `named_children()` (in assignment order),
@@ -35,6 +37,8 @@ layer then reads and writes the views without knowing.
 """
 import collections
 import contextlib
+import functools
+import inspect
 import math
 import os
 import threading
@@ -146,6 +150,23 @@ class Layer:
     # and return None. A layer that does not look at it computes dx anyway, which is harmless.
     input_grad = True
 
+    def __init_subclass__(cls, **kwargs):
+        """A subclass's forward(self, x) without `training`, as PyTorch users write it, is
+        wrapped to take one: None runs it as written (each sub-layer follows its own mode), an
+        explicit True or False runs it with the layer's tree in that mode (training_mode)."""
+        super().__init_subclass__(**kwargs)
+        forward = cls.__dict__.get("forward")
+        if forward is None or not callable(forward) or _takes_training(forward):
+            return
+
+        @functools.wraps(forward)
+        def forward_with_training(self, x, training=None):
+            if training is None:
+                return forward(self, x)
+            with training_mode(self, bool(training)):
+                return forward(self, x)
+        cls.forward = forward_with_training
+
     def __init__(self):
         if "_modules" not in self.__dict__:        # sub-layers assigned before this call stay
             object.__setattr__(self, "_modules", collections.OrderedDict())
@@ -160,7 +181,11 @@ class Layer:
         raise NotImplementedError(f"{type(self).__name__}.forward")
 
     def backward(self, dy):
-        raise NotImplementedError(f"{type(self).__name__}.backward")
+        raise NotImplementedError(
+            f"{type(self).__name__}.backward is not written: cupycnn has no autograd, so a "
+            f"layer of one's own writes its backward (a composite: its sub-layers' backwards "
+            f"in reverse order; docs/WRITING_A_LAYER.md), or the model is built as a "
+            f"Sequential or Residual of library layers, which have theirs")
 
     def named_children(self):
         """(name, layer) for each sub-layer; the names build the state_dict keys. By default the
@@ -485,6 +510,15 @@ def without_input_grad(model):
     finally:
         for layer in marked:
             layer.input_grad = True
+
+
+def _takes_training(function):
+    """Whether forward(self, x, ...) takes a `training` argument (by name or **kwargs)."""
+    try:
+        parameters = inspect.signature(function).parameters.values()
+    except (TypeError, ValueError):
+        return True                            # a builtin or odd callable: leave it alone
+    return any(p.name == "training" or p.kind is p.VAR_KEYWORD for p in parameters)
 
 
 def _layers_in(value):

@@ -22,11 +22,11 @@ Synchronised batchnorm: the statistics are computed in stages, and between them 
 forward and its backward call `self.stats_reducer(sums, count) -> (sums, count)` with this
 process's per-channel float64 sums [C, 2] and element count per channel: in the forward on
 (sum x, sum x^2), in the backward on (sum dy, sum dy * xhat). It returns the sums and count to
-use: by default its arguments (`local_statistics`); data parallelism sets it to an all-reduce
-(the sum over ranks of the sums and of the counts), so that every rank normalises with the
-global batch's statistics and its running statistics are the global batch's. The parameter
-gradients stay this rank's (the gradient all-reduce adds them up). It is not called in
-evaluation, where the running statistics are used.
+use, as new arrays: the parameter gradients are taken from the sums passed in (this rank's; the
+gradient all-reduce adds them up later). By default it returns its arguments
+(`local_statistics`); cupycnn.distributed.sync_batchnorm sets an all-reduce over the ranks (why
+that gives the global batch's forward and backward: docs/DISTRIBUTED.md, "Synchronised
+batchnorm"). It is not called in evaluation, where the running statistics are used.
 """
 import numpy as np
 

@@ -3,11 +3,18 @@ conv2d_tc.cu): the one place they are written down. A configuration becomes the 
 -D defines (runtime.get_kernel(..., defines=...)), so each is its own compiled module, cached
 per configuration on both devices; benchmarks/kernel_report.py compiles every one.
 
-    TcTile(bm, bn, bk, warps_m, warps_n, stages)
+    TcTile(bm, bn, bk, warps_m, warps_n, stages, min_blocks, min_blocks_backward)
         a block computes a bm x bn tile of the product with warps_m x warps_n warps (each a
         bm/warps_m x bn/warps_n sub-tile of 16 x 8 mma tiles, FP32 accumulators in registers),
         reducing bk at a time through a `stages`-deep cp.async pipeline in shared memory of
-        stages (bm + bn) (bk + 4) 4 bytes (static, so at most 48 KiB).
+        stages (bm + bn) bk 4 bytes (static, so at most 48 KiB; unpadded: the tile's swizzle
+        keeps it free of bank conflicts). min_blocks: the resident blocks per SM the forward
+        convolution and the GEMMs ask ptxas for (__launch_bounds__: registers at most
+        65536 / (min_blocks threads)); min_blocks_backward: the same for the convolution's two
+        gradients, which keep more coordinates per thread. Each is the most that compiles
+        without a spill (tests/test_kernel_spills.py); without them ptxas gave the small tile's
+        kernels 152 to 202 registers (3 or fewer blocks of 128 threads per SM) and the large
+        tile's forward convolution 157 to 160 (1 block of 256): see docs/BENCHMARKS.md.
 
 Per shape (choose_tile): the big tile (fewer blocks, more reuse of each loaded element: 2 bm bn /
 (bm + bn) FLOP per copied float) when it still gives at least MIN_WAVES waves of blocks over an
@@ -31,6 +38,8 @@ class TcTile:
     warps_m: int
     warps_n: int
     stages: int
+    min_blocks: int
+    min_blocks_backward: int
 
     @property
     def threads(self):
@@ -38,7 +47,7 @@ class TcTile:
 
     @property
     def shared_bytes(self):
-        return self.stages * (self.bm + self.bn) * (self.bk + 4) * 4
+        return self.stages * (self.bm + self.bn) * self.bk * 4
 
     @property
     def name(self):
@@ -50,11 +59,13 @@ class TcTile:
             raise ValueError("the tensor-core kernels run at tf32 or bf16, not fp32")
         return (("TC_BM", self.bm), ("TC_BN", self.bn), ("TC_BK", self.bk),
                 ("TC_WARPS_M", self.warps_m), ("TC_WARPS_N", self.warps_n),
-                ("TC_STAGES", self.stages), ("TC_BF16", int(precision == "bf16")))
+                ("TC_STAGES", self.stages), ("TC_BF16", int(precision == "bf16")),
+                ("TC_MIN_BLOCKS", self.min_blocks),
+                ("TC_MIN_BLOCKS_BACKWARD", self.min_blocks_backward))
 
 
-LARGE = TcTile(128, 64, 16, 4, 2, 3)      # 256 threads, warp tile 32 x 32, 45 KiB
-SMALL = TcTile(64, 64, 16, 2, 2, 4)       # 128 threads, warp tile 32 x 32, 40 KiB
+LARGE = TcTile(128, 64, 16, 4, 2, 4, 2, 2)    # 256 threads, warp tile 32 x 32, 48 KiB
+SMALL = TcTile(64, 64, 16, 2, 2, 4, 4, 3)     # 128 threads, warp tile 32 x 32, 32 KiB
 TILES = (LARGE, SMALL)
 
 

@@ -145,6 +145,7 @@ class BankCount:
 class BankCounts:
     ldmatrix: BankCount = field(default_factory=BankCount)
     cp_async: BankCount = field(default_factory=BankCount)
+    copies: dict = field(default_factory=lambda: {4: 0, 8: 0, 16: 0})  # one lane's, by bytes
 
 
 _builds = weakref.WeakSet()       # every library loaded: bank_conflicts reads their counters
@@ -154,7 +155,8 @@ _builds = weakref.WeakSet()       # every library loaded: bank_conflicts reads t
 def bank_conflicts():
     """Count the shared-memory bank conflicts of the tensor-core instructions the block of code
     runs: `with bank_conflicts() as counts: ...`, then counts.ldmatrix and counts.cp_async (the
-    copies' shared-memory side) are BankCounts (instructions, wavefronts, ideal, worst). Every
+    copies' shared-memory side) are BankCounts (instructions, wavefronts, ideal, worst), and
+    counts.copies the number of single-lane cp.async copies of 4, 8 and 16 bytes. Every
     ldmatrix, and every cp.async a warp's lanes issue as one instruction, is split into its
     128-byte phases as a GPU serves them; a phase whose addresses put distinct words in one bank
     takes one wavefront per such word (simt.h's "bank check")."""
@@ -163,7 +165,7 @@ def bank_conflicts():
         _config.bank_check = True
         _config.version += 1
     for build in list(_builds):      # forget what came before
-        build.lib.simt_bank_counts(1, (ctypes.c_ulonglong * 8)())
+        build.lib.simt_bank_counts(1, (ctypes.c_ulonglong * 11)())
     try:
         yield counts
     finally:
@@ -171,7 +173,7 @@ def bank_conflicts():
             _config.bank_check = False
             _config.version += 1
         for build in list(_builds):
-            raw = (ctypes.c_ulonglong * 8)()
+            raw = (ctypes.c_ulonglong * 11)()
             build.lib.simt_bank_counts(0, raw)
             for kind, count in ((0, counts.ldmatrix), (1, counts.cp_async)):
                 n, waves, ideal, worst = raw[4 * kind: 4 * kind + 4]
@@ -179,6 +181,8 @@ def bank_conflicts():
                 count.wavefronts += waves
                 count.ideal += ideal
                 count.worst = max(count.worst, worst)
+            for i, size in enumerate((4, 8, 16)):
+                counts.copies[size] += raw[8 + i]
 
 
 def cache_dir():

@@ -213,6 +213,9 @@ class Trainer:
         if validation_data is not None and val_loader is not None:
             raise ValueError("fit: give validation_data or val_loader, not both")
         val = validation_data if validation_data is not None else val_loader
+        if self.optimizer is None:
+            raise ValueError("fit: the trainer has no optimizer (Trainer(model, None) evaluates "
+                             "and predicts): Trainer(model, Adam(model.parameters()))")
         refuse_a_list_of_arrays(x, "fit")
         if validation_split is not None:
             x, y, val = self._split_off_validation(x, y, val, validation_split)

@@ -224,9 +224,11 @@ inline std::vector<std::pair<char*, size_t>>& static_smem_registry() {
 // accesses: the 32 lanes at once; 8-byte: 16 lanes at a time; 16-byte, and each 8 x 16-byte
 // matrix of an ldmatrix: 8 at a time); a phase takes as many wavefronts as the most distinct
 // 4-byte words any one bank holds among its addresses. Counts: [kind][instructions, wavefronts,
-// ideal wavefronts, worst phase], kind 0 ldmatrix, 1 cp.async (its shared-memory destination).
+// ideal wavefronts, worst phase], kind 0 ldmatrix, 1 cp.async (its shared-memory destination);
+// then the cp.async copies of single lanes by size (4, 8, 16 bytes).
 inline int g_bank_check = 0;
 inline unsigned long long g_bank[2][4] = {};
+inline unsigned long long g_copies[3] = {};
 
 // Blocks may run on several OS threads (CUPYCNN_SIM_THREADS): the counts are atomic.
 inline void bank_add(unsigned long long& c, unsigned long long n) { __atomic_fetch_add(&c, n, __ATOMIC_RELAXED); }
@@ -266,6 +268,7 @@ inline void bank_phases(int kind, const BankAccess& a) {
 // A lane's cp.async: counted once every live lane of its warp has issued its copy of that number.
 inline void bank_record_copy(void* dst, int size) {
   Block& b = *g_blk; const int lane = g_tid & 31, w = g_tid >> 5;
+  bank_add(g_copies[size == 4 ? 0 : size == 8 ? 1 : 2], 1);
   BankAccess& a = b.cppend[w][b.cpseq[g_tid]++];
   if (!a.lanes) memset(a.size, 0, sizeof a.size);
   a.addr[lane] = (uintptr_t)dst; a.size[lane] = (uint8_t)size; a.lanes |= 1u << lane;
@@ -632,7 +635,9 @@ inline bool register_static_shared(void* p, size_t bytes) {
       int enable, unsigned long long* out) {                                                 \
     simt::g_bank_check = enable;                                                             \
     if (out) { memcpy(out, simt::g_bank, sizeof simt::g_bank);                                \
-               memset(simt::g_bank, 0, sizeof simt::g_bank); } }
+               memcpy(out + 8, simt::g_copies, sizeof simt::g_copies);                         \
+               memset(simt::g_bank, 0, sizeof simt::g_bank);                                   \
+               memset(simt::g_copies, 0, sizeof simt::g_copies); } }
 
 // ----------------------------------------------------------------- intrinsics
 inline void __syncthreads() { simt::block_barrier(); }
