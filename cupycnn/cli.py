@@ -219,12 +219,16 @@ def config_arguments(parser, path):
         import tomllib
     except ModuleNotFoundError:           # Python 3.10
         import tomli as tomllib
+    from .safe_hdf5 import check_regular_file
     try:
+        check_regular_file(path, OSError, "config file")       # a FIFO would block the open
         with open(path, "rb") as f:
             table = tomllib.load(f)
     except FileNotFoundError:
         parser.error(f"--config: no file at {path}")
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except OSError as e:
+        parser.error(f"--config: {e.strerror if e.filename else e}")
+    except tomllib.TOMLDecodeError as e:
         parser.error(f"--config {path}: not a TOML file: {e}")
     actions = {a.dest: a for a in parser._actions if a.option_strings}
     tokens = []

@@ -9,9 +9,10 @@
 // PhaseTap, Pixel) and advances them by TC_BK with carries instead of dividing every step.
 // Elements outside the image (the zero padding) or past the matrix are zero-filled by cp.async.
 // The weights of the forward product are read along k in 16-byte copies when K = C_in kh kw is a
-// multiple of 4; the other operands are gathered (taps, stride phases, padding) one float per
-// copy, each in tc_tile.cuh's bank-conflict-free thread pattern for the axis it is contiguous
-// along (TcKMajor: k; TcRowMajor: the tile's rows, i.e. pixels).
+// multiple of 4; the other operands one float per copy (gathered through taps, stride phases and
+// padding; the weight gradient's dy is contiguous along k only within an image), each in
+// tc_tile.cuh's bank-conflict-free thread pattern for the axis it is contiguous along
+// (TcKMajor: k; TcRowMajor: the tile's rows, i.e. pixels).
 //
 //   conv2d_tc_forward          y  = w [C_out x C_in kh kw] @ im2col(x)   (+ bias, + residual,
 //                              ReLU: common.cuh's conv_epilogue, each optional)
@@ -209,8 +210,13 @@ struct WeightGradLoader {
       pad_w, out_pixels;
   long long image_stride_x, image_stride_dy;
   Pixel pos, pos_step;                // the output pixel of this thread's row at this step
-  Tap tap[TcKMajor<TC_BN>::LOADS];
-  bool tap_valid[TcKMajor<TC_BN>::LOADS];
+  // Tap i = (c, r, s) of this thread, fixed for the loop, in two registers (registers: the
+  // small tile's 8 taps as Tap and bool took 32 and held the kernel to 3 blocks per SM):
+  // c H W + r W + s, the tap's element relative to the window's corner, and r << 16 | s for
+  // the padding test; bit i of tap_valid: tap i is a column of the matrix (p < P).
+  int tap_offset[TcKMajor<TC_BN>::LOADS];
+  int tap_rs[TcKMajor<TC_BN>::LOADS];
+  unsigned tap_valid;
   TcCopies<T, TcKMajor<TC_BM>::LOADS> a_copies;
   TcCopies<T, TcKMajor<TC_BN>::LOADS> b_copies;
 
@@ -220,6 +226,7 @@ struct WeightGradLoader {
     const T* dy_pixel = dy + pos.n * image_stride_dy + pos.i * out_width + pos.j;
     const T* x_image = x + pos.n * image_stride_x;
     const int top = pos.i * stride_h - pad_h, left = pos.j * stride_w - pad_w;
+    const int corner = top * width + left;
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
       const int m = TcKMajor<TC_BM>::row(i), o = m0 + m;
@@ -229,10 +236,10 @@ struct WeightGradLoader {
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
       const int p = TcKMajor<TC_BN>::row(i);
-      const int h = top + tap[i].r, v = left + tap[i].s;
-      const bool ok = k_valid && tap_valid[i] && h >= 0 && h < height && v >= 0 && v < width;
-      b_copies.copy(i, s, s.b, p, k_local,
-                    ok ? x_image + ((long long)tap[i].c * height + h) * width + v : x, ok);
+      const int h = top + (tap_rs[i] >> 16), v = left + (tap_rs[i] & 0xffff);
+      const bool ok = k_valid && (tap_valid >> i & 1) && h >= 0 && h < height && v >= 0 &&
+                      v < width;
+      b_copies.copy(i, s, s.b, p, k_local, ok ? x_image + (corner + tap_offset[i]) : x, ok);
     }
     advance3(pos, pos_step, out_height, out_width);
   }
@@ -260,11 +267,14 @@ __device__ __forceinline__ void conv2d_tc_backward_weight_body(
   ld.out_pixels = out_pixels;
   ld.image_stride_x = (long long)in_channels * height * width;
   ld.image_stride_dy = (long long)out_channels * out_pixels;
+  ld.tap_valid = 0;
 #pragma unroll
   for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
     const int p = p0 + TcKMajor<TC_BN>::row(i);
-    ld.tap_valid[i] = p < P;
-    ld.tap[i] = split3<Tap>(ld.tap_valid[i] ? p : 0, kernel_h, kernel_w);
+    const Tap t = split3<Tap>(p < P ? p : 0, kernel_h, kernel_w);
+    ld.tap_valid |= (unsigned)(p < P) << i;
+    ld.tap_offset[i] = (t.c * height + t.r) * width + t.s;
+    ld.tap_rs[i] = t.r << 16 | t.s;
   }
   ld.pos = split3<Pixel>(k_begin + TcKMajor<TC_BM>::k(), out_height, out_width);
   ld.pos_step = split3<Pixel>(TC_BK, out_height, out_width);

@@ -113,6 +113,7 @@ def full_disk(folder):
 
 def read_only(folder):
     """Every writer, in a read-only folder: one line each, "<writer>: <error>"."""
+    from cupycnn.data import write_shards, write_tfrecords
     from cupycnn.data.folder import write_hdf5
     from cupycnn.train import TensorBoard
     from cupycnn.train.trainer import History
@@ -136,6 +137,8 @@ def read_only(folder):
             last=f"{folder}/last.h5"), Stub).on_train_begin({})),
         ("TensorBoard.on_train_begin", lambda: _with(TensorBoard(f"{folder}/tb"), Stub)
          .on_train_begin({})),
+        ("write_shards", lambda: write_shards([("s0", b"x" * 10, "png", 0)], f"{folder}/shards")),
+        ("write_tfrecords", lambda: write_tfrecords([(b"x" * 10, 0)], f"{folder}/records")),
     ]
     for name, write in writers:
         try:

@@ -140,3 +140,22 @@ def test_a_bad_batch_changes_nothing(device, labels, message):
     for name, value in before.items():
         np.testing.assert_array_equal(trainer.model.state_dict()[name], value, err_msg=name)
     assert str(trainer.optimizer.state_dict()) == str(momentum)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"epochs": 2.5}, r"fit: epochs must be an integer of at least 0, got 2\.5"),
+    ({"epochs": True}, r"fit: epochs must be an integer of at least 0, got True"),
+    ({"epochs": "3"}, r"fit: epochs must be an integer of at least 0, got '3'"),
+    ({"epochs": 3, "stop_at": 1.5}, r"fit: stop_at must be an integer of at least 0, got 1\.5"),
+    ({"epochs": 1, "batch_size": True}, r"fit: batch_size must be a positive integer, got True"),
+])
+def test_fit_arguments_are_refused_not_cast(numpy_device, kwargs, message):
+    from cupycnn.layers import Dense
+    from cupycnn.optim import SGD
+    from cupycnn.train import Trainer
+    model = Dense(4, 2)
+    trainer = Trainer(model, SGD(model.parameters(), lr=0.1), progress=False)
+    x = np.random.default_rng(0).random((8, 4)).astype(np.float32)
+    with pytest.raises(ValueError, match=message):
+        trainer.fit(x, np.arange(8) % 2, **({"batch_size": 4} | kwargs))
+    assert trainer.epoch == 0 and trainer.step == 0

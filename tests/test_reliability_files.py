@@ -181,6 +181,19 @@ def test_a_config_asking_for_terabytes_is_refused_before_building(tmp_path):
     _refused(lambda: load_model(path), CheckpointError, 64 << 20)
 
 
+def test_an_architecture_asking_for_terabytes_is_refused_before_building(tmp_path):
+    from cupycnn.layers import Sequential
+    from cupycnn.predict import load_model
+    path = tmp_path / "evil.h5"
+    big = {"type": "Dense", "args": {"in_features": 20000, "out_features": 20000,   # 3.2 GB
+                                     "bias": True}}
+    save_checkpoint(path, model=Sequential(Dense(4, 3)), config={
+        "input_shape": [1, 2, 2], "architecture": {"type": "Sequential", "children": [
+            ["0", big]]}},
+        normalization={"mean": [0.5], "std": [0.25]}, classes=["a", "b", "c"])
+    _refused(lambda: load_model(path), CheckpointError, 64 << 20)
+
+
 # ----------------------------------------------------------------- item 3: integrity
 
 def _flip_byte_of(path, name, index=5):
@@ -447,3 +460,48 @@ def test_a_shard_index_is_checked_as_data_before_planning(tmp_path, index, match
     with pytest.raises(ShardError, match=match) as info:
         TarShards(tmp_path / "shards")
     assert "\n" not in str(info.value)
+
+
+def _npz_declaring(path, shape):
+    """An .npz whose member's header declares `shape` but holds 8 bytes of data."""
+    import zipfile
+
+    from numpy.lib import format as npy
+    import io
+    header = io.BytesIO()
+    npy.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False,
+                                        "shape": shape})
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("weight.npy", b"\x93NUMPY\x01\x00" + header.getvalue()[8:] + bytes(8))
+
+
+def test_pretrained_weights_are_checked_before_numpy_allocates_them(tmp_path):
+    from cupycnn.models.pretrained import read_state
+    path = tmp_path / "w.npz"
+    _npz_declaring(path, (1 << 40,))
+    with pytest.raises(ValueError, match=r"declares shape \(1099511627776,\) "
+                                         r"\(4,398,046,511,104 bytes\) and holds"):
+        read_state(path)
+    np.savez(path, weight=np.arange(4, dtype=np.float32))
+    np.testing.assert_array_equal(read_state(path)["weight"], np.arange(4))   # a good one loads
+    fifo = tmp_path / "fifo.npz"
+    os.mkfifo(fifo)
+    blocked, result = _blocks(lambda: read_state(fifo), seconds=5)
+    if blocked:
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("read_state blocked on a FIFO")
+    assert "FIFO" in str(result.get("error")), result
+
+
+def test_a_fifo_given_as_the_config_file_is_one_sentence(tmp_path):
+    import subprocess
+    import sys
+    fifo = tmp_path / "run.toml"
+    os.mkfifo(fifo)
+    out = subprocess.run([sys.executable, "-m", "cupycnn", "train", "--config", str(fifo),
+                          "--device", "numpy"], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert out.stderr.splitlines()[-1].endswith(
+        f"error: --config: {fifo} is a FIFO (named pipe), not a regular file; a config file "
+        f"must be one"), out.stderr

@@ -286,11 +286,30 @@ def test_read_only_folders_for_each_writer_are_one_sentence(tmp_path):
                 "CSVLogger.on_epoch_end: WriteError: cannot write the CSV log",
                 "CSVLogger.on_train_begin: WriteError: cannot write the CSV log in",
                 "ModelCheckpoint.on_train_begin: WriteError: cannot write checkpoints in",
-                "TensorBoard.on_train_begin: WriteError: cannot write TensorBoard logs in"]
+                "TensorBoard.on_train_begin: WriteError: cannot write TensorBoard logs in",
+                "write_shards: WriteError: cannot write the shards in",
+                "write_tfrecords: WriteError: cannot write the TFRecord files in"]
     assert len(lines) == len(expected), lines
     for line, start in zip(lines, expected):
         assert line.startswith(start) and line.endswith("Read-only file system"), line
     assert out.stderr.strip() == "", out.stderr
+
+
+@needs_mounts
+def test_make_shards_into_a_read_only_folder_is_one_sentence(tmp_path):
+    from PIL import Image
+    images, folder = tmp_path / "images", tmp_path / "ro"
+    for name in ("a", "b"):
+        (images / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(images / name / "0.png")
+    folder.mkdir()
+    out = _in_namespace(f"mount --bind {folder} {folder}; mount -o remount,ro,bind {folder}; "
+                        f"{sys.executable} -m cupycnn data make-shards {images} {folder / 'out'}"
+                        f" || echo exit=$?")
+    assert "exit=2" in out.stdout, out.stdout + out.stderr
+    assert out.stderr.strip().splitlines() == [
+        f"cupycnn data make-shards: error: cannot write the shards in {folder / 'out'}: "
+        f"Read-only file system"], out.stderr
 
 
 def test_a_slow_drip_download_gives_up_at_its_deadline(tmp_path, monkeypatch):

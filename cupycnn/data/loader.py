@@ -7,37 +7,9 @@ background prefetch, and the whole dataset kept on the GPU when it fits.
         for images, labels in loader:       # what `transform` returns, int32 labels [B]
             ...
 
-Order. The dataset's order unless shuffle=True (the default is False, as PyTorch's DataLoader:
-training asks for shuffling, evaluation and prediction get the rows in order). Shuffled, an
-epoch's order is a permutation of the dataset drawn from `numpy.random.default_rng([seed,
-epoch])`: it depends on the seed and the epoch alone, never on the rank, the device or what ran before. Each iteration uses
-`loader.epoch` and then advances it by one, so a loop that never calls `set_epoch` still
-reshuffles every pass (as PyTorch's DataLoader does) and one that does (as DistributedSampler
-asks) gets exactly the epochs it names.
-
-Sharding, as PyTorch's `DistributedSampler` (drop_last=False): every rank draws the same
-permutation, pads it to a multiple of world_size by repeating it from its start, and rank r takes
-positions r, r + world_size, r + 2 world_size, ... So every rank has ceil(N / world_size)
-examples, the ranks together cover the dataset, and only the padding repeats examples.
-`drop_last` then drops the rank's last batch when it is short (DataLoader's drop_last).
-With pad=False (evaluation) nothing repeats: the ranks' shares differ by at most one example and
-together are exactly the dataset, so metrics summed over ranks are exact.
-
-Batches are uint8 images [B, H, W, C] and int32 labels [B] (what the kernels take), arrays of
-the current device (CuPy
-on cuda, NumPy on sim and numpy). `transform`, when given, is called on each image batch on the
-device, in the thread that iterates, and what it returns is what the loop gets (the
-normalisation and augmentation of `cupycnn.data.transforms`).
-
-Device residency (cuda): with device_resident=True, or "auto" when the dataset's arrays take at
-most RESIDENT_FRACTION of the free GPU memory (CIFAR-10's 150 MB always do), the arrays are
-copied to the GPU once (shared by every loader of the same arrays, e.g. a training and a
-validation split) and each batch is gathered there; otherwise each batch is gathered on the host
-and copied up. On sim and numpy the host arrays already are the device's.
-
-Prefetch: with prefetch=True a background thread prepares the next batch while the loop works on
-the current one: the host gather (and on cuda the copy or the device gather, on a stream of its
-own). The batches are the same with and without prefetch.
+What a batch is (uint8 images [B, H, W, C] and int32 labels [B], arrays of the current device,
+or what `transform` returns), its order, the sharding (PyTorch's DistributedSampler), device
+residency and prefetch: docs/data.md, "The loader".
 
 Prefetch on cuda, and why it is safe under any order of host threads and streams. CuPy's memory
 pool keeps one arena per stream: a block goes back, the moment its last reference goes, to the

@@ -27,6 +27,7 @@ stays in step; for evaluation (pad=False) every sample comes once.
     ds = TarShards("shards/train", RandomResizedCrop(224))
     cupycnn data make-shards photos/train shards/train --shard-size 1000
 """
+import contextlib
 import io
 import json
 import os
@@ -385,7 +386,25 @@ def write_shards(samples, out, classes=None, shard_size=1000, prefix="shard"):
     """Write (key, encoded bytes, extension, label) samples to tar shards of `shard_size`
     samples under the folder `out` (`{prefix}-000000.tar`, ...), each written to a temporary
     file and renamed into place, and the index.json (written last: a folder with an index is
-    complete). Returns the shard paths."""
+    complete). Returns the shard paths. A failure to write (a full disk, a read-only folder) is
+    a WriteError in one sentence."""
+    with writing("shards in", out):
+        return _write_shards(samples, out, classes, shard_size, prefix)
+
+
+@contextlib.contextmanager
+def writing(what, out):
+    """OSErrors of the block (not already one sentence) as atomic.WriteError naming `out`."""
+    from .. import atomic
+    try:
+        yield
+    except atomic.WriteError:
+        raise
+    except OSError as e:
+        raise atomic.write_error(what, out, e, kept=False) from None
+
+
+def _write_shards(samples, out, classes, shard_size, prefix):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shards, counts = [], []

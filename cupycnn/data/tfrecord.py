@@ -36,7 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .shards import ShardedDataset, not_regular_files, open_shard
+from .shards import ShardedDataset, not_regular_files, open_shard, writing
 from .workers import ShardError
 
 IMAGE_KEYS = ("image", "image/encoded", "image_raw", "img", "jpeg")
@@ -367,7 +367,13 @@ class TFRecordDataset(ShardedDataset):
 def write_tfrecords(samples, out, shard_size=1000, prefix="data", image_key="image",
                     label_key="label"):
     """Write (encoded image bytes, label) samples as TFRecord files of tf.train.Example under
-    `out` (`{prefix}-00000-of-00003.tfrec`, ...). Returns the paths."""
+    `out` (`{prefix}-00000-of-00003.tfrec`, ...). Returns the paths. A failure to write is a
+    WriteError in one sentence."""
+    with writing("TFRecord files in", out):
+        return _write_tfrecords(samples, out, shard_size, prefix, image_key, label_key)
+
+
+def _write_tfrecords(samples, out, shard_size, prefix, image_key, label_key):
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     chunks, chunk = [], []

@@ -125,11 +125,12 @@ def main(argv=None, prog="python -m cupycnn.data"):
     if problem:
         print(f"{prog} make-shards: error: {problem}", file=sys.stderr)
         return 2
+    from .. import atomic
     from . import BadImageError, ShardError
     try:
         if args.command == "make-shards":
             return make_shards_command(args)
         return inspect_command(args)
-    except (BadImageError, ShardError, FileNotFoundError, ValueError) as e:
+    except (BadImageError, ShardError, FileNotFoundError, ValueError, atomic.WriteError) as e:
         print(f"{prog} {args.command}: error: {e}", file=sys.stderr)
         return 2

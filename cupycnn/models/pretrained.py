@@ -29,6 +29,8 @@ def read_state(path):
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no pretrained weights at {path}")
+    from ..safe_hdf5 import check_regular_file
+    check_regular_file(path, ValueError, "pretrained weights file")   # a FIFO would block
     suffix = path.suffix.lower()
     if suffix in (".pth", ".pt"):
         try:
@@ -42,12 +44,42 @@ def read_state(path):
             state = state["state_dict"]
         return {k: v.numpy() for k, v in state.items()}
     if suffix == ".npz":
-        with np.load(path) as f:
-            return {k: f[k] for k in f.files}
+        import zipfile
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                for name in f.files:
+                    _check_npz_member(path, f.zip, name)
+                return {k: f[k] for k in f.files}
+        except (zipfile.BadZipFile, EOFError, OSError) as e:
+            raise ValueError(f"{path}: not a readable .npz file ({type(e).__name__}: "
+                             f"{e})") from None
     if suffix in (".h5", ".hdf5"):
         from ..checkpoint import load_checkpoint
         return dict(load_checkpoint(path).model_state)
     raise ValueError(f"{path}: pretrained weights must be .pth, .npz or .h5")
+
+
+def _check_npz_member(path, archive, name):
+    """A member of an .npz, from its header alone: a plain numeric array whose declared size
+    its stored bytes hold (NumPy allocates the declared shape before reading: a 1 kB member
+    could ask for terabytes). ValueError naming it otherwise."""
+    from numpy.lib import format as npy
+    info = archive.getinfo(name if name in archive.namelist() else name + ".npy")
+    with archive.open(info) as member:
+        try:
+            version = npy.read_magic(member)
+            read = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+            shape, _, dtype = read(member)
+        except ValueError as e:
+            raise ValueError(f"{path}: the member {name!r} is not a NumPy array ({e})") from None
+    if dtype.hasobject or dtype.kind not in "biuf":
+        raise ValueError(f"{path}: the member {name!r} holds {dtype}, not numbers")
+    count = 1
+    for s in shape:
+        count *= int(s)
+    if count * dtype.itemsize > info.file_size:
+        raise ValueError(f"{path}: the member {name!r} declares shape {tuple(shape)} "
+                         f"({count * dtype.itemsize:,} bytes) and holds {info.file_size:,}")
 
 
 def save_npz(path, state):

@@ -2,7 +2,8 @@
 
 - `kernel_constants(file)`: the integer `#define`s of kernels/<file>.cu (tile sizes, threads per
   block), read from the source, so that a launch constant is written once, in its kernel.
-- TARGET_BLOCKS: how many blocks a reduction is split into to fill a GPU.
+- SM_COUNT, TARGET_BLOCKS: the GPU the launch shapes are sized for, and how many blocks a
+  reduction is split into to fill it.
 """
 import ast
 import functools
@@ -11,10 +12,11 @@ import re
 
 from ..runtime import kernel_source
 
+SM_COUNT = 132          # streaming multiprocessors of an H100 / H200 SXM
 # Reductions that would run on too few blocks (a channel's statistics, a weight gradient's long
-# sum) are split into chunks for about this many blocks: 4 resident blocks on each of the
-# 132 SMs of an H100 SXM. A count from the shapes only keeps results the same bits on every run.
-TARGET_BLOCKS = 4 * 132
+# sum) are split into chunks for about this many blocks: 4 resident blocks on each SM. A count
+# from the shapes only keeps results the same bits on every run.
+TARGET_BLOCKS = 4 * SM_COUNT
 
 _DEFINE_RE = re.compile(
     r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)[ \t]+([^\n]*?)[ \t]*(?://[^\n]*)?$", re.M)

@@ -12,21 +12,23 @@ per configuration on both devices; benchmarks/kernel_report.py compiles every on
         convolution and the GEMMs ask ptxas for (__launch_bounds__: registers at most
         65536 / (min_blocks threads)); min_blocks_backward: the same for the convolution's two
         gradients, which keep more coordinates per thread. Each is the most that compiles
-        without a spill (tests/test_kernel_spills.py); without them ptxas gave the small tile's
-        kernels 152 to 202 registers (3 or fewer blocks of 128 threads per SM) and the large
-        tile's forward convolution 157 to 160 (1 block of 256): see docs/BENCHMARKS.md.
+        without a spill (tests/test_kernel_report.py); without them ptxas gave the small
+        tile's forward convolution and GEMMs up to 166 registers (3 blocks of 128 threads per
+        SM) and the large tile's bf16 forward convolution 157 (1 block of 256): see
+        docs/BENCHMARKS.md.
 
 Per shape (choose_tile): the big tile (fewer blocks, more reuse of each loaded element: 2 bm bn /
-(bm + bn) FLOP per copied float) when it still gives at least MIN_WAVES waves of blocks over an
-H100/H200's 132 SMs, else the small one, so a small product still fills the GPU.
+(bm + bn) FLOP per copied float) when it still gives at least MIN_WAVES waves of blocks over the
+SM_COUNT SMs of an H100/H200 (ops/_launch.py), else the small one, so a small product still
+fills the GPU.
 """
 import contextlib
 from dataclasses import dataclass
 
 from ..reference.rounding import check_precision
 from ..runtime import ceil_div
+from ._launch import SM_COUNT
 
-SM_COUNT = 132          # H100 / H200 SXM
 MIN_WAVES = 2
 
 

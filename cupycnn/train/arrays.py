@@ -89,7 +89,8 @@ def array_loader(trainer, x, y, batch_size, *, who, shuffle=False, seed=0, train
     if x.ndim < 2 or len(x) == 0:
         raise ValueError(f"{who}: x must be an array [N, ...] with at least one row, got shape "
                          f"{x.shape}")
-    if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+    if isinstance(batch_size, (bool, np.bool_)) or not isinstance(batch_size, (int, np.integer)) \
+            or batch_size < 1:                     # True is not 1
         raise ValueError(f"{who}: batch_size must be a positive integer, got {batch_size!r}")
     labels = np.zeros(len(x), np.int64) if y is None else _labels(y, len(x), who)
     if kind_of(x, trainer.model, who) == "images":

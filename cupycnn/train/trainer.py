@@ -29,7 +29,7 @@ from ..checkpoint import load_checkpoint, save_checkpoint
 from ..layers import without_input_grad
 from ..layers.base import check_registered, training_mode
 from ..ops import metrics as metric_ops
-from ..ops._check import check_device_array, check_int_array
+from ..ops._check import check_device_array, check_int_array, check_integer
 from ..ops._storage import as_activation, decode
 from ..ops.softmax_xent import check_labels_on_host, labels_to_int32
 from ..progress import Progress
@@ -210,6 +210,9 @@ class Trainer:
         end, also when training stops on an error."""
         if not is_array(x) and isinstance(y, (int, np.integer)) and not isinstance(y, bool):
             epochs, y = int(y), None                      # fit(loader, epochs), positionally
+        check_integer("fit", "epochs", epochs, 0)         # 2.5 is not 3, True is not 1
+        if stop_at is not None:
+            check_integer("fit", "stop_at", stop_at, 0)
         if validation_data is not None and val_loader is not None:
             raise ValueError("fit: give validation_data or val_loader, not both")
         val = validation_data if validation_data is not None else val_loader
