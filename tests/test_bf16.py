@@ -318,3 +318,41 @@ def test_bf16_storage_halves_the_step_memory(rng):
             _, p = plan.trace(body)
         arenas[storage] = p.arena_bytes
     assert arenas["bf16"] < 0.55 * arenas["fp32"], arenas
+
+
+class _LaunchList:
+    """runtime.record_launches takes a set; this one keeps every launch, in order."""
+
+    def __init__(self):
+        self.launches = []
+
+    def add(self, item):
+        self.launches.append(item[1])
+
+
+def test_a_bf16_step_converts_only_at_the_dense_layer(rng):
+    """Precision bf16: a training step of the small ResNet-like network on BF16 activations runs
+    its convolutions on BF16 (conv2d_tc_*_bf16) with no float32 copy of any activation, except
+    the dense layer's (its GEMM kernels store float only): two casts forward (x in, y out), three
+    backward (dy, the saved x, dx out)."""
+    from cupycnn import runtime
+    from cupycnn.losses import SoftmaxCrossEntropy
+    cupycnn.use("sim")
+    cupycnn.manual_seed(0)
+    model, loss = _mini_net(), SoftmaxCrossEntropy()
+    x = _storage.to_bf16(cupycnn.asarray(randn(rng, 4, 3, 8, 8)))
+    y = cupycnn.asarray(rng.integers(0, 5, 4).astype(np.int32))
+    log = _LaunchList()
+    with cupycnn.set_precision("bf16"), cupycnn.sim.dry_run():
+        runtime.record_launches(log)
+        try:
+            loss.forward(model.forward(x, training=True), y)
+            model.backward(loss.backward())
+        finally:
+            runtime.record_launches(None)
+    casts = [k for k in log.launches if k.startswith("cast_")]
+    assert casts == ["cast_to_float32", "cast_to_bf16", "cast_to_float32", "cast_to_float32",
+                     "cast_to_bf16"], casts
+    convs = [k for k in log.launches if k.startswith("conv2d")]
+    assert convs and all(k.endswith("_bf16") or k == "conv2d_backward_weight_reduce"
+                         for k in convs), convs
