@@ -17,11 +17,14 @@ __device__ __forceinline__ int ceil_div(int a, int b) { return (a + b - 1) / b; 
 // A convolution's output epilogue, the same in every conv2d forward kernel (direct, tiled,
 // tensor-core): y = acc + bias[o] (bias may be NULL), + residual[index] (may be NULL), then
 // max(., 0) when relu. The inference epilogue of conv + bias (+ residual) + ReLU in one pass.
+// The residual is stored as the output is (float, or bf16 in the tensor-core kernels' _bf16
+// entry points); the sum is float, rounded once when the caller stores it.
+template <class R>
 __device__ __forceinline__ float conv_epilogue(float acc, const float* __restrict__ bias,
-                                               const float* __restrict__ residual, int relu,
+                                               const R* __restrict__ residual, int relu,
                                                int o, long long index) {
   float v = acc + (bias != NULL ? bias[o] : 0.0f);
-  if (residual != NULL) v += residual[index];
+  if (residual != NULL) v += to_float(residual[index]);
   return relu ? fmaxf(v, 0.0f) : v;
 }
 

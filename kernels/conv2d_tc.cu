@@ -19,6 +19,14 @@
 //   conv2d_tc_backward_input   dx = w^T @ im2col^T(dy), per stride phase (blockIdx.z)
 //   conv2d_tc_backward_weight  dw_partial[split] = dy @ im2col(x)^T over one chunk of pixels;
 //                              conv2d.cu's conv2d_backward_weight_reduce adds the chunks
+//
+// Storage: each product is a template over the storage type T of the activations (x, y, the
+// residual, dy, dx): float, or bf16 in the _bf16 entry points (precision bf16 keeps activations
+// in BF16: cupycnn/ops/_storage.py). The weight, its gradient and the bias stay float32. A bf16
+// operand reaches the stage through registers, one element per copy in the same thread pattern
+// (tc_tile.cuh, TcCopies); the products, the FP32 accumulation and the epilogue are the float
+// ones, and y / dx are rounded to BF16 once when stored: the result is the float32 kernel's on
+// the decoded inputs, rounded.
 #include "common.cuh"
 #include "tc_tile.cuh"
 #include "conv2d_coords.cuh"
@@ -29,13 +37,15 @@
 // PixelCopies::row(), and its PixelCopies::LOADS taps, advanced by TC_BK per step.
 typedef TcRowMajor<TC_BN> PixelCopies;
 
+template <class T>
 struct ForwardLoader {
   const float* w;
-  const float* x_image;   // this thread's image
+  const T* x_image;       // this thread's image
   int M, K, m0, height, width, kernel_h, kernel_w, top, left;
   bool pixel_valid, vectors;
   Tap tap[PixelCopies::LOADS];
   Tap tap_step;
+  TcCopies<T, PixelCopies::LOADS> b_copies;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
     const int k0 = step * TC_BK, p = PixelCopies::row();
@@ -45,24 +55,25 @@ struct ForwardLoader {
       const int k = PixelCopies::k(i);
       const int h = top + tap[i].r, v = left + tap[i].s;
       const bool ok = pixel_valid && k0 + k < K && h >= 0 && h < height && v >= 0 && v < width;
-      tc_copy(s.b, p, k, ok ? x_image + ((long long)tap[i].c * height + h) * width + v : w, ok);
+      b_copies.copy(i, s, s.b, p, k,
+                    ok ? x_image + ((long long)tap[i].c * height + h) * width + v : x_image, ok);
       advance3(tap[i], tap_step, kernel_h, kernel_w);
     }
   }
+  __device__ __forceinline__ void flush(TcStage& s) { b_copies.flush(s); }
 };
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
-conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
-                  const float* __restrict__ bias, const float* __restrict__ residual, int relu,
-                  float* __restrict__ y, int batch,
-                  int in_channels, int height, int width, int out_channels, int kernel_h,
-                  int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
-                  int out_height, int out_width) {
-  __shared__ __align__(16) TcStage stages[TC_STAGES];
+template <class T>
+__device__ __forceinline__ void conv2d_tc_forward_body(
+    TcStage* stages, const T* __restrict__ x, const float* __restrict__ weight,
+    const float* __restrict__ bias, const T* __restrict__ residual, int relu, T* __restrict__ y,
+    int batch, int in_channels, int height, int width, int out_channels, int kernel_h,
+    int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
+    int out_width) {
   const int out_pixels = out_height * out_width;
   const int M = out_channels, P = batch * out_pixels, K = in_channels * kernel_h * kernel_w;
   const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;
-  ForwardLoader ld;
+  ForwardLoader<T> ld;
   ld.w = weight; ld.M = M; ld.K = K; ld.m0 = m0; ld.height = height; ld.width = width;
   ld.kernel_h = kernel_h; ld.kernel_w = kernel_w;
   ld.vectors = K % 4 == 0 && ((size_t)weight & 15) == 0;
@@ -84,7 +95,7 @@ conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
     if (o >= M || q >= P) return;
     const int image = q / out_pixels;
     const long long index = ((long long)image * M + o) * out_pixels + (q - image * out_pixels);
-    y[index] = conv_epilogue(v, bias, residual, relu, o, index);
+    y[index] = from_float<T>(conv_epilogue(v, bias, residual, relu, o, index));
   };
   tc_epilogue(acc, store);
 }
@@ -95,13 +106,15 @@ conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
 // A[c][k] = w[o, c, r, s]: threads along k (TcKMajor: one tap column each, advanced per step).
 // B[k][p] = dy[image, o, base_i - rr, base_j - ss] for input pixel p of the phase: one pixel per
 // thread (PixelCopies).
+template <class T>
 struct InputGradLoader {
   const float* w;
-  const float* dy_image;
+  const T* dy_image;
   int M, K, m0, in_channels, taps, kernel_w, phase_h, phase_w, stride_h, stride_w, taps_h,
       taps_w, out_height, out_width, base_i, base_j;
   bool pixel_valid;
   PhaseTap a_tap, b_tap[PixelCopies::LOADS], tap_step;
+  TcCopies<T, PixelCopies::LOADS> b_copies;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
     const int k0 = step * TC_BK;
@@ -124,20 +137,22 @@ struct InputGradLoader {
       const int oi = base_i - b_tap[i].rr, oj = base_j - b_tap[i].ss;
       const bool ok = pixel_valid && k0 + k < K && oi >= 0 && oi < out_height && oj >= 0 &&
                       oj < out_width;
-      tc_copy(s.b, p, k,
-              ok ? dy_image + ((long long)b_tap[i].o * out_height + oi) * out_width + oj : w,
-              ok);
+      b_copies.copy(i, s, s.b, p, k,
+                    ok ? dy_image + ((long long)b_tap[i].o * out_height + oi) * out_width + oj
+                       : dy_image,
+                    ok);
       advance3(b_tap[i], tap_step, taps_h, taps_w);
     }
   }
+  __device__ __forceinline__ void flush(TcStage& s) { b_copies.flush(s); }
 };
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
-conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__ weight,
-                         float* __restrict__ dx, int batch, int in_channels, int height,
-                         int width, int out_channels, int kernel_h, int kernel_w, int stride_h,
-                         int stride_w, int pad_h, int pad_w, int out_height, int out_width) {
-  __shared__ __align__(16) TcStage stages[TC_STAGES];
+template <class T>
+__device__ __forceinline__ void conv2d_tc_backward_input_body(
+    TcStage* stages, const T* __restrict__ dy, const float* __restrict__ weight,
+    T* __restrict__ dx, int batch, int in_channels, int height, int width, int out_channels,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
+    int out_height, int out_width) {
   const PhaseAxis rows = phase_axis(blockIdx.z / stride_w, height, kernel_h, stride_h, pad_h);
   const PhaseAxis cols = phase_axis(blockIdx.z % stride_w, width, kernel_w, stride_w, pad_w);
   const int phase_h = rows.phase, taps_h = rows.taps, first_h = rows.first, phase_rows = rows.count;
@@ -146,7 +161,7 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
   const int K = out_channels * taps_h * taps_w;
   const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;
   if (p0 >= P) return;                        // the grid is sized for the largest phase
-  InputGradLoader ld;
+  InputGradLoader<T> ld;
   ld.w = weight; ld.M = M; ld.K = K; ld.m0 = m0; ld.in_channels = in_channels;
   ld.taps = kernel_h * kernel_w; ld.kernel_w = kernel_w; ld.phase_h = phase_h;
   ld.phase_w = phase_w; ld.stride_h = stride_h; ld.stride_w = stride_w; ld.taps_h = taps_h;
@@ -177,7 +192,7 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
     if (ch >= M || p >= P) return;
     const Pixel q = split3<Pixel>(p, phase_rows, phase_cols);
     const int h = first_h + q.i * stride_h, wc = first_w + q.j * stride_w;
-    dx[(((long long)q.n * M + ch) * height + h) * width + wc] = v;
+    dx[(((long long)q.n * M + ch) * height + h) * width + wc] = from_float<T>(v);
   };
   tc_epilogue(acc, store);
 }
@@ -187,9 +202,10 @@ conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__
 // dy[n, o, i, j] and B[k][p] = x at tap p = (c, r, s) of output pixel k = (n, i, j). Both are
 // read along k (TcKMajor: the pixel decoded once and advanced by TC_BK per step); each thread
 // keeps TcKMajor<TC_BN>::LOADS taps for the whole loop.
+template <class T>
 struct WeightGradLoader {
-  const float* dy;
-  const float* x;
+  const T* dy;
+  const T* x;
   int M, P, m0, p0, k_end, height, width, out_height, out_width, stride_h, stride_w, pad_h,
       pad_w, out_pixels;
   long long image_stride_x, image_stride_dy;
@@ -201,19 +217,21 @@ struct WeightGradLoader {
   int tap_offset[TcKMajor<TC_BN>::LOADS];
   int tap_rs[TcKMajor<TC_BN>::LOADS];
   unsigned tap_valid;
+  TcCopies<T, TcKMajor<TC_BM>::LOADS> a_copies;
+  TcCopies<T, TcKMajor<TC_BN>::LOADS> b_copies;
 
   __device__ __forceinline__ void load(int step, TcStage& s) {
     const int k_local = TcKMajor<TC_BM>::k();
     const bool k_valid = step * TC_BK + k_local < k_end;
-    const float* dy_pixel = dy + pos.n * image_stride_dy + pos.i * out_width + pos.j;
-    const float* x_image = x + pos.n * image_stride_x;
+    const T* dy_pixel = dy + pos.n * image_stride_dy + pos.i * out_width + pos.j;
+    const T* x_image = x + pos.n * image_stride_x;
     const int top = pos.i * stride_h - pad_h, left = pos.j * stride_w - pad_w;
     const int corner = top * width + left;
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
       const int m = TcKMajor<TC_BM>::row(i), o = m0 + m;
       const bool ok = k_valid && o < M;
-      tc_copy(s.a, m, k_local, ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
+      a_copies.copy(i, s, s.a, m, k_local, ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
     }
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
@@ -221,25 +239,28 @@ struct WeightGradLoader {
       const int h = top + (tap_rs[i] >> 16), v = left + (tap_rs[i] & 0xffff);
       const bool ok = k_valid && (tap_valid >> i & 1) && h >= 0 && h < height && v >= 0 &&
                       v < width;
-      tc_copy(s.b, p, k_local, ok ? x_image + (corner + tap_offset[i]) : dy, ok);
+      b_copies.copy(i, s, s.b, p, k_local, ok ? x_image + (corner + tap_offset[i]) : x, ok);
     }
     advance3(pos, pos_step, out_height, out_width);
   }
+  __device__ __forceinline__ void flush(TcStage& s) {
+    a_copies.flush(s);
+    b_copies.flush(s);
+  }
 };
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
-conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict__ x,
-                          float* __restrict__ dw_partial, int batch, int in_channels,
-                          int height, int width, int out_channels, int kernel_h, int kernel_w,
-                          int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
-                          int out_width, int split_len) {
-  __shared__ __align__(16) TcStage stages[TC_STAGES];
+template <class T>
+__device__ __forceinline__ void conv2d_tc_backward_weight_body(
+    TcStage* stages, const T* __restrict__ dy, const T* __restrict__ x,
+    float* __restrict__ dw_partial, int batch, int in_channels, int height, int width,
+    int out_channels, int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h,
+    int pad_w, int out_height, int out_width, int split_len) {
   const int out_pixels = out_height * out_width;
   const int M = out_channels, P = in_channels * kernel_h * kernel_w, K = batch * out_pixels;
   const int k_begin = blockIdx.z * split_len;
   const int k_end = min(K, k_begin + split_len);
   const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;
-  WeightGradLoader ld;
+  WeightGradLoader<T> ld;
   ld.dy = dy; ld.x = x; ld.M = M; ld.P = P; ld.m0 = m0; ld.p0 = p0; ld.k_end = k_end - k_begin;
   ld.height = height; ld.width = width; ld.out_height = out_height; ld.out_width = out_width;
   ld.stride_h = stride_h; ld.stride_w = stride_w; ld.pad_h = pad_h; ld.pad_w = pad_w;
@@ -265,4 +286,73 @@ conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict_
     if (o < M && p < P) out[(long long)o * P + p] = v;
   };
   tc_epilogue(acc, store);
+}
+
+// ------------------------------------------------------------- entry points: float, then bf16
+// (written out: the emulator and the coverage table find kernels by their declarations)
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
+    const float* __restrict__ bias, const float* __restrict__ residual, int relu,
+    float* __restrict__ y, int batch, int in_channels, int height, int width, int out_channels,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
+    int out_height, int out_width) {
+  __shared__ __align__(16) TcStage stages[TC_STAGES];   // in the entry: poisoned by sim
+  conv2d_tc_forward_body(stages, x, weight, bias, residual, relu, y, batch, in_channels, height,
+      width, out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height,
+      out_width);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
+conv2d_tc_backward_input(const float* __restrict__ dy, const float* __restrict__ weight,
+    float* __restrict__ dx, int batch, int in_channels, int height, int width, int out_channels,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
+    int out_height, int out_width) {
+  __shared__ __align__(16) TcStage stages[TC_STAGES];
+  conv2d_tc_backward_input_body(stages, dy, weight, dx, batch, in_channels, height, width,
+      out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height, out_width);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
+conv2d_tc_backward_weight(const float* __restrict__ dy, const float* __restrict__ x,
+    float* __restrict__ dw_partial, int batch, int in_channels, int height, int width,
+    int out_channels, int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h,
+    int pad_w, int out_height, int out_width, int split_len) {
+  __shared__ __align__(16) TcStage stages[TC_STAGES];
+  conv2d_tc_backward_weight_body(stages, dy, x, dw_partial, batch, in_channels, height, width,
+      out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height, out_width,
+      split_len);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+conv2d_tc_forward_bf16(const bf16* __restrict__ x, const float* __restrict__ weight,
+    const float* __restrict__ bias, const bf16* __restrict__ residual, int relu,
+    bf16* __restrict__ y, int batch, int in_channels, int height, int width, int out_channels,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
+    int out_height, int out_width) {
+  __shared__ __align__(16) TcStage stages[TC_STAGES];   // in the entry: poisoned by sim
+  conv2d_tc_forward_body(stages, x, weight, bias, residual, relu, y, batch, in_channels, height,
+      width, out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height,
+      out_width);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
+conv2d_tc_backward_input_bf16(const bf16* __restrict__ dy, const float* __restrict__ weight,
+    bf16* __restrict__ dx, int batch, int in_channels, int height, int width, int out_channels,
+    int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
+    int out_height, int out_width) {
+  __shared__ __align__(16) TcStage stages[TC_STAGES];
+  conv2d_tc_backward_input_body(stages, dy, weight, dx, batch, in_channels, height, width,
+      out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height, out_width);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
+conv2d_tc_backward_weight_bf16(const bf16* __restrict__ dy, const bf16* __restrict__ x,
+    float* __restrict__ dw_partial, int batch, int in_channels, int height, int width,
+    int out_channels, int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h,
+    int pad_w, int out_height, int out_width, int split_len) {
+  __shared__ __align__(16) TcStage stages[TC_STAGES];
+  conv2d_tc_backward_weight_body(stages, dy, x, dw_partial, batch, in_channels, height, width,
+      out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height, out_width,
+      split_len);
 }

@@ -30,6 +30,7 @@ struct GemmLoader {
     if (TRANS_B) tc_load_k_major<TC_BN>(s.b, B, N, K, n0, k0, vectors);
     else         tc_load_row_major<TC_BN>(s.b, B, N, K, n0, k0);
   }
+  __device__ __forceinline__ void flush(TcStage&) const {}    // every copy is a cp.async
 };
 
 struct GemmStore {

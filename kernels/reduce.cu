@@ -1,4 +1,4 @@
-// reduce.cu -- per-channel sums (the gradient of a bias).
+// reduce.cu -- per-channel sums (the gradient of a bias; float32 or BF16 storage).
 //
 //   channel_sum: out[c] = sum over o < outer, i < inner of x[(o * channels + c) * inner + i]
 //
@@ -11,16 +11,31 @@
 
 #define CHANNEL_SUM_THREADS 256
 
-extern "C" __global__ void channel_sum(const float* __restrict__ x, float* __restrict__ out,
-                                       int outer, int channels, int inner) {
-  __shared__ float scratch[WARP_SIZE];
+// x: float, or BF16 storage (channel_sum_bf16: a bias gradient under precision bf16); the sum
+// and out are float either way.
+template <class T>
+__device__ __forceinline__ void channel_sum_body(const T* __restrict__ x, float* __restrict__ out,
+                                                 int outer, int channels, int inner,
+                                                 float* scratch) {
   const int c = blockIdx.x;
   const int count = outer * inner;
   float acc = 0.0f;
   for (int e = threadIdx.x; e < count; e += blockDim.x) {
     const int o = e / inner, i = e - o * inner;
-    acc += x[((long long)o * channels + c) * inner + i];
+    acc += to_float(x[((long long)o * channels + c) * inner + i]);
   }
   acc = block_sum(acc, scratch);
   if (threadIdx.x == 0) out[c] = acc;
+}
+
+extern "C" __global__ void channel_sum(const float* __restrict__ x, float* __restrict__ out,
+                                       int outer, int channels, int inner) {
+  __shared__ float scratch[WARP_SIZE];
+  channel_sum_body(x, out, outer, channels, inner, scratch);
+}
+
+extern "C" __global__ void channel_sum_bf16(const bf16* __restrict__ x, float* __restrict__ out,
+                                            int outer, int channels, int inner) {
+  __shared__ float scratch[WARP_SIZE];
+  channel_sum_body(x, out, outer, channels, inner, scratch);
 }

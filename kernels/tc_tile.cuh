@@ -32,6 +32,16 @@
 // for A and for B: a reordering of the terms of the reduction, the same sum. Accumulation is
 // FP32 in both.
 //
+// Operands stored in BF16 (the activations under precision bf16: conv2d_tc.cu's _bf16 entry
+// points): cp.async moves 4, 8 or 16 bytes, not one 2-byte element, so such an operand's
+// elements are loaded into registers when their step's copies are issued and stored into the
+// stage, decoded to float (exact), by the loader's flush(), which tc_mainloop calls after the
+// current stage's product: the loads' latency hides behind the mma's, as the cp.async's does
+// (TcCopies). The stores follow the same thread patterns as the copies, so they are free of bank
+// conflicts too. The shared tiles and fragments are then those of FP32 storage; the BF16
+// rounding of pack_bf16x2 leaves a decoded BF16 value unchanged, so a product on BF16 storage
+// is bit for bit the product on its float32 copy.
+//
 // The configuration (TC_BM, TC_BN, TC_BK, TC_WARPS_M, TC_WARPS_N, TC_STAGES, TC_BF16, and the
 // kernels' __launch_bounds__ minimum blocks TC_MIN_BLOCKS, TC_MIN_BLOCKS_BACKWARD) is chosen per
 // shape by cupycnn/ops/tiles.py and passed as -D defines; nothing here repeats it.
@@ -178,8 +188,10 @@ __device__ __forceinline__ void tc_stage_product(const TcStage& s, TcAcc& acc, i
   }
 }
 
-// The main loop: `steps` reduction steps of TC_BK; loader.load(step, stage) issues the cp.async
-// copies of both tiles of reduction step `step` into `stage` (each thread its own elements).
+// The main loop: `steps` reduction steps of TC_BK; loader.load(step, stage) issues the copies
+// of both tiles of reduction step `step` into `stage` (each thread its own elements), and
+// loader.flush(stage) completes those that went through registers (TcCopies<bf16>), after the
+// product that follows the issue.
 template <class Loader>
 __device__ __forceinline__ void tc_mainloop(Loader& loader, TcStage* stages, int steps,
                                             TcAcc& acc) {
@@ -188,7 +200,10 @@ __device__ __forceinline__ void tc_mainloop(Loader& loader, TcStage* stages, int
   tc_zero(acc);
 #pragma unroll
   for (int s = 0; s < TC_STAGES - 1; ++s) {          // the prologue: fill all stages but one
-    if (s < steps) loader.load(s, stages[s]);
+    if (s < steps) {
+      loader.load(s, stages[s]);
+      loader.flush(stages[s]);
+    }
     cp_async_commit();
   }
   for (int step = 0; step < steps; ++step) {
@@ -199,6 +214,9 @@ __device__ __forceinline__ void tc_mainloop(Loader& loader, TcStage* stages, int
     if (ahead < steps) loader.load(ahead, stages[ahead % TC_STAGES]);
     cp_async_commit();                                // (maybe empty: keeps the group count)
     tc_stage_product(stages[step % TC_STAGES], acc, warp_m0, warp_n0, lane);
+    // Stage `ahead` was last read in the product of step - 1, which every thread finished
+    // before the barrier above; it is read next after the barrier of step `ahead`.
+    if (ahead < steps) loader.flush(stages[ahead % TC_STAGES]);
   }
   cp_async_wait<0>();
 }
@@ -270,5 +288,42 @@ __device__ __forceinline__ void tc_load_row_major(float* tile, const float* X, i
     tc_copy(tile, r, k, ok ? X + (long long)(k0 + k) * rows + g : X, ok);
   }
 }
+
+// A thread's N single-element copies per step of one operand into a stage, by the operand's
+// storage type T; copy i goes to element (row, k) of `tile` (the stage's a or b). float:
+// cp.async (tc_copy), flush() does nothing. bf16: the element is loaded now and stored, decoded,
+// by flush() (the header says why); the copy remembers where, as a float offset in the stage
+// (the same every step, but cheaper kept than recomputed).
+template <class T, int N>
+struct TcCopies;
+
+template <int N>
+struct TcCopies<float, N> {
+  __device__ __forceinline__ void copy(int, TcStage&, float* tile, int row, int k,
+                                       const float* src, bool valid) {
+    tc_copy(tile, row, k, src, valid);
+  }
+  __device__ __forceinline__ void flush(TcStage&) {}
+};
+
+template <int N>
+struct TcCopies<bf16, N> {
+  bf16 held[N];
+  int offset[N];
+
+  __device__ __forceinline__ void copy(int i, TcStage& s, float* tile, int row, int k,
+                                       const bf16* src, bool valid) {
+    bf16 v;
+    v.bits = 0;
+    if (valid) v = *src;
+    held[i] = v;
+    offset[i] = (int)(tile + tc_at(row, k) - reinterpret_cast<float*>(&s));
+  }
+  __device__ __forceinline__ void flush(TcStage& s) {
+    float* base = reinterpret_cast<float*>(&s);
+#pragma unroll
+    for (int i = 0; i < N; ++i) base[offset[i]] = to_float(held[i]);
+  }
+};
 
 #endif  // CUPYCNN_TC_TILE_CUH

@@ -193,9 +193,44 @@ def test_the_augmentations_write_bf16(any_device, rng, name):
                    fn(images, mean, std, dtype=np.float32, **kwargs), name)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("shape, kernel, stride, padding", [((2, 5, 9, 7), 3, 1, 1),
+                                                             ((3, 8, 8, 8), 1, 2, 0)], ids=str)
+def test_convolution_reads_and_writes_bf16(any_device, rng, precision, shape, kernel, stride,
+                                          padding):
+    """The three convolution products on BF16 activations: the tensor-core kernels' _bf16 entry
+    points at bf16 and tf32 (the activation operands through registers, the weight by
+    cp.async), the tiled kernels on float32 copies at fp32; y and dx rounded once, the weight
+    gradient (split, then reduced) and the bias gradient float32 and exact."""
+    from cupycnn.ops import conv2d as conv
+    from cupycnn.ops import reduce
+    out_channels = 6
+    xb, xf = bf16_pair(randn(rng, *shape))
+    w = cupycnn.asarray(randn(rng, out_channels, shape[1], kernel, kernel) * 0.3)
+    b = cupycnn.asarray(randn(rng, out_channels))
+    with cupycnn.set_precision(precision):
+        yf = conv.conv2d_forward(xf, w, b, stride, padding)
+        assert_bf16_of(conv.conv2d_forward(xb, w, b, stride, padding), yf, "forward")
+        rb, rf = bf16_pair(randn(rng, *yf.shape))
+        assert_bf16_of(conv.conv2d_forward(xb, w, b, stride, padding, residual=rb, relu=True),
+                       conv.conv2d_forward(xf, w, b, stride, padding, residual=rf, relu=True),
+                       "forward + residual + relu")
+        db, df = bf16_pair(randn(rng, *yf.shape))
+        assert_bf16_of(conv.conv2d_backward_input(db, w, shape, stride, padding),
+                       conv.conv2d_backward_input(df, w, shape, stride, padding), "dx")
+        for splits in (None, 2):
+            assert_same(conv.conv2d_backward_weight(db, xb, w.shape, stride, padding,
+                                                    splits=splits),
+                        conv.conv2d_backward_weight(df, xf, w.shape, stride, padding,
+                                                    splits=splits), f"dw (splits {splits})")
+        assert_same(reduce.channel_sum(db), reduce.channel_sum(df), "bias gradient")
+        with pytest.raises(ValueError, match="conv2d_forward: weight must be float32"):
+            conv.conv2d_forward(xb, _storage.to_bf16(w), b, stride, padding)
+
+
 def test_layers_keep_their_input_storage(rng):
-    """Conv2D and Dense take BF16 activations through the FP32 kernels (float32 copies) and give
-    BF16 back; their parameter gradients are float32."""
+    """Conv2D and Dense give BF16 back for a BF16 input (Dense through float32 copies for its
+    GEMM kernels); their parameter gradients are float32."""
     from cupycnn.layers import Conv2D, Dense
     cupycnn.use("sim")
     for layer, shape in ((Conv2D(3, 4, 3, padding=1), (2, 3, 5, 5)), (Dense(6, 4), (3, 6))):
@@ -255,9 +290,10 @@ def test_a_network_on_bf16_storage_agrees_across_devices_and_with_float32(rng):
 
 
 def test_bf16_storage_halves_the_step_memory(rng):
-    """The memory plan of a training step on BF16 activations against float32: the arena (every
-    activation, gradient and workspace) is much smaller; what stays float32 (statistics, the
-    float32 copies a convolution's kernels read) keeps it above half."""
+    """The memory plan of a training step on BF16 activations (precision bf16: the tensor-core
+    convolutions read and write BF16) against float32 (precision fp32): the arena (every
+    activation, gradient and workspace) is about half (what stays float32: statistics, the
+    weight-gradient partials, the dense layer's float32 copies)."""
     from cupycnn import optim, plan
     from cupycnn.losses import SoftmaxCrossEntropy
     cupycnn.use("sim")
@@ -278,7 +314,45 @@ def test_bf16_storage_halves_the_step_memory(rng):
             opt.launch_step()
 
         opt.prepare_step()
-        with cupycnn.sim.dry_run():
+        with cupycnn.sim.dry_run(), cupycnn.set_precision(storage):
             _, p = plan.trace(body)
         arenas[storage] = p.arena_bytes
-    assert arenas["bf16"] < 0.75 * arenas["fp32"], arenas
+    assert arenas["bf16"] < 0.55 * arenas["fp32"], arenas
+
+
+class _LaunchList:
+    """runtime.record_launches takes a set; this one keeps every launch, in order."""
+
+    def __init__(self):
+        self.launches = []
+
+    def add(self, item):
+        self.launches.append(item[1])
+
+
+def test_a_bf16_step_converts_only_at_the_dense_layer(rng):
+    """Precision bf16: a training step of the small ResNet-like network on BF16 activations runs
+    its convolutions on BF16 (conv2d_tc_*_bf16) with no float32 copy of any activation, except
+    the dense layer's (its GEMM kernels store float only): two casts forward (x in, y out), three
+    backward (dy, the saved x, dx out)."""
+    from cupycnn import runtime
+    from cupycnn.losses import SoftmaxCrossEntropy
+    cupycnn.use("sim")
+    cupycnn.manual_seed(0)
+    model, loss = _mini_net(), SoftmaxCrossEntropy()
+    x = _storage.to_bf16(cupycnn.asarray(randn(rng, 4, 3, 8, 8)))
+    y = cupycnn.asarray(rng.integers(0, 5, 4).astype(np.int32))
+    log = _LaunchList()
+    with cupycnn.set_precision("bf16"), cupycnn.sim.dry_run():
+        runtime.record_launches(log)
+        try:
+            loss.forward(model.forward(x, training=True), y)
+            model.backward(loss.backward())
+        finally:
+            runtime.record_launches(None)
+    casts = [k for k in log.launches if k.startswith("cast_")]
+    assert casts == ["cast_to_float32", "cast_to_bf16", "cast_to_float32", "cast_to_float32",
+                     "cast_to_bf16"], casts
+    convs = [k for k in log.launches if k.startswith("conv2d")]
+    assert convs and all(k.endswith("_bf16") or k == "conv2d_backward_weight_reduce"
+                         for k in convs), convs

@@ -27,7 +27,8 @@ TC_CASES = [pytest.param(file, label, defines, arch, id=f"{file}-{label.replace(
 def test_every_tensor_core_file_and_variant_is_checked():
     assert set(tiles.TC_FILES) == {"conv2d_tc", "gemm_tc"}
     assert machine_code.entry_points("conv2d_tc") == [
-        "conv2d_tc_backward_input", "conv2d_tc_backward_weight", "conv2d_tc_forward"]
+        "conv2d_tc_backward_input", "conv2d_tc_backward_input_bf16", "conv2d_tc_backward_weight",
+        "conv2d_tc_backward_weight_bf16", "conv2d_tc_forward", "conv2d_tc_forward_bf16"]
     assert len(TC_CASES) == len(tiles.TC_FILES) * len(tiles.TILES) * 2 * len(machine_code.ARCHS)
 
 
@@ -40,7 +41,16 @@ def test_tensor_core_kernels_run_hmma_of_their_precision_without_spills(file, la
     for k in kernels:
         where = f"{k.kernel} ({label}, {arch})"
         assert k.hmma_kinds == (want,), f"{where}: HMMA kinds {k.hmma_kinds}, want {want}"
-        assert k.count("LDSM") > 0 and k.count("LDGSTS") > 0, f"{where}: {k.opcodes}"
+        # cp.async (LDGSTS) for every float operand; a BF16 operand is loaded into registers
+        # (LDG) and stored to shared memory (tc_tile.cuh: TcCopies): the _bf16 weight gradient
+        # has two BF16 operands, so no cp.async at all.
+        assert k.count("LDSM") > 0, f"{where}: {k.opcodes}"
+        if k.kernel == "conv2d_tc_backward_weight_bf16":
+            assert k.count("LDGSTS") == 0 and k.count("LDG") > 0, f"{where}: {k.opcodes}"
+        else:
+            assert k.count("LDGSTS") > 0, f"{where}: {k.opcodes}"
+        if k.kernel.endswith("_bf16"):
+            assert k.count("LDG") > 0 and k.count("STS") > 0, f"{where}: {k.opcodes}"
         assert (k.stack, k.spill_stores, k.spill_loads) == (0, 0, 0), (
             f"{where}: stack {k.stack} B, spill stores {k.spill_stores} B, loads "
             f"{k.spill_loads} B")
@@ -55,8 +65,9 @@ def test_tensor_core_kernels_run_hmma_of_their_precision_without_spills(file, la
             f"per SM, the tile asks for {want_blocks}")
 
 
-# The kernels with an operand contiguous along k (16-byte cp.async where K % 4 == 0).
-WIDE_COPIES = {"gemm_tc_nn", "gemm_tc_nt", "conv2d_tc_forward"}
+# The kernels with a float operand contiguous along k (16-byte cp.async where K % 4 == 0; the
+# _bf16 forward convolution too: its weights are float32).
+WIDE_COPIES = {"gemm_tc_nn", "gemm_tc_nt", "conv2d_tc_forward", "conv2d_tc_forward_bf16"}
 
 
 @pytest.mark.parametrize("file, label, defines, arch", TC_CASES)

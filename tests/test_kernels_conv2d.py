@@ -232,8 +232,8 @@ def test_bad_stride_and_padding(cpu_device, rng):
 def test_dtype_device_and_layout(rng):
     cupycnn.use("sim")
     w = randn(rng, 3, 2, 3, 3)
-    with pytest.raises(ValueError, match="conv2d_forward: x must be float32 on the sim device, "
-                                         "got float64"):
+    with pytest.raises(ValueError, match=r"conv2d_forward: x must be float32 or bf16 \(uint16\) "
+                                         r"on the sim device, got float64"):
         ops.conv2d_forward(randn(rng, 1, 2, 5, 5, dtype=np.float64), w)
     with pytest.raises(ValueError, match=r"conv2d_forward: x must be C-contiguous"):
         ops.conv2d_forward(randn(rng, 1, 2, 5, 10)[..., ::2], w)

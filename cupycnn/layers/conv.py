@@ -4,7 +4,6 @@ The bias gradient is ops.reduce.channel_sum(dy)."""
 from .. import random as _random
 from ..ops import conv2d as conv_ops
 from ..ops import reduce as reduce_ops
-from ..ops._storage import is_bf16, to_bf16, to_float32
 from .base import Layer, uniform_init
 
 
@@ -52,19 +51,14 @@ class Conv2D(Layer):
         self.output_shape(x.shape)
         cache = {} if training else None     # the numpy path keeps its im2col columns here
         self.save_for_backward(x=x, cache=cache)
-        y = conv_ops.conv2d_forward(to_float32(x), self.params["weight"],
-                                    self.params.get("bias"), self.stride, self.padding,
-                                    cache=cache)
-        return to_bf16(y) if is_bf16(x) else y
+        # x may be BF16 (ops._storage): the ops take it as it is, the weight stays float32.
+        return conv_ops.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
+                                       self.stride, self.padding, cache=cache)
 
     def backward(self, dy):
-        # BF16 activations (ops._storage) go through the FP32 convolution kernels as float32
-        # copies: the stored activations (x, kept until here) are BF16; the weight and its
-        # gradient are float32.
         saved = self.saved()
         x = saved["x"]
         self.check_grad_output(dy, self.output_shape(x.shape))
-        bf16, x, dy = is_bf16(dy), to_float32(x), to_float32(dy)
         weight = self.params["weight"]
         conv_ops.conv2d_backward_weight(dy, x, weight.shape, self.stride, self.padding,
                                         out=self.grads["weight"], cache=saved["cache"])
@@ -72,5 +66,4 @@ class Conv2D(Layer):
             reduce_ops.channel_sum(dy, out=self.grads["bias"])
         if not self.input_grad:              # nobody reads it (the model's input): skipped
             return None
-        dx = conv_ops.conv2d_backward_input(dy, weight, x.shape, self.stride, self.padding)
-        return to_bf16(dx) if bf16 else dx
+        return conv_ops.conv2d_backward_input(dy, weight, x.shape, self.stride, self.padding)

@@ -39,7 +39,7 @@ class Dense(Layer):
         return to_bf16(y) if is_bf16(x) else y
 
     def backward(self, dy):
-        # BF16 activations go through the FP32 GEMM kernels as float32 copies (as Conv2D).
+        # BF16 activations go through the GEMM kernels (float storage only) as float32 copies.
         x = self.saved()["x"]
         self.check_grad_output(dy, (x.shape[0], self.out_features))
         bf16, x, dy = is_bf16(dy), to_float32(x), to_float32(dy)

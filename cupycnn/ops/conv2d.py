@@ -13,6 +13,12 @@ cupycnn.set_precision):
 Arguments as torch.nn.functional.conv2d with dilation 1 and groups 1: x [N, C_in, H, W], weight
 [C_out, C_in, kh, kw], bias [C_out] or None, stride and padding an int or an (h, w) pair.
 
+Storage: x, y, the residual, dy and dx may be BF16 (ops._storage; the activations under precision
+bf16); the weight, the bias and the weight gradient are float32 then. The tensor-core kernels
+read and write BF16 themselves (their _bf16 entry points: conv2d_tc.cu's header); the direct and
+tiled kernels store float only, so on BF16 storage they run on float32 copies. Either way the
+result is the float32 op's on the decoded inputs, rounded once (tests/test_bf16.py).
+
 On the numpy device float32 runs go to cupycnn/cpu/conv2d.py (the same maths, arranged for
 speed); `cache`, a dict a layer keeps from its training forward to its backward, lets that path
 reuse the forward's im2col columns for the weight gradient. The kernels ignore it.
@@ -30,6 +36,7 @@ from ..reference.conv2d import output_size, pair
 from ..runtime import ELEMENTWISE_MAX_BLOCKS, ceil_div, elementwise_grid, get_kernel
 from . import tiles
 from ._check import check_arrays, check_integer, into
+from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix, to_bf16, to_float32
 from ._launch import TARGET_BLOCKS, kernel_constants
 
 _CONV = kernel_constants("conv2d")
@@ -107,6 +114,48 @@ def resolve_version(op, version):
     return version
 
 
+def _parameter_dtypes(activation):
+    """The dtype the weight, bias and weight gradient must have beside this activation:
+    float32 for BF16 storage, else the activation's."""
+    return (np.dtype(np.float32),) if is_bf16(activation) else (activation.dtype,)
+
+
+def _check_parameters(op, name, activation, bound=None, **specs):
+    """Check the float arrays `specs` (name=(array, pattern)) beside the activation `name`:
+    float32 for BF16 storage, else the activation's dtype (its mismatch named as such)."""
+    if is_bf16(activation):
+        return check_arrays(op, bound=bound, dtypes=(np.float32,), **specs)
+    return check_arrays(op, bound=bound, **{name: (activation, None)}, **specs)
+
+
+def _float32(a):
+    return None if a is None else to_float32(a)
+
+
+def _numpy_forward(x, weight, bias, stride, padding, residual, relu, cache):
+    if cpu.fast(x, weight, bias, residual):
+        y = cpu_conv.conv2d_forward(x, weight, bias, stride, padding, cache, get_precision())
+        # The epilogue as the kernels' order has it, in place: + residual, then ReLU.
+        if residual is not None:
+            cpu_elementwise.add(y, residual, out=y)
+        return cpu_elementwise.relu_forward(y) if relu else y
+    return reference.conv2d_forward(x, weight, bias, stride, padding, get_precision(),
+                                    residual=residual, relu=relu)
+
+
+def _numpy_backward_input(dy, weight, input_shape, stride, padding):
+    path = cpu_conv if cpu.fast(dy, weight) else reference
+    return path.conv2d_backward_input(dy, weight, input_shape, stride, padding, get_precision())
+
+
+def _numpy_backward_weight(dy, x, weight_shape, stride, padding, cache, out):
+    if cpu.fast(dy, x):
+        return cpu_conv.conv2d_backward_weight(dy, x, weight_shape, stride, padding, cache, out,
+                                               get_precision())
+    return into(out, reference.conv2d_backward_weight(dy, x, weight_shape, stride, padding,
+                                                      get_precision()))
+
+
 def _direct(name, count, args):
     grid, block = elementwise_grid(count)
     get_kernel("conv2d_direct", name)(grid, block, args)
@@ -121,26 +170,21 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None, resi
     conv + bias (+ residual) + ReLU, the inference path of a ResNet with its batchnorms folded
     into the convolutions (models.fold_batchnorm)."""
     op = "conv2d_forward"
-    sizes = check_arrays(op, x=(x, ("N", "C_in", "H", "W")),
-                         weight=(weight, ("C_out", "C_in", "kh", "kw")))
-    if bias is not None:
-        check_arrays(op, bound=sizes, weight=(weight, ("C_out", "C_in", "kh", "kw")),
-                     bias=(bias, ("C_out",)))
+    sizes = check_arrays(op, dtypes=activation_dtypes(), x=(x, ("N", "C_in", "H", "W")))
+    _check_parameters(op, "x", x, sizes, weight=(weight, ("C_out", "C_in", "kh", "kw")),
+                      **({} if bias is None else {"bias": (bias, ("C_out",))}))
     geometry = _geometry(op, x.shape, weight.shape, stride, padding)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
     if residual is not None:
-        check_arrays(op, x=(x, None), residual=(residual, (n, o, ho, wo)))
+        check_arrays(op, dtypes=activation_dtypes(), x=(x, None),
+                     residual=(residual, (n, o, ho, wo)))
     if not _device.runs_kernels():
-        if cpu.fast(x, weight, bias, residual):
-            y = cpu_conv.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), cache,
-                                        get_precision())
-            # The epilogue as the kernels' order has it, in place: + residual, then ReLU.
-            if residual is not None:
-                cpu_elementwise.add(y, residual, out=y)
-            return cpu_elementwise.relu_forward(y) if relu else y
-        return reference.conv2d_forward(x, weight, bias, (sh, sw), (ph, pw), get_precision(),
-                                        residual=residual, relu=relu)
+        args = (x, weight, bias, (sh, sw), (ph, pw), residual, relu, cache)
+        return reference_bf16(_numpy_forward, *args) if is_bf16(x) else _numpy_forward(*args)
     version = resolve_version(op, version)
+    if is_bf16(x) and version != "tensor_core":     # kernels of float storage: float32 copies
+        return to_bf16(conv2d_forward(to_float32(x), weight, bias, stride, padding, version,
+                                      _float32(residual), relu))
     y = _device.empty((n, o, ho, wo), x.dtype)
     if not n:
         return y
@@ -153,7 +197,7 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None, resi
     else:
         tile = tiles.choose_tile(o, n * ho * wo)
         grid = (ceil_div(n * ho * wo, tile.bn), ceil_div(o, tile.bm))
-        get_kernel("conv2d_tc", "conv2d_tc_forward", tile.defines(get_precision()))(
+        get_kernel("conv2d_tc", "conv2d_tc_forward" + suffix(x), tile.defines(get_precision()))(
             grid, (tile.threads,), args)
     return y
 
@@ -161,7 +205,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, version=None, resi
 def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, version=None):
     """dx [N, C_in, H, W] (input_shape) from dy [N, C_out, H_out, W_out] and weight."""
     op = "conv2d_backward_input"
-    check_arrays(op, weight=(weight, ("C_out", "C_in", "kh", "kw")))
+    check_arrays(op, dtypes=activation_dtypes(), dy=(dy, None))
+    _check_parameters(op, "dy", dy, weight=(weight, ("C_out", "C_in", "kh", "kw")))
     if len(tuple(input_shape)) != 4:
         raise ValueError(f"{op}: input_shape must be (N, C_in, H, W), got {tuple(input_shape)}")
     input_shape = tuple(int(v) for v in input_shape)
@@ -170,17 +215,18 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, version=
                          f"for weight {tuple(weight.shape)}, got {input_shape}")
     geometry = _geometry(op, input_shape, weight.shape, stride, padding)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
-    check_arrays(op, dy=(dy, (n, o, ho, wo)), weight=(weight, None))
+    check_arrays(op, dtypes=activation_dtypes(), dy=(dy, (n, o, ho, wo)))
     if not _device.runs_kernels():
-        if cpu.fast(dy, weight):
-            return cpu_conv.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw),
-                                                  get_precision())
-        return reference.conv2d_backward_input(dy, weight, input_shape, (sh, sw), (ph, pw),
-                                               get_precision())
+        args = (dy, weight, input_shape, (sh, sw), (ph, pw))
+        return reference_bf16(_numpy_backward_input, *args) if is_bf16(dy) else \
+            _numpy_backward_input(*args)
     if sh * sw > GRID_YZ_MAX:
         raise ValueError(f"{op}: stride {(sh, sw)} has {sh * sw} phases, more than the "
                          f"{GRID_YZ_MAX} grid slices the kernel runs them on")
     version = resolve_version(op, version)
+    if is_bf16(dy) and version != "tensor_core":
+        return to_bf16(conv2d_backward_input(to_float32(dy), weight, input_shape, stride,
+                                             padding, version))
     dx = _device.empty(input_shape, dy.dtype)
     if not n:
         return dx
@@ -194,8 +240,8 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, version=
     else:
         tile = tiles.choose_tile(c, phase_pixels, sh * sw)
         grid = (ceil_div(phase_pixels, tile.bn), ceil_div(c, tile.bm), sh * sw)
-        get_kernel("conv2d_tc", "conv2d_tc_backward_input", tile.defines(get_precision()))(
-            grid, (tile.threads,), args)
+        get_kernel("conv2d_tc", "conv2d_tc_backward_input" + suffix(dy),
+                   tile.defines(get_precision()))(grid, (tile.threads,), args)
     return dx
 
 
@@ -227,23 +273,27 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
     weight_shape = tuple(int(v) for v in weight_shape)
     if len(weight_shape) != 4:
         raise ValueError(f"{op}: weight_shape must be (C_out, C_in, kh, kw), got {weight_shape}")
-    sizes = check_arrays(op, x=(x, ("N", weight_shape[1], "H", "W")))
+    sizes = check_arrays(op, dtypes=activation_dtypes(),
+                         x=(x, ("N", weight_shape[1], "H", "W")))
     geometry = _geometry(op, x.shape, weight_shape, stride, padding)
     n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo = geometry
-    check_arrays(op, bound=sizes, x=(x, None), dy=(dy, (n, o, ho, wo)))
+    check_arrays(op, bound=sizes, dtypes=activation_dtypes(), x=(x, None),
+                 dy=(dy, (n, o, ho, wo)))
+    (grad_dtype,) = _parameter_dtypes(x)
     if out is not None:
-        check_arrays(op, x=(x, None), out=(out, weight_shape))
+        _check_parameters(op, "x", x, out=(out, weight_shape))
     if splits is not None and int(splits) < 1:
         raise ValueError(f"{op}: splits must be at least 1, got {splits}")
     if not _device.runs_kernels():
-        if cpu.fast(dy, x):
-            return cpu_conv.conv2d_backward_weight(dy, x, weight_shape, (sh, sw), (ph, pw),
-                                                   cache, out, get_precision())
-        return into(out, reference.conv2d_backward_weight(dy, x, weight_shape, (sh, sw),
-                                                          (ph, pw), get_precision()))
+        args = (dy, x, weight_shape, (sh, sw), (ph, pw), cache, out)
+        return reference_bf16(_numpy_backward_weight, *args, outputs=0) if is_bf16(x) else \
+            _numpy_backward_weight(*args)
     version = resolve_version(op, version)
+    if is_bf16(x) and version != "tensor_core":
+        return conv2d_backward_weight(to_float32(dy), to_float32(x), weight_shape, stride,
+                                      padding, out, splits, version)
     if out is None:
-        out = _device.empty(weight_shape, x.dtype)
+        out = _device.empty(weight_shape, grad_dtype)
     taps = c * kh * kw
     if version == "direct":
         _direct("conv2d_direct_backward_weight", o * taps, (dy, x, out) + _scalars(geometry))
@@ -254,10 +304,11 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, out=None, s
     else:
         tc = tiles.choose_tile(o, taps)
         tile, threads = (tc.bm, tc.bn, tc.bk), tc.threads
-        kernel = get_kernel("conv2d_tc", "conv2d_tc_backward_weight", tc.defines(get_precision()))
+        kernel = get_kernel("conv2d_tc", "conv2d_tc_backward_weight" + suffix(x),
+                            tc.defines(get_precision()))
     splits, split_len = weight_grad_splits(o, taps, n * ho * wo, splits, tile)
     grid = (ceil_div(taps, tile[1]), ceil_div(o, tile[0]), splits)
-    partial = out if splits == 1 else _device.empty((splits,) + weight_shape, x.dtype)
+    partial = out if splits == 1 else _device.empty((splits,) + weight_shape, grad_dtype)
     kernel(grid, (threads,), (dy, x, partial) + _scalars(geometry) + (np.int32(split_len),))
     if splits > 1:
         count = o * taps
