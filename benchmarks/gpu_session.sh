@@ -54,7 +54,7 @@ train_synthetic  |  25 | $PY examples/train_cifar.py --dataset synthetic --synth
 distributed      |  25 | needs_mpi && $PY benchmarks/distributed_gpu_check.py         | needs_mpi && $PY benchmarks/distributed_gpu_check.py --device sim --model small --batch 4
 imagenet_pipeline|  70 | $PY examples/train_imagenet.py --synthetic 1280 --synthetic-dir /tmp/cupycnn-synthetic-imagenet --benchmark --benchmark-steps 6 --batch-size 128 --workers 14 --device cuda --no-progress --log-dir $STEP_DIR/run --json $STEP_DIR/figures.json | $PY examples/train_imagenet.py --synthetic 12 --synthetic-dir /tmp/cupycnn-synthetic-dry --benchmark --benchmark-steps 2 --batch-size 2 --image-size 32 --workers 2 --model resnet18 --device numpy --no-progress --log-dir $STEP_DIR/run --json $STEP_DIR/figures.json
 gradcheck_cuda   |  25 | $PY -m cupycnn.gradcheck_suite --device cuda                 | $PY -m cupycnn.gradcheck_suite --device sim --layer dense
-pytest_cuda      |  45 | $PY -m pytest -m cuda -q -n 4 -p no:cacheprovider -x tests/test_bf16.py tests/test_fused.py tests/test_plan_graph.py tests/test_trainer_graphed.py | $PY -m pytest -m cuda -q -p no:cacheprovider tests/test_bf16.py tests/test_fused.py tests/test_plan_graph.py tests/test_trainer_graphed.py
+pytest_cuda      |  55 | $PY -m pytest -m cuda -q -n 4 -p no:cacheprovider -x tests/test_kernels_tensor_core.py tests/test_bf16.py tests/test_fused.py tests/test_plan_graph.py tests/test_trainer_graphed.py | $PY -m pytest -m cuda -q -p no:cacheprovider tests/test_bf16.py tests/test_fused.py tests/test_plan_graph.py tests/test_trainer_graphed.py
 EOF
 )
 
