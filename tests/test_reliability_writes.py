@@ -213,9 +213,13 @@ def test_files_get_the_permissions_of_the_umask(tmp_path):
         logger = CSVLogger(tmp_path / "log.csv")
         logger.set_trainer(Stub())
         logger.on_epoch_end(0, {"loss": 1.0})
+        from cupycnn.data import write_shards, write_tfrecords
+        write_shards([("s0", b"x" * 10, "png", 0)], tmp_path / "shards")
+        write_tfrecords([(b"x" * 10, 0)], tmp_path / "records", prefix="r")
     finally:
         os.umask(previous)
-    for name in ("c.h5", "cache.h5", "log.csv"):
+    for name in ("c.h5", "cache.h5", "log.csv", "shards/shard-000000.tar", "shards/index.json",
+                 "records/r-00000-of-00001.tfrec"):
         assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o640, name
 
 

@@ -32,8 +32,8 @@ import io
 import json
 import os
 import stat
+import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -405,26 +405,28 @@ def writing(what, out):
 
 
 def _write_shards(samples, out, classes, shard_size, prefix):
+    from .. import atomic
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     shards, counts = [], []
-    tar = tmp = file = None
+    tar = file = writing_shard = None
 
     def close():
-        nonlocal tar, tmp, file
+        nonlocal tar, file, writing_shard
         if tar is not None:
             tar.close()
             file.close()
-            os.replace(tmp, shards[-1])
-            tar = tmp = file = None
+            writing_shard.close()      # atomic.replace: fsync, rename into place
+            tar = file = writing_shard = None
 
     try:
         for i, (key, data, ext, label) in enumerate(samples):
             if tar is None:
                 shards.append(out / f"{prefix}-{len(shards):06d}.tar")
                 counts.append(0)
-                fd, tmp = tempfile.mkstemp(dir=out, prefix=shards[-1].name + ".tmp")
-                file = os.fdopen(fd, "wb")
+                writing_shard = contextlib.ExitStack()   # a partial file with the umask's mode
+                tmp = writing_shard.enter_context(atomic.replace(shards[-1], what="shard"))
+                file = open(tmp, "wb")
                 tar = tarfile.open(fileobj=file, mode="w", format=tarfile.USTAR_FORMAT)
             key = str(key)
             if "." in key.rpartition("/")[2] or key.startswith("/") or ".." in key.split("/"):
@@ -442,16 +444,15 @@ def _write_shards(samples, out, classes, shard_size, prefix):
                 close()
         close()
     except BaseException:
-        if tmp is not None:
+        if writing_shard is not None:
             file.close()
-            Path(tmp).unlink(missing_ok=True)
+            writing_shard.__exit__(*sys.exc_info())    # the partial file is removed, not renamed
         raise
     index = {"format": INDEX_FORMAT, "classes": list(classes) if classes is not None else [],
              "shards": [{"file": p.name, "samples": n} for p, n in zip(shards, counts)]}
-    fd, tmp_index = tempfile.mkstemp(dir=out, prefix=INDEX + ".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        json.dump(index, f, indent=1)
-    os.replace(tmp_index, out / INDEX)
+    with atomic.replace(out / INDEX, what="shard index") as partial:
+        with open(partial, "w", encoding="utf-8") as f:
+            json.dump(index, f, indent=1)
     return shards
 
 

@@ -141,14 +141,13 @@ def count_records(path):
 
 def write_records(path, records):
     """Write the byte strings `records` as a TFRecord file (atomically)."""
+    from .. import atomic
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
+    with atomic.replace(path, what="TFRecord file") as partial, open(partial, "wb") as f:
         for data in records:
             head = struct.pack("<Q", len(data))
             f.write(head + struct.pack("<I", masked_crc(head)) + data
                     + struct.pack("<I", masked_crc(data)))
-    os.replace(tmp, path)
     return path
 
 
