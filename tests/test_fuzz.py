@@ -395,6 +395,8 @@ FOUND = [
     lambda: cupycnn.layers.Dropout(np.ones((30, 30))),
     lambda: cupycnn.layers.MaxPool2D(np.ones((30, 30))),
     lambda: cupycnn.layers.BatchNorm2D(10 ** 12),
+    lambda: cupycnn.layers.MaxPool2D(2, stride=10 ** 12)(
+        cupycnn.asarray(np.ones((1, 1, 4, 4), np.float32))),
     lambda: cupycnn.data.Subset(cupycnn.data.ArrayDataset(np.zeros((2, 2, 2, 3), np.uint8),
                                                           [0, 1]), [0.5]),
     lambda: cupycnn.data.train_val_split(cupycnn.data.ArrayDataset(

@@ -41,6 +41,9 @@ def pool_arguments(op, kernel_size, stride=None, padding=0):
         raise ValueError(f"{op}: kernel_size must be positive, got {kernel_size!r}")
     if min(stride) < 1:
         raise ValueError(f"{op}: stride must be positive, got {stride!r}")
+    if max(*kernel, *stride, *padding) > INT32_MAX:      # the kernels take them as int
+        raise ValueError(f"{op}: kernel_size, stride and padding must stay below 2^31, got "
+                         f"kernel_size={kernel_size!r}, stride={stride!r}, padding={padding!r}")
     if min(padding) < 0 or padding[0] > kernel[0] // 2 or padding[1] > kernel[1] // 2:
         raise ValueError(f"{op}: padding must be between 0 and half the kernel size (as "
                          f"PyTorch), got padding={padding!r} for kernel_size={kernel!r}")
