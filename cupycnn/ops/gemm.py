@@ -65,7 +65,7 @@ def gemm(a, b, transpose_a=False, transpose_b=False, *, alpha=1.0, beta=0.0, out
     if out is None:
         out = _device.empty(out_shape, a.dtype)
     M, N, K = sizes["M"], sizes["N"], sizes["K"]
-    if M * N == 0:
+    if M * N == 0 or batch == 0:     # nothing to compute (a batch of 0 is not a batch of 1)
         return out
     nb = batch or 1
     check_int32(op, M=M, N=N, K=K, a_elements=M * K, b_elements=K * N, out_elements=M * N)
