@@ -415,6 +415,7 @@ FOUND = [
     lambda: cupycnn.data.Loader(cupycnn.data.ArrayDataset(np.zeros((2, 2, 2, 3), np.uint8),
                                                           [0, 1]), batch_size=1,
                                 world_size=10 ** 12),
+    lambda: cupycnn.ops.gemm.gemm([[1.0]], np.ones((1, 1), np.float32)),
 ]
 
 
