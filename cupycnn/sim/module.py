@@ -421,6 +421,11 @@ class Module:
     def library_path(self):
         return self._current().library_path
 
+    def builds(self):
+        """The libraries built from this module so far (one per thread mode), as _Build objects
+        (flags, library_path, openmp, launches)."""
+        return list(self._builds.values())
+
     def get_function(self, name):
         """The kernel `name` (an `extern "C" __global__` function or a name expression)."""
         kernel = self._kernels.get(name)
@@ -460,6 +465,7 @@ class _Build:
         _builds.add(self)
         self._applied = None
         self._launchers = {}
+        self.launches = 0         # launches run (a benchmark checks which build it timed)
 
     def launcher(self, c_name):
         launch = self._launchers.get(c_name)
@@ -655,6 +661,7 @@ class Launch:
         if build is not self._build:
             self._build, self._function = build, build.launcher(kernel._c_name)
         build.apply_config()
+        build.launches += 1
         if self._function(self._grid, self._block, self.shared_mem, self._argv):
             message = build.lib.simt_last_error().decode(errors="replace")
             raise SimError(f"{kernel.name} (grid {self.grid}, block {self.block}): "
