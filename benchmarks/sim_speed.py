@@ -69,6 +69,9 @@ def parse_args(argv=None):
     p.add_argument("--kernels", type=lambda s: s.split(","), default=None,
                    help="time only these workloads (comma-separated; default all)")
     p.add_argument("--no-barriers", action="store_true", help="skip the barrier costs")
+    p.add_argument("--build", action="append", default=[], metavar="LABEL=FLAGS@THREADS",
+                   help="one more build to compare, e.g. 'unrolled=-O3 -march=native "
+                        "-funroll-loops@1' (repeatable)")
     return p.parse_args(argv)
 
 
@@ -79,7 +82,19 @@ def builds(args):
     out = dict(BUILDS)
     if args.threads > 1:
         out[f"-O3 native, {args.threads} threads"] = (None, args.threads)
+    for spec in args.build:
+        label, eq, rest = spec.partition("=")
+        flags, at, threads = rest.rpartition("@")
+        if not (eq and at and label and threads.isdigit() and int(threads) >= 1):
+            raise SystemExit(f"--build {spec!r}: expected LABEL=FLAGS@THREADS")
+        out[label] = (tuple(flags.split()), int(threads))
     return {label: Build(label, opt, threads) for label, (opt, threads) in out.items()}
+
+
+def _contains(flags, opt):
+    """Is `opt` a run of consecutive entries of `flags`?"""
+    n = len(opt)
+    return any(tuple(flags[i:i + n]) == tuple(opt) for i in range(len(flags) - n + 1))
 
 
 class BuildMissed(RuntimeError):
@@ -121,7 +136,7 @@ class Build:
         mine = {id(m) for m in self.modules}
         wrong = [b for b in ran if id(b.module) not in mine or b.openmp != (self.threads > 1)
                  or b.module.threads() != self.threads
-                 or b.flags[1:1 + len(self.opt)] != list(self.opt)]
+                 or not _contains(b.flags, self.opt)]
         if not ran or wrong:
             raise BuildMissed(
                 f"{what} timed as build {self.label!r} ({' '.join(self.opt)}, {self.threads} "
