@@ -34,7 +34,8 @@ import argparse
 import json
 import statistics
 import sys
-import time
+
+import timing     # benchmarks/timing.py: this script's folder is on sys.path
 
 
 def parse_args():
@@ -180,18 +181,8 @@ class Clock:
 
     def time(self, fn, steps):
         if self.device != "cuda":
-            start = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            return (time.perf_counter() - start) / steps
-        import cupy
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        for _ in range(steps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        return cupy.cuda.get_elapsed_time(start, stop) / 1e3 / steps
+            return timing.wall_seconds(fn, steps)      # the CPU devices do not queue
+        return timing.gpu_seconds(fn, steps)
 
 
 def synchronize(device):
