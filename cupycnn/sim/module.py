@@ -24,7 +24,8 @@ benchmarks: the library is built with OpenMP and blocks are handed to the cores 
 up), or on one OS thread (`set_threads(1)`, CUPYCNN_SIM_THREADS=1: blocks in the chosen order,
 static shared memory poisoned too; what the kernel tests run). Each way is its own build.
 Builds are optimised (-O3 and, where g++ takes it, -march=native: the host's vector
-extensions); CUPYCNN_SIM_OPT replaces those flags (CUPYCNN_SIM_OPT="-O0 -g" for gdb). The flags
+extensions; -ffp-contract=fast: multiply-adds fused as nvcc fuses them, __fmul_rn and __fadd_rn
+never); CUPYCNN_SIM_OPT replaces those flags (without it contraction is off) (CUPYCNN_SIM_OPT="-O0 -g" for gdb). The flags
 are read when a module is built, CUPYCNN_SIM_THREADS when first needed and by set_threads(None).
 The cache key holds the source, the header, every flag, the compiler and, for -march=native, the
 CPU features it resolves to, so a cache shared between machines never hands one a library
@@ -295,11 +296,13 @@ def _native_flags():
 
 
 def optimization_flags():
-    """CUPYCNN_SIM_OPT's flags if set, else -O3 and -march=native (where g++ takes it)."""
+    """CUPYCNN_SIM_OPT's flags if set, else -O3, -march=native (where g++ takes it) and
+    -ffp-contract=fast: a * b + c fused into one FMA where the host has it, as nvcc does by
+    default (--fmad=true); __fmul_rn, __fadd_rn keep their single roundings (simt.h)."""
     env = os.environ.get("CUPYCNN_SIM_OPT", "").strip()
     if env:
         return tuple(env.split())
-    return ("-O3",) + _native_flags()[0]
+    return ("-O3",) + _native_flags()[0] + ("-ffp-contract=fast",)
 
 
 def _use_ucontext():
@@ -450,6 +453,11 @@ class Module:
     def library_path(self):
         return self._current().library_path
 
+    def builds(self):
+        """The libraries built from this module so far (one per thread mode), as _Build objects
+        (flags, library_path, openmp, launches)."""
+        return list(self._builds.values())
+
     def get_function(self, name):
         """The kernel `name` (an `extern "C" __global__` function or a name expression)."""
         kernel = self._kernels.get(name)
@@ -465,9 +473,9 @@ class _Build:
     """One library built from a Module's source: for one OS thread or for OpenMP."""
 
     def __init__(self, module, openmp, opt):
-        # -ffp-contract=off: a * b + c stays two roundings, as __fmul_rn / __fadd_rn promise
-        # (with FMA among the host's extensions g++ would otherwise fuse them).
-        flags = ["-std=c++17", *opt, "-ffp-contract=off", "-fPIC", "-shared",
+        # -ffp-contract=off unless opt says otherwise (the default does: see
+        # optimization_flags); __fmul_rn / __fadd_rn keep their own roundings either way.
+        flags = ["-std=c++17", "-ffp-contract=off", *opt, "-fPIC", "-shared",
                  "-fvisibility=hidden", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-I",
                  str(INCLUDE_DIR), *module._options]
         if openmp:        # TLS descriptors: faster thread_local from a dlopen'ed .so
@@ -489,6 +497,7 @@ class _Build:
         _builds.add(self)
         self._applied = None
         self._launchers = {}
+        self.launches = 0         # launches run (a benchmark checks which build it timed)
 
     def launcher(self, c_name):
         launch = self._launchers.get(c_name)
@@ -687,6 +696,7 @@ class Launch:
         if build is not self._build:
             self._build, self._function = build, build.launcher(kernel._c_name)
         build.apply_config()
+        build.launches += 1
         if _config.memory_check and self._extents:
             guarded = _Guarded(self._extents, self._boxes)
             try:
