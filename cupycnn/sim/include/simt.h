@@ -702,9 +702,20 @@ inline float __frcp_rn(float a) { return 1.0f / a; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __saturatef(float x) { return fminf(fmaxf(x, 0.f), 1.f); }
+// The builds contract a * b + c into an FMA (-ffp-contract=fast, as nvcc's default
+// --fmad=true); __fmul_rn and __fadd_rn promise a rounding of their own, never fused: their
+// product leaves and their addends enter through an empty asm that holds the value in a
+// register, which g++ cannot see through, so it has nothing to fuse.
+#if defined(__x86_64__)
+#  define SIMT_OPAQUE(v) asm("" : "+x"(v))
+#elif defined(__aarch64__)
+#  define SIMT_OPAQUE(v) asm("" : "+w"(v))
+#else
+#  define SIMT_OPAQUE(v) asm("" : "+m"(v))
+#endif
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { SIMT_OPAQUE(a); SIMT_OPAQUE(b); return a + b; }
+inline float __fmul_rn(float a, float b) { float p = a * b; SIMT_OPAQUE(p); return p; }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
