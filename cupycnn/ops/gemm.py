@@ -23,8 +23,8 @@ from ..reference import gemm as reference
 from ..runtime import ceil_div, get_kernel
 from . import tiles
 from ._check import check_arrays, check_grid, check_int32
+from ._launch import resolve_version
 from ._storage import BF16, decode, encode, is_bf16, suffix, to_bf16, to_float32
-from .conv2d import resolve_version
 
 TILE_M, TILE_N, GEMM_THREADS = 64, 64, 256          # as in gemm.cu
 _BIAS_MODE = {None: 0, "row": 1, "column": 2}
