@@ -111,3 +111,7 @@ def test_off_by_default_on_with_the_environment_variable():
     out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
                          check=True)
     assert out.stdout.strip() == "True"
+
+
+def test_kernel_tests_run_under_the_check(kernel_device):
+    assert sim.module._config.memory_check == (kernel_device == "sim")
