@@ -505,6 +505,9 @@ __attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
   int err = 0;
 #ifdef _OPENMP
   int nt = g_cfg.nthreads > 0 ? g_cfg.nthreads : omp_get_max_threads();
+  // No more threads than blocks: one with nothing to run would still have to be scheduled
+  // before the launch can end (a one-block launch on a busy machine waited 18-38 ms for it).
+  if (nt > nblk) nt = (int)nblk;
 #pragma omp parallel num_threads(nt) reduction(| : err)
 #endif
   {
