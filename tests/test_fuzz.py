@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import cupycnn
+from cupycnn import sim
 from cupycnn.checkpoint import CheckpointError
 
 FUZZ_CASES = 400
@@ -330,6 +331,13 @@ def _trace(error):
 
 
 def _fuzz(rng, tmp_path, count, device):
+    # On sim, a kernel writing outside its arrays is a SimMemoryError (a problem, with its seed),
+    # not a heap corrupted silently until something else falls over.
+    with sim.memory_check(device == "sim"):
+        return _fuzz_calls(rng, tmp_path, count, device)
+
+
+def _fuzz_calls(rng, tmp_path, count, device):
     cupycnn.use(device)
     previous = signal.signal(signal.SIGALRM, _alarm)
     problems, outcomes = [], {}
@@ -384,19 +392,9 @@ def test_fuzz_public_entry_points(rng, tmp_path):
     _report(*_fuzz(rng, tmp_path, FUZZ_CASES, "numpy"))
 
 
-# Open defect: with CUPYCNN_TEST_SEED=101 CUPYCNN_SIM_THREADS=1 the sim run corrupts the heap in 3
-# of 4 runs ("corrupted size vs. prev_size" or a segfault in h5py later; FUZZ_LOG=1 prints each case
-# before it runs: the abort follows case `layer 1807148980`, which alone is a clean ValueError, so an
-# earlier case writes out of bounds). Until it is found, the sim variant runs only when asked.
-_SIM_LONG = pytest.param("sim", marks=pytest.mark.skipif(
-    not os.environ.get("CUPYCNN_FUZZ_SIM_LONG"),
-    reason="open defect: a heap corruption under sim at some seeds (see the comment above); "
-           "CUPYCNN_FUZZ_SIM_LONG=1 runs it"))
-
-
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("device", ["numpy", _SIM_LONG])
+@pytest.mark.parametrize("device", ["numpy", "sim"])
 def test_fuzz_public_entry_points_longer(rng, tmp_path, device):
     _report(*_fuzz(rng, tmp_path, 10 * FUZZ_CASES, device))
 
@@ -417,6 +415,7 @@ FOUND = [
     lambda: cupycnn.data.Loader(cupycnn.data.ArrayDataset(np.zeros((2, 2, 2, 3), np.uint8),
                                                           [0, 1]), batch_size=1,
                                 world_size=10 ** 12),
+    lambda: cupycnn.ops.gemm.gemm([[1.0]], np.ones((1, 1), np.float32)),
 ]
 
 
@@ -428,6 +427,24 @@ def test_found_cases_are_one_line(case):
     assert _from_the_library(info.value), traceback.format_exception(info.value)
     message = str(info.value)
     assert message and "\n" not in message and len(message) < 400, message
+
+
+def test_found_a_gemm_over_an_empty_batch_writes_nothing():
+    """Found by the sim variant of the longer fuzz (seed 101, case 3892, `op 3592078399`): a
+    batched gemm of a (0, 5, 2) by a transposed (5, 2) ran one product as if the batch were 1,
+    writing 25 floats through the pointer of a 0-element output: heap corruption on sim, an
+    out-of-bounds write on a GPU. `out` here is an empty view into a guarded buffer, so a write
+    shows without a sanitizer."""
+    from cupycnn.ops import gemm
+    cupycnn.use("sim")
+    guard = np.full(64, 7.0, np.float32)
+    out = guard[8:8].reshape(0, 5, 5)
+    a, b = np.ones((0, 5, 2), np.float32), np.ones((5, 2), np.float32)
+    result = gemm.gemm(a, b, transpose_b=True, out=out)
+    assert result.shape == (0, 5, 5)
+    assert (guard == 7.0).all(), f"{int((guard != 7.0).sum())} floats written outside out"
+    cupycnn.use("numpy")
+    assert gemm.gemm(a, b, transpose_b=True).shape == (0, 5, 5)
 
 
 def test_a_csv_of_pixels_that_is_not_utf8_is_one_line(tmp_path):

@@ -26,7 +26,7 @@ BF16 = np.dtype(np.uint16)
 
 
 def is_bf16(a):
-    return a is not None and a.dtype == BF16
+    return getattr(a, "dtype", None) == BF16     # not an array: not BF16 (its check says why)
 
 
 def activation_dtypes():

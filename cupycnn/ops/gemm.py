@@ -23,8 +23,8 @@ from ..reference import gemm as reference
 from ..runtime import ceil_div, get_kernel
 from . import tiles
 from ._check import check_arrays, check_grid, check_int32
+from ._launch import resolve_version
 from ._storage import BF16, decode, encode, is_bf16, suffix, to_bf16, to_float32
-from .conv2d import resolve_version
 
 TILE_M, TILE_N, GEMM_THREADS = 64, 64, 256          # as in gemm.cu
 _BIAS_MODE = {None: 0, "row": 1, "column": 2}
@@ -84,7 +84,7 @@ def gemm(a, b, transpose_a=False, transpose_b=False, *, alpha=1.0, beta=0.0, out
     if out is None:
         out = _device.empty(out_shape, out_dtype)
     M, N, K = sizes["M"], sizes["N"], sizes["K"]
-    if M * N == 0:
+    if M * N == 0 or batch == 0:     # nothing to compute (a batch of 0 is not a batch of 1)
         return out
     nb = batch or 1
     check_int32(op, M=M, N=N, K=K, a_elements=M * K, b_elements=K * N, out_elements=M * N)
