@@ -70,3 +70,6 @@ def test_a_build_runs_its_blocks_on_its_own_thread_count(threads):
         assert set(tids) == {threading.get_native_id()} and set(team) == {0}
     else:
         assert set(team) == {threads}
+        one = np.zeros(2, np.int32)                # a one-block launch: no idle second thread
+        module.get_function("where")((1,), (1,), (one,))
+        assert one[1] == 1

@@ -2,10 +2,11 @@
 maths is cupycnn/reference/conv2d.py, function for function; the algorithm, each kernel file's
 header. This file launches the kernels.
 
-To learn the convolution, read the first section, "kernels/conv2d.cu": its three products'
-grids and the weight gradient's split count. The rest can wait: the public ops (each checks
-its inputs, sends the numpy device to the CPU, picks the version, launches), then the other
-versions' launches and the numpy device's path. The input checks: ops/_conv2d_checks.py.
+A learner (docs/layers/conv.md's reading path) reads the first section, "kernels/conv2d.cu":
+its three products' grids and the weight gradient's split count. The rest can wait: the public
+ops (each checks its inputs, sends the numpy device to the CPU, picks the version, launches),
+then the other versions' launches and the numpy device's path. The input checks:
+ops/_conv2d_checks.py.
 
 Each product exists as a progression of kernels (`version`; default: from the precision,
 cupycnn.set_precision; ops/_launch.py's resolve_version):

@@ -89,6 +89,9 @@ extern "C" char __stop_simt_shared[] __attribute__((weak, visibility("hidden")))
 #ifndef SIMT_STACK_BYTES
 #  define SIMT_STACK_BYTES (64 * 1024)
 #endif
+#ifndef SIMT_PREFETCH_BYTES     // of a parked thread's stack, fetched one thread ahead
+#  define SIMT_PREFETCH_BYTES 768
+#endif
 #ifndef SIMT_MAX_DYN_SMEM
 #  define SIMT_MAX_DYN_SMEM (64 * 1024)
 #endif
@@ -395,6 +398,12 @@ inline Fiber* pick_next() {
   Block& b = *g_blk;
   if (b.rcount) {
     int t = b.rq[b.rhead]; if (++b.rhead == b.n) b.rhead = 0; b.rcount--;
+#if !defined(SIMT_UCONTEXT) && SIMT_PREFETCH_BYTES > 0
+    if (b.rcount) {   // the next thread's stack top (saved registers, its frame) into cache
+      const char* sp = (const char*)b.fib[b.rq[b.rhead]]->sp;
+      for (int i = 0; i < SIMT_PREFETCH_BYTES; i += 64) __builtin_prefetch(sp + i);
+    }
+#endif
     return b.fib[t];
   }
   if (b.next_start < b.n) { Fiber* f = pool_get(b); init_fiber(f); return f; }
@@ -496,6 +505,9 @@ __attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
   int err = 0;
 #ifdef _OPENMP
   int nt = g_cfg.nthreads > 0 ? g_cfg.nthreads : omp_get_max_threads();
+  // No more threads than blocks: one with nothing to run would still have to be scheduled
+  // before the launch can end (a one-block launch on a busy machine waited 18-38 ms for it).
+  if (nt > nblk) nt = (int)nblk;
 #pragma omp parallel num_threads(nt) reduction(| : err)
 #endif
   {
