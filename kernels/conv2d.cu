@@ -15,7 +15,9 @@
 //   input gradient   C_in    N H W / (sh sw)         C_out kh kw / (sh sw)     weight^T   im2col^T(dy)
 //   weight gradient  C_out   C_in kh kw              N H_out W_out             dy         im2col(x)^T
 //
-// (the input gradient's P and K are per stride phase, rounded: see conv2d_backward_input).
+// im2col^T(dy) has a row per (o, r, s) and a column per input pixel (n, h, v), the entry
+// dy[n, o, i, j] of the output pixel whose tap (r, s) lands on (h, v) (0 where none does); its
+// P and K above are per stride phase, rounded (conv2d_backward_input).
 //
 // How:
 // - Implicit GEMM: the im2col matrix is never written. Each block gathers its tile of it straight

@@ -48,7 +48,7 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0, precision="fp32", resid
     (the epilogue), when given."""
     x, weight = round_operand(x, precision), round_operand(weight, precision)
     win = _windows(x, weight.shape[2:], stride, padding)            # [N, C, Ho, Wo, kh, kw]
-    y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))       # sum over c, r, s
+    y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))  # over c, r, s: [N, Ho, Wo, C_out]
     if bias is not None:
         y = y + bias
     y = np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.result_type(x, weight))
@@ -64,7 +64,7 @@ def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, precisio
     n, c, h, w = input_shape
     kh, kw = weight.shape[2:]
     ho, wo = dy.shape[2:]
-    cols = np.tensordot(dy, weight, axes=([1], [0]))   # sum over o: [N, Ho, Wo, C, kh, kw]
+    cols = np.tensordot(dy, weight, axes=([1], [0]))         # over o: [N, Ho, Wo, C, kh, kw]
     cols = cols.transpose(0, 3, 4, 5, 1, 2)                           # [N, C, kh, kw, Ho, Wo]
     # Rows (columns) of the padded input past the last window get no gradient: they stay 0.
     dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.result_type(dy, weight))
@@ -80,7 +80,7 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, precision="
     """dw [C_out, C_in, kh, kw] = sum over images and output pixels of dy times the window."""
     dy, x = round_operand(dy, precision), round_operand(x, precision)
     win = _windows(x, tuple(weight_shape[2:]), stride, padding)       # [N, C, Ho, Wo, kh, kw]
-    dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))           # sum over n, i, j
+    dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))  # over n, i, j: [C_out, C, kh, kw]
     return np.ascontiguousarray(dw, dtype=np.result_type(dy, x))
 
 
