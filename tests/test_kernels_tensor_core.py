@@ -14,6 +14,7 @@ from cupycnn import sim
 from cupycnn.ops import conv2d as ops
 from cupycnn.ops import tiles
 from cupycnn.ops._storage import to_bf16
+from cupycnn.ops.conv2d_stats import conv2d_forward_statistics
 from cupycnn.ops.gemm import gemm
 from cupycnn.reference import conv2d as reference
 from cupycnn.reference import gemm as reference_gemm
@@ -185,6 +186,8 @@ def _tc_products(rng, K=32):
         "conv2d_tc_backward_weight_bf16": lambda: ops.conv2d_backward_weight(
             DYB, XB, w.shape, 1, 1, version="tensor_core"),
         "conv2d_tc_forward": lambda: ops.conv2d_forward(X, W, None, 1, 1, version="tensor_core"),
+        "conv2d_tc_forward_stats": lambda: conv2d_forward_statistics(X, W, None, 1, 1),
+        "conv2d_tc_forward_stats_bf16": lambda: conv2d_forward_statistics(XB, W, None, 1, 1),
         "conv2d_tc_backward_input": lambda: ops.conv2d_backward_input(
             DY, W, x.shape, 1, 1, version="tensor_core"),
         "conv2d_tc_backward_weight": lambda: ops.conv2d_backward_weight(
