@@ -19,16 +19,17 @@ after a warm-up; on cuda timed with CUDA events around the calls.
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a source tree
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cupycnn  # noqa: E402
 from cupycnn.data import transforms as T  # noqa: E402
 from cupycnn.reference import augment as reference  # noqa: E402
+import timing  # noqa: E402
 
 MEAN, STD = T.CIFAR10_MEAN, T.CIFAR10_STD
 
@@ -138,16 +139,8 @@ def time_cuda(fn, x, iterations, repeats):
     import cupy
     fn(x)
     cupy.cuda.get_current_stream().synchronize()
-    times = []
-    for _ in range(repeats):
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        for _ in range(iterations):
-            fn(x)
-        stop.record()
-        stop.synchronize()
-        times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3 / iterations)
-    return statistics.median(times)
+    return statistics.median([timing.gpu_seconds(lambda: fn(x), iterations)
+                              for _ in range(repeats)])
 
 
 def time_host(fn, x, iterations, repeats, synchronize=None):
@@ -156,12 +149,7 @@ def time_host(fn, x, iterations, repeats, synchronize=None):
     for _ in range(repeats):
         if synchronize:
             synchronize()
-        start = time.perf_counter()
-        for _ in range(iterations):
-            fn(x)
-        if synchronize:
-            synchronize()
-        times.append((time.perf_counter() - start) / iterations)
+        times.append(timing.wall_seconds(lambda: fn(x), iterations, synchronize))
     return statistics.median(times)
 
 

@@ -50,6 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a s
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import roofline  # noqa: E402
+import timing  # noqa: E402
 
 import cupycnn  # noqa: E402
 from cupycnn.ops import conv2d as ops  # noqa: E402
@@ -103,13 +104,7 @@ class GpuTimer:
         # Long enough for Python to queue every call before the GPU reaches the start event.
         ns = int(1e9 * min(0.05, 2 * calls * host_seconds + 20e-6))
         self.spin((1,), (1,), (np.int64(ns),))
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        for _ in range(calls):
-            fn()
-        stop.record()
-        stop.synchronize()
-        return cupy.cuda.get_elapsed_time(start, stop) / 1e3 / calls
+        return timing.gpu_seconds(fn, calls)
 
 
 class HostTimer:
@@ -119,11 +114,7 @@ class HostTimer:
         cupycnn.synchronize()
 
     def __call__(self, fn, calls, host_seconds):
-        start = time.perf_counter()
-        for _ in range(calls):
-            fn()
-        self.sync()
-        return (time.perf_counter() - start) / calls
+        return timing.wall_seconds(fn, calls, self.sync)
 
 
 def measure(contenders, timer, rounds):

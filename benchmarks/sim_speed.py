@@ -6,11 +6,19 @@ one process; and what a barrier costs.
     python benchmarks/sim_speed.py --rounds 15 --batch 8
 
 Builds: the same kernels/*.cu source as three sim.Modules, "-O2, 1 thread" (the emulator
-before issue 14), "-O3 native, 1 thread" (the flags alone) and "-O3 native, N threads" (the
-default). The ops of cupycnn.ops launch them on the sim device exactly as in training, on a
+before issue 14), "default flags, 1 thread" (sim.optimization_flags(): -O3 -march=native
+-ffp-contract=fast, and the header's own changes) and "default, N threads" (blocks on N OS
+threads, the default for training); --build adds more. The ops of cupycnn.ops launch them on the sim device exactly as in training, on a
 ResNet-18 layer2 convolution (batch --batch, 128 channels, 16x16, 3x3) and a 512^3 SGEMM
 (sgemm_nn, sgemm_nt, sgemm_tn: the dense layer's three products). Each round times every
 (kernel, build) once, builds in alternating order; the figures are medians over the rounds.
+
+A build is swapped in where every op finds its kernels, runtime.get_kernel
+(runtime.kernel_builds: each (file, defines) its own module of the build's flags and threads),
+and every timed call is checked to have launched only that build's libraries (counted launches
+per library, their flags, OpenMP and thread count): a substitution that misses stops the run
+instead of timing one build under three names (what the table in docs/BENCHMARKS.md before
+15:30 UTC on 2026-12-01 did).
 
 Barriers: a kernel whose threads do nothing but pass R barriers (a shared-memory write, a
 __syncthreads, a read of a neighbour's value, a __syncthreads), timed at R and at 0; the
@@ -59,26 +67,86 @@ def parse_args(argv=None):
     p.add_argument("--gemm", type=int, default=512, help="SGEMM size")
     p.add_argument("--threads", type=int, default=sim.get_threads(),
                    help="OS threads of the multi-core build")
+    p.add_argument("--kernels", type=lambda s: s.split(","), default=None,
+                   help="time only these workloads (comma-separated; default all)")
+    p.add_argument("--no-barriers", action="store_true", help="skip the barrier costs")
+    p.add_argument("--build", action="append", default=[], metavar="LABEL=FLAGS@THREADS",
+                   help="one more build to compare, e.g. 'unrolled=-O3 -march=native "
+                        "-funroll-loops@1' (repeatable)")
     return p.parse_args(argv)
 
 
-BUILDS = {"-O2, 1 thread": (("-O2",), 1), "-O3 native, 1 thread": (None, 1)}
+BUILDS = {"-O2, 1 thread": (("-O2",), 1), "default flags, 1 thread": (None, 1)}
 
 
 def builds(args):
     out = dict(BUILDS)
     if args.threads > 1:
-        out[f"-O3 native, {args.threads} threads"] = (None, args.threads)
-    return out
+        out[f"default, {args.threads} threads"] = (None, args.threads)
+    for spec in args.build:
+        label, eq, rest = spec.partition("=")
+        flags, at, threads = rest.rpartition("@")
+        if not (eq and at and label and threads.isdigit() and int(threads) >= 1):
+            raise SystemExit(f"--build {spec!r}: expected LABEL=FLAGS@THREADS")
+        out[label] = (tuple(flags.split()), int(threads))
+    return {label: Build(label, opt, threads) for label, (opt, threads) in out.items()}
 
 
-def _runtime_module(file, opt, threads):
-    """A runtime.Module for kernels/<file>.cu built with these flags and threads."""
-    module = runtime.Module.__new__(runtime.Module)
-    module.device, module.name, module._kernels = "sim", f"{file}.cu", {}
-    module._raw = sim.Module(runtime.kernel_source(file), name=f"{file}.cu", opt=opt,
-                             threads=threads)
-    return module
+def _contains(flags, opt):
+    """Is `opt` a run of consecutive entries of `flags`?"""
+    n = len(opt)
+    return any(tuple(flags[i:i + n]) == tuple(opt) for i in range(len(flags) - n + 1))
+
+
+class BuildMissed(RuntimeError):
+    """A timed call launched a library that is not of the build it was timed as."""
+
+
+class Build:
+    """One build of the kernels (g++ flags, OS threads): get_kernel's modules while it runs
+    (runtime.kernel_builds: each (file, defines) its own sim.Module of these flags and
+    threads), and a check that every launch of a timed call ran one of its own libraries."""
+
+    def __init__(self, label, opt, threads):
+        self.label, self.threads = label, threads
+        self.opt = sim.optimization_flags() if opt is None else tuple(opt)
+        self.modules = []         # the sim.Modules made for this build
+        self.launches = 0         # launches counted on its libraries by run()
+
+    def make(self, file, defines):
+        module = runtime.Module.__new__(runtime.Module)
+        module.device, module.name, module._kernels = "sim", f"{file}.cu", {}
+        module._raw = sim.Module(runtime.kernel_source(file), name=f"{file}.cu", opt=self.opt,
+                                 threads=self.threads, options=runtime.define_options(defines))
+        self.modules.append(module._raw)
+        return module
+
+    def libraries(self):
+        return [b for m in self.modules for b in m.builds()]
+
+    def run(self, what, fn):
+        """(wall, CPU) seconds fn() takes with this build's kernels. Raises BuildMissed unless it launched
+        something and every launch ran a library of this build: its modules', with its flags,
+        OpenMP exactly when it has several threads, and its thread count."""
+        before = {id(b): b.launches for b in list(sim.module._builds)}
+        with runtime.kernel_builds(self.label, self.make):
+            start, cpu = time.perf_counter(), time.process_time()
+            fn()
+            elapsed = time.perf_counter() - start, time.process_time() - cpu
+        ran = [b for b in list(sim.module._builds) if b.launches > before.get(id(b), 0)]
+        mine = {id(m) for m in self.modules}
+        wrong = [b for b in ran if id(b.module) not in mine or b.openmp != (self.threads > 1)
+                 or b.module.threads() != self.threads
+                 or not _contains(b.flags, self.opt)]
+        if not ran or wrong:
+            raise BuildMissed(
+                f"{what} timed as build {self.label!r} ({' '.join(self.opt)}, {self.threads} "
+                f"OS threads) " + ("launched nothing" if not ran else
+                                   "launched " + ", ".join(f"{b.library_path.name} ({' '.join(b.flags)})"
+                                                          for b in wrong)) +
+                ": the build substitution missed, so the figures would not be this build's")
+        self.launches += sum(b.launches - before.get(id(b), 0) for b in ran)
+        return elapsed
 
 
 def workloads(args, rng):
@@ -108,38 +176,35 @@ def time_kernels(args):
     rng = np.random.default_rng(0)
     cupycnn.use("sim")
     work = workloads(args, rng)
-    modules = {name: {file: _runtime_module(file, opt, threads) for file in ("conv2d", "gemm")}
-               for name, (opt, threads) in builds(args).items()}
-    results = {}
-    saved = dict(runtime._modules)
-    try:
-        for name in modules:                          # warm up every build once
-            runtime._modules.update({("sim", f): m for f, m in modules[name].items()})
-            for _, _, fn in work.values():
-                fn()
-        times = {(k, b): [] for k in work for b in modules}
-        order = list(modules)
-        for r in range(args.rounds):
-            for kernel, (_, _, fn) in work.items():
-                for name in (order if r % 2 == 0 else order[::-1]):
-                    runtime._modules.update({("sim", f): m for f, m in modules[name].items()})
-                    start = time.perf_counter()
-                    fn()
-                    times[(kernel, name)].append(time.perf_counter() - start)
-            print(f"  round {r + 1}/{args.rounds}, load {_load()}", file=sys.stderr, flush=True)
-        for key, values in times.items():
-            results[key] = statistics.median(values)
-    finally:
-        runtime._modules.clear()
-        runtime._modules.update(saved)
-    return work, list(modules), results
+    if args.kernels:
+        unknown = sorted(set(args.kernels) - set(work))
+        if unknown:
+            raise SystemExit(f"--kernels: no workload {', '.join(unknown)} (workloads: "
+                             f"{', '.join(work)})")
+        work = {k: v for k, v in work.items() if k in args.kernels}
+    compared = builds(args)
+    for build in compared.values():                  # build and warm up every build once
+        for kernel, (_, _, fn) in work.items():
+            build.run(kernel, fn)
+    times = {(k, b): [] for k in work for b in compared}
+    order = list(compared)
+    for r in range(args.rounds):
+        for kernel, (_, _, fn) in work.items():
+            for name in (order if r % 2 == 0 else order[::-1]):
+                times[(kernel, name)].append(compared[name].run(kernel, fn))
+        print(f"  round {r + 1}/{args.rounds}, load {_load()}", file=sys.stderr, flush=True)
+    results = {key: statistics.median(v[0] for v in values) for key, values in times.items()}
+    cpu = {key: statistics.median(v[1] for v in values) for key, values in times.items()}
+    return work, compared, results, cpu
 
 
 def barrier_costs(args):
     """ns per thread per barrier and per shuffle, for each build and block size."""
     rows = []
-    for name, (opt, threads) in builds(args).items():
-        module = sim.Module(BARRIER_PROBE, name="barrier_probe.cu", opt=opt, threads=threads)
+    for name, build in builds(args).items():
+        threads = build.threads
+        module = sim.Module(BARRIER_PROBE, name="barrier_probe.cu", opt=build.opt,
+                            threads=threads)
         for kernel in ("barriers", "shuffles"):
             for block in (32, 256):
                 grid = 8 * max(1, threads)
@@ -171,12 +236,17 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = _load()
-    work, names, results = time_kernels(args)
-    barriers = barrier_costs(args)
+    work, compared, results, cpu = time_kernels(args)
+    names = list(compared)
+    barriers = [] if args.no_barriers else barrier_costs(args)
     print(f"`python benchmarks/sim_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
           f", {started}; {len(os.sched_getaffinity(0))} usable CPUs; load average {load_before} "
           f"before, {_load()} after; median of {args.rounds} rounds")
-    print(f"flags of the default build: {' '.join(sim.optimization_flags())}")
+    for name, build in compared.items():
+        libraries = build.libraries()
+        print(f"- {name}: {build.launches} launches checked on its own "
+              f"{len(libraries)} libraries ({', '.join(sorted(b.library_path.name for b in libraries))}); "
+              f"flags {' '.join(libraries[0].flags)}")
     print()
     base = names[0]
     print("| kernel | " + " | ".join(f"{n} ms" for n in names) + " | " +
@@ -188,6 +258,20 @@ def main(argv=None):
         print(f"| {kernel} | " + " | ".join(f"{v:.1f}" for v in ms) + " | " +
               " | ".join(f"{v:.2f}x" for v in speedups) +
               f" | {flops / min(ms) / 1e6:.2f} |")
+    print()
+    print("CPU time of the process (all its threads; steadier than the wall time on a busy "
+          "machine, for builds of one thread):")
+    print()
+    print("| kernel | " + " | ".join(f"{n} CPU ms" for n in names) + " | " +
+          " | ".join(f"{n} CPU ratio" for n in names[1:]) + " |")
+    print("| --- " * (2 * len(names)) + "|")
+    for kernel in work:
+        ms = [1e3 * cpu[(kernel, n)] for n in names]
+        ratios = [cpu[(kernel, base)] / cpu[(kernel, n)] for n in names[1:]]
+        print(f"| {kernel} | " + " | ".join(f"{v:.1f}" for v in ms) + " | " +
+              " | ".join(f"{v:.2f}x" for v in ratios) + " |")
+    if not barriers:
+        return
     print()
     print("| build | primitive | block | ns per thread per barrier |")
     print("| --- | --- | --- | --- |")

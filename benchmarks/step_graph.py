@@ -16,6 +16,9 @@ the eager ones read it where it lies.
 - cupycnn graph: `cupycnn.graph.GraphedStep`: the step traced once (the static memory plan),
   captured once (CuPy stream capture), then one `Graph.launch` per step; the optimizer's
   hyperparameters and step number are written into device memory before each replay.
+- cupycnn graph unfolded (--unfolded-statistics): the graphed step with every
+  batchnorm reading its input once more for its statistics (Conv2D.feed_statistics_to(None)),
+  the baseline of the convolutions' statistics epilogue (docs/STEP.md).
 - PyTorch eager: the same network in torch.nn, cuDNN autotuned (`cudnn.benchmark`).
 - PyTorch graph: the whole step captured with `torch.cuda.graph` (forward, backward and
   optimizer.step(), static input tensors), as PyTorch's documentation shows for whole-network
@@ -34,7 +37,8 @@ import argparse
 import json
 import statistics
 import sys
-import time
+
+import timing     # benchmarks/timing.py: this script's folder is on sys.path
 
 
 def parse_args():
@@ -48,6 +52,9 @@ def parse_args():
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--no-torch", action="store_true")
+    p.add_argument("--unfolded-statistics", action="store_true",
+                   help="also the graphed step with the batchnorm statistics out of the "
+                        "convolutions' epilogue")
     p.add_argument("--launch-only", action="store_true",
                    help="sim: check every launch but run none (cupycnn.sim.dry_run), to test "
                         "the script in seconds; the figures mean nothing then")
@@ -63,15 +70,21 @@ def _precision_context(precision):
 
 
 class CupycnnVariant:
-    def __init__(self, args, batch, pool, graphed):
+    def __init__(self, args, batch, pool, graphed, fold_statistics=True):
         import cupycnn
         from cupycnn import models, optim
         from cupycnn.graph import GraphedStep
+        from cupycnn.layers import Conv2D
         from cupycnn.losses import SoftmaxCrossEntropy
-        self.name = "cupycnn graph" if graphed else "cupycnn eager"
+        self.name = ("cupycnn graph" if graphed else "cupycnn eager") + (
+            "" if fold_statistics else " unfolded")
         self.graphed = graphed
         cupycnn.manual_seed(0)
         self.model = models.resnet18(num_classes=10, stem="cifar")
+        if not fold_statistics:
+            for layer in self.model.layers():
+                if isinstance(layer, Conv2D):
+                    layer.feed_statistics_to(None)
         self.optimizer = optim.SGD(self.model.parameters(), lr=0.1, momentum=0.9,
                                    weight_decay=5e-4)
         self.loss = SoftmaxCrossEntropy()
@@ -180,18 +193,8 @@ class Clock:
 
     def time(self, fn, steps):
         if self.device != "cuda":
-            start = time.perf_counter()
-            for _ in range(steps):
-                fn()
-            return (time.perf_counter() - start) / steps
-        import cupy
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        start.record()
-        for _ in range(steps):
-            fn()
-        stop.record()
-        stop.synchronize()
-        return cupy.cuda.get_elapsed_time(start, stop) / 1e3 / steps
+            return timing.wall_seconds(fn, steps)      # the CPU devices do not queue
+        return timing.gpu_seconds(fn, steps)
 
 
 def synchronize(device):
@@ -234,6 +237,9 @@ def run_batch(args, batch):
              rng.integers(0, 10, batch).astype(np.int32)) for _ in range(4)]
     builders = [lambda: CupycnnVariant(args, batch, pool, graphed=False),
                 lambda: CupycnnVariant(args, batch, pool, graphed=True)]
+    if args.unfolded_statistics:
+        builders.append(lambda: CupycnnVariant(args, batch, pool, graphed=True,
+                                               fold_statistics=False))
     if not args.no_torch:
         try:
             import torch  # noqa: F401
@@ -296,8 +302,9 @@ def report(precision, batch, rows):
     """Print one batch's table; return its figures."""
     mib = 2.0 ** 20
     figures = {}
+    width = max(15, *(len(r["name"]) for r in rows))
     print(f"\nbatch {batch}")
-    print(f"{'variant':<15} {'ms/step':>9} {'images/s':>10} {'peak MiB':>9} "
+    print(f"{'variant':<{width}} {'ms/step':>9} {'images/s':>10} {'peak MiB':>9} "
           f"{'plan MiB':>9} {'vs pytorch eager':>17} {'vs pytorch graph':>17}")
     by_name = {r["name"]: r for r in rows}
     for r in rows:
@@ -308,7 +315,7 @@ def report(precision, batch, rows):
                           if b else "-")
         peak = "-" if r["peak_bytes"] is None else f"{r['peak_bytes'] / mib:.0f}"
         plan = "-" if r["plan_bytes"] is None else f"{r['plan_bytes'] / mib:.0f}"
-        print(f"{r['name']:<15} {r['ms_per_step']:>9.2f} {r['images_per_second']:>10.0f} "
+        print(f"{r['name']:<{width}} {r['ms_per_step']:>9.2f} {r['images_per_second']:>10.0f} "
               f"{peak:>9} {plan:>9} {ratios[0]:>17} {ratios[1]:>17}", flush=True)
         key = f"{precision}.b{batch}.{r['name'].replace(' ', '_')}"
         figures[f"{key}.images_per_second"] = round(r["images_per_second"], 1)

@@ -432,16 +432,10 @@ def load_checkpoint(path, model=None):
     model's before any tensor is read."""
     path = Path(path)
     where = str(path)
-    try:
-        info = safe_hdf5.check_regular_file(path, CheckpointError, "checkpoint")
+    try:       # before HDF5 reads a byte
+        header = safe_hdf5.read_header(path, MAGIC, VERSION, CheckpointError, "checkpoint")
     except FileNotFoundError:
         raise CheckpointError(f"no checkpoint at {path}") from None
-    try:
-        header = safe_hdf5.read_verified_header(path, info, MAGIC, VERSION, CheckpointError,
-                                                "checkpoint")  # before HDF5 reads a byte
-    except OSError as e:
-        raise CheckpointError(f"cannot read the checkpoint {path}: {e.strerror or e}") \
-            from None
     f = safe_hdf5.open_file(path, CheckpointError, "checkpoint")
     try:
         with f:

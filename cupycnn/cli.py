@@ -216,6 +216,16 @@ def build_parser(description, default_dataset="cifar10", prog=None):
     return p
 
 
+def training_options(*dests, **defaults):
+    """build_parser's options named by `dests`, as actions for another command's parser
+    (`group._add_action(action)`): the same flags, types and help, so an option two commands
+    share is written once. `defaults` (dest=value) gives some of them that command's default."""
+    actions = {a.dest: a for a in build_parser("", default_dataset=None)._actions}
+    for dest, value in defaults.items():
+        actions[dest].default = value
+    return [actions[dest] for dest in dests]
+
+
 def config_arguments(parser, path):
     """The command-line tokens a TOML config file stands for (placed before the flags, which so
     override it). Keys are option names (with - or _), values of the option's type; a key that

@@ -124,9 +124,8 @@ names another; image-folder options default to the checkpoint's (resize, crop)."
                      help="a checkpoint written by Trainer.save_checkpoint")
     run.add_argument("--batch-size", type=int, default=256, help="images per forward pass "
                      "(default: %(default)s)")
-    for action in training._actions:
-        if action.dest in ("device", "config", "seed"):
-            run._add_action(action)
+    for action in cli.training_options("config", "device", "seed"):
+        run._add_action(action)
     args = cli.parse_options(parser, argv)
     try:
         if args.device != "auto":

@@ -15,6 +15,7 @@ the driver a null *address* for the argument (`CPointer()`), which the launch th
 so `Kernel` passes an explicit `np.uintp(0)`.
 `load_module` gives the same for a learner's own kernel source.
 """
+import contextlib
 import functools
 import re
 from pathlib import Path
@@ -184,16 +185,35 @@ def define_options(defines):
     return tuple(f"-D{name}={value}" for name, value in defines)
 
 
+_builder = None    # (label, make) while kernel_builds() runs
+
+
+@contextlib.contextmanager
+def kernel_builds(label, make):
+    """Inside the block, get_kernel builds each (file, defines) it is asked for with
+    `make(file, defines)` (a Module) and caches it apart, under `label`: a benchmark comparing
+    builds of the same kernels (benchmarks/sim_speed.py) swaps them here, where every op
+    finds its kernels."""
+    global _builder
+    previous, _builder = _builder, (label, make)
+    try:
+        yield
+    finally:
+        _builder = previous
+
+
 def get_kernel(file, name, defines=()):
     """Kernel `name` from `kernels/<file>.cu`, compiled for the current device with the given
     ((NAME, value), ...) preprocessor defines (a tile configuration, a precision), cached per
-    (device, file, defines)."""
+    (device, file, defines) (and per label inside kernel_builds)."""
     dev = _device.device()
     defines = tuple((str(k), int(v) if isinstance(v, bool) else v) for k, v in defines)
-    module = _modules.get((dev, file, defines))
+    key = (dev, file, defines) if _builder is None else (_builder[0], dev, file, defines)
+    module = _modules.get(key)
     if module is None:
-        module = _modules[(dev, file, defines)] = Module(kernel_source(file), name=f"{file}.cu",
-                                                         options=define_options(defines))
+        module = _modules[key] = Module(kernel_source(file), name=f"{file}.cu",
+                                        options=define_options(defines)) \
+            if _builder is None else _builder[1](file, defines)
     return module.get_function(name)
 
 

@@ -18,7 +18,8 @@ attributes or nesting than a cupycnn file has. What it returns (name -> shape, d
 lets the caller check names, shapes and dtypes against what it expects before reading.
 
 `check_regular_file` refuses what is not a regular file (a FIFO would block the open forever,
-a device would read without end) before anything opens the path.
+a device would read without end) before anything opens the path; `read_header` does so
+and then reads a verified file's header (its digests checked): the readers' way in.
 """
 import os
 import stat
@@ -268,6 +269,18 @@ def write_verified(path, arrays, document, magic, version, digests, attrs=None, 
 
 
 # ------------------------------------------------------------- verified files (reading)
+
+def read_header(path, magic, version, error, what="file"):
+    """read_verified_header of the file at `path` once check_regular_file has passed it: the
+    readers' one way in. FileNotFoundError when nothing is there (the caller names what was
+    missing); an OSError while reading (EIO, the file removed meanwhile) raised as `error`, a
+    class or function of a message that is not itself an OSError."""
+    info = check_regular_file(path, error, what)
+    try:
+        return read_verified_header(path, info, magic, version, error, what)
+    except OSError as e:
+        raise error(f"cannot read the {what} {path}: {e.strerror or e}") from None
+
 
 def read_verified_header(path, info, magic, version, error, what="file"):
     """(document, {dataset: offset}, userblock) from the verified header of the regular file

@@ -67,29 +67,25 @@ def build_parser():
     m = p.add_argument_group("model and optimisation (the recipe above)")
     m.add_argument("--model", default="resnet50", choices=["resnet18", "resnet34", "resnet50"],
                    help="a torchvision-layout ResNet with the ImageNet stem")
-    m.add_argument("--epochs", type=int, default=90, help="passes over the training set")
-    m.add_argument("--batch-size", type=int, default=1024, metavar="N",
-                   help="the global batch: images per step over all ranks, split evenly")
     m.add_argument("--lr", type=float, help="the peak learning rate, reached after the warm-up "
                    "(default: 0.1 x batch / 256: 0.4 at 1024)")
-    m.add_argument("--momentum", type=float, default=0.9, help="SGD's momentum")
     m.add_argument("--weight-decay", type=float, default=1e-4,
                    help="L2 penalty on convolution and dense weights (not batchnorm, biases)")
-    m.add_argument("--label-smoothing", type=float, default=0.1,
-                   help="cross-entropy against (1 - e) one-hot + e / classes")
-    m.add_argument("--warmup-epochs", type=float, default=5.0,
-                   help="linear learning-rate warm-up before the cosine decay")
+    # The options the training command has too, with this recipe's defaults.
+    for action in cli.training_options("epochs", "batch_size", "momentum", "label_smoothing",
+                                       "warmup_epochs", "bucket_mb", "sync_bn", epochs=90,
+                                       batch_size=1024, momentum=0.9, label_smoothing=0.1,
+                                       warmup_epochs=5.0):
+        m._add_action(action)
     r = p.add_argument_group("run")
-    shared = {a.dest: a for a in cli.build_parser("", default_dataset=None)._actions}
-    for dest in ("bucket_mb", "sync_bn"):          # the training command's own options
-        m._add_action(shared[dest])
-    r._add_action(shared["device"])
+    r._add_action(cli.training_options("device")[0])
     r.add_argument("--seed", type=int, default=0,
                    help="initialisation, the shard order and shuffling, and the augmentation")
     r.add_argument("--log-dir", default="runs/imagenet-resnet50", metavar="DIR",
-                   help="where the checkpoints (last.h5; best.h5 with --val) and log.csv go")
-    r.add_argument("--resume", action="store_true", help="continue from <log-dir>/last.h5")
-    r._add_action(shared["no_progress"])
+                   help="where the checkpoints (last.h5 unless --checkpoint; best.h5 with --val) "
+                        "and log.csv go")
+    for action in cli.training_options("checkpoint", "resume", "no_progress"):
+        r._add_action(action)
     r.add_argument("--benchmark", action="store_true",
                    help="measure instead of training: images/s of the input pipeline, of the "
                         "training step, and of both together")
@@ -219,8 +215,9 @@ def run(args, ctx):
     ctx.check_consistency(model, optimizer, args.batch_size, epochs=args.epochs,
                           seed=args.seed, batches_per_epoch=len(train_loader))
     loss = SoftmaxCrossEntropy(label_smoothing=args.label_smoothing)
+    last = args.checkpoint or os.path.join(args.log_dir, "last.h5")
     trainer = Trainer(model, optimizer, loss, scheduler=schedule, scheduler_interval=interval,
-                      callbacks=[ModelCheckpoint(last=os.path.join(args.log_dir, "last.h5"),
+                      callbacks=[ModelCheckpoint(last=last,
                                                  best=os.path.join(args.log_dir, "best.h5")
                                                  if val_loader is not None else None,
                                                  monitor="val_accuracy"),
@@ -238,7 +235,7 @@ def run(args, ctx):
         if args.benchmark:
             return benchmark(args, ctx, trainer, train_loader, say)
         if args.resume:
-            trainer.resume(os.path.join(args.log_dir, "last.h5"))
+            trainer.resume(last)
             say(f"resumed after epoch {trainer.epoch}")
         trainer.fit(train_loader, args.epochs, val_loader=val_loader)
         if val_loader is not None:

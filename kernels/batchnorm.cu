@@ -25,7 +25,8 @@
 //                                    dx = weight * invstd * dy
 //                                  dweight = sum dy * xhat, dbias = sum dy (of this rank's batch)
 //       batchnorm_combine_partials the reductions (1) and (3) split over several blocks per
-//                                  channel: adds the blocks' partial sums in a fixed order.
+//                                  channel (or a convolution's epilogue's per-block sums):
+//                                  adds the blocks' partial sums in a fixed order.
 //
 // Fused epilogue: ResNet's bn -> relu and bn -> (+ shortcut) -> relu in one pass over memory
 // instead of two or three, in training and evaluation.
@@ -99,16 +100,26 @@ __device__ __forceinline__ void stats_body(const T* __restrict__ x, double* __re
   write_partial(partial, sum, sum_sq);
 }
 
-// Grid: ceil(2 * channels / BN_THREADS); one thread per output value, adding the splits in order.
+// Grid: (channels); block: BN_THREADS. Block c adds channel c's splits: thread t the splits
+// t, t + BN_THREADS, ... in order (consecutive threads read consecutive pairs: coalesced), then
+// block_sum_pair_double in its fixed order. Splits may be many (a convolution's epilogue leaves
+// one pair per block of pixels: cupycnn/ops/conv2d_stats.py), so they are not left to one thread.
 extern "C" __global__ void __launch_bounds__(BN_THREADS)
 batchnorm_combine_partials(const double* __restrict__ partial, double* __restrict__ sums,
                            int channels, int splits) {
-  const int v = blockIdx.x * blockDim.x + threadIdx.x;     // v = 2 * c + component
-  if (v >= 2 * channels) return;
-  const int c = v / 2, component = v % 2;
-  double total = 0.0;
-  for (int s = 0; s < splits; ++s) total += partial[((long long)c * splits + s) * 2 + component];
-  sums[v] = total;
+  __shared__ double scratch[2 * WARP_SIZE];
+  const int c = blockIdx.x;
+  double a = 0.0, b = 0.0;
+  for (int s = threadIdx.x; s < splits; s += blockDim.x) {
+    const long long slot = ((long long)c * splits + s) * 2;
+    a += partial[slot];
+    b += partial[slot + 1];
+  }
+  block_sum_pair_double(a, b, scratch);
+  if (threadIdx.x == 0) {
+    sums[2 * c] = a;
+    sums[2 * c + 1] = b;
+  }
 }
 
 // y = (x - mean) * (invstd * weight) + bias [+ residual] [then max(., 0)] over this block's

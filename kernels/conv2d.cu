@@ -1,27 +1,30 @@
-// conv2d.cu -- 2-D convolution as three implicit GEMMs: the forward pass with the bias fused in,
-// the gradient of the input and the gradient of the weight (plus the fixed-order sum of its
-// partials). The bias gradient is ops.reduce.channel_sum(dy).
+// conv2d.cu -- 2-D convolution as three implicit GEMMs: the forward pass (bias and epilogue
+// fused), the gradient of the input, the gradient of the weight (and the fixed-order sum of its
+// partial slices). The bias gradient is ops.reduce.channel_sum(dy).
 //
-// The sums these kernels compute, and H_out, W_out, are specified in cupycnn/reference/conv2d.py:
-// read it first. Here: x [N, C_in, H, W], weight [C_out, C_in, kh, kw], y [N, C_out, H_out, W_out],
-// NCHW float32; stride (sh, sw), padding (ph, pw).
+// The sums, and H_out, W_out, are specified in cupycnn/reference/conv2d.py: read it first.
+// Here: x [N, C_in, H, W], weight [C_out, C_in, kh, kw], y [N, C_out, H_out, W_out], NCHW
+// float32; stride (sh, sw), padding (ph, pw).
 //
-// Each sum is a matrix product with the im2col matrix as one operand: a row per tap (c, r, s), a
-// column per output pixel (n, i, j), the entry x[n, c, i sh - ph + r, j sw - pw + s] (0 in the
-// padding). M x P is the result (P: its columns; N stays the batch), K the reduced length:
+// Each sum is an M x P matrix product reduced over K (P, not N: N is the batch), with the
+// im2col matrix as one operand: a row per tap (c, r, s), a column per output pixel (n, i, j),
+// the entry x[n, c, i sh - ph + r, j sw - pw + s] (0 in the padding):
 //
 //   product          M       P                       K                         A          B
 //   forward          C_out   N H_out W_out           C_in kh kw                weight     im2col(x)
 //   input gradient   C_in    N H W / (sh sw)         C_out kh kw / (sh sw)     weight^T   im2col^T(dy)
 //   weight gradient  C_out   C_in kh kw              N H_out W_out             dy         im2col(x)^T
 //
-// (the input gradient's sizes are per stride phase, rounded: see conv2d_backward_input).
+// im2col^T(dy) has a row per (o, r, s) and a column per input pixel (n, h, v), the entry
+// dy[n, o, i, j] of the output pixel whose tap (r, s) lands on (h, v) (0 where none does); its
+// P and K above are per stride phase, rounded (conv2d_backward_input).
 //
 // How:
 // - Implicit GEMM: the im2col matrix is never written. Each block gathers its tile of it straight
 //   from x (or dy) into shared memory, the padding being a bounds test, then runs the register
-//   tile of kernels/gemm.cu: 256 threads per 64 x 64 tile of the result, the reduction in steps
-//   of 16, a 4 x 4 micro-tile per thread (8 shared reads per 16 multiply-adds).
+//   tile below: 256 threads per 64 x 64 tile of the result, the reduction in steps of 16, a
+//   4 x 4 micro-tile per thread (8 shared reads per 16 multiply-adds): thread (tx, ty) owns rows
+//   ty + 16 i and columns tx + 16 j, i, j < 4.
 // - Why not explicit im2col: it is kh kw times x (302 MB against 34 MB of x for ResNet-18's
 //   64->64 3x3 layer at batch 128), written and read back; a gathered tile is read once and reused
 //   64 times from shared memory. A direct sliding-window kernel reuses x only over one output's
@@ -29,11 +32,11 @@
 // - Index arithmetic: a thread loads the same tile column at every step, so it decodes that column
 //   once; its rows move by 16 per step, so their coordinates (Tap, PhaseTap, Pixel, in
 //   conv2d_coords.cuh) advance with carries instead of two integer divisions per element.
-// - Deterministic: no atomics, every output element is written once by the thread that owns it,
-//   and the weight gradient's split count depends on the shapes only.
+// - Deterministic: no atomics (each output element written once, by its owner), and the weight
+//   gradient's split count depends on the shapes only.
 // - Indices: GEMM sizes in int (the wrapper checks they fit), element offsets in long long.
-// - Plain FP32: the fp32 precision's kernels (tf32 and bf16 run conv2d_tc.cu). Their floors per
-//   ResNet-18 layer on an H200 (the roofline) and what they mean for this tile: docs/BENCHMARKS.md.
+// - FP32 only: tf32 and bf16 run conv2d_tc.cu. Each ResNet-18 layer's floor on an H200 (the
+//   roofline) and what it means for this tile: docs/BENCHMARKS.md.
 #include "common.cuh"
 #include "conv2d_coords.cuh"
 
@@ -51,8 +54,12 @@
 
 // ------------------------------------------------------------------------ the register tile
 
-// acc += As^T Bs over one CONV_TILE_K step: thread (tx, ty) owns rows ty + 16 i and columns
-// tx + 16 j of the block's tile (as in gemm.cu: shared reads are broadcasts or distinct banks).
+// The tiles are stored k-major, As[k][m] and Bs[k][p]: a step reads one row of each. The extra
+// column is for the stores that run down a column (16 threads with consecutive k: As in every
+// kernel, Bs in the weight gradient's): rows of 65 floats put them in 16 banks, rows of 64 in one.
+//
+// acc += As^T Bs over one CONV_TILE_K step. With the ownership of the header (rows ty + 16 i,
+// columns tx + 16 j), a warp's shared reads are broadcasts or distinct banks.
 __device__ __forceinline__ void accumulate_tile(const float (*As)[CONV_TILE_M + 1],
                                                 const float (*Bs)[CONV_TILE_P + 1],
                                                 float (&acc)[CONV_MICRO][CONV_MICRO], int tx,
@@ -80,12 +87,11 @@ __device__ __forceinline__ void zero_tile(float (&acc)[CONV_MICRO][CONV_MICRO]) 
 
 // ------------------------------------------------------------------------------------ forward
 
-// y = weight [C_out x C_in kh kw] @ im2col(x) [C_in kh kw x N H_out W_out] + bias (per row),
-// then the epilogue (common.cuh conv_epilogue: + residual, ReLU; both optional).
-// Grid: (ceil(N H_out W_out / 64), ceil(C_out / 64)); block: CONV_THREADS. bias may be NULL.
-// CONV_FORWARD_MIN_BLOCKS: without a minimum, ptxas (CUDA 13, sm_90) settles on 63 registers and
-// spills 8 bytes to local memory; asking for 4 resident blocks grants 64 registers, no spill,
-// and the same occupancy (4 blocks of 256 threads per SM either way).
+// y = the header's forward product + bias (per row), then the epilogue (common.cuh's
+// conv_epilogue: + residual, ReLU; both optional). bias may be NULL.
+// Grid: (ceil(N H_out W_out / 64), ceil(C_out / 64)); block: CONV_THREADS.
+// CONV_FORWARD_MIN_BLOCKS: asking for it, ptxas (CUDA 13, sm_90) grants 64 registers, not 63
+// and an 8-byte spill; 4 blocks of 256 threads fit an SM either way.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_FORWARD_MIN_BLOCKS)
 conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
                const float* __restrict__ bias, const float* __restrict__ residual, int relu,
@@ -101,6 +107,7 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
   const int tx = tid % CONV_THREADS_X, ty = tid / CONV_THREADS_X;
   const int m0 = blockIdx.y * CONV_TILE_M, p0 = blockIdx.x * CONV_TILE_P;
 
+  // Each step the 256 threads fill both tiles, CONV_LOADS = 4 elements each.
   // A (weight, row-major M x K): this thread loads column a_k of rows a_m + 16 i, reading
   // 16 consecutive floats of a row per 16 threads.
   const int a_k = tid % CONV_TILE_K, a_m = tid / CONV_TILE_K;
@@ -165,12 +172,11 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
 
 // ----------------------------------------------------------------------------- input gradient
 
-// dx = weight^T [C_in x C_out kh kw] @ im2col^T(dy), one stride phase per blockIdx.z.
+// dx = the header's input-gradient product, one stride phase per blockIdx.z.
 //
-// Input pixel (h, v) gets dy[n, o, i, j] w[o, c, r, s] for each tap (r, s) whose window puts it
-// on (h, v): i sh - ph + r = h and j sw - pw + s = v. Such an output row i exists only when
-// r = h + ph (mod sh). So the input rows fall into sh phases by (h + ph) mod sh, and phase phase_h
-// meets only the kernel rows r = phase_h + sh rr, rr = 0 .. taps_h - 1; columns likewise.
+// Input row h gets a term from kernel row r only through an output row i with i sh - ph + r = h,
+// so only when r = h + ph (mod sh). The input rows fall into sh phases by (h + ph) mod sh, and
+// phase phase_h meets only the kernel rows r = phase_h + sh rr, rr = 0, 1, ..; columns likewise.
 // Each of the sh sw phases is its own GEMM over its own taps, multiplying no zeros.
 //
 // Worked example, stride 2, 3x3 kernel, pad 1, rows only:
@@ -179,15 +185,17 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
 // With columns alike, the four phases reduce over 2x2, 2x1, 1x2 and 1x1 taps: each input pixel
 // over 9/4 taps on average instead of 9.
 //
-// The phase's rows, derived (columns likewise; phase_axis in conv2d_coords.cuh computes them):
+// A phase's rows, derived (columns likewise; phase_axis in conv2d_coords.cuh computes them),
+// each with phase 0 of the example:
 //   taps_h  = how many r < kh have r = phase_h (mod sh) = (kh - 1 - phase_h) / sh + 1 (0 when
-//             phase_h >= kh).
+//             phase_h >= kh); there (3 - 1 - 0) / 2 + 1 = 2.
 //   first_h = the smallest h >= 0 with h + ph = phase_h (mod sh), i.e. (phase_h - ph) mod sh,
-//             written ((a % sh) + sh) % sh because C's % of a negative a is negative.
-//   rows h = first_h + sh a for a = 0 .. phase_rows - 1, phase_rows = (H - 1 - first_h) / sh + 1.
-//   base_i  = (h + ph - phase_h) / sh, exact since h + ph = phase_h (mod sh). Tap rr
-//             (r = phase_h + sh rr) meets output row i = (h + ph - r) / sh = base_i - rr; an i
-//             outside [0, H_out) has no window there and adds nothing.
+//             written ((a % sh) + sh) % sh because C's % of a negative a is negative; there 1.
+//   rows h  = first_h + sh a for a = 0 .. phase_rows - 1, phase_rows = (H - 1 - first_h) / sh + 1.
+//   base_i  = (h + ph - phase_h) / sh, exact since h + ph = phase_h (mod sh). Tap rr (kernel
+//             row r = phase_h + sh rr) meets output row i = (h + ph - r) / sh = base_i - rr; an
+//             i outside [0, H_out) has no window there and adds nothing. There, h = 3 has
+//             base_i = 2: rr = 0 meets i = 2, rr = 1 meets i = 1.
 // Grid: (ceil(N ceil(H / sh) ceil(W / sw) / 64), ceil(C_in / 64), sh sw); block: CONV_THREADS.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 conv2d_backward_input(const float* __restrict__ dy, const float* __restrict__ weight,
@@ -237,6 +245,7 @@ conv2d_backward_input(const float* __restrict__ dy, const float* __restrict__ we
     const PhaseTap tap_step = split3<PhaseTap>(CONV_TILE_K, taps_h, taps_w);
     for (int k0 = 0; k0 < K; k0 += CONV_TILE_K) {
       const bool a_valid = k0 + a_k < K;
+      // weight[o, c, r, s] is weight[(o C_in + c) kh kw + r kw + s]: all but the c term, here.
       const long long a_offset = (long long)a_tap.o * in_channels * taps +
                                  (phase_h + a_tap.rr * stride_h) * kernel_w + phase_w +
                                  a_tap.ss * stride_w;
@@ -279,16 +288,15 @@ conv2d_backward_input(const float* __restrict__ dy, const float* __restrict__ we
 
 // ---------------------------------------------------------------------------- weight gradient
 
-// Partial dw over one chunk of the reduction: dw_partial[split] = dy [C_out x K] @ im2col(x)^T
-// [K x C_in kh kw] restricted to the output pixels k in [split split_len, (split + 1) split_len)
-// of the K = N H_out W_out.
+// dw_partial[split] = the header's weight-gradient product over one chunk of its K = N H_out W_out
+// output pixels: k in [split split_len, (split + 1) split_len).
 //
 // Why split: K is long (131072 for batch 128 at 32x32) while the result can be a single tile
 // (64 x 27 for the 3->64 stem), which alone would occupy one SM. So the reduction is cut into
 // chunks (blockIdx.z), each block writes its partial tile into its own slice of dw_partial
 // [splits, C_out, C_in kh kw], and conv2d_backward_weight_reduce adds the slices in split order.
-// split_len is a multiple of 16 (ops/conv2d.py: weight_grad_splits); with one split dw_partial
-// is dw itself.
+// split_len is a multiple of 16 (ops/conv2d.py's weight_grad_splits chooses it); with one split,
+// dw_partial is dw itself.
 // Grid: (ceil(C_in kh kw / 64), ceil(C_out / 64), splits); block: CONV_THREADS.
 extern "C" __global__ void __launch_bounds__(CONV_THREADS)
 conv2d_backward_weight(const float* __restrict__ dy, const float* __restrict__ x,

@@ -1,16 +1,25 @@
-// conv2d_coords.cuh -- what a convolution's GEMM row or column index stands for, decoded once
-// (split3) and advanced by the reduction step with carries (advance3), and the input gradient's
-// stride phases (phase_axis); shared by conv2d.cu and conv2d_tc.cu. Why: conv2d.cu's header,
-// "Index arithmetic", and the comment above its conv2d_backward_input.
+// conv2d_coords.cuh -- what a convolution's GEMM row or column index stands for, shared by
+// conv2d.cu and conv2d_tc.cu. Why decode once and advance with carries: conv2d.cu's header,
+// "Index arithmetic"; the stride phases: the comment above its conv2d_backward_input.
+//
+// What a kernel calls:
+//   split3<T>(index, size_b, size_c)   the coordinates {a, b, c} of index = (a size_b + b) size_c
+//                                      + c, b < size_b, c < size_c (a unbounded), as a T below
+//   advance3(t, step, size_b, size_c)  t += step, both split3'd with the same sizes: no division
+//   phase_axis(phase, size, kernel, stride, pad)
+//                                      one axis of a stride phase: the kernel rows
+//                                      r = phase + stride rr it meets (rr < taps) and the input
+//                                      rows first + stride a it holds (a < count)
 
 // A GEMM row or column index stands for three coordinates, one struct per meaning:
 struct Tap { int c, r, s; };         // im2col row: input channel c, kernel row r, kernel column s
 struct PhaseTap { int o, rr, ss; };  // input-gradient row: output channel o, the phase's rr-th
                                      // kernel row and ss-th kernel column
 struct Pixel { int n, i, j; };       // image n, row i, column j (of y, or of a phase's grid)
+struct PhaseAxis { int phase, taps, first, count; };
 
-// The coordinates {a, b, c} of `index` = (a * size_b + b) * size_c + c, with b < size_b and
-// c < size_c (a unbounded), as any of the structs above.
+// ------------------------------------------------------------------ the definitions
+
 template <class T>
 __device__ __forceinline__ T split3(int index, int size_b, int size_c) {
   T t;
@@ -22,8 +31,7 @@ __device__ __forceinline__ T split3(int index, int size_b, int size_c) {
   return t;
 }
 
-// t += step, both split by split3 with the same sizes: each coordinate of `step` is below its
-// size, so one carry per coordinate suffices.
+// Each coordinate of `step` is below its size, so one carry per coordinate suffices.
 template <class T>
 __device__ __forceinline__ void advance3(T& t, const T& step, int size_b, int size_c) {
   auto& [a, b, c] = t;
@@ -35,11 +43,7 @@ __device__ __forceinline__ void advance3(T& t, const T& step, int size_b, int si
   a += step_a;
 }
 
-// One axis (rows, or columns) of a stride phase of the input gradient, as derived above
-// conv2d_backward_input in conv2d.cu: the phase meets the kernel rows r = phase + stride rr for
-// rr < taps, and holds the input rows first + stride a for a < count.
-struct PhaseAxis { int phase, taps, first, count; };
-
+// The derivation above conv2d_backward_input in conv2d.cu, in code.
 __device__ __forceinline__ PhaseAxis phase_axis(int phase, int size, int kernel, int stride,
                                                 int pad) {
   PhaseAxis a;

@@ -19,6 +19,8 @@
 //   conv2d_tc_backward_input   dx = w^T @ im2col^T(dy), per stride phase (blockIdx.z)
 //   conv2d_tc_backward_weight  dw_partial[split] = dy @ im2col(x)^T over one chunk of pixels;
 //                              conv2d.cu's conv2d_backward_weight_reduce adds the chunks
+//   conv2d_tc_forward_stats    the forward (bias only) that also writes each block's per-channel
+//                              (sum y, sum y^2) for the batchnorm that reads y (at the end)
 //
 // Storage: each product is a template over the storage type T of the activations (x, y, the
 // residual, dy, dx): float, or bf16 in the _bf16 entry points (precision bf16 keeps activations
@@ -63,13 +65,14 @@ struct ForwardLoader {
   __device__ __forceinline__ void flush(TcStage& s) { b_copies.flush(s); }
 };
 
-template <class T>
+// STATS: also the batchnorm's statistics of y (see the _stats entry points).
+template <class T, bool STATS>
 __device__ __forceinline__ void conv2d_tc_forward_body(
     TcStage* stages, const T* __restrict__ x, const float* __restrict__ weight,
     const float* __restrict__ bias, const T* __restrict__ residual, int relu, T* __restrict__ y,
     int batch, int in_channels, int height, int width, int out_channels, int kernel_h,
     int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
-    int out_width) {
+    int out_width, double* __restrict__ stats_partial) {
   const int out_pixels = out_height * out_width;
   const int M = out_channels, P = batch * out_pixels, K = in_channels * kernel_h * kernel_w;
   const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;
@@ -90,14 +93,31 @@ __device__ __forceinline__ void conv2d_tc_forward_body(
   TcAcc acc;
   tc_mainloop(ld, stages, (K + TC_BK - 1) / TC_BK, acc);
   // Column p of the result is output pixel p: y[image, o, q].
-  auto store = [&](int r, int c, float v) {
+  auto store = [&](int r, int c, float& v) {
     const int o = m0 + r, q = p0 + c;
-    if (o >= M || q >= P) return;
+    if (o >= M || q >= P) return false;
     const int image = q / out_pixels;
     const long long index = ((long long)image * M + o) * out_pixels + (q - image * out_pixels);
-    y[index] = from_float<T>(conv_epilogue(v, bias, residual, relu, o, index));
+    const T stored = from_float<T>(conv_epilogue(v, bias, residual, relu, o, index));
+    y[index] = stored;
+    v = to_float(stored);
+    return true;
   };
-  tc_epilogue(acc, store);
+  if (STATS) {
+    // This block's (sum y, sum y^2) per output channel o, its slice blockIdx.x of the
+    // [C_out, gridDim.x, 2] workspace, which batchnorm_combine_partials adds in order.
+    auto rows = [&](int r, double sum, double sum_sq) {
+      const int o = m0 + r;
+      if (o >= M) return;
+      double* slot = stats_partial + ((long long)o * gridDim.x + blockIdx.x) * 2;
+      slot[0] = sum;
+      slot[1] = sum_sq;
+    };
+    tc_epilogue_row_sums(acc, store, rows, stages);
+  } else {
+    auto plain = [&](int r, int c, float v) { store(r, c, v); };
+    tc_epilogue(acc, plain);
+  }
 }
 
 // ----------------------------------------------------------------------------- input gradient
@@ -312,9 +332,9 @@ conv2d_tc_forward(const float* __restrict__ x, const float* __restrict__ weight,
     int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
     int out_height, int out_width) {
   __shared__ __align__(16) TcStage stages[TC_STAGES];   // in the entry: poisoned by sim
-  conv2d_tc_forward_body(stages, x, weight, bias, residual, relu, y, batch, in_channels, height,
-      width, out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height,
-      out_width);
+  conv2d_tc_forward_body<float, false>(stages, x, weight, bias, residual, relu, y, batch,
+      in_channels, height, width, out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+      pad_w, out_height, out_width, nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
@@ -345,9 +365,9 @@ conv2d_tc_forward_bf16(const bf16* __restrict__ x, const float* __restrict__ wei
     int kernel_h, int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w,
     int out_height, int out_width) {
   __shared__ __align__(16) TcStage stages[TC_STAGES];   // in the entry: poisoned by sim
-  conv2d_tc_forward_body(stages, x, weight, bias, residual, relu, y, batch, in_channels, height,
-      width, out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height,
-      out_width);
+  conv2d_tc_forward_body<bf16, false>(stages, x, weight, bias, residual, relu, y, batch,
+      in_channels, height, width, out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+      pad_w, out_height, out_width, nullptr);
 }
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS_BACKWARD)
@@ -369,4 +389,35 @@ conv2d_tc_backward_weight_bf16(const bf16* __restrict__ dy, const bf16* __restri
   conv2d_tc_backward_weight_body(stages, dy, x, dw_partial, batch, in_channels, height, width,
       out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w, out_height, out_width,
       split_len);
+}
+
+// The forward with the statistics of the batchnorm that reads y folded into its epilogue
+// (training, a Conv2D feeding a BatchNorm2D: cupycnn/ops/conv2d_stats.py): y as
+// conv2d_tc_forward has it (bias; no residual, no ReLU: the batchnorm comes first), and block
+// (bx, by) writes, for each of its output channels o, (sum y, sum y^2) over its pixels, in
+// double, to stats_partial[o, bx] ([C_out, gridDim.x, 2]: tc_tile.cuh tc_epilogue_row_sums);
+// batchnorm.cu's batchnorm_combine_partials adds the slices in order. The sums are of y as
+// stored (rounded to BF16 in the _bf16 one), as the batchnorm would read it.
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+conv2d_tc_forward_stats(const float* __restrict__ x, const float* __restrict__ weight,
+    const float* __restrict__ bias, float* __restrict__ y, double* __restrict__ stats_partial,
+    int batch, int in_channels, int height, int width, int out_channels, int kernel_h,
+    int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
+    int out_width) {
+  __shared__ __align__(16) TcStage stages[TC_STAGES];   // in the entry: poisoned by sim
+  conv2d_tc_forward_body<float, true>(stages, x, weight, bias, (const float*)nullptr, 0, y,
+      batch, in_channels, height, width, out_channels, kernel_h, kernel_w, stride_h, stride_w,
+      pad_h, pad_w, out_height, out_width, stats_partial);
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS)
+conv2d_tc_forward_stats_bf16(const bf16* __restrict__ x, const float* __restrict__ weight,
+    const float* __restrict__ bias, bf16* __restrict__ y, double* __restrict__ stats_partial,
+    int batch, int in_channels, int height, int width, int out_channels, int kernel_h,
+    int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
+    int out_width) {
+  __shared__ __align__(16) TcStage stages[TC_STAGES];   // in the entry: poisoned by sim
+  conv2d_tc_forward_body<bf16, true>(stages, x, weight, bias, (const bf16*)nullptr, 0, y,
+      batch, in_channels, height, width, out_channels, kernel_h, kernel_w, stride_h, stride_w,
+      pad_h, pad_w, out_height, out_width, stats_partial);
 }

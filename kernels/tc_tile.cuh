@@ -343,4 +343,56 @@ struct TcCopies<bf16, N> {
   }
 };
 
+// The epilogue with per-row sums of what it stores (a statistic folded into the product that
+// produces its input: the batchnorm's sum y and sum y^2 per output channel of the forward
+// convolution, conv2d_tc.cu). store(row, col, v) stores the result at (row, col) of the block's
+// tile, returns whether that is inside the matrix and sets v to the value stored (as float:
+// a BF16 store's rounded value). Each row's sums over the block's columns are added in double
+// in a fixed order: a thread's own columns (j, then its two adjacent ones), then the 4 lanes of
+// the quad and the TC_WARPS_N warps that share the row, through shared memory (the stages,
+// free after the main loop) in (warp, lane) order. Then rows(row, sum, sum_sq) is called once
+// for each of the TC_BM rows, by one thread. No atomics: the same bits whatever order the
+// blocks and warps run in.
+template <class Store, class Rows>
+__device__ __forceinline__ void tc_epilogue_row_sums(const TcAcc& acc, Store& store, Rows& rows,
+                                                     TcStage* stages) {
+  constexpr int PARTS = TC_WARPS_N * 4;               // partial sums per row
+  static_assert(PARTS * TC_BM * 2 * sizeof(double) <= TC_STAGES * sizeof(TcStage),
+                "tc_epilogue_row_sums: the partial sums must fit in the stages");
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int warp_m0 = (warp / TC_WARPS_N) * TC_WARP_M, warp_n0 = (warp % TC_WARPS_N) * TC_WARP_N;
+  const int part = (warp % TC_WARPS_N) * 4 + lane % 4;
+  double* partial = reinterpret_cast<double*>(stages);   // [PARTS][TC_BM][2]
+  __syncthreads();                                      // no warp reads the stages any more
+#pragma unroll
+  for (int i = 0; i < TC_MI; ++i)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int row = warp_m0 + i * 16 + lane / 4 + 8 * h;
+      double sum = 0.0, sum_sq = 0.0;
+#pragma unroll
+      for (int j = 0; j < TC_NI; ++j)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          float v = acc[i][j][2 * h + e];
+          if (store(row, warp_n0 + j * 8 + 2 * (lane % 4) + e, v)) {
+            const double d = v;
+            sum += d;
+            sum_sq += d * d;
+          }
+        }
+      partial[(part * TC_BM + row) * 2] = sum;
+      partial[(part * TC_BM + row) * 2 + 1] = sum_sq;
+    }
+  __syncthreads();
+  for (int row = threadIdx.x; row < TC_BM; row += TC_THREADS) {
+    double sum = 0.0, sum_sq = 0.0;
+    for (int p = 0; p < PARTS; ++p) {
+      sum += partial[(p * TC_BM + row) * 2];
+      sum_sq += partial[(p * TC_BM + row) * 2 + 1];
+    }
+    rows(row, sum, sum_sq);
+  }
+}
+
 #endif  // CUPYCNN_TC_TILE_CUH

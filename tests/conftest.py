@@ -4,7 +4,8 @@ the kernel-coverage table printed at the end of every run.
 Kernel tests take the `kernel_device` fixture: each runs under `sim` in the natural, reversed
 and random thread orders, and on `cuda` where a GPU is usable (marked `cuda`; `pytest -m cuda`
 runs only those). Outputs that ops allocate are filled with NaN first, so an element a kernel
-never writes fails the comparison.
+never writes fails the comparison; on sim, a kernel that writes outside its arrays is a
+SimMemoryError (the emulator's memory check).
 
 Random inputs are fresh for every test: the seed comes from CUPYCNN_TEST_SEED (a new one per
 run when unset, printed in the report header so a failure can be replayed) and the test's id.
@@ -53,10 +54,12 @@ def rng(request):
 
 @pytest.fixture(autouse=True)
 def _isolate_device_state(request):
-    """Every test starts and ends with the same device, thread order and poison setting."""
+    """Every test starts and ends with the same device, thread order, poison setting and memory
+    check."""
     previous = dev._current
     order = sim.get_thread_order()
     sim_threads = sim.module._config.threads
+    memory_check = sim.module._config.memory_check
     request.node._kernel_launches = set()
     runtime.record_launches(request.node._kernel_launches)
     yield
@@ -64,6 +67,7 @@ def _isolate_device_state(request):
     dev._current = previous
     sim.set_thread_order(*order)
     sim.set_threads(sim_threads)
+    sim.set_memory_check(memory_check)
     dev.set_poison(False)
 
 
@@ -98,11 +102,13 @@ def step_device(request):
 
 @pytest.fixture(params=_kernel_device_params())
 def kernel_device(request):
-    """Run the test on a kernel device: sim in one thread order, or cuda. Outputs poisoned."""
+    """Run the test on a kernel device: sim in one thread order, or cuda. Outputs poisoned; on
+    sim, every launch checked for writes outside its arrays (sim.set_memory_check)."""
     name, order = request.param
     cupycnn.use(name)
     if name == "sim":
         sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
+        sim.set_memory_check(True)
     dev.set_poison(True)
     return name
 
@@ -110,11 +116,12 @@ def kernel_device(request):
 @pytest.fixture(params=[pytest.param(("numpy", None), id="numpy")] + _kernel_device_params())
 def any_device(request):
     """numpy, then the kernel devices as the kernel_device fixture has them (sim in three thread
-    orders, cuda where usable), outputs poisoned."""
+    orders, cuda where usable, sim's launches checked), outputs poisoned."""
     name, order = request.param
     cupycnn.use(name)
     if name == "sim":
         sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
+        sim.set_memory_check(True)
     dev.set_poison(name != "numpy")
     return name
 

@@ -228,9 +228,67 @@ def test_convolution_reads_and_writes_bf16(any_device, rng, precision, shape, ke
             conv.conv2d_forward(xb, _storage.to_bf16(w), b, stride, padding)
 
 
+# Awkward shapes: M, N, K off every tile multiple, K odd (no 16-byte copies), one output
+# column, and more than one block along N.
+GEMM_SHAPES = [(37, 70, 45), (5, 1, 17), (66, 9, 32)]
+
+
+@pytest.mark.parametrize("precision", ["bf16", "tf32", "fp32"])
+@pytest.mark.parametrize("M, N, K", GEMM_SHAPES, ids=str)
+def test_dense_products_read_and_write_bf16(any_device, rng, precision, M, N, K):
+    """The dense layer's three products on BF16 activations: the tensor-core kernels' _bf16
+    entry points at bf16 and tf32 (the activation operands through registers, the weight by
+    cp.async), the tiled kernels on float32 copies at fp32. y = x W^T + b and dx = dy W are
+    the float32 products on the decoded values rounded once; dW = dy^T x is float32 and equal
+    to the float32 product's bit for bit; alpha, beta (reading a BF16 out) and a batch too."""
+    from cupycnn.ops.gemm import gemm
+    xb, xf = bf16_pair(randn(rng, M, K))
+    w = cupycnn.asarray(randn(rng, N, K) * 0.3)
+    b = cupycnn.asarray(randn(rng, N))
+    db, df = bf16_pair(randn(rng, M, N))
+    with cupycnn.set_precision(precision):
+        assert_bf16_of(gemm(xb, w, transpose_b=True, bias=b),
+                       gemm(xf, w, transpose_b=True, bias=b), "y = x W^T + b")
+        assert_bf16_of(gemm(db, w), gemm(df, w), "dx = dy W")
+        assert_same(gemm(db, xb, transpose_a=True), gemm(df, xf, transpose_a=True),
+                    "dW = dy^T x")
+        grad = cupycnn.asarray(randn(rng, N, K))           # accumulated into, as beta=1 does
+        want = cupycnn.asarray(cupycnn.asnumpy(grad))
+        gemm(db, xb, transpose_a=True, beta=1.0, out=grad)
+        gemm(df, xf, transpose_a=True, beta=1.0, out=want)
+        assert_same(grad, want, "dW += dy^T x")
+        ob, of = bf16_pair(randn(rng, M, N))
+        got = gemm(xb, w, transpose_b=True, alpha=0.5, beta=-1.5, out=ob, bias=b)
+        assert got is ob
+        assert_bf16_of(ob, gemm(xf, w, transpose_b=True, alpha=0.5, beta=-1.5, out=of, bias=b),
+                       "alpha x W^T + b + beta out (out BF16)")
+        batch_b, batch_f = bf16_pair(randn(rng, 3, M, N))
+        assert_bf16_of(gemm(batch_b, w), gemm(batch_f, w), "batched dy W")
+
+
+def test_dense_products_refuse_other_storage_mixes(any_device, rng):
+    from cupycnn.ops.gemm import gemm
+    xb, _ = bf16_pair(randn(rng, 4, 3))
+    w = cupycnn.asarray(randn(rng, 5, 3))
+    with cupycnn.set_precision("bf16"):
+        for call, got in [(lambda: gemm(xb, _storage.to_bf16(w), transpose_b=True),
+                           "a bf16, b bf16"),
+                          (lambda: gemm(w, xb, transpose_b=True), "a float32, b bf16"),
+                          (lambda: gemm(xb, w, transpose_a=True), "a bf16, b float32"),
+                          (lambda: gemm(xb, xb, transpose_a=True,
+                                        out=_storage.to_bf16(cupycnn.asarray(
+                                            np.zeros((3, 3), np.float32)))),
+                           "a bf16, b bf16, out bf16")]:
+            with pytest.raises(ValueError, match=f"gemm: on BF16 storage .* got {got} "):
+                call()
+        with pytest.raises(ValueError, match="gemm: bias must be float32"):
+            gemm(xb, w, transpose_b=True, bias=_storage.to_bf16(cupycnn.asarray(
+                randn(rng, 5))))
+
+
 def test_layers_keep_their_input_storage(rng):
-    """Conv2D and Dense give BF16 back for a BF16 input (Dense through float32 copies for its
-    GEMM kernels); their parameter gradients are float32."""
+    """Conv2D and Dense give BF16 back for a BF16 input; their parameter gradients are
+    float32."""
     from cupycnn.layers import Conv2D, Dense
     cupycnn.use("sim")
     for layer, shape in ((Conv2D(3, 4, 3, padding=1), (2, 3, 5, 5)), (Dense(6, 4), (3, 6))):
@@ -293,7 +351,7 @@ def test_bf16_storage_halves_the_step_memory(rng):
     """The memory plan of a training step on BF16 activations (precision bf16: the tensor-core
     convolutions read and write BF16) against float32 (precision fp32): the arena (every
     activation, gradient and workspace) is about half (what stays float32: statistics, the
-    weight-gradient partials, the dense layer's float32 copies)."""
+    weight-gradient partials)."""
     from cupycnn import optim, plan
     from cupycnn.losses import SoftmaxCrossEntropy
     cupycnn.use("sim")
@@ -330,11 +388,10 @@ class _LaunchList:
         self.launches.append(item[1])
 
 
-def test_a_bf16_step_converts_only_at_the_dense_layer(rng):
+def test_a_bf16_step_converts_no_activation(rng):
     """Precision bf16: a training step of the small ResNet-like network on BF16 activations runs
-    its convolutions on BF16 (conv2d_tc_*_bf16) with no float32 copy of any activation, except
-    the dense layer's (its GEMM kernels store float only): two casts forward (x in, y out), three
-    backward (dy, the saved x, dx out)."""
+    its convolutions and its dense layer on BF16 (conv2d_tc_*_bf16, gemm_tc_*_bf16): not one
+    float32 copy of an activation or a gradient (no cast_* launch), forward or backward."""
     from cupycnn import runtime
     from cupycnn.losses import SoftmaxCrossEntropy
     cupycnn.use("sim")
@@ -351,8 +408,9 @@ def test_a_bf16_step_converts_only_at_the_dense_layer(rng):
         finally:
             runtime.record_launches(None)
     casts = [k for k in log.launches if k.startswith("cast_")]
-    assert casts == ["cast_to_float32", "cast_to_bf16", "cast_to_float32", "cast_to_float32",
-                     "cast_to_bf16"], casts
+    assert casts == [], casts
+    gemms = [k for k in log.launches if k.startswith("gemm")]
+    assert gemms == ["gemm_tc_nt_bf16", "gemm_tc_tn_bf16", "gemm_tc_nn_bf16"], gemms
     convs = [k for k in log.launches if k.startswith("conv2d")]
     assert convs and all(k.endswith("_bf16") or k == "conv2d_backward_weight_reduce"
                          for k in convs), convs

@@ -277,3 +277,185 @@ class _ListLog:
 
     def add(self, item):
         self.log.append(item)
+
+
+# ------------------------------------------------ batchnorm statistics in the conv's epilogue
+# (ops/conv2d_stats.py). Shapes: pixels over several blocks of both tiles and channels over
+# more than one row of blocks (70 > 64), odd sizes, a stride; the large tile forced once.
+
+STAT_CASES = [((3, 5, 9, 7), 70, 3, 1, 1), ((2, 8, 12, 12), 6, 1, 2, 0), ((1, 3, 5, 5), 4, 3, 1, 0)]
+
+
+def _stat_inputs(rng, shape, out_channels, kernel, storage):
+    from cupycnn.ops import _storage
+    x = cupycnn.asarray(randn(rng, *shape) + 0.5)          # a mean to keep: sum y^2 >> (sum y)^2/n
+    if storage == "bf16":
+        x = _storage.to_bf16(x)
+    w = cupycnn.asarray(randn(rng, out_channels, shape[1], kernel, kernel) * 0.3)
+    b = cupycnn.asarray(randn(rng, out_channels))
+    return x, w, b
+
+
+def _close_sums(got, want, y, what):
+    """Sums of the same values added in another order: equal to the double rounding of the
+    additions (relative 1e-16 each), held to 1e-13 of the sum of |terms|."""
+    from cupycnn.ops._storage import decode
+    got, want = np.asarray(cupycnn.asnumpy(got)), np.asarray(cupycnn.asnumpy(want))
+    assert got.dtype == want.dtype == np.float64 and got.shape == want.shape, what
+    v = decode(np.asarray(cupycnn.asnumpy(y))).astype(np.float64)
+    v = np.moveaxis(v, 1, 0).reshape(v.shape[1], -1)
+    scale = np.stack([np.abs(v).sum(1), (v * v).sum(1)], 1)
+    assert np.all(np.abs(got - want) <= 1e-13 * scale + 1e-300), what
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+@pytest.mark.parametrize("storage", ["float32", "bf16"])
+@pytest.mark.parametrize("shape, out_channels, kernel, stride, padding", STAT_CASES, ids=str)
+def test_convolution_statistics_are_the_batchnorm_stats_of_its_output(
+        any_device, rng, precision, storage, shape, out_channels, kernel, stride, padding):
+    """conv2d_forward_statistics: y is conv2d_forward's, bit for bit, and the sums are
+    batchnorm_stats(y): the same bits where it is that composition (numpy, and the FP32 kernels
+    at fp32), the same sums in another order of additions on the tensor-core epilogue."""
+    from cupycnn.ops import conv2d as conv
+    from cupycnn.ops.conv2d_stats import conv2d_forward_statistics
+    x, w, b = _stat_inputs(rng, shape, out_channels, kernel, storage)
+    with cupycnn.set_precision(precision):
+        for bias in (None, b):
+            y, sums = conv2d_forward_statistics(x, w, bias, stride, padding)
+            y_plain = conv.conv2d_forward(x, w, bias, stride, padding)
+            _same(y, y_plain, "y")
+            want = bn.batchnorm_stats(y_plain)
+            if any_device == "numpy" or precision == "fp32":
+                _same(sums, want, "sums (the composition itself)")
+            else:
+                _close_sums(sums, want, y_plain, "sums")
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("storage", ["float32", "bf16"])
+def test_convolution_statistics_do_not_depend_on_the_block_order(rng, precision, storage):
+    """Per-block partial sums in a fixed order, combined in a fixed order: the same bits under
+    the emulator's natural, reversed and random block and thread orders, for both tiles."""
+    from cupycnn import sim
+    from cupycnn.ops import tiles
+    from cupycnn.ops.conv2d_stats import conv2d_forward_statistics
+    cupycnn.use("sim")
+    x, w, _ = _stat_inputs(rng, (3, 5, 9, 7), 70, 3, storage)
+    with cupycnn.set_precision(precision):
+        for tile in tiles.TILES:
+            runs = []
+            with tiles.use_tile(tile):
+                for order in ("natural", "reversed", "random"):
+                    sim.set_thread_order(order, seed=11)
+                    y, sums = conv2d_forward_statistics(x, w, None, 1, 1)
+                    runs.append((np.array(cupycnn.asnumpy(y)), np.array(cupycnn.asnumpy(sums))))
+            for order, (y, sums) in zip(("reversed", "random"), runs[1:]):
+                np.testing.assert_array_equal(y, runs[0][0], err_msg=f"{tile.name} y {order}")
+                np.testing.assert_array_equal(sums, runs[0][1],
+                                              err_msg=f"{tile.name} sums {order}")
+
+
+class _Launches:
+    def __init__(self):
+        self.names = []
+
+    def add(self, item):
+        self.names.append(item[1])
+
+
+def _launches(run):
+    from cupycnn import runtime
+    log = _Launches()
+    runtime.record_launches(log)
+    try:
+        result = run()
+    finally:
+        runtime.record_launches(None)
+    return result, log.names
+
+
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_a_conv_feeding_a_batchnorm_skips_its_reduction(rng, device, precision):
+    """Conv2D.feed_statistics_to(bn): the training forward of conv then bn is the unlinked
+    composition's (y, the running statistics, the backward: the same bits on numpy and at fp32,
+    where the sums are batchnorm_stats'; within one float rounding of the normalised values on
+    the tensor-core epilogue), and on the tensor-core path bn launches no batchnorm_stats: that
+    read of y is gone. Evaluation, and an input that is not the conv's output (a hook's copy),
+    takes the batchnorm's own reduction."""
+    from cupycnn.ops import _storage
+    cupycnn.use(device)
+    x = cupycnn.asarray(randn(rng, 4, 3, 9, 9) + 0.5)
+    if precision == "bf16":
+        x = _storage.to_bf16(x)
+    runs = {}
+    with cupycnn.set_precision(precision):
+        for linked in (True, False):
+            cupycnn.manual_seed(0)
+            conv, norm = Conv2D(3, 70, 3, padding=1, bias=False), BatchNorm2D(70, relu=True)
+            if linked:
+                conv.feed_statistics_to(norm)
+            model = Sequential(conv, norm)
+            y, names = _launches(lambda: model.forward(x, training=True))
+            dx = model.backward(_storage.as_activation(cupycnn.asarray(randn(
+                np.random.default_rng(1), *y.shape))))
+            runs[linked] = [np.asarray(_storage.decode(np.array(cupycnn.asnumpy(a))),
+                                       np.float32)
+                            for a in (y, dx, conv.grads["weight"], norm.grads["weight"],
+                                      norm.buffers["running_mean"], norm.buffers["running_var"])]
+            stats_kernels = [k for k in names if k.startswith("batchnorm_stats")]
+            if device == "sim":
+                tc = precision != "fp32"
+                assert bool(stats_kernels) != (linked and tc), (linked, names)
+                assert any(k.startswith("conv2d_tc_forward_stats") for k in names) == \
+                    (linked and tc), names
+    exact = device == "numpy" or precision == "fp32"
+    for what, a, b in zip(("y", "dx", "dW", "dgamma", "running_mean", "running_var"),
+                          runs[True], runs[False]):
+        if exact:
+            _same(a, b, what)
+        else:
+            tol = 1e-2 if precision == "bf16" and what in ("y", "dx") else 1e-5
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=what)
+    with cupycnn.set_precision(precision):
+        cupycnn.manual_seed(0)
+        conv, norm = Conv2D(3, 70, 3, padding=1, bias=False), BatchNorm2D(70)
+        conv.feed_statistics_to(norm)
+        model = Sequential(conv, norm)
+        _, names = _launches(lambda: model.forward(x, training=False))
+        assert not any(k.startswith("batchnorm_stats") for k in names)       # running stats
+        assert not any(k.startswith("conv2d_tc_forward_stats") for k in names)
+        y = conv(x, training=True)
+        assert norm._received is not None and norm._received[0] is y
+        other = cupycnn.asarray(np.array(cupycnn.asnumpy(y)))           # not the conv's array
+        _, names = _launches(lambda: norm.forward(other, training=True))
+        if device == "sim":
+            assert any(k.startswith("batchnorm_stats") for k in names), names
+        assert norm._received is None                                   # used (or dropped) once
+
+
+def test_feed_statistics_to_takes_a_matching_batchnorm():
+    cupycnn.use("numpy")
+    conv = Conv2D(3, 8, 3, bias=False)
+    for wrong in (BatchNorm2D(4), BatchNorm1D(8), Dense(2, 2)):
+        with pytest.raises(ValueError, match="feed_statistics_to takes a BatchNorm2D of 8 "
+                                             "features"):
+            conv.feed_statistics_to(wrong)
+    bn2 = BatchNorm2D(8)
+    assert conv.feed_statistics_to(bn2) is conv and conv.statistics_for is bn2
+    assert list(conv.named_children()) == [] and len(list(conv.parameters())) == 1
+
+
+def test_the_fused_resnet_feeds_every_batchnorm_from_its_convolution():
+    cupycnn.use("numpy")
+    fused = models.resnet18(num_classes=10, stem="cifar")
+    plain = models.resnet18(num_classes=10, stem="cifar", fused=False)
+    layers = dict(fused._named_layers())
+    convs = {name: layer for name, layer in layers.items() if isinstance(layer, Conv2D)}
+    assert len(convs) == 20                 # the stem, 16 in the blocks, 3 projections
+    for name, conv in convs.items():
+        bn_name = name.replace("conv", "bn") if "downsample" not in name else \
+            name.replace("downsample.0.", "downsample.1.")
+        assert conv.statistics_for is layers[bn_name], name
+    assert all(layer.statistics_for is None for _, layer in plain._named_layers()
+               if isinstance(layer, Conv2D))

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 import cupycnn
+from cupycnn import sim
 from cupycnn.checkpoint import CheckpointError
 
 FUZZ_CASES = 400
@@ -176,7 +177,8 @@ def _case_data(rng, tmp):
             ["batch_size", "shuffle", "drop_last", "seed", "rank", "world_size", "transform",
              "pad"], size=int(rng.integers(1, 3)), replace=False)}
         loader = data.Loader(ds, **({"batch_size": 2, "prefetch": False} | kwargs))
-        next(iter(loader))
+        for _ in loader:            # (a loader may make no batch: 6 items, batch 7, drop_last)
+            break
     else:
         class Items:
             def __len__(self):
@@ -330,6 +332,13 @@ def _trace(error):
 
 
 def _fuzz(rng, tmp_path, count, device):
+    # On sim, a kernel writing outside its arrays is a SimMemoryError (a problem, with its seed),
+    # not a heap corrupted silently until something else falls over.
+    with sim.memory_check(device == "sim"):
+        return _fuzz_calls(rng, tmp_path, count, device)
+
+
+def _fuzz_calls(rng, tmp_path, count, device):
     cupycnn.use(device)
     previous = signal.signal(signal.SIGALRM, _alarm)
     problems, outcomes = [], {}
@@ -380,23 +389,14 @@ def _report(problems, outcomes):
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_fuzz_public_entry_points(rng, tmp_path):
-    _report(*_fuzz(rng, tmp_path, FUZZ_CASES, "numpy"))
-
-
-# Open defect: with CUPYCNN_TEST_SEED=101 CUPYCNN_SIM_THREADS=1 the sim run corrupts the heap in 3
-# of 4 runs ("corrupted size vs. prev_size" or a segfault in h5py later; FUZZ_LOG=1 prints each case
-# before it runs: the abort follows case `layer 1807148980`, which alone is a clean ValueError, so an
-# earlier case writes out of bounds). Until it is found, the sim variant runs only when asked.
-_SIM_LONG = pytest.param("sim", marks=pytest.mark.skipif(
-    not os.environ.get("CUPYCNN_FUZZ_SIM_LONG"),
-    reason="open defect: a heap corruption under sim at some seeds (see the comment above); "
-           "CUPYCNN_FUZZ_SIM_LONG=1 runs it"))
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_fuzz_public_entry_points(rng, tmp_path, device):
+    _report(*_fuzz(rng, tmp_path, FUZZ_CASES, device))
 
 
 @pytest.mark.slow
 @pytest.mark.filterwarnings("ignore")
-@pytest.mark.parametrize("device", ["numpy", _SIM_LONG])
+@pytest.mark.parametrize("device", ["numpy", "sim"])
 def test_fuzz_public_entry_points_longer(rng, tmp_path, device):
     _report(*_fuzz(rng, tmp_path, 10 * FUZZ_CASES, device))
 
@@ -417,6 +417,7 @@ FOUND = [
     lambda: cupycnn.data.Loader(cupycnn.data.ArrayDataset(np.zeros((2, 2, 2, 3), np.uint8),
                                                           [0, 1]), batch_size=1,
                                 world_size=10 ** 12),
+    lambda: cupycnn.ops.gemm.gemm([[1.0]], np.ones((1, 1), np.float32)),
 ]
 
 
@@ -428,6 +429,45 @@ def test_found_cases_are_one_line(case):
     assert _from_the_library(info.value), traceback.format_exception(info.value)
     message = str(info.value)
     assert message and "\n" not in message and len(message) < 400, message
+
+
+def test_found_a_gemm_over_an_empty_batch_writes_nothing():
+    """Found by the sim variant of the longer fuzz (seed 101, case 3892, `op 3592078399`): a
+    batched gemm of a (0, 5, 2) by a transposed (5, 2) ran one product as if the batch were 1,
+    writing 25 floats through the pointer of a 0-element output: heap corruption on sim, an
+    out-of-bounds write on a GPU. `out` here is an empty view into a guarded buffer, so a write
+    shows without a sanitizer."""
+    from cupycnn.ops import gemm
+    cupycnn.use("sim")
+    guard = np.full(64, 7.0, np.float32)
+    out = guard[8:8].reshape(0, 5, 5)
+    a, b = np.ones((0, 5, 2), np.float32), np.ones((5, 2), np.float32)
+    result = gemm.gemm(a, b, transpose_b=True, out=out)
+    assert result.shape == (0, 5, 5)
+    assert (guard == 7.0).all(), f"{int((guard != 7.0).sum())} floats written outside out"
+    cupycnn.use("numpy")
+    assert gemm.gemm(a, b, transpose_b=True).shape == (0, 5, 5)
+
+
+def test_found_fit_on_a_loader_that_makes_no_batch_is_one_sentence():
+    """Found by the sim fuzz at seed 2 (`data 3789842888`): a Loader of 6 items, batch_size 7,
+    drop_last makes no batch; fit trained two epochs of nothing and logged loss nan."""
+    from cupycnn import data, layers, optim
+    from cupycnn.train import Trainer
+    cupycnn.use("numpy")
+    ds = data.ArrayDataset(np.zeros((6, 4, 4, 3), np.uint8), [0, 1, 0, 1, 0, 1])
+    model = layers.Sequential(layers.Flatten(), layers.Dense(48, 2))
+    before = [p.data.copy() for p in model.parameters()]
+    trainer = Trainer(model, optim.SGD(model.parameters(), lr=0.1), progress=False)
+    full = data.Loader(ds, batch_size=2)
+    for train, val in ((data.Loader(ds, batch_size=7, drop_last=True), None),
+                       (full, data.Loader(ds, batch_size=7, drop_last=True))):
+        with pytest.raises(ValueError, match=r"loader makes no batch \(6 items, batch_size=7, "
+                                             r"drop_last=True, world_size=1\)") as info:
+            trainer.fit(train, epochs=2, val_loader=val)
+        assert _from_the_library(info.value) and "\n" not in str(info.value)
+    assert trainer.epoch == 0 and all(np.array_equal(p.data, b) for p, b in
+                                      zip(model.parameters(), before))
 
 
 def test_a_csv_of_pixels_that_is_not_utf8_is_one_line(tmp_path):

@@ -28,7 +28,11 @@ def test_every_tensor_core_file_and_variant_is_checked():
     assert set(tiles.TC_FILES) == {"conv2d_tc", "gemm_tc"}
     assert machine_code.entry_points("conv2d_tc") == [
         "conv2d_tc_backward_input", "conv2d_tc_backward_input_bf16", "conv2d_tc_backward_weight",
-        "conv2d_tc_backward_weight_bf16", "conv2d_tc_forward", "conv2d_tc_forward_bf16"]
+        "conv2d_tc_backward_weight_bf16", "conv2d_tc_forward", "conv2d_tc_forward_bf16",
+        "conv2d_tc_forward_stats", "conv2d_tc_forward_stats_bf16"]
+    assert machine_code.entry_points("gemm_tc") == [
+        "gemm_tc_nn", "gemm_tc_nn_bf16", "gemm_tc_nt", "gemm_tc_nt_bf16", "gemm_tc_tn",
+        "gemm_tc_tn_bf16"]
     assert len(TC_CASES) == len(tiles.TC_FILES) * len(tiles.TILES) * 2 * len(machine_code.ARCHS)
 
 
@@ -42,10 +46,10 @@ def test_tensor_core_kernels_run_hmma_of_their_precision_without_spills(file, la
         where = f"{k.kernel} ({label}, {arch})"
         assert k.hmma_kinds == (want,), f"{where}: HMMA kinds {k.hmma_kinds}, want {want}"
         # cp.async (LDGSTS) for every float operand; a BF16 operand is loaded into registers
-        # (LDG) and stored to shared memory (tc_tile.cuh: TcCopies): the _bf16 weight gradient
-        # has two BF16 operands, so no cp.async at all.
+        # (LDG) and stored to shared memory (tc_tile.cuh: TcCopies): the _bf16 weight gradients
+        # (convolution and dense) have two BF16 operands, so no cp.async at all.
         assert k.count("LDSM") > 0, f"{where}: {k.opcodes}"
-        if k.kernel == "conv2d_tc_backward_weight_bf16":
+        if k.kernel in ("conv2d_tc_backward_weight_bf16", "gemm_tc_tn_bf16"):
             assert k.count("LDGSTS") == 0 and k.count("LDG") > 0, f"{where}: {k.opcodes}"
         else:
             assert k.count("LDGSTS") > 0, f"{where}: {k.opcodes}"
@@ -66,8 +70,9 @@ def test_tensor_core_kernels_run_hmma_of_their_precision_without_spills(file, la
 
 
 # The kernels with a float operand contiguous along k (16-byte cp.async where K % 4 == 0; the
-# _bf16 forward convolution too: its weights are float32).
-WIDE_COPIES = {"gemm_tc_nn", "gemm_tc_nt", "conv2d_tc_forward", "conv2d_tc_forward_bf16"}
+# _bf16 forward convolutions and A B^T too: their weights are float32).
+WIDE_COPIES = {"gemm_tc_nn", "gemm_tc_nt", "gemm_tc_nt_bf16", "conv2d_tc_forward",
+               "conv2d_tc_forward_bf16", "conv2d_tc_forward_stats", "conv2d_tc_forward_stats_bf16"}
 
 
 @pytest.mark.parametrize("file, label, defines, arch", TC_CASES)

@@ -14,6 +14,7 @@ from cupycnn import sim
 from cupycnn.ops import conv2d as ops
 from cupycnn.ops import tiles
 from cupycnn.ops._storage import to_bf16
+from cupycnn.ops.conv2d_stats import conv2d_forward_statistics
 from cupycnn.ops.gemm import gemm
 from cupycnn.reference import conv2d as reference
 from cupycnn.reference import gemm as reference_gemm
@@ -182,6 +183,10 @@ def test_tile_choice_follows_the_shape():
 
 # ------------------------------------------------------------------- shared memory and copies
 
+# The kernels whose two operands are BF16 activations (no cp.async at all).
+BOTH_OPERANDS_BF16 = {"conv2d_tc_backward_weight_bf16", "gemm_tc_tn_bf16"}
+
+
 def _tc_products(rng, K=32):
     """Every tensor-core kernel once, on shapes of several blocks and reduction steps."""
     x, w, dy = randn(rng, 2, 8, 9, 8), randn(rng, 24, 8, 3, 3), randn(rng, 2, 24, 9, 8)
@@ -195,6 +200,8 @@ def _tc_products(rng, K=32):
         "conv2d_tc_backward_weight_bf16": lambda: ops.conv2d_backward_weight(
             DYB, XB, w.shape, 1, 1, version="tensor_core"),
         "conv2d_tc_forward": lambda: ops.conv2d_forward(X, W, None, 1, 1, version="tensor_core"),
+        "conv2d_tc_forward_stats": lambda: conv2d_forward_statistics(X, W, None, 1, 1),
+        "conv2d_tc_forward_stats_bf16": lambda: conv2d_forward_statistics(XB, W, None, 1, 1),
         "conv2d_tc_backward_input": lambda: ops.conv2d_backward_input(
             DY, W, x.shape, 1, 1, version="tensor_core"),
         "conv2d_tc_backward_weight": lambda: ops.conv2d_backward_weight(
@@ -205,6 +212,13 @@ def _tc_products(rng, K=32):
                                    cupycnn.asarray(randn(rng, 66, K)), False, True),
         "gemm_tc_tn": lambda: gemm(cupycnn.asarray(randn(rng, K, 70)),
                                    cupycnn.asarray(randn(rng, K, 66)), True, False),
+        # the dense layer's products on BF16 activations (the weight, and dW, float32)
+        "gemm_tc_nn_bf16": lambda: gemm(to_bf16(cupycnn.asarray(randn(rng, 70, K))),
+                                        cupycnn.asarray(randn(rng, K, 66)), False, False),
+        "gemm_tc_nt_bf16": lambda: gemm(to_bf16(cupycnn.asarray(randn(rng, 70, K))),
+                                        cupycnn.asarray(randn(rng, 66, K)), False, True),
+        "gemm_tc_tn_bf16": lambda: gemm(to_bf16(cupycnn.asarray(randn(rng, K, 70))),
+                                        to_bf16(cupycnn.asarray(randn(rng, K, 66))), True, False),
     }
 
 
@@ -222,7 +236,7 @@ def test_tensor_core_shared_memory_is_free_of_bank_conflicts(rng, tile, precisio
                 run()
             for kind in ("ldmatrix", "cp_async"):
                 c = getattr(counts, kind)
-                if kind == "cp_async" and name == "conv2d_tc_backward_weight_bf16":
+                if kind == "cp_async" and name in BOTH_OPERANDS_BF16:
                     # both operands BF16: through registers, no cp.async (tc_tile.cuh TcCopies)
                     assert c.instructions == 0, f"{name} {kind}: {c}"
                     continue

@@ -315,3 +315,36 @@ def test_a_dry_run_traces_the_same_plan_as_a_real_step(rng):
         plans.append([(b.shape, b.dtype, b.start, b.end, b.offset, b.requester)
                       for b in p.buffers] + [p.arena_bytes])
     assert plans[0] == plans[1]
+
+
+class _Names:
+    def __init__(self):
+        self.names = set()
+
+    def add(self, item):
+        self.names.add(item[1])
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+def test_the_folded_statistics_replay_bitwise_and_allocate_nothing(rng, precision):
+    """At the tensor-core precisions the ResNet block's convolutions compute their batchnorms'
+    statistics in their epilogue (conv2d_tc_forward_stats: a planned workspace per convolution,
+    then batchnorm_combine_partials): the replayed launch list is still the eager step bit for
+    bit, and a replay allocates nothing."""
+    from cupycnn import runtime
+    cupycnn.use("sim")
+    log = _Names()
+    with cupycnn.set_precision(precision):
+        runtime.record_launches(log)
+        try:
+            phases, step, replayed = _replay_vs_eager(rng, "sgd", 4)
+        finally:
+            runtime.record_launches(None)
+        assert phases[-1] == "replayed"
+        assert "conv2d_tc_forward_stats" in log.names, sorted(log.names)
+        x, y = (cupycnn.asarray(a) for a in batches(rng, 1)[0])
+        before = devices.allocation_count
+        replayed.x[...], replayed.y[...] = x, y
+        replayed.host_half()
+        step()
+        assert devices.allocation_count == before, "the replay allocated a device array"

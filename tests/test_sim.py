@@ -267,6 +267,39 @@ def test_cache_key_holds_the_flags_and_the_cpu_features(tmp_path, monkeypatch):
     assert (y == 3).all()
 
 
+ROUNDINGS = r"""
+extern "C" __global__ void plain(const float* a, float* out) {
+  out[0] = a[0] * a[1] + a[2];                 // contracted into an FMA (the product's one use)
+}
+extern "C" __global__ void roundings(const float* a, float* out) {
+  const float x = a[0], y = a[1], z = a[2];
+  out[1] = __fadd_rn(__fmul_rn(x, y), z);      // never fused
+  out[2] = __fadd_rn(x * y, z);
+  out[3] = __fmul_rn(x, y) + z;
+  out[4] = __fmaf_rn(x, y, z);                 // one rounding
+}
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_multiply_adds_are_fused_but_not_the_rounded_intrinsics(threads):
+    """The default build contracts a * b + c into an FMA as nvcc does (--fmad=true);
+    __fmul_rn and __fadd_rn keep their own roundings (augment.cu's geometry is the same bits as
+    NumPy's through them). x = y = 1 + 2^-12, z = -(1 + 2^-11): x y + z is 2^-24 exactly, and 0
+    when the product is rounded first (to 1 + 2^-11, the tie to even)."""
+    module = sim.Module(ROUNDINGS, name="roundings_probe.cu", threads=threads)
+    x = 1 + 2.0 ** -12
+    out = np.full(5, np.nan, np.float32)
+    a = np.array([x, x, -(1 + 2.0 ** -11)], f32)
+    module.get_function("plain")((1,), (1,), (a, out))
+    module.get_function("roundings")((1,), (1,), (a, out))
+    assert out[1:4].tolist() == [0.0, 0.0, 0.0]
+    assert out[4] == 2.0 ** -24
+    assert "-ffp-contract=fast" in module.build_flags
+    if "-mfma" in sim.module._native_flags()[1].split():
+        assert out[0] == 2.0 ** -24                  # contraction is on: the above means something
+
+
 def test_blocks_run_on_every_core_by_default(monkeypatch):
     monkeypatch.delenv("CUPYCNN_SIM_THREADS", raising=False)
     sim.set_threads(None)

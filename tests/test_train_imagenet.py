@@ -83,6 +83,21 @@ def test_the_recipe():
     assert lrs[-1] < 1e-5 and all(a >= b for a, b in zip(lrs[200:], lrs[201:]))
 
 
+def test_the_options_shared_with_the_training_command():
+    """--epochs, --batch-size, --momentum, --label-smoothing, --warmup-epochs, --checkpoint and
+    --resume are the training command's (cli.training_options): its flags and help, this
+    recipe's defaults."""
+    from cupycnn import cli
+    args = _script().build_parser().parse_args([])
+    assert (args.epochs, args.batch_size, args.momentum, args.label_smoothing,
+            args.warmup_epochs, args.checkpoint, args.resume) == (90, 1024, 0.9, 0.1, 5.0, None,
+                                                                  False)
+    training = {a.dest: a.help for a in cli.build_parser("", default_dataset=None)._actions}
+    here = {a.dest: a.help for a in _script().build_parser()._actions}
+    assert all(here[dest] == training[dest] for dest in ("epochs", "batch_size", "momentum",
+                                                         "checkpoint", "resume"))
+
+
 def test_end_to_end_data_parallel_on_per_rank_shards(tiny_imagenet, tmp_path):
     shards = tmp_path / "shards"
     make_shards(tiny_imagenet / "train", shards, shard_size=3)        # 4 shards of 3

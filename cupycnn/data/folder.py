@@ -272,14 +272,9 @@ def read_hdf5(path):
     path = Path(path)
     where = str(path)
     try:
-        info = safe_hdf5.check_regular_file(path, _cache_error, "cache")
+        header = safe_hdf5.read_header(path, CACHE_MAGIC, CACHE_VERSION, _cache_error, "cache")
     except FileNotFoundError:
         raise FileNotFoundError(f"HDF5Dataset: no cache at {path.absolute()}") from None
-    try:
-        header = safe_hdf5.read_verified_header(path, info, CACHE_MAGIC, CACHE_VERSION,
-                                                _cache_error, "cache")
-    except OSError as e:
-        raise _cache_error(f"cannot read {path}: {e.strerror or e}") from None
     if header is None:
         raise _cache_error(f"{path} is not a cupycnn.data cache of format {HDF5_FORMAT} (an "
                            f"older cache, or another file); delete it, or rebuild it with "

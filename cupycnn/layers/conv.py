@@ -1,10 +1,19 @@
 """Conv2D, PyTorch's `nn.Conv2d` (zero padding, no dilation, no groups), over the ops of
 cupycnn/ops/conv2d.py; the maths is cupycnn/reference/conv2d.py, the kernels kernels/conv2d.cu.
-The bias gradient is ops.reduce.channel_sum(dy)."""
+The bias gradient is ops.reduce.channel_sum(dy).
+
+Folded batchnorm statistics: `conv.feed_statistics_to(bn)` (the ResNets do it for every
+convolution and the batchnorm after it) makes a training forward compute the batchnorm's
+per-channel (sum y, sum y^2) in the convolution's epilogue (ops/conv2d_stats.py) and hand them
+to `bn` with y; bn's training forward on that very array then skips its own pass over it
+(batchnorm_stats). Any other input to bn (a hook's replacement, another array) is reduced as
+before."""
 from .. import random as _random
 from ..ops import conv2d as conv_ops
+from ..ops import conv2d_stats
 from ..ops import reduce as reduce_ops
 from .base import Layer, uniform_init
+from .normalization import BatchNorm2D
 
 
 class Conv2D(Layer):
@@ -30,6 +39,18 @@ class Conv2D(Layer):
                                               fan_in, rng))
         if bias:
             self.add_param("bias", uniform_init((self.out_channels,), fan_in, rng))
+        self.feed_statistics_to(None)
+
+    def feed_statistics_to(self, batchnorm):
+        """Compute `batchnorm`'s statistics in this convolution's epilogue when both run a
+        training forward (the module's doc); None stops. Returns self."""
+        if batchnorm is not None and (not isinstance(batchnorm, BatchNorm2D) or
+                                      batchnorm.num_features != self.out_channels):
+            raise ValueError(f"{self!r}: feed_statistics_to takes a BatchNorm2D of "
+                             f"{self.out_channels} features (or None), got {batchnorm!r}")
+        # Not a sub-layer (Layer.__setattr__ would register it): a reference to another child.
+        object.__setattr__(self, "statistics_for", batchnorm)
+        return self
 
     def extra_repr(self):
         # As torch.nn.Conv2d prints itself: padding only when not 0, bias only when absent.
@@ -52,6 +73,13 @@ class Conv2D(Layer):
         cache = {} if training else None     # the numpy path keeps its im2col columns here
         self.save_for_backward(x=x, cache=cache)
         # x may be BF16 (ops._storage): the ops take it as it is, the weight stays float32.
+        bn = self.statistics_for
+        if bn is not None and self.is_training(training) and bn.is_training(training):
+            y, sums = conv2d_stats.conv2d_forward_statistics(
+                x, self.params["weight"], self.params.get("bias"), self.stride, self.padding,
+                cache=cache)
+            bn.receive_statistics(y, sums)
+            return y
         return conv_ops.conv2d_forward(x, self.params["weight"], self.params.get("bias"),
                                        self.stride, self.padding, cache=cache)
 

@@ -9,7 +9,6 @@ from .. import random as _random
 from ..ops import gemm as gemm_ops
 from ..ops import reduce as reduce_ops
 from ..ops._check import check_integer
-from ..ops._storage import is_bf16, to_bf16, to_float32
 from .base import Layer, uniform_init
 
 
@@ -34,19 +33,17 @@ class Dense(Layer):
     def forward(self, x, training=None):
         self.check_input(x, ("N", self.in_features))
         self.save_for_backward(x=x)
-        y = gemm_ops.gemm(to_float32(x), self.params["weight"], transpose_b=True,
-                          bias=self.params.get("bias"), bias_per="column")
-        return to_bf16(y) if is_bf16(x) else y
+        # x, y (and dy, dx) in the activations' storage, BF16 or float; W, b and their
+        # gradients float32 (ops/gemm.py: the products on BF16 storage).
+        return gemm_ops.gemm(x, self.params["weight"], transpose_b=True,
+                             bias=self.params.get("bias"), bias_per="column")
 
     def backward(self, dy):
-        # BF16 activations go through the GEMM kernels (float storage only) as float32 copies.
         x = self.saved()["x"]
         self.check_grad_output(dy, (x.shape[0], self.out_features))
-        bf16, x, dy = is_bf16(dy), to_float32(x), to_float32(dy)
         gemm_ops.gemm(dy, x, transpose_a=True, out=self.grads["weight"])
         if "bias" in self.params:
             reduce_ops.channel_sum(dy, out=self.grads["bias"])
         if not self.input_grad:              # nobody reads it (the model's input): skipped
             return None
-        dx = gemm_ops.gemm(dy, self.params["weight"])
-        return to_bf16(dx) if bf16 else dx
+        return gemm_ops.gemm(dy, self.params["weight"])

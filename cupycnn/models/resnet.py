@@ -21,8 +21,10 @@ class _Block(Layer):
 
     fused (the default): every batchnorm applies its ReLU in the same pass, and the last one
     also adds the shortcut, relu(bn(h) + shortcut) in one kernel (BatchNorm2D's fused epilogue),
-    forward and backward. fused=False composes the separate layers: Residual(main, shortcut)
-    then ReLU, with a ReLU layer after every batchnorm but the last. Both compute the same."""
+    forward and backward; and every convolution computes its batchnorm's training statistics in
+    its epilogue (Conv2D.feed_statistics_to). fused=False composes the separate layers:
+    Residual(main, shortcut) then ReLU, with a ReLU layer after every batchnorm but the last.
+    Both compute the same (the statistics' double sums in another order: docs/STEP.md)."""
 
     def __init__(self, in_planes, planes, stride, names, downsample, fused=True):
         super().__init__()
@@ -34,6 +36,9 @@ class _Block(Layer):
             for _, layer in items:
                 if isinstance(layer, BatchNorm2D):
                     layer.relu = True
+            _feed_statistics(items)
+            if downsample is not None:
+                _feed_statistics(downsample.named_children())
             self.body = Sequential(collections.OrderedDict(items[:-1]))
             self.last_bn = items[-1][1]
             self.downsample = downsample
@@ -84,6 +89,15 @@ def names_with_relus(names):
         if name.startswith("bn") and i != len(items) - 1:
             out.append((f"relu{name[2:]}", ReLU()))
     return out
+
+
+def _feed_statistics(named):
+    """Each Conv2D followed by a BatchNorm2D computes the batchnorm's training statistics in its
+    epilogue (Conv2D.feed_statistics_to: one read of every convolution's output fewer)."""
+    layers = [layer for _, layer in named]
+    for conv, bn in zip(layers, layers[1:]):
+        if isinstance(conv, Conv2D) and isinstance(bn, BatchNorm2D):
+            conv.feed_statistics_to(bn)
 
 
 def _downsample(in_planes, out_planes, stride):
@@ -139,6 +153,8 @@ class ResNet(Sequential):
         else:
             children["conv1"] = Conv2D(in_channels, width, 3, stride=1, padding=1, bias=False)
         children["bn1"] = BatchNorm2D(width, relu=fused)
+        if fused:
+            children["conv1"].feed_statistics_to(children["bn1"])
         if not fused:
             children["relu"] = ReLU()
         if stem == "imagenet":

@@ -5,6 +5,6 @@ function: `ops/gemm.py` launches `kernels/gemm.cu` and is specified by `referenc
 Bad input raises ValueError naming the op and the expected and received shape, before any launch.
 """
 from . import (  # noqa: F401
-    augment, batchnorm, conv2d, dropout, elementwise, gemm, groupnorm, metrics, optim, pool,
+    augment, batchnorm, conv2d, conv2d_stats, dropout, elementwise, gemm, groupnorm, metrics, optim, pool,
     reduce, softmax_xent
 )

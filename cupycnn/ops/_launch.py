@@ -4,12 +4,14 @@
   block), read from the source, so that a launch constant is written once, in its kernel.
 - SM_COUNT, TARGET_BLOCKS: the GPU the launch shapes are sized for, and how many blocks a
   reduction is split into to fill it.
+- `resolve_version`: which of an op's kernel versions (VERSIONS) runs at the precision.
 """
 import ast
 import functools
 import operator
 import re
 
+from ..precision import get_precision
 from ..runtime import kernel_source
 
 SM_COUNT = 132          # streaming multiprocessors of an H100 / H200 SXM
@@ -49,3 +51,23 @@ def kernel_constants(file):
         except (SyntaxError, KeyError, TypeError, ZeroDivisionError):
             pass
     return known
+
+
+# The kernel versions of the ops that have several (conv2d, gemm), in the order of the
+# progression: one thread per output, FP32 register tiles, tensor cores.
+VERSIONS = ("direct", "tiled", "tensor_core")
+
+
+def resolve_version(op, version):
+    """The kernel version to run at the current precision: `version`, checked against it, or
+    the precision's default (fp32: "tiled"; tf32, bf16: "tensor_core")."""
+    precision = get_precision()
+    if version is None:
+        return "tiled" if precision == "fp32" else "tensor_core"
+    if version not in VERSIONS:
+        raise ValueError(f"{op}: version must be one of {', '.join(VERSIONS)}, got {version!r}")
+    if (version == "tensor_core") != (precision != "fp32"):
+        raise ValueError(f"{op}: the {version} kernels compute in "
+                         f"{'tf32 or bf16' if version == 'tensor_core' else 'fp32'}, but the "
+                         f"precision is {precision} (cupycnn.set_precision)")
+    return version

@@ -26,7 +26,7 @@ BF16 = np.dtype(np.uint16)
 
 
 def is_bf16(a):
-    return a is not None and a.dtype == BF16
+    return getattr(a, "dtype", None) == BF16     # not an array: not BF16 (its check says why)
 
 
 def activation_dtypes():
@@ -84,11 +84,18 @@ def as_activation(x):
     return x
 
 
-def _cast(op, name, x, dtype):
+def _cast(op, name, x, dtype, out=None):
     check_arrays(op, dtypes=activation_dtypes(), x=(x, None))
+    if out is not None:
+        check_arrays(op, dtypes=(dtype,), out=(out, x.shape))
     if not _device.runs_kernels():
-        return encode(x) if dtype == BF16 else decode(x).astype(np.float32, copy=False)
-    out = _device.empty(x.shape, dtype)
+        result = encode(x) if dtype == BF16 else decode(x).astype(np.float32, copy=False)
+        if out is None:
+            return result
+        out[...] = result
+        return out
+    if out is None:
+        out = _device.empty(x.shape, dtype)
     n = x.size
     if n:
         check_int32(op, headroom=ELEMENTWISE_THREADS * ELEMENTWISE_MAX_BLOCKS, n=n)
@@ -97,11 +104,14 @@ def _cast(op, name, x, dtype):
     return out
 
 
-def to_bf16(x):
-    """x (float32) rounded to BF16 storage; a BF16 x is returned as it is."""
+def to_bf16(x, out=None):
+    """x (float32) rounded to BF16 storage (into `out`, a BF16 array of x's shape, when given);
+    a BF16 x without `out` is returned as it is."""
     if is_bf16(x):
-        return x
-    return _cast("to_bf16", "cast_to_bf16", x, BF16)
+        if out is None:
+            return x
+        raise ValueError("to_bf16: x is BF16 already; out= takes a float32 x")
+    return _cast("to_bf16", "cast_to_bf16", x, BF16, out)
 
 
 def to_float32(x):

@@ -111,9 +111,17 @@ def _reduce(op, kernel, inputs, outer, channels, inner, splits):
                                     inputs + (partial, np.int32(outer), np.int32(channels),
                                               np.int32(inner)))
     if splits > 1:
-        get_kernel("batchnorm", "batchnorm_combine_partials")(
-            (ceil_div(2 * channels, BN_THREADS),), (BN_THREADS,),
-            (partial, sums, np.int32(channels), np.int32(splits)))
+        combine_partials(partial, out=sums)
+    return sums
+
+
+def combine_partials(partial, out=None):
+    """[C, 2] float64: the [C, splits, 2] partial sums of a split reduction added per channel in
+    split order (a fixed order: the same bits on every run). Kernel devices only."""
+    channels, splits = int(partial.shape[0]), int(partial.shape[1])
+    sums = _device.empty((channels, 2), np.float64) if out is None else out
+    get_kernel("batchnorm", "batchnorm_combine_partials")(
+        (channels,), (BN_THREADS,), (partial, sums, np.int32(channels), np.int32(splits)))
     return sums
 
 

@@ -28,24 +28,6 @@ from numpy.lib.stride_tricks import sliding_window_view
 from .rounding import round_operand
 
 
-def pair(value, name="value"):
-    """(h, w) from an int or a pair of ints, as PyTorch's Conv2d reads kernel_size, stride and
-    padding."""
-    def whole(v):
-        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
-    if whole(value):
-        return int(value), int(value)
-    try:
-        h, w = value
-        if whole(h) and whole(w):
-            return int(h), int(w)
-    except (TypeError, ValueError):
-        pass
-    shown = " ".join(repr(value).split())
-    raise ValueError(f"{name} must be an int or a pair of ints (h, w), got "
-                     f"{shown if len(shown) <= 60 else shown[:57] + '...'}")
-
-
 def output_size(height, width, kernel_size, stride, padding):
     """(H_out, W_out) of a convolution of an H x W input."""
     (kh, kw), (sh, sw), (ph, pw) = pair(kernel_size), pair(stride), pair(padding)
@@ -66,7 +48,7 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0, precision="fp32", resid
     (the epilogue), when given."""
     x, weight = round_operand(x, precision), round_operand(weight, precision)
     win = _windows(x, weight.shape[2:], stride, padding)            # [N, C, Ho, Wo, kh, kw]
-    y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))       # [N, Ho, Wo, C_out]
+    y = np.tensordot(win, weight, axes=([1, 4, 5], [1, 2, 3]))  # over c, r, s: [N, Ho, Wo, C_out]
     if bias is not None:
         y = y + bias
     y = np.ascontiguousarray(y.transpose(0, 3, 1, 2), dtype=np.result_type(x, weight))
@@ -76,18 +58,19 @@ def conv2d_forward(x, weight, bias, stride=1, padding=0, precision="fp32", resid
 
 
 def conv2d_backward_input(dy, weight, input_shape, stride=1, padding=0, precision="fp32"):
-    """dx [N, C_in, H, W] = col2im(dy . weight): every output pixel's window gets back
-    sum_o dy[n, o, i, j] w[o, :, :, :]; overlapping windows add."""
+    """dx [N, C_in, H, W], the module docstring's col2im."""
     dy, weight = round_operand(dy, precision), round_operand(weight, precision)
     (sh, sw), (ph, pw) = pair(stride), pair(padding)
     n, c, h, w = input_shape
     kh, kw = weight.shape[2:]
     ho, wo = dy.shape[2:]
-    cols = np.tensordot(dy, weight, axes=([1], [0]))                 # [N, Ho, Wo, C, kh, kw]
+    cols = np.tensordot(dy, weight, axes=([1], [0]))         # over o: [N, Ho, Wo, C, kh, kw]
     cols = cols.transpose(0, 3, 4, 5, 1, 2)                           # [N, C, kh, kw, Ho, Wo]
     # Rows (columns) of the padded input past the last window get no gradient: they stay 0.
     dxp = np.zeros((n, c, h + 2 * ph, w + 2 * pw), dtype=np.result_type(dy, weight))
-    for r in range(kh):             # one strided add per tap: kh kw vectorised adds
+    # Tap (r, s) of output pixel (i, j) lands on padded row i sh + r, column j sw + s: for each
+    # tap, one strided add over every (i, j) at once (kh kw vectorised adds).
+    for r in range(kh):
         for s in range(kw):
             dxp[:, :, r:r + (ho - 1) * sh + 1:sh, s:s + (wo - 1) * sw + 1:sw] += cols[:, :, r, s]
     return np.ascontiguousarray(dxp[:, :, ph:ph + h, pw:pw + w])
@@ -97,5 +80,25 @@ def conv2d_backward_weight(dy, x, weight_shape, stride=1, padding=0, precision="
     """dw [C_out, C_in, kh, kw] = sum over images and output pixels of dy times the window."""
     dy, x = round_operand(dy, precision), round_operand(x, precision)
     win = _windows(x, tuple(weight_shape[2:]), stride, padding)       # [N, C, Ho, Wo, kh, kw]
-    dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))           # [C_out, C, kh, kw]
+    dw = np.tensordot(dy, win, axes=([0, 2, 3], [0, 2, 3]))  # over n, i, j: [C_out, C, kh, kw]
     return np.ascontiguousarray(dw, dtype=np.result_type(dy, x))
+
+
+# ------------------------------------------ arguments (the ops' and the layer's too), not maths
+
+def pair(value, name="value"):
+    """(h, w) from an int or a pair of ints, as PyTorch's Conv2d reads kernel_size, stride and
+    padding."""
+    def whole(v):
+        return isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_))
+    if whole(value):
+        return int(value), int(value)
+    try:
+        h, w = value
+        if whole(h) and whole(w):
+            return int(h), int(w)
+    except (TypeError, ValueError):
+        pass
+    shown = " ".join(repr(value).split())
+    raise ValueError(f"{name} must be an int or a pair of ints (h, w), got "
+                     f"{shown if len(shown) <= 60 else shown[:57] + '...'}")

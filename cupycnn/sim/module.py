@@ -12,7 +12,9 @@ Every launch checks its arguments against the kernel's parameter list, more stri
 GPU can: the count; arrays only for pointers, C-contiguous, of a dtype that matches the
 pointee (a float64 array for a `float*` is garbage on a GPU); scalars only of the parameter's
 exact type and size (a Python int would be passed by CuPy as 64 bits); a read-only array for a
-non-const pointer. `None` is a null pointer.
+non-const pointer. `None` is a null pointer. With the memory check on (`set_memory_check`), a
+kernel that writes next to an array it was given raises SimMemoryError instead of corrupting the
+host heap.
 
 Thread order (see `set_thread_order`) decides in which order the emulated threads of a block
 start and leave barriers, and in which order blocks run: "natural", "reversed" or "random"
@@ -24,7 +26,8 @@ benchmarks: the library is built with OpenMP and blocks are handed to the cores 
 up), or on one OS thread (`set_threads(1)`, CUPYCNN_SIM_THREADS=1: blocks in the chosen order,
 static shared memory poisoned too; what the kernel tests run). Each way is its own build.
 Builds are optimised (-O3 and, where g++ takes it, -march=native: the host's vector
-extensions); CUPYCNN_SIM_OPT replaces those flags (CUPYCNN_SIM_OPT="-O0 -g" for gdb). The flags
+extensions; -ffp-contract=fast: multiply-adds fused as nvcc fuses them, __fmul_rn and __fadd_rn
+never); CUPYCNN_SIM_OPT replaces those flags (without it contraction is off) (CUPYCNN_SIM_OPT="-O0 -g" for gdb). The flags
 are read when a module is built, CUPYCNN_SIM_THREADS when first needed and by set_threads(None).
 The cache key holds the source, the header, every flag, the compiler and, for -march=native, the
 CPU features it resolves to, so a cache shared between machines never hands one a library
@@ -34,6 +37,7 @@ import contextlib
 import ctypes
 import fcntl
 import hashlib
+import itertools
 import os
 import platform
 import re
@@ -62,6 +66,8 @@ class SimLaunchError(SimError):
     """A launch a GPU would refuse: over a block, grid or shared-memory limit."""
 
 
+class SimMemoryError(SimError):
+    """A kernel wrote outside the arrays it was given (see set_memory_check)."""
 
 
 class SimBuildError(RuntimeError):
@@ -79,6 +85,7 @@ class _Config:
         self.seed = int(os.environ.get("CUPYCNN_SIM_SEED", "0"))
         self.poison_shared = True
         self.bank_check = False
+        self.memory_check = os.environ.get("CUPYCNN_SIM_MEMCHECK", "") not in ("", "0")
         self.threads = None   # set_threads(n); None: CUPYCNN_SIM_THREADS, else every core
         self.version = 0      # bumped on every change; modules re-apply when it moves
         self.launches = 0     # random order: every launch gets its own seed
@@ -126,6 +133,31 @@ def set_shared_memory_poison(enabled):
     with _lock:
         _config.poison_shared = bool(enabled)
         _config.version += 1
+
+
+def set_memory_check(enabled):
+    """Check every launch for writes outside its array arguments, as compute-sanitizer's memcheck
+    does on a GPU (off by default; CUPYCNN_SIM_MEMCHECK=1 sets it; the kernel tests and the sim
+    fuzz run with it). The kernel runs on copies of its arrays, each (or each set of overlapping
+    ones: in-place arguments stay aliased) in its own buffer with a guard zone on either side,
+    as long as the array (at least 4 KiB, at most 1 MiB) and filled with a canary; a guard zone
+    that changed raises SimMemoryError naming the argument, then the copies are written back.
+    What it does not see: a write that lands further away, or that writes the canary's own
+    bytes; reads (a float read from a guard zone is a NaN: it shows up in a result)."""
+    with _lock:
+        _config.memory_check = bool(enabled)
+        _config.version += 1
+
+
+@contextlib.contextmanager
+def memory_check(enabled=True):
+    """`with memory_check(): ...` checks the launches of the block (see set_memory_check)."""
+    previous = _config.memory_check
+    set_memory_check(enabled)
+    try:
+        yield
+    finally:
+        set_memory_check(previous)
 
 
 @dataclass
@@ -266,11 +298,13 @@ def _native_flags():
 
 
 def optimization_flags():
-    """CUPYCNN_SIM_OPT's flags if set, else -O3 and -march=native (where g++ takes it)."""
+    """CUPYCNN_SIM_OPT's flags if set, else -O3, -march=native (where g++ takes it) and
+    -ffp-contract=fast: a * b + c fused into one FMA where the host has it, as nvcc does by
+    default (--fmad=true); __fmul_rn, __fadd_rn keep their single roundings (simt.h)."""
     env = os.environ.get("CUPYCNN_SIM_OPT", "").strip()
     if env:
         return tuple(env.split())
-    return ("-O3",) + _native_flags()[0]
+    return ("-O3",) + _native_flags()[0] + ("-ffp-contract=fast",)
 
 
 def _use_ucontext():
@@ -421,6 +455,11 @@ class Module:
     def library_path(self):
         return self._current().library_path
 
+    def builds(self):
+        """The libraries built from this module so far (one per thread mode), as _Build objects
+        (flags, library_path, openmp, launches)."""
+        return list(self._builds.values())
+
     def get_function(self, name):
         """The kernel `name` (an `extern "C" __global__` function or a name expression)."""
         kernel = self._kernels.get(name)
@@ -436,9 +475,9 @@ class _Build:
     """One library built from a Module's source: for one OS thread or for OpenMP."""
 
     def __init__(self, module, openmp, opt):
-        # -ffp-contract=off: a * b + c stays two roundings, as __fmul_rn / __fadd_rn promise
-        # (with FMA among the host's extensions g++ would otherwise fuse them).
-        flags = ["-std=c++17", *opt, "-ffp-contract=off", "-fPIC", "-shared",
+        # -ffp-contract=off unless opt says otherwise (the default does: see
+        # optimization_flags); __fmul_rn / __fadd_rn keep their own roundings either way.
+        flags = ["-std=c++17", "-ffp-contract=off", *opt, "-fPIC", "-shared",
                  "-fvisibility=hidden", "-fno-strict-aliasing", "-Wno-unknown-pragmas", "-I",
                  str(INCLUDE_DIR), *module._options]
         if openmp:        # TLS descriptors: faster thread_local from a dlopen'ed .so
@@ -460,6 +499,7 @@ class _Build:
         _builds.add(self)
         self._applied = None
         self._launchers = {}
+        self.launches = 0         # launches run (a benchmark checks which build it timed)
 
     def launcher(self, c_name):
         launch = self._launchers.get(c_name)
@@ -629,20 +669,24 @@ class Kernel:
         if len(args) != len(self.params):
             raise TypeError(f"{self.name}: takes {len(self.params)} arguments, got {len(args)}")
         boxes = [self._marshal(i, a, p) for i, (a, p) in enumerate(zip(args, self.params))]
-        return Launch(self, grid, block, int(shared_mem), boxes)
+        extents = tuple((i, a.ctypes.data, a.nbytes) for i, (a, p) in
+                        enumerate(zip(args, self.params)) if p.is_pointer and a is not None)
+        return Launch(self, grid, block, int(shared_mem), boxes, extents)
 
 
 class Launch:
     """One prepared launch: the kernel, its configuration and its marshalled arguments (the
     pointers of the arrays it was given, which must stay alive). Calling it runs the kernel;
-    nothing is allocated or checked again."""
+    nothing is allocated or checked again, unless the memory check is on (set_memory_check):
+    then each run copies the arrays into guarded buffers and back."""
 
     __slots__ = ("kernel", "grid", "block", "shared_mem", "_boxes", "_argv", "_grid", "_block",
-                 "_build", "_function")
+                 "_build", "_function", "_extents")
 
-    def __init__(self, kernel, grid, block, shared_mem, boxes):
+    def __init__(self, kernel, grid, block, shared_mem, boxes, extents=()):
         self.kernel, self.grid, self.block, self.shared_mem = kernel, grid, block, shared_mem
         self._boxes = boxes
+        self._extents = extents      # (argument, address, bytes) of each array: memory_check
         self._argv = (ctypes.c_void_p * max(1, len(boxes)))(*[b.ctypes.data for b in boxes])
         self._grid, self._block = (ctypes.c_uint * 3)(*grid), (ctypes.c_uint * 3)(*block)
         self._build = self._function = None
@@ -655,13 +699,105 @@ class Launch:
         if build is not self._build:
             self._build, self._function = build, build.launcher(kernel._c_name)
         build.apply_config()
-        if self._function(self._grid, self._block, self.shared_mem, self._argv):
+        build.launches += 1
+        if _config.memory_check and self._extents:
+            guarded = _Guarded(self._extents, self._boxes)
+            try:
+                failed = self._function(self._grid, self._block, self.shared_mem, guarded.argv)
+                wrote = guarded.writes_outside()
+            finally:
+                guarded.write_back()
+            if wrote:
+                raise SimMemoryError(f"{kernel.name} (grid {self.grid}, block {self.block}) "
+                                     f"wrote outside its arguments: {wrote}")
+        else:
+            failed = self._function(self._grid, self._block, self.shared_mem, self._argv)
+        if failed:
             message = build.lib.simt_last_error().decode(errors="replace")
             raise SimError(f"{kernel.name} (grid {self.grid}, block {self.block}): "
                            f"{message or 'failed'}")
 
     def __repr__(self):
         return f"Launch({self.kernel.name}, grid={self.grid}, block={self.block})"
+
+
+_GUARD_MIN, _GUARD_MAX, _ALIGN = 4096, 1 << 20, 256
+
+
+def _canary_words():
+    # float32 quiet NaNs of random payloads and signs: a float read from a guard zone is a NaN,
+    # and what a kernel writes there (a NaN it computed, bytes it copied from another zone) is
+    # not what that place held, because every zone starts at another place in the pattern.
+    rng = np.random.default_rng(0x5EED)
+    n = _GUARD_MAX // 4 + 4096
+    words = rng.integers(0, 1 << 22, n, dtype=np.uint32) | np.uint32(0x7FC00000) \
+        | (rng.integers(0, 2, n, dtype=np.uint32) << np.uint32(31))
+    return words.view(np.uint8)
+
+
+_canary = None                 # made at the first checked launch
+_zones = itertools.count()     # each guard zone its own start in the pattern
+
+
+def _naming(members):
+    return " and ".join(f"argument {i} (an array of {n} bytes)" for i, _, n in members)
+
+
+class _Guarded:
+    """The arrays of one launch copied into guarded buffers (see set_memory_check): `argv` points
+    the kernel at the copies; writes_outside() says which guard zones changed; write_back()
+    copies the arrays back."""
+
+    def __init__(self, extents, boxes):
+        global _canary
+        if _canary is None:
+            _canary = _canary_words()
+        groups = []              # [start, end, [(argument, address, bytes)]]: overlapping ones
+        for i, address, size in sorted(extents, key=lambda e: (e[1], -e[2])):
+            if groups and (address < groups[-1][1] or address == groups[-1][0]):
+                groups[-1][1] = max(groups[-1][1], address + size)
+                groups[-1][2].append((i, address, size))
+            else:
+                groups.append([address, address + size, [(i, address, size)]])
+        self._groups, pointers = [], {}
+        for start, end, members in groups:
+            size = end - start
+            guard = min(max(size, _GUARD_MIN), _GUARD_MAX)
+            buffer = np.empty(2 * guard + size + _ALIGN, np.uint8)
+            base = buffer.ctypes.data
+            offset = guard + (start - base - guard) % _ALIGN    # the original's alignment
+            zones = []
+            for zone in (buffer[:offset], buffer[offset + size:]):
+                first = 4 * (next(_zones) % 1021) + zone.ctypes.data % 4     # word-aligned NaNs
+                expected = _canary[first:first + zone.size]
+                zone[:] = expected
+                zones.append((zone, expected))
+            ctypes.memmove(base + offset, start, size)
+            self._groups.append((start, size, offset, buffer, zones, members))
+            for i, address, _ in members:
+                pointers[i] = base + offset + (address - start)
+        self._boxes = [np.array([pointers[i]], dtype=np.uintp) if i in pointers else box
+                       for i, box in enumerate(boxes)]
+        self.argv = (ctypes.c_void_p * max(1, len(boxes)))(*[b.ctypes.data for b in self._boxes])
+
+    def writes_outside(self):
+        """'' when every guard zone is intact, else where the writes were, per argument."""
+        found = []
+        for _, _, offset, _, ((before, was_before), (after, was_after)), members in self._groups:
+            hit = np.flatnonzero(before != was_before)
+            if hit.size:
+                found.append(f"{hit.size} bytes changed 1 to {offset - hit[0]} bytes before "
+                             + _naming(m for m in members if m[1] == members[0][1]))
+            hit = np.flatnonzero(after != was_after)
+            if hit.size:
+                end = max(a + n for _, a, n in members)
+                found.append(f"{hit.size} bytes changed {hit[0] + 1} to {hit[-1] + 1} bytes past "
+                             f"the end of " + _naming(m for m in members if m[1] + m[2] == end))
+        return "; ".join(found)
+
+    def write_back(self):
+        for start, size, offset, buffer, _, _ in self._groups:
+            ctypes.memmove(start, buffer.ctypes.data + offset, size)
 
 
 class Fill:

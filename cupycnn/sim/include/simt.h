@@ -89,6 +89,9 @@ extern "C" char __stop_simt_shared[] __attribute__((weak, visibility("hidden")))
 #ifndef SIMT_STACK_BYTES
 #  define SIMT_STACK_BYTES (64 * 1024)
 #endif
+#ifndef SIMT_PREFETCH_BYTES     // of a parked thread's stack, fetched one thread ahead
+#  define SIMT_PREFETCH_BYTES 768
+#endif
 #ifndef SIMT_MAX_DYN_SMEM
 #  define SIMT_MAX_DYN_SMEM (64 * 1024)
 #endif
@@ -395,6 +398,12 @@ inline Fiber* pick_next() {
   Block& b = *g_blk;
   if (b.rcount) {
     int t = b.rq[b.rhead]; if (++b.rhead == b.n) b.rhead = 0; b.rcount--;
+#if !defined(SIMT_UCONTEXT) && SIMT_PREFETCH_BYTES > 0
+    if (b.rcount) {   // the next thread's stack top (saved registers, its frame) into cache
+      const char* sp = (const char*)b.fib[b.rq[b.rhead]]->sp;
+      for (int i = 0; i < SIMT_PREFETCH_BYTES; i += 64) __builtin_prefetch(sp + i);
+    }
+#endif
     return b.fib[t];
   }
   if (b.next_start < b.n) { Fiber* f = pool_get(b); init_fiber(f); return f; }
@@ -496,6 +505,9 @@ __attribute__((noinline)) inline int launch(dim3 grid, dim3 block, size_t shmem,
   int err = 0;
 #ifdef _OPENMP
   int nt = g_cfg.nthreads > 0 ? g_cfg.nthreads : omp_get_max_threads();
+  // No more threads than blocks: one with nothing to run would still have to be scheduled
+  // before the launch can end (a one-block launch on a busy machine waited 18-38 ms for it).
+  if (nt > nblk) nt = (int)nblk;
 #pragma omp parallel num_threads(nt) reduction(| : err)
 #endif
   {
@@ -702,9 +714,20 @@ inline float __frcp_rn(float a) { return 1.0f / a; }
 inline float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 inline float __saturatef(float x) { return fminf(fmaxf(x, 0.f), 1.f); }
+// The builds contract a * b + c into an FMA (-ffp-contract=fast, as nvcc's default
+// --fmad=true); __fmul_rn and __fadd_rn promise a rounding of their own, never fused: their
+// product leaves and their addends enter through an empty asm that holds the value in a
+// register, which g++ cannot see through, so it has nothing to fuse.
+#if defined(__x86_64__)
+#  define SIMT_OPAQUE(v) asm("" : "+x"(v))
+#elif defined(__aarch64__)
+#  define SIMT_OPAQUE(v) asm("" : "+w"(v))
+#else
+#  define SIMT_OPAQUE(v) asm("" : "+m"(v))
+#endif
 inline float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
-inline float __fadd_rn(float a, float b) { return a + b; }
-inline float __fmul_rn(float a, float b) { return a * b; }
+inline float __fadd_rn(float a, float b) { SIMT_OPAQUE(a); SIMT_OPAQUE(b); return a + b; }
+inline float __fmul_rn(float a, float b) { float p = a * b; SIMT_OPAQUE(p); return p; }
 inline float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
 inline int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
 inline float __uint_as_float(unsigned i) { float f; memcpy(&f, &i, 4); return f; }
