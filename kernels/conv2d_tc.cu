@@ -246,8 +246,8 @@ struct WeightGradLoader {
   int tap_rs[TcKMajor<TC_BN>::LOADS];
   unsigned tap_valid;
   // A's rows o = m0 + TcKMajor::row(i), as in InputGradLoader: o * out_pixels of the first,
-  // the step, how many are below M (32-bit offsets within an image, as tap_offset's: ops/
-  // conv2d.py checks that C_out H_out W_out and C_in H W fit).
+  // the step, how many are below M (32-bit offsets within an image, as tap_offset's:
+  // ops/_conv2d_checks.py checks that C_out H_out W_out and C_in H W fit).
   unsigned a_row0, a_row_step;
   int a_rows;
   TcCopies<T, TcKMajor<TC_BM>::LOADS> a_copies;

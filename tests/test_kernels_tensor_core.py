@@ -161,12 +161,12 @@ def test_one_image_must_fit_the_kernels_int():
     # C_out H_out W_out are checked from the shapes alone, before anything is allocated.
     big = 2 ** 16          # 2^16 channels of 256 x 256: 2^32 elements in one image
     with pytest.raises(ValueError, match=r"C_in \* H \* W = 4294967296 exceeds the kernels' int"):
-        ops._geometry("conv2d_forward", (1, big, 256, 256), (1, big, 1, 1), 1, 0)
+        ops.check_geometry("conv2d_forward", (1, big, 256, 256), (1, big, 1, 1), 1, 0)
     with pytest.raises(ValueError, match=r"C_out \* H_out \* W_out = 4294967296 exceeds"):
-        ops._geometry("conv2d_forward", (1, 1, 256, 256), (big, 1, 1, 1), 1, 0)
+        ops.check_geometry("conv2d_forward", (1, 1, 256, 256), (big, 1, 1, 1), 1, 0)
     with pytest.raises(ValueError, match=r"C_out \* H_out \* W_out = 2147483648 exceeds"):
-        ops._geometry("conv2d_forward", (1, 1, 256, 256), (big // 2, 1, 1, 1), 1, 0)   # 2^31
-    assert ops._geometry("conv2d_forward", (1, 1, 256, 256), (big // 4, 1, 1, 1), 1, 0)[4] \
+        ops.check_geometry("conv2d_forward", (1, 1, 256, 256), (big // 2, 1, 1, 1), 1, 0)   # 2^31
+    assert ops.check_geometry("conv2d_forward", (1, 1, 256, 256), (big // 4, 1, 1, 1), 1, 0)[4] \
         == big // 4                                                               # 2^30 fits
 
 
