@@ -81,6 +81,8 @@ def main(argv=None):
     parser.add_argument("--task", choices=["digits", "resnet18"], default="digits")
     parser.add_argument("--device", choices=["sim", "numpy", "cuda"], default="sim")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0 .. N-1")
+    parser.add_argument("--first-seed", type=int, default=0,
+                        help="start at this seed (seeds F .. F+N-1: a run split over processes)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="default: 3 (digits), 2 (resnet18)")
     parser.add_argument("--size", type=int, default=1024, help="resnet18: training images")
@@ -100,11 +102,12 @@ def main(argv=None):
     what = (f"width {args.width}, {args.size} images (noise {args.noise}, similarity "
             f"{args.similarity}), batch {args.batch_size}, lr {args.lr}, "
             if args.task == "resnet18" else "")
-    print(f"{args.task} on {args.device}, {what}{epochs} epoch(s), seeds 0..{args.seeds - 1}",
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    print(f"{args.task} on {args.device}, {what}{epochs} epoch(s), seeds {seeds[0]}..{seeds[-1]}",
           flush=True)
     accuracy = {p: [] for p in precisions}
     seconds = {p: [] for p in precisions}
-    for seed in range(args.seeds):
+    for seed in seeds:
         for p in precisions:
             acc, took = run(args, p, seed, epochs)
             accuracy[p].append(acc)
@@ -116,15 +119,15 @@ def main(argv=None):
                     {"task": args.task, "device": args.device, "epochs": epochs,
                      "options": {k: v for k, v in vars(args).items() if k != "json"},
                      "accuracy": accuracy, "seconds": seconds}, indent=1), encoding="utf-8")
-        print(summary(accuracy, precisions), flush=True)
+        print(summary(accuracy, precisions, args.first_seed), flush=True)
     return 0
 
 
-def summary(accuracy, precisions):
+def summary(accuracy, precisions, first_seed=0):
     """The table over the seeds done so far (those every precision has)."""
     done = min(len(accuracy[p]) for p in precisions)
     accuracy = {p: accuracy[p][:done] for p in precisions}
-    lines = [f"over seeds 0..{done - 1}:",
+    lines = [f"over seeds {first_seed}..{first_seed + done - 1}:",
              f"{'precision':<10} {'mean %':>8} {'std':>6} {'min':>7} {'max':>7} "
              f"{'max |diff| vs fp32':>19}  within seed noise of fp32"]
     ref = accuracy.get("fp32")
