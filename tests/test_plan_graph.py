@@ -325,12 +325,12 @@ class _Names:
         self.names.add(item[1])
 
 
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_the_folded_statistics_replay_bitwise_and_allocate_nothing(rng, precision):
-    """At the tensor-core precisions the ResNet block's convolutions compute their batchnorms'
-    statistics in their epilogue (conv2d_tc_forward_stats: a planned workspace per convolution,
-    then batchnorm_combine_partials): the replayed launch list is still the eager step bit for
-    bit, and a replay allocates nothing."""
+    """The ResNet block's convolutions compute their batchnorms' statistics in their epilogue
+    (conv2d_forward_stats at fp32, conv2d_tc_forward_stats at tf32 and bf16: a planned
+    workspace per convolution, then batchnorm_combine_partials): the replayed launch list is
+    still the eager step bit for bit, and a replay allocates nothing."""
     from cupycnn import runtime
     cupycnn.use("sim")
     log = _Names()
@@ -341,7 +341,8 @@ def test_the_folded_statistics_replay_bitwise_and_allocate_nothing(rng, precisio
         finally:
             runtime.record_launches(None)
         assert phases[-1] == "replayed"
-        assert "conv2d_tc_forward_stats" in log.names, sorted(log.names)
+        folded = "conv2d_forward_stats" if precision == "fp32" else "conv2d_tc_forward_stats"
+        assert folded in log.names, sorted(log.names)
         x, y = (cupycnn.asarray(a) for a in batches(rng, 1)[0])
         before = devices.allocation_count
         replayed.x[...], replayed.y[...] = x, y
