@@ -24,7 +24,7 @@ from cupycnn.layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPo
 from cupycnn.models.resnet import BasicBlock, Bottleneck
 from cupycnn.ops import batchnorm as bn
 from cupycnn.ops import elementwise as ew
-from helpers import randn
+from helpers import randn, recorded_launches
 
 SHAPES = [(2, 3, 5, 7), (4, 17, 3, 3), (3, 70, 1, 3), (5, 6), (2, 3, 48, 49)]
 
@@ -237,7 +237,6 @@ def test_conv_bias_residual_relu_epilogue_is_the_composition(any_device, rng, ve
 def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, device, fused):
     """models.fold_batchnorm: each conv + batchnorm (+ shortcut) + ReLU one convolution with its
     epilogue; the same logits as the model's evaluation forward, to float32 rounding."""
-    from cupycnn import runtime
     cupycnn.use(device)
     cupycnn.manual_seed(0)
     model = models.resnet18(num_classes=10, stem="cifar", width=4, fused=fused)
@@ -253,12 +252,8 @@ def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, dev
     launches = {}
     outputs = {}
     for name, net in (("model", model), ("folded", served)):
-        log = []
-        runtime.record_launches(_ListLog(log))
-        try:
+        with recorded_launches() as log:
             outputs[name] = np.asarray(cupycnn.asnumpy(net.forward(x, training=False)))
-        finally:
-            runtime.record_launches(None)
         launches[name] = len(log)
     err = np.abs(outputs["folded"] - outputs["model"]).max() / np.abs(outputs["model"]).max()
     assert err < 1e-5, err
@@ -267,16 +262,6 @@ def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, dev
         assert launches["folded"] <= launches["model"] - 20, launches
     with pytest.raises(RuntimeError, match="a folded model is for inference"):
         served.forward(x, training=True)
-
-
-class _ListLog:
-    """runtime.record_launches takes a set; this one keeps every launch, in order."""
-
-    def __init__(self, log):
-        self.log = log
-
-    def add(self, item):
-        self.log.append(item)
 
 
 # ------------------------------------------------ batchnorm statistics in the conv's epilogue
@@ -355,23 +340,10 @@ def test_convolution_statistics_do_not_depend_on_the_block_order(rng, precision,
                                               err_msg=f"{tile.name} sums {order}")
 
 
-class _Launches:
-    def __init__(self):
-        self.names = []
-
-    def add(self, item):
-        self.names.append(item[1])
-
-
 def _launches(run):
-    from cupycnn import runtime
-    log = _Launches()
-    runtime.record_launches(log)
-    try:
+    with recorded_launches() as names:
         result = run()
-    finally:
-        runtime.record_launches(None)
-    return result, log.names
+    return result, names
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
