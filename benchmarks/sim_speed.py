@@ -6,8 +6,9 @@ one process; and what a barrier costs.
     python benchmarks/sim_speed.py --rounds 15 --batch 8
 
 Builds: the same kernels/*.cu source as three sim.Modules, "-O2, 1 thread" (the emulator
-before issue 14), "-O3 native, 1 thread" (the flags alone) and "-O3 native, N threads" (the
-default). The ops of cupycnn.ops launch them on the sim device exactly as in training, on a
+before issue 14), "default flags, 1 thread" (sim.optimization_flags(): -O3 -march=native
+-ffp-contract=fast, and the header's own changes) and "default, N threads" (blocks on N OS
+threads, the default for training); --build adds more. The ops of cupycnn.ops launch them on the sim device exactly as in training, on a
 ResNet-18 layer2 convolution (batch --batch, 128 channels, 16x16, 3x3) and a 512^3 SGEMM
 (sgemm_nn, sgemm_nt, sgemm_tn: the dense layer's three products). Each round times every
 (kernel, build) once, builds in alternating order; the figures are medians over the rounds.
@@ -75,13 +76,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-BUILDS = {"-O2, 1 thread": (("-O2",), 1), "-O3 native, 1 thread": (None, 1)}
+BUILDS = {"-O2, 1 thread": (("-O2",), 1), "default flags, 1 thread": (None, 1)}
 
 
 def builds(args):
     out = dict(BUILDS)
     if args.threads > 1:
-        out[f"-O3 native, {args.threads} threads"] = (None, args.threads)
+        out[f"default, {args.threads} threads"] = (None, args.threads)
     for spec in args.build:
         label, eq, rest = spec.partition("=")
         flags, at, threads = rest.rpartition("@")
@@ -124,14 +125,14 @@ class Build:
         return [b for m in self.modules for b in m.builds()]
 
     def run(self, what, fn):
-        """Seconds fn() takes with this build's kernels. Raises BuildMissed unless it launched
+        """(wall, CPU) seconds fn() takes with this build's kernels. Raises BuildMissed unless it launched
         something and every launch ran a library of this build: its modules', with its flags,
         OpenMP exactly when it has several threads, and its thread count."""
         before = {id(b): b.launches for b in list(sim.module._builds)}
         with runtime.kernel_builds(self.label, self.make):
-            start = time.perf_counter()
+            start, cpu = time.perf_counter(), time.process_time()
             fn()
-            elapsed = time.perf_counter() - start
+            elapsed = time.perf_counter() - start, time.process_time() - cpu
         ran = [b for b in list(sim.module._builds) if b.launches > before.get(id(b), 0)]
         mine = {id(m) for m in self.modules}
         wrong = [b for b in ran if id(b.module) not in mine or b.openmp != (self.threads > 1)
@@ -192,8 +193,9 @@ def time_kernels(args):
             for name in (order if r % 2 == 0 else order[::-1]):
                 times[(kernel, name)].append(compared[name].run(kernel, fn))
         print(f"  round {r + 1}/{args.rounds}, load {_load()}", file=sys.stderr, flush=True)
-    results = {key: statistics.median(values) for key, values in times.items()}
-    return work, compared, results
+    results = {key: statistics.median(v[0] for v in values) for key, values in times.items()}
+    cpu = {key: statistics.median(v[1] for v in values) for key, values in times.items()}
+    return work, compared, results, cpu
 
 
 def barrier_costs(args):
@@ -234,7 +236,7 @@ def main(argv=None):
     args = parse_args(argv)
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before = _load()
-    work, compared, results = time_kernels(args)
+    work, compared, results, cpu = time_kernels(args)
     names = list(compared)
     barriers = [] if args.no_barriers else barrier_costs(args)
     print(f"`python benchmarks/sim_speed.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
@@ -256,6 +258,18 @@ def main(argv=None):
         print(f"| {kernel} | " + " | ".join(f"{v:.1f}" for v in ms) + " | " +
               " | ".join(f"{v:.2f}x" for v in speedups) +
               f" | {flops / min(ms) / 1e6:.2f} |")
+    print()
+    print("CPU time of the process (all its threads; steadier than the wall time on a busy "
+          "machine, for builds of one thread):")
+    print()
+    print("| kernel | " + " | ".join(f"{n} CPU ms" for n in names) + " | " +
+          " | ".join(f"{n} CPU ratio" for n in names[1:]) + " |")
+    print("| --- " * (2 * len(names)) + "|")
+    for kernel in work:
+        ms = [1e3 * cpu[(kernel, n)] for n in names]
+        ratios = [cpu[(kernel, base)] / cpu[(kernel, n)] for n in names[1:]]
+        print(f"| {kernel} | " + " | ".join(f"{v:.1f}" for v in ms) + " | " +
+              " | ".join(f"{v:.2f}x" for v in ratios) + " |")
     if not barriers:
         return
     print()

@@ -25,7 +25,7 @@ from cupycnn.layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPo
 from cupycnn.models.resnet import BasicBlock, Bottleneck
 from cupycnn.ops import batchnorm as bn
 from cupycnn.ops import elementwise as ew
-from helpers import randn
+from helpers import randn, recorded_launches
 
 SHAPES = [(2, 3, 5, 7), (4, 17, 3, 3), (3, 70, 1, 3), (5, 6), (2, 3, 48, 49)]
 
@@ -238,7 +238,6 @@ def test_conv_bias_residual_relu_epilogue_is_the_composition(any_device, rng, ve
 def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, device, fused):
     """models.fold_batchnorm: each conv + batchnorm (+ shortcut) + ReLU one convolution with its
     epilogue; the same logits as the model's evaluation forward, to float32 rounding."""
-    from cupycnn import runtime
     cupycnn.use(device)
     cupycnn.manual_seed(0)
     model = models.resnet18(num_classes=10, stem="cifar", width=4, fused=fused)
@@ -254,12 +253,8 @@ def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, dev
     launches = {}
     outputs = {}
     for name, net in (("model", model), ("folded", served)):
-        log = []
-        runtime.record_launches(_ListLog(log))
-        try:
+        with recorded_launches() as log:
             outputs[name] = np.asarray(cupycnn.asnumpy(net.forward(x, training=False)))
-        finally:
-            runtime.record_launches(None)
         launches[name] = len(log)
     err = np.abs(outputs["folded"] - outputs["model"]).max() / np.abs(outputs["model"]).max()
     assert err < 1e-5, err
@@ -268,16 +263,6 @@ def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, dev
         assert launches["folded"] <= launches["model"] - 20, launches
     with pytest.raises(RuntimeError, match="a folded model is for inference"):
         served.forward(x, training=True)
-
-
-class _ListLog:
-    """runtime.record_launches takes a set; this one keeps every launch, in order."""
-
-    def __init__(self, log):
-        self.log = log
-
-    def add(self, item):
-        self.log.append(item)
 
 
 # ------------------------------------------------ batchnorm statistics in the conv's epilogue
@@ -359,23 +344,10 @@ def test_convolution_statistics_do_not_depend_on_the_block_order(rng, precision,
                 np.testing.assert_array_equal(sums, runs[0][1], err_msg=f"{where} sums {order}")
 
 
-class _Launches:
-    def __init__(self):
-        self.names = []
-
-    def add(self, item):
-        self.names.append(item[1])
-
-
 def _launches(run):
-    from cupycnn import runtime
-    log = _Launches()
-    runtime.record_launches(log)
-    try:
+    with recorded_launches() as names:
         result = run()
-    finally:
-        runtime.record_launches(None)
-    return result, log.names
+    return result, names
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
@@ -384,8 +356,9 @@ def test_a_conv_feeding_a_batchnorm_skips_its_reduction(rng, device, precision):
     """Conv2D.feed_statistics_to(bn): the training forward of conv then bn is the unlinked
     composition's (y, the running statistics, the backward: the same bits on numpy, where the
     sums are batchnorm_stats'; within float rounding of the normalised values from the
-    epilogues), and on sim bn launches no batchnorm_stats: that read of y is gone. Evaluation, and an input that is not the conv's output (a hook's copy),
-    takes the batchnorm's own reduction."""
+    epilogues), and on sim bn launches no batchnorm_stats: that read of y is gone. Evaluation
+    uses the running statistics; an input that is not the conv's output (a copy of it) gets the
+    batchnorm's own reduction."""
     from cupycnn.ops import _storage
     cupycnn.use(device)
     x = cupycnn.asarray(randn(rng, 4, 3, 9, 9) + 0.5)

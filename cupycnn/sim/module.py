@@ -12,7 +12,9 @@ Every launch checks its arguments against the kernel's parameter list, more stri
 GPU can: the count; arrays only for pointers, C-contiguous, of a dtype that matches the
 pointee (a float64 array for a `float*` is garbage on a GPU); scalars only of the parameter's
 exact type and size (a Python int would be passed by CuPy as 64 bits); a read-only array for a
-non-const pointer. `None` is a null pointer.
+non-const pointer. `None` is a null pointer. With the memory check on (`set_memory_check`), a
+kernel that writes next to an array it was given raises SimMemoryError instead of corrupting the
+host heap.
 
 Thread order (see `set_thread_order`) decides in which order the emulated threads of a block
 start and leave barriers, and in which order blocks run: "natural", "reversed" or "random"
@@ -675,7 +677,8 @@ class Kernel:
 class Launch:
     """One prepared launch: the kernel, its configuration and its marshalled arguments (the
     pointers of the arrays it was given, which must stay alive). Calling it runs the kernel;
-    nothing is allocated or checked again."""
+    nothing is allocated or checked again, unless the memory check is on (set_memory_check):
+    then each run copies the arrays into guarded buffers and back."""
 
     __slots__ = ("kernel", "grid", "block", "shared_mem", "_boxes", "_argv", "_grid", "_block",
                  "_build", "_function", "_extents")

@@ -72,6 +72,24 @@ class History(dict):
         return [dict(zip(names, values)) for values in zip(*(self[n] for n in names))]
 
 
+def _refuse_no_batch(what, loader):
+    """A loader that makes no batch (6 items, batch_size 7, drop_last) would train epochs of
+    nothing, loss nan: a ValueError before anything changes."""
+    try:
+        empty = loader is not None and len(loader) == 0
+    except TypeError:                   # an iterable without a length: it says as it goes
+        return
+    if empty:
+        dataset = getattr(loader, "dataset", None)
+        detail = ""
+        if hasattr(dataset, "__len__") and hasattr(loader, "batch_size"):
+            detail = (f" ({len(dataset)} items, batch_size={loader.batch_size}, drop_last="
+                      f"{getattr(loader, 'drop_last', False)}, world_size="
+                      f"{getattr(loader, 'world_size', 1)})")
+        raise ValueError(f"fit: the {what} loader makes no batch{detail}; give it more items "
+                         f"or a smaller batch_size")
+
+
 class Trainer:
     """Trains `model` with `optimizer` on `loss` (SoftmaxCrossEntropy by default).
 
@@ -243,6 +261,8 @@ class Trainer:
             val = array_loader(self, val[0], val[1], batch_size or 256,
                                who="fit validation_data")
         val_loader = val
+        for what, loader in (("training", train_loader), ("validation", val_loader)):
+            _refuse_no_batch(what, loader)
         transform = getattr(train_loader, "transform", None)
         if self.normalization is None and isinstance(transform, Transform):
             self.normalization = {"mean": np.atleast_1d(transform.mean).tolist(),
