@@ -12,36 +12,24 @@ import argparse
 import json
 import os
 import statistics
-import time
+
+import timing     # benchmarks/timing.py: this script's folder is on sys.path
 
 os.environ.setdefault("CUPY_TF32", "0")        # read by CuPy when it loads: FP32, not TF32
 
 import numpy as np  # noqa: E402
 
 
-def gpu_timer(cupy):
-    def timed(fn, repeats=20):
-        fn()
-        start, stop = cupy.cuda.Event(), cupy.cuda.Event()
-        times = []
-        for _ in range(repeats):
-            start.record()
-            fn()
-            stop.record()
-            stop.synchronize()
-            times.append(cupy.cuda.get_elapsed_time(start, stop) / 1e3)
-        return statistics.median(times)
-    return timed
+def gpu_timer(fn, repeats=20):
+    """The median GPU time of one call (CUDA events), after a first call."""
+    fn()
+    return statistics.median([timing.gpu_seconds(fn, 1) for _ in range(repeats)])
 
 
 def host_timer(fn, repeats=5):
+    """The median wall time of one call, after a first call."""
     fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median([timing.wall_seconds(fn, 1) for _ in range(repeats)])
 
 
 def tensor_core_rates(timed, device, size):
@@ -88,7 +76,7 @@ def main():
         print("dry run: NumPy on the host, tiny sizes")
     else:
         import cupy
-        xp, timed, n, size = cupy, gpu_timer(cupy), 1 << 28, 8192      # 1 GiB of float32
+        xp, timed, n, size = cupy, gpu_timer, 1 << 28, 8192            # 1 GiB of float32
         props = cupy.cuda.runtime.getDeviceProperties(cupy.cuda.Device().id)
         name = props["name"].decode() if isinstance(props["name"], bytes) else props["name"]
         print(f"device: {name}, {props['multiProcessorCount']} SMs, "

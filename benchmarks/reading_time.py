@@ -67,7 +67,7 @@ def language(path):
     return "cuda" if path.endswith((".cu", ".cuh")) else "python"
 
 # After the sitting, in this order (counted as if read after PATH): the machinery it skips, and
-# the launches and the layer.
+# the launches.
 LATER = [
     ("kernels/conv2d_coords.cuh", "the definitions", None,
      "the definitions of split3, advance3 and phase_axis",
@@ -77,8 +77,6 @@ LATER = [
     ("cupycnn/ops/conv2d.py", "kernels/conv2d.cu", "the public ops",
      "the launches: the grids and the weight gradient's split count",
      [(1, "weight_grad_splits's arithmetic")]),
-    ("cupycnn/layers/conv.py", "    def forward", None,
-     "the layer's forward and backward: which op runs when", []),
 ]
 
 

@@ -17,7 +17,8 @@ import json
 import os
 import statistics
 import sys
-import time
+
+import timing     # benchmarks/timing.py: this script's folder is on sys.path
 
 
 def parse_args():
@@ -37,14 +38,7 @@ def time_steps(step, sync, steps, warmup, repeats):
     for _ in range(warmup):
         step()
     sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for _ in range(steps):
-            step()
-        sync()
-        times.append((time.perf_counter() - start) / steps)
-    return statistics.median(times)
+    return statistics.median([timing.wall_seconds(step, steps, sync) for _ in range(repeats)])
 
 
 def cupycnn_step_time(args, pool):

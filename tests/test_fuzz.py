@@ -389,8 +389,9 @@ def _report(problems, outcomes):
 
 
 @pytest.mark.filterwarnings("ignore")
-def test_fuzz_public_entry_points(rng, tmp_path):
-    _report(*_fuzz(rng, tmp_path, FUZZ_CASES, "numpy"))
+@pytest.mark.parametrize("device", ["numpy", "sim"])
+def test_fuzz_public_entry_points(rng, tmp_path, device):
+    _report(*_fuzz(rng, tmp_path, FUZZ_CASES, device))
 
 
 @pytest.mark.slow
