@@ -55,7 +55,7 @@ PATH = [
     ("kernels/conv2d.cu", "input gradient", "weight gradient",
      "the stride phases (worked example, derivation), then conv2d_backward_input",
      [(4, "the derivation of taps_h, first_h, base_i checked against the example")]),
-    ("kernels/conv2d.cu", "weight gradient", None,
+    ("kernels/conv2d.cu", "weight gradient", "the forward with the batchnorm statistics",
      "why the weight gradient is split, conv2d_backward_weight, the fixed-order reduce",
      [(1, "the roles turned: k runs over output pixels, B's columns are taps")]),
 ]
@@ -72,7 +72,7 @@ LATER = [
     ("kernels/conv2d_coords.cuh", "the definitions", None,
      "the definitions of split3, advance3 and phase_axis",
      [(1, "why advance3 needs one carry per coordinate")]),
-    ("kernels/conv2d.cu", "the register tile", "forward",
+    ("kernels/conv2d.cu", "the register tile", "batchnorm statistics",
      "the register tile: the tiles' layout, accumulate_tile", []),
     ("cupycnn/ops/conv2d.py", "kernels/conv2d.cu", "the public ops",
      "the launches: the grids and the weight gradient's split count",
