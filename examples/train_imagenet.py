@@ -45,12 +45,12 @@ def build_parser():
     from cupycnn.help_formatter import DefaultsHelpFormatter
     p = argparse.ArgumentParser(description=__doc__, formatter_class=DefaultsHelpFormatter)
     d = p.add_argument_group("data")
-    d.add_argument("--train", metavar="PATH",
-                   help="the training set: an ImageNet root (train/ with a folder per class), "
-                        "a folder of tar shards (cupycnn data make-shards) or of TFRecord files")
-    d.add_argument("--val", metavar="PATH",
-                   help="the evaluation set: an ImageNet root (its val/: class folders or a "
-                        "labels file), shards or TFRecords; none: no evaluation")
+    d.add_argument("--train", metavar="PATH", help="the training set: an ImageNet root (train/ "
+                   "with a folder per class), a folder of tar shards (cupycnn data make-shards) "
+                   "or of TFRecord files")
+    d.add_argument("--val", metavar="PATH", help="the evaluation set, in any form --train takes "
+                   "(of an ImageNet root, its val/: class folders or a labels file); none: no "
+                   "evaluation")
     d.add_argument("--synthetic", type=int, metavar="N",
                    help="instead of --train: N synthetic ImageNet-sized JPEGs (500 x 375, 1000 "
                         "classes), written once as shards")

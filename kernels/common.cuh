@@ -99,6 +99,17 @@ __device__ __forceinline__ double warp_sum_double(double v) {
   return v;
 }
 
+// Sum of v over each aligned group of WIDTH lanes (a power of two up to 32), in double; every
+// lane of the group gets its total. All 32 lanes must be active. A fixed butterfly: the same
+// bits every run.
+template <int WIDTH>
+__device__ __forceinline__ double group_sum_double(double v) {
+#pragma unroll
+  for (int offset = WIDTH / 2; offset > 0; offset >>= 1)
+    v += __shfl_xor_sync(FULL_WARP_MASK, v, offset);
+  return v;
+}
+
 // Two sums over the whole block at once, in double (one pair of barriers for both); every thread
 // gets both totals. Same rules as block_sum: whole warps, at most 1024 threads, blockDim.y =
 // blockDim.z = 1, a fixed summation order. `scratch` is __shared__ double [2 * WARP_SIZE].

@@ -85,6 +85,38 @@ __device__ __forceinline__ void zero_tile(float (&acc)[CONV_MICRO][CONV_MICRO]) 
     for (int j = 0; j < CONV_MICRO; ++j) acc[i][j] = 0.0f;
 }
 
+// ------------------------------------------------------------------- batchnorm statistics
+
+// The forward's epilogue for conv2d_forward_stats (at the end of the file): for row
+// o = m0 + ty + 16 i of the tile, this thread's 4 columns, then the row's 16 threads tx (a
+// half warp) in a fixed butterfly; thread tx = 0 writes the block's (sum y, sum y^2) to
+// stats_partial[o, blockIdx.x] ([C_out, gridDim.x, 2]). The values are y's as stored
+// (conv_epilogue without residual or ReLU: acc + bias).
+__device__ __forceinline__ void forward_tile_statistics(
+    const float (&acc)[CONV_MICRO][CONV_MICRO], const float* __restrict__ bias, int M, int P,
+    int m0, int p0, int tx, int ty, double* __restrict__ stats_partial) {
+#pragma unroll
+  for (int i = 0; i < CONV_MICRO; ++i) {
+    const int o = m0 + ty + i * (CONV_TILE_M / CONV_MICRO);
+    double sum = 0.0, sum_sq = 0.0;
+#pragma unroll
+    for (int j = 0; j < CONV_MICRO; ++j) {
+      if (o < M && p0 + tx + j * CONV_THREADS_X < P) {
+        const double v = conv_epilogue(acc[i][j], bias, (const float*)nullptr, 0, o, 0);
+        sum += v;
+        sum_sq += v * v;
+      }
+    }
+    sum = group_sum_double<CONV_THREADS_X>(sum);
+    sum_sq = group_sum_double<CONV_THREADS_X>(sum_sq);
+    if (tx == 0 && o < M) {
+      double* slot = stats_partial + ((long long)o * gridDim.x + blockIdx.x) * 2;
+      slot[0] = sum;
+      slot[1] = sum_sq;
+    }
+  }
+}
+
 // ------------------------------------------------------------------------------------ forward
 
 // y = the header's forward product + bias (per row), then the epilogue (common.cuh's
@@ -92,13 +124,14 @@ __device__ __forceinline__ void zero_tile(float (&acc)[CONV_MICRO][CONV_MICRO]) 
 // Grid: (ceil(N H_out W_out / 64), ceil(C_out / 64)); block: CONV_THREADS.
 // CONV_FORWARD_MIN_BLOCKS: asking for it, ptxas (CUDA 13, sm_90) grants 64 registers, not 63
 // and an 8-byte spill; 4 blocks of 256 threads fit an SM either way.
-extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_FORWARD_MIN_BLOCKS)
-conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
-               const float* __restrict__ bias, const float* __restrict__ residual, int relu,
-               float* __restrict__ y, int batch,
-               int in_channels, int height, int width, int out_channels, int kernel_h,
-               int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
-               int out_width) {
+// STATS: also the batchnorm's statistics of y (conv2d_forward_stats, at the end).
+template <bool STATS>
+__device__ __forceinline__ void conv2d_forward_body(
+    const float* __restrict__ x, const float* __restrict__ weight, const float* __restrict__ bias,
+    const float* __restrict__ residual, int relu, float* __restrict__ y, int batch,
+    int in_channels, int height, int width, int out_channels, int kernel_h, int kernel_w,
+    int stride_h, int stride_w, int pad_h, int pad_w, int out_height, int out_width,
+    double* __restrict__ stats_partial) {
   __shared__ float As[CONV_TILE_K][CONV_TILE_M + 1];
   __shared__ float Bs[CONV_TILE_K][CONV_TILE_P + 1];
   const int out_pixels = out_height * out_width;
@@ -168,6 +201,19 @@ conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
       y[index] = conv_epilogue(acc[i][j], bias, residual, relu, o, index);
     }
   }
+  if (STATS) forward_tile_statistics(acc, bias, M, P, m0, p0, tx, ty, stats_partial);
+}
+
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_FORWARD_MIN_BLOCKS)
+conv2d_forward(const float* __restrict__ x, const float* __restrict__ weight,
+               const float* __restrict__ bias, const float* __restrict__ residual, int relu,
+               float* __restrict__ y, int batch,
+               int in_channels, int height, int width, int out_channels, int kernel_h,
+               int kernel_w, int stride_h, int stride_w, int pad_h, int pad_w, int out_height,
+               int out_width) {
+  conv2d_forward_body<false>(x, weight, bias, residual, relu, y, batch, in_channels, height,
+                             width, out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h,
+                             pad_w, out_height, out_width, nullptr);
 }
 
 // ----------------------------------------------------------------------------- input gradient
@@ -384,4 +430,23 @@ extern "C" __global__ void conv2d_backward_weight_reduce(const float* __restrict
     for (int split = 0; split < splits; ++split) sum += dw_partial[(long long)split * count + e];
     dw[e] = sum;
   }
+}
+
+// ------------------------------------------------ the forward with the batchnorm statistics
+
+// The forward with the statistics of the batchnorm that reads y in its epilogue (training, a
+// Conv2D feeding a BatchNorm2D: cupycnn/ops/conv2d_stats.py; conv2d_tc.cu's
+// conv2d_tc_forward_stats for the tensor cores): y as conv2d_forward has it (bias; no residual,
+// no ReLU), and for each output channel o of its tile the block's (sum y, sum y^2) over its
+// pixels, in double, at stats_partial[o, blockIdx.x]; batchnorm.cu's
+// batchnorm_combine_partials adds the blocks up in a fixed order.
+extern "C" __global__ void __launch_bounds__(CONV_THREADS, CONV_FORWARD_MIN_BLOCKS)
+conv2d_forward_stats(const float* __restrict__ x, const float* __restrict__ weight,
+                     const float* __restrict__ bias, float* __restrict__ y,
+                     double* __restrict__ stats_partial, int batch, int in_channels, int height,
+                     int width, int out_channels, int kernel_h, int kernel_w, int stride_h,
+                     int stride_w, int pad_h, int pad_w, int out_height, int out_width) {
+  conv2d_forward_body<true>(x, weight, bias, nullptr, 0, y, batch, in_channels, height, width,
+                            out_channels, kernel_h, kernel_w, stride_h, stride_w, pad_h, pad_w,
+                            out_height, out_width, stats_partial);
 }

@@ -1,4 +1,6 @@
 """Comparisons shared by the kernel tests, and a layer with a known wrong backward."""
+import contextlib
+
 import numpy as np
 
 import cupycnn
@@ -62,3 +64,26 @@ class WrongScale(Layer):
     def backward(self, dy):
         self.saved()
         return dy
+
+
+class _LaunchNames:
+    """A log for runtime.record_launches (which takes a set): every launch's kernel, in order."""
+
+    def __init__(self):
+        self.names = []
+
+    def add(self, item):                 # item: (source, kernel, device)
+        self.names.append(item[1])
+
+
+@contextlib.contextmanager
+def recorded_launches():
+    """with recorded_launches() as names: the kernels launched inside the block, in order (then
+    recording stops, as runtime.record_launches(None) does)."""
+    from cupycnn import runtime
+    log = _LaunchNames()
+    runtime.record_launches(log)
+    try:
+        yield log.names
+    finally:
+        runtime.record_launches(None)

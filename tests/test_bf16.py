@@ -15,7 +15,7 @@ import cupycnn
 from cupycnn.ops import _storage
 from cupycnn.ops import elementwise as ew
 from cupycnn.reference import rounding
-from helpers import randn
+from helpers import randn, recorded_launches
 
 BF16 = _storage.BF16
 
@@ -378,39 +378,23 @@ def test_bf16_storage_halves_the_step_memory(rng):
     assert arenas["bf16"] < 0.55 * arenas["fp32"], arenas
 
 
-class _LaunchList:
-    """runtime.record_launches takes a set; this one keeps every launch, in order."""
-
-    def __init__(self):
-        self.launches = []
-
-    def add(self, item):
-        self.launches.append(item[1])
-
-
 def test_a_bf16_step_converts_no_activation(rng):
     """Precision bf16: a training step of the small ResNet-like network on BF16 activations runs
     its convolutions and its dense layer on BF16 (conv2d_tc_*_bf16, gemm_tc_*_bf16): not one
     float32 copy of an activation or a gradient (no cast_* launch), forward or backward."""
-    from cupycnn import runtime
     from cupycnn.losses import SoftmaxCrossEntropy
     cupycnn.use("sim")
     cupycnn.manual_seed(0)
     model, loss = _mini_net(), SoftmaxCrossEntropy()
     x = _storage.to_bf16(cupycnn.asarray(randn(rng, 4, 3, 8, 8)))
     y = cupycnn.asarray(rng.integers(0, 5, 4).astype(np.int32))
-    log = _LaunchList()
-    with cupycnn.set_precision("bf16"), cupycnn.sim.dry_run():
-        runtime.record_launches(log)
-        try:
-            loss.forward(model.forward(x, training=True), y)
-            model.backward(loss.backward())
-        finally:
-            runtime.record_launches(None)
-    casts = [k for k in log.launches if k.startswith("cast_")]
+    with cupycnn.set_precision("bf16"), cupycnn.sim.dry_run(), recorded_launches() as launches:
+        loss.forward(model.forward(x, training=True), y)
+        model.backward(loss.backward())
+    casts = [k for k in launches if k.startswith("cast_")]
     assert casts == [], casts
-    gemms = [k for k in log.launches if k.startswith("gemm")]
+    gemms = [k for k in launches if k.startswith("gemm")]
     assert gemms == ["gemm_tc_nt_bf16", "gemm_tc_tn_bf16", "gemm_tc_nn_bf16"], gemms
-    convs = [k for k in log.launches if k.startswith("conv2d")]
+    convs = [k for k in launches if k.startswith("conv2d")]
     assert convs and all(k.endswith("_bf16") or k == "conv2d_backward_weight_reduce"
                          for k in convs), convs

@@ -28,6 +28,7 @@ from cupycnn.losses import SoftmaxCrossEntropy
 from cupycnn.models.resnet import BasicBlock
 from cupycnn.ops import metrics as metric_ops
 from cupycnn.optim.schedules import OneCycleLR
+from helpers import recorded_launches
 
 BATCH, CLASSES = 4, 5
 
@@ -317,31 +318,19 @@ def test_a_dry_run_traces_the_same_plan_as_a_real_step(rng):
     assert plans[0] == plans[1]
 
 
-class _Names:
-    def __init__(self):
-        self.names = set()
-
-    def add(self, item):
-        self.names.add(item[1])
-
-
-@pytest.mark.parametrize("precision", ["tf32", "bf16"])
+@pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
 def test_the_folded_statistics_replay_bitwise_and_allocate_nothing(rng, precision):
-    """At the tensor-core precisions the ResNet block's convolutions compute their batchnorms'
-    statistics in their epilogue (conv2d_tc_forward_stats: a planned workspace per convolution,
-    then batchnorm_combine_partials): the replayed launch list is still the eager step bit for
-    bit, and a replay allocates nothing."""
-    from cupycnn import runtime
+    """The ResNet block's convolutions compute their batchnorms' statistics in their epilogue
+    (conv2d_forward_stats at fp32, conv2d_tc_forward_stats at tf32 and bf16: a planned
+    workspace per convolution, then batchnorm_combine_partials): the replayed launch list is
+    still the eager step bit for bit, and a replay allocates nothing."""
     cupycnn.use("sim")
-    log = _Names()
     with cupycnn.set_precision(precision):
-        runtime.record_launches(log)
-        try:
+        with recorded_launches() as names:
             phases, step, replayed = _replay_vs_eager(rng, "sgd", 4)
-        finally:
-            runtime.record_launches(None)
         assert phases[-1] == "replayed"
-        assert "conv2d_tc_forward_stats" in log.names, sorted(log.names)
+        folded = "conv2d_forward_stats" if precision == "fp32" else "conv2d_tc_forward_stats"
+        assert folded in names, sorted(set(names))
         x, y = (cupycnn.asarray(a) for a in batches(rng, 1)[0])
         before = devices.allocation_count
         replayed.x[...], replayed.y[...] = x, y

@@ -172,6 +172,18 @@ def test_every_one_line_static_shared_declaration_is_registered():
     assert out[1] == ("  __shared__ __align__(16) Stage stages[STAGES]; "
                       "SIMT_SHARED_REGISTER(stages) int x;")
     assert out[2:] == code.split("\n")[2:]
+    # Inside a function: declared under another name, bound to its own (see simt.h).
+    code = ("__global__ void k() {\n"
+            "  __shared__ float a[4][TILE + 1];\n"
+            "  if (x) { __shared__ int total; }\n"
+            "}\n"
+            "__shared__ float file_scope[2];")
+    out = sim.module.register_static_shared(code).split("\n")
+    assert out[1] == ("  __shared__ float SIMT_SHARED_NAME(a)[4][TILE + 1]; SIMT_SHARED_ALIAS(a) "
+                      "SIMT_SHARED_REGISTER(a)")
+    assert out[2] == ("  if (x) { __shared__ int SIMT_SHARED_NAME(total); "
+                      "SIMT_SHARED_ALIAS(total) SIMT_SHARED_REGISTER(total) }")
+    assert out[4] == "__shared__ float file_scope[2]; SIMT_SHARED_REGISTER(file_scope)"
 
 
 def test_kernel_printf_reaches_stdout(probes, capfd):

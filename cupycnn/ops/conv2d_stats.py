@@ -9,14 +9,15 @@ while y is still in registers.
     # sums [C_out, 2] float64: (sum y, sum y^2) per channel of y as stored, what
     # batchnorm_stats(y) gives up to the order of the additions
 
-Tensor-core kernels (precision tf32, bf16): conv2d_tc_forward_stats(_bf16) writes each block's
-sums per output channel into a [C_out, blocks along the pixels, 2] workspace (tc_tile.cuh
-tc_epilogue_row_sums: a fixed order inside the block), and batchnorm_combine_partials adds the
+The tensor-core kernels (precision tf32, bf16: conv2d_tc_forward_stats(_bf16)) and the tiled
+FP32 kernel (fp32: conv2d.cu's conv2d_forward_stats) write each block's sums per output channel
+into a [C_out, blocks along the pixels, 2] workspace (a fixed order inside the block:
+tc_tile.cuh tc_epilogue_row_sums; a half-warp butterfly), and batchnorm_combine_partials adds the
 blocks in a fixed order: the same bits whatever order the blocks run in, but not
 batchnorm_stats' bits, whose split of a channel is another (double rounding: a relative 1e-16
-per addition). The
-direct and tiled FP32 kernels and the numpy device have no such epilogue: they run the
-convolution, then batchnorm_stats(y), the unfused composition itself.
+per addition). The direct kernels, the tiled ones on BF16 storage (float32 copies: precision
+fp32, which the trainer never gives BF16) and the numpy device have no such epilogue: they run
+the convolution, then batchnorm_stats(y), the unfused composition itself.
 """
 import numpy as np
 
@@ -35,7 +36,8 @@ def conv2d_forward_statistics(x, weight, bias=None, stride=1, padding=0, version
     """(y, sums): y = conv2d_forward(x, weight, bias, stride, padding, version, cache=cache) and
     sums [C_out, 2] float64, (sum y, sum y^2) per output channel (the module's doc)."""
     op = "conv2d_forward_statistics"
-    if not _device.runs_kernels() or conv_ops.resolve_version(op, version) != "tensor_core" \
+    version = conv_ops.resolve_version(op, version) if _device.runs_kernels() else None
+    if version not in ("tiled", "tensor_core") or (version == "tiled" and is_bf16(x)) \
             or not x.shape[0]:
         y = conv_ops.conv2d_forward(x, weight, bias, stride, padding, version, cache=cache)
         return y, bn_ops.batchnorm_stats(y)
@@ -54,14 +56,19 @@ def conv2d_forward_statistics(x, weight, bias=None, stride=1, padding=0, version
                 y_elements=pixels * o)
     y = _device.empty((n, o, ho, wo), x.dtype)
     sums = _device.empty((o, 2), np.float64)
-    tile = tiles.choose_tile(o, pixels)
-    grid = (ceil_div(pixels, tile.bn), ceil_div(o, tile.bm))
+    if version == "tiled":
+        (bm, bn), threads = (conv_ops.TILE_M, conv_ops.TILE_P), conv_ops.THREADS
+        kernel = get_kernel("conv2d", "conv2d_forward_stats")
+    else:
+        tile = tiles.choose_tile(o, pixels)
+        (bm, bn), threads = (tile.bm, tile.bn), tile.threads
+        kernel = get_kernel("conv2d_tc", "conv2d_tc_forward_stats" + suffix(x),
+                            tile.defines(get_precision()))
+    grid = (ceil_div(pixels, bn), ceil_div(o, bm))
     # One block along the pixels writes the sums themselves ([C_out, 1, 2] is [C_out, 2]).
     partial = sums if grid[0] == 1 else _device.empty((o, grid[0], 2), np.float64)
-    get_kernel("conv2d_tc", "conv2d_tc_forward_stats" + suffix(x), tile.defines(get_precision()))(
-        grid, (tile.threads,),
-        (x, weight, bias, y, partial) + tuple(np.int32(v) for v in
-                                             (n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo)))
+    kernel(grid, (threads,), (x, weight, bias, y, partial) + tuple(
+        np.int32(v) for v in (n, c, h, w, o, kh, kw, sh, sw, ph, pw, ho, wo)))
     if grid[0] > 1:
         bn_ops.combine_partials(partial, out=sums)
     return y, sums

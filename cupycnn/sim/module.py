@@ -344,14 +344,25 @@ def register_static_shared(code):
     """`code` with every one-line `__shared__ ... name[...];` (one variable per declaration,
     outside // comments) followed by SIMT_SHARED_REGISTER(name): g++ ignores the section that
     gathers static shared memory for statics in templates, so simt.h records each array
-    where its declaration runs, and poisons it at every block's start (see simt.h)."""
-    lines = code.split("\n")
+    where its declaration runs, and poisons it at every block's start (see simt.h). Inside a
+    function (within braces) the variable is declared as SIMT_SHARED_NAME(name) and bound to
+    `name` by SIMT_SHARED_ALIAS(name): under OpenMP, where shared memory is thread_local, that
+    is one TLS lookup per thread instead of one per access."""
+    lines, depth = code.split("\n"), 0
     for i, line in enumerate(lines):
         head, mark, comment = line.partition("//")
         if "__shared__" in head:
-            head = _STATIC_SMEM_RE.sub(lambda m: f"{m.group(0)} SIMT_SHARED_REGISTER({m.group(1)})",
-                                       head)
-            lines[i] = head + mark + comment
+            def declare(m, head=head, depth=depth):
+                inside = depth + head.count("{", 0, m.start()) - head.count("}", 0, m.start())
+                name = m.group(1)
+                if inside <= 0:
+                    return f"{m.group(0)} SIMT_SHARED_REGISTER({name})"
+                at = m.start(1) - m.start(0)
+                decl = m.group(0)
+                return (f"{decl[:at]}SIMT_SHARED_NAME({name}){decl[at + len(name):]} "
+                        f"SIMT_SHARED_ALIAS({name}) SIMT_SHARED_REGISTER({name})")
+            lines[i] = _STATIC_SMEM_RE.sub(declare, head) + mark + comment
+        depth += head.count("{") - head.count("}")
     return "\n".join(lines)
 
 

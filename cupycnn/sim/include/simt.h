@@ -481,6 +481,7 @@ inline int block_reduce_count(int pred) {
   return b.bacc[(b.bphase - 1) & 1];
 }
 
+template <class T> inline T* opaque_address(T* p) { asm("" : "+r"(p)); return p; }
 inline Block& tls_block() { static thread_local Block* tb = new Block; return *tb; }
 template <class F> void thunk(void* p) { (*(F*)p)(); }
 
@@ -625,6 +626,17 @@ inline bool register_static_shared(void* p, size_t bytes) {
     return simt::param_info(&__VA_ARGS__, p); }
 #define SIMT_CAT_(a, b) a##b
 #define SIMT_CAT(a, b) SIMT_CAT_(a, b)
+// A static __shared__ variable inside a function (module.py's rewrite): under OpenMP its storage
+// is thread_local and `name` a reference to it, its address taken once per emulated thread
+// through an empty asm (g++ would otherwise repeat the TLS lookup, a call, at every access);
+// on one OS thread, the variable itself.
+#ifdef _OPENMP
+#  define SIMT_SHARED_NAME(name) simt_tls_##name
+#  define SIMT_SHARED_ALIAS(name) auto& name = *simt::opaque_address(&simt_tls_##name);
+#else
+#  define SIMT_SHARED_NAME(name) name
+#  define SIMT_SHARED_ALIAS(name)
+#endif
 #ifdef _OPENMP
 #  define SIMT_SHARED_REGISTER(name)
 #else
