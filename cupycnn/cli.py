@@ -122,9 +122,9 @@ def build_parser(description, default_dataset="cifar10", prog=None):
                    "for validation (stratified; 0: none)")
     d.add_argument("--synthetic-size", type=int, default=5000,
                    help="synthetic: training examples (a fifth as many for the test set)")
-    d.add_argument("--synthetic-noise", type=float, default=0.2,
+    d.add_argument("--synthetic-noise", type=float, default=0.2, metavar="SD",
                    help="synthetic: pixel noise, standard deviation as a fraction of 255")
-    d.add_argument("--synthetic-similarity", type=float, default=0.0,
+    d.add_argument("--synthetic-similarity", type=float, default=0.0, metavar="SHARE",
                    help="synthetic: the share of every class pattern common to all classes, in "
                         "[0, 1) (a harder task: the classes differ by 1 - this)")
     d.add_argument("--augment", action=argparse.BooleanOptionalAction,
