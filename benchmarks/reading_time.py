@@ -32,7 +32,7 @@ import docblock  # noqa: E402
 DOC = ROOT / "docs" / "layers" / "conv.md"
 PACE = {"cuda": 6, "python": 12, "again": 30, "words": 150}   # lines or words a minute
 
-# (file, first, until, what to read for, [(stall minutes, where)])
+# (file, first, until, what to read for, [(stall minutes, where)][, [(skip first, last)]])
 PATH = [
     ("docs/layers/conv.md", "## Reading path", "### After the sitting",
      "this path: what to read, what to skip", []),
@@ -49,8 +49,8 @@ PATH = [
      "phase_axis do", []),
     ("kernels/conv2d.cu", "// Launch constants", "the register tile",
      "the launch constants: the tile's sizes and how the threads share its loads", []),
-    ("kernels/conv2d.cu", "forward", "input gradient",
-     "conv2d_forward: the gather of im2col(x) into the tiles, the epilogue",
+    ("kernels/conv2d.cu", "forward", 'extern "C"',
+     "conv2d_forward's body: the gather of im2col(x) into the tiles, the epilogue",
      [(2, "which thread loads which element: a_k, a_m, b_p, b_k and the strides 16 and 4")]),
     ("kernels/conv2d.cu", "input gradient", "weight gradient",
      "the stride phases (worked example, derivation), then conv2d_backward_input",
@@ -74,6 +74,12 @@ LATER = [
      [(1, "why advance3 needs one carry per coordinate")]),
     ("kernels/conv2d.cu", "the register tile", "batchnorm statistics",
      "the register tile: the tiles' layout, accumulate_tile", []),
+    ("kernels/conv2d.cu", 'extern "C"', "input gradient",
+     "conv2d_forward, the entry point: one call of the body", []),
+    ("kernels/conv2d.cu", "batchnorm statistics", "forward",
+     "the epilogue of the forward's variant with the batchnorm's statistics", []),
+    ("kernels/conv2d.cu", "the forward with the batchnorm statistics", None,
+     "conv2d_forward_stats, that variant's entry point", []),
     ("cupycnn/ops/conv2d.py", "kernels/conv2d.cu", "the public ops",
      "the launches: the grids and the weight gradient's split count",
      [(1, "weight_grad_splits's arithmetic")]),
@@ -87,8 +93,10 @@ def _matches(line, anchor):
                                        label.lstrip("-").strip() == anchor)
 
 
-def part(path, first, until):
-    """(first line, last line, the lines), 1-based, of the step's part of `path`."""
+def part(path, first, until, skips=()):
+    """(first line, last line, the lines read, the (first, last) of each skipped block), 1-based,
+    of the step's part of `path`; a skip (first, last) leaves out the lines from the one that
+    starts with `first` to the next that starts with `last`, both included."""
     lines = (ROOT / path).read_text(encoding="utf-8").splitlines()
     starts = [i for i, line in enumerate(lines) if _matches(line, first)]
     if not starts:
@@ -103,7 +111,17 @@ def part(path, first, until):
         end = ends[0]
     while end > begin and not lines[end - 1].strip():
         end -= 1
-    return begin + 1, end, lines[begin:end]
+    keep, skipped = list(range(begin, end)), []
+    for skip_first, skip_last in skips:
+        a = next((i for i in keep if lines[i].startswith(skip_first)), None)
+        b = next((i for i in keep if a is not None and i > a and
+                  lines[i].startswith(skip_last)), None)
+        if b is None:
+            raise SystemExit(f"{path}: no block from {skip_first!r} to {skip_last!r} in lines "
+                             f"{begin + 1}-{end}: update PATH")
+        keep = [i for i in keep if not a <= i <= b]
+        skipped.append((a + 1, b + 1))
+    return begin + 1, end, [lines[i] for i in keep], skipped
 
 
 def count(lines, lang, seen):
@@ -147,22 +165,25 @@ def estimate(steps=None, seen=None):
     minutes, what, stalls)] for `steps` (PATH), in its order; `seen`: the code lines read
     before them."""
     rows, seen = [], set() if seen is None else seen
-    for k, (path, first, until, what, stalls) in enumerate(PATH if steps is None else steps, 1):
-        begin, end, lines = part(path, first, until)
+    for k, (path, first, until, what, stalls, *skips) in enumerate(PATH if steps is None
+                                                                   else steps, 1):
+        begin, end, lines, skipped = part(path, first, until, *skips)
         lang = language(path)
         code, again, words = count(lines, lang, seen)
         stall = sum(m for m, _ in stalls)
         pace = PACE.get(lang, 1)                # markdown has no code lines
         minutes = code / pace + again / PACE["again"] + words / PACE["words"] + stall
-        rows.append((k, path, (begin, end), code, again, words, stall, minutes, what, stalls))
+        rows.append((k, path, (begin, end, skipped), code, again, words, stall, minutes, what,
+                     stalls))
     return rows
 
 
 def path_table(rows, label="step"):
     """The learner's table: what to read, in order, and the minutes; then where to slow down."""
     out = [f"| {label} | file, lines | read for | minutes |", "| --- | --- | --- | --- |"]
-    for k, path, (begin, end), *_, minutes, what, _ in rows:
-        out.append(f"| {k} | `{path}` {begin}-{end} | {what} | {minutes:.0f} |")
+    for k, path, (begin, end, skipped), *_, minutes, what, _ in rows:
+        lines = f"{begin}-{end}" + "".join(f" but {a}-{b}" for a, b in skipped)
+        out.append(f"| {k} | `{path}` {lines} | {what} | {minutes:.0f} |")
     out.append(f"| | | total | {sum(r[7] for r in rows):.0f} |")
     stalls = [(k, m, where) for k, *_, row_stalls in rows for m, where in row_stalls]
     if stalls:

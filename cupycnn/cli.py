@@ -122,6 +122,11 @@ def build_parser(description, default_dataset="cifar10", prog=None):
                    "for validation (stratified; 0: none)")
     d.add_argument("--synthetic-size", type=int, default=5000,
                    help="synthetic: training examples (a fifth as many for the test set)")
+    d.add_argument("--synthetic-noise", type=float, default=0.2, metavar="SD",
+                   help="synthetic: pixel noise, standard deviation as a fraction of 255")
+    d.add_argument("--synthetic-similarity", type=float, default=0.0, metavar="SHARE",
+                   help="synthetic: the share of every class pattern common to all classes, in "
+                        "[0, 1) (a harder task: the classes differ by 1 - this)")
     d.add_argument("--augment", action=argparse.BooleanOptionalAction,
                    help="augment the training batches on the device")
     d.add_argument("--augment-style", choices=["crop-flip", "affine", "affine-small"],
@@ -314,9 +319,11 @@ def load_datasets(args, ctx):
         if kind == "digits":            # the fixed, stratified 80/20 split (seed 0)
             return data.Digits(train=True), data.Digits(train=False)
         if kind == "synthetic":
-            return (data.Synthetic(args.synthetic_size, shape=(32, 32, 3), seed=args.seed),
-                    data.Synthetic(max(1, args.synthetic_size // 5), shape=(32, 32, 3),
-                                   seed=args.seed + 1))
+            task = dict(shape=(32, 32, 3), noise=args.synthetic_noise,
+                        similarity=args.synthetic_similarity)
+            return (data.Synthetic(args.synthetic_size, seed=args.seed, **task),
+                    data.Synthetic(max(1, args.synthetic_size // 5), seed=args.seed + 1,
+                                   **task))
         root = Path(args.dataset[len("folder:"):])
         size = args.image_size
         cache_dir = Path(args.data_dir) / "cache"

@@ -130,24 +130,30 @@ template <class T>
 struct InputGradLoader {
   const float* w;
   const T* dy_image;
-  int M, K, m0, in_channels, taps, kernel_w, phase_h, phase_w, stride_h, stride_w, taps_h,
-      taps_w, out_height, out_width, base_i, base_j;
+  int M, m0, in_channels, taps, kernel_w, phase_h, phase_w, stride_h, stride_w, taps_h,
+      taps_w, out_height, out_width, base_i, base_j, out_channels;
+  // A's rows c = m0 + TcKMajor::row(i) of this thread (tc_rows_k_major: c * taps of the first,
+  // the step, how many are below M; 32-bit, the weight has under 2^31 elements). Each row's
+  // 64-bit offset and its c < M, loop invariants, stayed in registers (the weight gradient's
+  // SASS: 8 rows x 3) and held the small tile to 3 blocks per SM.
+  unsigned a_row0, a_row_step;
+  int a_rows;
   bool pixel_valid;
   PhaseTap a_tap, b_tap[PixelCopies::LOADS], tap_step;
   TcCopies<T, PixelCopies::LOADS> b_copies;
 
-  __device__ __forceinline__ void load(int step, TcStage& s) {
-    const int k0 = step * TC_BK;
+  __device__ __forceinline__ void load(int, TcStage& s) {
     const int a_k = TcKMajor<TC_BM>::k();
-    const bool a_valid = k0 + a_k < K;
-    const long long a_offset = (long long)a_tap.o * in_channels * taps +
-                               (phase_h + a_tap.rr * stride_h) * kernel_w + phase_w +
-                               a_tap.ss * stride_w;
+    // k < K exactly when the tap's output channel o < C_out (rr, ss are below their sizes).
+    const bool a_valid = a_tap.o < out_channels;
+    // (unsigned: past the last step's end o reaches C_out, and the offset is only used when
+    // a_valid, where it is below 2^31)
+    const float* a_src = w + ((unsigned)a_tap.o * in_channels * taps + (phase_h + a_tap.rr *
+                              stride_h) * kernel_w + phase_w + a_tap.ss * stride_w + a_row0);
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
-      const int m = TcKMajor<TC_BM>::row(i), c = m0 + m;
-      const bool ok = a_valid && c < M;
-      tc_copy(s.a, m, a_k, ok ? w + a_offset + (long long)c * taps : w, ok);
+      const bool ok = a_valid && i < a_rows;
+      tc_copy(s.a, TcKMajor<TC_BM>::row(i), a_k, ok ? a_src + i * a_row_step : w, ok);
     }
     advance3(a_tap, tap_step, taps_h, taps_w);
     const int p = PixelCopies::row();
@@ -155,8 +161,8 @@ struct InputGradLoader {
     for (int i = 0; i < PixelCopies::LOADS; ++i) {
       const int k = PixelCopies::k(i);
       const int oi = base_i - b_tap[i].rr, oj = base_j - b_tap[i].ss;
-      const bool ok = pixel_valid && k0 + k < K && oi >= 0 && oi < out_height && oj >= 0 &&
-                      oj < out_width;
+      const bool ok = pixel_valid && b_tap[i].o < out_channels && oi >= 0 &&
+                      oi < out_height && oj >= 0 && oj < out_width;
       b_copies.copy(i, s, s.b, p, k,
                     ok ? dy_image + ((long long)b_tap[i].o * out_height + oi) * out_width + oj
                        : dy_image,
@@ -182,10 +188,12 @@ __device__ __forceinline__ void conv2d_tc_backward_input_body(
   const int m0 = blockIdx.y * TC_BM, p0 = blockIdx.x * TC_BN;
   if (p0 >= P) return;                        // the grid is sized for the largest phase
   InputGradLoader<T> ld;
-  ld.w = weight; ld.M = M; ld.K = K; ld.m0 = m0; ld.in_channels = in_channels;
+  ld.w = weight; ld.M = M; ld.m0 = m0; ld.in_channels = in_channels;
   ld.taps = kernel_h * kernel_w; ld.kernel_w = kernel_w; ld.phase_h = phase_h;
   ld.phase_w = phase_w; ld.stride_h = stride_h; ld.stride_w = stride_w; ld.taps_h = taps_h;
   ld.taps_w = taps_w; ld.out_height = out_height; ld.out_width = out_width;
+  ld.out_channels = out_channels;
+  tc_rows_k_major<TC_BM>(m0, M, ld.taps, ld.a_row0, ld.a_row_step, ld.a_rows);
   const int pixel = p0 + PixelCopies::row();
   ld.pixel_valid = pixel < P;
   ld.base_i = ld.base_j = 0;
@@ -237,6 +245,11 @@ struct WeightGradLoader {
   int tap_offset[TcKMajor<TC_BN>::LOADS];
   int tap_rs[TcKMajor<TC_BN>::LOADS];
   unsigned tap_valid;
+  // A's rows o = m0 + TcKMajor::row(i), as in InputGradLoader: o * out_pixels of the first,
+  // the step, how many are below M (32-bit offsets within an image, as tap_offset's:
+  // ops/_conv2d_checks.py checks that C_out H_out W_out and C_in H W fit).
+  unsigned a_row0, a_row_step;
+  int a_rows;
   TcCopies<T, TcKMajor<TC_BM>::LOADS> a_copies;
   TcCopies<T, TcKMajor<TC_BN>::LOADS> b_copies;
 
@@ -249,9 +262,9 @@ struct WeightGradLoader {
     const int corner = top * width + left;
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BM>::LOADS; ++i) {
-      const int m = TcKMajor<TC_BM>::row(i), o = m0 + m;
-      const bool ok = k_valid && o < M;
-      a_copies.copy(i, s, s.a, m, k_local, ok ? dy_pixel + (long long)o * out_pixels : dy, ok);
+      const bool ok = k_valid && i < a_rows;
+      a_copies.copy(i, s, s.a, TcKMajor<TC_BM>::row(i), k_local,
+                    ok ? dy_pixel + (a_row0 + i * a_row_step) : dy, ok);
     }
 #pragma unroll
     for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {
@@ -287,6 +300,7 @@ __device__ __forceinline__ void conv2d_tc_backward_weight_body(
   ld.out_pixels = out_pixels;
   ld.image_stride_x = (long long)in_channels * height * width;
   ld.image_stride_dy = (long long)out_channels * out_pixels;
+  tc_rows_k_major<TC_BM>(m0, M, out_pixels, ld.a_row0, ld.a_row_step, ld.a_rows);
   ld.tap_valid = 0;
 #pragma unroll
   for (int i = 0; i < TcKMajor<TC_BN>::LOADS; ++i) {

@@ -100,6 +100,21 @@ template <int ROWS> struct TcKMajor {
     return threadIdx.x / TC_BK + i * (TC_THREADS / TC_BK); }
 };
 
+// The rows row0 + TcKMajor<ROWS>::row(i) (i < LOADS) of this thread in an operand of `rows` rows
+// stored `stride` elements apart: `first` = the first one's offset, `step` = the offset between
+// two (they are TC_THREADS / TC_BK rows apart), `count` = how many are below `rows` (row i is in
+// the matrix iff i < count). A loader that keeps these three instead of each row's offset and
+// comparison saves registers (conv2d_tc.cu's gradients: 2 LOADS x 8 rows); 32-bit offsets: the
+// caller knows its operand's rows fit.
+template <int ROWS>
+__device__ __forceinline__ void tc_rows_k_major(int row0, int rows, int stride, unsigned& first,
+                                                unsigned& step, int& count) {
+  const int row = row0 + TcKMajor<ROWS>::row(0), apart = TC_THREADS / TC_BK;
+  count = row < rows ? min(TcKMajor<ROWS>::LOADS, (rows - row + apart - 1) / apart) : 0;
+  first = (unsigned)row * stride;      // unsigned: defined past the matrix, where it is unused
+  step = (unsigned)apart * stride;
+}
+
 // ... contiguous along the rows (m or n), one float per copy: row() at k(0 .. LOADS - 1). Each
 // group of 8 lanes takes 8 consecutive rows at one k (32 bytes of global memory, one sector), the
 // 4 groups of a warp 4 k's of distinct k % 4 (so its 32 stores hit 32 banks). A thread keeps one
@@ -308,21 +323,23 @@ struct TcCopies<float, N> {
 
 template <int N>
 struct TcCopies<bf16, N> {
-  bf16 held[N];
+  // The elements' bits, two per register (copy i in half i % 2: the loaders issue copies 0 to
+  // N - 1 in order, so the even one of each pair comes first); as one bf16 per register, the
+  // small tile's bf16 weight gradient (2 x 8 elements held) spilled at 4 blocks per SM.
+  unsigned held[(N + 1) / 2];
   int offset[N];
 
   __device__ __forceinline__ void copy(int i, TcStage& s, float* tile, int row, int k,
                                        const bf16* src, bool valid) {
-    bf16 v;
-    v.bits = 0;
-    if (valid) v = *src;
-    held[i] = v;
+    const unsigned bits = valid ? src->bits : 0u;
+    held[i / 2] = i % 2 ? held[i / 2] | bits << 16 : bits;
     offset[i] = (int)(tile + tc_at(row, k) - reinterpret_cast<float*>(&s));
   }
   __device__ __forceinline__ void flush(TcStage& s) {
     float* base = reinterpret_cast<float*>(&s);
 #pragma unroll
-    for (int i = 0; i < N; ++i) base[offset[i]] = to_float(held[i]);
+    for (int i = 0; i < N; ++i)        // a bf16's float is its bits in the upper half
+      base[offset[i]] = __uint_as_float(i % 2 ? held[i / 2] & 0xffff0000u : held[i / 2] << 16);
   }
 };
 

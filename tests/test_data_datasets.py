@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from cupycnn.data import ArrayDataset, Digits, Subset, Synthetic, train_val_split
+from cupycnn.data.synthetic import class_patterns
 
 
 def _dataset(rng, n=60, counts=None, shape=(5, 7, 3)):
@@ -145,8 +146,37 @@ def test_synthetic_is_learnable_from_one_seed_to_another():
     assert accuracy(np.random.default_rng(0).permutation(train.labels)) < 0.3
 
 
+def test_synthetic_similarity_shrinks_the_class_differences():
+    # similarity s: pattern_c = (1 - s) own_c + s shared, so every difference between two
+    # classes' patterns is (1 - s) times the one at s = 0, and s = 0 is the task unchanged;
+    # the nearest class mean of test_synthetic_is_learnable... drops with it.
+    shape = (8, 8, 3)
+    own = class_patterns(shape, 10)
+    for s in (0.5, 0.9):
+        blended = class_patterns(shape, 10, similarity=s)
+        np.testing.assert_allclose(blended[1:] - blended[:-1], (1 - s) * (own[1:] - own[:-1]),
+                                   atol=1e-6)
+        assert not np.allclose(blended, (1 - s) * own)          # a shared part, not a scaling
+    np.testing.assert_array_equal(Synthetic(20, seed=5, similarity=0.0).images,
+                                  Synthetic(20, seed=5).images)
+
+    def nearest_mean_accuracy(**task):
+        train = Synthetic(500, shape=(8, 8, 1), seed=0, **task)
+        test = Synthetic(300, shape=(8, 8, 1), seed=1, **task)
+        x, xt = train.images.reshape(500, -1) / 255, test.images.reshape(300, -1) / 255
+        means = np.stack([x[train.labels == k].mean(0) for k in range(10)])
+        guess = np.argmin(((xt[:, None] - means[None]) ** 2).sum(-1), axis=1)
+        return (guess == test.labels).mean()
+    easy, hard = nearest_mean_accuracy(), nearest_mean_accuracy(similarity=0.8, noise=0.4)
+    assert easy > 0.9 and hard < easy - 0.2
+
+
 def test_synthetic_checks_its_arguments():
     with pytest.raises(ValueError, match=r"Synthetic: shape must be \(H, W, C\) or \(H, W\)"):
         Synthetic(4, shape=(0, 3, 3))
     with pytest.raises(ValueError, match="num_classes at least 1"):
         Synthetic(4, num_classes=0)
+    with pytest.raises(ValueError, match=r"similarity must be in \[0, 1\)"):
+        Synthetic(4, similarity=1.0)
+    with pytest.raises(ValueError, match="noise at least 0"):
+        Synthetic(4, noise=-0.1)

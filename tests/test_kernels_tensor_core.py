@@ -156,6 +156,20 @@ def test_the_version_must_fit_the_precision(rng):
         ops.conv2d_forward(x, w, version="fast")
 
 
+def test_one_image_must_fit_the_kernels_int():
+    # The tensor-core gradients offset within an image in 32 bits (conv2d_tc.cu): C_in H W and
+    # C_out H_out W_out are checked from the shapes alone, before anything is allocated.
+    big = 2 ** 16          # 2^16 channels of 256 x 256: 2^32 elements in one image
+    with pytest.raises(ValueError, match=r"C_in \* H \* W = 4294967296 exceeds the kernels' int"):
+        ops.check_geometry("conv2d_forward", (1, big, 256, 256), (1, big, 1, 1), 1, 0)
+    with pytest.raises(ValueError, match=r"C_out \* H_out \* W_out = 4294967296 exceeds"):
+        ops.check_geometry("conv2d_forward", (1, 1, 256, 256), (big, 1, 1, 1), 1, 0)
+    with pytest.raises(ValueError, match=r"C_out \* H_out \* W_out = 2147483648 exceeds"):
+        ops.check_geometry("conv2d_forward", (1, 1, 256, 256), (big // 2, 1, 1, 1), 1, 0)   # 2^31
+    assert ops.check_geometry("conv2d_forward", (1, 1, 256, 256), (big // 4, 1, 1, 1), 1, 0)[4] \
+        == big // 4                                                               # 2^30 fits
+
+
 def test_tile_choice_follows_the_shape():
     assert tiles.choose_tile(512, 128 * 32 * 32) is tiles.LARGE      # many blocks: reuse
     assert tiles.choose_tile(64, 27) is tiles.SMALL                  # the stem's weight grad

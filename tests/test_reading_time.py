@@ -36,8 +36,16 @@ def test_a_missing_anchor_says_which():
         reading_time.part("kernels/conv2d.cu", "no such line", None)
 
 
+def test_a_skipped_block_is_left_out():
+    begin, end, lines, skipped = reading_time.part(
+        "kernels/conv2d.cu", "forward", "input gradient", [("extern", "}")])
+    ((a, b),) = skipped
+    assert begin < a < b <= end and len(lines) == end - begin + 1 - (b - a + 1)
+    assert lines[0].lstrip("/ -") == "forward"
+
+
 def test_section_rules_are_anchors():
-    begin, end, lines = reading_time.part("kernels/conv2d.cu", "forward", "input gradient")
+    begin, end, lines, _ = reading_time.part("kernels/conv2d.cu", "forward", "input gradient")
     assert lines[0].lstrip("/ -") == "forward" and "input gradient" not in lines[-1]
     assert any(line.startswith("conv2d_forward(") for line in lines)
 

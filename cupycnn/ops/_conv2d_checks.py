@@ -44,9 +44,11 @@ def geometry(op, x_shape, weight_shape, stride, padding):
     o, _, kh, kw = (int(v) for v in weight_shape)
     _, (sh, sw), (ph, pw) = check_hyper_parameters(op, c, o, (kh, kw), stride, padding)
     ho, wo = checked_output_size(op, h, w, (kh, kw), (sh, sw), (ph, pw))
+    # (One image of x or y within int: the tensor-core gradients' offsets inside an image.)
     for name, value in (("N * H_out * W_out", n * ho * wo), ("N * H * W", n * h * w),
                         ("C_in * kh * kw", c * kh * kw), ("C_out * kh * kw", o * kh * kw),
-                        ("C_out * C_in * kh * kw", o * c * kh * kw)):
+                        ("C_out * C_in * kh * kw", o * c * kh * kw), ("C_in * H * W", c * h * w),
+                        ("C_out * H_out * W_out", o * ho * wo)):
         if value > INT32_MAX:
             raise ValueError(f"{op}: {name} = {value} exceeds the kernels' int range "
                              f"({INT32_MAX}); split the batch")

@@ -11,11 +11,12 @@ per configuration on both devices; benchmarks/kernel_report.py compiles every on
         keeps it free of bank conflicts). min_blocks: the resident blocks per SM the forward
         convolution and the GEMMs ask ptxas for (__launch_bounds__: registers at most
         65536 / (min_blocks threads)); min_blocks_backward: the same for the convolution's two
-        gradients, which keep more coordinates per thread. Each is the most that compiles
-        without a spill (tests/test_kernel_report.py); without them ptxas gave the small
-        tile's forward convolution and GEMMs up to 166 registers (3 blocks of 128 threads per
-        SM) and the large tile's bf16 forward convolution 157 (1 block of 256): see
-        docs/BENCHMARKS.md.
+        gradients, which keep more coordinates per thread (the small tile's were at 3 until
+        their row offsets were narrowed and the bf16 elements held two to a register). Each is
+        the most that compiles without a spill (tests/test_kernel_report.py); without them
+        ptxas gave the small tile's forward convolution and GEMMs up to 166 registers (3 blocks
+        of 128 threads per SM) and the large tile's bf16 forward convolution 157 (1 block of
+        256): see docs/BENCHMARKS.md.
 
 Per shape (choose_tile): the big tile (fewer blocks, more reuse of each loaded element: 2 bm bn /
 (bm + bn) FLOP per copied float) when it still gives at least MIN_WAVES waves of blocks over the
@@ -67,7 +68,7 @@ class TcTile:
 
 
 LARGE = TcTile(128, 64, 16, 4, 2, 4, 2, 2)    # 256 threads, warp tile 32 x 32, 48 KiB
-SMALL = TcTile(64, 64, 16, 2, 2, 4, 4, 3)     # 128 threads, warp tile 32 x 32, 32 KiB
+SMALL = TcTile(64, 64, 16, 2, 2, 4, 4, 4)     # 128 threads, warp tile 32 x 32, 32 KiB
 TILES = (LARGE, SMALL)
 
 
