@@ -385,3 +385,29 @@ def test_portable_fiber_switch_and_openmp_builds(tmp_path, env):
     assert result.returncode == 0, result.stderr
     flag = "-DSIMT_UCONTEXT" if "CUPYCNN_SIM_UCONTEXT" in env else "-fopenmp"
     assert "OK" in result.stdout and flag in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_model_gives_the_same_bits_on_two_os_threads_as_on_one(precision):
+    """The multi-core build (its shared memory per OS thread, bound once per emulated thread)
+    computes what the one-thread build does: a ResNet-18's forward and backward, the
+    tensor-core kernels too under bf16."""
+    from cupycnn import models
+    cupycnn.use("sim")
+    previous = cupycnn.get_precision()
+    cupycnn.set_precision(precision)
+    try:
+        model = models.resnet18(10, stem="cifar", width=8)
+        x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+        out = []
+        for threads in (1, 2):
+            with sim.threads(threads):
+                y = model.forward(cupycnn.asarray(x), training=False)
+                dx = model.backward(cupycnn.asarray(np.ones(y.shape, np.float32)))
+            out.append((cupycnn.asnumpy(y), cupycnn.asnumpy(dx)))
+        for a, b in zip(*out):
+            np.testing.assert_array_equal(a, b)
+            assert np.abs(a).max() > 0
+    finally:
+        cupycnn.set_precision(previous)
