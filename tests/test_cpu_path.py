@@ -36,8 +36,10 @@ TOLERANCE = {np.float64: 1e-12, np.float32: 2e-6}
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
+def threads(request, monkeypatch):
+    """The thread count; with 2, the test's small arrays are split over the threads too."""
     cpu.set_num_threads(request.param)
+    monkeypatch.setattr(parallel, "MIN_TASK_BYTES", 1)
     yield request.param
     cpu.set_num_threads(None)
 
@@ -454,6 +456,24 @@ def test_float32_takes_the_cpu_path_float64_and_disabled_the_reference(monkeypat
     assert calls == [np.float32]
 
 
+def test_parallel_for_keeps_small_work_on_one_thread(monkeypatch):
+    """Below MIN_TASK_BYTES per thread a thread is not woken (it costs more than it saves)."""
+    cpu.set_num_threads(2)
+    try:
+        for nbytes, expected in [(None, 2), (parallel.MIN_TASK_BYTES, 1),
+                                 (2 * parallel.MIN_TASK_BYTES - 1, 1),
+                                 (2 * parallel.MIN_TASK_BYTES, 2)]:
+            seen = set()
+
+            def task(i):
+                seen.add(threading.current_thread().name)
+                threading.Event().wait(0.01)       # long enough for the other thread to take one
+            parallel.parallel_for(4, task, nbytes=nbytes)
+            assert len(seen) == expected, (nbytes, seen)
+    finally:
+        cpu.set_num_threads(None)
+
+
 def test_parallel_for_runs_every_task_and_raises_the_first_error(threads):
     done = []
     parallel.parallel_for(10, done.append)
@@ -538,9 +558,11 @@ def _digits_cnn():
      (3, 16, 16)),
 ], ids=["digits-cnn", "resnet"])
 def test_training_steps_follow_the_reference_and_ignore_the_thread_count(model_fn, optimizer_fn,
-                                                                        shape):
+                                                                        shape, monkeypatch):
     """Three training steps: the CPU path's losses and parameters follow the references' to
-    float32 rounding, and are the same bits with 1 and 2 threads."""
+    float32 rounding, and are the same bits with 1 and 2 threads (every op split, however small
+    its arrays)."""
+    monkeypatch.setattr(parallel, "MIN_TASK_BYTES", 1)
     results = {}
     for threads in (1, 2):
         cpu.set_num_threads(threads)

@@ -128,9 +128,9 @@ def _gather_wide(xp, kernel, out_rows, first, cols):
 
 
 def _batch_chunks(n, bytes_per_image):
-    """Chunks of images with about CHUNK_BYTES of columns each (from the shapes alone, so that
-    every product is the same whatever the thread count)."""
-    return parallel.chunks(n, max(1, CHUNK_BYTES // max(1, bytes_per_image)))
+    """Chunks of images of equal size with at most about CHUNK_BYTES of columns each (from the
+    shapes alone, so that every product is the same whatever the thread count)."""
+    return parallel.split(n, -(-n * max(1, bytes_per_image) // CHUNK_BYTES))
 
 
 def _padded(x, ph, pw, name, spare_row=False):
@@ -294,7 +294,8 @@ def conv2d_forward(x, weight, bias, stride, padding, cache=None, precision="fp32
         else:
             np.add(out.reshape(o, nb, pixels), bias_column[:, :, None], out=dest)
 
-    parallel.parallel_for(len(parts), task)
+    parallel.parallel_for(len(parts), task, nbytes=parallel.product_bytes(o, taps, n * pixels) +
+                          2 * taps * n * pixels * dtype.itemsize)
     return y
 
 
@@ -321,7 +322,7 @@ def _columns(x, weight_shape, stride, padding, out_size, last):
                 _columns_view(cols[:, start * pixels:stop * pixels], c, kh, kw, stop - start,
                               ho, wo))
 
-    parallel.parallel_for(len(parts), task)
+    parallel.parallel_for(len(parts), task, nbytes=2 * cols.nbytes)
     return cols
 
 
@@ -359,7 +360,7 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, cache=None, out
         dest = dy2[:, start * pixels:stop * pixels].reshape(o, stop - start, ho, row)
         np.copyto(dest[:, :, :, :wo], dy[start:stop].transpose(1, 0, 2, 3))
 
-    parallel.parallel_for(len(parts), transpose)
+    parallel.parallel_for(len(parts), transpose, nbytes=dy.nbytes + dy2.nbytes)
     taps = c * kh * kw
     # dw as [o, (c, r, s)], or channels-last [o, (r, s, c)] (then transposed into place)
     into_out = not last and out is not None and out.dtype == dtype and out.flags.c_contiguous
@@ -373,7 +374,8 @@ def conv2d_backward_weight(dy, x, weight_shape, stride, padding, cache=None, out
         np.matmul(dy2[r0:r1, p0:p1], cols[p0:p1] if last else cols[:, p0:p1].T,
                   out=partial[k % len(spans), r0:r1])
 
-    parallel.parallel_for(len(rows) * len(spans), product)
+    parallel.parallel_for(len(rows) * len(spans), product,
+                          nbytes=parallel.product_bytes(o, n * pixels, taps))
     if len(spans) > 1:
         np.sum(partial, axis=0, out=dw)           # in pixel order, whatever the threads
     if stored:
@@ -490,5 +492,6 @@ def conv2d_backward_input(dy, weight, input_shape, stride, padding, precision="f
             np.matmul(wt, cols, out=result)
             np.copyto(dest, result.reshape(c, nb, qh, qw))
 
-    parallel.parallel_for(len(parts), task)
+    parallel.parallel_for(len(parts), task, nbytes=n * 2 * per_image + parallel.product_bytes(
+        c, o * kh * kw, n * h * w))
     return dx
