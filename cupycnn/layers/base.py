@@ -143,6 +143,21 @@ class Parameter:
         return f"Parameter({self.name}, shape={self.shape})"
 
 
+class _Name:
+    """How check messages name a layer (`Type(args)[.backward]`): formatted only when a message
+    is, not at every forward (short_repr costs microseconds a call)."""
+    __slots__ = ("layer", "suffix")
+
+    def __init__(self, layer, suffix=""):
+        self.layer, self.suffix = layer, suffix
+
+    def __str__(self):
+        return self.layer.short_repr() + self.suffix
+
+    def __format__(self, spec):
+        return format(str(self), spec)
+
+
 class Layer:
     """Base class of every layer and composite; see the module docstring."""
 
@@ -346,12 +361,12 @@ class Layer:
                              f"transform=cupycnn.data.Normalize(mean, std) (or an augmentation), "
                              f"or pass the uint8 arrays to Trainer.fit(x, y) / predict(x), which "
                              f"normalise them")
-        return check_arrays(self.short_repr(), bound=bound, dtypes=activation_dtypes(),
+        return check_arrays(_Name(self), bound=bound, dtypes=activation_dtypes(),
                             input=(x, pattern))
 
     def check_grad_output(self, dy, shape):
         """dy must have the shape the forward output had."""
-        return check_arrays(self.short_repr() + ".backward", dtypes=activation_dtypes(),
+        return check_arrays(_Name(self, ".backward"), dtypes=activation_dtypes(),
                             dy=(dy, tuple(shape)))
 
     # ------------------------------------------------------------------ parameters and state

@@ -79,23 +79,22 @@ def check_arrays(op, bound=None, dtypes=None, **specs):
 
 
 def check_shape(op, name, shape, pattern, bound):
-    """Match `shape` against `pattern`, binding named sizes into `bound`."""
-    shape = tuple(int(s) for s in shape)
+    """Match `shape` against `pattern`, binding named sizes into `bound` (only when all match)."""
     if pattern is None:
         return bound
-    ok = len(shape) == len(pattern)
-    if ok:
-        trial = dict(bound)
+    shape = tuple(map(int, shape))
+    if len(shape) == len(pattern):
+        new = {}
         for size, p in zip(shape, pattern):
             if p is None:
                 continue
-            if isinstance(p, str):
-                if trial.setdefault(p, size) != size:
-                    ok = False
+            if p.__class__ is str:
+                if new.setdefault(p, bound.get(p, size)) != size:
+                    break
             elif size != p:
-                ok = False
-        if ok:
-            bound.update(trial)
+                break
+        else:
+            bound.update(new)
             return bound
     raise ValueError(f"{op}: {name} must have shape {_render(pattern, bound)}, got {shape}")
 
