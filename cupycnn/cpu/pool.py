@@ -1,12 +1,19 @@
 """Max pooling on the CPU, fast, for windows that tile the input (kernel == stride, no padding:
-the MaxPool2d(2) of most CNNs): reference/pool.py's results, bit for bit, from kh*kw strided
-views of x instead of a gathered [..., kh*kw] copy of every window. Other geometries, and
+the MaxPool2d(2) of most CNNs): reference/pool.py's results, bit for bit. Other geometries, and
 average and global pooling (already one pass each), run the reference.
 
-Forward: y is the running maximum over the window's taps in window order (NaN wins, as in
-the reference); the argmax is then the first tap equal to y (or NaN where y is NaN), found by
-walking the taps backwards. Backward: each window's dy goes to the tap its argmax names; an
-argmax outside its own window (not from this forward) takes the reference's general scatter.
+Forward, when the windows cover the input exactly and no NaN is in it: two reductions, each
+over long runs (NumPy's cost is per run): first along every row, pairs of neighbours
+(x.reshape(-1, kw)[:, s], one strided run over the whole tensor) give each row's maximum in
+its window and the first s reaching it; then over the window's kh rows (runs of OW). A
+strictly greater later value is what moves the choice, so the argmax is the first maximum in
+window order (row by row), the reference's np.argmax. Otherwise (a NaN, which wins in the
+reference, or cut edges) the kh*kw strided tap views: y the running maximum, the argmax the
+first tap equal to y, found by walking the taps backwards.
+Backward: each window's dy goes to the element its argmax names, by one scatter into a zeroed
+dx (windows do not overlap: no sums), after checking that every argmax lies in its own window
+(one not from this forward takes the reference's general scatter). dy + 0 is what lands, as
+in the reference's np.add.at into zeros (a -0 becomes +0).
 """
 import numpy as np
 
@@ -33,8 +40,57 @@ def max_pool2d_forward(x, kernel, stride, padding):
     if not tiles(kernel, stride, padding):
         return reference.max_pool2d_forward(x, kernel, stride, padding)
     (kh, kw), (h, w) = kernel, x.shape[2:]
-    n, c = x.shape[:2]
     out = (h // kh, w // kw)
+    if out[0] * kh == h and out[1] * kw == w and x.size:
+        y, argmax = _forward_rows(x, kernel, out)
+        if not np.isnan(y).any():
+            return y, argmax
+    return _forward_taps(x, kernel, out)
+
+
+def _first_max(values):
+    """(best, index): the maximum of the equal-shaped values and the first k reaching it (a
+    later value moves the choice only when strictly greater). For two values, index is the
+    bool values[1] > values[0]."""
+    if len(values) == 2:
+        return np.maximum(values[0], values[1]), values[1] > values[0]
+    best, index = np.array(values[0]), np.zeros(values[0].shape, np.int32)
+    for k, v in enumerate(values[1:], start=1):
+        np.copyto(index, k, where=v > best)
+        np.maximum(best, v, out=best)
+    return best, index
+
+
+def _forward_rows(x, kernel, out):
+    """The exact-cover, NaN-free forward: row maxima over s, then over the window's rows (see
+    the module docstring)."""
+    (kh, kw), (oh, ow) = kernel, out
+    n, c, h, w = x.shape
+    runs = x.reshape(-1, kw)                                     # [(n, c, h, j), s]
+    row_max, row_s = _first_max([runs[:, s] for s in range(kw)])
+    rows = row_max.reshape(n * c * oh, kh, ow)
+    y, best_r = _first_max([rows[:, r] for r in range(kh)])
+    row_s = row_s.reshape(n * c * oh, kh, ow)
+    if kh == 2 and kw == 2:                  # where(best_r, s of row 1, s of row 0), in bits
+        best_s = row_s[:, 0] ^ row_s[:, 1]
+        best_s &= best_r
+        best_s ^= row_s[:, 0]
+    elif kh == 2:
+        best_s = np.where(best_r, row_s[:, 1], row_s[:, 0])
+    else:
+        best_s = np.take_along_axis(row_s, best_r[:, None, :].astype(np.intp), axis=1)[:, 0]
+    corner = ((np.arange(oh) * kh * w)[:, None] + np.arange(ow) * kw).astype(np.int32)
+    argmax = best_r.astype(np.int32).reshape(n, c, oh, ow)
+    np.multiply(argmax, w, out=argmax)
+    argmax += best_s.reshape(n, c, oh, ow)
+    argmax += corner
+    return y.reshape(n, c, oh, ow), argmax
+
+
+def _forward_taps(x, kernel, out):
+    """The general tiling forward (NaN, cut edges): over the kh*kw strided tap views."""
+    (kh, kw), (h, w) = kernel, x.shape[2:]
+    n, c = x.shape[:2]
     y = np.empty((n, c) + out, x.dtype)
     argmax = np.empty((n, c) + out, np.int32)
     parts = parallel.chunks(n, max(1, -(-n // parallel.num_threads())))
@@ -72,17 +128,16 @@ def max_pool2d_backward(dy, argmax, input_size, kernel, stride, padding):
         return reference.max_pool2d_backward(dy, argmax, input_size)
     (kh, kw), (h, w) = kernel, input_size
     n, c, oh, ow = dy.shape
+    dx = np.zeros((n * c, h * w), dy.dtype)
+    if not dy.size:
+        return dx.reshape(n, c, h, w)
     corner = ((np.arange(oh) * kh * w)[:, None] + np.arange(ow) * kw).astype(np.int32)
     local = argmax - corner                                   # r w + s inside the window
-    row, col = np.divmod(local, w)
-    if local.size and not ((row >= 0) & (row < kh) & (col >= 0) & (col < kw)).all():
+    inside = np.zeros(kh * w, np.bool_)                       # the window's r w + s
+    inside[(np.arange(kh)[:, None] * w + np.arange(kw)).ravel()] = True
+    if local.min() < 0 or local.max() >= kh * w or not inside[local].all():
         return reference.max_pool2d_backward(dy, argmax, input_size)
-    tap = (row * kw + col).astype(np.int32)
-    dx = np.zeros((n, c, h, w), dy.dtype)
-    bits = {4: np.int32, 8: np.int64}[dy.itemsize]
-    dy_bits = dy.view(bits)
-    for t, view in enumerate(_taps(dx, kernel, (oh, ow))):
-        mask = (tap == t).astype(bits)
-        np.negative(mask, out=mask)                           # all ones where this tap won
-        np.bitwise_and(dy_bits, mask, out=view.view(bits))
-    return dx
+    planes = (np.arange(n * c, dtype=np.intp) * (h * w))[:, None]
+    flat = argmax.reshape(n * c, -1) + planes                 # every window's own element
+    dx.reshape(-1)[flat.reshape(-1)] = np.add(dy, 0).reshape(-1)
+    return dx.reshape(n, c, h, w)
