@@ -353,9 +353,12 @@ def test_philox_and_dropout_are_the_reference_bit_for_bit(threads, rng):
         assert np.array_equal(fast_philox.block_words(2**64 - 1, 9, count, start=start),
                               ref_philox.block_words(2**64 - 1, 9, np.arange(
                                   start, start + count, dtype=np.uint64)))
-    x = rng.standard_normal((7, 33)).astype(np.float32)
-    x[0, :3] = [np.nan, np.inf, -np.inf]
-    for p in (0.0, 0.3, 1.0):
+    small, large = (7, 33), (3, parallel.PIECE_MIN + 5)     # np.where; the pieces' bit AND
+    for shape, p, dtype in [(small, 0.0, np.float32), (small, 0.3, np.float32),
+                            (small, 1.0, np.float32), (small, 0.3, np.float64),
+                            (large, 0.3, np.float32), (large, 0.5, np.float64)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        x[0, :3] = [np.nan, np.inf, -np.inf]
         cache = {}
         with np.errstate(invalid="ignore"):
             y = fast_dropout.dropout_forward(x, p, 11, 3, cache)

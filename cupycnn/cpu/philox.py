@@ -1,117 +1,101 @@
 """Philox4x32-10 on the CPU, fast: reference/philox.py's blocks, bit for bit, for a run of
 consecutive blocks, and dropout's mask from them (reference packed_words: element i takes word
 i mod 4 of block i div 4, so a mask of n elements costs n / 4 blocks). Blocks are computed piece
-by piece on the threads, the rounds done in place in eight reused uint64 buffers of a piece's
-length (the counter's four words and the products' two halves).
+by piece on the threads, the ten rounds done in place in reused uint64 buffers of a piece.
 
-How it is written, each choice measured against the alternatives (benchmarks/dropout_cpu.py's
-figures are in docs/BENCHMARKS.md): a piece costs ~90 ufunc passes, so at the digits network's
-sizes (1k-4k blocks) a call's fixed cost is most of a pass, and the code saves passes and calls:
-- `out` is passed positionally: a NumPy 2 ufunc parses `out=` in ~0.4 us more per call;
-- the counter's stream words are the same for every block, and its high block word for every
-  block of a piece (no piece crosses a multiple of 2^32 blocks), so rounds 0-2 compute the lanes
-  that are still constant as Python ints: 22 passes instead of 30;
-- the products' halves are taken by shift and mask on contiguous uint64 arrays, and the last
-  round's four words written into the (blocks, 4) output by truncating casts: reading the halves
-  through uint32 views (strided) and computing both lanes in one array both measured slower.
+How it is written, each choice measured faster than the alternatives named (docs/BENCHMARKS.md,
+issue 14's dropout): at the digits network's sizes (1k-4k blocks) a ufunc call's fixed cost is
+most of a pass, so the code saves calls:
+- the round's two lanes live in one array, x = [c0 | c2] (or [c2 | c0]: the round swaps them,
+  and the next round multiplies by the multipliers in that order), so one call multiplies both,
+  one shifts both and one masks both: 7 calls a round instead of 10;
+- the previous round's products are kept whole: their low halves are the c1 and c3 that the xor
+  needs, and their high halves, xored in with them, are masked off with the round's result;
+- `out` is passed positionally (NumPy 2 takes longer to parse `out=`);
+- the last round's four words go into the (blocks, 4) output by truncating casts.
+Measured slower: the products' halves read through uint32 views (strided loops); a lane per
+array (10 calls a round), also with rounds 0-2 computing the lanes that are still constant (the
+stream's words) as Python ints.
 """
+import functools
+
 import numpy as np
 
 from . import parallel
 from ..reference import philox as reference
 
-_M0, _M1 = np.array(reference.M0, np.uint64), np.array(reference.M1, np.uint64)
 _W0, _W1 = int(reference.W0), int(reference.W1)
 _MASK = 0xFFFFFFFF
 _LOW, _32 = np.array(_MASK, np.uint64), np.array(32, np.uint64)
-PIECE = 4096          # blocks: the eight buffers stay in L2 (256 KB)
+PIECE = 4096          # blocks: the three buffers stay in L2 (192 KB)
+
+
+@functools.lru_cache(maxsize=16)
+def _multipliers(n):
+    """[M0 | M1] and [M1 | M0], n of each: the multipliers of x in either lane order."""
+    m01 = np.concatenate([np.full(n, reference.M0), np.full(n, reference.M1)])
+    m10 = np.concatenate([m01[n:], m01[:n]])
+    m01.flags.writeable = m10.flags.writeable = False
+    return m01, m10
 
 
 def _block_words_piece(out, seed, stream, first):
-    """out[j] = reference.block_words(seed, stream, first + j), uint32 [blocks, 4], for blocks
-    whose counter has the same high word (first >> 32) throughout."""
+    """out[j] = reference.block_words(seed, stream, first + j), uint32 [blocks, 4]."""
     n = out.shape[0]
-    c0, c1, c2, c3, p0, p1, h0, h1 = parallel.scratch("philox", (8, n), np.uint64)
-    key = parallel.scratch("philox.key", (2,), np.uint64)
-    ka, kb = key[0:1].reshape(()), key[1:2].reshape(())       # 0-d: the cheapest operand
+    # Separate buffers: a ufunc whose operands share a base checks them for overlap, slower.
+    x, prod, prev = (parallel.scratch(f"philox.{name}", (2 * n,), np.uint64)
+                     for name in ("x", "prod", "prev"))
+    x0, x1 = x[:n], x[n:]
+    prod0, prod1, prev0, prev1 = prod[:n], prod[n:], prev[:n], prev[n:]
+    ka, kb = (parallel.scratch(f"philox.{name}", (), np.uint64) for name in ("ka", "kb"))
+    m01, m10 = _multipliers(n)
+    # The counter: x = [c0 | c2], prev = [c1 | c3] (which the swap below reads).
+    np.add(np.arange(n, dtype=np.uint64), np.uint64(first), prod0)       # the block
+    np.bitwise_and(prod0, _LOW, x0)
+    x1.fill(stream & _MASK)
+    np.right_shift(prod0, _32, prev0)
+    prev1.fill(stream >> 32)
     k0, k1 = seed & _MASK, seed >> 32
-    s_lo, s_hi = stream & _MASK, stream >> 32
-    # Round 0: c0 = the block's low word, the others are constants (c1 its high word).
-    np.add(np.arange(n, dtype=np.uint64), np.uint64(first & _MASK), c0)
-    q = reference.M1.item() * s_lo
-    d0, d1 = (q >> 32) ^ (first >> 32) ^ k0, q & _MASK           # the new c0, c1: constants
-    np.multiply(c0, _M0, p0)
-    np.right_shift(p0, _32, h0)
-    kb[...] = s_hi ^ k1
-    np.bitwise_xor(h0, kb, c2)                                   # the new c2
-    np.bitwise_and(p0, _LOW, c3)                                 # the new c3
-    k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
-    # Round 1: c0, c1 constants.
-    np.multiply(c2, _M1, p1)
-    np.right_shift(p1, _32, h1)
-    ka[...] = d1 ^ k0
-    np.bitwise_xor(h1, ka, c0)                                   # the new c0
-    np.bitwise_and(p1, _LOW, c1)                                 # the new c1
-    q = reference.M0.item() * d0
-    kb[...] = (q >> 32) ^ k1
-    np.bitwise_xor(c3, kb, c2)                                   # the new c2
-    d3 = q & _MASK                                               # the new c3: a constant
-    k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
-    # Round 2: c3 constant.
-    np.multiply(c2, _M1, p1)
-    np.right_shift(p1, _32, h1)
-    np.bitwise_xor(h1, c1, h1)
-    ka[...] = k0
-    np.bitwise_xor(h1, ka, h1)                                   # the new c0
-    np.multiply(c0, _M0, p0)
-    np.right_shift(p0, _32, h0)
-    kb[...] = d3 ^ k1
-    np.bitwise_xor(h0, kb, h0)                                   # the new c2
-    np.bitwise_and(p0, _LOW, p0)                                 # the new c3
-    np.bitwise_and(p1, _LOW, p1)                                 # the new c1
-    c0, c1, c2, c3, p0, p1, h0, h1 = h1, p1, h0, p0, c0, c1, c2, c3
-    for r in range(3, reference.ROUNDS):
-        k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
-        ka[...], kb[...] = k0, k1
-        np.multiply(c2, _M1, p1)
-        np.right_shift(p1, _32, h1)
-        np.bitwise_xor(h1, c1, h1)
-        np.bitwise_xor(h1, ka, h1)                               # the new c0
-        np.multiply(c0, _M0, p0)
-        np.right_shift(p0, _32, h0)
-        np.bitwise_xor(h0, c3, h0)
-        np.bitwise_xor(h0, kb, h0)                               # the new c2
-        if r == reference.ROUNDS - 1:                            # the words: c0, c1, c2, c3
+    for r in range(reference.ROUNDS):
+        # x = [c0 | c2] on even rounds: prod = [p0 | p1], and the new c2 (from p0, c3 and k1)
+        # and the new c0 (from p1, c1 and k0) land as [c2 | c0]; odd rounds the other way.
+        even = r % 2 == 0
+        np.multiply(x, m01 if even else m10, prod)
+        ka[...], kb[...] = (k1, k0) if even else (k0, k1)
+        np.right_shift(prod, _32, x)
+        np.bitwise_xor(x0, prev1, x0)
+        np.bitwise_xor(x1, prev0, x1)
+        np.bitwise_xor(x0, ka, x0)
+        np.bitwise_xor(x1, kb, x1)
+        if r == reference.ROUNDS - 1:            # odd: x = [c0 | c2], prod = [p1 | p0]
             words = out.T
-            words[0][...] = h1
-            words[1][...] = p1                                   # its low half: the cast
-            words[2][...] = h0
-            words[3][...] = p0
+            words[0][...] = x0
+            words[1][...] = prod0                                # the low half: the cast
+            words[2][...] = x1
+            words[3][...] = prod1
             return
-        np.bitwise_and(p0, _LOW, p0)                             # the new c3
-        np.bitwise_and(p1, _LOW, p1)                             # the new c1
-        c0, c1, c2, c3, p0, p1, h0, h1 = h1, p1, h0, p0, c0, c1, c2, c3
+        np.bitwise_and(x, _LOW, x)                               # prev's high halves
+        prod, prod0, prod1, prev, prev0, prev1 = prev, prev0, prev1, prod, prod0, prod1
+        k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
 
 
 def _pieces(first, count):
     """(start, stop) ranges of range(count) for the blocks first + start ..: one per thread at
-    least, PIECE blocks at most, none crossing a multiple of 2^32 blocks."""
-    pieces = []
-    for start, stop in parallel.split(count, max(parallel.num_threads(), -(-count // PIECE))):
-        while True:
-            edge = ((((first + start) >> 32) + 1) << 32) - first
-            if stop <= edge:
-                pieces.append((start, stop))
-                break
-            pieces.append((start, edge))
-            start = edge
-    return pieces
+    least, PIECE blocks at most."""
+    threads = parallel.num_threads()
+    if count <= PIECE and threads == 1:
+        return [(0, count)]
+    return parallel.split(count, max(threads, -(-count // PIECE)))
 
 
 def _for_blocks(first, count, task):
-    """task(start, stop) on the threads for the pieces of `count` blocks from `first`."""
+    """task(start, stop) for the pieces of `count` blocks from `first`: on the threads, or here
+    when there is one (parallel_for's set-up costs as much as a small piece)."""
     pieces = _pieces(first, count)
-    parallel.parallel_for(len(pieces), lambda k: task(*pieces[k]))
+    if len(pieces) == 1:
+        task(*pieces[0])
+    else:
+        parallel.parallel_for(len(pieces), lambda k: task(*pieces[k]))
 
 
 def block_words(seed, stream, count, start=0):
