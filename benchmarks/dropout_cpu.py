@@ -9,8 +9,9 @@ at the digits network's three dropout shapes (batch 32), interleaved in one proc
 this tree's. With PyTorch importable, torch.nn.functional.dropout on the same array (its CPU
 kernel draws with bernoulli_) is timed too, as the named baseline. A sample is `--calls`
 back-to-back forwards (a fresh stream each, the mask kept for the backward as in training);
-each round times every (shape, version) once, versions in alternating order; the figures are
-medians over the rounds, in microseconds per call and nanoseconds per element.
+each round times every (threads, version, shape) once, thread counts and versions in
+alternating order; the figures are medians over the rounds, in microseconds per call
+(wall, and the process's CPU time) and nanoseconds per element.
 """
 import argparse
 import importlib.util
@@ -73,6 +74,12 @@ def torch_forward():
     return run, torch
 
 
+def set_threads(n, torch):
+    cpu.set_num_threads(n)
+    if torch is not None:
+        torch.set_num_threads(n)
+
+
 def load_average():
     return "/".join(f"{v:.2f}" for v in os.getloadavg())
 
@@ -101,28 +108,31 @@ def main():
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     load_before_run = load_average()
-    samples = {}
-    for threads in args.threads:
-        cpu.set_num_threads(threads)
-        if torch is not None:
-            torch.set_num_threads(threads)
-        names = list(versions)
-        for shape, p in SHAPES:                                     # warm: scratch, pages
+    names = list(versions)
+    for threads in args.threads:                                    # warm: scratch, pages
+        set_threads(threads, torch)
+        for shape, p in SHAPES:
             for name in names:
                 versions[name](inputs[shape], p, 3)
-        for r in range(args.rounds):
+    wall, cpu_time = {}, {}
+    for r in range(args.rounds):                # every (threads, version, shape) each round
+        for threads in (args.threads if r % 2 == 0 else args.threads[::-1]):
+            set_threads(threads, torch)
             for name in (names if r % 2 == 0 else names[::-1]):
                 for shape, p in SHAPES:
                     key = (threads, shape, name)
-                    samples.setdefault(key, []).append(
-                        versions[name](inputs[shape], p, args.calls))
+                    start = time.process_time()
+                    wall.setdefault(key, []).append(versions[name](inputs[shape], p, args.calls))
+                    cpu_time.setdefault(key, []).append(
+                        (time.process_time() - start) / args.calls)
     cpu.set_num_threads(None)
 
     print(f"dropout_forward on the numpy device, {started}; load average {load_before_run} "
           f"before, {load_average()} after; median of {args.rounds} rounds of {args.calls} "
           f"calls; before = {args.before}")
-    head = "| threads | shape | p | before us | after us | before / after | after ns/elem |"
-    rule = "| --- | --- | --- | --- | --- | --- | --- |"
+    head = ("| threads | shape | p | before us | after us | before / after | after ns/elem "
+            "| CPU us before / after (ratio) |")
+    rule = "| --- | --- | --- | --- | --- | --- | --- | --- |"
     if torch is not None:
         head += f" torch {torch.__version__} us | after / torch |"
         rule += " --- | --- |"
@@ -130,10 +140,14 @@ def main():
     print(rule)
     for threads in args.threads:
         for shape, p in SHAPES:
-            med = {name: statistics.median(samples[(threads, shape, name)]) for name in versions}
+            med = {name: statistics.median(wall[(threads, shape, name)]) for name in versions}
+            cpu_med = {name: statistics.median(cpu_time[(threads, shape, name)])
+                       for name in ("before", "after")}
             row = (f"| {threads} | {shape} | {p} | {med['before'] * 1e6:.0f} | "
                    f"{med['after'] * 1e6:.0f} | {med['before'] / med['after']:.2f}x | "
-                   f"{med['after'] * 1e9 / np.prod(shape):.1f} |")
+                   f"{med['after'] * 1e9 / np.prod(shape):.1f} | "
+                   f"{cpu_med['before'] * 1e6:.0f} / {cpu_med['after'] * 1e6:.0f} "
+                   f"({cpu_med['before'] / cpu_med['after']:.2f}x) |")
             if torch is not None:
                 row += f" {med['torch'] * 1e6:.0f} | {med['after'] / med['torch']:.2f}x |"
             print(row)

@@ -79,19 +79,10 @@ def _block_words_piece(out, seed, stream, first):
         k0, k1 = (k0 + _W0) & _MASK, (k1 + _W1) & _MASK
 
 
-def _pieces(first, count):
-    """(start, stop) ranges of range(count) for the blocks first + start ..: one per thread at
-    least, PIECE blocks at most."""
-    threads = parallel.num_threads()
-    if count <= PIECE and threads == 1:
-        return [(0, count)]
-    return parallel.split(count, max(threads, -(-count // PIECE)))
-
-
-def _for_blocks(first, count, task):
-    """task(start, stop) for the pieces of `count` blocks from `first`: on the threads, or here
-    when there is one (parallel_for's set-up costs as much as a small piece)."""
-    pieces = _pieces(first, count)
+def _for_blocks(count, task):
+    """task(start, stop) for range(count) in pieces of PIECE blocks: on the threads, or here when
+    there is one (a smaller split loses more to waking a thread than it gains, measured)."""
+    pieces = parallel.chunks(count, PIECE)
     if len(pieces) == 1:
         task(*pieces[0])
     else:
@@ -102,7 +93,7 @@ def block_words(seed, stream, count, start=0):
     """reference.block_words(seed, stream, start + arange(count)): uint32 [count, 4]."""
     out = np.empty((count, 4), np.uint32)
     seed, stream, start = int(seed), int(stream), int(start)
-    _for_blocks(start, count,
+    _for_blocks(count,
                 lambda a, b: _block_words_piece(out[a:b], seed, stream, start + a))
     return out
 
@@ -126,5 +117,5 @@ def keep_mask(shape, p, seed, stream):
         _block_words_piece(words, seed, stream, a)
         np.greater_equal(words.reshape(-1), least, mask[4 * a:4 * b])
 
-    _for_blocks(0, blocks, task)
+    _for_blocks(blocks, task)
     return mask[:count].reshape(shape)
