@@ -36,8 +36,10 @@ TOLERANCE = {np.float64: 1e-12, np.float32: 2e-6}
 
 
 @pytest.fixture(params=[1, 2], ids=["1-thread", "2-threads"])
-def threads(request):
+def threads(request, monkeypatch):
+    """The thread count; with 2, the test's small arrays are split over the threads too."""
     cpu.set_num_threads(request.param)
+    monkeypatch.setattr(parallel, "MIN_TASK_BYTES", 1)
     yield request.param
     cpu.set_num_threads(None)
 
@@ -106,6 +108,7 @@ def test_conv2d_stride_one_wide_and_narrow_columns(case, limit, monkeypatch, rng
     """Both ways of gathering stride-1 columns (see conv2d.py's docstring), whichever the
     shapes would choose, in float64 to its rounding."""
     monkeypatch.setattr(fast_conv, "WIDE_LIMIT", limit)
+    monkeypatch.setattr(fast_conv, "LAYOUT", "planes")
     n, c, h, w, o, kh, kw, stride, padding = case
     assert fast_conv._wide(stride, w, w + 2 * padding[1], o) == (limit > 0)
     test_conv2d_matches_the_reference(case, np.float64, 2, rng)
@@ -120,15 +123,38 @@ def test_conv2d_stride_one_wide_and_narrow_columns(case, limit, monkeypatch, rng
     close(y[finite], expected[finite], np.float64)
 
 
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_conv2d_channels_last_columns(dtype, monkeypatch, rng):
+    """Columns gathered channels-last (runs of C floats; conv2d.py's docstring) for every case,
+    whichever the shapes would choose: forward, both gradients, kept and gathered again."""
+    monkeypatch.setattr(fast_conv, "LAYOUT", "last")
+    for case in CONV_CASES + [(3, 20, 5, 5, 17, 3, 3, (1, 1), (1, 1))]:
+        test_conv2d_matches_the_reference(case, dtype, 2, rng)
+
+
+def test_conv2d_layout_rule_picks_channels_last_for_many_channels_on_small_images():
+    """The measured choice (docs/BENCHMARKS.md): channels-last for digits' 32- and 64-channel
+    8x8 and 4x4 layers and ResNet-18's from 16x16 and 128 channels down; bordered planes for
+    the stems and ResNet-18's 64-channel 32x32 layers."""
+    last = fast_conv._last
+    assert last(32, 8) and last(64, 4) and last(128, 16) and last(256, 8) and last(512, 4)
+    assert not last(1, 8) and not last(3, 32) and not last(64, 32) and not last(64, 16)
+
+
 @pytest.mark.parametrize("case", [CONV_CASES[i] for i in (0, 1, 4)], ids=["3x3", "stride2", "5x5"])
 def test_conv2d_one_image_per_chunk(case, monkeypatch, rng):
     """Large images take a chunk each, and their products write y and dx in place."""
     monkeypatch.setattr(fast_conv, "CHUNK_BYTES", 1)
-    test_conv2d_matches_the_reference(case, np.float64, 2, rng)
+    for layout in ("planes", "last"):
+        monkeypatch.setattr(fast_conv, "LAYOUT", layout)
+        test_conv2d_matches_the_reference(case, np.float64, 2, rng)
 
 
+@pytest.mark.parametrize("layout", ["planes", "last"])
 @pytest.mark.parametrize("precision", ["tf32", "bf16"])
-def test_conv2d_and_gemm_round_their_operands_as_the_reference(precision, rng):
+def test_conv2d_and_gemm_round_their_operands_as_the_reference(precision, layout, monkeypatch,
+                                                               rng):
+    monkeypatch.setattr(fast_conv, "LAYOUT", layout)
     """At tf32 and bf16 the products take the reference's rounded operands (round_operand):
     the same sums of the same products, to float32 accumulation."""
     n, c, h, w, o, kh, kw, stride, padding = CONV_CASES[1]
@@ -435,6 +461,24 @@ def test_float32_takes_the_cpu_path_float64_and_disabled_the_reference(monkeypat
     assert calls == [np.float32]
 
 
+def test_parallel_for_keeps_small_work_on_one_thread(monkeypatch):
+    """Below MIN_TASK_BYTES per thread a thread is not woken (it costs more than it saves)."""
+    cpu.set_num_threads(2)
+    try:
+        for nbytes, expected in [(None, 2), (parallel.MIN_TASK_BYTES, 1),
+                                 (2 * parallel.MIN_TASK_BYTES - 1, 1),
+                                 (2 * parallel.MIN_TASK_BYTES, 2)]:
+            seen = set()
+
+            def task(i):
+                seen.add(threading.current_thread().name)
+                threading.Event().wait(0.01)       # long enough for the other thread to take one
+            parallel.parallel_for(4, task, nbytes=nbytes)
+            assert len(seen) == expected, (nbytes, seen)
+    finally:
+        cpu.set_num_threads(None)
+
+
 def test_parallel_for_runs_every_task_and_raises_the_first_error(threads):
     done = []
     parallel.parallel_for(10, done.append)
@@ -519,9 +563,11 @@ def _digits_cnn():
      (3, 16, 16)),
 ], ids=["digits-cnn", "resnet"])
 def test_training_steps_follow_the_reference_and_ignore_the_thread_count(model_fn, optimizer_fn,
-                                                                        shape):
+                                                                        shape, monkeypatch):
     """Three training steps: the CPU path's losses and parameters follow the references' to
-    float32 rounding, and are the same bits with 1 and 2 threads."""
+    float32 rounding, and are the same bits with 1 and 2 threads (every op split, however small
+    its arrays)."""
+    monkeypatch.setattr(parallel, "MIN_TASK_BYTES", 1)
     results = {}
     for threads in (1, 2):
         cpu.set_num_threads(threads)

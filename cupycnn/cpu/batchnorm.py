@@ -19,16 +19,27 @@ Results do not depend on the thread count: per-plane sums, added over the batch 
 The fused epilogue of the reference (y = relu(bn(x) + residual); its backward masks dy by y > 0)
 is the same steps, in the same chunk pass.
 """
+import math
+
 import numpy as np
 
 from . import parallel
 
 CHUNK_BYTES = 256 * 2**10       # one chunk's intermediate fits in L2
+# Per-channel constants are spread over their planes when a plane is shorter than this: NumPy
+# then sees [nb, C inner] against [1, C inner], one long loop, instead of a loop per plane.
+SPREAD_INNER = 256
+
+
+def _channel(v, c, inner, dtype):
+    """The per-channel values v [C] as an array that broadcasts against [nb, C, inner]."""
+    v = np.asarray(v, dtype).reshape(1, c, 1)
+    return np.repeat(v, inner, axis=2) if inner < SPREAD_INNER else v
 
 
 def _layout(x):
     n, c = x.shape[:2]
-    inner = int(np.prod(x.shape[2:], dtype=np.int64))
+    inner = math.prod(x.shape[2:])
     return n, c, inner
 
 
@@ -61,7 +72,7 @@ def _plane_sums(x3, parts, fn=None):
         chunk = x3[start:stop] if fn is None else fn(start, stop)
         _sum_planes(chunk, out[start:stop])
 
-    parallel.parallel_for(len(parts), task)
+    parallel.parallel_for(len(parts), task, nbytes=x3.nbytes * (1 if fn is None else 3))
     return out
 
 
@@ -77,7 +88,7 @@ def batchnorm_stats(x):
     parts = _parts(n, c, inner, x.itemsize)
     sum_x = _plane_sums(x3, parts).sum(axis=0, dtype=np.float64)
     shift = (sum_x / (n * inner)).astype(x.dtype)          # the batch mean, rounded
-    shift3 = shift.reshape(1, c, 1)
+    shift3 = _channel(shift, c, inner, x.dtype)
 
     def centred_squares(start, stop):
         d = parallel.scratch("bn.d", (stop - start, c, inner), x.dtype)
@@ -97,8 +108,7 @@ def _normalize(x, mean, invstd, weight, bias, residual=None, relu=False):
     y = np.empty(x.shape, x.dtype)
     x3, y3 = x.reshape(n, c, inner), y.reshape(n, c, inner)
     r3 = None if residual is None else residual.reshape(n, c, inner)
-    mean3, scale3, bias3 = (np.asarray(v, x.dtype).reshape(1, c, 1)
-                            for v in (mean, invstd * weight, bias))
+    mean3, scale3, bias3 = (_channel(v, c, inner, x.dtype) for v in (mean, invstd * weight, bias))
     parts = _parts(n, c, inner, x.itemsize)
 
     def task(k):
@@ -112,7 +122,7 @@ def _normalize(x, mean, invstd, weight, bias, residual=None, relu=False):
         if relu:
             np.maximum(out, 0, out=out)
 
-    parallel.parallel_for(len(parts), task)
+    parallel.parallel_for(len(parts), task, nbytes=x.nbytes * (2 if r3 is None else 3))
     return y
 
 
@@ -157,7 +167,7 @@ def batchnorm_backward_reduce(x, dy, mean, invstd, y=None):
     x3, dy3 = x.reshape(n, c, inner), dy.reshape(n, c, inner)
     y3 = None if y is None else y.reshape(n, c, inner)
     parts = _parts(n, c, inner, x.itemsize)
-    mean3 = mean.astype(x.dtype).reshape(1, c, 1)
+    mean3 = _channel(mean, c, inner, x.dtype)
     planes = np.empty((2, n, c), x.dtype)           # per plane: sum g, sum g (x - mean)
 
     def task(k):
@@ -169,7 +179,7 @@ def batchnorm_backward_reduce(x, dy, mean, invstd, y=None):
         np.multiply(d, g, out=d)
         _sum_planes(d, planes[1, start:stop])
 
-    parallel.parallel_for(len(parts), task)
+    parallel.parallel_for(len(parts), task, nbytes=x.nbytes * (3 if y3 is None else 5))
     sum_dy, sum_dy_xmu = planes.sum(axis=1, dtype=np.float64)
     return np.stack([sum_dy, sum_dy_xmu * invstd.astype(np.float64)], axis=1)
 
@@ -186,13 +196,14 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
     n, c, inner = _layout(x)
     x3, dy3, dx3 = x.reshape(n, c, inner), dy.reshape(n, c, inner), dx.reshape(n, c, inner)
     y3 = None if y is None else y.reshape(n, c, inner)
-    scale3 = scale.reshape(1, c, 1)
+    scale3 = _channel(scale, c, inner, dtype)
     parts = _parts(n, c, inner, x.itemsize)
     if batch_statistics:
-        mean_dy = (sums[:, 0] / count).astype(dtype).reshape(1, c, 1)
+        mean_dy = _channel((sums[:, 0] / count).astype(dtype), c, inner, dtype)
         # xhat * mean(g xhat) = (x - mean) * (invstd * mean(g xhat))
-        k = (invstd * (sums[:, 1] / count).astype(dtype)).astype(dtype).reshape(1, c, 1)
-        mean3 = mean.astype(dtype).reshape(1, c, 1)
+        k = _channel((invstd * (sums[:, 1] / count).astype(dtype)).astype(dtype), c, inner,
+                     dtype)
+        mean3 = _channel(mean, c, inner, dtype)
 
     def task(j):
         start, stop = parts[j]
@@ -208,5 +219,5 @@ def batchnorm_backward_apply(x, dy, weight, mean, invstd, sums, count, batch_sta
         np.subtract(out, d, out=out)
         np.multiply(out, scale3, out=out)
 
-    parallel.parallel_for(len(parts), task)
+    parallel.parallel_for(len(parts), task, nbytes=x.nbytes * (4 if y3 is None else 6))
     return dx, param_sums[:, 1].astype(dtype), param_sums[:, 0].astype(dtype)

@@ -20,7 +20,8 @@ def _elementwise(out, inputs, body):
         start, stop = pieces[k]
         body(flat_out[start:stop], *(a[start:stop] for a in flat_in))
 
-    parallel.parallel_for(len(pieces), task)
+    parallel.parallel_for(len(pieces), task,
+                          nbytes=out.nbytes + sum(a.nbytes for a in inputs))
     return out
 
 

@@ -29,7 +29,8 @@ def gemm(a, b, transpose_a=False, transpose_b=False, *, alpha=1.0, beta=0.0, out
         start, stop = pieces[k]
         np.matmul(op_a[start:stop], op_b, out=product[start:stop])
 
-    parallel.parallel_for(len(pieces), task)
+    parallel.parallel_for(len(pieces), task, nbytes=parallel.product_bytes(
+        product.shape[0], op_a.shape[1], product.shape[1]))
     # The reference's steps from here on, on the product.
     result = product if alpha == 1.0 else alpha * product
     if bias is not None:

@@ -67,7 +67,7 @@ def _update_pieces(params, grads, segments, groups, grad_scale, decay, l1, updat
         g = _gradient(w, grads[start:stop], grad_scale, hp[decay], hp[l1], g, t)
         update(start, stop, hp, w, g, t)
 
-    parallel.parallel_for(len(pieces), task)
+    parallel.parallel_for(len(pieces), task, nbytes=4 * params.nbytes)
     return params
 
 

@@ -62,7 +62,7 @@ def max_pool2d_forward(x, kernel, stride, padding):
             tap += step
         tap += corner
 
-    parallel.parallel_for(len(parts), task)
+    parallel.parallel_for(len(parts), task, nbytes=2 * x.nbytes)
     return y, argmax
 
 
