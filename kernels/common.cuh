@@ -71,18 +71,29 @@ __device__ __forceinline__ uint4 philox4x32_10(uint4 c, uint2 k) {
   return c;
 }
 
-// One random 32-bit word for (seed, stream, index): counter (index, stream), key seed.
-__device__ __forceinline__ unsigned philox_word(unsigned long long seed, unsigned long long stream,
-                                                unsigned long long index) {
-  const uint4 counter = make_uint4((unsigned)index, (unsigned)(index >> 32), (unsigned)stream,
+// The four words of one block for (seed, stream, block): counter (block, stream), key seed.
+__device__ __forceinline__ uint4 philox_block(unsigned long long seed, unsigned long long stream,
+                                              unsigned long long block) {
+  const uint4 counter = make_uint4((unsigned)block, (unsigned)(block >> 32), (unsigned)stream,
                                    (unsigned)(stream >> 32));
-  return philox4x32_10(counter, make_uint2((unsigned)seed, (unsigned)(seed >> 32))).x;
+  return philox4x32_10(counter, make_uint2((unsigned)seed, (unsigned)(seed >> 32)));
 }
 
-// Uniform in [0, 1): the top 24 bits times 2^-24, exact in float32.
+// Uniform in [0, 1) from a word: the top 24 bits times 2^-24, exact in float32.
+__device__ __forceinline__ float philox_unit(unsigned word) {
+  return (float)(word >> 8) * (1.0f / 16777216.0f);
+}
+
+// One word per index, the first of block `index` (reference random_words: the augmentations).
+// Dropout packs four numbers into a block instead (reference packed_words, dropout.cu).
+__device__ __forceinline__ unsigned philox_word(unsigned long long seed, unsigned long long stream,
+                                                unsigned long long index) {
+  return philox_block(seed, stream, index).x;
+}
+
 __device__ __forceinline__ float philox_uniform(unsigned long long seed, unsigned long long stream,
                                                 unsigned long long index) {
-  return (float)(philox_word(seed, stream, index) >> 8) * (1.0f / 16777216.0f);
+  return philox_unit(philox_word(seed, stream, index));
 }
 
 

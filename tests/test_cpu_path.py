@@ -367,19 +367,24 @@ def test_max_pool_other_geometries_and_foreign_argmax_take_the_reference(rng):
 def test_philox_and_dropout_are_the_reference_bit_for_bit(threads, rng):
     for seed, stream in ((0, 0), (2**63 + 12345, 2**48 + 7), (int(rng.integers(2**62)), 5)):
         for count in (1, 5, fast_philox.PIECE + 3):
-            index = np.arange(count, dtype=np.uint64)
-            assert np.array_equal(fast_philox.random_words(seed, stream, count),
-                                  ref_philox.random_words(seed, stream, index))
+            blocks = np.arange(count, dtype=np.uint64)
+            assert np.array_equal(fast_philox.block_words(seed, stream, count),
+                                  ref_philox.block_words(seed, stream, blocks))
+        for count in (1, 2, 3, 4, 5, 4 * fast_philox.PIECE + 7):      # the last block cut
             for p in (0.0, 0.1, 0.5, 1.0):
                 assert np.array_equal(fast_philox.keep_mask((count,), p, seed, stream),
                                       ref_dropout.keep_mask((count,), p, seed, stream))
-    start = 2**32 - 50                                  # the index's high word changes
-    assert np.array_equal(fast_philox.random_words(5, 9, 100, start=start),
-                          ref_philox.random_words(5, 9, np.arange(start, start + 100,
-                                                                  dtype=np.uint64)))
-    x = rng.standard_normal((7, 33)).astype(np.float32)
-    x[0, :3] = [np.nan, np.inf, -np.inf]
-    for p in (0.0, 0.3, 1.0):
+    # The counter's high word changes inside the run (pieces split there), and the top block.
+    for start, count in ((2**32 - 50, 100), (2**62 - 100, 100)):
+        assert np.array_equal(fast_philox.block_words(2**64 - 1, 9, count, start=start),
+                              ref_philox.block_words(2**64 - 1, 9, np.arange(
+                                  start, start + count, dtype=np.uint64)))
+    small, large = (7, 33), (3, parallel.PIECE_MIN + 5)     # np.where; the pieces' bit AND
+    for shape, p, dtype in [(small, 0.0, np.float32), (small, 0.3, np.float32),
+                            (small, 1.0, np.float32), (small, 0.3, np.float64),
+                            (large, 0.3, np.float32), (large, 0.5, np.float64)]:
+        x = rng.standard_normal(shape).astype(dtype)
+        x[0, :3] = [np.nan, np.inf, -np.inf]
         cache = {}
         with np.errstate(invalid="ignore"):
             y = fast_dropout.dropout_forward(x, p, 11, 3, cache)

@@ -2,7 +2,8 @@
 mask drawn by cupycnn.cpu.philox and kept for the backward (`cache`) instead of drawn again:
 on a CPU the Philox rounds cost far more than the byte per element the mask takes.
 Kept elements are x / (1 - p) and dropped ones +0, also where x is inf or NaN, as in the
-reference's np.where (the mask's bits are ANDed with the scaled values).
+reference's np.where (arrays of one piece take np.where itself; larger ones are scaled and their
+bits ANDed with the mask's, piece by piece on the threads).
 """
 import numpy as np
 
@@ -14,10 +15,13 @@ _BITS = {4: np.int32, 8: np.int64}
 
 
 def _apply(a, p, mask):
-    out = np.multiply(a, a.dtype.type(reference.scale(p)))
+    factor = a.dtype.type(reference.scale(p))
+    pieces = parallel.flat_pieces(a.size)
+    if len(pieces) == 1:             # small (the digits network's): NumPy's where is quicker
+        return np.where(mask, a * factor, a.dtype.type(0))
+    out = np.multiply(a, factor)
     bits = _BITS[a.itemsize]
     flat_out, flat_mask = out.reshape(-1).view(bits), mask.reshape(-1)
-    pieces = parallel.flat_pieces(flat_out.size)
 
     def task(k):
         start, stop = pieces[k]

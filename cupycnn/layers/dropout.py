@@ -4,13 +4,14 @@ reference: reference/dropout.py; wrappers: ops/dropout.py.
     training: y = x * mask / (1 - p),   dx = dy * mask / (1 - p)     (p = 1: zeros)
     eval:     y = x,                    dx = dy
 
-Element i is kept when philox_uniform(seed, stream, i) >= p. The layer draws its seed from
+Element i is kept when its uniform number, word i mod 4 of the Philox block (i div 4, stream)
+(reference/dropout.py), is >= p. The layer draws its seed from
 `cupycnn.random.next_seed()` when it is built (so `cupycnn.manual_seed` makes runs repeatable)
 and uses its count of training-mode forward calls as the stream: every call draws a fresh mask.
 On a GPU, backward recomputes the mask from the (seed, stream) that forward used instead of
 keeping it: no mask memory is held between forward and backward (it would be a byte per
 element, a quarter of the activation, for every dropout layer of the network), at the price of
-a few dozen integer operations per element that the memory-bound kernel hides. On the numpy
+a few integer operations per element that the memory-bound kernel hides. On the numpy
 device the mask is kept instead (the Philox rounds are what costs there). `random_state()` /
 `set_random_state()` expose (seed, calls) so a gradient check can replay the same mask.
 """

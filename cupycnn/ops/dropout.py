@@ -1,8 +1,9 @@
 """Inverted dropout: launches kernels/dropout.cu, specified by reference/dropout.py.
 
 The mask is a function of (seed, stream, element index) through Philox4x32-10: element i is kept
-when philox_uniform(seed, stream, i) >= p. Backward passes the same (seed, stream) and gets the
-same mask back, so no mask is stored between forward and backward. On the numpy device float32
+when its uniform number, word i mod 4 of the block (i div 4, stream), is >= p (the maths:
+reference/dropout.py). Backward passes the same (seed, stream) and gets the same mask back, so
+no mask is stored between forward and backward. On the numpy device float32
 runs go to cupycnn/cpu/dropout.py, which keeps the mask in `cache` (a dict the layer holds from
 forward to backward) instead: on a CPU drawing it again costs more than keeping it.
 """
@@ -12,7 +13,7 @@ from .. import cpu
 from .. import devices as _device
 from ..cpu import dropout as cpu_dropout
 from ..reference import dropout as reference
-from ..runtime import elementwise_grid, get_kernel
+from ..runtime import ceil_div, elementwise_grid, get_kernel
 from ._check import check_arrays, shown
 from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
 
@@ -57,7 +58,8 @@ def _launch(op, name, a, p, seed, stream, cache):
     stream = _stream_pointer(op, stream)
     out = _device.empty(a.shape, a.dtype)
     if a.size:
-        get_kernel("dropout", name + suffix(a))(*elementwise_grid(a.size), (
+        # A thread per four elements: one Philox block draws their four numbers.
+        get_kernel("dropout", name + suffix(a))(*elementwise_grid(ceil_div(a.size, 4)), (
             a, out, np.int64(a.size), np.float32(p), np.float32(reference.scale(p)),
             np.uint64(seed), stream))
     return out

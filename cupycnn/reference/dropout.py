@@ -1,8 +1,10 @@
 """Inverted dropout: the specification of kernels/dropout.cu.
 
-Element i (flat, C order) draws u_i = philox.uniform(seed, stream, i), uniform in [0, 1) on the
-24-bit grid, exactly what `philox_uniform` in kernels/common.cuh draws, and is kept when
-u_i >= p (p rounded to float32, as the kernel receives it, so the comparison is the same
+Element i (flat, C order) draws u_i = philox.packed_uniform(seed, stream, i): word i mod 4 of
+the Philox4x32-10 block with counter (i div 4, stream) and key seed, its top 24 bits times 2^-24
+(uniform in [0, 1) on the 24-bit grid; four elements share a block, as cuRAND's curand_uniform4
+and PyTorch's fused dropout draw them, so a mask of n elements costs n / 4 blocks). It is kept
+when u_i >= p (p rounded to float32, as the kernel receives it, so the comparison is the same
 bit for bit):
 
     forward:  y  = x  * mask / (1 - p)       (p = 1: y = 0)
@@ -18,7 +20,7 @@ from . import philox
 def keep_mask(shape, p, seed, stream):
     """Boolean mask of the kept elements for an array of `shape`."""
     size = int(np.prod(shape, dtype=np.int64))
-    u = philox.uniform(seed, stream, np.arange(size, dtype=np.uint64))
+    u = philox.packed_uniform(seed, stream, np.arange(size, dtype=np.uint64))
     return (u >= np.float32(p)).reshape(shape)
 
 

@@ -4,6 +4,11 @@ A counter-based generator maps (key, counter) to random bits with no state betwe
 kernel thread can draw the numbers for element i directly, and this reference draws exactly the
 same ones: dropout masks and augmentation parameters are identical on cuda, sim and numpy.
 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC 2011.)
+
+A block (counter (block, stream), key seed) gives four 32-bit words. Two layouts map an index to
+a word: `random_words` takes the first word of block `index` (the augmentations: a few numbers
+per image), `packed_words` word `index mod 4` of block `index div 4` (dropout: a number per
+element, at a quarter of the rounds).
 """
 import numpy as np
 
@@ -38,20 +43,46 @@ def _split64(v):
     return (v & _LOW).astype(np.uint32), (v >> _32).astype(np.uint32)
 
 
-def random_words(seed, stream, index):
-    """The first word of philox4x32_10(counter=(index, stream), key=seed), each a 64-bit value
-    split into two words: what `philox_word` in common.cuh returns."""
-    index = np.asarray(index, dtype=np.uint64)
-    i_lo, i_hi = _split64(index)
-    s_lo, s_hi = _split64(np.full(index.shape, stream, dtype=np.uint64))
+def block_words(seed, stream, block):
+    """The four words of philox4x32_10(counter=(block, stream), key=seed), each 64-bit value
+    split into two words, as uint32 [..., 4]: what `philox_block` in common.cuh returns."""
+    block = np.asarray(block, dtype=np.uint64)
+    b_lo, b_hi = _split64(block)
+    s_lo, s_hi = _split64(np.full(block.shape, stream, dtype=np.uint64))
     k_lo, k_hi = _split64(np.uint64(seed))
-    counter = np.stack([i_lo, i_hi, s_lo, s_hi], axis=-1)
-    key = np.stack([np.full(index.shape, k_lo), np.full(index.shape, k_hi)], axis=-1)
-    return philox4x32_10(counter, key)[..., 0]
+    counter = np.stack([b_lo, b_hi, s_lo, s_hi], axis=-1)
+    key = np.stack([np.full(block.shape, k_lo), np.full(block.shape, k_hi)], axis=-1)
+    return philox4x32_10(counter, key)
+
+
+def random_words(seed, stream, index):
+    """One word per index, the first of its own block: block_words(seed, stream, index)[..., 0],
+    what `philox_word` in common.cuh returns (the augmentations' draws)."""
+    return block_words(seed, stream, index)[..., 0]
+
+
+def packed_words(seed, stream, index):
+    """One word per index, four indices to a block: index i takes word i mod 4 of
+    block_words(seed, stream, i div 4) (cuRAND's curand_uniform4 layout, PyTorch's fused
+    dropout), so n numbers cost n / 4 blocks (dropout's draws)."""
+    index = np.asarray(index, dtype=np.uint64)
+    words = block_words(seed, stream, index >> np.uint64(2))
+    return np.take_along_axis(words, (index & np.uint64(3)).astype(np.intp)[..., None],
+                              axis=-1)[..., 0]
+
+
+def to_uniform(words):
+    """Uniform float32 in [0, 1) from uint32 words: the top 24 bits times 2^-24 (exact in float32,
+    so kernel and reference agree bit for bit): `philox_unit` in common.cuh."""
+    return ((np.asarray(words, dtype=np.uint32) >> np.uint32(8)).astype(np.float32)
+            * np.float32(2.0 ** -24))
 
 
 def uniform(seed, stream, index):
-    """Uniform float32 in [0, 1) for each index: the top 24 bits of random_words, times 2^-24
-    (exact in float32, so kernel and reference agree bit for bit)."""
-    return ((random_words(seed, stream, index) >> np.uint32(8)).astype(np.float32)
-            * np.float32(2.0 ** -24))
+    """to_uniform(random_words(seed, stream, index)): `philox_uniform` in common.cuh."""
+    return to_uniform(random_words(seed, stream, index))
+
+
+def packed_uniform(seed, stream, index):
+    """to_uniform(packed_words(seed, stream, index)): dropout's numbers."""
+    return to_uniform(packed_words(seed, stream, index))

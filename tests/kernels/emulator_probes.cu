@@ -159,6 +159,20 @@ extern "C" __global__ void philox_probe(unsigned long long seed, unsigned long l
   uniforms[i] = philox_uniform(seed, stream, first + i);
 }
 
+// The four words of block first + i, and their uniforms (dropout's draws).
+extern "C" __global__ void philox_block_probe(unsigned long long seed, unsigned long long stream,
+                                              unsigned long long first, unsigned* words,
+                                              float* uniforms, int n) {
+  const int i = blockIdx.x * blockDim.x + threadIdx.x;
+  if (i >= n) return;
+  const uint4 w = philox_block(seed, stream, first + i);
+  const unsigned four[4] = {w.x, w.y, w.z, w.w};
+  for (int j = 0; j < 4; ++j) {
+    words[4 * i + j] = four[j];
+    uniforms[4 * i + j] = philox_unit(four[j]);
+  }
+}
+
 extern "C" __global__ void philox_raw(const unsigned* counters, const unsigned* keys, unsigned* out,
                                       int n) {
   const int i = blockIdx.x * blockDim.x + threadIdx.x;
