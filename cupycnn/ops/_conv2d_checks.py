@@ -37,9 +37,26 @@ def checked_output_size(who, height, width, kernel_size, stride, padding):
     return ho, wo
 
 
+# geometry()'s answers for arguments already checked (a training step asks the same few dozen
+# times): keyed by the shapes and the repr of stride and padding, so that 1, True and 1.0
+# stay apart.
+_checked = {}
+
+
 def geometry(op, x_shape, weight_shape, stride, padding):
     """Check the convolution against the shapes; return the kernels' scalar arguments (batch,
     C_in, H, W, C_out, kh, kw, sh, sw, ph, pw, H_out, W_out) as ints."""
+    key = (tuple(x_shape), tuple(weight_shape), repr(stride), repr(padding))
+    result = _checked.get(key)
+    if result is None:
+        result = _geometry(op, x_shape, weight_shape, stride, padding)
+        if len(_checked) > 512:
+            _checked.clear()
+        _checked[key] = result
+    return result
+
+
+def _geometry(op, x_shape, weight_shape, stride, padding):
     n, c, h, w = (int(v) for v in x_shape)
     o, _, kh, kw = (int(v) for v in weight_shape)
     _, (sh, sw), (ph, pw) = check_hyper_parameters(op, c, o, (kh, kw), stride, padding)
