@@ -53,10 +53,10 @@ gathers dy channels-last the same way. Chosen where C >= 16 and either Wo <= 8 o
 0.8-0.9x on ResNet-18's 64-channel 32x32 and stride-2 layers, 0.7x on its 1x1 shortcut, which
 keep the planes). The sums are the same products in another order of the taps.
 """
+import math
 import threading
 
 import numpy as np
-from numpy.lib.stride_tricks import as_strided, sliding_window_view
 
 from . import parallel
 from ..reference.rounding import round_operand
@@ -92,13 +92,25 @@ def _last(channels, out_w):
                                               channels >= LAST_RUN_RATIO * out_w)
 
 
+def _view(a, offset, shape, strides):
+    """The elements a.flat[offset + sum(index * strides)] as an array of `shape` (offset and
+    strides in elements), a read-only view of a's memory. NumPy checks that it stays inside a.
+    (What sliding_window_view and as_strided build, at a tenth of their cost per call.)"""
+    a = np.ascontiguousarray(a)
+    size = a.itemsize
+    view = np.ndarray(shape, a.dtype, buffer=a, offset=offset * size,
+                      strides=tuple(size * t for t in strides))
+    view.flags.writeable = False
+    return view
+
+
 def _gather_last(xc, kernel, stride, out_size, first, cols):
     """cols[n, i, j, r, s, c] = xc[n, first_h + i stride_h + r, first_w + j stride_w + s, c]
     (cols a [nb, Ho, Wo, kh, kw, C] view; xc channels-last [nb, H, W, C])."""
     (kh, kw), (sh, sw), (ho, wo), (fh, fw) = kernel, stride, out_size, first
-    windows = sliding_window_view(xc[:, fh:, fw:], (kh, kw), axis=(1, 2))
-    windows = windows[:, :(ho - 1) * sh + 1:sh, :(wo - 1) * sw + 1:sw]
-    np.copyto(cols, windows.transpose(0, 1, 2, 4, 5, 3))
+    nb, h, w, c = xc.shape
+    np.copyto(cols, _view(xc, (fh * w + fw) * c, (nb, ho, wo, kh, kw, c),
+                          (h * w * c, sh * w * c, sw * c, w * c, c, 1)))
 
 
 def _padded_last(x, border, name):
@@ -119,12 +131,8 @@ def _gather_wide(xp, kernel, out_rows, first, cols):
     (kh, kw), (fh, fw) = kernel, first
     nb, c, rows, wd = xp.shape
     assert fh + kh - 1 + out_rows < rows and fw + kw - 1 <= wd
-    sn, sc, sr, ss = xp.strides
-    start = xp[:, :, fh:, fw:]
-    runs = as_strided(start, shape=(c, kh, kw, nb, out_rows * wd),
-                      strides=(sc, sr, ss, sn, ss), writeable=False)
-    np.copyto(cols, runs)
-
+    np.copyto(cols, _view(xp, fh * wd + fw, (c, kh, kw, nb, out_rows * wd),
+                          (rows * wd, wd, 1, c * rows * wd, 1)))
 
 
 def _batch_chunks(n, bytes_per_image):
@@ -150,9 +158,9 @@ def _gather(xp, kernel, stride, out_size, first, cols):
     """cols[c, r, s, n, i, j] = xp[n, c, first_h + i stride_h + r, first_w + j stride_w + s]
     (cols a [C, kh, kw, nb, Ho, Wo] view)."""
     (kh, kw), (sh, sw), (ho, wo), (fh, fw) = kernel, stride, out_size, first
-    windows = sliding_window_view(xp, (kh, kw), axis=(2, 3))
-    windows = windows[:, :, fh:fh + (ho - 1) * sh + 1:sh, fw:fw + (wo - 1) * sw + 1:sw]
-    np.copyto(cols, windows.transpose(1, 4, 5, 0, 2, 3))
+    nb, c, h, w = xp.shape
+    np.copyto(cols, _view(xp, fh * w + fw, (c, kh, kw, nb, ho, wo),
+                          (h * w, w, 1, c * h * w, sh * w, sw)))
 
 
 def _columns_view(cols2d, c, kh, kw, nb, ho, wo):
@@ -176,7 +184,7 @@ class _ColumnStore:
     def acquire(self, shape, dtype):
         """A buffer for columns, or None when keeping them would pass the budget."""
         key = (tuple(shape), np.dtype(dtype).str)
-        nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        nbytes = math.prod(shape) * np.dtype(dtype).itemsize
         with self.lock:
             if self.free.get(key):
                 buffer = self.free[key].pop()
