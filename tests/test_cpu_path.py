@@ -479,6 +479,24 @@ def test_parallel_for_keeps_small_work_on_one_thread(monkeypatch):
         cpu.set_num_threads(None)
 
 
+def test_run_together_returns_each_result_in_order_and_raises(monkeypatch):
+    monkeypatch.setattr(parallel, "MIN_TASK_BYTES", 1)
+    cpu.set_num_threads(2)
+    try:
+        names = parallel.run_together([lambda: threading.current_thread().name,
+                                       lambda: (threading.Event().wait(0.01),
+                                                threading.current_thread().name)[1]], nbytes=2)
+        assert len(set(names)) == 2                    # one thread each
+        assert parallel.run_together([lambda: 1, lambda: 2]) == [1, 2]
+
+        def failing():
+            raise KeyError("second")
+        with pytest.raises(KeyError, match="second"):
+            parallel.run_together([lambda: 1, failing])
+    finally:
+        cpu.set_num_threads(None)
+
+
 def test_parallel_for_runs_every_task_and_raises_the_first_error(threads):
     done = []
     parallel.parallel_for(10, done.append)

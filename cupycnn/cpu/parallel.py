@@ -205,6 +205,19 @@ def parallel_for(count, task, nbytes=None):
             blas.set(previous)
 
 
+def run_together(tasks, nbytes=None):
+    """Call the independent callables `tasks` (none reads what another writes) on the threads,
+    as parallel_for runs its tasks (nbytes as there); returns their results in order. Work
+    they cut into pieces themselves runs serially inside each (see parallel_for)."""
+    results = [None] * len(tasks)
+
+    def task(i):
+        results[i] = tasks[i]()
+
+    parallel_for(len(tasks), task, nbytes=nbytes)
+    return results
+
+
 def _run(threads, count, task):
     indices = itertools.count()          # next() is atomic under the GIL
 

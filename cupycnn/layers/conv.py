@@ -8,7 +8,10 @@ per-channel (sum y, sum y^2) in the convolution's epilogue (ops/conv2d_stats.py)
 to `bn` with y; bn's training forward on that very array then skips its own pass over it
 (batchnorm_stats). Any other input to bn (a hook's replacement, another array) is reduced as
 before."""
+from .. import cpu
+from .. import devices as _device
 from .. import random as _random
+from ..cpu import parallel
 from ..ops import conv2d as conv_ops
 from ..ops import conv2d_stats
 from ..ops import reduce as reduce_ops
@@ -88,10 +91,23 @@ class Conv2D(Layer):
         x = saved["x"]
         self.check_grad_output(dy, self.output_shape(x.shape))
         weight = self.params["weight"]
-        conv_ops.conv2d_backward_weight(dy, x, weight.shape, self.stride, self.padding,
-                                        out=self.grads["weight"], cache=saved["cache"])
-        if "bias" in self.params:
-            reduce_ops.channel_sum(dy, out=self.grads["bias"])
+
+        def parameter_gradients():
+            conv_ops.conv2d_backward_weight(dy, x, weight.shape, self.stride, self.padding,
+                                            out=self.grads["weight"], cache=saved["cache"])
+            if "bias" in self.params:
+                reduce_ops.channel_sum(dy, out=self.grads["bias"])
+
+        def input_gradient():
+            return conv_ops.conv2d_backward_input(dy, weight, x.shape, self.stride, self.padding)
+
         if not self.input_grad:              # nobody reads it (the model's input): skipped
+            parameter_gradients()
             return None
-        return conv_ops.conv2d_backward_input(dy, weight, x.shape, self.stride, self.padding)
+        if _device.device() == "numpy" and cpu.fast(dy, x, weight):
+            # The two gradients are independent: on the CPU path, one thread each.
+            o, c, kh, kw = weight.shape
+            work = parallel.product_bytes(o, c * kh * kw, dy.size // o)
+            return parallel.run_together([parameter_gradients, input_gradient], 2 * work)[1]
+        parameter_gradients()
+        return input_gradient()
