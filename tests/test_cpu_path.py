@@ -483,9 +483,10 @@ def test_run_together_returns_each_result_in_order_and_raises(monkeypatch):
     monkeypatch.setattr(parallel, "MIN_TASK_BYTES", 1)
     cpu.set_num_threads(2)
     try:
-        names = parallel.run_together([lambda: threading.current_thread().name,
-                                       lambda: (threading.Event().wait(0.01),
-                                                threading.current_thread().name)[1]], nbytes=2)
+        def name():
+            threading.Event().wait(0.02)              # long enough for the other to take one
+            return threading.current_thread().name
+        names = parallel.run_together([name, name], nbytes=2)
         assert len(set(names)) == 2                    # one thread each
         assert parallel.run_together([lambda: 1, lambda: 2]) == [1, 2]
 
