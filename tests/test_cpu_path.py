@@ -461,20 +461,25 @@ def test_float32_takes_the_cpu_path_float64_and_disabled_the_reference(monkeypat
     assert calls == [np.float32]
 
 
-def test_parallel_for_keeps_small_work_on_one_thread(monkeypatch):
+def test_parallel_for_keeps_small_work_on_one_thread():
     """Below MIN_TASK_BYTES per thread a thread is not woken (it costs more than it saves)."""
     cpu.set_num_threads(2)
     try:
-        for nbytes, expected in [(None, 2), (parallel.MIN_TASK_BYTES, 1),
-                                 (2 * parallel.MIN_TASK_BYTES - 1, 1),
-                                 (2 * parallel.MIN_TASK_BYTES, 2)]:
+        for nbytes in (parallel.MIN_TASK_BYTES, 2 * parallel.MIN_TASK_BYTES - 1):
+            seen = set()
+            parallel.parallel_for(4, lambda i: seen.add(threading.current_thread().name),
+                                  nbytes=nbytes)
+            assert seen == {threading.current_thread().name}, (nbytes, seen)
+        for nbytes in (None, 2 * parallel.MIN_TASK_BYTES):
+            both = threading.Barrier(2, timeout=30)   # passes only with two threads at once
             seen = set()
 
             def task(i):
+                if i < 2:
+                    both.wait()
                 seen.add(threading.current_thread().name)
-                threading.Event().wait(0.01)       # long enough for the other thread to take one
             parallel.parallel_for(4, task, nbytes=nbytes)
-            assert len(seen) == expected, (nbytes, seen)
+            assert len(seen) == 2, (nbytes, seen)
     finally:
         cpu.set_num_threads(None)
 
@@ -483,11 +488,12 @@ def test_run_together_returns_each_result_in_order_and_raises(monkeypatch):
     monkeypatch.setattr(parallel, "MIN_TASK_BYTES", 1)
     cpu.set_num_threads(2)
     try:
+        both = threading.Barrier(2, timeout=30)       # passes only with one thread each
+
         def name():
-            threading.Event().wait(0.02)              # long enough for the other to take one
+            both.wait()
             return threading.current_thread().name
-        names = parallel.run_together([name, name], nbytes=2)
-        assert len(set(names)) == 2                    # one thread each
+        assert len(set(parallel.run_together([name, name], nbytes=2))) == 2
         assert parallel.run_together([lambda: 1, lambda: 2]) == [1, 2]
 
         def failing():
