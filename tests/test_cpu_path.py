@@ -466,9 +466,15 @@ def test_parallel_for_keeps_small_work_on_one_thread():
     cpu.set_num_threads(2)
     try:
         for nbytes in (parallel.MIN_TASK_BYTES, 2 * parallel.MIN_TASK_BYTES - 1):
+            alone = threading.Barrier(2, timeout=1)    # breaks: no second thread comes
             seen = set()
-            parallel.parallel_for(4, lambda i: seen.add(threading.current_thread().name),
-                                  nbytes=nbytes)
+
+            def task(i):
+                if i == 0:
+                    with pytest.raises(threading.BrokenBarrierError):
+                        alone.wait()
+                seen.add(threading.current_thread().name)
+            parallel.parallel_for(4, task, nbytes=nbytes)
             assert seen == {threading.current_thread().name}, (nbytes, seen)
         for nbytes in (None, 2 * parallel.MIN_TASK_BYTES):
             both = threading.Barrier(2, timeout=30)   # passes only with two threads at once
