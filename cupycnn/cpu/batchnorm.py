@@ -153,9 +153,9 @@ def _masked(dy, y, start, stop, name):
         return dy[start:stop]
     g = parallel.scratch(name, dy[start:stop].shape, dy.dtype)
     bits = parallel.scratch(name + ".bits", g.shape, _BITS[dy.itemsize])
-    np.greater(y[start:stop], 0, out=g)                  # 1.0 or 0.0
-    np.copyto(bits, g, casting="unsafe")
-    np.negative(bits, out=bits)                          # all ones or all zeros
+    positive = parallel.scratch(name + ".mask", g.shape, np.bool_)
+    np.greater(y[start:stop], 0, out=positive)
+    np.subtract(0, positive, out=bits, dtype=bits.dtype)  # all ones or all zeros
     np.bitwise_and(dy[start:stop].view(bits.dtype), bits, out=g.view(bits.dtype))
     return g
 

@@ -33,7 +33,7 @@ def _render(pattern, bound):
 def check_device_array(op, name, a):
     """`a` must be an array of the current device, C-contiguous."""
     dev = _device.device()
-    if not _device.is_device_array(a):
+    if not (isinstance(a, np.ndarray) if dev != "cuda" else _device.is_device_array(a)):
         wanted = "a cupy.ndarray" if dev == "cuda" else "a numpy.ndarray"
         where = ("on the GPU" if type(a).__module__.startswith("cupy") else
                  f"a {type(a).__module__}.{type(a).__name__}")
@@ -57,11 +57,24 @@ def check_same_shape(op, reference_name, reference, **others):
                         **{name: (a, tuple(reference.shape)) for name, a in others.items()})
 
 
+_allowed = {}     # check_arrays' `dtypes` argument -> its tuple of np.dtype (asked every op)
+
+
+def _allowed_dtypes(dtypes):
+    try:
+        allowed = _allowed.get(dtypes)
+    except TypeError:                       # a list: not a key
+        return tuple(np.dtype(d) for d in dtypes)
+    if allowed is None:
+        allowed = _allowed[dtypes] = tuple(np.dtype(d) for d in dtypes)
+    return allowed
+
+
 def check_arrays(op, bound=None, dtypes=None, **specs):
     """Check each `name=(array, pattern)`: device, contiguity, dtype, shape. Float arrays of one
     call must share a dtype. Returns the dict of bound size names."""
     bound = {} if bound is None else bound
-    allowed = float_dtypes() if dtypes is None else tuple(np.dtype(d) for d in dtypes)
+    allowed = float_dtypes() if dtypes is None else _allowed_dtypes(dtypes)
     first_dtype = None
     for name, (a, pattern) in specs.items():
         check_device_array(op, name, a)

@@ -29,9 +29,16 @@ def is_bf16(a):
     return getattr(a, "dtype", None) == BF16     # not an array: not BF16 (its check says why)
 
 
+_ACTIVATION_DTYPES = {}      # float_dtypes() -> those and BF16
+
+
 def activation_dtypes():
     """Dtypes an activation may have on the current device: its float dtypes and BF16."""
-    return tuple(float_dtypes()) + (BF16,)
+    floats = float_dtypes()
+    dtypes = _ACTIVATION_DTYPES.get(floats)
+    if dtypes is None:
+        dtypes = _ACTIVATION_DTYPES[floats] = tuple(floats) + (BF16,)
+    return dtypes
 
 
 def suffix(a):
