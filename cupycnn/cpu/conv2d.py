@@ -48,10 +48,11 @@ columns become rows: cols[(n, i, j), (r, s, c)] = xc[n, i sh + r, j sw + s, c], 
 floats. The products turn over: y^T [(n, i, j), o] = cols @ W[o, (r, s, c)]^T (then
 transposed into y), dW[o, (r, s, c)] = dy[o, (n, i, j)] @ cols, and each input-gradient phase
 gathers dy channels-last the same way. Chosen where C >= 16 and either Wo <= 8 or C >= 8 Wo
-(measured per layer, forward and both gradients at one thread: 1.4x on digits' 32-channel
-8x8 layer, 1.4-1.6x on its 4x4 ones, 1.1-1.2x on ResNet-18's 16x16 (128 channels) to 4x4;
-0.8-0.9x on ResNet-18's 64-channel 32x32 and stride-2 layers, 0.7x on its 1x1 shortcut, which
-keep the planes). The sums are the same products in another order of the taps.
+(`python benchmarks/cpu_choices.py layouts [--resnet]`, forward and both gradients per layer
+at one thread: 1.17x on digits' 32-channel 8x8 layer, 1.39x and 1.43x on its 4x4 ones,
+1.07-1.12x on ResNet-18's from 16x16 and 128 channels down; 0.88-0.95x on its 64-channel 32x32
+layers, 0.64x on its 1x1 shortcut and 0.74x on the stem, which keep the planes). The sums are
+the same products in another order of the taps.
 """
 import math
 import threading
