@@ -112,9 +112,6 @@ def settings(args):
 
 def step_choice(args):
     import cpu_step
-    from threadpoolctl import threadpool_limits
-    cpu.set_num_threads(args.threads)
-    threadpool_limits(args.threads, user_api="blas")
     cupycnn.use("numpy")
     step, _ = cpu_step.cupycnn_stepper(args.model, cpu_step.data_pool(
         cpu_step.input_shape(args.model)))
@@ -143,14 +140,16 @@ def step_choice(args):
 
 
 def main(argv=None):
+    from threadpoolctl import threadpool_limits
     args = parse_args(argv)
     print(f"`python benchmarks/cpu_choices.py {' '.join(sys.argv[1:] if argv is None else argv)}`"
           f", {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    if args.choice == "layouts":
-        cpu.set_num_threads(args.threads)
-        layouts(args)
-    else:
-        step_choice(args)
+    cpu.set_num_threads(args.threads)
+    try:
+        with threadpool_limits(args.threads, user_api="blas"):
+            (layouts if args.choice == "layouts" else step_choice)(args)
+    finally:
+        cpu.set_num_threads(None)
 
 
 if __name__ == "__main__":
