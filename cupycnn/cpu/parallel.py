@@ -6,7 +6,9 @@ task(count - 1) on `num_threads()` threads (this one included; the others are st
 kept), each thread taking the next index as it becomes free. While they run, BLAS is held to one
 thread (also when num_threads() is 1): its own threads would compete with ours for the cores,
 and OpenBLAS's results change with its thread count. Outside `parallel_for` BLAS keeps its own
-setting.
+setting. Small work stays on the calling thread (`nbytes` below MIN_TASK_BYTES a thread);
+`run_together(tasks)` runs a few independent callables (a convolution's two gradients) the
+same way.
 
 How many threads: `set_num_threads(n)`, else $CUPYCNN_CPU_THREADS (read when first needed and by
 set_num_threads(None)), else as many as BLAS is allowed at the moment of the call
@@ -157,9 +159,9 @@ def _get_pool():
 
 
 # A thread is woken for at least this many bytes of work: waking one costs about 30 us, and two
-# threads taking turns at the GIL between short NumPy calls lose more (measured on the 2-core
-# machine: two 64 KB copies on 2 threads 44 us, on one 21 us; digits' whole step at batch 32
-# was slower on 2 threads than on 1 before this threshold).
+# threads taking turns at the GIL between short NumPy calls lose more than they share (two 64 KB
+# copies took 44 us on 2 threads, 21 us on one; digits' step at batch 32 is 1.10x faster with
+# this threshold than with every op split: `python benchmarks/cpu_choices.py threshold`).
 MIN_TASK_BYTES = 2**20
 
 
