@@ -295,6 +295,16 @@ def test_batchnorm_fused_epilogue_matches_the_reference(dtype, residual, threads
         close(a[0], b[0], dtype, scale=np.abs(weight * invstd).max() * np.abs(dy).max())
 
 
+@pytest.mark.parametrize("shape", [(32, 16, 8, 8), (5, 3, 7), (4, 6), (2, 3, 2, 2, 2)])
+def test_channel_sum_matches_the_reference(shape, threads, rng):
+    from cupycnn.cpu import reduce as fast_reduce
+    from cupycnn.reference import reduce as ref_reduce
+    x = (rng.standard_normal(shape) + 3).astype(np.float32)      # a mean: cancellation shows
+    close(fast_reduce.channel_sum(x), ref_reduce.channel_sum(x.astype(np.float64)).astype(
+        np.float32), np.float32)
+    assert fast_reduce.channel_sum(x).dtype == np.float32
+
+
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_gemm_matches_the_reference(dtype, threads, rng):
     m, k, n = 600, 70, 33                          # more rows than one piece

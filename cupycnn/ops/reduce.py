@@ -3,7 +3,9 @@ import math
 
 import numpy as np
 
+from .. import cpu
 from .. import devices as _device
+from ..cpu import reduce as cpu_reduce
 from ..reference import reduce as reference
 from ._check import check_arrays, check_int32, into
 from ._storage import activation_dtypes, is_bf16, reference_bf16, suffix
@@ -26,8 +28,9 @@ def channel_sum(x, out=None):
     if out is not None:
         check_arrays(op, bound=sizes, dtypes=(sum_dtype,), out=(out, ("C",)))
     if not _device.runs_kernels():
-        return into(out, reference_bf16(reference.channel_sum, x, outputs=0) if is_bf16(x)
-                    else reference.channel_sum(x))
+        if is_bf16(x):
+            return into(out, reference_bf16(reference.channel_sum, x, outputs=0))
+        return into(out, (cpu_reduce if cpu.fast(x) else reference).channel_sum(x))
     outer, channels, inner = x.shape[0], x.shape[1], math.prod(x.shape[2:])
     check_int32(op, elements=outer * channels * inner)
     if out is None:
