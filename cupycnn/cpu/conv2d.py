@@ -33,11 +33,11 @@ taken as wide as the bordered rows (Wp = W + 2 pw, the last kw - 1 columns of ea
 a tap's columns are one contiguous run of Ho Wp floats. The product then does Wp / Wo times
 the work, the junk columns are dropped when y is written, and the weight gradient multiplies
 them by zeros in dy's wide copy. Chosen where the gather's saving outweighs the product's
-extra columns: (Wp - Wo) M <= WIDE_LIMIT Wo, M the product's rows: digits' 8x8 layers and
-ResNet-18's 32x32 ones (measured per layer, forward and both gradients at one thread: 1.04x on
-digits' 32-channel 8x8, 1.44x on its first layer, 1.08x on ResNet's 64-channel 32x32; about
-even at 4x4 with 64 channels and at 16x16 with 128, and 0.86x and 0.69x on ResNet's 8x8 and
-4x4, which stay narrow). The sums are the same products in the same order, and a
+extra columns: (Wp - Wo) M <= WIDE_LIMIT Wo, M the product's rows, among the layers that do
+not take channels-last columns (below): digits' first layer and ResNet-18's 32x32 ones
+(measured per layer before channels-last columns existed, forward and both gradients at one
+thread: 1.44x on digits' first layer, 1.08x on ResNet's 64-channel 32x32). The sums are the
+same products in the same order, and a
 non-finite x in a junk column's reach is multiplied by a zero: NaN in dW where the reference
 has inf (or NaN) already.
 
