@@ -34,7 +34,7 @@ a tap's columns are one contiguous run of Ho Wp floats. The product then does Wp
 the work, the junk columns are dropped when y is written, and the weight gradient multiplies
 them by zeros in dy's wide copy. Chosen where the gather's saving outweighs the product's
 extra columns: (Wp - Wo) M <= WIDE_LIMIT Wo, M the product's rows, among the layers that do
-not take channels-last columns (below): digits' first layer and ResNet-18's 32x32 ones
+not take channels-last columns (below): digits' first layer and ResNet-18's stride-1 32x32 ones
 (measured per layer before channels-last columns existed, forward and both gradients at one
 thread: 1.44x on digits' first layer, 1.08x on ResNet's 64-channel 32x32). The sums are the
 same products in the same order, and a
