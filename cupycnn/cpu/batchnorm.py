@@ -76,6 +76,13 @@ def _plane_sums(x3, parts, fn=None):
     return out
 
 
+def plane_sums(x):
+    """[N, C] in x's dtype: the sum of each plane x[n, c, ...] (also channel_sum's first stage,
+    cupycnn/cpu/reduce.py)."""
+    n, c, inner = _layout(x)
+    return _plane_sums(x.reshape(n, c, inner), _parts(n, c, inner, x.itemsize))
+
+
 def _mean_var(sums, count):
     mean = sums[:, 0] / count
     return mean, np.maximum(sums[:, 1] / count - mean * mean, 0.0)

@@ -263,9 +263,9 @@ def split(total, pieces, align=1):
     return chunks(total, size)
 
 
-# Elementwise work is cut into pieces of at most PIECE_MAX elements (they stay in L2); arrays
-# of up to PIECE_MIN elements are one piece (one thread: see MIN_TASK_BYTES).
-PIECE_MIN, PIECE_MAX = 2**18, 2**16
+# Elementwise work is cut into pieces of at most PIECE_MAX elements (they stay in L2); an array
+# of up to PIECE_MIN elements (float32: MIN_TASK_BYTES) is one piece, as it runs on one thread.
+PIECE_MIN, PIECE_MAX = MIN_TASK_BYTES // 4, 2**16
 
 
 def flat_pieces(size):

@@ -26,6 +26,12 @@ def tiles(kernel, stride, padding):
     return tuple(kernel) == tuple(stride) and tuple(padding) == (0, 0)
 
 
+def _corners(out, kernel, w):
+    """[OH, OW] int32: each window's first element, as a flat index into its W-wide plane."""
+    (oh, ow), (kh, kw) = out, kernel
+    return ((np.arange(oh) * kh * w)[:, None] + np.arange(ow) * kw).astype(np.int32)
+
+
 def _taps(a, kernel, out):
     """a [N, C, H, W] -> the kh*kw views a[:, :, oh kh + r, ow kw + s], each [N, C, OH, OW],
     in window order."""
@@ -79,7 +85,7 @@ def _forward_rows(x, kernel, out):
         best_s = np.where(best_r, row_s[:, 1], row_s[:, 0])
     else:
         best_s = np.take_along_axis(row_s, best_r[:, None, :].astype(np.intp), axis=1)[:, 0]
-    corner = ((np.arange(oh) * kh * w)[:, None] + np.arange(ow) * kw).astype(np.int32)
+    corner = _corners((oh, ow), kernel, w)
     argmax = best_r.astype(np.int32).reshape(n, c, oh, ow)
     np.multiply(argmax, w, out=argmax)
     argmax += best_s.reshape(n, c, oh, ow)
@@ -95,7 +101,7 @@ def _forward_taps(x, kernel, out):
     argmax = np.empty((n, c) + out, np.int32)
     parts = parallel.chunks(n, max(1, -(-n // parallel.num_threads())))
     # The flat index in the plane of tap 0 of each window, and each tap's offset from it.
-    corner = ((np.arange(out[0]) * kh * w)[:, None] + np.arange(out[1]) * kw).astype(np.int32)
+    corner = _corners(out, kernel, w)
     offsets = [r * w + s for r in range(kh) for s in range(kw)]
 
     def task(k):
@@ -131,7 +137,7 @@ def max_pool2d_backward(dy, argmax, input_size, kernel, stride, padding):
     dx = np.zeros((n * c, h * w), dy.dtype)
     if not dy.size:
         return dx.reshape(n, c, h, w)
-    corner = ((np.arange(oh) * kh * w)[:, None] + np.arange(ow) * kw).astype(np.int32)
+    corner = _corners((oh, ow), kernel, w)
     local = argmax - corner                                   # r w + s inside the window
     inside = np.zeros(kh * w, np.bool_)                       # the window's r w + s
     inside[(np.arange(kh)[:, None] * w + np.arange(kw)).ravel()] = True

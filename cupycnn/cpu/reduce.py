@@ -4,8 +4,6 @@ np.sum over axes (0, 2, 3) walks a [N, C, H, W] tensor one short plane at a time
 plane is summed as one matrix-vector product with a vector of ones (batchnorm's sums,
 cupycnn/cpu/batchnorm.py) and the planes are added over the batch in float64, in batch order.
 """
-import math
-
 import numpy as np
 
 from . import batchnorm
@@ -15,7 +13,4 @@ def channel_sum(x):
     """out[c] = sum of x over every axis but axis 1, as reference.channel_sum."""
     if x.ndim == 2:
         return np.sum(x, axis=0, dtype=x.dtype)
-    n, c = x.shape[:2]
-    x3 = x.reshape(n, c, math.prod(x.shape[2:]))
-    planes = batchnorm._plane_sums(x3, batchnorm._parts(n, c, x3.shape[2], x.itemsize))
-    return planes.sum(axis=0, dtype=np.float64).astype(x.dtype)
+    return batchnorm.plane_sums(x).sum(axis=0, dtype=np.float64).astype(x.dtype)

@@ -143,7 +143,7 @@ class Parameter:
         return f"Parameter({self.name}, shape={self.shape})"
 
 
-class _Name:
+class LayerName:
     """How check messages name a layer (`Type(args)[.backward]`): formatted only when a message
     is, not at every forward (short_repr costs microseconds a call)."""
     __slots__ = ("layer", "suffix")
@@ -361,12 +361,12 @@ class Layer:
                              f"transform=cupycnn.data.Normalize(mean, std) (or an augmentation), "
                              f"or pass the uint8 arrays to Trainer.fit(x, y) / predict(x), which "
                              f"normalise them")
-        return check_arrays(_Name(self), bound=bound, dtypes=activation_dtypes(),
+        return check_arrays(LayerName(self), bound=bound, dtypes=activation_dtypes(),
                             input=(x, pattern))
 
     def check_grad_output(self, dy, shape):
         """dy must have the shape the forward output had."""
-        return check_arrays(_Name(self, ".backward"), dtypes=activation_dtypes(),
+        return check_arrays(LayerName(self, ".backward"), dtypes=activation_dtypes(),
                             dy=(dy, tuple(shape)))
 
     # ------------------------------------------------------------------ parameters and state

@@ -15,7 +15,7 @@ from ..cpu import parallel
 from ..ops import conv2d as conv_ops
 from ..ops import conv2d_stats
 from ..ops import reduce as reduce_ops
-from .base import Layer, _Name, uniform_init
+from .base import Layer, LayerName, uniform_init
 from .normalization import BatchNorm2D
 
 
@@ -68,7 +68,7 @@ class Conv2D(Layer):
     def output_shape(self, input_shape):
         n, _, h, w = input_shape
         return (n, self.out_channels) + conv_ops.checked_output_size(
-            _Name(self), h, w, self.kernel_size, self.stride, self.padding)
+            LayerName(self), h, w, self.kernel_size, self.stride, self.padding)
 
     def forward(self, x, training=None):
         self.check_input(x, ("N", self.in_channels, "H", "W"))

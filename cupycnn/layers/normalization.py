@@ -35,7 +35,7 @@ from ..ops import batchnorm as bn_ops
 from ..ops import groupnorm as gn_ops
 from ..ops._check import check_arrays, check_integer, shown
 from ..ops._storage import activation_dtypes
-from .base import Layer, _Name, check_allocation
+from .base import Layer, LayerName, check_allocation
 
 
 def local_statistics(sums, count):
@@ -96,7 +96,7 @@ class _BatchNorm(Layer):
         """y = relu(bn(x) + residual) (without the ReLU when relu=False), one pass; the
         backward is backward_residual."""
         self._check_input_shape(x)
-        check_arrays(_Name(self), dtypes=activation_dtypes(), input=(x, None),
+        check_arrays(LayerName(self), dtypes=activation_dtypes(), input=(x, None),
                      residual=(residual, tuple(x.shape)))
         y = self._forward(x, training, residual)
         for hook in self._forward_hooks or ():         # as __call__ runs them

@@ -12,7 +12,7 @@ not offered (PyTorch's defaults, False and 1, always hold); padding may be at mo
 kernel, as PyTorch requires. Input is [N, C, H, W] (a batch; unbatched 3-D input is refused).
 """
 from ..ops import pool as ops
-from .base import Layer, _Name
+from .base import Layer, LayerName
 
 _NCHW = ("N", "C", "H", "W")
 
@@ -33,7 +33,7 @@ class _Pool2D(Layer):
     def _output_shape(self, x):
         sizes = self.check_input(x, _NCHW)
         input_size = (sizes["H"], sizes["W"])
-        out = ops.pool_output_size(_Name(self), input_size, *self._geometry)
+        out = ops.pool_output_size(LayerName(self), input_size, *self._geometry)
         return input_size, (sizes["N"], sizes["C"]) + tuple(out)
 
 
