@@ -255,6 +255,29 @@ def test_allocating_batches_on_the_prefetch_stream_is_caught(gpu, monkeypatch):
     assert wrong, "the model did not catch batches allocated on the prefetch stream"
 
 
+@pytest.mark.parametrize("resident", [True, False], ids=["device-resident", "pinned"])
+def test_a_batch_made_ahead_but_never_taken_cannot_overwrite_later_arrays(gpu, resident):
+    """Leave an epoch after one batch (the next one is already being made on the prefetch
+    stream), then allocate on the loop's stream what the dropped batch held and write it: the
+    prefetch stream's queued writes must not land there. (Found by the cuda variant of
+    test_trainer_graphed.py on the fake GPU: a labels batch written over Adam's segment table.)"""
+    loader_module = _loader_module()
+    ds = _numbered(40)
+    wrong = []
+    for seed in SEEDS:
+        cupy = gpu(seed)
+        loader = loader_module.Loader(ds, 8, seed=seed, prefetch=True, device_resident=resident)
+        it = iter(loader)
+        next(it)
+        del it                                   # closes the iterator: batch 1 is dropped
+        images = cupy.full((8, *ds.images.shape[1:]), 7, dtype=np.uint8)
+        labels = cupy.full((8,), -7, dtype=np.int32)
+        cupycnn.synchronize()
+        if not ((images.get() == 7).all() and (labels.get() == -7).all()):
+            wrong.append(seed)
+    assert not wrong, f"seeds {wrong}: a dropped batch's queued writes landed in later arrays"
+
+
 def test_cuda_auto_residency_follows_free_memory(gpu):
     from cupycnn.data import Loader
     cupy = gpu(0)

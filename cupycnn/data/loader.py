@@ -24,6 +24,9 @@ freed temporary) was queued before the allocation, hence before the event. Once 
 belongs to the loop's stream like any array made there: the loop's stream waits for the batch's
 ready event before using it, and when the batch is dropped its memory returns to the loop
 stream's arena, reused only in that stream's order or, by the next prefetch, after a new event.
+A batch made ahead but never taken (the loop left the epoch early) is waited for in the same way
+when the iterator closes, before its memory goes back: else the loop stream's next allocation
+could take that memory while the prefetch stream's writes into it are still queued.
 Pinned (page-locked) staging buffers are a ring of two: one is refilled on the host only after
 the event of its last copy has completed, so the host never overwrites data an async copy has
 yet to read. (tests/fake_cupy.py models the pool, the streams and pinned copies, and runs this
@@ -491,9 +494,10 @@ class _Prefetcher:
                 consumer = self.requests.get()
                 if self.stop.is_set():
                     return
-                self.results.put(("batch", self.produce(positions, self.stream, consumer)))
+                self.results.put(("batch", self.produce(positions, self.stream, consumer),
+                                  consumer))
         except BaseException as e:                # handed to the loop, raised there
-            self.results.put(("error", e))
+            self.results.put(("error", e, None))
 
     def close(self):
         self.stop.set()
@@ -532,7 +536,7 @@ class _BatchIterator:
         else:
             if self._next + 1 < len(self._batches):
                 self._prefetcher.requests.put(self._consumer())
-            kind, item = self._prefetcher.results.get()
+            kind, item, _ = self._prefetcher.results.get()
             if kind == "error":
                 self.close()
                 raise item
@@ -555,6 +559,13 @@ class _BatchIterator:
         prefetcher, self._prefetcher = self._prefetcher, None
         if prefetcher is not None:
             prefetcher.close()
+            # A batch made ahead but never handed out (the loop left early): its memory goes
+            # back to the loop stream's arena when dropped here, so that stream waits for the
+            # prefetch stream's writes first, as it would have before using the batch.
+            while not prefetcher.results.empty():
+                kind, item, consumer = prefetcher.results.get()
+                if kind == "batch" and item[2] is not None:
+                    consumer.wait_event(item[2])
 
     def __del__(self):
         self.close()
