@@ -2,8 +2,9 @@
 the kernel-coverage table printed at the end of every run.
 
 Kernel tests take the `kernel_device` fixture: each runs under `sim` in the natural, reversed
-and random thread orders, and on `cuda` where a GPU is usable (marked `cuda`; `pytest -m cuda`
-runs only those). Outputs that ops allocate are filled with NaN first, so an element a kernel
+and random thread orders, and on `cuda` (marked `cuda`; `pytest -m cuda` runs only those): on
+the GPU where one is usable, else on tests/fake_cupy.py's stand-in for CuPy, so that the
+library's cuda code paths run everywhere. Outputs that ops allocate are filled with NaN first, so an element a kernel
 never writes fails the comparison; on sim, a kernel that writes outside its arrays is a
 SimMemoryError (the emulator's memory check).
 
@@ -38,7 +39,8 @@ def pytest_configure(config):
 
 def pytest_report_header(config):
     reason = dev._probe_cuda()
-    gpu = "usable: cuda tests run" if not reason else f"not usable, cuda tests skipped ({reason})"
+    gpu = "usable: cuda tests run on it" if not reason else \
+        f"not usable ({reason}): cuda tests run on tests/fake_cupy.py's stand-in for CuPy"
     return [f"cupycnn: CUPYCNN_TEST_SEED={os.environ['CUPYCNN_TEST_SEED']}; GPU {gpu}"]
 
 
@@ -82,9 +84,24 @@ def pytest_runtest_makereport(item, call):
 
 
 def _cuda_param(value):
-    reason = dev._probe_cuda()
-    return pytest.param(value, id="cuda", marks=[
-        pytest.mark.cuda, pytest.mark.skipif(bool(reason), reason=f"no usable GPU: {reason}")])
+    """The cuda variant: on the GPU where one is usable, else on tests/fake_cupy.py's
+    stand-in for CuPy (its API, streams, pool and graphs; the kernels run on the emulator), a
+    fresh fake GPU for each test with a schedule from the test's seed, so that the library's
+    cuda code paths run on every machine. Marked `cuda` either way (`pytest -m cuda`)."""
+    return pytest.param(value, id="cuda" if _real_gpu() else "cuda-fake", marks=[pytest.mark.cuda])
+
+
+def _real_gpu():
+    return dev._probe_cuda() == ""
+
+
+def _use_cuda(request):
+    """Select the cuda device for this test: the GPU, or a new fake one (see _cuda_param)."""
+    if not _real_gpu():
+        import fake_cupy
+        cupy, cupyx = fake_cupy.make(seed=_test_seed(request.node.nodeid))
+        fake_cupy.install(request.getfixturevalue("monkeypatch"), cupy, cupyx)
+    cupycnn.use("cuda")
 
 
 def _kernel_device_params():
@@ -97,7 +114,16 @@ def step_device(request):
     """sim (its natural thread order), then cuda where usable: for the training step's tests
     (plan, recorded step, graphed trainer), a few seconds each on sim, whose point on cuda is
     that a real CUDA graph replays what the eager step computes. The test calls cupycnn.use."""
+    if request.param == "cuda":
+        _use_cuda(request)
     return request.param
+
+
+@pytest.fixture(params=[_cuda_param("cuda")])
+def cuda_device(request):
+    """The cuda device only: the GPU, or a fake one (see _cuda_param)."""
+    _use_cuda(request)
+    return "cuda"
 
 
 @pytest.fixture(params=_kernel_device_params())
@@ -105,10 +131,10 @@ def kernel_device(request):
     """Run the test on a kernel device: sim in one thread order, or cuda. Outputs poisoned; on
     sim, every launch checked for writes outside its arrays (sim.set_memory_check)."""
     name, order = request.param
-    cupycnn.use(name)
+    _use_cuda(request) if name == "cuda" else cupycnn.use(name)
     if name == "sim":
         sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
-        sim.set_memory_check(True)
+    sim.set_memory_check(name != "numpy")      # sim's launches, and the fake GPU's
     dev.set_poison(True)
     return name
 
@@ -118,10 +144,10 @@ def any_device(request):
     """numpy, then the kernel devices as the kernel_device fixture has them (sim in three thread
     orders, cuda where usable, sim's launches checked), outputs poisoned."""
     name, order = request.param
-    cupycnn.use(name)
+    _use_cuda(request) if name == "cuda" else cupycnn.use(name)
     if name == "sim":
         sim.set_thread_order(order, seed=_test_seed(request.node.nodeid))
-        sim.set_memory_check(True)
+    sim.set_memory_check(name != "numpy")      # sim's launches, and the fake GPU's
     dev.set_poison(name != "numpy")
     return name
 
@@ -191,7 +217,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.section("kernel coverage: NVRTC compiles and kernel-vs-reference checks")
     cols = ("kernel", "nvrtc sm_80", "nvrtc sm_90", "sim natural", "sim reversed", "sim random",
-            "cuda")
+            "cuda" if _real_gpu() else "cuda (fake GPU)")
     widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
     tr.write_line("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for r in rows:

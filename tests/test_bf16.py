@@ -1,8 +1,8 @@
 """BF16 storage (ops/_storage.py): every kernel of the step on BF16 activations is, bit for bit,
 its float32 version on the decoded values with the result rounded to BF16 once, on numpy and
-on sim in natural, reversed and random thread order (cuda where a GPU is usable). Per-channel
-statistics, parameter gradients and the loss stay float32 and must equal the float32 version's
-exactly.
+on sim in natural, reversed and random thread order (and on cuda: a GPU, or the fake one of
+tests/fake_cupy.py). Per-channel statistics, parameter gradients and the loss stay float32 and
+must equal the float32 version's exactly.
 
 The float32 path is itself checked against the float64 reference by the kernel tests; what these
 tests add is that the BF16 variants are the same template over another storage type: FP32

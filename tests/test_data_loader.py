@@ -247,13 +247,10 @@ def test_bad_arguments_name_the_loader(rng):
         Loader(ds, 2).set_epoch(-1)
 
 
-@pytest.mark.cuda
-@pytest.mark.skipif(not cupycnn.cuda_available(), reason="no usable GPU")
 @pytest.mark.parametrize("resident", [True, False])
-def test_on_cuda_batches_are_cupy_arrays_equal_to_the_host_ones(rng, resident):
+def test_on_cuda_batches_are_cupy_arrays_equal_to_the_host_ones(rng, resident, cuda_device):
     import cupy
     ds = _numbered(rng, 37)
-    cupycnn.use("cuda")
     for prefetch in (True, False):
         loader = Loader(ds, 8, shuffle=True, seed=2, prefetch=prefetch,
                         device_resident=resident)

@@ -18,7 +18,7 @@ def test_every_block_of_the_page_runs(tmp_path):
     assert "kernels match the reference in every thread order" in out
     assert out.count("1 of 1 cases passed") == 2                 # outside and inside the tree
     assert "Swish  input" in out
-    assert "12 passed" in out                   # the kernel test: 4 shapes x 3 thread orders
+    assert "16 passed" in out       # the kernel test: 4 shapes x (3 sim thread orders + cuda)
     made = tmp_path / "repository"
     for path in ("kernels/swish.cu", "cupycnn/ops/swish.py", "cupycnn/layers/swish.py",
                  "my_layer/swish.py"):

@@ -1,5 +1,6 @@
 """Each fusion against the composition of the unfused ops it replaces, on every device (numpy;
-sim in natural, reversed and random thread order; cuda where a GPU is usable):
+sim in natural, reversed and random thread order; cuda: a GPU, or the fake one of
+tests/fake_cupy.py):
 
 - batchnorm-apply + ReLU (+ residual add), forward, training and evaluation:
   batchnorm_normalize(x, ..., residual, relu) == relu_forward(add(batchnorm_normalize(x), r));

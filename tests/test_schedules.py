@@ -196,7 +196,8 @@ def test_schedule_drives_the_fused_kernel(kernel_device, rng):
     cupycnn.manual_seed(0)
     layer = Dense(6, 4)
     params = layer.parameters()
-    tensors = [torch.tensor(p.data.astype(np.float64), requires_grad=True) for p in params]
+    tensors = [torch.tensor(cupycnn.asnumpy(p.data).astype(np.float64), requires_grad=True)
+               for p in params]
     ours = optim.Adam([{"params": params[:1]}, {"params": params[1:], "weight_decay": 0.1}])
     theirs = torch.optim.Adam([{"params": tensors[:1]}, {"params": tensors[1:],
                                                          "weight_decay": 0.1}])

@@ -116,10 +116,10 @@ _modules = {}
 
 
 def _kernel(name):
-    dev = cupycnn.devices.device()
-    if dev not in _modules:
-        _modules[dev] = runtime.load_module(code=SOURCE)
-    return _modules[dev].get_function(name)
+    key = (cupycnn.devices.device(), cupycnn.devices.xp())    # (each fake GPU is a new CuPy)
+    if key not in _modules:
+        _modules[key] = runtime.load_module(code=SOURCE)
+    return _modules[key].get_function(name)
 
 
 def _host(a):
