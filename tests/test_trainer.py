@@ -63,6 +63,32 @@ def test_resume_continues_exactly(tmp_path, device):
     assert second.history["epoch"] == [1, 2, 3, 4]
 
 
+@pytest.mark.parametrize("make_callback", [
+    lambda: ReduceLROnPlateau(monitor="val_accuracy", factor=0.5, patience=0),
+    lambda: EarlyStopping(monitor="val_accuracy", patience=10, restore_best=True)],
+    ids=["plateau", "early-stopping"])
+def test_resume_with_a_stateful_callback_continues_exactly(tmp_path, make_callback):
+    """The folder recipe's --schedule plateau and --early-stopping: a resumed run's callback
+    takes the saved state (the plateau's lr cuts and counters; the best epoch and its weights)
+    before it has started."""
+    def run():
+        return make_run(callbacks=[make_callback()])
+    straight, tl, vl = run()
+    straight.fit(tl, epochs=4, val_loader=vl)
+    first, tl, vl = run()
+    first.fit(tl, epochs=2, val_loader=vl)
+    first.save_checkpoint(tmp_path / "mid.h5")
+    second, tl, vl = run()
+    second.resume(tmp_path / "mid.h5")
+    second.fit(tl, epochs=4, val_loader=vl)
+    for key in ("loss", "val_accuracy", "lr"):
+        assert straight.history[key] == second.history[key]
+    for (name, a), (_, b) in zip(straight.model.state_dict().items(),
+                                 second.model.state_dict().items()):
+        np.testing.assert_array_equal(a, b, err_msg=name)   # early stopping: the best restored
+    assert straight.callbacks[-1].state_dict().keys() == second.callbacks[-1].state_dict().keys()
+
+
 def test_learns_and_reports_exact_figures(tmp_path):
     trainer, tl, vl = make_run(flip=False)        # a mirrored wave is another class's pattern
     history = trainer.fit(tl, epochs=6, val_loader=vl)

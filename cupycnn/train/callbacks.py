@@ -114,8 +114,8 @@ class EarlyStopping(Callback):
 
     def state_dict(self):
         state = {"best": self.best, "best_epoch": self.best_epoch, "wait": self.wait}
-        if self.best_state is not None:
-            state["best_state"] = dict(self.best_state)
+        if self.restore_best:        # None until an epoch ends: the same keys before and after
+            state["best_state"] = None if self.best_state is None else dict(self.best_state)
         return state
 
     def load_state_dict(self, state):
@@ -153,8 +153,14 @@ class ReduceLROnPlateau(Callback):
                       f"{before[0]:.3g} -> {after[0]:.3g}")
 
     def state_dict(self):
-        return self.schedule.state_dict() if self.schedule is not None else \
-            (self._pending_state or {})
+        if self.schedule is not None:
+            return self.schedule.state_dict()
+        if self._pending_state or self.trainer is None:
+            return self._pending_state or {}
+        # Not started yet (a trainer about to resume): a fresh schedule's state, whose form is
+        # what a checkpoint's state of this callback is checked against.
+        from ..optim.schedules import ReduceLROnPlateau as Schedule
+        return Schedule(self.trainer.optimizer, **self.kwargs).state_dict()
 
     def load_state_dict(self, state):
         if not state:                      # the state of one that never started
