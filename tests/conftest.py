@@ -23,6 +23,7 @@ import cupycnn
 from cupycnn import devices as dev
 from cupycnn import runtime, sim
 from cupycnn.sim.module import entry_points
+from helpers import cuda_param
 
 SIM_ORDERS = ("natural", "reversed", "random")
 
@@ -73,6 +74,15 @@ def _isolate_device_state(request):
     dev.set_poison(False)
 
 
+@pytest.fixture(autouse=True)
+def _cuda_device_param(request, _isolate_device_state):
+    """A test parametrised over `device` with helpers.DEVICES: its cuda case gets the GPU, or
+    a fresh fake one (_use_cuda)."""
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("device") == "cuda":
+        _use_cuda(request)
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_makereport(item, call):
     """Attach the kernels a kernel test (one that takes `kernel_device` or `any_device` and
@@ -88,7 +98,7 @@ def _cuda_param(value):
     stand-in for CuPy (its API, streams, pool and graphs; the kernels run on the emulator), a
     fresh fake GPU for each test with a schedule from the test's seed, so that the library's
     cuda code paths run on every machine. Marked `cuda` either way (`pytest -m cuda`)."""
-    return pytest.param(value, id="cuda" if _real_gpu() else "cuda-fake", marks=[pytest.mark.cuda])
+    return cuda_param(value)
 
 
 def _real_gpu():

@@ -2,9 +2,21 @@
 import contextlib
 
 import numpy as np
+import pytest
 
 import cupycnn
 from cupycnn.layers import Layer
+
+
+def cuda_param(value="cuda"):
+    """The cuda case of a device parametrisation, marked `cuda`: the GPU where one is usable,
+    else a fake one (tests/fake_cupy.py), which conftest installs for the test."""
+    return pytest.param(value, id="cuda" if cupycnn.cuda_available() else "cuda-fake",
+                        marks=[pytest.mark.cuda])
+
+
+# Every device, for tests parametrised over `device` (a parameter or a fixture of that name).
+DEVICES = ("numpy", "sim", cuda_param())
 
 # Kernel against float64 reference, float32 arithmetic: relative error of the whole tensor, and
 # every element within ATOL_SCALE * rms(ref) + RTOL * |ref|.

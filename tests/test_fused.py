@@ -26,7 +26,7 @@ from cupycnn.layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, GlobalAvgPo
 from cupycnn.models.resnet import BasicBlock, Bottleneck
 from cupycnn.ops import batchnorm as bn
 from cupycnn.ops import elementwise as ew
-from helpers import randn, recorded_launches
+from helpers import DEVICES, randn, recorded_launches
 
 SHAPES = [(2, 3, 5, 7), (4, 17, 3, 3), (3, 70, 1, 3), (5, 6), (2, 3, 48, 49)]
 
@@ -179,7 +179,7 @@ def _fused_and_plain(build, x, rng):
     return fused, plain
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_fused_resnet_blocks_are_the_unfused_ones(rng, device):
     cupycnn.use(device)
     fused, plain = _fused_and_plain(_mini_resnet, cupycnn.asarray(randn(rng, 2, 3, 8, 8)), rng)
@@ -198,7 +198,7 @@ def test_resnet_keeps_torchvision_names_fused_or_not():
     assert "relu." not in layers and "relu." in dict(plain._named_layers())
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_fused_simple_cnn_is_the_unfused_one(rng, device):
     """The digits network (BatchNorm2D and BatchNorm1D with their ReLUs fused, dropout)."""
     cupycnn.use(device)
@@ -234,7 +234,7 @@ def test_conv_bias_residual_relu_epilogue_is_the_composition(any_device, rng, ve
               "conv + relu")
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fused", [True, False])
 def test_folded_inference_is_the_evaluation_forward_with_fewer_launches(rng, device, fused):
     """models.fold_batchnorm: each conv + batchnorm (+ shortcut) + ReLU one convolution with its
@@ -352,7 +352,7 @@ def _launches(run):
 
 
 @pytest.mark.parametrize("precision", ["fp32", "tf32", "bf16"])
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_conv_feeding_a_batchnorm_skips_its_reduction(rng, device, precision):
     """Conv2D.feed_statistics_to(bn): the training forward of conv then bn is the unlinked
     composition's (y, the running statistics, the backward: the same bits on numpy, where the

@@ -10,7 +10,7 @@ from cupycnn import sim
 from cupycnn.ops import augment as ops
 from cupycnn.reference import augment as reference
 from cupycnn.reference.augment import AffineRanges
-from helpers import assert_matches
+from helpers import DEVICES, assert_matches
 
 # Batch 1 (a single pixel of 3 channels: one value alone could cancel to ~0 and make a relative
 # error meaningless), odd and non-square sizes, 1 and 3 channels; 17 x 16 = 272 pixels spans
@@ -38,7 +38,7 @@ def _random_ranges(rng, **overrides):
     return AffineRanges(**ranges)
 
 
-@pytest.fixture(params=["numpy", "sim"])
+@pytest.fixture(params=DEVICES)
 def device(request):
     """The properties hold for the reference (numpy) and the kernels (sim, outputs poisoned)."""
     cupycnn.use(request.param)

@@ -8,7 +8,7 @@ import pytest
 import cupycnn
 from cupycnn import reference
 from cupycnn.layers import AvgPool2D, Dropout, Flatten, GlobalAvgPool2D, MaxPool2D
-from helpers import assert_matches, randn
+from helpers import DEVICES, assert_matches, randn
 
 
 def _f64(a):
@@ -156,7 +156,7 @@ def test_dropout_eval_is_identity_and_draws_nothing(rng):
     assert layer.calls == 0
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_dropout_p0_is_identity_and_p1_all_zeros(device, rng):
     cupycnn.use(device)
     x, dy = randn(rng, 5, 6), randn(rng, 5, 6)
@@ -182,7 +182,7 @@ def test_dropout_errors(rng):
 
 # ------------------------------------------------------------------------------------ flatten
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_flatten(device, rng):
     cupycnn.use(device)
     x = cupycnn.asarray(randn(rng, 2, 3, 4, 5))

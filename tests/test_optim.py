@@ -10,7 +10,7 @@ import torch
 import cupycnn
 from cupycnn import optim, runtime
 from cupycnn.layers import Dense
-from helpers import assert_matches
+from helpers import DEVICES, assert_matches
 
 STEPS = 5
 
@@ -391,7 +391,7 @@ def _resume_case(cls, options, device, rng, groups=False):
     (optim.SGD, dict(lr=0.1, momentum=0.9, nesterov=True)),
     (optim.Adam, dict(lr=1e-2, weight_decay=1e-2)),
     (optim.AdamW, dict(lr=1e-2))], ids=["sgd", "adam", "adamw"])
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_a_resumed_optimizer_continues_exactly(rng, cls, options, device):
     _resume_case(cls, options, device, rng, groups=(cls is optim.SGD))
 

@@ -10,6 +10,7 @@ from cupycnn.layers import (BatchNorm1D, BatchNorm2D, Conv2D, Dense, Dropout, Fl
 from cupycnn.losses import SoftmaxCrossEntropy
 from cupycnn.optim import SGD
 from cupycnn.train import Trainer
+from helpers import DEVICES
 
 
 class Items:
@@ -103,9 +104,10 @@ def _trainer(device):
     return Trainer(model, SGD(model.parameters(), lr=0.1), SoftmaxCrossEntropy(), progress=False)
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_int64_labels_train_as_int32_labels_do(device):
     """On sim the step used to apply the optimizer and then raise on the metrics' dtype."""
+    cupycnn.use(device)
     x = cupycnn.asarray(np.random.default_rng(1).standard_normal((4, 3, 2, 2)).astype(np.float32))
     results = []
     for dtype in (np.int32, np.int64, np.uint8):
@@ -120,7 +122,7 @@ def test_int64_labels_train_as_int32_labels_do(device):
         np.testing.assert_array_equal(sums, results[0][1])
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", ["numpy", "sim"])      # cuda checks no labels (no host read)
 @pytest.mark.parametrize("labels, message", [
     (np.array([0, 2, 1, 7], np.int64), r"labels\[3\] = 7 is not a class index for 3 classes"),
     (np.array([0, 2, 1, -1], np.int64), r"labels\[3\] = -1 is not a class index"),

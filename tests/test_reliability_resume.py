@@ -16,6 +16,7 @@ from cupycnn.losses import SoftmaxCrossEntropy
 from cupycnn.optim import SGD
 from cupycnn.optim.schedules import OneCycleLR
 from cupycnn.train import Callback, EarlyStopping, Trainer
+from helpers import DEVICES
 
 BATCHES = 4          # per epoch: 64 examples, batch 16
 
@@ -56,7 +57,7 @@ def _params(trainer):
     return {k: v.copy() for k, v in trainer.model.state_dict().items()}
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("at", [2, BATCHES + 1, 2 * BATCHES])     # mid-epoch 1, 2, last batch
 def test_mid_epoch_checkpoint_resumes_exactly(tmp_path, device, at):
     straight, loader = make(device)

@@ -14,6 +14,7 @@ from cupycnn.optim import SGD
 from cupycnn.optim.schedules import StepLR
 from cupycnn.train import (Callback, CSVLogger, EarlyStopping, ModelCheckpoint,
                            ReduceLROnPlateau, TensorBoard, Trainer)
+from helpers import DEVICES
 
 
 def small_cnn(classes=4):
@@ -40,7 +41,7 @@ def make_run(device="numpy", seed=0, callbacks=(), flip=True):
     return trainer, train_loader, val_loader
 
 
-@pytest.mark.parametrize("device", ["numpy", "sim"])
+@pytest.mark.parametrize("device", DEVICES)
 def test_resume_continues_exactly(tmp_path, device):
     """2 epochs, save, a fresh process-like rebuild, resume, 2 more == 4 epochs straight."""
     straight, tl, vl = make_run(device=device)

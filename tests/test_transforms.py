@@ -10,13 +10,14 @@ from cupycnn.data import transforms as T
 from cupycnn.ops import augment as ops
 from cupycnn.reference import augment as reference
 from cupycnn.reference.augment import AffineRanges
+from helpers import DEVICES
 
 
 def _images(rng, shape=(4, 9, 8, 3)):
     return rng.integers(0, 256, size=shape, dtype=np.uint8)
 
 
-@pytest.fixture(params=["numpy", "sim"])
+@pytest.fixture(params=DEVICES)
 def device(request):
     cupycnn.use(request.param)
     dev.set_poison(request.param == "sim")
