@@ -310,9 +310,6 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                 world.host_point()
                 return self._completed >= self._recorded
 
-        def query(self):
-            return self.done
-
         def synchronize(self):
             with world.lock:
                 if self._stream is not None and self._stream._capture is not None:
@@ -859,9 +856,6 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
         def __int__(self):
             return int(self.get())
 
-        def __index__(self):
-            return int(self.get())
-
         def __bool__(self):
             return bool(self.get())
 
@@ -1013,8 +1007,15 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                        "uint8", "uint16", "uint32", "uint64", "bool_", "dtype", "newaxis"):
         setattr(cupy, dtype_name, getattr(np, dtype_name))
 
+    import cupy_api
+    real_names = cupy_api.load()
+
     def module_getattr(name):
-        """Any other NumPy function, queued on the current stream."""
+        """Any other NumPy function that CuPy has too (tests/data/cupy-api.json), queued on the
+        current stream."""
+        if name not in real_names["objects"]["cupy"]:
+            raise AttributeError(f"module 'cupy' has no attribute {name!r} (CuPy "
+                                 f"{real_names['cupy_version']} has no {name!r})")
         fn = getattr(np, name, None)
         if callable(fn):
             return _deferred(fn, name)
