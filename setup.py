@@ -24,7 +24,7 @@ setup(
                       "threadpoolctl>=3.1"],
     entry_points={"console_scripts": ["cupycnn = cupycnn.command:main"]},
     extras_require={
-        "cuda12": ["cupy-cuda12x>=13"],
+        "cuda12": ["cupy-cuda12x>=13.6"],
         "cuda13": ["cupy-cuda13x>=13.6"],
         "mpi": ["mpi4py>=4.0", "mpich>=4.3"],
         # Streamed datasets: libjpeg-turbo with decode-time downscaling (Pillow otherwise) and

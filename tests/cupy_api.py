@@ -4,8 +4,8 @@ the library to it on machines without CuPy (tests/test_fake_cupy_api.py).
     pip install cupy-cuda13x "nvidia-nccl-cu13>=2.27.7,<3"     # no GPU needed to import it
     python tests/cupy_api.py > tests/data/cupy-api.json
 
-The record: CuPy's version and, for each module and class the fake stands in for, its public
-names; for a callable, its parameter names (from its signature, or for Cython functions from the
+The record: CuPy's version, each class's __module__ and, for each module and class the fake
+stands in for, its public names; for a callable, its parameter names (from its signature, or for Cython functions from the
 signature line CuPy embeds in their docstrings), "**" where it takes any keyword, null where
 neither tells.
 """
@@ -89,7 +89,8 @@ def record():
                 continue
             names[name] = parameters(value) if callable(value) else None
         if inspect.isclass(obj):
-            names["__init__"] = parameters(obj)
+            out.setdefault("class_modules", {})[path] = obj.__module__   # what isinstance-free
+            names["__init__"] = parameters(obj)                          # checks look at
             if "__call__" in names and names["__call__"] is None:
                 names["__call__"] = parameters(obj.__call__)
         out["objects"][path] = names

@@ -1101,6 +1101,14 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
             return RawKernel(self._sim.get_function(name), name)
 
     cupy.RawModule, cupy.RawKernel = RawModule, RawKernel
+    # Each class in CuPy's module, as CuPy's own (code that tells a GPU array by its type's
+    # module sees the fake's as it would see CuPy's): tests/data/cupy-api.json.
+    for path, module in real_names["class_modules"].items():
+        obj = {"cupy": cupy, "cupyx": cupyx}[path.split(".")[0]]
+        for part in path.split(".")[1:]:
+            obj = getattr(obj, part, None)
+        if isinstance(obj, type):
+            obj.__module__ = module
     return cupy, cupyx
 
 

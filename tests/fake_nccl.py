@@ -144,6 +144,9 @@ def make(mpi_comm, device_count=2, cupy_version=14, seed=None):
                     return self._comm.Ibcast(o, root=root)
                 self._collective("bcast", stream_of(stream), view, view, start)
 
+    import cupy_api
+    NcclCommunicator.__module__ = cupy_api.load()["class_modules"][
+        "cupy.cuda.nccl.NcclCommunicator"]                        # as CuPy's (fake_cupy.make)
     nccl.get_unique_id, nccl.NcclCommunicator = get_unique_id, NcclCommunicator
     return cupy, cupyx
 

@@ -65,6 +65,14 @@ def test_every_name_the_fake_defines_is_cupys(path):
     assert not extra, f"{path}: the fake defines {extra}, which CuPy {cupy_api.load()['cupy_version']} has not"
 
 
+def test_the_fake_classes_live_in_cupys_modules():
+    modules = cupy_api.load()["class_modules"]
+    wrong = [f"{path}: {FAKES[path].__module__}, CuPy's {module}"
+             for path, module in modules.items()
+             if isinstance(FAKES[path], type) and FAKES[path].__module__ != module]
+    assert not wrong and len(modules) >= 9, wrong
+
+
 @pytest.mark.parametrize("path", sorted(FAKES))
 def test_every_parameter_a_fake_function_names_is_cupys(path):
     wrong = []

@@ -56,10 +56,21 @@ def test_non_contiguous(cpu_device, rng):
 
 def test_wrong_device(cpu_device, rng):
     with pytest.raises(ValueError, match="relu_forward: x must be a numpy.ndarray on the current "
-                                         "device .* got on the GPU"):
+                                         "device .* got an array on the GPU; move it with "
+                                         r"cupycnn.asarray\(\)"):
         elementwise.relu_forward(FakeGpuArray())
     with pytest.raises(ValueError, match="must be a numpy.ndarray .* got a builtins.list"):
         elementwise.relu_forward([1.0, 2.0])
+
+
+def test_a_host_array_on_the_cuda_device_is_named(cuda_device, rng):
+    x = randn(rng, 4, 4)
+    with pytest.raises(ValueError, match=r"relu_forward: x must be a cupy.ndarray on the current "
+                                         r"device 'cuda', got a numpy.ndarray; move it with "
+                                         r"cupycnn.asarray\(\)"):
+        elementwise.relu_forward(x)
+    np.testing.assert_array_equal(cupycnn.asnumpy(elementwise.relu_forward(cupycnn.asarray(x))),
+                                  np.maximum(x, 0))
 
 
 def test_transposing_both_operands_is_refused(cpu_device, rng):
