@@ -3,7 +3,8 @@
 # comes back from it: at most 8 files of $OUT and the last 12,000 characters of output.
 #
 #   bash benchmarks/gpu_session.sh            on the GPU machine (OUT=... or ./gpu-results)
-#   bash benchmarks/gpu_session.sh --dry-run  here or in CI: every step on sim/numpy at tiny sizes
+#   bash benchmarks/gpu_session.sh --dry-run  here or in CI: every step at tiny sizes, on sim or numpy,
+#                                             or on cuda on the fake GPU (tests/fake_cupy.py)
 #
 # It writes exactly three files to $OUT: logs.tar.gz (every step's log and outputs),
 # SUMMARY.txt (each step's status and time, then the table of figures) and figures.json (every
@@ -45,15 +46,15 @@ export PYTHONUNBUFFERED=1 OUT_LOGS=$LOGS
 START=$(date +%s)
 
 STEPS=$(cat <<'EOF'
-smoke            |  25 | $PY benchmarks/gpu_smoke.py                                   | $PY benchmarks/gpu_smoke.py --dry-run
+smoke            |  25 | $PY benchmarks/gpu_smoke.py                                   | $FAKE_GPU $PY benchmarks/gpu_smoke.py
 ceilings         |  20 | $PY benchmarks/gpu_ceilings.py --json $STEP_DIR/figures.json   | $PY benchmarks/gpu_ceilings.py --dry-run --json $STEP_DIR/figures.json
 conv2d           |  40 | $PY benchmarks/conv2d.py --device cuda --versions tiled,tensor_core --repeats 5 --budget 30 --json $STEP_DIR/figures.json | $PY benchmarks/conv2d.py --dry-run --json $STEP_DIR/figures.json
-resnet18_step    |  30 | $PY benchmarks/resnet18_step.py --device cuda --batch 128 --steps 5 --json $STEP_DIR/figures.json | $PY benchmarks/resnet18_step.py --device numpy --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --json $STEP_DIR/figures.json
+resnet18_step    |  30 | $PY benchmarks/resnet18_step.py --device cuda --batch 128 --steps 5 --json $STEP_DIR/figures.json | $FAKE_GPU $PY benchmarks/resnet18_step.py --device cuda --batch 1 --steps 1 --warmup 0 --repeats 1 --no-torch --json $STEP_DIR/figures.json
 step_graph       |  75 | $PY benchmarks/step_graph.py --device cuda --batch 256 512 --precision bf16 fp32 --unfolded-statistics --steps 4 --warmup 2 --repeats 3 --json $STEP_DIR/figures.json | $PY benchmarks/step_graph.py --device sim --batch 2 --steps 1 --warmup 0 --repeats 1 --no-torch --launch-only --precision bf16 fp32 --unfolded-statistics --json $STEP_DIR/figures.json
 train_synthetic  |  25 | $PY examples/train_cifar.py --dataset synthetic --synthetic-size 2560 --device cuda --precision bf16 --cuda-graph --epochs 2 --log-dir $STEP_DIR/run --no-progress | $PY examples/train_cifar.py --dataset synthetic --synthetic-size 64 --batch-size 16 --device numpy --precision bf16 --cuda-graph --epochs 1 --log-dir $STEP_DIR/run --no-progress
 distributed      |  25 | needs_mpi && $PY benchmarks/distributed_gpu_check.py         | needs_mpi && $PY benchmarks/distributed_gpu_check.py --device sim --model small --batch 4
 imagenet_pipeline|  70 | $PY examples/train_imagenet.py --synthetic 1280 --synthetic-dir /tmp/cupycnn-synthetic-imagenet --benchmark --benchmark-steps 6 --batch-size 128 --workers 14 --device cuda --no-progress --log-dir $STEP_DIR/run --json $STEP_DIR/figures.json | $PY examples/train_imagenet.py --synthetic 12 --synthetic-dir /tmp/cupycnn-synthetic-dry --benchmark --benchmark-steps 2 --batch-size 2 --image-size 32 --workers 2 --model resnet18 --device numpy --no-progress --log-dir $STEP_DIR/run --json $STEP_DIR/figures.json
-gradcheck_cuda   |  25 | $PY -m cupycnn.gradcheck_suite --device cuda                 | $PY -m cupycnn.gradcheck_suite --device sim --layer dense
+gradcheck_cuda   |  25 | $PY -m cupycnn.gradcheck_suite --device cuda                 | $FAKE_GPU $PY -m cupycnn.gradcheck_suite --device cuda --layer dense
 pytest_cuda      |  55 | $PY -m pytest -m cuda -q -n 4 -p no:cacheprovider -x tests/test_kernels_tensor_core.py tests/test_bf16.py tests/test_fused.py tests/test_plan_graph.py tests/test_trainer_graphed.py | $PY -m pytest -m cuda -q -p no:cacheprovider tests/test_bf16.py tests/test_fused.py tests/test_plan_graph.py tests/test_trainer_graphed.py
 EOF
 )
@@ -74,6 +75,9 @@ needs_mpi() {   # true when `from mpi4py import MPI` works; else say why, exit s
 }
 export -f needs_mpi
 export PY
+# A dry run's cuda steps run on the fake GPU of tests/fake_cupy.py (the cuda code paths, the
+# kernels on the emulator): its stub first on PYTHONPATH for that command.
+export FAKE_GPU="env PYTHONPATH=$ROOT/tests/stubs/fake_gpu:$PYTHONPATH"
 
 : > "$WORK/steps.tsv"
 while IFS='|' read -r name seconds command dry; do

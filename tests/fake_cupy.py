@@ -302,6 +302,7 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
 
                 def run(generation=generation):
                     self._completed = max(self._completed, generation)
+                    self._time = time.perf_counter()       # for get_elapsed_time
                 stream._enqueue("record", self if stream._capture is not None else None, run)
 
         @property
@@ -521,6 +522,26 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
     runtime.free = [TOTAL_MEMORY]               # tests may lower the free memory
     runtime.memGetInfo = lambda: (runtime.free[0], TOTAL_MEMORY)
     runtime.streamPerThread = STREAM_PER_THREAD
+    runtime.runtimeGetVersion = runtime.driverGetVersion = lambda: 13000
+
+    def getDeviceProperties(device):
+        """What the benchmarks read of cudaDeviceProp, for a fake GPU (and named so)."""
+        if not 0 <= int(device) < device_count:
+            raise RuntimeError("cudaErrorInvalidDevice: invalid device ordinal")
+        return {"name": b"fake GPU (tests/fake_cupy.py)", "totalGlobalMem": TOTAL_MEMORY,
+                "multiProcessorCount": 132, "l2CacheSize": 50 << 20, "clockRate": 1980000,
+                "memoryClockRate": 2619000, "memoryBusWidth": 6144,
+                "major": int(compute_capability[0]), "minor": int(compute_capability[1:])}
+    runtime.getDeviceProperties = getDeviceProperties
+
+    def get_elapsed_time(start_event, end_event):
+        """Milliseconds between the two events' completions, by the host's clock (the fake's
+        "GPU time": how long the emulator took, not what a GPU would)."""
+        for e in (start_event, end_event):
+            if e._completed < e._recorded or e._recorded == 0:
+                raise RuntimeError("cudaErrorNotReady: device not ready")
+        return (end_event._time - start_event._time) * 1e3
+    cuda.get_elapsed_time = get_elapsed_time
 
     # ----------------------------------------------------------------------------- the pool
     class _Chunk:

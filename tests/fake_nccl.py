@@ -62,6 +62,7 @@ def make(mpi_comm, device_count=2, cupy_version=14, seed=None):
     for name, value in CONSTANTS.items():
         setattr(nccl, name, value)
     nccl.available = True
+    nccl.get_version = lambda: 22703                  # NCCL 2.27.3, as CuPy reports it
 
     def get_unique_id():
         raw = np.random.default_rng().integers(0, 256, NCCL_UNIQUE_ID_BYTES, dtype=np.uint8)

@@ -61,6 +61,7 @@ def test_dry_run_runs_every_step_and_leaves_three_files(tmp_path):
     assert all(v == "ok" for v in verdicts.values()), verdicts
     figures = record["figures"]
     assert figures["smoke.from mpi4py import MPI"]["value"].startswith("ok")
+    assert figures["smoke.gpu"]["value"] == "fake GPU (tests/fake_cupy.py)"   # cuda steps: fake
     assert isinstance(figures["ceilings.copy bandwidth"]["value"], float)
     assert any(name.startswith("resnet18_step.") for name in figures)
     with tarfile.open(out / "logs.tar.gz") as tar:
