@@ -9,6 +9,7 @@ One test, in steps:
   device), and writes what it writes on sim.
 - It resumes from its checkpoint on cuda; `cupycnn evaluate` on cuda gives the test figures the
   training printed; `cupycnn predict` on cuda classifies image files as on numpy.
+And `cupycnn gradcheck --device cuda`: the whole suite passes.
 """
 import csv
 import json
@@ -115,3 +116,12 @@ def test_train_resume_evaluate_and_predict_on_cuda(tmp_path):
     assert "resumed from run-cuda/last.h5 after epoch 2" in resumed
     assert "epoch 3/3" in resumed and "epoch 2/3" not in resumed
     assert len(_figures(cwd / "run-cuda")) == 3
+
+
+def test_the_gradient_check_suite_on_cuda(tmp_path):
+    """`cupycnn gradcheck --device cuda`: every case of the suite, the analytic gradients from
+    the kernels launched through CuPy's API (the fake's), against finite differences."""
+    out = run("-m", "cupycnn", "gradcheck", "--device", "cuda", cwd=tmp_path)
+    last = out.strip().splitlines()[-1]
+    cases = int(last.split()[0])
+    assert last == f"{cases} of {cases} cases passed" and cases >= 30, out[-2000:]
