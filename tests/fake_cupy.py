@@ -63,8 +63,10 @@ the replay then reads or writes another array's bytes, as on a GPU. `end_capture
 `Graph`; `Graph.launch(stream=None)` enqueues its nodes, in capture order, as operations of that
 stream (the current one by default), each running again what it ran when captured: a kernel
 with the arguments (addresses and scalars) it was captured with, a copy from the same pinned
-buffer. Single-stream capture only: another stream joining the capture through an event is
-refused as unsupported by this model.
+buffer. Another stream joins the capture as in CUDA, by waiting for an event recorded in it: its
+work is captured too (a collective's as well), and at end_capture every joined stream's last
+work must have been waited for by another stream of the capture, else the capture fails
+(cudaErrorStreamCaptureUnjoined); a replay runs all the nodes in capture order on one stream.
 
 `cupy.log` lists what ran, in the order it ran: (kind, stream name, detail).
 """
@@ -291,6 +293,7 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
             self._recorded = 0          # generation of the last record call
             self._completed = 0         # generation whose record has run
             self._stream = None
+            self._graph = None
             self.ptr = id(self)
 
         def record(self, stream=None):
@@ -303,6 +306,7 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                 def run(generation=generation):
                     self._completed = max(self._completed, generation)
                     self._time = time.perf_counter()       # for get_elapsed_time
+                self._graph = stream._capture             # recorded inside a capture, or None
                 stream._enqueue("record", self if stream._capture is not None else None, run)
 
         @property
@@ -375,6 +379,12 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                 raise TypeError(f"wait_event() takes a cupy.cuda.Event, got "
                                 f"{type(event).__name__}")
             with world.lock:
+                graph = event._graph
+                if self._capture is None and graph is not None and graph.open:
+                    # A stream that waits for an event recorded in a capture joins it: its work
+                    # is captured too, until the capture ends (which it must have rejoined).
+                    self._capture = graph
+                    graph.joined.append(self)
                 self._enqueue("wait", event, None, waits=[(event, event._recorded)])
 
         def synchronize(self):
@@ -399,7 +409,17 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                 graph, self._capture = self._capture, None
                 if graph is None:
                     raise RuntimeError("cudaErrorIllegalState: the stream is not capturing")
+                if graph.stream is not self:
+                    raise RuntimeError("cudaErrorStreamCaptureUnmatched: the capture began on "
+                                       f"{graph.stream.name}, not {self.name}")
+                graph.open = False
+                for joined in graph.joined:
+                    joined._capture = None
                 world.log.append(("end_capture", self.name, len(graph.nodes)))
+                unjoined = graph._unjoined()
+                if unjoined and graph.invalidated is None:
+                    graph.invalidated = (f"{', '.join(unjoined)}: captured work the capturing "
+                                         f"stream never waited for (cudaErrorStreamCaptureUnjoined)")
                 if graph.invalidated is not None:
                     raise RuntimeError(f"cudaErrorStreamCaptureInvalidated: the capture was "
                                        f"invalidated by {graph.invalidated}")
@@ -431,19 +451,28 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
 
         def __init__(self, stream):
             self.stream, self.nodes, self.invalidated = stream, [], None
-            self.recorded = set()         # events recorded inside the capture
+            self.open, self.joined = True, []     # streams that joined the capture
+            self.recorded = {}            # id(event) -> (its stream, node index) in the capture
+            self.last = {}                # stream -> index of its last node
+            self.waited = set()           # (stream, node index) of records waited for
 
         def _add(self, stream, kind, detail, run, waits, test):
             for event, _ in waits:
-                if id(event) not in self.recorded:
+                if id(event) not in self.recorded or event._graph is not self:
                     self._invalidate(f"{stream.name} waiting for an event recorded outside the "
                                      f"capture (cudaErrorStreamCaptureIsolation)")
-            if test is not None:
-                raise NotImplementedError("the fake captures no collectives")
+                source = self.recorded[id(event)]
+                if source[0] is not stream:
+                    self.waited.add(source)
             if kind == "record" and detail is not None:
-                self.recorded.add(id(detail))
-            self.nodes.append((kind, detail, run))
+                self.recorded[id(detail)] = (stream, len(self.nodes))
+            self.last[stream] = len(self.nodes)
+            self.nodes.append((kind, detail, run, test))    # a collective keeps its test
             return _Op(stream, kind, detail, run)
+
+        def _unjoined(self):
+            """Names of joined streams whose last captured work no other stream waited for."""
+            return [s.name for s in self.joined if (s, self.last[s]) not in self.waited]
 
         def _invalidate(self, why):
             if self.invalidated is None:
@@ -457,8 +486,8 @@ def make(seed=0, pool_version=14, device_count=1, compute_capability="90"):
                 if stream._capture is not None:
                     raise NotImplementedError("the fake does not capture graph launches")
                 world.log.append(("graph_launch", stream.name, len(self.nodes)))
-                for kind, detail, run in self.nodes:
-                    stream._enqueue(kind, detail, run)
+                for kind, detail, run, test in self.nodes:     # in capture order, one stream
+                    stream._enqueue(kind, detail, run, test=test)
 
     def _refuse_while_capturing(what, stream=None):
         """CUDA refuses a synchronisation (of a capturing stream, or of the device while any

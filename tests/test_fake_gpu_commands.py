@@ -9,7 +9,8 @@ One test, in steps:
   device), and writes what it writes on sim.
 - It resumes from its checkpoint on cuda; `cupycnn evaluate` on cuda gives the test figures the
   training printed; `cupycnn predict` on cuda classifies image files as on numpy.
-And `cupycnn gradcheck --device cuda`: the whole suite passes.
+Data-parallel training on two fake GPUs under mpiexec (fake NCCL, sync-BN, a CUDA graph) is the
+MPI path's on sim, bit for bit. And `cupycnn gradcheck --device cuda`: the whole suite passes.
 """
 import csv
 import json
@@ -28,13 +29,14 @@ TRAIN_CIFAR = ROOT / "examples" / "train_cifar.py"
 COLORS = {"red": (200, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 200)}
 
 
-def run(*args, cwd, fake_gpu=True, timeout=600):
+def run(*args, cwd, fake_gpu=True, launcher=(), timeout=600):
+    """`python ARGS` (under `launcher`, e.g. mpiexec -n 2), on the fake GPU if asked: stdout."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", CUPYCNN_FAKE_GPU_SEED="7")
     env.pop("CUPYCNN_DEVICE", None)
     if fake_gpu:
         env["PYTHONPATH"] = os.pathsep.join([str(FAKE_GPU), env.get("PYTHONPATH", "")])
-    out = subprocess.run([sys.executable, *map(str, args)], cwd=cwd, capture_output=True,
-                         text=True, timeout=timeout, env=env)
+    out = subprocess.run([*map(str, launcher), sys.executable, *map(str, args)], cwd=cwd,
+                         capture_output=True, text=True, timeout=timeout, env=env)
     assert out.returncode == 0, out.stderr[-4000:]
     return out.stdout
 
@@ -116,6 +118,28 @@ def test_train_resume_evaluate_and_predict_on_cuda(tmp_path):
     assert "resumed from run-cuda/last.h5 after epoch 2" in resumed
     assert "epoch 3/3" in resumed and "epoch 2/3" not in resumed
     assert len(_figures(cwd / "run-cuda")) == 3
+
+
+def test_data_parallel_training_on_two_gpus_is_sim_bit_for_bit(tmp_path):
+    """`mpirun -n 2 ... --device cuda`: two fake GPUs, the gradients and synchronised batchnorm's
+    statistics all-reduced by (fake) NCCL on its own stream, the whole step a CUDA graph at bf16
+    with the collectives captured in it; the MPI path on sim gives the same bits."""
+    mpiexec = Path(sys.executable).parent / "mpiexec"
+    _folder(tmp_path / "images")
+    for device in ("cuda", "sim"):
+        out = run(TRAIN_CIFAR, "--dataset", "folder:images",
+                  "--image-size", "8", "--model", "simple_cnn", "--batch-size", "8",
+                  "--val-fraction", "0.25", "--device", device, "--precision", "bf16",
+                  "--cuda-graph", "--sync-bn", "--epochs", "2", "--log-dir", f"run-{device}",
+                  "--no-progress", cwd=tmp_path, fake_gpu=device == "cuda",
+                  launcher=(mpiexec, "-n", "2"))
+        assert f"device {device} at bf16, 2 rank(s) ({'nccl' if device == 'cuda' else 'mpi'})" \
+            in out, out
+    assert _figures(tmp_path / "run-cuda") == _figures(tmp_path / "run-sim")
+    w_cuda, w_sim = (_weights(tmp_path / f"run-{d}" / "last.h5") for d in ("cuda", "sim"))
+    assert w_cuda.keys() == w_sim.keys() and len(w_cuda) > 4
+    for name in w_cuda:
+        np.testing.assert_array_equal(w_cuda[name], w_sim[name], err_msg=name)
 
 
 def test_the_gradient_check_suite_on_cuda(tmp_path):

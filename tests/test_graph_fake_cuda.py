@@ -136,3 +136,35 @@ def test_a_host_read_inside_a_capture_is_refused(gpu):
             float(y[0])
         with pytest.raises(RuntimeError, match="cudaErrorStreamCaptureInvalidated"):
             stream.end_capture()
+
+
+@pytest.mark.parametrize("rejoined", [True, False])
+def test_a_side_stream_joins_a_capture_through_an_event_and_must_rejoin_it(gpu, rejoined):
+    """CUDA's cross-stream capture, as the data-parallel step uses it (compute -> collective
+    stream -> compute, by events): the side stream's work is captured and replayed in order; a
+    capture whose side stream is never waited for again fails at end_capture."""
+    cupy = gpu(2)
+    x = cupy.asarray(np.arange(8, dtype=np.float32))
+    main, side = cupy.cuda.Stream(non_blocking=True), cupy.cuda.Stream(non_blocking=True)
+    with main:
+        main.begin_capture()
+        y = x * 2
+        side.wait_event(main.record())                 # the side stream joins the capture
+        assert side.is_capturing()
+        with side:
+            z = y + 1
+        if not rejoined:
+            with pytest.raises(RuntimeError, match="cudaErrorStreamCaptureUnjoined"):
+                main.end_capture()
+            assert not side.is_capturing()
+            return
+        main.wait_event(side.record())                 # ... and rejoins it
+        w = z * 3
+        step = main.end_capture()
+    assert not side.is_capturing()
+    for values in (np.arange(8), np.full(8, 5)):       # replays read x's memory anew
+        with main:
+            x.set(values.astype(np.float32))
+        step.launch(main)
+        main.synchronize()
+        np.testing.assert_array_equal(w.get(), (values * 2 + 1) * 3)
