@@ -10,7 +10,8 @@ One test, in steps:
 - It resumes from its checkpoint on cuda; `cupycnn evaluate` on cuda gives the test figures the
   training printed; `cupycnn predict` on cuda classifies image files as on numpy.
 Data-parallel training on two fake GPUs under mpiexec (fake NCCL, sync-BN, a CUDA graph) is the
-MPI path's on sim, bit for bit. And `cupycnn gradcheck --device cuda`: the whole suite passes.
+MPI path's on sim, bit for bit; the README's GPU command (`mpirun -n 2 python
+examples/train_cifar.py`: CIFAR-10, ResNet-18) runs on two fake GPUs. And `cupycnn gradcheck --device cuda`: the whole suite passes.
 """
 import csv
 import json
@@ -140,6 +141,30 @@ def test_data_parallel_training_on_two_gpus_is_sim_bit_for_bit(tmp_path):
     assert w_cuda.keys() == w_sim.keys() and len(w_cuda) > 4
     for name in w_cuda:
         np.testing.assert_array_equal(w_cuda[name], w_sim[name], err_msg=name)
+
+
+def test_the_readme_gpu_command_on_two_fake_gpus(tmp_path):
+    """`mpirun -n 2 python examples/train_cifar.py`, the recipe as it stands (CIFAR-10 from an
+    archive in the official format under --data-dir, ResNet-18, SGD with a one-cycle rate) on
+    two fake GPUs with NCCL: it trains, evaluates and writes its files on rank 0."""
+    import tarfile
+    from cifar_archives import make_split, write_python_archive
+    (tmp_path / "data").mkdir()
+    rng = np.random.default_rng(0)
+    archive = write_python_archive(tmp_path / "data" / "cifar-10-python.tar.gz",
+                                   make_split(rng, [4] * 5), make_split(rng, [8])[0])
+    with tarfile.open(archive) as tar:          # extracted: the md5 check is for real archives
+        tar.extractall(tmp_path / "data")
+    archive.unlink()
+    out = run(TRAIN_CIFAR, "--data-dir", "data", "--epochs", "1", "--batch-size", "8",
+              "--no-progress", "--log-dir", "run", cwd=tmp_path,
+              launcher=(Path(sys.executable).parent / "mpiexec", "-n", "2"))
+    assert "cifar10: 18 training, 2 validation, 8 test images 32x32x3, 10 classes; resnet18" \
+        in out, out
+    assert "device cuda at fp32, 2 rank(s) (nccl)" in out and "test: loss" in out, out
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text(encoding="utf-8"))
+    assert (summary["device"], summary["ranks"], summary["model"]) == ("cuda", 2, "resnet18")
+    assert len(_figures(tmp_path / "run")) == 1
 
 
 def test_the_gradient_check_suite_on_cuda(tmp_path):
