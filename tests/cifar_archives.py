@@ -107,6 +107,22 @@ def write_python_archive(path, train, test):
     return Path(path)
 
 
+def extracted_python_archive(data_dir, train_per_batch, test, seed=0):
+    """CIFAR-10 as the training command finds it under --data-dir: the python archive of random
+    images (5 batches of `train_per_batch`, `test` test images) written and extracted, the
+    archive removed (its md5 check is for the real one)."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    archive = write_python_archive(data_dir / "cifar-10-python.tar.gz",
+                                   make_split(rng, [train_per_batch] * 5),
+                                   make_split(rng, [test])[0])
+    with tarfile.open(archive) as tar:
+        tar.extractall(data_dir)
+    archive.unlink()
+    return data_dir
+
+
 def binary_batch(images, labels):
     records = np.concatenate([labels.astype(np.uint8)[:, None], hwc_to_rows(images)], axis=1)
     return records.tobytes()

@@ -147,15 +147,8 @@ def test_the_readme_gpu_command_on_two_fake_gpus(tmp_path):
     """`mpirun -n 2 python examples/train_cifar.py`, the recipe as it stands (CIFAR-10 from an
     archive in the official format under --data-dir, ResNet-18, SGD with a one-cycle rate) on
     two fake GPUs with NCCL: it trains, evaluates and writes its files on rank 0."""
-    import tarfile
-    from cifar_archives import make_split, write_python_archive
-    (tmp_path / "data").mkdir()
-    rng = np.random.default_rng(0)
-    archive = write_python_archive(tmp_path / "data" / "cifar-10-python.tar.gz",
-                                   make_split(rng, [4] * 5), make_split(rng, [8])[0])
-    with tarfile.open(archive) as tar:          # extracted: the md5 check is for real archives
-        tar.extractall(tmp_path / "data")
-    archive.unlink()
+    from cifar_archives import extracted_python_archive
+    extracted_python_archive(tmp_path / "data", train_per_batch=4, test=8)
     out = run(TRAIN_CIFAR, "--data-dir", "data", "--epochs", "1", "--batch-size", "8",
               "--no-progress", "--log-dir", "run", cwd=tmp_path,
               launcher=(Path(sys.executable).parent / "mpiexec", "-n", "2"))
