@@ -124,7 +124,8 @@ def _non_finite(value):
 
 
 def _is_array(value):
-    return isinstance(value, np.ndarray) or type(value).__module__.startswith("cupy")
+    from .devices import is_cupy_array
+    return isinstance(value, np.ndarray) or is_cupy_array(value)
 
 
 def _to_host(value):

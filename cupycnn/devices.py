@@ -118,14 +118,14 @@ def is_device_array(a):
     return isinstance(a, np.ndarray)
 
 
-def _is_cupy_array(a):
+def is_cupy_array(a):
     """A cupy.ndarray, told by its type's module (CuPy need not be imported to ask)."""
     return type(a).__module__.startswith("cupy")
 
 
 def asnumpy(a):
     """A NumPy array from an array of any device (a copy from the GPU on `cuda`)."""
-    on_gpu = _is_cupy_array(a)
+    on_gpu = is_cupy_array(a)
     if _capturing is not None and (isinstance(a, np.ndarray) or on_gpu):
         _capture_violation("reads a device array on the host (asnumpy)")
     if isinstance(a, np.ndarray):

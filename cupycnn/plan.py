@@ -182,7 +182,11 @@ class _Tracer:
         shape = _normal_shape(shape)
         buffer = Buffer(len(self.buffers), shape, dtype, self._tick(), _requester())
         self.buffers.append(buffer)
-        return _watched(_device._allocate(shape, dtype), self._released, buffer)
+        array = _device._allocate(shape, dtype)
+        # Released when the array and its last view are gone (NumPy's and CuPy's arrays take
+        # weak references, and views hold their base).
+        weakref.finalize(array, self._released, buffer)
+        return array
 
     def close(self):
         self.open = False
@@ -191,14 +195,6 @@ class _Tracer:
             if b.end is None:        # still alive when the step returned: one of its outputs
                 b.end = end
         return end
-
-
-def _watched(array, callback, *args):
-    """`array`, such that callback(*args) runs when its memory is released (the last view
-    dropped). NumPy's and CuPy's arrays (13.6 and 14.2: tests/data/cupy-api.json's CuPy and
-    its fake) take weak references."""
-    weakref.finalize(array, callback, *args)
-    return array
 
 
 def trace(fn, *args, **kwargs):

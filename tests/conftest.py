@@ -4,9 +4,9 @@ the kernel-coverage table printed at the end of every run.
 Kernel tests take the `kernel_device` fixture: each runs under `sim` in the natural, reversed
 and random thread orders, and on `cuda` (marked `cuda`; `pytest -m cuda` runs only those): on
 the GPU where one is usable, else on tests/fake_cupy.py's stand-in for CuPy, so that the
-library's cuda code paths run everywhere. Outputs that ops allocate are filled with NaN first, so an element a kernel
-never writes fails the comparison; on sim, a kernel that writes outside its arrays is a
-SimMemoryError (the emulator's memory check).
+library's cuda code paths run everywhere. Outputs that ops allocate are filled with NaN first,
+so an element a kernel never writes fails the comparison; on sim, a kernel that writes outside
+its arrays is a SimMemoryError (the emulator's memory check).
 
 Random inputs are fresh for every test: the seed comes from CUPYCNN_TEST_SEED (a new one per
 run when unset, printed in the report header so a failure can be replayed) and the test's id.
@@ -93,21 +93,12 @@ def pytest_runtest_makereport(item, call):
             item.user_properties.append(("kernel_launch", f"{source}|{kernel}|{where}"))
 
 
-def _cuda_param(value):
-    """The cuda variant: on the GPU where one is usable, else on tests/fake_cupy.py's
-    stand-in for CuPy (its API, streams, pool and graphs; the kernels run on the emulator), a
-    fresh fake GPU for each test with a schedule from the test's seed, so that the library's
-    cuda code paths run on every machine. Marked `cuda` either way (`pytest -m cuda`)."""
-    return cuda_param(value)
-
-
-def _real_gpu():
-    return dev._probe_cuda() == ""
-
-
 def _use_cuda(request):
-    """Select the cuda device for this test: the GPU, or a new fake one (see _cuda_param)."""
-    if not _real_gpu():
+    """Select the cuda device for the test of a cuda variant (helpers.cuda_param): the GPU
+    where one is usable, else tests/fake_cupy.py's stand-in for CuPy (its API, streams, pool
+    and graphs; the kernels run on the emulator), a fresh fake GPU for each test with a
+    schedule from the test's seed, so that the library's cuda code paths run on every machine."""
+    if not dev.cuda_available():
         import fake_cupy
         cupy, cupyx = fake_cupy.make(seed=_test_seed(request.node.nodeid))
         fake_cupy.install(request.getfixturevalue("monkeypatch"), cupy, cupyx)
@@ -116,10 +107,10 @@ def _use_cuda(request):
 
 def _kernel_device_params():
     params = [pytest.param(("sim", order), id=f"sim-{order}") for order in SIM_ORDERS]
-    return params + [_cuda_param(("cuda", None))]
+    return params + [cuda_param(("cuda", None))]
 
 
-@pytest.fixture(params=["sim", _cuda_param("cuda")])
+@pytest.fixture(params=["sim", cuda_param("cuda")])
 def step_device(request):
     """sim (its natural thread order), then cuda where usable: for the training step's tests
     (plan, recorded step, graphed trainer), a few seconds each on sim, whose point on cuda is
@@ -129,9 +120,9 @@ def step_device(request):
     return request.param
 
 
-@pytest.fixture(params=[_cuda_param("cuda")])
+@pytest.fixture(params=[cuda_param("cuda")])
 def cuda_device(request):
-    """The cuda device only: the GPU, or a fake one (see _cuda_param)."""
+    """The cuda device only: the GPU, or a fake one (see _use_cuda)."""
     _use_cuda(request)
     return "cuda"
 
@@ -227,7 +218,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     tr = terminalreporter
     tr.section("kernel coverage: NVRTC compiles and kernel-vs-reference checks")
     cols = ("kernel", "nvrtc sm_80", "nvrtc sm_90", "sim natural", "sim reversed", "sim random",
-            "cuda" if _real_gpu() else "cuda (fake GPU)")
+            "cuda" if dev.cuda_available() else "cuda (fake GPU)")
     widths = [max(len(str(r[i])) for r in rows + [cols]) for i in range(len(cols))]
     tr.write_line("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
     for r in rows:

@@ -5,10 +5,11 @@ the library to it on machines without CuPy (tests/test_fake_cupy_api.py).
     python tests/cupy_api.py > tests/data/cupy-api.json
 
 The record: CuPy's version, each class's __module__ and, for each module and class the fake
-stands in for, its public names; for a callable, its parameter names (from its signature, or for Cython functions from the
-signature line CuPy embeds in their docstrings), "**" where it takes any keyword, null where
-neither tells.
+stands in for, its public names; for a callable, its parameter names (from its signature, or
+for Cython functions from the signature line CuPy embeds in their docstrings), "**" where it
+takes any keyword, null where neither tells.
 """
+import functools
 import inspect
 import json
 import re
@@ -97,7 +98,9 @@ def record():
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def load():
+    """The snapshot, read once per process (every fake GPU asks; do not modify it)."""
     return json.loads(SNAPSHOT.read_text(encoding="utf-8"))
 
 

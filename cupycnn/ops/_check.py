@@ -35,7 +35,7 @@ def check_device_array(op, name, a):
     dev = _device.device()
     if not (isinstance(a, np.ndarray) if dev != "cuda" else _device.is_device_array(a)):
         wanted = "a cupy.ndarray" if dev == "cuda" else "a numpy.ndarray"
-        where = ("an array on the GPU" if type(a).__module__.startswith("cupy") else
+        where = ("an array on the GPU" if _device.is_cupy_array(a) else
                  f"a {type(a).__module__}.{type(a).__name__}")
         raise ValueError(f"{op}: {name} must be {wanted} on the current device {dev!r}, got "
                          f"{where}; move it with cupycnn.asarray()")

@@ -137,9 +137,12 @@ class ReduceLROnPlateau(Callback):
         self.schedule = None
         self._pending_state = None
 
-    def on_train_begin(self, logs=None):
+    def _new_schedule(self):
         from ..optim.schedules import ReduceLROnPlateau as Schedule
-        self.schedule = Schedule(self.trainer.optimizer, **self.kwargs)
+        return Schedule(self.trainer.optimizer, **self.kwargs)
+
+    def on_train_begin(self, logs=None):
+        self.schedule = self._new_schedule()
         if self._pending_state is not None:
             self.schedule.load_state_dict(self._pending_state)
             self._pending_state = None
@@ -159,8 +162,7 @@ class ReduceLROnPlateau(Callback):
             return self._pending_state or {}
         # Not started yet (a trainer about to resume): a fresh schedule's state, whose form is
         # what a checkpoint's state of this callback is checked against.
-        from ..optim.schedules import ReduceLROnPlateau as Schedule
-        return Schedule(self.trainer.optimizer, **self.kwargs).state_dict()
+        return self._new_schedule().state_dict()
 
     def load_state_dict(self, state):
         if not state:                      # the state of one that never started
